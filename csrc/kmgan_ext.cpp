@@ -1,0 +1,66 @@
+// The one place where the op schemas of kmgan_ext are defined.
+//
+// Two families, same op names:
+//   kmgan_ext::<op>(..., str backend)  the public ops. Python registers their fake kernels,
+//                                      autograd and a CPU/CUDA kernel that routes to the
+//                                      backend named by the last argument (kmgan_ext/_ops.py).
+//   kmgan_ext::<op>_native(...)        the C++ kernels: csrc/cpu/<op>_cpu.cpp for the CPU
+//                                      key, csrc/cuda/<op>_cuda.cu (bound in
+//                                      csrc/cuda/<op>_cuda.cpp) for the CUDA key.
+// Mutated arguments are declared (Tensor(a!)) so that torch.compile and opcheck know.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import kmgan_ext._C` loads this shared object, which runs the registrations below.
+// The module itself carries no Python functions: every op is reached via torch.ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+// One list, expanded twice: with a trailing `str backend` for the public op and without it
+// for the native kernel.
+#define KMGAN_EXT_OPS(X)                                                                      \
+  X("assign", "Tensor x, Tensor centers", "(Tensor, Tensor)")                                 \
+  X("assign_backward",                                                                        \
+    "Tensor grad_dist2, Tensor x, Tensor centers, Tensor labels, bool centers_grad",          \
+    "(Tensor, Tensor)")                                                                       \
+  X("minibatch_update_",                                                                      \
+    "Tensor(a!) centers, Tensor(b!) counts, Tensor x, Tensor labels, bool deterministic",     \
+    "()")                                                                                     \
+  X("minibatch_step_", "Tensor(a!) centers, Tensor(b!) counts, Tensor x, bool deterministic", \
+    "Tensor")                                                                                 \
+  X("ema_update_",                                                                            \
+    "Tensor(a!) centers, Tensor x, Tensor labels, float decay, bool deterministic", "()")     \
+  X("center_loss",                                                                            \
+    "Tensor x_real, Tensor labels_real, Tensor centers_real, Tensor x_fake, "                 \
+    "Tensor labels_fake, Tensor centers_fake",                                                \
+    "(Tensor, Tensor, Tensor, Tensor)")                                                       \
+  X("center_loss_backward",                                                                   \
+    "Tensor grad, Tensor u_diff, Tensor x_real, Tensor labels_real, Tensor counts_real, "     \
+    "Tensor x_fake, Tensor labels_fake, Tensor counts_fake",                                  \
+    "(Tensor, Tensor)")                                                                       \
+  X("assigned_distance", "Tensor x, Tensor labels, Tensor centers, str reduction", "Tensor")  \
+  X("assigned_distance_backward",                                                             \
+    "Tensor grad, Tensor out, Tensor x, Tensor labels, Tensor centers, str reduction, "       \
+    "bool centers_grad",                                                                      \
+    "(Tensor, Tensor)")                                                                       \
+  X("pairwise_l1", "Tensor a, Tensor? b", "Tensor")                                           \
+  X("pairwise_l1_backward", "Tensor grad, Tensor a, Tensor? b", "(Tensor, Tensor)")
+
+static std::string native_name(const char* name) {
+  // minibatch_update_ -> minibatch_update_native_ : keep the in-place underscore last.
+  std::string s(name);
+  if (!s.empty() && s.back() == '_') return s.substr(0, s.size() - 1) + "_native_";
+  return s + "_native";
+}
+
+TORCH_LIBRARY(kmgan_ext, m) {
+#define KMGAN_EXT_DEFINE(name, args, ret)                                  \
+  m.def((std::string(name) + "(" args ", str backend) -> " ret).c_str());             \
+  m.def((native_name(name) + "(" args ") -> " ret).c_str());
+  KMGAN_EXT_OPS(KMGAN_EXT_DEFINE)
+#undef KMGAN_EXT_DEFINE
+}

@@ -1,0 +1,32 @@
+"""kmgan_ext: fused clustering ops for training neural networks, and a KM-GAN trainer.
+
+    import kmgan_ext as km
+    labels, dist2 = km.assign(x, centers)
+    km.minibatch_update_(centers, counts, x, labels)
+    loss = km.center_loss(x_real, l_real, c_real, x_fake, l_fake, c_fake)
+
+Importing never touches the GPU and never fails for a missing triton, faiss, nvcc or GPU:
+backends load lazily; ``km.available_backends()`` says which are usable and why not.
+"""
+from ._checks import set_debug
+from ._dispatch import BACKENDS, available_backends
+from .assign import assign
+from .assigned_distance import assigned_distance
+from .center_loss import center_loss
+from .minibatch_update import ema_update_, minibatch_step_, minibatch_update_
+from .pairwise_l1 import pairwise_l1
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "available_backends",
+    "set_debug",
+    "assign",
+    "minibatch_update_",
+    "minibatch_step_",
+    "ema_update_",
+    "center_loss",
+    "assigned_distance",
+    "pairwise_l1",
+]

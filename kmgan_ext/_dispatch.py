@@ -1,0 +1,179 @@
+"""Backends: what is usable here, which one ``backend="auto"`` picks, and the routing.
+
+Nothing here runs at import time beyond defining functions: the C++ extension, triton and
+the GPU are looked at lazily, on the first call that needs them (STYLE.md rule 4).
+
+A backend is a module-like object exposing the backend interface (see
+``kmgan_ext/reference.py``): ``assign``, ``assign_backward``, ``minibatch_update_``,
+``minibatch_step_``, ``ema_update_``, ``center_loss_forward``, ``center_loss_backward``,
+``assigned_distance``, ``assigned_distance_backward``, ``pairwise_l1``,
+``pairwise_l1_backward``, each taking validated, contiguous tensors.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import types
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+
+# backend="auto" on CUDA tensors. One entry per op; the choice must come from a GPU run of
+# bench/ (bench/results/*.json) — see README "Backend selection".
+# TODO(gpu): no GPU run has been made yet; until one is, auto prefers the CUDA C++ kernels
+# (no JIT warm-up) and falls back to triton, then reference.
+_AUTO_CUDA_ORDER = ("cuda", "triton", "reference")
+# On CPU tensors the C++ kernels are the fast path; triton on CPU only runs through the
+# (slow) interpreter and is never chosen automatically.
+_AUTO_CPU_ORDER = ("cpu", "reference")
+
+
+@functools.lru_cache(maxsize=None)
+def _load_native() -> str | None:
+    """Load kmgan_ext._C (registers the C++ kernels); None on success, else why not."""
+    try:
+        from . import _C  # noqa: F401
+    except Exception as e:  # any failure: the package still imports, reference still works
+        return f"kmgan_ext._C could not be loaded ({type(e).__name__}: {e}); reinstall with a C++ compiler"
+    return None
+
+
+def native_has_cuda() -> bool:
+    """True when the built _C carries CUDA kernels (compiled with nvcc), GPU or not."""
+    if _load_native() is not None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("kmgan_ext::assign_native", "CUDA")
+
+
+def native_has_cpu() -> bool:
+    if _load_native() is not None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("kmgan_ext::assign_native", "CPU")
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+
+        from . import kernels  # noqa: F401
+    except Exception as e:
+        return f"triton is not importable ({type(e).__name__}: {e}); pip install triton"
+    return None
+
+
+def _why_not(backend: str) -> str | None:
+    """None when ``backend`` is usable in this process, else the reason (with the fix)."""
+    if backend == "reference":
+        return None
+    if backend == "cpu":
+        err = _load_native()
+        if err:
+            return err
+        if not native_has_cpu():
+            return "kmgan_ext._C has no CPU kernels (build is incomplete); reinstall"
+        return None
+    if backend == "cuda":
+        err = _load_native()
+        if err:
+            return err
+        if not native_has_cuda():
+            return (
+                "kmgan_ext._C was built without CUDA kernels (no nvcc or a CPU build of torch at "
+                "build time, or KMGAN_EXT_NO_CUDA=1); rebuild with CUDA_HOME set"
+            )
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+        return None
+    if backend == "triton":
+        err = _load_native()
+        if err:
+            return f"the ops are registered by kmgan_ext._C, which is missing: {err}"
+        err = _triton_import_error()
+        if err:
+            return err
+        if not (torch.cuda.is_available() or _triton_interpret()):
+            return (
+                "triton needs a CUDA GPU, or TRITON_INTERPRET=1 set before triton is imported "
+                "to run its kernels on CPU tensors through the interpreter"
+            )
+        return None
+    raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+
+
+def available_backends() -> dict[str, str | None]:
+    """Each backend mapped to None when usable here, or to the reason it is not."""
+    return {b: _why_not(b) for b in BACKENDS}
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The concrete backend for tensors on ``device``: validated, never a silent fallback."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend == "auto":
+        order = _AUTO_CUDA_ORDER if device.type == "cuda" else _AUTO_CPU_ORDER
+        for b in order:
+            if _why_not(b) is None:
+                return b
+        raise RuntimeError(f"no backend available for {device}: {available_backends()}")
+    why = _why_not(backend)  # raises ValueError for unknown names
+    if why is not None:
+        raise RuntimeError(f"backend {backend!r} is not available: {why}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"backend 'cpu' runs on CPU tensors, got tensors on {device}")
+    if backend == "cuda" and device.type != "cuda":
+        raise ValueError(f"backend 'cuda' runs on CUDA tensors, got tensors on {device}")
+    if backend == "triton" and device.type == "cpu" and not _triton_interpret():
+        raise ValueError(
+            "backend 'triton' got CPU tensors: set TRITON_INTERPRET=1 before importing triton, "
+            "or move the tensors to a GPU"
+        )
+    return backend
+
+
+_INTERFACE = (
+    "assign",
+    "assign_backward",
+    "minibatch_update_",
+    "minibatch_step_",
+    "ema_update_",
+    "center_loss",
+    "center_loss_backward",
+    "assigned_distance",
+    "assigned_distance_backward",
+    "pairwise_l1",
+    "pairwise_l1_backward",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _native_module() -> types.SimpleNamespace:
+    """The C++/CUDA kernels as a backend module (torch.ops.kmgan_ext.<op>_native)."""
+    _load_native()
+    ops = torch.ops.kmgan_ext
+    fns = {}
+    for name in _INTERFACE:
+        native = name[:-1] + "_native_" if name.endswith("_") else name + "_native"
+        fns[name] = getattr(ops, native)
+    fns["center_loss_forward"] = fns.pop("center_loss")
+    return types.SimpleNamespace(**fns)
+
+
+def implementation(backend: str):
+    """The module implementing the backend interface for a resolved backend name."""
+    if backend == "reference":
+        from . import reference
+
+        return reference
+    if backend in ("cpu", "cuda"):
+        return _native_module()
+    if backend == "triton":
+        from . import kernels
+
+        return kernels
+    raise ValueError(f"unknown backend {backend!r}")

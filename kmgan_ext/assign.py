@@ -1,0 +1,75 @@
+"""km.assign: fused nearest-center assignment (DESIGN.md 4.1)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _checks, _dispatch, _registry, reference
+
+
+def _out_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _data_checks(x: Tensor, centers: Tensor) -> None:
+    _checks.finite("x", x)
+    _checks.finite("centers", centers)
+
+
+_registry.route("assign", _data_checks)
+_registry.route("assign_backward")
+
+if _registry.registered():
+
+    @torch.library.register_fake("kmgan_ext::assign")
+    def _(x, centers, backend):
+        n = x.shape[0]
+        return x.new_empty(n, dtype=torch.int64), x.new_empty(n, dtype=_out_dtype(x))
+
+    @torch.library.register_fake("kmgan_ext::assign_backward")
+    def _(grad_dist2, x, centers, labels, centers_grad, backend):
+        return torch.empty_like(x), centers.new_empty(centers.shape if centers_grad else (0,))
+
+    def _setup_context(ctx, inputs, output):
+        x, centers, backend = inputs
+        labels, _ = output
+        ctx.save_for_backward(x, centers, labels)
+        ctx.backend = backend
+        ctx.mark_non_differentiable(labels)
+
+    def _backward(ctx, grad_labels, grad_dist2):
+        x, centers, labels = ctx.saved_tensors
+        want_c = ctx.needs_input_grad[1]
+        gx, gc = _registry.op("assign_backward")(
+            grad_dist2, x, centers, labels, want_c, ctx.backend
+        )
+        return (gx if ctx.needs_input_grad[0] else None), (gc if want_c else None), None
+
+    torch.library.register_autograd(
+        "kmgan_ext::assign", _backward, setup_context=_setup_context
+    )
+
+
+def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Nearest center of every row: ``labels[i] = argmin_k ||x_i - c_k||^2``.
+
+    Args:
+        x: (N, d) float32/float16/bfloat16/float64 features (N may be 0).
+        centers: (K, d), K >= 1, same dtype and device as x.
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
+
+    Returns:
+        ``(labels, dist2)``: labels int64 (N,), ties to the lowest k as ``torch.argmin``;
+        dist2 float32 (N,) (float64 for float64 x) = ||x_i - c_{labels_i}||^2 clamped at 0,
+        differentiable in x and centers (gradient 2 (x_i - c_{l_i}) and its negated
+        segment sum), which makes it the k-means loss of DCN / Deep K-Means.
+
+    The fused kernels never write the (N, K) distance matrix to memory and accumulate in
+    float32 (float64 for float64 inputs).
+    """
+    x = _checks.features("x", x)
+    centers = _checks.centers("centers", centers, x)
+    be = _dispatch.resolve(backend, x.device)
+    if not _registry.registered():
+        return reference.assign(x, centers)
+    return _registry.op("assign")(x, centers, be)

@@ -1,0 +1,143 @@
+"""km.minibatch_update_, km.minibatch_step_, km.ema_update_: center updates (DESIGN.md 4.2).
+
+All three share one segmented-sum kernel per backend (per-cluster sums and counts), then a
+per-cluster apply. Centers are buffers: x is detached, no gradient flows through an update.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _checks, _dispatch, _registry, reference
+
+
+def _update_checks(centers, counts, x, labels, deterministic):
+    _checks.label_range("labels", labels, centers.shape[0])
+    _checks.finite("x", x)
+
+
+def _step_checks(centers, counts, x, deterministic):
+    _checks.finite("x", x)
+    _checks.finite("centers", centers)
+
+
+def _ema_checks(centers, x, labels, decay, deterministic):
+    _checks.label_range("labels", labels, centers.shape[0])
+    _checks.finite("x", x)
+
+
+_registry.route("minibatch_update_", _update_checks, mutated=(0, 1))
+_registry.route("minibatch_step_", _step_checks, mutated=(0, 1))
+_registry.route("ema_update_", _ema_checks, mutated=(0,))
+
+if _registry.registered():
+
+    @torch.library.register_fake("kmgan_ext::minibatch_update_")
+    def _(centers, counts, x, labels, deterministic, backend):
+        return None
+
+    @torch.library.register_fake("kmgan_ext::minibatch_step_")
+    def _(centers, counts, x, deterministic, backend):
+        return x.new_empty(x.shape[0], dtype=torch.int64)
+
+    @torch.library.register_fake("kmgan_ext::ema_update_")
+    def _(centers, x, labels, decay, deterministic, backend):
+        return None
+
+
+def _check_update_args(centers, counts, x, labels=None):
+    x = _checks.features("x", x)
+    centers = _checks.centers("centers", centers, x)
+    counts = _checks.counts("counts", counts, centers.shape[0], x) if counts is not None else None
+    if labels is not None:
+        labels = _checks.labels("labels", labels, x.shape[0], x)
+    return centers, counts, x, labels
+
+
+def _check_deterministic(deterministic: object) -> bool:
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    return deterministic
+
+
+def minibatch_update_(
+    centers: Tensor,
+    counts: Tensor,
+    x: Tensor,
+    labels: Tensor,
+    *,
+    deterministic: bool = False,
+    backend: str = "auto",
+) -> None:
+    """Sculley's mini-batch k-means update, in place, as scikit-learn's MiniBatchKMeans.
+
+    With m_k rows of x labelled k and S_k their sum, for every k with m_k > 0::
+
+        counts_k += m_k
+        c_k += (S_k - m_k c_k) / counts_k
+
+    Clusters without rows are left untouched (never NaN). ``labels`` must have been computed
+    against the centers before this update.
+
+    Args:
+        centers: (K, d) floating, updated in place.
+        counts: (K,) int64 running counts, updated in place (exact past 2**24).
+        x: (N, d) same dtype/device as centers; N = 0 is a no-op.
+        labels: (N,) int64 in [0, K).
+        deterministic: False (default) lets GPU kernels use float atomics for the sums, so
+            the last bits may differ run to run; True gives bitwise-identical results run to
+            run (fixed-order reduction). The CPU kernels are deterministic either way.
+        backend: "auto", "reference", "cpu", "triton" or "cuda".
+    """
+    centers, counts, x, labels = _check_update_args(centers, counts, x, labels)
+    deterministic = _check_deterministic(deterministic)
+    be = _dispatch.resolve(backend, x.device)
+    x = x.detach()
+    if not _registry.registered():
+        return reference.minibatch_update_(centers, counts, x, labels, deterministic)
+    _registry.op("minibatch_update_")(centers, counts, x, labels, deterministic, be)
+
+
+def minibatch_step_(
+    centers: Tensor,
+    counts: Tensor,
+    x: Tensor,
+    *,
+    deterministic: bool = False,
+    backend: str = "auto",
+) -> Tensor:
+    """assign + minibatch_update_ fused: labels against the pre-update centers, returned.
+
+    Same arguments and determinism contract as :func:`minibatch_update_`.
+    """
+    centers, counts, x, _ = _check_update_args(centers, counts, x)
+    deterministic = _check_deterministic(deterministic)
+    be = _dispatch.resolve(backend, x.device)
+    x = x.detach()
+    if not _registry.registered():
+        return reference.minibatch_step_(centers, counts, x, deterministic)
+    return _registry.op("minibatch_step_")(centers, counts, x, deterministic, be)
+
+
+def ema_update_(
+    centers: Tensor,
+    x: Tensor,
+    labels: Tensor,
+    decay: float,
+    *,
+    deterministic: bool = False,
+    backend: str = "auto",
+) -> None:
+    """VQ-VAE codebook update, in place: ``c_k = decay c_k + (1 - decay) mean_k``.
+
+    ``mean_k`` is the mean of the rows labelled k; clusters without rows are untouched.
+    ``decay`` in [0, 1]. Determinism as in :func:`minibatch_update_`.
+    """
+    centers, _, x, labels = _check_update_args(centers, None, x, labels)
+    decay = _checks.decay(decay)
+    deterministic = _check_deterministic(deterministic)
+    be = _dispatch.resolve(backend, x.device)
+    x = x.detach()
+    if not _registry.registered():
+        return reference.ema_update_(centers, x, labels, decay, deterministic)
+    _registry.op("ema_update_")(centers, x, labels, decay, deterministic, be)

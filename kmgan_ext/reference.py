@@ -1,0 +1,305 @@
+"""Plain-torch ground truth for every op of kmgan_ext (DESIGN.md section 4).
+
+Written for clarity, not speed. Every test and every benchmark imports its expected
+values from here, and ``backend="reference"`` routes the public ops here.
+
+Two kinds of functions live here:
+
+* the user-facing formulas (``assign``, ``minibatch_update_``, ``center_loss``, ...), with
+  exactly the public signatures; ``center_loss``, ``assigned_distance`` and ``pairwise_l1``
+  are differentiable by plain torch autograd, which makes them the second truth the fused
+  backward kernels are checked against;
+* the backend interface that ``kmgan_ext._ops`` routes to (``center_loss_forward`` and the
+  ``*_backward`` functions), in the form every backend module implements: inputs already
+  validated and contiguous, gradients explicit.
+
+Accumulation is float64 here (the kernels use float32, float64 for float64 inputs), so the
+reference is the best available answer, not a re-run of a kernel's rounding.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "assign",
+    "assign_backward",
+    "minibatch_update_",
+    "minibatch_step_",
+    "ema_update_",
+    "cluster_sums",
+    "center_loss",
+    "center_loss_forward",
+    "center_loss_backward",
+    "assigned_distance",
+    "assigned_distance_backward",
+    "pairwise_l1",
+    "pairwise_l1_backward",
+]
+
+# Rows per chunk when forming distances: bounds the (chunk, K) float64 block in memory.
+_CHUNK_ELEMS = 1 << 24
+
+
+def _acc(t: Tensor) -> Tensor:
+    return t.to(torch.float64)
+
+
+def _out_dtype(x: Tensor) -> torch.dtype:
+    """dist2 and losses are float32, float64 for float64 inputs."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def squared_distances(x: Tensor, centers: Tensor) -> Tensor:
+    """(N, K) float64 matrix ||x_i - c_k||^2, formed from differences (no cancellation)."""
+    xd, cd = _acc(x), _acc(centers)
+    return ((xd[:, None, :] - cd[None, :, :]) ** 2).sum(-1)
+
+
+# --------------------------------------------------------------------------- assignment
+def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+    """labels[i] = argmin_k ||x_i - c_k||^2 (ties to the lowest k); dist2 = that minimum.
+
+    Returns ``(labels int64 (N,), dist2 float32 (N,))`` (float64 dist2 for float64 x).
+    """
+    n, k = x.shape[0], centers.shape[0]
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    dist2 = torch.empty(n, dtype=_out_dtype(x), device=x.device)
+    rows = max(1, _CHUNK_ELEMS // max(1, k * max(1, x.shape[1])))
+    for s in range(0, n, rows):
+        d = squared_distances(x[s : s + rows], centers)
+        # torch.min returns the first index of the minimum: ties go to the lowest k.
+        best, idx = d.min(dim=1)
+        labels[s : s + rows] = idx
+        dist2[s : s + rows] = best.clamp_min(0).to(dist2.dtype)
+    return labels, dist2
+
+
+def assign_backward(
+    grad_dist2: Tensor, x: Tensor, centers: Tensor, labels: Tensor, centers_grad: bool
+) -> tuple[Tensor, Tensor]:
+    """d dist2_i / d x_i = 2 (x_i - c_{l_i}); the centers get the negated segment sum."""
+    diff = _acc(x) - _acc(centers)[labels]
+    gx = 2.0 * _acc(grad_dist2)[:, None] * diff
+    if centers_grad:
+        gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device)
+        gc.index_add_(0, labels, -gx)
+        gc = gc.to(centers.dtype)
+    else:
+        gc = centers.new_empty(0)
+    return gx.to(x.dtype), gc
+
+
+# --------------------------------------------------------------------------- updates
+def cluster_sums(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per-cluster sums (K, d) float64 and counts (K,) int64 of the rows of x."""
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
+    sums.index_add_(0, labels, _acc(x))
+    counts = torch.bincount(labels, minlength=k)[:k].to(torch.int64)
+    return sums, counts
+
+
+def minibatch_update_(
+    centers: Tensor, counts: Tensor, x: Tensor, labels: Tensor, deterministic: bool = False
+) -> None:
+    """Sculley's mini-batch k-means step, as scikit-learn's MiniBatchKMeans:
+
+    counts_k += m_k;  c_k += (S_k - m_k c_k) / counts_k   for every k with m_k > 0,
+    where m_k rows of x carry label k and S_k is their sum. Other centers are untouched.
+    The reference is deterministic whatever ``deterministic`` says.
+    """
+    sums, m = cluster_sums(x, labels, centers.shape[0])
+    hit = m > 0
+    new_counts = counts + m
+    c = _acc(centers)
+    upd = c + (sums - m[:, None].to(torch.float64) * c) / new_counts.clamp_min(1)[:, None]
+    centers.copy_(torch.where(hit[:, None], upd, c).to(centers.dtype))
+    counts.copy_(new_counts)
+
+
+def minibatch_step_(
+    centers: Tensor, counts: Tensor, x: Tensor, deterministic: bool = False
+) -> Tensor:
+    """assign against the current centers, then minibatch_update_; returns the labels."""
+    labels, _ = assign(x, centers)
+    minibatch_update_(centers, counts, x, labels, deterministic)
+    return labels
+
+
+def ema_update_(
+    centers: Tensor, x: Tensor, labels: Tensor, decay: float, deterministic: bool = False
+) -> None:
+    """VQ-VAE codebook update: c_k = decay c_k + (1 - decay) mean_k for clusters with rows."""
+    sums, m = cluster_sums(x, labels, centers.shape[0])
+    c = _acc(centers)
+    mean = sums / m.clamp_min(1)[:, None].to(torch.float64)
+    upd = decay * c + (1.0 - decay) * mean
+    centers.copy_(torch.where((m > 0)[:, None], upd, c).to(centers.dtype))
+
+
+# --------------------------------------------------------------------------- center loss
+def _side_mean(x: Tensor, labels: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+    """u = sum_m (c_m + S_m) / (1 + n_m) over all K clusters, differentiable in x."""
+    k = centers.shape[0]
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
+    sums = sums.index_add(0, labels, _acc(x))
+    counts = torch.bincount(labels, minlength=k)[:k].to(torch.int64)
+    u = ((_acc(centers) + sums) / (1.0 + counts.to(torch.float64))[:, None]).sum(0)
+    return u, counts
+
+
+def center_loss(
+    x_real: Tensor,
+    labels_real: Tensor,
+    centers_real: Tensor,
+    x_fake: Tensor,
+    labels_fake: Tensor,
+    centers_fake: Tensor,
+) -> Tensor:
+    """KM-GAN Eq. 4: || sum_m (c_m + S_m)/(1 + n_m) - sum_m (ĉ_m + Ŝ_m)/(1 + n̂_m) ||_1.
+
+    Differentiable in x_real and x_fake by plain autograd (centers are buffers).
+    """
+    u_r, _ = _side_mean(x_real, labels_real, centers_real.detach())
+    u_f, _ = _side_mean(x_fake, labels_fake, centers_fake.detach())
+    return (u_r - u_f).abs().sum().to(_out_dtype(x_real))
+
+
+def center_loss_forward(
+    x_real: Tensor,
+    labels_real: Tensor,
+    centers_real: Tensor,
+    x_fake: Tensor,
+    labels_fake: Tensor,
+    centers_fake: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backend interface: (loss, u_real - u_fake (d,), counts_real (K,), counts_fake (K,))."""
+    u_r, n_r = _side_mean(x_real, labels_real, centers_real)
+    u_f, n_f = _side_mean(x_fake, labels_fake, centers_fake)
+    diff = u_r - u_f
+    dt = _out_dtype(x_real)
+    return diff.abs().sum().to(dt), diff.to(dt), n_r, n_f
+
+
+def center_loss_backward(
+    grad: Tensor,
+    u_diff: Tensor,
+    x_real: Tensor,
+    labels_real: Tensor,
+    counts_real: Tensor,
+    x_fake: Tensor,
+    labels_fake: Tensor,
+    counts_fake: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """dL/dx_real_i = g sign(u_diff) / (1 + n_real[l_i]); the fake side is negated."""
+    s = _acc(grad) * torch.sign(_acc(u_diff))  # sign(0) = 0
+    gr = s[None, :] / (1.0 + counts_real.to(torch.float64))[labels_real][:, None]
+    gf = -s[None, :] / (1.0 + counts_fake.to(torch.float64))[labels_fake][:, None]
+    return gr.to(x_real.dtype), gf.to(x_fake.dtype)
+
+
+# --------------------------------------------------------------------------- assigned distance
+_REDUCTIONS = ("fro", "mean", "sq_sum")
+
+
+def _safe_norm(sq: Tensor) -> Tensor:
+    """sqrt whose gradient at 0 is 0 rather than inf * 0 = NaN."""
+    pos = sq > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), sq * 0)
+
+
+def assigned_distance(x: Tensor, labels: Tensor, centers: Tensor, reduction: str = "fro") -> Tensor:
+    """The pull term of KM-GAN Eq. 5/6, || x - C[labels] ||:
+
+    * ``"fro"``: Euclidean norm of the whole (N, d) difference (the paper's ||.||_2),
+    * ``"mean"``: mean over rows of ||x_i - c_{l_i}||_2,
+    * ``"sq_sum"``: 0.5 sum_i ||x_i - c_{l_i}||^2 (Wen et al.'s center loss).
+
+    Differentiable by plain autograd in x and centers; the gradient at x == C[labels] is 0.
+    """
+    diff = _acc(x) - _acc(centers)[labels]
+    row_sq = (diff * diff).sum(1)
+    if reduction == "fro":
+        out = _safe_norm(row_sq.sum())
+    elif reduction == "mean":
+        out = _safe_norm(row_sq).mean() if x.shape[0] else row_sq.sum()
+    elif reduction == "sq_sum":
+        out = 0.5 * row_sq.sum()
+    else:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    return out.to(_out_dtype(x))
+
+
+def assigned_distance_backward(
+    grad: Tensor,
+    out: Tensor,
+    x: Tensor,
+    labels: Tensor,
+    centers: Tensor,
+    reduction: str,
+    centers_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """Explicit gradient of assigned_distance; zero where the distance is zero."""
+    diff = _acc(x) - _acc(centers)[labels]
+    g = _acc(grad)
+    if reduction == "fro":
+        o = _acc(out)
+        scale = torch.where(o > 0, g / torch.where(o > 0, o, torch.ones_like(o)), o * 0)
+        gx = diff * scale
+    elif reduction == "mean":
+        r = torch.sqrt((diff * diff).sum(1))
+        inv = torch.where(r > 0, 1.0 / torch.where(r > 0, r, torch.ones_like(r)), r * 0)
+        gx = diff * (g * inv / max(1, x.shape[0]))[:, None]
+    elif reduction == "sq_sum":
+        gx = diff * g
+    else:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if centers_grad:
+        gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device)
+        gc.index_add_(0, labels, -gx)
+        gc = gc.to(centers.dtype)
+    else:
+        gc = centers.new_empty(0)
+    return gx.to(x.dtype), gc
+
+
+# --------------------------------------------------------------------------- pairwise L1
+def pairwise_l1(a: Tensor, b: Tensor | None = None) -> Tensor:
+    """KM-GAN Eq. 7 regularisers, the O(N^2 d) way.
+
+    ``b is None``: sum over ordered pairs i != j of ||a_i - a_j||_1 (L_intra of one batch).
+    Otherwise sum over all (i, j) of ||a_i - b_j||_1 (L_inter). The diagonal of the
+    within-batch sum is 0, so both are the total of torch.cdist(p=1), whose gradient
+    at equal values is 0 (autograd's sign(0) = 0).
+    """
+    other = a if b is None else b
+    ad, od = _acc(a), _acc(other)
+    if ad.shape[0] == 0 or od.shape[0] == 0:
+        return (ad.sum() * 0 + od.sum() * 0).to(_out_dtype(a))
+    return torch.cdist(ad, od, p=1).sum().to(_out_dtype(a))
+
+
+def _l1_grad_1d(v: Tensor, w: Tensor) -> Tensor:
+    """For each v_i: #(w < v_i) - #(w > v_i), columnwise, by sorting w (ties give 0)."""
+    ws, _ = torch.sort(w, dim=0)
+    vt, wt = v.t().contiguous(), ws.t().contiguous()
+    below = torch.searchsorted(wt, vt, right=False)
+    above = w.shape[0] - torch.searchsorted(wt, vt, right=True)
+    return (below - above).t().to(torch.float64)
+
+
+def pairwise_l1_backward(grad: Tensor, a: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Rank-count gradient (DESIGN.md 4.5).
+
+    Within a batch the ordered pairs count each unordered pair twice, so the gradient of a_i
+    is 2 (#below - #above); between batches a_i gets #b below - #b above and b_j the mirror.
+    """
+    g = _acc(grad)
+    ad = _acc(a)
+    if b is None:
+        ga = 2.0 * g * _l1_grad_1d(ad, ad)
+        return ga.to(a.dtype), a.new_empty(0)
+    bd = _acc(b)
+    ga = g * _l1_grad_1d(ad, bd)
+    gb = g * _l1_grad_1d(bd, ad)
+    return ga.to(a.dtype), gb.to(b.dtype)

@@ -1,0 +1,120 @@
+"""Build kmgan_ext._C: CPU kernels always, CUDA kernels whenever nvcc and a CUDA build of torch
+are present (a GPU is not needed to compile; CI compiles them on a CPU-only machine).
+
+Environment:
+    KMGAN_EXT_NO_CUDA=1      skip the CUDA sources even when nvcc is found
+    CUDA_HOME                the CUDA toolkit (default: found from nvcc, see _cuda_home)
+    TORCH_CUDA_ARCH_LIST     default "8.0;9.0" (A100, H100/H200) when no GPU is visible
+    MAX_JOBS                 parallel compile jobs (ninja)
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_home() -> str | None:
+    """The CUDA toolkit root: a directory with bin/nvcc and include/cuda_runtime.h.
+
+    torch guesses CUDA_HOME from `which nvcc`; here /usr/local/bin/nvcc is a wrapper script,
+    so the guess (/usr/local) has no CUDA headers. Resolve candidates and keep the first real
+    toolkit.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for c in candidates:
+        if c and os.path.isfile(os.path.join(c, "bin", "nvcc")) and os.path.isfile(
+            os.path.join(c, "include", "cuda_runtime.h")
+        ):
+            return os.path.realpath(c)
+    return None
+
+
+def _want_cuda() -> tuple[bool, str]:
+    if os.environ.get("KMGAN_EXT_NO_CUDA", "0") not in ("", "0"):
+        return False, "KMGAN_EXT_NO_CUDA is set"
+    import torch
+
+    if torch.version.cuda is None:
+        return False, "torch is a CPU build"
+    home = _cuda_home()
+    if home is None:
+        return False, "no CUDA toolkit (nvcc + headers) found; set CUDA_HOME"
+    os.environ["CUDA_HOME"] = home  # must be set before torch.utils.cpp_extension is imported
+    return True, home
+
+
+def extensions():
+    want_cuda, why = _want_cuda()
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 from
+    # torch 2.10 on, C++17 before).
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    macros = [("Py_LIMITED_API", "0x03090000")]
+    if want_cuda:
+        import torch
+
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
+        print(
+            f"kmgan_ext: compiling CUDA kernels with {why}/bin/nvcc for "
+            f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')}",
+            file=sys.stderr,
+        )
+        return [
+            CUDAExtension(
+                "kmgan_ext._C",
+                sources,
+                define_macros=macros + [("KMGAN_EXT_WITH_CUDA", None)],
+                extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                extra_link_args=["-fopenmp"],
+                py_limited_api=True,
+            )
+        ]
+    print(f"kmgan_ext: CPU kernels only ({why})", file=sys.stderr)
+    return [
+        CppExtension(
+            "kmgan_ext._C",
+            sources,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+            py_limited_api=True,
+        )
+    ]
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    setup(
+        name="kmgan_ext",
+        version="0.1.0",
+        description="Fused Triton/CUDA/C++ clustering ops for neural-network training, and a KM-GAN trainer",
+        packages=find_packages(include=["kmgan_ext", "kmgan_ext.*"]) + ["kmgan_ext.kernels"],
+        package_dir={"kmgan_ext": "kmgan_ext", "kmgan_ext.kernels": "kernels"},
+        ext_modules=extensions(),
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        python_requires=">=3.9",
+        install_requires=["torch>=2.6", "numpy"],
+        extras_require={"triton": ["triton"], "faiss": ["faiss-cpu>=1.14"]},
+        entry_points={"console_scripts": ["kmgan-train=kmgan_ext.train.__main__:main"]},
+        options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    )
+
+
+if __name__ == "__main__":
+    main()
