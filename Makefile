@@ -32,7 +32,7 @@ $(VENV)/.data: | $(VENV)/.requirements
 $(VENV)/.built: $(VENV)/.requirements $(SOURCES)
 	@$(PY) -m pip install -v --no-build-isolation --no-deps -e . > $(VENV)/build.log 2>&1 || (cat $(VENV)/build.log; exit 1)
 	@# The log shows what was compiled: one line per source, nvcc's for csrc/cuda.
-	@grep -E "kmgan_ext: |\[[0-9]+/[0-9]+\]" $(VENV)/build.log | sed -E 's/^ *//; s/(\[[0-9]+\/[0-9]+\] [^ ]+).* -c ([^ ]+).*/\1 ... -c \2/' || true
+	@grep -E "^ *kmgan_ext: |\[[0-9]+/[0-9]+\]" $(VENV)/build.log | sed -E 's/^ *//; s/(\[[0-9]+\/[0-9]+\] [^ ]+).* -c ([^ ]+).*/\1 ... -c \2/' || true
 	touch $@
 
 install: $(VENV)/.built

@@ -285,7 +285,7 @@ def _l1_grad_1d(v: Tensor, w: Tensor) -> Tensor:
     vt, wt = v.t().contiguous(), ws.t().contiguous()
     below = torch.searchsorted(wt, vt, right=False)
     above = w.shape[0] - torch.searchsorted(wt, vt, right=True)
-    return (below - above).t().to(torch.float64)
+    return (below - above).t().contiguous().to(torch.float64)
 
 
 def pairwise_l1_backward(grad: Tensor, a: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:

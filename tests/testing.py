@@ -53,3 +53,40 @@ def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     out = wide[:, ::2]
     assert not out.is_contiguous() or t.shape[1] <= 1
     return out
+
+
+def distances64(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """(N, K) float64 squared distances of the inputs' exact values."""
+    from kmgan_ext.reference import squared_distances
+
+    return squared_distances(x, centers)
+
+
+# A fast kernel computes distances in float32: sum((x - c)^2) carries a relative error of at
+# most about (d + 2) * 2**-24 of the distance itself. Labels may differ from the float64
+# reference only where the two candidates' exact distances are closer than that.
+LABEL_RTOL = 2e-5
+
+
+def assert_labels_match(x, centers, labels, dist2=None, rtol: float = LABEL_RTOL):
+    """labels are the argmin up to float32 rounding; dist2 is the chosen center's distance."""
+    ref_labels, _ = __import__("kmgan_ext").reference.assign(x, centers)
+    assert labels.dtype == torch.int64 and labels.shape == (x.shape[0],)
+    assert labels.device == x.device
+    if x.shape[0] == 0:
+        return
+    labels = labels.cpu()
+    assert int(labels.min()) >= 0 and int(labels.max()) < centers.shape[0]
+    d = distances64(x.cpu(), centers.cpu())
+    rows = torch.arange(x.shape[0])
+    chosen, best = d[rows, labels], d[rows, ref_labels.cpu()]
+    bad = chosen > best * (1 + rtol) + 1e-30
+    assert not bad.any(), (
+        f"{int(bad.sum())} rows not at the argmin: chosen {chosen[bad][:5].tolist()} "
+        f"vs best {best[bad][:5].tolist()}"
+    )
+    if dist2 is not None:
+        assert dist2.dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
+        torch.testing.assert_close(
+            dist2.cpu().double(), chosen, rtol=rtol, atol=1e-6 * (1 + float(best.mean()))
+        )

@@ -1,0 +1,121 @@
+"""km.assigned_distance (KM-GAN Eq. 5/6, Wen's center loss) against float64 autograd."""
+import pytest
+import torch
+
+import kmgan_ext as km
+from kmgan_ext import reference
+from testing import DTYPES, backend_params, noncontiguous
+
+REDUCTIONS = ["fro", "mean", "sq_sum"]
+
+
+def _problem(n, d, k, device, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g).to(device, dtype)
+    c = torch.randn(k, d, generator=g).to(device, dtype)
+    labels = torch.randint(0, k, (n,), generator=g).to(device)
+    return x, labels, c
+
+
+def test_known_answer():
+    x = torch.tensor([[3.0, 0.0], [0.0, 0.0]])
+    c = torch.tensor([[0.0, 0.0], [0.0, 4.0]])
+    lab = torch.tensor([0, 1])
+    assert reference.assigned_distance(x, lab, c, "fro").item() == 5.0  # sqrt(9 + 16)
+    assert reference.assigned_distance(x, lab, c, "mean").item() == 3.5  # (3 + 4) / 2
+    assert reference.assigned_distance(x, lab, c, "sq_sum").item() == 12.5  # (9 + 16) / 2
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("n,d,k", [(1, 1, 1), (7, 3, 10), (64, 100, 10), (1023, 129, 50)])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_forward_backward_random(device, backend, reduction, n, d, k):
+    x, labels, c = _problem(n, d, k, device, seed=n + d)
+    x.requires_grad_()
+    c.requires_grad_()
+    out = km.assigned_distance(x, labels, c, reduction, backend=backend)
+    assert out.shape == () and out.dtype == torch.float32
+    out.backward(torch.tensor(0.7, device=device))
+    x64, c64 = x.detach().double().requires_grad_(), c.detach().double().requires_grad_()
+    want = reference.assigned_distance(x64, labels, c64, reduction)
+    want.backward(torch.tensor(0.7, dtype=torch.float64, device=device))
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c.grad.double(), c64.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_zero_distance_gives_zero_gradient(device, backend, reduction):
+    c = torch.randn(4, 5, device=device)
+    labels = torch.tensor([0, 1, 2, 3, 1], device=device)
+    x = c[labels].clone().requires_grad_()
+    out = km.assigned_distance(x, labels, c, reduction, backend=backend)
+    out.backward()
+    assert out.item() == 0.0
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_mean_with_some_zero_rows(device, backend):
+    c = torch.randn(3, 4, device=device)
+    labels = torch.tensor([0, 1, 2], device=device)
+    x = c[labels].clone()
+    x[1] += 1.0
+    x.requires_grad_()
+    km.assigned_distance(x, labels, c, "mean", backend=backend).backward()
+    assert torch.isfinite(x.grad).all()
+    assert x.grad[0].abs().max().item() == 0.0 and x.grad[1].abs().max().item() > 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_dtypes(device, backend, dtype):
+    x, labels, c = _problem(200, 33, 7, device, dtype, seed=2)
+    x.requires_grad_()
+    out = km.assigned_distance(x, labels, c, backend=backend)
+    out.backward()
+    assert x.grad.dtype == dtype
+    want = reference.assigned_distance(x.detach(), labels, c)
+    torch.testing.assert_close(out.double(), want.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_no_center_gradient_unless_asked(device, backend):
+    x, labels, c = _problem(20, 4, 3, device, seed=3)
+    x.requires_grad_()
+    km.assigned_distance(x, labels, c, backend=backend).backward()
+    assert c.grad is None and x.grad is not None
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_noncontiguous(device, backend):
+    x, labels, c = _problem(60, 8, 5, device, seed=4)
+    want = km.assigned_distance(x, labels, c, "mean", backend=backend)
+    got = km.assigned_distance(noncontiguous(x), labels, noncontiguous(c), "mean", backend=backend)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_gradcheck_float64(device, backend, reduction):
+    x, labels, c = _problem(8, 3, 3, device, torch.float64, seed=5)
+    x.requires_grad_()
+    c.requires_grad_()
+    f = lambda x, c: km.assigned_distance(x, labels, c, reduction, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, c))
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_opcheck(device, backend):
+    x, labels, c = _problem(16, 5, 4, device, torch.float64, seed=6)
+    for reduction in REDUCTIONS:
+        torch.library.opcheck(
+            torch.ops.kmgan_ext.assigned_distance.default,
+            (x.clone().requires_grad_(), labels, c.clone().requires_grad_(), reduction, backend),
+        )
+    out = reference.assigned_distance(x, labels, c, "fro")
+    torch.library.opcheck(
+        torch.ops.kmgan_ext.assigned_distance_backward.default,
+        (torch.ones((), dtype=torch.float64, device=device), out, x, labels, c, "fro", True, backend),
+    )

@@ -1,0 +1,107 @@
+"""km.center_loss (KM-GAN Eq. 4) against the reference and float64 autograd of the formula."""
+import pytest
+import torch
+
+import kmgan_ext as km
+from kmgan_ext import reference
+from testing import DTYPES, backend_params, noncontiguous, tol
+
+
+def _problem(n_r, n_f, d, k, device, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g).to(device, dtype)  # noqa: E731
+    lab = lambda n: torch.randint(0, k, (n,), generator=g).to(device)  # noqa: E731
+    return mk(n_r, d), lab(n_r), mk(k, d), mk(n_f, d), lab(n_f), mk(k, d)
+
+
+def test_known_answer():
+    # K = 2, d = 1. Real: rows 1, 3 in cluster 0 -> (c0 + 4)/3; cluster 1 empty -> c1.
+    xr, lr, cr = torch.tensor([[1.0], [3.0]]), torch.tensor([0, 0]), torch.tensor([[2.0], [5.0]])
+    # Fake: row 4 in cluster 1 -> (c1 + 4)/2; cluster 0 empty -> c0.
+    xf, lf, cf = torch.tensor([[4.0]]), torch.tensor([1]), torch.tensor([[1.0], [0.0]])
+    u_r = (2.0 + 4.0) / 3 + 5.0
+    u_f = 1.0 + (0.0 + 4.0) / 2
+    loss = reference.center_loss(xr, lr, cr, xf, lf, cf)
+    assert loss.item() == pytest.approx(abs(u_r - u_f))
+
+
+@pytest.mark.parametrize("n_r,n_f,d,k", [(0, 0, 3, 2), (1, 1, 1, 1), (7, 5, 3, 10), (64, 64, 100, 10), (1023, 999, 129, 50)])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_forward_backward_random(device, backend, n_r, n_f, d, k):
+    xr, lr, cr, xf, lf, cf = _problem(n_r, n_f, d, k, device, seed=n_r + d)
+    xr.requires_grad_()
+    xf.requires_grad_()
+    loss = km.center_loss(xr, lr, cr, xf, lf, cf, backend=backend)
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    w = 1.7
+    (loss * w).backward()
+    xr64, xf64 = xr.detach().double().requires_grad_(), xf.detach().double().requires_grad_()
+    want = reference.center_loss(xr64, lr, cr.double(), xf64, lf, cf.double())
+    (want * w).backward()
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(xr.grad.double(), xr64.grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(xf.grad.double(), xf64.grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_dtypes(device, backend, dtype):
+    xr, lr, cr, xf, lf, cf = _problem(100, 80, 20, 6, device, dtype, seed=3)
+    xr.requires_grad_()
+    loss = km.center_loss(xr, lr, cr, xf, lf, cf, backend=backend)
+    loss.backward()
+    assert xr.grad.dtype == dtype
+    want = reference.center_loss(xr.detach(), lr, cr, xf, lf, cf)
+    torch.testing.assert_close(loss.double(), want.double(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_sign_zero_gives_zero_gradient(device, backend):
+    # Both sides identical: u_real - u_fake = 0 in every dimension, so the gradient is 0.
+    xr, lr, cr, _, _, _ = _problem(16, 16, 4, 3, device, seed=4)
+    xr = xr.requires_grad_()
+    xf = xr.detach().clone().requires_grad_()
+    loss = km.center_loss(xr, lr, cr, xf, lr, cr, backend=backend)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert xr.grad.abs().max().item() == 0.0 and xf.grad.abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_centers_get_no_gradient(device, backend):
+    xr, lr, cr, xf, lf, cf = _problem(10, 10, 4, 3, device, seed=5)
+    cr.requires_grad_()
+    xr.requires_grad_()
+    km.center_loss(xr, lr, cr, xf, lf, cf, backend=backend).backward()
+    assert cr.grad is None and xr.grad is not None
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_noncontiguous(device, backend):
+    xr, lr, cr, xf, lf, cf = _problem(50, 40, 8, 5, device, seed=6)
+    want = km.center_loss(xr, lr, cr, xf, lf, cf, backend=backend)
+    got = km.center_loss(noncontiguous(xr), lr, noncontiguous(cr), noncontiguous(xf), lf, cf, backend=backend)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_gradcheck_float64(device, backend):
+    xr, lr, cr, xf, lf, cf = _problem(9, 7, 3, 4, device, torch.float64, seed=7)
+    xr.requires_grad_()
+    xf.requires_grad_()
+    f = lambda a, b: km.center_loss(a, lr, cr, b, lf, cf, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (xr, xf))
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_opcheck(device, backend):
+    xr, lr, cr, xf, lf, cf = _problem(20, 18, 6, 4, device, torch.float64, seed=8)
+    torch.library.opcheck(
+        torch.ops.kmgan_ext.center_loss.default,
+        (xr.requires_grad_(), lr, cr, xf.requires_grad_(), lf, cf, backend),
+    )
+    loss, diff, nr, nf = reference.center_loss_forward(xr.detach(), lr, cr, xf.detach(), lf, cf)
+    torch.library.opcheck(
+        torch.ops.kmgan_ext.center_loss_backward.default,
+        (torch.ones((), dtype=torch.float64, device=device), diff, xr.detach(), lr, nr, xf.detach(), lf, nf, backend),
+    )

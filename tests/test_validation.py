@@ -1,0 +1,95 @@
+"""Bad input (DESIGN.md 4.8): a clear error naming the argument, raised before any write."""
+import pytest
+import torch
+
+import kmgan_ext as km
+from testing import backend_params
+
+
+def _state(device):
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 3, generator=g).to(device)
+    counts = torch.arange(4).to(device)
+    x = torch.randn(6, 3, generator=g).to(device)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1], device=device)
+    return centers, counts, x, labels
+
+
+def _bad_update_calls(centers, counts, x, labels):
+    """(description, callable, exception type, message pattern) for every 4.8 case."""
+    f16 = x.half()
+    return [
+        ("int x", lambda b: km.minibatch_update_(centers, counts, x.long(), labels, backend=b), TypeError, "x must be float"),
+        ("1-D x", lambda b: km.minibatch_update_(centers, counts, x[0], labels, backend=b), ValueError, "x must be 2-D"),
+        ("dtype mix", lambda b: km.minibatch_update_(centers, counts, f16, labels, backend=b), TypeError, "centers must have dtype"),
+        ("d mismatch", lambda b: km.minibatch_update_(centers, counts, x[:, :2], labels, backend=b), ValueError, r"centers must have 2 columns"),
+        ("K = 0", lambda b: km.minibatch_update_(centers[:0], counts[:0], x, labels, backend=b), ValueError, "K >= 1"),
+        ("label < 0", lambda b: km.minibatch_update_(centers, counts, x, labels - 1, backend=b), ValueError, r"labels must lie in \[0, 4\)"),
+        ("label >= K", lambda b: km.minibatch_update_(centers, counts, x, labels + 1, backend=b), ValueError, r"labels must lie in \[0, 4\)"),
+        ("int32 labels", lambda b: km.minibatch_update_(centers, counts, x, labels.int(), backend=b), TypeError, "labels must be int64"),
+        ("labels length", lambda b: km.minibatch_update_(centers, counts, x, labels[:3], backend=b), ValueError, r"labels must have shape \(6,\)"),
+        ("float counts", lambda b: km.minibatch_update_(centers, counts.float(), x, labels, backend=b), TypeError, "counts must be int64"),
+        ("counts shape", lambda b: km.minibatch_update_(centers, counts[:3], x, labels, backend=b), ValueError, r"counts must have shape \(4,\)"),
+        ("deterministic", lambda b: km.minibatch_update_(centers, counts, x, labels, deterministic=1, backend=b), TypeError, "deterministic must be a bool"),
+        ("step int x", lambda b: km.minibatch_step_(centers, counts, x.long(), backend=b), TypeError, "x must be float"),
+        ("step counts", lambda b: km.minibatch_step_(centers, counts.float(), x, backend=b), TypeError, "counts must be int64"),
+        ("ema decay", lambda b: km.ema_update_(centers, x, labels, 1.5, backend=b), ValueError, "decay must lie in"),
+        ("ema labels", lambda b: km.ema_update_(centers, x, labels + 4, 0.9, backend=b), ValueError, "labels must lie in"),
+    ]
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_bad_updates_leave_state_bitwise_unchanged(device, backend):
+    centers, counts, x, labels = _state(device)
+    c0, n0 = centers.clone(), counts.clone()
+    for what, call, exc, pattern in _bad_update_calls(centers, counts, x, labels):
+        with pytest.raises(exc, match=pattern):
+            call(backend)
+        assert torch.equal(centers, c0) and torch.equal(counts, n0), what
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_bad_loss_inputs_name_the_argument(device, backend):
+    centers, _, x, labels = _state(device)
+    cases = [
+        (lambda: km.assign(x, centers.double(), backend=backend), TypeError, "centers must have dtype"),
+        (lambda: km.assign(x, centers[:, :2], backend=backend), ValueError, "centers must have 3 columns"),
+        (lambda: km.assign(x.int(), centers, backend=backend), TypeError, "x must be float"),
+        (lambda: km.assign([[1.0]], centers, backend=backend), TypeError, "x must be a torch.Tensor"),
+        (lambda: km.center_loss(x, labels, centers, x.half(), labels, centers, backend=backend), TypeError, "x_fake must have dtype"),
+        (lambda: km.center_loss(x, labels + 9, centers, x, labels, centers, backend=backend), ValueError, "labels_real must lie in"),
+        (lambda: km.center_loss(x, labels, centers, x, labels[:2], centers, backend=backend), ValueError, "labels_fake must have shape"),
+        (lambda: km.assigned_distance(x, labels, centers, "l1", backend=backend), ValueError, "reduction must be one of"),
+        (lambda: km.assigned_distance(x, labels - 1, centers, backend=backend), ValueError, "labels must lie in"),
+        (lambda: km.pairwise_l1(x, x[:, :2], backend=backend), ValueError, "b must have 3 columns"),
+        (lambda: km.pairwise_l1(x, x.double(), backend=backend), TypeError, "b must have dtype"),
+    ]
+    for call, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern):
+            call()
+
+
+def test_device_mix_is_rejected():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU to mix devices")
+    centers, counts, x, labels = _state("cpu")
+    with pytest.raises(ValueError, match="centers must be on"):
+        km.assign(x, centers.cuda())
+    with pytest.raises(ValueError, match="counts must be on"):
+        km.minibatch_update_(centers, counts.cuda(), x, labels)
+
+
+def test_nan_is_caught_only_in_debug_mode():
+    centers, counts, x, labels = _state("cpu")
+    x[2, 1] = float("nan")
+    c0 = centers.clone()
+    km.set_debug(True)
+    try:
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            km.minibatch_update_(centers, counts, x, labels)
+        assert torch.equal(centers, c0)
+        with pytest.raises(ValueError, match="x contains NaN"):
+            km.assign(x, centers)
+    finally:
+        km.set_debug(False)
+    km.assign(x, centers)  # without debug: no check, no sync
