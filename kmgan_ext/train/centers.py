@@ -1,0 +1,64 @@
+"""Center sets of KM-GAN: seeding by k-means++ and the per-iteration mini-batch update, also
+across DDP ranks.
+
+With a process group, the per-cluster sums and counts of every rank's batch are all-reduced
+and the same Sculley update is applied on every rank, so all ranks hold bitwise-identical
+centers (the all-reduced numbers are identical everywhere) and the result equals
+``km.minibatch_update_`` on the concatenated batch up to float rounding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+import kmgan_ext as km
+from kmgan_ext import reference
+
+
+def kmeans_pp(x: Tensor, k: int, seed: int) -> Tensor:
+    """k-means++ centers (k, d) float32 over all rows of x (kmgan_ext.seeding)."""
+    if x.shape[0] < k:
+        raise ValueError(f"k-means++ needs at least k={k} rows to seed from, got {x.shape[0]}")
+    return km.kmeans_plusplus(x.float(), k, seed=seed).float()
+
+
+def broadcast_(t: Tensor, world_size: int) -> Tensor:
+    if world_size > 1:
+        dist.broadcast(t, src=0)
+    return t
+
+
+def update_(centers: Tensor, counts: Tensor, x: Tensor, cfg: dict, world_size: int) -> Tensor:
+    """Label x against the current centers, then apply the mini-batch k-means update (over
+    every rank's rows when world_size > 1). Returns the labels of x."""
+    x = x.detach().float()
+    labels, _ = km.assign(x, centers, backend=cfg["backend"])
+    if world_size == 1:
+        km.minibatch_update_(centers, counts, x, labels, deterministic=cfg["deterministic"], backend=cfg["backend"])
+        return labels
+    sums, m = reference.cluster_sums(x, labels, centers.shape[0])  # float64 sums, int64 counts
+    dist.all_reduce(sums)
+    dist.all_reduce(m)
+    # The update of DESIGN.md 4.2 on the all-reduced numbers (float64 as the reference does);
+    # km.minibatch_update_ cannot be fed sums, only rows.
+    hit = m > 0
+    new_counts = counts + m
+    c = centers.double()
+    upd = c + (sums - m[:, None].double() * c) / new_counts.clamp_min(1)[:, None].double()
+    centers.copy_(torch.where(hit[:, None], upd, c).to(centers.dtype))
+    counts.copy_(new_counts)
+    return labels
+
+
+def rank_max_abs_diff(tensors: list[Tensor], world_size: int) -> float:
+    """max over ranks and entries of |t - t_rank0| (0.0 on one process)."""
+    if world_size == 1:
+        return 0.0
+    worst = torch.zeros((), dtype=torch.float64, device=tensors[0].device)
+    for t in tensors:
+        ref = t.detach().clone()
+        dist.broadcast(ref, src=0)
+        worst = torch.maximum(worst, (t.detach().double() - ref.double()).abs().max())
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst.item())
