@@ -1,0 +1,110 @@
+"""km.center_loss (DESIGN.md 4.3, KM-GAN Eq. 4), forward, backward and both.
+
+Providers on the same features, labels and centers:
+  torch            the formula in float32 with index_add + bincount, by autograd (baseline)
+  torch-compile    the same under torch.compile
+  kmgan_ext-<b>    km.center_loss(..., backend=b)
+The truth is autograd of kmgan_ext.reference.center_loss on float64 copies of the inputs.
+The naive provider is written here rather than imported because the reference accumulates
+in float64 (it is the ground truth), which no user would time as "plain torch".
+
+Run alone: python bench/bench_center_loss.py [--quick|--tiny] [--out DIR]
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness as H  # noqa: E402
+
+OP = "center_loss"
+BASELINE = "torch"
+MODES_ALL = ("forward", "backward", "full")
+
+
+def shapes(ctx: H.Ctx) -> list[dict]:
+    paper = dict(N=64, d=100, K=10)
+    return ctx.size(
+        tiny=[dict(N=50, d=8, K=5), paper],
+        quick=[paper, dict(N=4096, d=128, K=100), dict(N=65_536, d=256, K=1024)],
+        full=[paper, dict(N=4096, d=128, K=100), dict(N=65_536, d=256, K=1024), dict(N=262_144, d=128, K=1024)],
+        gpu=[paper, dict(N=4096, d=128, K=100), dict(N=65_536, d=256, K=1024), dict(N=1_000_000, d=128, K=1024)],
+    )
+
+
+def make_inputs(shape: dict, device: torch.device):
+    g = torch.Generator().manual_seed(2)
+    n, d, k = shape["N"], shape["d"], shape["K"]
+    xr, xf = torch.randn(n, d, generator=g), 0.5 + torch.randn(n, d, generator=g)
+    lr, lf = torch.randint(k, (n,), generator=g), torch.randint(k, (n,), generator=g)
+    cr, cf = torch.randn(k, d, generator=g), torch.randn(k, d, generator=g)
+    xr, xf = (t.to(device).requires_grad_() for t in (xr, xf))
+    return xr, lr.to(device), cr.to(device), xf, lf.to(device), cf.to(device)
+
+
+def torch_center_loss(x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake):
+    def side(x, labels, centers):
+        k = centers.shape[0]
+        sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add(0, labels, x)
+        n = torch.bincount(labels, minlength=k)
+        return ((centers + sums) / (1 + n)[:, None]).sum(0)
+
+    return (side(x_real, labels_real, centers_real) - side(x_fake, labels_fake, centers_fake)).abs().sum()
+
+
+def truth(inputs):
+    from kmgan_ext import reference
+
+    xr, lr, cr, xf, lf, cf = inputs
+    xr64, xf64 = xr.detach().double().requires_grad_(), xf.detach().double().requires_grad_()
+    loss = reference.center_loss(xr64, lr, cr.double(), xf64, lf, cf.double())
+    loss.backward()
+    return loss.detach(), [xr64.grad, xf64.grad]
+
+
+def run(ctx: H.Ctx) -> list[dict]:
+    import kmgan_ext as km
+
+    rows: list[dict] = []
+    for shape in shapes(ctx):
+        ctx.log(f"  {OP} {shape}")
+        inputs = make_inputs(shape, ctx.device)
+        xr, lr, cr, xf, lf, cf = inputs
+        n, d, k = shape["N"], shape["d"], shape["K"]
+        want = H.Lazy(lambda: truth(inputs))
+        s = xr.element_size()
+        fwd = H.Work(bytes=2 * n * d * s + 2 * n * 8 + 2 * k * d * s, flops=2.0 * n * d, items=2 * n)
+        bwd = H.Work(bytes=2 * n * 8 + 2 * k * 8 + 2 * n * d * s, items=2 * n)
+        work = {"forward": fwd, "backward": bwd, "full": H.Work(fwd.bytes + bwd.bytes, fwd.flops, 2 * n)}
+
+        def check(out):
+            (loss, grads), (wl, wg) = out, want()
+            scale = float(wl.abs()) + 1.0
+            return H.all_ok(
+                H.close("loss", loss, wl, rtol=1e-4, atol=1e-5 * scale),
+                H.close("grad x_real", grads[0], wg[0], rtol=1e-5, atol=1e-6),
+                H.close("grad x_fake", grads[1], wg[1], rtol=1e-5, atol=1e-6),
+            )
+
+        def compiled_make():
+            f = H.compiled(torch_center_loss, ctx)
+            return lambda: f(*inputs)
+
+        providers = [("torch", lambda: (lambda: torch_center_loss(*inputs)), None), ("torch-compile", compiled_make, None)]
+        for b, why in H.kmgan_backends(ctx):
+            providers.append((f"kmgan_ext-{b}", lambda b=b: (lambda: km.center_loss(*inputs, backend=b)), why))
+        for name, make, why in providers:
+            rows += H.run_provider(
+                ctx, OP, shape, name, make, check, work=work, modes=MODES_ALL, leaves=[xr, xf], absent=why
+            )
+    H.add_speedups(rows, BASELINE)
+    return rows
+
+
+if __name__ == "__main__":
+    import run_all
+
+    run_all.main(["--ops", "center_loss", *sys.argv[1:]])

@@ -1,0 +1,292 @@
+"""Seeding over a whole dataset (DESIGN.md 4.6): km.kmeans_plusplus and km.kmeans.
+
+KM-GAN seeds its real centers by k-means++ over the discriminator features of the whole
+training set (70,000 x 100 for MNIST / Fashion-MNIST, K=10; K=100 for the larger runs).
+The data here is a fixed Gaussian mixture of 10 blobs of that size.
+
+op kmeans_plusplus (greedy, 2 + ln K trials per center, over all N rows):
+  torch            the greedy loop as a user writes it: multinomial + cdist + min (baseline)
+  torch-compile    the same loop with its per-center step under torch.compile
+  kmgan_ext-<b>    km.kmeans_plusplus(x, K, seed=0, backend=b), every backend it offers
+  sklearn          sklearn.cluster.kmeans_plusplus (CPU)
+  faiss-kmeans++   faiss.Kmeans(niter=0, init_method=k-means++, no subsampling): its seeding
+op kmeans (k-means++ seeding then 20 Lloyd iterations over all rows):
+  torch            the naive seeding above + 20 iterations of cdist argmin + index_add means
+  kmgan_ext        km.kmeans(x, K, niter=20, seed=0)
+  faiss-kmeans++   faiss.Kmeans(niter=20, k-means++ init, no subsampling)
+  faiss-default    faiss.Kmeans(niter=20) with faiss's own defaults (random init, a subsample
+                   of 256 points per centroid)
+  sklearn          sklearn.cluster.KMeans(init="k-means++", n_init=1, max_iter=20, tol=0)
+The roofline counts the least work of any k-means++ (one pass over x per center). The check
+is quality, since seeds differ between libraries (a provider below the bar is still timed,
+and flagged correct=False): k-means++ centers must be rows of
+x and their inertia (sum of squared distances of all rows to the nearest center, float64)
+within 1.25x of scikit-learn's kmeans_plusplus at the same seed; Lloyd results within 1.25x of
+scikit-learn's KMeans. Each row carries its ``inertia_ratio``.
+
+Run alone: python bench/bench_kmeans_plusplus.py [--quick|--tiny] [--out DIR]
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness as H  # noqa: E402
+
+BASELINE = "torch"
+NITER = 20
+SEED_RATIO = 1.25
+LLOYD_RATIO = 1.25
+
+
+def shapes(ctx: H.Ctx) -> list[dict]:
+    paper = [dict(N=70_000, d=100, K=k) for k in (10, 100)]
+    return ctx.size(
+        tiny=[dict(N=2000, d=16, K=8)],
+        quick=paper,
+        full=paper + [dict(N=200_000, d=128, K=256)],
+        gpu=paper + [dict(N=1_000_000, d=128, K=256)],
+    )
+
+
+def make_data(shape: dict, device: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    n, d = shape["N"], shape["d"]
+    means = 4.0 * torch.randn(10, d, generator=g)
+    x = means[torch.randint(10, (n,), generator=g)] + torch.randn(n, d, generator=g)
+    return x.to(device)
+
+
+# --------------------------------------------------------------------------- naive torch
+def _kpp_step(x, closest, cand):
+    d = torch.cdist(x, x[cand]) ** 2
+    pot = torch.minimum(closest[:, None], d).sum(0)
+    best = pot.argmin()
+    return best, torch.minimum(closest, d[:, best])
+
+
+def torch_kmeans_plusplus(x, k, seed=0, step=_kpp_step):
+    """Greedy k-means++ (scikit-learn's rule, 2 + ln k trials), the way people write it."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    n, trials = x.shape[0], 2 + int(math.log(k))
+    first = int(torch.randint(n, (1,), generator=g, device=x.device))
+    idx = [first]
+    closest = ((x - x[first]) ** 2).sum(1)
+    for _ in range(1, k):
+        cand = torch.multinomial(closest, trials, replacement=True, generator=g)
+        best, closest = step(x, closest, cand)
+        idx.append(int(cand[best]))
+    return x[idx]
+
+
+def torch_kmeans(x, k, niter=NITER, seed=0):
+    c = torch_kmeans_plusplus(x, k, seed)
+    for _ in range(niter):
+        labels = torch.cdist(x, c).argmin(1)
+        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        n = torch.bincount(labels, minlength=k)
+        c = torch.where((n > 0)[:, None], sums / n.clamp_min(1)[:, None], c)
+    return c
+
+
+# --------------------------------------------------------------------------- checks
+def inertia(x: torch.Tensor, c: torch.Tensor) -> float:
+    return float(H.nearest64(x, c.to(x.device, x.dtype))[1].sum())
+
+
+def _as_tensor(out) -> torch.Tensor:
+    if isinstance(out, tuple) and hasattr(out, "_fields"):  # a named tuple (centers, labels, ...)
+        out = out[0]
+    elif isinstance(out, tuple):
+        out = out[0]
+    return torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out)
+
+
+def _quality(x, centers, k, yardstick, bound, rows_of_x) -> tuple[bool, str, float | None]:
+    c = _as_tensor(centers).to(x.device, x.dtype)
+    if tuple(c.shape) != (k, x.shape[1]):
+        return False, f"centers shape {tuple(c.shape)} != ({k}, {x.shape[1]})", None
+    if not torch.isfinite(c).all():
+        return False, "non-finite centers", None
+    msg = []
+    if rows_of_x:
+        dist = H.nearest64(c, x)[1]
+        if (dist > 0).any():
+            return False, f"{int((dist > 0).sum())} of {k} centers are not rows of x", None
+        msg.append("centers are rows of x")
+    ratio = inertia(x, c) / yardstick
+    msg.append(f"inertia {ratio:.4f}x scikit-learn's")
+    return ratio <= bound, "; ".join(msg) + ("" if ratio <= bound else f" (> {bound})"), ratio
+
+
+def _kmgan_seeding():
+    """km.kmeans_plusplus and the backends it offers, or Absent while it is being written."""
+    try:
+        import kmgan_ext as km
+
+        fn = getattr(km, "kmeans_plusplus", None)
+        if fn is None:
+            from kmgan_ext.seeding import kmeans_plusplus as fn
+    except Exception as e:
+        raise H.Absent(f"not built yet: kmgan_ext.seeding.kmeans_plusplus ({type(e).__name__}: {e})") from e
+    backends = getattr(sys.modules.get(fn.__module__), "BACKENDS", ("auto",))
+    return fn, [b for b in backends if b != "auto"] or ["auto"]
+
+
+def _kmgan_kmeans():
+    try:
+        import kmgan_ext as km
+
+        fn = getattr(km, "kmeans", None)
+        if fn is None:
+            from kmgan_ext.seeding import kmeans as fn
+    except Exception as e:
+        raise H.Absent(f"not built yet: kmgan_ext.seeding.kmeans ({type(e).__name__}: {e})") from e
+    return fn
+
+
+def _faiss_kmeans(ctx, x, k, niter, plusplus):
+    faiss = H.optional_import("faiss", "faiss-cpu / faiss-gpu")
+    n, d = x.shape
+    kw = dict(niter=niter, seed=1234, verbose=False)
+    if plusplus:
+        if not hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS"):
+            raise H.Absent(f"faiss {faiss.__version__} has no k-means++ init (>= 1.14 has)")
+        kw.update(init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS, max_points_per_centroid=n)
+    gpu = ctx.cuda and faiss.get_num_gpus() > 0
+    xs = x.detach().cpu().numpy()
+
+    def fn():
+        km = faiss.Kmeans(d, k, gpu=gpu, **kw)
+        km.train(xs)
+        return torch.from_numpy(km.centroids)
+
+    return fn
+
+
+def run(ctx: H.Ctx) -> list[dict]:
+    rows: list[dict] = []
+    for shape in shapes(ctx):
+        ctx.log(f"  kmeans_plusplus/kmeans {shape}")
+        n, d, k = shape["N"], shape["d"], shape["K"]
+        x = make_data(shape, ctx.device)
+        xs = x.cpu().numpy()
+        # scikit-learn's results are the yardsticks; without it, the naive torch ones.
+        try:
+            from sklearn.cluster import KMeans, kmeans_plusplus
+
+            seed_yard = H.Lazy(lambda: inertia(x, torch.from_numpy(kmeans_plusplus(xs, k, random_state=0)[0])))
+            lloyd_yard = H.Lazy(
+                lambda: inertia(
+                    x,
+                    torch.from_numpy(
+                        KMeans(k, init="k-means++", n_init=1, max_iter=NITER, tol=0.0, random_state=0)
+                        .fit(xs)
+                        .cluster_centers_
+                    ),
+                )
+            )
+        except ImportError:
+            kmeans_plusplus = KMeans = None
+            seed_yard = H.Lazy(lambda: inertia(x, torch_kmeans_plusplus(x, k)))
+            lloyd_yard = H.Lazy(lambda: inertia(x, torch_kmeans(x, k)))
+        cpu_heavy = ctx.cuda and n * k * d > 1e10  # scikit-learn on the GPU machine's host
+        s = x.element_size()
+        kind = "tf32" if ctx.cuda else "fp32"
+        # The least work of any k-means++: one pass over x per center (classic, one candidate);
+        # the greedy rule (scikit-learn's, kmgan_ext's) evaluates 2 + ln K candidates per pass.
+        seed_work = H.Work(bytes=k * n * d * s, flops=2.0 * n * d * k, items=k, item_unit="centers", flop_kind=kind)
+        lloyd_work = H.Work(
+            bytes=seed_work.bytes + NITER * n * d * s * 2,
+            flops=seed_work.flops + NITER * 2.0 * n * k * d,
+            items=NITER,
+            item_unit="Lloyd iterations",
+            flop_kind=kind,
+        )
+
+        def extra(rows_, ratio_holder):
+            for r in rows_:
+                r["inertia_ratio"] = ratio_holder.get("ratio")
+            return rows_
+
+        def run_one(op, name, make, bound, rows_of_x, yard, work, absent=None):
+            holder: dict = {}
+
+            def check(out):
+                ok, msg, ratio = _quality(x, out, k, yard(), bound, rows_of_x)
+                holder["ratio"] = ratio
+                return ok, msg
+
+            return extra(
+                H.run_provider(ctx, op, shape, name, make, check, work=work, absent=absent, time_if_wrong=True),
+                holder,
+            )
+
+        # ---------------- k-means++ seeding
+        op = "kmeans_plusplus"
+
+        def compiled_make():
+            step = H.compiled(_kpp_step, ctx)
+            return lambda: torch_kmeans_plusplus(x, k, step=step)
+
+        def sk_seed():
+            if kmeans_plusplus is None:
+                raise H.Absent("scikit-learn not installed")
+            if cpu_heavy:
+                raise H.Skipped("scikit-learn on the host CPU: too slow for the GPU run's budget")
+            return lambda: kmeans_plusplus(xs, k, random_state=0)[0]
+
+        entries = [
+            ("torch", lambda: (lambda: torch_kmeans_plusplus(x, k)), None),
+            ("torch-compile", compiled_make, None),
+        ]
+        try:
+            seed_fn, seed_backends = _kmgan_seeding()
+            for b in seed_backends:
+                entries.append((f"kmgan_ext-{b}", lambda b=b: (lambda: seed_fn(x, k, seed=0, backend=b)), None))
+        except H.Absent as e:
+            entries.append(("kmgan_ext", None, str(e)))
+        entries += [
+            ("sklearn", sk_seed, None),
+            ("faiss-kmeans++", lambda: _faiss_kmeans(ctx, x, k, 0, True), None),
+        ]
+        for name, make, why in entries:
+            rows += run_one(op, name, make, SEED_RATIO, True, seed_yard, seed_work, absent=why)
+
+        # ---------------- k-means (Lloyd)
+        op = "kmeans"
+
+        def km_lloyd():
+            fn = _kmgan_kmeans()
+            return lambda: fn(x, k, niter=NITER, seed=0)
+
+        def sk_lloyd():
+            if KMeans is None:
+                raise H.Absent("scikit-learn not installed")
+            if cpu_heavy:
+                raise H.Skipped("scikit-learn on the host CPU: too slow for the GPU run's budget")
+            return lambda: KMeans(k, init="k-means++", n_init=1, max_iter=NITER, tol=0.0, random_state=0).fit(xs).cluster_centers_
+
+        entries = [
+            ("torch", lambda: (lambda: torch_kmeans(x, k))),
+            ("kmgan_ext", km_lloyd),
+            ("faiss-kmeans++", lambda: _faiss_kmeans(ctx, x, k, NITER, True)),
+            ("faiss-default", lambda: _faiss_kmeans(ctx, x, k, NITER, False)),
+            ("sklearn", sk_lloyd),
+        ]
+        for name, make in entries:
+            rows += run_one(op, name, make, LLOYD_RATIO, False, lloyd_yard, lloyd_work)
+        del x
+    H.add_speedups(rows, BASELINE)
+    return rows
+
+
+if __name__ == "__main__":
+    import run_all
+
+    run_all.main(["--ops", "kmeans_plusplus", *sys.argv[1:]])

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine: build kmgan_ext with the machine's torch, run the whole
+# test suite, run the full benchmarks, and leave everything in OUT_DIR.
+#
+#   bash bench/gpu_check.sh OUT_DIR          (or: make gpu-check OUT_DIR=...)
+#
+# Files in OUT_DIR (7, flat): env.txt (versions, nvidia-smi, backends), build.log,
+# pytest.log, bench.log, results.json, results.md, plots.tar.gz (one PNG per op).
+# Python wheels carried in .whl/ (faiss-cpu, flash-kmeans, fastkmeans, ... see
+# bench/README.md) are installed into /tmp/site first and put on PYTHONPATH.
+#
+# Time limits in seconds (the whole script stays under ~8 minutes with the defaults):
+#   GPU_CHECK_BUILD_S=150  GPU_CHECK_TEST_S=120  GPU_CHECK_BENCH_S=120 (benchmark budget;
+#   the benchmark is killed 60 s after it if a case overruns)
+# For a rehearsal without a GPU: GPU_CHECK_SKIP_BUILD=1, GPU_CHECK_PYTEST_ARGS="tests/x.py",
+#   GPU_CHECK_BENCH_ARGS="--tiny --threads 1".
+set -u -o pipefail
+
+OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$ROOT" || exit 1
+PY=${PYTHON:-python3}
+BUILD_S=${GPU_CHECK_BUILD_S:-150}
+TEST_S=${GPU_CHECK_TEST_S:-120}
+BENCH_S=${GPU_CHECK_BENCH_S:-120}
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - T0 )) s"; }
+failed=""
+
+# 1. Wheels carried from the development machine (the GPU machine cannot download).
+if compgen -G ".whl/*.whl" >/dev/null; then
+    if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl; then
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    else
+        failed="$failed wheels"
+        echo "gpu_check: installing .whl/*.whl failed; continuing without them" >&2
+    fi
+fi
+
+# 2. What the machine is.
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo 'unknown (no git)')$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)"
+    echo "python: $(command -v "$PY") $("$PY" --version 2>&1)"
+    echo "--- nvidia-smi"
+    nvidia-smi 2>&1 || echo "nvidia-smi not available"
+    echo "--- nvcc"
+    nvcc --version 2>&1 | tail -2 || echo "nvcc not available"
+    echo "--- python packages"
+    "$PY" - <<'EOF' 2>&1
+import importlib
+for m in ("torch", "triton", "numpy", "faiss", "sklearn", "flash_kmeans", "fastkmeans",
+          "fast_pytorch_kmeans", "pykeops", "matplotlib", "pytest", "expecttest"):
+    try:
+        print(f"{m}: {getattr(importlib.import_module(m), '__version__', 'present')}")
+    except Exception as e:
+        print(f"{m}: absent ({type(e).__name__})")
+import torch
+print("cuda available:", torch.cuda.is_available(), "| torch.version.cuda:", torch.version.cuda)
+if torch.cuda.is_available():
+    print("device:", torch.cuda.get_device_name(), "| capability:", torch.cuda.get_device_capability())
+EOF
+} >"$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# 3. Build the extension in place against this machine's torch, for this GPU's architecture.
+if [ "${GPU_CHECK_SKIP_BUILD:-0}" = "1" ]; then
+    echo "build skipped (GPU_CHECK_SKIP_BUILD=1)" >"$OUT/build.log"
+else
+    if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null; then
+        CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+        export CUDA_HOME
+    fi
+    if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+        arch=$("$PY" -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')" 2>/dev/null)
+        [ -n "$arch" ] && export TORCH_CUDA_ARCH_LIST=$arch
+    fi
+    export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+    echo "gpu_check: building (CUDA_HOME=${CUDA_HOME:-unset}, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-unset}), limit ${BUILD_S} s"
+    if ! timeout -k 10 "$BUILD_S" "$PY" -m pip install -v --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+        failed="$failed build"
+        echo "gpu_check: build FAILED (see build.log); its last lines:"
+        tail -25 "$OUT/build.log"
+    fi
+fi
+"$PY" -c "import kmgan_ext as km; print('backends:', km.available_backends())" 2>&1 | tee -a "$OUT/env.txt"
+echo "gpu_check: build done at $(elapsed)"
+
+# 4. The whole test suite (SIGINT at the limit, so pytest still prints its summary).
+# shellcheck disable=SC2086
+timeout -s INT -k 20 "$TEST_S" "$PY" -m pytest -q -rs -p no:cacheprovider ${GPU_CHECK_PYTEST_ARGS:-tests} 2>&1 |
+    tee "$OUT/pytest.log"
+rc=${PIPESTATUS[0]}
+[ "$rc" -ne 0 ] && failed="$failed pytest(rc=$rc)"
+echo "gpu_check: tests done at $(elapsed)"
+
+# 5. The full benchmarks, within their time budget.
+# shellcheck disable=SC2086
+timeout -k 10 "$((BENCH_S + 60))" "$PY" bench/run_all.py --out "$OUT" --budget-s "$BENCH_S" \
+    ${GPU_CHECK_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -E "^bench:|^\| " | tail -60
+rc=${PIPESTATUS[0]}
+[ "$rc" -ne 0 ] && failed="$failed bench(rc=$rc)"
+if compgen -G "$OUT/*.png" >/dev/null; then
+    (cd "$OUT" && tar -czf plots.tar.gz -- *.png && rm -f -- *.png)
+fi
+echo "gpu_check: finished at $(elapsed); files: $(cd "$OUT" && ls | tr '\n' ' ')"
+if [ -n "$failed" ]; then
+    echo "gpu_check: FAILED:$failed"
+    exit 1
+fi
+echo "gpu_check: all steps passed"

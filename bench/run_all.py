@@ -1,0 +1,266 @@
+"""Run the benchmarks and write one JSON, one markdown table and one PNG per op.
+
+    python bench/run_all.py [--quick | --tiny] [--out DIR] [--ops a,b] [--device cpu|cuda]
+                            [--budget-s SECONDS] [--no-compile] [--threads N]
+
+--quick   this CPU in a few minutes (the paper's shapes and the CPU targets)
+--tiny    seconds, tiny shapes, no torch.compile: what tests/test_bench.py runs
+(neither) the full suite for the device: scale sweeps on a GPU, larger CPU shapes
+--budget-s  cases that would start after this many seconds are written as skipped rows
+
+Files in --out (default bench/results/<cpu|cuda>): results.json (device, versions, commit,
+date, roofline, rows), results.md (the tables), <op>.png (median time per shape and provider,
+log scale; only rows whose check passed are drawn).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import torch  # noqa: E402
+
+import _harness as H  # noqa: E402
+
+# --ops key -> module. A module may write rows of several ops (bench_minibatch_update writes
+# minibatch_update and minibatch_step).
+MODULES = {
+    "assign": "bench_assign",
+    "minibatch_update": "bench_minibatch_update",
+    "center_loss": "bench_center_loss",
+    "assigned_distance": "bench_assigned_distance",
+    "pairwise_l1": "bench_pairwise_l1",
+    "kmeans_plusplus": "bench_kmeans_plusplus",
+    "train_step": "bench_train_step",
+}
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true")
+    size.add_argument("--tiny", action="store_true")
+    p.add_argument("--out", default=None)
+    p.add_argument("--ops", default=",".join(MODULES))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--budget-s", type=float, default=None)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = p.parse_args(argv)
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in MODULES]
+    if unknown:
+        p.error(f"unknown ops {unknown}; choose from {list(MODULES)}")
+    args.ops = ops
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or os.path.join(HERE, "results", device.type)
+    os.makedirs(out, exist_ok=True)
+    t0 = time.monotonic()
+    ctx = H.Ctx(
+        device=device,
+        quick=args.quick,
+        tiny=args.tiny,
+        compile=not (args.no_compile or args.tiny),
+        deadline=None if args.budget_s is None else t0 + args.budget_s,
+        log=H.eprint,
+    )
+    H.eprint(f"bench: device {device}, {'tiny' if args.tiny else 'quick' if args.quick else 'full'}, ops {args.ops}")
+    ctx.roof = H.roofline_for(device, small=args.tiny)
+    H.eprint(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s, {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
+    meta = H.run_metadata(ctx, {k: v for k, v in vars(args).items()})
+    rows: list[dict] = []
+    for key in args.ops:
+        t = time.monotonic()
+        H.eprint(f"bench: {key}")
+        try:
+            mod = importlib.import_module(MODULES[key])
+            rows += mod.run(ctx)
+        except Exception as e:  # one broken benchmark must not lose the others' rows
+            H.eprint(traceback.format_exc())
+            r = H.empty_row(key, {}, "(benchmark)", "-")
+            r["error"] = f"benchmark crashed: {type(e).__name__}: {e}"
+            rows.append(r)
+        H.eprint(f"bench: {key} done in {time.monotonic() - t:.0f} s")
+    meta["elapsed_s"] = round(time.monotonic() - t0, 1)
+    meta["load_avg_end"] = H._loadavg()
+    result = {**meta, "rows": rows}
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+        f.write("\n")
+    md = markdown(result)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(md)
+    for op in dict.fromkeys(r["op"] for r in rows):
+        try:
+            plot(result, op, os.path.join(out, f"{op}.png"))
+        except Exception as e:
+            H.eprint(f"bench: no plot for {op}: {type(e).__name__}: {e}")
+    print(md)
+    H.eprint(f"bench: wrote {out}/results.json, results.md and the plots in {meta['elapsed_s']} s")
+    return result
+
+
+# --------------------------------------------------------------------------- markdown
+def shape_str(shape: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in shape.items()) if shape else "-"
+
+
+def _num(v, digits=4) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return str(v)
+    return f"{v:.{digits}g}"
+
+
+def _si(v) -> str:
+    if v is None:
+        return ""
+    for div, p in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g} {p}"
+    return f"{v:.3g} "
+
+
+def _status(r: dict) -> str:
+    if r.get("absent"):
+        return "absent: " + r["absent"]
+    if r.get("skipped"):
+        return "skipped: " + r["skipped"]
+    if r.get("error"):
+        return "error: " + r["error"]
+    if r.get("correct") is False and r.get("check"):
+        return "WRONG: " + r["check"]
+    return r.get("note") or ""
+
+
+def _cell(s: str) -> str:
+    return str(s).replace("|", "/").replace("\n", " ")
+
+
+def markdown(result: dict) -> str:
+    dev = result["device"]
+    roof = result.get("roofline") or {}
+    lines = [
+        f"# kmgan_ext benchmarks: {dev.get('name')}",
+        "",
+        f"- date {result['date']}, commit `{result['commit']}`, {result['elapsed_s']} s",
+        f"- torch {result['torch']}, triton {result['triton']}, faiss {result['faiss']}, "
+        f"scikit-learn {result['sklearn']}, python {result['python']}",
+        f"- timing: {result['timing']}",
+        f"- 1-min load average at start / end: {result.get('load_avg_start')} / {result.get('load_avg_end')}"
+        + (
+            f" (above the {dev.get('cores')} cores: CPU timings are distorted by other processes)"
+            if dev.get("cores") and max(result.get("load_avg_start") or 0, result.get("load_avg_end") or 0) > dev["cores"]
+            else ""
+        ),
+        f"- roofline: {_num(roof.get('bandwidth_gbps'))} GB/s, "
+        + ", ".join(f"{k} {_num(v)} GFLOP/s" for k, v in (roof.get("gflops") or {}).items())
+        + f" ({roof.get('source')})",
+        f"- kmgan_ext backends: "
+        + ", ".join(f"{b} ({'yes' if why is None else 'no'})" for b, why in result["available_backends"].items()),
+        "- `x torch`: speedup against the naive-torch baseline named under each table; "
+        "`correct`: the provider's answer was checked against kmgan_ext.reference before timing",
+        "",
+    ]
+    rows = result["rows"]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        ops_rows = [r for r in rows if r["op"] == op]
+        base = next((r["baseline"] for r in ops_rows if r.get("baseline")), None)
+        lines += [f"## {op}", "", f"baseline of `x torch`: `{base}`", ""]
+        lines.append(
+            "| shape | mode | provider | median ms | p20-p80 ms | correct | x torch | throughput "
+            "| % roofline | peak MB | note |"
+        )
+        lines.append("|---|---|---|---:|---:|---|---:|---:|---:|---:|---|")
+        for r in ops_rows:
+            timed = r["median_ms"] is not None
+            lines.append(
+                "| "
+                + " | ".join(
+                    _cell(c)
+                    for c in (
+                        shape_str(r["shape"]),
+                        r["mode"],
+                        r["provider"],
+                        _num(r["median_ms"]),
+                        f"{_num(r['p20_ms'], 3)}-{_num(r['p80_ms'], 3)}" if timed else "",
+                        "yes" if r["correct"] else "no",
+                        f"{r['speedup_vs_torch']:.2f}" if r["speedup_vs_torch"] else "",
+                        f"{_si(r['throughput'])}{r['throughput_unit']}" if r["throughput"] else "",
+                        _num(r["pct_of_roofline"], 3),
+                        _num(r["peak_mem_mb"], 3),
+                        _status(r),
+                    )
+                )
+                + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+def plot(result: dict, op: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["op"] == op and r["median_ms"] and r["correct"]]
+    if not rows:
+        rows_any = [r for r in result["rows"] if r["op"] == op]
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{op}: no checked, timed rows in this run ({len(rows_any)} rows)", ha="center")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
+    modes = [m for m in ("full", "forward") if any(r["mode"] == m for r in rows)] or [rows[0]["mode"]]
+    mode = modes[0]
+    rows = [r for r in rows if r["mode"] == mode]
+    shapes = list(dict.fromkeys(shape_str(r["shape"]) for r in rows))
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    width = 0.8 / max(1, len(providers))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(shapes) + 3), 4.5))
+    for i, p in enumerate(providers):
+        xs, ys, lo, hi = [], [], [], []
+        for j, s in enumerate(shapes):
+            r = next((r for r in rows if r["provider"] == p and shape_str(r["shape"]) == s), None)
+            if r is None:
+                continue
+            xs.append(j + (i - (len(providers) - 1) / 2) * width)
+            ys.append(r["median_ms"])
+            lo.append(r["median_ms"] - r["p20_ms"])
+            hi.append(r["p80_ms"] - r["median_ms"])
+        ax.bar(xs, ys, width, yerr=[lo, hi], label=p, capsize=2)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"median ms ({mode}; bars p20-p80)")
+    ax.set_xticks(range(len(shapes)))
+    ax.set_xticklabels([s.replace(" ", "\n") for s in shapes], fontsize=7)
+    ax.set_title(f"{op} on {result['device'].get('name')}\ncommit {result['commit'][:12]}, {result['date'][:10]}", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""bench/run_all.py --tiny: every benchmark runs, writes its files, and checks before timing.
+
+Runs the whole suite on tiny shapes in a subprocess (its thread setting and torch.compile
+configuration stay out of this test session). What it holds:
+* results.json has the run metadata and rows with every schema key;
+* every op of the suite wrote rows, and no benchmark crashed;
+* every kmgan_ext backend usable here gave a checked answer (correct) and a time;
+* a row is timed only after its check passed (quality-bar rows excepted, and flagged);
+* absent and skipped rows say why; speedups are relative to a named baseline;
+* results.md and one PNG per op exist.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import _harness as H  # noqa: E402
+import run_all  # noqa: E402
+
+# One run shared by the tests of this file.
+_RUN: dict = {}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    if not _RUN:
+        out = tmp_path_factory.mktemp("bench")
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "bench", "run_all.py"), "--tiny", "--threads", "1", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        with open(out / "results.json") as f:
+            _RUN.update(out=out, result=json.load(f), stdout=proc.stdout)
+    return _RUN
+
+
+def test_metadata(tiny_run):
+    r = tiny_run["result"]
+    for key in ("device", "torch", "triton", "faiss", "commit", "date", "rows", "roofline", "available_backends"):
+        assert key in r, key
+    assert r["device"]["name"] and r["device"]["type"] in ("cpu", "cuda")
+    assert r["commit"] and r["date"]
+    assert r["roofline"]["bandwidth_gbps"] > 0 and r["roofline"]["gflops"]["fp32"] > 0
+
+
+def test_rows_schema(tiny_run):
+    rows = tiny_run["result"]["rows"]
+    assert rows
+    for row in rows:
+        missing = [k for k in H.ROW_KEYS if k not in row]
+        assert not missing, (row.get("op"), row.get("provider"), missing)
+        assert isinstance(row["op"], str) and isinstance(row["provider"], str)
+        assert row["mode"] in ("forward", "backward", "full"), row
+        assert isinstance(row["shape"], dict) and row["shape"]
+        assert isinstance(row["correct"], bool)
+        if row["median_ms"] is not None:
+            assert 0 < row["p20_ms"] <= row["median_ms"] <= row["p80_ms"], row
+            # Timed only after a passed check, except quality bars, which stay flagged.
+            assert row["correct"] or "inertia_ratio" in row, row
+        if row["correct"]:
+            assert row["check"], row
+        if row["absent"] is not None or row["skipped"] is not None:
+            assert (row["absent"] or row["skipped"]).strip(), row
+            assert row["median_ms"] is None and not row["correct"], row
+
+
+def test_every_op_ran(tiny_run):
+    rows = tiny_run["result"]["rows"]
+    ops = {r["op"] for r in rows}
+    expected = {"assign", "minibatch_update", "minibatch_step", "center_loss", "assigned_distance",
+                "pairwise_l1", "kmeans_plusplus", "kmeans", "train_step", "kmgan_loss_block"}
+    assert expected <= ops, expected - ops
+    crashed = [r for r in rows if r["provider"] == "(benchmark)"]
+    assert not crashed, crashed
+
+
+def test_kmgan_ext_backends_correct_and_timed(tiny_run):
+    """Each usable backend (reference at least) is checked right and timed on every case."""
+    rows = tiny_run["result"]["rows"]
+    ours = [r for r in rows if "kmgan_ext" in r["provider"] and r["absent"] is None and r["skipped"] is None]
+    assert any(r["provider"].endswith("reference") for r in ours)
+    bad = [(r["op"], r["shape"], r["provider"], r["mode"], r["check"], r["error"]) for r in ours
+           if not r["correct"] or r["error"] or r["median_ms"] is None]
+    assert not bad, bad
+    # Backends not usable here are listed with their reason, never dropped.
+    avail = tiny_run["result"]["available_backends"]
+    assign_rows = {r["provider"]: r for r in rows if r["op"] == "assign"}
+    for b in ("reference", "cpu", "triton"):
+        assert f"kmgan_ext-{b}" in assign_rows
+        if avail[b] is not None:
+            assert assign_rows[f"kmgan_ext-{b}"]["absent"], b
+
+
+def test_naive_baselines_and_speedups(tiny_run):
+    rows = tiny_run["result"]["rows"]
+    for r in rows:
+        assert r["baseline"], r
+        if r["provider"] == r["baseline"] and r["median_ms"] is not None:
+            assert r["speedup_vs_torch"] == pytest.approx(1.0)
+    # The naive providers themselves pass their checks (the checks are not vacuous for them).
+    naive = [r for r in rows if r["provider"] in ("torch", "torch-cdist", "torch-matmul", "kmgan-torch")]
+    assert naive and all(r["correct"] for r in naive if r["skipped"] is None)
+
+
+def test_files(tiny_run):
+    out = tiny_run["out"]
+    assert (out / "results.md").read_text().startswith("# kmgan_ext benchmarks")
+    for op in {r["op"] for r in tiny_run["result"]["rows"]}:
+        png = out / f"{op}.png"
+        assert png.exists() and png.stat().st_size > 1000, op
+    assert "| shape | mode | provider |" in tiny_run["stdout"]
+
+
+def test_check_labels_rejects_a_wrong_label():
+    """The assignment check is not vacuous: one row sent to a far center fails it."""
+    import torch
+
+    x = torch.randn(50, 8)
+    c = torch.randn(5, 8)
+    truth = H.nearest64(x, c)
+    assert H.check_labels(x, c, truth, truth[0].clone())[0]
+    wrong = truth[0].clone()
+    d = torch.cdist(x, c)
+    wrong[0] = int(d[0].argmax())
+    ok, msg = H.check_labels(x, c, truth, wrong)
+    assert not ok and "not the argmin" in msg
+
+
+def test_gpu_check_script_parses():
+    proc = subprocess.run(["bash", "-n", os.path.join(ROOT, "bench", "gpu_check.sh")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_parse_rejects_unknown_op():
+    with pytest.raises(SystemExit):
+        run_all.parse(["--ops", "nope"])
