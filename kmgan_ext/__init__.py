@@ -15,6 +15,8 @@ from .assigned_distance import assigned_distance
 from .center_loss import center_loss
 from .minibatch_update import ema_update_, minibatch_step_, minibatch_update_
 from .pairwise_l1 import pairwise_l1
+from .seeding import KMeansResult, extract_features, kmeans, kmeans_parallel, kmeans_plusplus
+from .modules import MiniBatchKMeans
 
 __version__ = "0.1.0"
 
@@ -29,4 +31,10 @@ __all__ = [
     "center_loss",
     "assigned_distance",
     "pairwise_l1",
+    "extract_features",
+    "kmeans_plusplus",
+    "kmeans",
+    "KMeansResult",
+    "kmeans_parallel",
+    "MiniBatchKMeans",
 ]

@@ -1,0 +1,147 @@
+"""The data a seeding routine reads: a torch tensor or a numpy array (np.memmap included).
+
+Seeding reads the whole dataset once per center, so the data are never copied whole: they are
+read in row chunks, each converted to the compute dtype on the compute device only for the
+time it is used. A 10M x 128 float32 memmap (5 GB) is never resident at once.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import _checks
+
+_NUMPY_FLOATS = (np.float16, np.float32, np.float64)
+
+# Bytes of per-chunk temporaries (the chunk converted to the compute dtype, and its distance
+# block). On CPU the chunk should stay cache-resident for the few passes each step makes over
+# it; 16384 rows x 100 float32 was the fastest of 2048..70000 rows at N=70,000, d=100, K=100
+# on this 2-core machine (noisy, shared).
+_CPU_CHUNK_BYTES = 16384 * 100 * 4
+# On a GPU the whole array is resident anyway; chunks only bound the temporaries.
+_CUDA_CHUNK_BYTES = 512 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def faiss_module():
+    """faiss when importable, else None (import kmgan_ext never needs it)."""
+    try:
+        import faiss
+    except Exception:
+        return None
+    return faiss
+
+
+class Rows:
+    """Chunked, read-only access to the rows of ``x`` in a float compute dtype.
+
+    ``compute_dtype`` is float64 for float64 data and float32 otherwise (half-precision rows
+    are widened chunk by chunk, so the distances are never formed in 16-bit arithmetic).
+    """
+
+    def __init__(self, name: str, x: object):
+        if isinstance(x, Tensor):
+            if x.dim() != 2:
+                raise ValueError(f"{name} must be 2-D (N, d), got shape {tuple(x.shape)}")
+            if x.dtype not in _checks.FLOAT_DTYPES:
+                raise TypeError(
+                    f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}"
+                )
+            self.is_numpy = False
+            self.device = x.device
+            self.compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            x = x.detach()
+        elif isinstance(x, np.ndarray):
+            if x.ndim != 2:
+                raise ValueError(f"{name} must be 2-D (N, d), got shape {x.shape}")
+            if x.dtype.type not in _NUMPY_FLOATS:
+                raise TypeError(f"{name} must be float16, float32 or float64, got {x.dtype}")
+            self.is_numpy = True
+            self.device = torch.device("cpu")
+            self.compute_dtype = torch.float64 if x.dtype == np.float64 else torch.float32
+        else:
+            raise TypeError(
+                f"{name} must be a torch.Tensor or a numpy array (np.memmap included), "
+                f"got {type(x).__name__}"
+            )
+        if x.shape[1] == 0:
+            raise ValueError(f"{name} must have at least one column, got shape {tuple(x.shape)}")
+        self.name = name
+        self.x = x
+        self.n, self.d = int(x.shape[0]), int(x.shape[1])
+
+    def default_chunk(self, extra_cols: int = 0) -> int:
+        """Rows per chunk so that the chunk and an (rows, extra_cols) block fit the budget."""
+        budget = _CUDA_CHUNK_BYTES if self.device.type == "cuda" else _CPU_CHUNK_BYTES
+        per_row = (self.d + extra_cols) * torch.finfo(self.compute_dtype).bits // 8
+        return max(1, budget // per_row)
+
+    def chunk(self, start: int, stop: int, *, check: bool = False) -> Tensor:
+        """Rows [start, stop) as a contiguous compute-dtype tensor on ``self.device``.
+
+        ``check``: look for NaN/Inf when km.set_debug(True) is on (done on the first pass
+        over the data only: it costs a sync)."""
+        part = self.x[start:stop]
+        if self.is_numpy:
+            part = torch.from_numpy(np.ascontiguousarray(part))
+        part = part.to(self.compute_dtype).contiguous()
+        if check:
+            _checks.finite(self.name, part)
+        return part
+
+    def chunks(self, rows: int, *, check: bool = False) -> Iterator[tuple[int, Tensor]]:
+        for s in range(0, self.n, rows):
+            yield s, self.chunk(s, min(s + rows, self.n), check=check)
+
+    def take(self, index: Tensor) -> Tensor:
+        """The rows at ``index`` (int64 tensor), in the compute dtype, on ``self.device``."""
+        if self.is_numpy:
+            idx = index.cpu().numpy()
+            # np.memmap fancy indexing reads only those rows.
+            return torch.from_numpy(np.ascontiguousarray(self.x[idx])).to(self.compute_dtype)
+        return self.x.index_select(0, index.to(self.x.device)).to(self.compute_dtype)
+
+    def like_x(self, rows: Tensor) -> Tensor | np.ndarray:
+        """``rows`` returned in x's own kind: a numpy array of x's dtype, or a tensor of x's
+        dtype on x's device. Rows of x round-trip exactly (widening is lossless)."""
+        if self.is_numpy:
+            return rows.detach().cpu().numpy().astype(self.x.dtype, copy=False)
+        return rows.to(device=self.x.device, dtype=self.x.dtype)
+
+    def index_like_x(self, index: Tensor) -> Tensor | np.ndarray:
+        return index.cpu().numpy() if self.is_numpy else index.to(self.x.device)
+
+
+def check_k(name: str, k: object, n: int, what: str = "x") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"{name} must be >= 1, got {k}")
+    if k > n:
+        raise ValueError(f"{name} must be <= the number of rows of {what} ({n}), got {k}")
+    return k
+
+
+def check_positive_int(name: str, v: object, *, allow_none: bool = False) -> int | None:
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return int(seed)
+
+
+def default_trials(k: int) -> int:
+    """scikit-learn's greedy k-means++ rule: 2 + floor(ln k) candidates per center."""
+    return 2 + int(math.log(k))

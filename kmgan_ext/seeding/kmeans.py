@@ -1,0 +1,195 @@
+"""km.kmeans: k-means++ seeding, then Lloyd iterations over every row (or a subsample)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..assign import assign
+from . import _data
+from .kmeans_plusplus import kmeans_plusplus
+
+BACKENDS = ("auto", "faiss", "torch")
+
+
+class KMeansResult(NamedTuple):
+    """centers (K, d) in x's dtype and kind; labels (N,) int64, the nearest of the returned
+    centers for every row of x; inertia = sum_i ||x_i - centers[labels_i]||^2 (a float)."""
+
+    centers: Tensor | np.ndarray
+    labels: Tensor | np.ndarray
+    inertia: float
+
+
+def _resolve(backend: str, rows: _data.Rows) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    faiss = _data.faiss_module()
+    faiss_gpus = faiss.get_num_gpus() if faiss is not None else 0
+    usable = faiss is not None and (rows.device.type == "cpu" or faiss_gpus > 0)
+    if backend == "auto":
+        return "faiss" if usable else "torch"
+    if backend == "faiss" and not usable:
+        if faiss is None:
+            raise RuntimeError("backend 'faiss' needs faiss: pip install faiss-cpu (or faiss-gpu)")
+        raise ValueError(
+            f"backend 'faiss' got tensors on {rows.device} but this faiss build sees no GPU; "
+            "use backend='torch' (or install faiss-gpu)"
+        )
+    return backend
+
+
+def _initial_centers(init, rows: _data.Rows, k: int, seed: int, n_local_trials, chunk_size):
+    """(K, d) compute-dtype tensor on rows.device."""
+    if isinstance(init, str):
+        if init == "k-means++":
+            c = kmeans_plusplus(
+                rows.x, k, seed=seed, n_local_trials=n_local_trials, chunk_size=chunk_size
+            )
+            return c.to(rows.compute_dtype) if isinstance(c, Tensor) else torch.from_numpy(
+                c
+            ).to(rows.compute_dtype)
+        if init == "random":
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(rows.n, generator=g)[:k].to(rows.device)
+            return rows.take(idx)
+        raise ValueError(f"init must be 'k-means++', 'random' or a (k, d) array, got {init!r}")
+    c = torch.from_numpy(np.asarray(init)) if isinstance(init, np.ndarray) else init
+    if not isinstance(c, Tensor):
+        raise TypeError(f"init must be a string, a tensor or a numpy array, got {type(init).__name__}")
+    if c.shape != (k, rows.d):
+        raise ValueError(f"init must have shape ({k}, {rows.d}) (k, d), got {tuple(c.shape)}")
+    if not c.is_floating_point():
+        raise TypeError(f"init must be floating, got {c.dtype}")
+    c = c.detach().to(device=rows.device, dtype=rows.compute_dtype)
+    if not bool(torch.isfinite(c).all()):
+        raise ValueError("init contains NaN or Inf")
+    return c
+
+
+def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> Tensor:
+    """Lloyd's iterations with km.assign and float64 segment sums on the device.
+
+    A cluster left empty takes the row farthest from its center (the j-th empty cluster the
+    j-th farthest row, as scikit-learn relocates), so no center is ever NaN; done with
+    device ops (topk + where), no host sync.
+    """
+    k, n = centers.shape[0], rows.n
+    acc = torch.float64
+    for _ in range(niter):
+        sums = torch.zeros(k, rows.d, dtype=acc, device=rows.device)
+        counts = torch.zeros(k, dtype=torch.int64, device=rows.device)
+        dist2 = torch.empty(n, dtype=acc, device=rows.device)
+        for s, ch in rows.chunks(chunk):
+            labels, d2 = assign(ch, centers)
+            sums.index_add_(0, labels, ch.to(acc))
+            counts += torch.bincount(labels, minlength=k)
+            dist2[s : s + ch.shape[0]] = d2
+        empty = counts == 0
+        far = torch.topk(dist2, k).indices
+        rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
+        moved = rows.take(far.index_select(0, rank))
+        means = (sums / counts.clamp(min=1)[:, None]).to(rows.compute_dtype)
+        centers = torch.where(empty[:, None], moved, means)
+    return centers
+
+
+def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int) -> Tensor:
+    faiss = _data.faiss_module()
+    x = rows.x
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.ascontiguousarray(x, dtype=np.float32)  # no copy for float32 arrays / memmaps
+    k = centers.shape[0]
+    km = faiss.Kmeans(
+        rows.d,
+        k,
+        niter=niter,
+        seed=seed,
+        # faiss silently trains on a random k * max_points_per_centroid rows (256 per
+        # centroid by default): raise the cap above N so every row takes part.
+        max_points_per_centroid=rows.n // k + 1,
+        min_points_per_centroid=1,  # only silences faiss's "too few points" warning
+        gpu=faiss.get_num_gpus() > 0,
+        verbose=False,
+    )
+    km.train(x, init_centroids=np.ascontiguousarray(centers.cpu().numpy(), dtype=np.float32))
+    return torch.from_numpy(km.centroids).to(device=rows.device, dtype=rows.compute_dtype)
+
+
+def _assign_all(rows: _data.Rows, centers: Tensor, chunk: int) -> tuple[Tensor, float]:
+    labels = torch.empty(rows.n, dtype=torch.int64, device=rows.device)
+    total = torch.zeros((), dtype=torch.float64, device=rows.device)
+    for s, ch in rows.chunks(chunk):
+        lab, d2 = assign(ch, centers)
+        labels[s : s + ch.shape[0]] = lab
+        total += d2.sum(dtype=torch.float64)
+    return labels, float(total)
+
+
+def kmeans(
+    x: Tensor | np.ndarray,
+    k: int,
+    *,
+    init: str | Tensor | np.ndarray = "k-means++",
+    niter: int = 20,
+    seed: int = 0,
+    subsample: int | None = None,
+    backend: str = "auto",
+    n_local_trials: int | None = None,
+    chunk_size: int | None = None,
+) -> KMeansResult:
+    """k-means: seeding (``init``), then ``niter`` Lloyd iterations over all rows of x.
+
+    Args:
+        x: (N, d) floating tensor (any device) or numpy array / np.memmap.
+        k: number of clusters, 1 <= k <= N.
+        init: "k-means++" (:func:`kmeans_plusplus` over the training rows, greedy),
+            "random" (k distinct rows) or a (k, d) array of initial centers.
+        niter: Lloyd iterations (exactly this many; 0 returns the initial centers).
+        seed: seeds the initialisation, the subsample and faiss's own randomness (it
+            re-seeds an empty cluster by splitting a large one).
+        subsample: None trains on every row. An int m < N trains (and seeds) on m rows drawn
+            at random; labels and inertia still cover every row. Unlike ``faiss.Kmeans``'s
+            default, no subsampling ever happens unless asked for here.
+        backend: "auto" = "faiss" when faiss is importable and can reach x (CPU data, or a
+            faiss build that sees a GPU), else "torch"; "faiss" = ``faiss.Kmeans`` (its GPU
+            implementation when faiss sees a GPU; data are copied to host float32); "torch"
+            = km.assign + float64 segment sums on x's device.
+        n_local_trials, chunk_size: passed to :func:`kmeans_plusplus` (chunk_size also sets
+            the rows per km.assign call).
+
+    Returns:
+        :class:`KMeansResult` ``(centers, labels, inertia)``: centers in x's dtype (a tensor
+        on x's device, or numpy for numpy x), labels int64 against the returned centers,
+        inertia the float sum of squared distances of every row to its center. Empty
+        clusters are re-seeded (faiss splits a large cluster, torch takes the farthest
+        rows), so centers are never NaN.
+    """
+    rows = _data.Rows("x", x)
+    k = _data.check_k("k", k, rows.n)
+    if isinstance(niter, bool) or not isinstance(niter, (int, np.integer)) or niter < 0:
+        raise ValueError(f"niter must be an int >= 0, got {niter!r}")
+    seed = _data.check_seed(seed)
+    chunk_size = _data.check_positive_int("chunk_size", chunk_size, allow_none=True)
+    backend = _resolve(backend, rows)
+    train = rows
+    if subsample is not None:
+        m = _data.check_positive_int("subsample", subsample)
+        if m < k:
+            raise ValueError(f"subsample must be >= k ({k}), got {m}")
+        if m < rows.n:
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(rows.n, generator=g)[:m].sort().values
+            train = _data.Rows("x", rows.like_x(rows.take(idx.to(rows.device))))
+    chunk = chunk_size or rows.default_chunk(k)
+    centers = _initial_centers(init, train, k, seed, n_local_trials, chunk_size)
+    if niter > 0:
+        if backend == "faiss":
+            centers = _lloyd_faiss(train, centers, niter, seed)
+        else:
+            centers = _lloyd_torch(train, centers, niter, chunk)
+    labels, inertia = _assign_all(rows, centers, chunk)
+    return KMeansResult(rows.like_x(centers), rows.index_like_x(labels), inertia)

@@ -1,0 +1,261 @@
+"""km.kmeans_plusplus: greedy k-means++ (D^2 sampling) over every row of a dataset.
+
+Arthur & Vassilvitskii's k-means++ picks each new center among the data with probability
+proportional to its squared distance to the nearest center already chosen (D^2 sampling).
+The greedy variant (scikit-learn's default) draws ``2 + floor(ln k)`` candidates per center
+and keeps the one that lowers the potential ``phi = sum_i w_i min_c ||x_i - c||^2`` most.
+
+Both backends run the same loop on the same random numbers, and differ only in who forms the
+(rows, trials) block of squared distances:
+
+* ``"torch"``: a chunked matmul on x's own device. Sampling is a cumsum + searchsorted on a
+  device tensor of uniforms drawn up front, the best candidate an argmin on the device, and
+  the chosen index written into a device tensor: the loop never waits on the host, so on a
+  GPU k centers cost k rounds of kernel launches and no synchronisation.
+* ``"faiss"``: ``faiss.pairwise_L2sqr`` (BLAS) on CPU, or faiss-gpu's pairwise distances when
+  faiss sees a GPU (``faiss.get_num_gpus() > 0``: one code path for both builds).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import _data
+
+BACKENDS = ("auto", "torch", "faiss")
+
+# The (N, trials) block of each candidate's new distances is kept whole when it fits in this
+# many bytes (then the chosen candidate's column becomes the running minimum with no second
+# pass over x); above it, a second chunked pass recomputes that one column instead.
+_KEEP_BYTES = 512 << 20
+
+DistanceBlock = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], None]
+
+
+def uniforms(seed: int, k: int, trials: int) -> Tensor:
+    """The random numbers one seeding consumes, drawn on the CPU so that every backend and
+    device sees the same ones: ``u[0, 0]`` picks the first center, ``u[j]`` the candidates
+    of center j."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(k, trials, generator=g, dtype=torch.float64)
+
+
+def _torch_block(chunk: Tensor, chunk_sq: Tensor, cands: Tensor, cands_sq: Tensor, out: Tensor):
+    """out = ||chunk_i||^2 - 2 chunk_i . c_t + ||c_t||^2, clamped at 0 (the matmul form)."""
+    torch.addmm(cands_sq[None, :], chunk, cands.T, beta=1, alpha=-2, out=out)
+    out.add_(chunk_sq[:, None]).clamp_(min=0)
+
+
+def _faiss_block(faiss) -> DistanceBlock:
+    gpu_res = faiss.StandardGpuResources() if faiss.get_num_gpus() > 0 else None
+
+    def block(chunk, chunk_sq, cands, cands_sq, out):
+        q, b, o = chunk.numpy(), np.ascontiguousarray(cands.numpy()), out.numpy()
+        if gpu_res is not None:
+            faiss.pairwise_distance_gpu(gpu_res, q, b, D=o)
+        else:
+            faiss.pairwise_L2sqr(
+                q.shape[1], q.shape[0], faiss.swig_ptr(q), b.shape[0], faiss.swig_ptr(b),
+                faiss.swig_ptr(o),
+            )
+        out.clamp_(min=0)
+
+    return block
+
+
+def resolve_backend(backend: str, rows: _data.Rows) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    faiss = _data.faiss_module()
+    if backend == "faiss":
+        if faiss is None:
+            raise RuntimeError("backend 'faiss' needs faiss: pip install faiss-cpu (or faiss-gpu)")
+        if rows.device.type != "cpu":
+            raise ValueError(
+                "backend 'faiss' reads host memory (numpy arrays or CPU tensors); "
+                f"x is on {rows.device}: use backend='torch' to seed on the device"
+            )
+        return "faiss"
+    if backend == "auto":
+        # CUDA tensors stay on their device. On CPU the torch loop measured faster than the
+        # faiss one (see bench/bench_kmeans_plusplus.py and the issue-5 report).
+        return "torch"
+    return backend
+
+
+def greedy_kmeans_plusplus(
+    rows: _data.Rows,
+    k: int,
+    trials: int,
+    u: Tensor,
+    *,
+    weights: Tensor | None = None,
+    chunk_size: int | None = None,
+    backend: str = "torch",
+) -> tuple[Tensor, Tensor]:
+    """The seeding loop. Returns (indices (k,) int64 on rows.device, potential float64 0-d).
+
+    ``u`` is :func:`uniforms`' (k, trials) array; ``weights`` (N,) non-negative, in the
+    compute dtype on rows.device, or None for unit weights.
+    """
+    n, dev, cdt = rows.n, rows.device, rows.compute_dtype
+    if backend == "faiss":
+        block = _faiss_block(_data.faiss_module())
+    else:
+        block = _torch_block
+    rows_per_chunk = chunk_size or rows.default_chunk(trials)
+    u = u.to(dev)
+
+    # First center: uniform over rows (proportional to the weights when given).
+    if weights is None:
+        first = (u[0, :1] * n).to(torch.int64).clamp_(max=n - 1)
+    else:
+        cw = torch.cumsum(weights, 0, dtype=torch.float64)
+        first = torch.searchsorted(cw, u[0, :1] * cw[-1]).clamp_(max=n - 1)
+    indices = torch.empty(k, dtype=torch.int64, device=dev)
+    indices[:1] = first
+
+    c = rows.take(first)
+    c_sq = (c * c).sum(1)
+    sq = torch.empty(n, dtype=cdt, device=dev)
+    closest = torch.empty(n, 1, dtype=cdt, device=dev)
+    for s, ch in rows.chunks(rows_per_chunk, check=True):
+        e = s + ch.shape[0]
+        torch.sum(ch * ch, 1, out=sq[s:e])
+        block(ch, sq[s:e], c, c_sq, closest[s:e])
+    closest = closest.view(n)
+
+    keep = n * trials * torch.finfo(cdt).bits // 8 <= _KEEP_BYTES
+    mins = torch.empty(n, trials, dtype=cdt, device=dev) if keep else None
+    scratch = None if keep else torch.empty(rows_per_chunk, trials, dtype=cdt, device=dev)
+    w = weights
+    for j in range(1, k):
+        p = closest if w is None else closest * w
+        cum = torch.cumsum(p, 0, dtype=torch.float64)
+        cand = torch.searchsorted(cum, u[j] * cum[-1]).clamp_(max=n - 1)
+        cands = rows.take(cand)
+        cands_sq = (cands * cands).sum(1)
+        pot = torch.zeros(trials, dtype=torch.float64, device=dev)
+        for s, ch in rows.chunks(rows_per_chunk):
+            e = s + ch.shape[0]
+            m = mins[s:e] if keep else scratch[: e - s]
+            block(ch, sq[s:e], cands, cands_sq, m)
+            torch.minimum(m, closest[s:e, None], out=m)
+            # Per-chunk sums in the compute dtype (torch sums pairwise: ~1e-7 relative error
+            # in float32), accumulated across chunks in float64; a float64 sum per chunk cost
+            # 3.5x more (0.14 ms vs 0.04 ms per 16384 x 6 block on this CPU).
+            pot += (m.sum(0) if w is None else w[s:e] @ m).to(torch.float64)
+        best = torch.argmin(pot).view(1)  # first minimum on ties, as numpy's argmin
+        indices[j : j + 1] = cand.index_select(0, best)
+        if keep:
+            closest = mins.index_select(1, best).view(n)
+        else:
+            b, b_sq = cands.index_select(0, best), cands_sq.index_select(0, best)
+            for s, ch in rows.chunks(rows_per_chunk):
+                e = s + ch.shape[0]
+                m = scratch.view(-1)[: e - s].view(e - s, 1)  # contiguous, for faiss
+                block(ch, sq[s:e], b, b_sq, m)
+                torch.minimum(closest[s:e], m.view(-1), out=closest[s:e])
+    p = closest if w is None else closest * w
+    return indices, p.sum(dtype=torch.float64)
+
+
+def kmeans_plusplus(
+    x: Tensor | np.ndarray,
+    k: int,
+    *,
+    n_local_trials: int | None = None,
+    seed: int = 0,
+    sample_weight: Tensor | np.ndarray | None = None,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    return_indices: bool = False,
+):
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) over **all** N rows of ``x``.
+
+    Center 1 is a uniformly random row; each next center is drawn with probability
+    ``w_i D(x_i)^2 / sum_j w_j D(x_j)^2``, D being the distance to the nearest center chosen
+    so far. Greedy (the default, as scikit-learn): ``n_local_trials`` candidates are drawn and
+    the one minimising the potential ``sum_i w_i D(x_i)^2`` is kept. KM-GAN (Algorithm 1)
+    seeds its centers this way over the discriminator features of the whole training set.
+
+    FAISS's own k-means++ initialisation (``faiss.Kmeans`` / ``Clustering``) first subsamples
+    the data to ``max_points_per_centroid`` (256 by default) points per centroid; this
+    function never subsamples: every candidate's potential is summed over all N rows.
+
+    Args:
+        x: (N, d) floating torch tensor (any device) or numpy array, np.memmap included;
+            read in chunks of ``chunk_size`` rows, never copied whole (10M x 128 float32
+            needs its (N,) norms, (N,) running minima and, when it fits in 512 MiB, an
+            (N, n_local_trials) float32 block, besides the data).
+        k: number of centers, 1 <= k <= N.
+        n_local_trials: candidates per center; None = ``2 + int(ln k)`` (scikit-learn's
+            rule); 1 = classic k-means++.
+        seed: the same seed gives the same centers (the random numbers are drawn on the CPU,
+            so both backends and every device consume the same ones).
+        sample_weight: optional (N,) non-negative weights (as scikit-learn's).
+        backend: "auto" (torch; it was faster than faiss on CPU, see the module's bench),
+            "torch" (device-side loop, no host sync per center) or "faiss" (host data only;
+            faiss-gpu's distances when faiss sees a GPU).
+        chunk_size: rows per chunk; None picks a cache-sized chunk on CPU and a 512 MiB one
+            on a GPU.
+        return_indices: also return the chosen row indices.
+
+    Returns:
+        centers (k, d): rows of x, with x's dtype: a tensor on x's device for a tensor x, a
+        numpy array for a numpy x. With ``return_indices``, ``(centers, indices)``, indices
+        int64 (a tensor on x's device, or a numpy array).
+
+    Distances are formed in float32 (float64 for float64 x; half-precision rows are widened
+    chunk by chunk).
+    """
+    rows = _data.Rows("x", x)
+    k = _data.check_k("k", k, rows.n)
+    trials = _data.check_positive_int("n_local_trials", n_local_trials, allow_none=True)
+    trials = trials or _data.default_trials(k)
+    seed = _data.check_seed(seed)
+    chunk_size = _data.check_positive_int("chunk_size", chunk_size, allow_none=True)
+    backend = resolve_backend(backend, rows)
+    if backend == "faiss":
+        rows.compute_dtype = torch.float32  # faiss computes in float32 only
+    weights = None
+    if sample_weight is not None:
+        weights = check_weights(sample_weight, rows)
+    u = uniforms(seed, k, trials)
+    if rows.device.type == "cuda":
+        # TF32 would add ~1e-3 relative noise to the ||x||^2 - 2 x.c + ||c||^2 form.
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        indices, _ = greedy_kmeans_plusplus(
+            rows, k, trials, u, weights=weights, chunk_size=chunk_size, backend=backend
+        )
+    finally:
+        if rows.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = prev
+    centers = rows.like_x(rows.take(indices))
+    if return_indices:
+        return centers, rows.index_like_x(indices)
+    return centers
+
+
+def check_weights(sample_weight: object, rows: _data.Rows) -> Tensor:
+    if isinstance(sample_weight, np.ndarray):
+        w = torch.from_numpy(np.asarray(sample_weight, dtype=np.float64))
+    elif isinstance(sample_weight, Tensor):
+        w = sample_weight.detach()
+    else:
+        raise TypeError(
+            f"sample_weight must be a tensor or numpy array, got {type(sample_weight).__name__}"
+        )
+    if w.shape != (rows.n,):
+        raise ValueError(f"sample_weight must have shape ({rows.n},), got {tuple(w.shape)}")
+    if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"sample_weight must be floating or integer, got {w.dtype}")
+    w = w.to(device=rows.device, dtype=rows.compute_dtype)
+    if bool((w < 0).any()) or not bool(torch.isfinite(w).all()) or not bool(w.sum() > 0):
+        raise ValueError("sample_weight must be finite, non-negative and not all zero")
+    return w
