@@ -1,5 +1,31 @@
 """Triton kernels of kmgan_ext, installed as ``kmgan_ext.kernels``.
 
 Each module holds one op's kernels and launchers; this package exposes the backend
-interface (see kmgan_ext/_dispatch.py) that ``backend="triton"`` routes to.
+interface (see kmgan_ext/_dispatch.py and kmgan_ext/reference.py) that ``backend="triton"``
+routes to: same function names, arguments and outputs as the reference, inputs already
+validated and contiguous.
+
+The kernels run on CUDA tensors, and on CPU tensors through the Triton interpreter
+(``TRITON_INTERPRET=1`` set before triton is imported), which is how CI tests them. Nothing
+here touches a GPU at import time.
 """
+from .assign import assign, assign_backward, assign_stats
+from .assigned_distance import assigned_distance, assigned_distance_backward
+from .center_loss import center_loss_backward, center_loss_forward
+from .minibatch_update import ema_update_, minibatch_step_, minibatch_update_
+from .pairwise_l1 import pairwise_l1, pairwise_l1_backward
+
+__all__ = [
+    "assign",
+    "assign_backward",
+    "assign_stats",
+    "minibatch_update_",
+    "minibatch_step_",
+    "ema_update_",
+    "center_loss_forward",
+    "center_loss_backward",
+    "assigned_distance",
+    "assigned_distance_backward",
+    "pairwise_l1",
+    "pairwise_l1_backward",
+]

@@ -1,0 +1,82 @@
+"""Helpers shared by the Triton kernels of kmgan_ext.
+
+Block sizes follow one rule: on a GPU, tiles sized for the SM (and autotuned where a kernel
+has no side effects); under ``TRITON_INTERPRET=1`` (CPU tensors) few, large program
+instances, because the interpreter runs each instance as a sequence of numpy calls and its
+cost is dominated by the number of calls, not by their size.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+
+def interpreting(t: torch.Tensor) -> bool:
+    """True when the kernels run in the Triton interpreter (CPU tensors)."""
+    return t.device.type == "cpu"
+
+
+def device_guard(t: torch.Tensor):
+    """Launch on ``t``'s GPU even when another one is current (Triton uses the current device)."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+def acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs, float32 otherwise (DESIGN.md 4)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def out_dtype(t: torch.Tensor) -> torch.dtype:
+    """dist2 and losses are float32, float64 for float64 inputs."""
+    return acc_dtype(t)
+
+
+def pow2(n: int, lo: int = 1, hi: int | None = None) -> int:
+    """next_power_of_2(n) clamped to [lo, hi]."""
+    p = max(lo, triton.next_power_of_2(max(1, int(n))))
+    return min(p, hi) if hi is not None else p
+
+
+def zeros_pair(k: int, d: int, dtype: torch.dtype, device: torch.device):
+    """Zeroed (K, d) sums in ``dtype`` and (K,) int32 counts from ONE fill launch.
+
+    Both live in one integer buffer of the sums' width (a zero bit pattern is 0.0), so
+    the segmented-sum kernels need a single memset instead of two.
+    """
+    int_t = torch.int64 if dtype == torch.float64 else torch.int32
+    buf = torch.zeros(k * d + (k * 4 + int_t.itemsize - 1) // int_t.itemsize, dtype=int_t, device=device)
+    sums = buf[: k * d].view(dtype).view(k, d)
+    counts = buf[k * d :].view(torch.int32)[:k]
+    return sums, counts
+
+
+@triton.jit
+def finish(total, div, SQRT: tl.constexpr, MUL: tl.constexpr):
+    """The last step of a reduction: (sqrt(total) if SQRT else total) * MUL / div."""
+    if SQRT:
+        total = tl.sqrt(total)
+    return total * MUL / div
+
+
+@triton.jit
+def _finalize_sum_kernel(part_ptr, n, out_ptr, div, SQRT: tl.constexpr, MUL: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """Sum per-program partials in a fixed order, then ``finish``."""
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros((BLOCK,), out_ptr.dtype.element_ty)
+    for p0 in range(0, n, BLOCK):
+        acc += tl.load(part_ptr + p0 + offs, mask=p0 + offs < n, other=0.0)
+    tl.store(out_ptr, finish(tl.sum(acc, axis=0), div, SQRT, MUL))
+
+
+def finalize_sum(parts: torch.Tensor, out: torch.Tensor, div: int = 1, sqrt: bool = False,
+                 mul: float = 1.0) -> None:
+    """Reduce per-program partial sums into the 0-d ``out`` (same dtype) deterministically."""
+    block = pow2(parts.numel(), 16, 4096 if interpreting(parts) else 1024)
+    _finalize_sum_kernel[(1,)](parts, parts.numel(), out, max(1, div), SQRT=sqrt, MUL=mul,
+                               BLOCK=block)

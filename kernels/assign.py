@@ -1,0 +1,510 @@
+"""Fused nearest-center assignment, Triton (DESIGN.md 4.1).
+
+``assign(x, centers) -> (labels, dist2)`` never writes the (N, K) distance matrix: each
+program holds a tile of x rows and streams tiles of centers through ``tl.dot``, keeping a
+running best per row.
+
+Exactness guard (the tensor-core path must not change a label versus float32):
+the dot scores rows by ``s_k = x'.c'_k - ||c'_k||^2 / 2`` (maximised; ``||x'||^2`` is the
+same for every k), with operands rounded to TF32 for float32 inputs. For every row the
+kernel derives a rigorous bound ``W`` on how far two approximate scores can be misordered
+(TF32 rounding of both operands, float32 accumulation, the centring below; times 2 for
+safety) and tracks the best two candidates plus a conservative count of candidates within
+``W`` of the best:
+
+* one candidate in the window: it is the argmin;
+* two: both are re-scored exactly (float64 differences, ties to the lower index);
+* three or more: the row is re-done at higher precision. float32 inputs: the row is
+  appended to a list (one atomic per program) and a second launch re-scores the listed
+  rows with 3xTF32 (a 20x narrower window); whatever is still ambiguous there, and every
+  ambiguous row of a single-launch call, gets an exact float64 scan over all K inside the
+  kernel.
+
+float32 inputs are centred on the mean of the centers first (``x' = x - mu``,
+``c' = c - mu``): distances are unchanged, and the TF32 error scales with the spread of the
+data instead of its offset (ReLU features sit far from the origin).
+float16/bfloat16 products are exact in float32, so their window only covers accumulation.
+float64 inputs take a direct-difference kernel (Triton's fp64 ``tl.dot`` is not available on
+every target we support), exact and slow.
+
+``dist2`` is always ``||x_i - c_label||^2`` from the raw inputs in float64, then rounded.
+
+Measured on CPU (no GPU here), with random Gaussian data at d=128, K=4096: 11% of rows
+have three or more candidates inside the TF32 window (clustered data: 0%), which is why
+the list + 3xTF32 second pass exists instead of a per-row exact scan for all of them.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import acc_dtype, device_guard, interpreting, pow2
+
+_U = 2.0**-24  # float32 unit roundoff
+
+
+@triton.jit
+def _exact_scan(x_ptr, c_ptr, rows, rmask, K, D,
+                G: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """For G rows: (min_k ||x_row - c_k||^2, argmin) in float64 from the raw inputs.
+
+    Ties go to the lowest k: each (row, lane) keeps its running best over k = lane,
+    lane + BLOCK_K, ... with a strict <, and lanes are merged by value, then index.
+    """
+    lanes = tl.arange(0, BLOCK_K)
+    dcol = tl.arange(0, BLOCK_D)
+    best = tl.full((G, BLOCK_K), float("inf"), tl.float64)
+    best_k = tl.zeros((G, BLOCK_K), tl.int32)
+    xrow = x_ptr + rows[:, None].to(tl.int64) * D
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + lanes
+        kmask = ks < K
+        dist = tl.zeros((G, BLOCK_K), tl.float64)
+        for d0 in range(0, D, BLOCK_D):
+            ds = d0 + dcol
+            dmask = ds < D
+            xv = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+            cv = tl.load(c_ptr + ks[:, None].to(tl.int64) * D + ds[None, :],
+                         mask=kmask[:, None] & dmask[None, :], other=0.0)
+            diff = xv.to(tl.float64)[:, None, :] - cv.to(tl.float64)[None, :, :]
+            dist += tl.sum(diff * diff, axis=2)
+        dist = tl.where(kmask[None, :], dist, float("inf"))
+        take = dist < best
+        best = tl.where(take, dist, best)
+        best_k = tl.where(take, ks[None, :], best_k)
+    m = tl.min(best, axis=1)
+    k_star = tl.min(tl.where(best == m[:, None], best_k, K), axis=1)
+    return m, k_star
+
+
+@triton.jit
+def _assign_exact_kernel(x_ptr, c_ptr, labels_ptr, dist2_ptr, N, K, D,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Direct float64 differences for BLOCK_N rows (the float64 path)."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    m, k = _exact_scan(x_ptr, c_ptr, rows, rmask, K, D, BLOCK_N, BLOCK_K, BLOCK_D)
+    tl.store(labels_ptr + rows, k.to(tl.int64), mask=rmask)
+    tl.store(dist2_ptr + rows, m.to(dist2_ptr.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
+def _prep_centers_kernel(
+    c_ptr, mu_ptr, cs_ptr, hsq_ptr, cpart_ptr, count_ptr, K, D,
+    SHIFT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Per center: c' = c - mu (SHIFT, float32), -||c'||^2/2, and per-program max ||c'||^2.
+
+    Program 0 also zeroes the ambiguous-row counter of the main pass (saves a fill launch).
+    """
+    pid = tl.program_id(0)
+    ks = pid * BLOCK_K + tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    dcol = tl.arange(0, BLOCK_D)
+    csq = tl.zeros((BLOCK_K,), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + dcol
+        dmask = ds < D
+        m2 = kmask[:, None] & dmask[None, :]
+        offs = ks[:, None].to(tl.int64) * D + ds[None, :]
+        cv = tl.load(c_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        if SHIFT:
+            mu = tl.load(mu_ptr + ds, mask=dmask, other=0.0)
+            cv = tl.where(m2, cv - mu[None, :], 0.0)
+            tl.store(cs_ptr + offs, cv, mask=m2)
+        csq += tl.sum(cv * cv, axis=1)
+    tl.store(hsq_ptr + ks, -0.5 * csq, mask=kmask)
+    tl.store(cpart_ptr + pid, tl.max(tl.where(kmask, csq, 0.0), axis=0))
+    tl.store(count_ptr, 0, mask=pid == 0)
+
+
+@triton.jit
+def _assign_tc_kernel(
+    x_ptr, c_ptr, cs_ptr, mu_ptr, hsq_ptr, cpart_ptr, n_cpart,
+    rows_ptr, count_ptr, labels_ptr, dist2_ptr,
+    N, K, D, N_BUCKET,
+    alpha, beta, gamma,
+    PRECISION: tl.constexpr,
+    SHIFT: tl.constexpr,
+    PREP_IN_KERNEL: tl.constexpr,
+    ONE_D: tl.constexpr,
+    ROW_LIST: tl.constexpr,
+    COMPACT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EPI_BLOCK_D: tl.constexpr,
+    FB_GROUP: tl.constexpr,
+    FB_BLOCK_K: tl.constexpr,
+    FB_BLOCK_D: tl.constexpr,
+):
+    """Tensor-core assignment of BLOCK_N rows with the exactness guard (module docstring).
+
+    PREP_IN_KERNEL (K <= BLOCK_K, D <= BLOCK_D): centers prepared in registers, one launch.
+    Otherwise mu / c' / -||c'||^2/2 / max ||c'||^2 come from _prep_centers_kernel.
+    ROW_LIST: the rows are rows_ptr[:count] (the 3xTF32 second pass); COMPACT: ambiguous
+    rows are appended to rows_ptr instead of being scanned here. UPCAST (interpreter only):
+    its bf16 dot multiplies the raw bits, so bf16 tiles go to the dot as float32 (exact).
+    """
+    pid = tl.program_id(0)
+    lane = tl.arange(0, BLOCK_N)
+    kl = tl.arange(0, BLOCK_K)
+    dcol = tl.arange(0, BLOCK_D)
+    dmask0 = dcol < D
+    n_ktiles = (K + BLOCK_K - 1) // BLOCK_K
+    if ROW_LIST:
+        n_listed = tl.load(count_ptr)
+        pos = pid * BLOCK_N + lane
+        rmask = pos < n_listed
+        rows = tl.load(rows_ptr + pos, mask=rmask, other=0).to(tl.int64)
+        # A program past the end of the list does no work: its loops run zero times.
+        live = pid * BLOCK_N < n_listed
+        n_ktiles = tl.where(live, n_ktiles, 0)
+        d_end = tl.where(live, D, 0)
+    else:
+        rows = (pid * BLOCK_N + lane).to(tl.int64)
+        rmask = rows < N
+        d_end = D
+    xrow = x_ptr + rows[:, None] * D
+
+    # ---- centers: shift, half squared norms, largest norm -------------------------------
+    if PREP_IN_KERNEL:
+        kmask0 = kl < K
+        m2 = dmask0[:, None] & kmask0[None, :]
+        ct0 = tl.load(c_ptr + kl[None, :].to(tl.int64) * D + dcol[:, None], mask=m2, other=0.0)
+        ct0f = ct0.to(tl.float32)
+        if SHIFT:
+            mu = tl.sum(ct0f, axis=1) / K
+            ct0f = tl.where(m2, ct0f - mu[:, None], 0.0)
+            ct0 = ct0f
+        csq0 = tl.sum(ct0f * ct0f, axis=0)
+        hsq0 = tl.where(kmask0, -0.5 * csq0, float("-inf"))
+        cmax2 = tl.max(tl.where(kmask0, csq0, 0.0), axis=0)
+        if UPCAST:
+            ct0 = ct0f
+    else:
+        if SHIFT:
+            if ONE_D:
+                mu = tl.load(mu_ptr + dcol, mask=dmask0, other=0.0)
+        pl = tl.arange(0, 128)
+        cm = tl.zeros((128,), tl.float32)
+        for p0 in range(0, n_cpart, 128):
+            cm = tl.maximum(cm, tl.load(cpart_ptr + p0 + pl, mask=p0 + pl < n_cpart, other=0.0))
+        cmax2 = tl.max(cm, axis=0)
+    cnorm = tl.sqrt(cmax2)
+
+    # ---- rows: (hoisted) x tile and ||x'|| ------------------------------------------------
+    if ONE_D:
+        xt = tl.load(xrow + dcol[None, :], mask=rmask[:, None] & dmask0[None, :], other=0.0)
+        xtf = xt.to(tl.float32)
+        if SHIFT:
+            xtf = tl.where(dmask0[None, :], xtf - mu[None, :], 0.0)
+            xt = xtf
+        if UPCAST:
+            xt = xtf
+        xsq = tl.sum(xtf * xtf, axis=1)
+    else:
+        xsq = tl.zeros((BLOCK_N,), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            ds = d0 + dcol
+            dm = ds < D
+            xc = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dm[None, :], other=0.0).to(tl.float32)
+            if SHIFT:
+                muc = tl.load(mu_ptr + ds, mask=dm, other=0.0)
+                xc = tl.where(dm[None, :], xc - muc[None, :], 0.0)
+            xsq += tl.sum(xc * xc, axis=1)
+    xnorm = tl.sqrt(xsq)
+    # Rounding window on the halved score (see module docstring), safety factor 2.
+    err = alpha * xnorm * cnorm + beta * (cmax2 + 2.0 * xnorm * cnorm)
+    win = 2.0 * (2.0 * err + gamma * (xnorm + cnorm) * (xnorm + cnorm))
+
+    # ---- stream the centers --------------------------------------------------------------
+    b1 = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    b2 = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    i1 = tl.zeros((BLOCK_N,), tl.int32)
+    i2 = tl.zeros((BLOCK_N,), tl.int32)
+    nw = tl.zeros((BLOCK_N,), tl.int32)
+    for kt in range(0, n_ktiles):
+        k0 = kt * BLOCK_K
+        ks = k0 + kl
+        kmask = ks < K
+        if PREP_IN_KERNEL:
+            s = tl.dot(xt, ct0, tl.zeros((BLOCK_N, BLOCK_K), tl.float32) + hsq0[None, :],
+                       input_precision=PRECISION)
+        else:
+            hsq = tl.load(hsq_ptr + ks, mask=kmask, other=float("-inf"))
+            s = tl.zeros((BLOCK_N, BLOCK_K), tl.float32) + hsq[None, :]
+            if SHIFT:
+                csrc = cs_ptr
+            else:
+                csrc = c_ptr
+            if ONE_D:
+                ct = tl.load(csrc + ks[None, :].to(tl.int64) * D + dcol[:, None],
+                             mask=dmask0[:, None] & kmask[None, :], other=0.0)
+                if UPCAST:
+                    ct = ct.to(tl.float32)
+                s = tl.dot(xt, ct, s, input_precision=PRECISION)
+            else:
+                for d0 in range(0, D, BLOCK_D):
+                    ds = d0 + dcol
+                    dm = ds < D
+                    xc = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+                    if SHIFT:
+                        muc = tl.load(mu_ptr + ds, mask=dm, other=0.0)
+                        xc = tl.where(dm[None, :], xc.to(tl.float32) - muc[None, :], 0.0)
+                    ct = tl.load(csrc + ks[None, :].to(tl.int64) * D + ds[:, None],
+                                 mask=dm[:, None] & kmask[None, :], other=0.0)
+                    if UPCAST:
+                        xc = xc.to(tl.float32)
+                        ct = ct.to(tl.float32)
+                    s = tl.dot(xc, ct, s, input_precision=PRECISION)
+        # Best two of the tile (ties to the lower index), then merge with the running two.
+        t1, j1 = tl.max(s, axis=1, return_indices=True)
+        t2, j2 = tl.max(tl.where(kl[None, :] == j1[:, None], float("-inf"), s), axis=1,
+                        return_indices=True)
+        nb1 = tl.maximum(b1, t1)
+        thr = nb1 - win
+        # Candidates within the window. Earlier tiles were counted against a threshold that
+        # only falls, so their count is an upper bound, or 0 once the old best left it.
+        nw = tl.where(b1 >= thr, nw, 0) + tl.sum((s >= thr[:, None]).to(tl.int32), axis=1)
+        take = t1 > b1
+        ov = tl.where(take, b1, b2)
+        oi = tl.where(take, i1, i2)
+        nv = tl.where(take, t2, t1)
+        ni = tl.where(take, j2, j1) + k0
+        use_new = nv > ov
+        b2 = tl.where(use_new, nv, ov)
+        i2 = tl.where(use_new, ni, oi)
+        i1 = tl.where(take, j1 + k0, i1)
+        b1 = nb1
+
+    # ---- exact re-check of the (at most two) candidates, float64 from the raw inputs -----
+    pair = rmask & (nw == 2)
+    ecol = tl.arange(0, EPI_BLOCK_D)
+    e1 = tl.zeros((BLOCK_N,), tl.float64)
+    e2 = tl.zeros((BLOCK_N,), tl.float64)
+    c1row = c_ptr + i1[:, None].to(tl.int64) * D
+    c2row = c_ptr + i2[:, None].to(tl.int64) * D
+    for d0 in range(0, d_end, EPI_BLOCK_D):
+        ds = d0 + ecol
+        dm = ds < D
+        m1 = rmask[:, None] & dm[None, :]
+        xv = tl.load(xrow + ds[None, :], mask=m1, other=0.0).to(tl.float64)
+        c1 = tl.load(c1row + ds[None, :], mask=m1, other=0.0).to(tl.float64)
+        c2 = tl.load(c2row + ds[None, :], mask=pair[:, None] & dm[None, :], other=0.0).to(tl.float64)
+        e1 += tl.sum((xv - c1) * (xv - c1), axis=1)
+        e2 += tl.sum((xv - c2) * (xv - c2), axis=1)
+    pick2 = pair & ((e2 < e1) | ((e2 == e1) & (i2 < i1)))
+    lab = tl.where(pick2, i2, i1)
+    d2 = tl.where(pick2, e2, e1)
+
+    # ---- three or more candidates: hand the row on, or scan it exactly here -------------
+    unresolved = rmask & (nw >= 3)
+    u32 = unresolved.to(tl.int32)
+    n_u = tl.sum(u32, axis=0)
+    if COMPACT:
+        base = tl.atomic_add(count_ptr, n_u, mask=n_u > 0)
+        slot = base + tl.cumsum(u32, axis=0) - 1
+        tl.store(rows_ptr + slot, rows.to(tl.int32), mask=unresolved)
+    else:
+        # FB_GROUP ambiguous rows at a time: 1 on a GPU (a masked row would cost as much as
+        # a real one), the whole block in the interpreter (its cost is per call, not size).
+        rank = tl.cumsum(u32, axis=0) - 1
+        slots = tl.arange(0, FB_GROUP)
+        for g in range(0, n_u, FB_GROUP):
+            sel = unresolved[None, :] & (rank[None, :] == (g + slots)[:, None])
+            grow = tl.sum(tl.where(sel, rows[None, :], 0), axis=1)
+            m, kb = _exact_scan(x_ptr, c_ptr, grow, g + slots < n_u, K, D,
+                                FB_GROUP, FB_BLOCK_K, FB_BLOCK_D)
+            hit = unresolved & (rank >= g) & (rank < g + FB_GROUP)
+            lab = tl.where(hit, tl.sum(tl.where(sel, kb[:, None], 0), axis=0), lab)
+            d2 = tl.where(hit, tl.sum(tl.where(sel, m[:, None], 0.0), axis=0), d2)
+    tl.store(labels_ptr + rows, lab.to(tl.int64), mask=rmask)
+    tl.store(dist2_ptr + rows, d2.to(dist2_ptr.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
+def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
+                       CENTERS_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """grad_x_i = 2 g_i (x_i - c_{l_i}); grad_c[l_i] -= grad_x_i (float atomics)."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < N
+    m2 = rmask[:, None] & (ds < D)[None, :]
+    g = tl.load(g_ptr + rows, mask=rmask, other=0.0)
+    acc_t = g.dtype
+    lab = tl.load(l_ptr + rows, mask=rmask, other=0)
+    offs = rows[:, None].to(tl.int64) * D + ds[None, :]
+    diff = (tl.load(x_ptr + offs, mask=m2, other=0.0).to(acc_t)
+            - tl.load(c_ptr + lab[:, None] * D + ds[None, :], mask=m2, other=0.0).to(acc_t))
+    gx = (2.0 * g)[:, None] * diff
+    tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=m2)
+    if CENTERS_GRAD:
+        tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], -gx, mask=m2)
+
+
+def assign_backward(grad_dist2, x, centers, labels, centers_grad):
+    """(grad_x in x's dtype, grad_centers in centers' dtype or an empty (0,) tensor).
+
+    One launch (plus the zero fill of the float32 center-gradient buffer, and a cast for
+    16-bit centers); the segment sum uses float atomics, so its last bits vary run to run.
+    """
+    n, d = x.shape
+    gx = torch.empty_like(x)
+    gc = torch.zeros(centers.shape, dtype=acc_dtype(x), device=x.device) if centers_grad else None
+    if n and d:
+        if interpreting(x):
+            bd = pow2(d, 16, 512)
+            bn, opts = pow2(n, 16, max(16, (1 << 19) // bd)), {}
+        else:
+            bn, bd, opts = 32, pow2(d, 16, 128), dict(num_warps=4)
+        with device_guard(x):
+            _assign_bwd_kernel[(triton.cdiv(n, bn), triton.cdiv(d, bd))](
+                grad_dist2, x, centers, labels, gx, gc if centers_grad else gx, n, d,
+                CENTERS_GRAD=centers_grad, BLOCK_N=bn, BLOCK_D=bd, **opts)
+    if not centers_grad:
+        return gx, centers.new_empty(0)
+    return gx, gc.to(centers.dtype)
+
+
+def _tc_configs():
+    # (BLOCK_N, BLOCK_K, warps, stages): around flash-kmeans' H100 choices for d <= 128
+    # (128 x 64-128 tiles, 4-8 warps, 1-2 stages), kept small so first-call tuning is short.
+    shapes = [(128, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3),
+              (64, 128, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3)]
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bn, bk, w, s in shapes]
+
+
+_assign_tc_tuned = triton.autotune(
+    configs=_tc_configs(), key=["K", "D", "N_BUCKET"], reset_to_zero=["count_ptr"]
+)(_assign_tc_kernel)
+
+
+def _window_constants(dtype: torch.dtype, d: int, precision: str) -> tuple[float, float, float]:
+    """(alpha, beta, gamma) of the rounding window, see the module docstring.
+
+    alpha: relative error of one product (TF32 truncates both operands to 10 mantissa bits:
+    2^-9 + 2^-20; 3xTF32 drops only the lo*lo term: ~2^-18; 16-bit products are exact);
+    beta: float32 accumulation into -||c||^2/2, counted as truncating (2u per add), plus the
+    float32 ||c'||^2; gamma: the centring's rounding on both sides of a comparison.
+    """
+    if dtype == torch.float32:
+        if precision == "tf32x3":
+            return 2.0**-17, 2.0 * (3 * d + 4) * _U, 3.0 * _U
+        return 2.0**-9 + 2.0**-19, 2.0 * (d + 4) * _U, 3.0 * _U
+    return 0.0, 2.0 * (d + 4) * _U, 0.0
+
+
+def assign(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """labels (N,) int64 = argmin_k ||x_i - c_k||^2 (ties to the lowest k), dist2 at it."""
+    labels, dist2, _ = _assign(x, centers)
+    return labels, dist2
+
+
+def assign_stats(x: torch.Tensor, centers: torch.Tensor) -> int:
+    """How many rows the float32 main pass left to the 3xTF32 pass (bench/ and tuning).
+
+    0 when the call took a single-launch path (float16/bfloat16/float64, or small K).
+    """
+    _, _, count = _assign(x, centers)
+    return 0 if count is None else int(count.item())
+
+
+def _assign(x, centers):
+    n, d = x.shape
+    k = centers.shape[0]
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    dist2 = torch.empty(n, dtype=acc_dtype(x), device=x.device)
+    if n == 0:
+        return labels, dist2, None
+    with device_guard(x):
+        if x.dtype == torch.float64:
+            if interpreting(x):
+                bn, bk, bd = pow2(n, 16, 64), pow2(k, 16, 64), pow2(d, 16, 128)
+                opts = {}
+            else:
+                bn, bk, bd, opts = 16, 16, 16, dict(num_warps=4)
+            _assign_exact_kernel[(triton.cdiv(n, bn),)](
+                x, centers, labels, dist2, n, k, d, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, **opts)
+            return labels, dist2, None
+        return labels, dist2, _assign_tc(x, centers, labels, dist2)
+
+
+def _assign_tc(x, centers, labels, dist2):
+    """Launch the tensor-core path; returns the ambiguous-row counter of a two-pass call."""
+    n, d = x.shape
+    k = centers.shape[0]
+    dev = x.device
+    interp = interpreting(x)
+    shift = x.dtype == torch.float32
+    upcast = interp and x.dtype == torch.bfloat16
+    if interp:
+        # Few, large program instances (the interpreter pays per call, not per element);
+        # K above 512 still takes the multi-launch path so that CI exercises it.
+        block_d = pow2(d, 16, 512)
+        block_k = pow2(k, 16, 512)
+        small = k <= block_k and d <= block_d
+        fixed = dict(BLOCK_N=pow2(n, 16, 512), BLOCK_K=block_k)
+        # G * FB_BLOCK_K * FB_BLOCK_D stays within triton's 2**20 elements per tensor.
+        fb = dict(FB_GROUP=16, FB_BLOCK_K=pow2(k, 16, 128), FB_BLOCK_D=pow2(d, 16, 512))
+        epi_d = block_d
+    else:
+        # Single launch while the centers fit one tile; the kernel is then bound by reading x.
+        block_d = pow2(d, 16) if d <= 128 else 64
+        small = k <= 64 and d <= 128
+        fixed = dict(BLOCK_N=64, BLOCK_K=pow2(k, 16), num_warps=4, num_stages=2)
+        fb = dict(FB_GROUP=1, FB_BLOCK_K=64, FB_BLOCK_D=32)
+        epi_d = 16
+    compact = shift and not small
+    alpha, beta, gamma = _window_constants(x.dtype, d, "tf32")
+
+    dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
+    count = torch.empty(1, dtype=torch.int32, device=dev)  # zeroed by _prep_centers_kernel
+    rows = torch.empty(n if compact else 1, dtype=torch.int32, device=dev)
+    if small:
+        cs = mu = hsq = cpart = dummy_f
+        n_cpart = 0
+    else:
+        pk = pow2(k, 16, 512 if interp else 64)
+        n_cpart = triton.cdiv(k, pk)
+        mu = centers.mean(0) if shift else dummy_f
+        cs = torch.empty(k, d, dtype=torch.float32, device=dev) if shift else dummy_f
+        hsq = torch.empty(k, dtype=torch.float32, device=dev)
+        cpart = torch.empty(n_cpart, dtype=torch.float32, device=dev)
+        _prep_centers_kernel[(n_cpart,)](
+            centers, mu, cs, hsq, cpart, count, k, d,
+            SHIFT=shift, BLOCK_K=pk, BLOCK_D=pow2(d, 16, 512 if interp else 64),
+        )
+    args = (x, centers, cs, mu, hsq, cpart, n_cpart, rows, count, labels, dist2,
+            n, k, d, min(n.bit_length(), 24), alpha, beta, gamma)
+    flags = dict(SHIFT=shift, PREP_IN_KERNEL=small, ONE_D=d <= block_d, UPCAST=upcast,
+                 BLOCK_D=block_d, EPI_BLOCK_D=epi_d, **fb)
+    if interp or small:
+        grid = (triton.cdiv(n, fixed["BLOCK_N"]),)
+        _assign_tc_kernel[grid](*args, PRECISION="tf32", ROW_LIST=False, COMPACT=compact,
+                                **flags, **fixed)
+    else:
+        _assign_tc_tuned[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](
+            *args, PRECISION="tf32", ROW_LIST=False, COMPACT=compact, **flags)
+    if not compact:
+        return None
+    # Second pass over the listed rows only: 3xTF32; rows still ambiguous are scanned exactly.
+    # On a GPU the grid covers the worst case (every row listed) to avoid a host sync on the
+    # counter; in the interpreter reading it is free and empty programs are not.
+    a3, b3, g3 = _window_constants(x.dtype, d, "tf32x3")
+    if interp:
+        refine = fixed
+        listed = int(count.item())
+    else:
+        refine = dict(BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2)
+        listed = n
+    if listed:
+        _assign_tc_kernel[(triton.cdiv(listed, refine["BLOCK_N"]),)](
+            x, centers, cs, mu, hsq, cpart, n_cpart, rows, count, labels, dist2,
+            n, k, d, 0, a3, b3, g3, PRECISION="tf32x3", ROW_LIST=True, COMPACT=False,
+            **flags, **refine,
+        )
+    return count
