@@ -1,0 +1,165 @@
+// km.assigned_distance on CUDA: || x - C[labels] || (KM-GAN Eq. 5/6, DESIGN.md 4.4).
+//
+// Forward, two launches: one warp per row forms r_i = ||x_i - c_{l_i}||^2 (direct differences),
+// each block sums its rows' r_i (or sqrt(r_i) for "mean") into one partial; one block then sums
+// the partials and finishes (sqrt for "fro", / N for "mean", / 2 for "sq_sum"). The block count
+// is a function of N alone, so the summation order, hence the result, is the same run to run
+// and GPU to GPU. Backward, one launch: one warp per row writes grad_x and, when asked, adds
+// -grad_x into the (K, d) centers gradient with float atomics.
+#include <type_traits>
+
+#include "common.cuh"
+
+namespace kmgan_cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarpsPerBlock = kThreads / 32;
+constexpr int64_t kMaxPartials = 1024;
+
+// ||x_i - c_l||^2 over the warp's lanes; every lane returns the same value.
+template <typename T>
+__device__ __forceinline__ acc_t<T> row_sq_dist(const T* __restrict__ x,
+                                                const T* __restrict__ centers, int64_t i,
+                                                int64_t l, bool label_ok, int64_t d, int lane) {
+  using A = acc_t<T>;
+  A s = 0;
+  for (int64_t j = lane; j < d; j += 32) {
+    const A diff = to_acc(x[i * d + j]) - (label_ok ? to_acc(centers[l * d + j]) : A(0));
+    s = fma(diff, diff, s);
+  }
+  return warp_sum(s);
+}
+
+template <typename T, Reduction kReduction>
+__global__ void __launch_bounds__(kThreads)
+    assigned_distance_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
+                             const T* __restrict__ centers, int64_t n, int64_t k, int64_t d,
+                             acc_t<T>* __restrict__ partials) {
+  using A = acc_t<T>;
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  A mine = 0;  // this warp's rows, identical on all its lanes
+  for (int64_t i = warp; i < n; i += warp_stride) {
+    const int64_t l = labels[i];
+    const A r = row_sq_dist(x, centers, i, l, l >= 0 && l < k, d, lane);
+    mine += kReduction == Reduction::kMean ? sqrt(r) : r;
+  }
+  const A total = block_sum(lane == 0 ? mine : A(0));
+  if (threadIdx.x == 0) partials[blockIdx.x] = total;
+}
+
+template <typename T, Reduction kReduction>
+__global__ void __launch_bounds__(kThreads)
+    assigned_distance_backward_kernel(const acc_t<T>* __restrict__ grad,
+                                      const acc_t<T>* __restrict__ out, const T* __restrict__ x,
+                                      const int64_t* __restrict__ labels,
+                                      const T* __restrict__ centers, int64_t n, int64_t k,
+                                      int64_t d, T* __restrict__ grad_x,
+                                      acc_t<T>* __restrict__ grad_c) {
+  using A = acc_t<T>;
+  const A g = grad[0];
+  // "fro": d/dx sqrt(sum r) = diff / out, 0 where out = 0; "sq_sum": d/dx 0.5 sum r = diff.
+  A scale_all = g;
+  if (kReduction == Reduction::kFro) {
+    const A o = out[0];
+    scale_all = o > A(0) ? g / o : A(0);
+  }
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (int64_t i = warp; i < n; i += warp_stride) {
+    const int64_t l = labels[i];
+    const bool label_ok = l >= 0 && l < k;
+    A scale = scale_all;
+    if (kReduction == Reduction::kMean) {
+      // d/dx mean_i sqrt(r_i) = diff / (N sqrt(r_i)), 0 where r_i = 0.
+      const A norm = sqrt(row_sq_dist(x, centers, i, l, label_ok, d, lane));
+      scale = norm > A(0) ? (g * (A(1) / norm)) / static_cast<A>(n) : A(0);
+    }
+    for (int64_t j = lane; j < d; j += 32) {
+      const A diff = to_acc(x[i * d + j]) - (label_ok ? to_acc(centers[l * d + j]) : A(0));
+      const A gx = diff * scale;
+      grad_x[i * d + j] = from_acc<T>(gx);
+      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -gx);
+    }
+  }
+}
+
+template <typename F>
+cudaError_t dispatch_reduction(Reduction reduction, F&& f) {
+  switch (reduction) {
+    case Reduction::kFro:
+      return f(std::integral_constant<Reduction, Reduction::kFro>{});
+    case Reduction::kMean:
+      return f(std::integral_constant<Reduction, Reduction::kMean>{});
+    case Reduction::kSqSum:
+      return f(std::integral_constant<Reduction, Reduction::kSqSum>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+int64_t assigned_distance_num_partials(int64_t n) {
+  const int64_t blocks = ceil_div(n, kWarpsPerBlock);
+  return blocks < kMaxPartials ? blocks : kMaxPartials;
+}
+
+cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const void* x,
+                                     const int64_t* labels, const void* centers, int64_t n,
+                                     int64_t k, int64_t d, void* partials, void* out,
+                                     cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    return dispatch_reduction(reduction, [&](auto red) {
+      constexpr Reduction kReduction = decltype(red)::value;
+      const int64_t blocks = assigned_distance_num_partials(n);
+      if (blocks > 0) {
+        assigned_distance_kernel<T, kReduction>
+            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+                static_cast<const T*>(x), labels, static_cast<const T*>(centers), n, k, d,
+                static_cast<A*>(partials));
+        const cudaError_t err = cudaGetLastError();
+        if (err != cudaSuccess) return err;
+      }
+      // N = 0 sums nothing: 0 for every reduction ("mean" divides by 1, as the reference).
+      const A divisor = kReduction == Reduction::kMean ? static_cast<A>(n > 0 ? n : 1)
+                        : kReduction == Reduction::kSqSum ? A(2)
+                                                          : A(1);
+      finish_sum_kernel<A><<<1, kFinishThreads, 0, stream>>>(
+          static_cast<const A*>(partials), blocks, kReduction == Reduction::kFro, divisor,
+          static_cast<A*>(out));
+      return cudaGetLastError();
+    });
+  });
+}
+
+cudaError_t assigned_distance_backward_launch(Dtype dtype, Reduction reduction, const void* grad,
+                                              const void* out, const void* x,
+                                              const int64_t* labels, const void* centers,
+                                              int64_t n, int64_t k, int64_t d, void* grad_x,
+                                              void* grad_centers_acc, cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    return dispatch_reduction(reduction, [&](auto red) {
+      constexpr Reduction kReduction = decltype(red)::value;
+      if (grad_centers_acc != nullptr && k * d > 0) {
+        const cudaError_t err = cudaMemsetAsync(grad_centers_acc, 0, sizeof(A) * k * d, stream);
+        if (err != cudaSuccess) return err;
+      }
+      if (n == 0 || d == 0) return cudaSuccess;
+      assigned_distance_backward_kernel<T, kReduction>
+          <<<grid_for(n, kWarpsPerBlock), kThreads, 0, stream>>>(
+              static_cast<const A*>(grad), static_cast<const A*>(out), static_cast<const T*>(x),
+              labels, static_cast<const T*>(centers), n, k, d, static_cast<T*>(grad_x),
+              static_cast<A*>(grad_centers_acc));
+      return cudaGetLastError();
+    });
+  });
+}
+
+}  // namespace kmgan_cuda

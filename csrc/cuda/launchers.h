@@ -1,0 +1,124 @@
+// The raw-pointer interface between the torch bindings (csrc/cuda/<op>_cuda_binding.cpp: host
+// compiler, torch headers) and the kernels (csrc/cuda/<op>_cuda.cu: nvcc, no torch headers, so
+// they build several times faster, STYLE.md rule 5). The bindings are not <op>_cuda.cpp because
+// torch's ninja build names objects by file stem: <op>_cuda.cpp and <op>_cuda.cu would both
+// produce <op>_cuda.o.
+//
+// Conventions for every launcher:
+//  * T is the storage dtype named by `dtype` (x and centers always share it); "acc" buffers are
+//    float32, float64 when T is float64 (the accumulation type, also the dtype of dist2, of the
+//    losses and of u_diff).
+//  * Tensors are contiguous, row-major, on the current device; labels are int64 in [0, K)
+//    (validated by the Python layer; a kernel skips an out-of-range label rather than write
+//    out of bounds).
+//  * Everything is enqueued on `stream`; nothing synchronises. The return value is the first
+//    CUDA error met (cudaSuccess otherwise); the binding turns it into an exception.
+//  * A launcher with no work (N = 0, d = 0) returns without launching.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace kmgan_cuda {
+
+enum class Dtype : int { kFloat32, kFloat16, kBFloat16, kFloat64 };
+
+// ------------------------------------------------------------------------------ assign
+// labels[i] = argmin_k ||x_i - c_k||^2 (ties to the lowest k), dist2[i] (acc) = that minimum.
+cudaError_t assign_launch(Dtype dtype, const void* x, const void* centers, int64_t n, int64_t k,
+                          int64_t d, int64_t* labels, void* dist2, cudaStream_t stream);
+
+// grad_x[i] = 2 grad_dist2[i] (x_i - c_{l_i}) in T; when grad_centers_acc (K, d, acc) is not
+// null it receives the negated segment sum (zeroed here first).
+cudaError_t assign_backward_launch(Dtype dtype, const void* grad_dist2, const void* x,
+                                   const void* centers, const int64_t* labels, int64_t n,
+                                   int64_t k, int64_t d, void* grad_x, void* grad_centers_acc,
+                                   cudaStream_t stream);
+
+// ------------------------------------------------------------------------------ center updates
+enum class UpdateRule : int {
+  kSculley,  // counts_k += m_k; c_k += (S_k - m_k c_k) / counts_k
+  kEma,      // c_k = decay c_k + (1 - decay) S_k / m_k
+};
+
+// Rows per chunk of the deterministic segmented sum (see minibatch_update_cuda.cu).
+constexpr int64_t kSortedChunkRows = 32;
+
+// Elements (acc) of the deterministic mode's piece workspace: a first and a last piece of every
+// chunk of kSortedChunkRows sorted rows, each d wide.
+inline int64_t cluster_pieces_elems(int64_t n, int64_t d) {
+  return 2 * ((n + kSortedChunkRows - 1) / kSortedChunkRows) * d;
+}
+
+// Per-cluster sums of x's rows and the update `rule`, applied in place to centers (and, for
+// kSculley, counts). Clusters without rows are untouched.
+//   fast mode (sorted_labels == nullptr): float atomics into sums (K, d, acc) and batch_counts
+//     (K, int64), both zeroed here; results may differ run to run in the last bits.
+//   deterministic mode: sorted_labels/perm are labels sorted stably and the permutation that
+//     sorts them (N each); pieces holds cluster_pieces_elems(n, d) acc; sums is written without
+//     atomics and summed in a fixed order: bitwise identical run to run. batch_counts unused.
+cudaError_t cluster_update_launch(Dtype dtype, UpdateRule rule, void* centers, int64_t* counts,
+                                  double decay, const void* x, const int64_t* labels,
+                                  const int64_t* sorted_labels, const int64_t* perm, int64_t n,
+                                  int64_t k, int64_t d, void* sums, int64_t* batch_counts,
+                                  void* pieces, cudaStream_t stream);
+
+// ------------------------------------------------------------------------------ center loss
+// counts_* (int64) = rows per cluster; u_diff (d, acc) = u_real - u_fake with
+// u = sum_m c_m / (1 + n_m) + sum_i x_i / (1 + n_{l_i}); loss (acc scalar) = ||u_diff||_1.
+cudaError_t center_loss_launch(Dtype dtype, const void* x_real, const int64_t* labels_real,
+                               const void* centers_real, int64_t n_real, int64_t k_real,
+                               const void* x_fake, const int64_t* labels_fake,
+                               const void* centers_fake, int64_t n_fake, int64_t k_fake, int64_t d,
+                               void* loss, void* u_diff, int64_t* counts_real,
+                               int64_t* counts_fake, cudaStream_t stream);
+
+// grad_real[i, j] = g sign(u_diff_j) / (1 + counts_real[l_i]); grad_fake the negation with the
+// fake side's counts. grad (acc scalar) and u_diff (acc) are read on the device.
+cudaError_t center_loss_backward_launch(Dtype dtype, const void* grad, const void* u_diff,
+                                        const int64_t* labels_real, const int64_t* counts_real,
+                                        int64_t n_real, int64_t k_real,
+                                        const int64_t* labels_fake, const int64_t* counts_fake,
+                                        int64_t n_fake, int64_t k_fake, int64_t d, void* grad_real,
+                                        void* grad_fake, cudaStream_t stream);
+
+// ------------------------------------------------------------------------------ assigned distance
+enum class Reduction : int {
+  kFro,    // sqrt(sum_i r_i)
+  kMean,   // sum_i sqrt(r_i) / N
+  kSqSum,  // 0.5 sum_i r_i
+};  // with r_i = ||x_i - c_{l_i}||^2
+
+// Blocks of the forward's first pass, hence the acc elements of its partials workspace.
+int64_t assigned_distance_num_partials(int64_t n);
+
+cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const void* x,
+                                     const int64_t* labels, const void* centers, int64_t n,
+                                     int64_t k, int64_t d, void* partials, void* out,
+                                     cudaStream_t stream);
+
+// grad and out are acc scalars on the device; grad_centers_acc (K, d, acc) may be null.
+cudaError_t assigned_distance_backward_launch(Dtype dtype, Reduction reduction, const void* grad,
+                                              const void* out, const void* x,
+                                              const int64_t* labels, const void* centers,
+                                              int64_t n, int64_t k, int64_t d, void* grad_x,
+                                              void* grad_centers_acc, cudaStream_t stream);
+
+// ------------------------------------------------------------------------------ pairwise L1
+// sorted: (d, L) each row one feature column sorted ascending. Within one batch (source ==
+// nullptr, L = n_a, n_b = 0) out = sum_{i != j} ||a_i - a_j||_1; between two batches source
+// (d, L, int64) holds each value's index in cat([a, b]) (L = n_a + n_b, an index < n_a is a
+// row of a) and out = sum_{i, j} ||a_i - b_j||_1. col_sums: d acc of workspace.
+cudaError_t pairwise_l1_launch(Dtype dtype, const void* sorted, const int64_t* source,
+                               int64_t n_a, int64_t n_b, int64_t d, void* col_sums, void* out,
+                               cudaStream_t stream);
+
+// out[i, j] = factor * grad * (#{t: sorted[j, t] < v} - #{t: sorted[j, t] > v}), v = values[i, j];
+// values (n, d) T, sorted (d, m) T, grad an acc scalar on the device, out (n, d) T.
+cudaError_t pairwise_l1_rank_grad_launch(Dtype dtype, const void* grad, double factor,
+                                         const void* values, int64_t n, int64_t d,
+                                         const void* sorted, int64_t m, void* out,
+                                         cudaStream_t stream);
+
+}  // namespace kmgan_cuda
