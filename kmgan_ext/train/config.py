@@ -104,12 +104,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "k": 4,
         "d_round": 0,
         "d_round_mode": "floor",
-        "epochs": 12,
+        "epochs": 8,
         "fake_pool": 10000,
         "log_every": 25,
         "eval_samples": 0,
         "interpolation": False,
         "threads": 1,
+        "sample_every": 2,  # Fig. 2 shows four stages of training
     },
     # Section 4.2: DCGAN architecture, d_round 10,000, 24 epochs, clip box [-1, 1] (4.2.2).
     "mnist": {"dataset": "mnist", "k": 10, "d_round": 10000, "clip": 1.0, "epochs": 24},
@@ -213,6 +214,8 @@ def coerce(key: str, value: Any) -> Any:
             out = float(value)
         else:
             out = str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(
             f"{key} must be of type {type(default).__name__} (like {default!r}), got {value!r}"

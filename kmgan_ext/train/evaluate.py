@@ -69,7 +69,10 @@ def evaluate(tr, ckpt_path: str) -> dict:
     if cfg["eval_samples"]:
         order = order[: cfg["eval_samples"]]
     feats = tr.dataset_features(tr.D_raw.features, order)
-    if data.labels is not None:
+    finite = bool(torch.isfinite(feats).all())
+    if not finite:
+        s["features_nonfinite"] = True  # a diverged run: no clustering metrics to compute
+    if data.labels is not None and finite:
         y = data.labels[order]
         k_eval = int(data.labels.max()) + 1
         fc = metrics.feature_clustering(feats, y, k_eval, cfg["seed"])
@@ -85,7 +88,7 @@ def evaluate(tr, ckpt_path: str) -> dict:
             c = metrics.assignment_clustering(pred.cpu(), y)
             s["center_acc"], s["center_nmi"] = c["acc"], c["nmi"]
             s["center_space"] = "pixels"
-    if cfg["dataset"] == "synthetic":
+    if cfg["dataset"] == "synthetic" and finite:
         panels = [
             ("(a) hidden 2-D structure", data.extra["h"][order], data.labels[order]),
             (f"{cfg['model']} D features, epoch {tr.epoch} (acc {s.get('feature_acc', float('nan')):.3f})",

@@ -153,7 +153,7 @@ def build_inception(weights: str = "", device="cpu") -> tuple[nn.Module, str]:
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            net = inception_v3(weights=None, aux_logits=False, init_weights=True, transform_input=False)
+            net = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
         label = STAND_IN
     net.aux_logits, net.AuxLogits = False, None
     return _InceptionOutputs(net).to(device).eval(), label
@@ -208,7 +208,7 @@ def frechet_distance(f1: Tensor, f2: Tensor) -> float:
     b = f2.double().cpu().numpy()
     m1, m2 = a.mean(0), b.mean(0)
     c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(c1 @ c2, disp=False)
+    covmean = linalg.sqrtm(c1 @ c2)
     if not np.isfinite(covmean).all():
         eps = 1e-6 * np.eye(c1.shape[0])
         covmean = linalg.sqrtm((c1 + eps) @ (c2 + eps))

@@ -103,13 +103,15 @@ class Trainer:
         self.G_raw, self.D_raw = build_models(cfg, self.arch, self._model_shape(), head=cfg["model"] == "dcgan")
         self.G_raw.to(self.device)
         self.D_raw.to(self.device)
-        betas = (cfg["beta1"], cfg["beta2"])
-        self.opt_D = torch.optim.Adam(self.D_raw.parameters(), lr=cfg["lr"], betas=betas)
-        self.opt_G = torch.optim.Adam(self.G_raw.parameters(), lr=cfg["lr"], betas=betas)
+        # Fused Adam: the same update, one kernel; 3x faster than the per-tensor loop for
+        # Table 2's tiny networks on CPU (0.57 vs 1.78 ms per step, measured here).
+        adam = dict(lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), fused=True)
+        self.opt_D = torch.optim.Adam(self.D_raw.parameters(), **adam)
+        self.opt_G = torch.optim.Adam(self.G_raw.parameters(), **adam)
         self.opt_C = None
         if cfg["model"] != "dcgan" and cfg["center_optimizer"] == "separate":
             params = list(self.D_raw.parameters()) + list(self.G_raw.parameters())
-            self.opt_C = torch.optim.Adam(params, lr=cfg["lr"], betas=betas)
+            self.opt_C = torch.optim.Adam(params, **adam)
         # Center sets: real/fake feature centers (KM-GAN) or pixel centers (reduced).
         self.C_real = self.n_real = self.C_fake = self.n_fake = None
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -176,7 +178,9 @@ class Trainer:
                 return fn(self._input(batch)).float()
 
         with torch.no_grad(), frozen_bn(self.D_raw, self.G_raw):
-            return km.extract_features(run, loader, batch_size=self.cfg["feature_batch"], device=self.device)
+            return km.extract_features(
+                run, loader, batch_size=self.cfg["feature_batch"], device=self.device, out_device=None, progress=False
+            )
 
     def generated_features(self, n: int, gen: torch.Generator) -> Tensor:
         """D(G(z)) of n generated samples, z drawn from ``gen`` (prior applied up front)."""
@@ -191,7 +195,9 @@ class Trainer:
                 return self.D_raw.features(self.G_raw.net(zb.to(self.device))).float()
 
         with torch.no_grad(), frozen_bn(self.D_raw, self.G_raw):
-            return km.extract_features(run, zs, batch_size=self.cfg["feature_batch"], device=self.device)
+            return km.extract_features(
+                run, zs, batch_size=self.cfg["feature_batch"], device=self.device, out_device=None, progress=False
+            )
 
     # ------------------------------------------------------------------ center seeding
     def _seed_centers(self) -> None:
@@ -448,8 +454,14 @@ class Trainer:
             order = self._order(len(self.data), 11)
             feats = self.dataset_features(self.D_raw.features, order)
             labels = self.data.labels[order]
+            title = f"D features, epoch {self.epoch}"
+            if labels is not None:
+                # Fig. 2 shows the features "in the training process": score them per epoch.
+                fc = metrics.feature_clustering(feats, labels, int(labels.max()) + 1, self.cfg["seed"])
+                self._write_log({"step": self.step, "epoch": self.epoch, "feature_acc": fc["acc"], "feature_nmi": fc["nmi"]})
+                title += f": k-means acc {fc['acc']:.3f}, NMI {fc['nmi']:.3f}"
             figures.feature_scatter(
-                [(f"D features, epoch {self.epoch}", metrics.pca2(feats), labels)], path,
+                [(title, metrics.pca2(feats), labels)], path,
                 f"{self.cfg['model']}: discriminator features (PCA if d > 2)",
             )  # fmt: skip
             return path
@@ -640,10 +652,16 @@ class Trainer:
 
                 self.writer = SummaryWriter(os.path.join(self.out, "tensorboard"))
         threads = torch.get_num_threads()
+        limits = contextlib.nullcontext()
         if self.cfg["threads"]:
+            from threadpoolctl import threadpool_limits
+
             torch.set_num_threads(self.cfg["threads"])
+            # scikit-learn's KMeans (evaluation) as well: 2 OpenMP threads on a loaded 2-core
+            # machine took 4.6-9.8 s for 10,000 x 2 rows, 1 thread 0.2 s.
+            limits = threadpool_limits(limits=self.cfg["threads"])
         try:
-            with deterministic_mode(self.cfg["deterministic"]), self._sigint():
+            with limits, deterministic_mode(self.cfg["deterministic"]), self._sigint():
                 if not self.resumed:
                     t0 = time.perf_counter()
                     self._seed_centers()

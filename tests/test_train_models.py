@@ -1,0 +1,278 @@
+"""A few training steps of every model and every dataset kind, on tiny data, end to end:
+the run folder, the center bookkeeping, the figures and the summary."""
+import gzip
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import kmgan_ext as km
+from kmgan_ext.train import load_config, train
+from kmgan_ext.train.data import DataNotFound, load_train_data, make_synthetic, read_idx
+
+# Small enough for 2 CPU cores: a few steps each.
+TINY = {
+    "n_train": 256,
+    "batch_size": 32,
+    "fake_pool": 128,
+    "feature_batch": 128,
+    "progress": False,
+    "threads": 1,
+    "log_every": 1,
+}
+
+
+def _lines(path):
+    with open(path) as f:
+        return [json.loads(x) for x in f]
+
+
+def _check_run_folder(out, summary, steps):
+    for name in ("config.json", "metrics.jsonl", "summary.json", os.path.join("checkpoints", "last.pt")):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tensorboard")))
+    for key in ("model", "dataset", "epochs", "steps", "seconds", "world_size"):
+        assert key in summary, key
+    assert summary["steps"] == steps and summary["world_size"] == 1
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f)["steps"] == steps
+    logged = [r for r in _lines(os.path.join(out, "metrics.jsonl")) if "L_D" in r]
+    assert [r["step"] for r in logged] == list(range(1, steps + 1))
+    assert all(np.isfinite(r["L_D"]) and np.isfinite(r["L_G"]) for r in logged)
+    return logged
+
+
+# --------------------------------------------------------------------------- synthetic data
+def test_synthetic_set_is_section_4_1():
+    x, y, h = make_synthetic()
+    assert x.shape == (10000, 100) and h.shape == (10000, 2)
+    assert torch.bincount(y).tolist() == [2500] * 4
+    assert 0 < float(x.min()) and float(x.max()) < 1  # FC 100 Sigmoid
+    x2, _, _ = make_synthetic()
+    assert torch.equal(x, x2)  # fixed seed
+
+
+@pytest.mark.parametrize("model", ["kmgan", "dcgan", "reduced", "generalized"])
+def test_each_model_trains_a_few_steps(tmp_path, model):
+    steps = 5
+    cfg = load_config("synthetic", {**TINY, "model": model, "max_steps": steps, "lambda": 0.5, "clip": 0.5})
+    s = train(cfg, str(tmp_path))
+    logged = _check_run_folder(str(tmp_path), s, steps)
+    assert s["status"] == "max_steps"
+    assert 0.0 <= s["feature_acc"] <= 1.0 and 0.0 <= s["feature_nmi"] <= 1.0
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    c = state["centers"]
+    if model == "dcgan":
+        assert c["real"] is None and "L_center" not in logged[0]
+        return
+    # every iteration feeds one batch (of real rows) into the real centers
+    assert int(c["real_counts"].sum()) == steps * TINY["batch_size"]
+    if model == "reduced":
+        assert c["real"].shape == (4, 100) and c["fake"] is None  # pixel space
+        assert s["center_space"] == "pixels"
+    else:
+        assert c["real"].shape == c["fake"].shape == (4, 2)
+        assert int(c["fake_counts"].sum()) == steps * TINY["batch_size"]
+        assert 0.0 <= s["center_acc"] <= 1.0
+    # weight clipping after every D update
+    for name, p in state["D"].items():
+        if p.is_floating_point() and "running" not in name:
+            assert float(p.abs().max()) <= 0.5 + 1e-7, name
+    if model == "generalized":
+        assert "L_intra" in logged[0] and "L_inter" in logged[0]
+    assert os.path.isfile(tmp_path / "figures" / "features.png")
+
+
+def test_d_round_steps_runs_the_center_loss_for_the_first_iterations(tmp_path):
+    cfg = load_config("synthetic", {**TINY, "max_steps": 5, "d_round": 2, "d_round_mode": "steps", "tensorboard": False})
+    train(cfg, str(tmp_path))
+    flags = [r["center_step"] for r in _lines(tmp_path / "metrics.jsonl") if "center_step" in r]
+    assert flags == [True, True, False, False, False]
+
+
+def test_d_round_floor(tmp_path):
+    cfg = load_config("synthetic", {**TINY, "max_steps": 3, "d_round": 1e6, "d_round_mode": "floor", "tensorboard": False})
+    train(cfg, str(tmp_path))
+    flags = [r["center_step"] for r in _lines(tmp_path / "metrics.jsonl") if "center_step" in r]
+    assert flags == [False] * 3  # an L1 of sigmoid features never reaches 1e6
+
+
+@pytest.mark.parametrize("prior", ["gm_static", "gm_dynamic"])
+def test_gm_gan_priors(tmp_path, prior):
+    cfg = load_config("synthetic", {**TINY, "max_steps": 3, "prior": prior, "tensorboard": False})
+    train(cfg, str(tmp_path))
+    g = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["G"]
+    mu = g["prior.mu"]
+    assert mu.shape == (4, 100) and float(mu.abs().max()) <= 0.1 + 1e-3  # U[-c, c], c = 0.1 (+ 3 Adam steps)
+    if prior == "gm_dynamic":
+        a = g["prior.A"]
+        eye = (0.15**0.5) * torch.eye(100).expand(4, 100, 100)
+        assert not torch.equal(a, eye)  # learned with G
+    else:
+        assert "prior.A" not in g
+
+
+def test_reuse_features_option(tmp_path):
+    cfg = load_config("synthetic", {**TINY, "max_steps": 3, "reuse_features": True, "tensorboard": False})
+    assert train(cfg, str(tmp_path))["steps"] == 3
+
+
+# --------------------------------------------------------------------------- image data
+def _write_idx(path, arr):
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    head = struct.pack(">HBB", 0, 8, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(head + arr.tobytes())
+
+
+def _class_images(n, seed):
+    """28x28 images whose class (0..9) is a bright horizontal band at row 2 + 2.5 * class."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 10
+    x = rng.integers(0, 40, size=(n, 28, 28))
+    for i, c in enumerate(y):
+        r = int(2 + 2.5 * c)
+        x[i, r : r + 3, :] = 230
+    return x.astype(np.uint8), y.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def idx_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idx")
+    for split, n, seed in (("train", 96, 0), ("t10k", 40, 1)):
+        x, y = _class_images(n, seed)
+        _write_idx(root / f"{split}-images-idx3-ubyte.gz", x)
+        _write_idx(root / f"{split}-labels-idx1-ubyte.gz", y)
+    return str(root)
+
+
+def test_idx_reader(idx_root):
+    x = read_idx(os.path.join(idx_root, "train-images-idx3-ubyte.gz"))
+    y = read_idx(os.path.join(idx_root, "train-labels-idx1-ubyte.gz"))
+    assert x.shape == (96, 28, 28) and y.shape == (96,)
+    assert np.array_equal(y, np.arange(96) % 10)
+
+
+IMG = {**TINY, "n_train": 0, "batch_size": 16, "fake_pool": 32, "feature_batch": 64, "log_every": 2}
+
+
+@pytest.fixture(scope="module")
+def fashion_runs(idx_root, tmp_path_factory):
+    """One epoch of KM-GAN and DCGAN on the idx sample, with the Fig. 5c histogram."""
+    runs = {}
+    for model in ("kmgan", "dcgan"):
+        out = str(tmp_path_factory.mktemp(f"fashion_{model}"))
+        cfg = load_config("fashion", {
+            **IMG, "model": model, "data_root": idx_root, "epochs": 1, "hist_samples": 40, "n_train": 32,
+            "classifier_epochs": 2, "classifier_n_train": 0, "eval_samples": 0,
+        })  # fmt: skip
+        runs[model] = (out, train(cfg, out))
+    return runs
+
+
+def test_fashion_idx_run_with_class_histogram(fashion_runs):
+    out, s = fashion_runs["kmgan"]
+    assert s["dataset"] == "fashion" and s["n_train"] == 32  # a subset of train + t10k (136 rows)
+    assert s["status"] == "finished" and s["epochs"] == 1 and s["steps"] == 32 // 16
+    assert 0 <= s["center_acc"] <= 1 and 0 <= s["feature_acc"] <= 1
+    h = s["class_histogram"]
+    assert abs(sum(h["fractions"].values()) - 1.0) < 1e-9 and len(h["fractions"]) == 10
+    assert 0.0 <= h["classifier"]["test_acc"] <= 1.0 and h["classifier"]["n_test"] == 40
+    assert h["paper"]["shirt"] == 0.07
+    for name in ("class_histogram.png", "interpolation.png"):
+        assert os.path.getsize(os.path.join(out, "figures", name)) > 0
+    assert os.path.isfile(os.path.join(out, "samples", "epoch_0001.png"))
+    assert os.path.isfile(os.path.join(out, "classifier.pt"))
+
+
+def test_fig5c_side_by_side(fashion_runs, idx_root, tmp_path):
+    from kmgan_ext.train.fig5c import main
+
+    dirs = [fashion_runs["kmgan"][0], fashion_runs["dcgan"][0]]
+    rc = main(["--runs", *dirs, "--out", str(tmp_path), "--samples", "30", "--classifier-epochs", "1",
+               "--data-root", idx_root, "--device", "cpu"])  # fmt: skip
+    assert rc == 0
+    res = json.loads((tmp_path / "fig5c.json").read_text())
+    assert set(res["runs"]) == {"kmgan", "dcgan"}
+    for r in res["runs"].values():
+        assert abs(sum(r["fractions"].values()) - 1.0) < 1e-9
+    assert os.path.getsize(tmp_path / "fig5c.png") > 0
+
+
+def test_mnist_idx_from_data_root(idx_root, tmp_path):
+    cfg = load_config("mnist", {**IMG, "data_root": idx_root, "max_steps": 2, "model": "reduced", "k": 4,
+                                "n_train": 0, "tensorboard": False})  # fmt: skip
+    s = train(cfg, str(tmp_path))
+    assert s["dataset"] == "mnist" and s["n_train"] == 136 and s["steps"] == 2 and "center_acc" in s
+
+
+def test_missing_data_says_where_to_put_it(tmp_path):
+    with pytest.raises(DataNotFound, match="data_root"):
+        load_train_data(load_config("mnist", {"data_root": str(tmp_path)}))
+    with pytest.raises(DataNotFound, match="cifar-10-batches-py"):
+        load_train_data(load_config("cifar10", {"data_root": str(tmp_path)}))
+    with pytest.raises(DataNotFound, match="img_align_celeba"):
+        load_train_data(load_config("celeba", {"data_root": str(tmp_path)}))
+
+
+def _write_pngs(folder, n, seed, color):
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = np.clip(rng.normal(color, 30, size=(20, 24, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(os.path.join(folder, f"{i:03d}.png"))
+
+
+def test_imagefolder_table7(tmp_path):
+    _write_pngs(tmp_path / "imgs" / "dark", 12, 0, 40)
+    _write_pngs(tmp_path / "imgs" / "bright", 12, 1, 210)
+    cfg = load_config("celeba", {
+        **IMG, "dataset": "imagefolder", "data_root": str(tmp_path / "imgs"), "image_size": 16, "k": 2,
+        "batch_size": 8, "epochs": 1, "eval_fid": False, "tensorboard": False,
+    })  # fmt: skip
+    s = train(cfg, str(tmp_path / "run"))
+    assert s["status"] == "finished" and s["steps"] == 3 and s["model"] == "generalized"
+    assert 0.5 <= s["feature_acc"] <= 1.0  # 2 classes: Hungarian accuracy is at least 1/2
+    grid = tmp_path / "run" / "samples" / "epoch_0001.png"
+    assert grid.is_file()
+
+
+def test_celeba_flat_folder_with_inception_stand_in(tmp_path):
+    _write_pngs(tmp_path / "celeba" / "img_align_celeba", 16, 2, 128)
+    cfg = load_config("celeba", {
+        **IMG, "data_root": str(tmp_path), "image_size": 16, "k": 2, "batch_size": 8, "epochs": 1,
+        "eval_fid": False, "eval_is": True, "inception_samples": 4, "tensorboard": False,
+    })  # fmt: skip
+    s = train(cfg, str(tmp_path / "run"))
+    assert "feature_acc" not in s  # CelebA has no labels
+    inc = s["inception"]
+    assert "STAND-IN" in inc["backbone"] and "not comparable" in inc["backbone"]
+    assert inc["inception_score"] >= 1.0 - 1e-9
+
+
+def test_amp_and_compile_are_gpu_options(tmp_path):
+    cfg = load_config("synthetic", {**TINY, "max_steps": 1, "amp": True, "compile": True, "tensorboard": False})
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    with pytest.warns(UserWarning, match="amp=true needs a GPU"):
+        s = train(cfg, str(tmp_path))
+    assert s["steps"] == 1
+
+
+def test_seeding_uses_the_whole_training_set(tmp_path, monkeypatch):
+    seen = []
+    real = km.kmeans_plusplus
+
+    def spy(x, k, **kw):
+        seen.append(tuple(x.shape))
+        return real(x, k, **kw)
+
+    monkeypatch.setattr(km, "kmeans_plusplus", spy)
+    cfg = load_config("synthetic", {**TINY, "max_steps": 1, "tensorboard": False})
+    train(cfg, str(tmp_path))
+    assert seen == [(256, 2), (128, 2)]  # D(X) of all 256 rows, then D(G(z)) of the pool
