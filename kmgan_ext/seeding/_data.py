@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -35,6 +36,16 @@ def faiss_module():
     except Exception:
         return None
     return faiss
+
+
+def _from_numpy(a: np.ndarray) -> Tensor:
+    """torch.from_numpy without its warning for read-only arrays (a memmap opened "r"):
+    the rows are only ever read."""
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
 
 
 class Rows:
@@ -88,7 +99,7 @@ class Rows:
         over the data only: it costs a sync)."""
         part = self.x[start:stop]
         if self.is_numpy:
-            part = torch.from_numpy(np.ascontiguousarray(part))
+            part = _from_numpy(np.ascontiguousarray(part))
         part = part.to(self.compute_dtype).contiguous()
         if check:
             _checks.finite(self.name, part)
@@ -103,7 +114,7 @@ class Rows:
         if self.is_numpy:
             idx = index.cpu().numpy()
             # np.memmap fancy indexing reads only those rows.
-            return torch.from_numpy(np.ascontiguousarray(self.x[idx])).to(self.compute_dtype)
+            return _from_numpy(np.ascontiguousarray(self.x[idx])).to(self.compute_dtype)
         return self.x.index_select(0, index.to(self.x.device)).to(self.compute_dtype)
 
     def like_x(self, rows: Tensor) -> Tensor | np.ndarray:

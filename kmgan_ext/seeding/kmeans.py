@@ -45,18 +45,17 @@ def _initial_centers(init, rows: _data.Rows, k: int, seed: int, n_local_trials, 
     """(K, d) compute-dtype tensor on rows.device."""
     if isinstance(init, str):
         if init == "k-means++":
-            c = kmeans_plusplus(
-                rows.x, k, seed=seed, n_local_trials=n_local_trials, chunk_size=chunk_size
+            _, idx = kmeans_plusplus(
+                rows.x, k, seed=seed, n_local_trials=n_local_trials, chunk_size=chunk_size,
+                return_indices=True,
             )
-            return c.to(rows.compute_dtype) if isinstance(c, Tensor) else torch.from_numpy(
-                c
-            ).to(rows.compute_dtype)
+            return rows.take(torch.as_tensor(idx))
         if init == "random":
             g = torch.Generator().manual_seed(seed)
             idx = torch.randperm(rows.n, generator=g)[:k].to(rows.device)
             return rows.take(idx)
         raise ValueError(f"init must be 'k-means++', 'random' or a (k, d) array, got {init!r}")
-    c = torch.from_numpy(np.asarray(init)) if isinstance(init, np.ndarray) else init
+    c = torch.tensor(init) if isinstance(init, np.ndarray) else init
     if not isinstance(c, Tensor):
         raise TypeError(f"init must be a string, a tensor or a numpy array, got {type(init).__name__}")
     if c.shape != (k, rows.d):
@@ -100,7 +99,7 @@ def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int) -> Te
     faiss = _data.faiss_module()
     x = rows.x
     if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
+        x = x.detach().to("cpu", torch.float32).numpy()
     x = np.ascontiguousarray(x, dtype=np.float32)  # no copy for float32 arrays / memmaps
     k = centers.shape[0]
     km = faiss.Kmeans(

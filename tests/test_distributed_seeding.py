@@ -1,0 +1,136 @@
+"""Two processes on the gloo backend (CPU): k-means|| and MiniBatchKMeans's all-reduced update.
+
+One spawn (two ranks, a free port on 127.0.0.1) runs every scenario and saves each rank's
+results; the tests below compare them with each other and with one process fed the
+concatenated data.
+"""
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import kmgan_ext as km
+
+WORLD = 2
+K, D = 6, 5
+SHARD_ROWS = (700, 500)  # uneven shards
+BATCH_ROWS = (40, 24)  # each rank's share of a mini-batch
+STEPS = 4
+
+
+def all_data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(42)
+    means = 6 * torch.randn(K, D, generator=g)
+    n = sum(SHARD_ROWS)
+    return means[torch.randint(K, (n,), generator=g)] + torch.randn(n, D, generator=g)
+
+
+def shard(x: torch.Tensor, rank: int) -> torch.Tensor:
+    start = sum(SHARD_ROWS[:rank])
+    return x[start : start + SHARD_ROWS[rank]]
+
+
+def batch(x: torch.Tensor, step: int, rank: int) -> torch.Tensor:
+    """Rank ``rank``'s part of global mini-batch ``step`` (the global batch is their concat)."""
+    start = step * sum(BATCH_ROWS) + sum(BATCH_ROWS[:rank])
+    return x[start : start + BATCH_ROWS[rank]]
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    try:
+        x = all_data()
+        mine = shard(x, rank)
+        from_numpy = km.kmeans_parallel(mine.numpy(), K, seed=3)
+        res = {
+            "kpar": km.kmeans_parallel(mine, K, seed=3),
+            "kpar_numpy_type": type(from_numpy).__name__,
+            "kpar_numpy": torch.from_numpy(from_numpy),  # torch.load(weights_only) wants tensors
+            "kpar_seed4": km.kmeans_parallel(mine, K, seed=4),
+            "kpar_seed5": km.kmeans_parallel(mine, K, seed=5),
+        }
+        m = km.MiniBatchKMeans(K, D).init_(mine, seed=5)  # k-means|| over both shards
+        res["mb_init"] = m.centers.clone()
+        res["mb_labels"] = [m(batch(x, s, rank)) for s in range(STEPS)]
+        res["mb_centers"], res["mb_counts"] = m.centers.clone(), m.counts.clone()
+        m2 = km.MiniBatchKMeans(K, D).init_(mine, seed=5, method="k-means++")
+        res["mb_rank0_init"] = m2.centers.clone()
+        torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    out = str(tmp_path_factory.mktemp("dist_seeding"))
+    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+def _rows_of(c: torch.Tensor, x: torch.Tensor) -> bool:
+    return bool((torch.cdist(c.double(), x.double()).min(1).values == 0).all())
+
+
+def test_kmeans_parallel_identical_on_every_rank(ranks):
+    r0, r1 = ranks
+    for key in ("kpar", "kpar_numpy", "kpar_seed4", "kpar_seed5"):
+        assert r0[key].shape == (K, D) and torch.equal(r0[key], r1[key]), key
+    assert r0["kpar_numpy_type"] == "ndarray"
+    assert torch.equal(r0["kpar_numpy"], r0["kpar"])  # same shards, same seed
+    assert not torch.equal(r0["kpar"], r0["kpar_seed4"])
+
+
+def test_kmeans_parallel_centers_are_rows_and_good(ranks):
+    x = all_data()
+    c = ranks[0]["kpar"]
+    assert _rows_of(c, x)
+    assert len({tuple(r.tolist()) for r in c}) == K
+
+    def inertia(cc):
+        return float((torch.cdist(x.double(), cc.double()) ** 2).min(1).values.sum())
+
+    # k-means|| is as good as k-means++ (Bahmani et al., Table 2): compare with the mean over
+    # seeds of greedy k-means++ on the whole data in one process.
+    pp = np.mean([inertia(km.kmeans_plusplus(x, K, seed=s)) for s in range(10)])
+    assert inertia(c) <= 1.25 * pp
+    assert inertia(ranks[0]["kpar_seed4"]) <= 1.25 * pp
+
+
+def test_minibatch_kmeans_ranks_identical(ranks):
+    r0, r1 = ranks
+    for key in ("mb_init", "mb_centers", "mb_counts", "mb_rank0_init"):
+        assert torch.equal(r0[key], r1[key]), key
+    assert torch.equal(r0["mb_init"], r0["kpar_seed5"])  # init_ under a group is k-means||
+    assert _rows_of(r0["mb_init"], all_data())
+    # rank-0 k-means++ seeding + broadcast: rank 0's own k-means++ on its shard
+    assert torch.equal(r0["mb_rank0_init"], km.kmeans_plusplus(shard(all_data(), 0), K, seed=5))
+
+
+def test_minibatch_kmeans_equals_one_process_on_the_concatenated_batch(ranks):
+    x = all_data()
+    r0, r1 = ranks
+    one = km.MiniBatchKMeans(K, D)
+    one.init_(x[:K])  # marks it seeded; the centers are then set to the ranks' seeds
+    one.centers.copy_(r0["mb_init"])
+    for s in range(STEPS):
+        labels = one(torch.cat([batch(x, s, r) for r in range(WORLD)]))
+        want = torch.cat([r0["mb_labels"][s], r1["mb_labels"][s]])
+        assert torch.equal(labels, want), f"step {s}"
+    assert torch.equal(one.counts, r0["mb_counts"])
+    assert int(one.counts.sum()) == STEPS * sum(BATCH_ROWS)
+    torch.testing.assert_close(r0["mb_centers"], one.centers, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,134 @@
+"""km.kmeans: Lloyd over all rows (faiss.Kmeans or torch), result contract, empty clusters."""
+import numpy as np
+import pytest
+import torch
+
+import kmgan_ext as km
+from kmgan_ext.seeding import _data
+
+HAVE_FAISS = _data.faiss_module() is not None
+BACKENDS = ["torch"] + (["faiss"] if HAVE_FAISS else [])
+
+
+def _blobs(n=1200, d=5, k=6, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    means = 6 * rng.standard_normal((k, d))
+    return (means[rng.integers(0, k, n)] + rng.standard_normal((n, d))).astype(dtype)
+
+
+def _check_result(x, res, k):
+    xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    c = torch.as_tensor(np.asarray(res.centers, dtype=np.float64))
+    assert c.shape == (k, x.shape[1]) and torch.isfinite(c).all()
+    d = torch.cdist(xt, c) ** 2
+    labels = torch.as_tensor(np.asarray(res.labels))
+    assert labels.dtype == torch.int64 and labels.shape == (x.shape[0],)
+    chosen = d[torch.arange(len(labels)), labels]
+    assert (chosen <= d.min(1).values * (1 + 1e-5) + 1e-6).all(), "labels are not the argmin"
+    assert res.inertia == pytest.approx(float(chosen.sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_result_contract_numpy(backend):
+    x = _blobs()
+    res = km.kmeans(x, 6, backend=backend)
+    assert isinstance(res, km.KMeansResult) and isinstance(res.inertia, float)
+    assert isinstance(res.centers, np.ndarray) and res.centers.dtype == np.float32
+    assert isinstance(res.labels, np.ndarray)
+    _check_result(x, res, 6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_result_contract_tensor(backend, dtype):
+    x = torch.from_numpy(_blobs()).to(dtype)
+    res = km.kmeans(x, 6, backend=backend, niter=10)
+    assert res.centers.dtype == dtype and res.centers.device == x.device
+    assert res.labels.dtype == torch.int64
+    # labels/inertia are computed against the centers before the cast to x's dtype
+    if dtype != torch.bfloat16:
+        _check_result(x.double().numpy(), res._replace(centers=res.centers.double()), 6)
+
+
+@pytest.mark.skipif(not HAVE_FAISS, reason="faiss not installed")
+def test_faiss_and_torch_lloyd_agree_and_use_every_row():
+    # N = 3000 > 256 * k: faiss.Kmeans' defaults would train on a 1024-row subsample; here the
+    # faiss result must equal the torch Lloyd, which always reads every row.
+    x = _blobs(n=3000, d=8, k=4, seed=3)
+    a = km.kmeans(x, 4, backend="faiss", niter=15, seed=2)
+    b = km.kmeans(x, 4, backend="torch", niter=15, seed=2)
+    np.testing.assert_allclose(a.centers, b.centers, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.inertia == pytest.approx(b.inertia, rel=1e-6)
+
+
+def test_lloyd_lowers_inertia_and_niter_zero_returns_the_seeds():
+    x = _blobs(seed=5)
+    seeds = km.kmeans_plusplus(x, 6, seed=1)
+    r0 = km.kmeans(x, 6, seed=1, niter=0)
+    np.testing.assert_array_equal(r0.centers, seeds)
+    r = km.kmeans(x, 6, seed=1, niter=20)
+    assert r.inertia <= r0.inertia
+    assert km.kmeans(x, 6, seed=1, niter=20).inertia == r.inertia  # deterministic
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_clusters_never_nan(backend):
+    x = _blobs(n=400, k=3, seed=7)
+    init = np.repeat(x[:2], [3, 2], axis=0)  # 5 centers, 3 and 2 identical: empties at once
+    res = km.kmeans(x, 5, init=init, niter=10, backend=backend)
+    assert np.isfinite(res.centers).all()
+    assert len(np.unique(res.labels)) == 5, "every cluster should end up with rows"
+    _check_result(x, res, 5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_subsample_and_random_init(backend):
+    x = _blobs(n=2000)
+    res = km.kmeans(x, 6, subsample=300, seed=4, backend=backend)
+    assert res.labels.shape == (2000,)
+    _check_result(x, res, 6)
+    res2 = km.kmeans(x, 6, init="random", seed=4, backend=backend)
+    _check_result(x, res2, 6)
+
+
+def test_memmap_input(tmp_path):
+    x = _blobs()
+    mm = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="w+", shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    a = km.kmeans(np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=x.shape), 6)
+    b = km.kmeans(x, 6)
+    np.testing.assert_array_equal(a.centers, b.centers)
+
+
+def test_bad_input_is_named():
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="k must be <= the number of rows"):
+        km.kmeans(x, 11)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        km.kmeans(x, 0)
+    with pytest.raises(ValueError, match="niter must be an int >= 0"):
+        km.kmeans(x, 2, niter=-1)
+    with pytest.raises(ValueError, match=r"init must have shape \(2, 3\)"):
+        km.kmeans(x, 2, init=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="init must be 'k-means\\+\\+', 'random'"):
+        km.kmeans(x, 2, init="kmeans")
+    with pytest.raises(ValueError, match="subsample must be >= k"):
+        km.kmeans(x, 4, subsample=3)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        km.kmeans(x, 2, backend="cuda")
+    with pytest.raises(TypeError, match="x must be float"):
+        km.kmeans(torch.ones(10, 3, dtype=torch.int32), 2)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        km.kmeans(torch.randn(10), 2)
+
+
+@pytest.mark.gpu
+def test_cuda_torch_lloyd_matches_cpu():
+    x = torch.from_numpy(_blobs(n=3000))
+    init = km.kmeans_plusplus(x, 6, seed=1)  # the same start (seeding is tested elsewhere)
+    a = km.kmeans(x, 6, init=init, backend="torch")
+    b = km.kmeans(x.cuda(), 6, init=init, backend="torch")
+    torch.testing.assert_close(b.centers.cpu(), a.centers, rtol=1e-4, atol=1e-4)
+    assert b.inertia == pytest.approx(a.inertia, rel=1e-5)
