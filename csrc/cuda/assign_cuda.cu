@@ -172,7 +172,9 @@ __global__ void __launch_bounds__(kBackwardThreads)
 cudaError_t assign_launch(Dtype dtype, const void* x, const void* centers, int64_t n, int64_t k,
                           int64_t d, int64_t* labels, void* dist2, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  if (k <= 0 || k > INT32_MAX || ceil_div(n, kRows) > INT32_MAX) return cudaErrorInvalidValue;
+  // k0 + kCenters must not overflow the kernel's int center index.
+  if (k <= 0 || k > INT32_MAX - kCenters || ceil_div(n, kRows) > INT32_MAX)
+    return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const unsigned blocks = static_cast<unsigned>(ceil_div(n, kRows));

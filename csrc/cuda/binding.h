@@ -68,12 +68,14 @@ inline void check_like_x(const char* op, const char* name, const at::Tensor& t,
               x.scalar_type(), " (as ", x_name, "), got ", t.scalar_type());
 }
 
-// (K, d) centers with K >= 1 (K fits the kernels' 32-bit cluster index).
+// (K, d) centers with 1 <= K < 2^31 - 64 (K fits the kernels' 32-bit cluster index, with room
+// for the assign kernel's last 64-center tile).
 inline void check_centers(const char* op, const char* name, const at::Tensor& c,
                           const at::Tensor& x, const char* x_name = "x") {
   check_like_x(op, name, c, x, x_name);
-  TORCH_CHECK(c.size(0) >= 1 && c.size(0) <= INT32_MAX, op, ": ", name,
-              " must hold between 1 and 2^31 - 1 centers, got K = ", c.size(0));
+  constexpr int64_t kMaxCenters = INT32_MAX - 64;
+  TORCH_CHECK(c.size(0) >= 1 && c.size(0) <= kMaxCenters, op, ": ", name,
+              " must hold between 1 and ", kMaxCenters, " centers, got K = ", c.size(0));
 }
 
 inline void check_int64_vector(const char* op, const char* name, const at::Tensor& t,

@@ -4,6 +4,7 @@
 #include <ATen/ops/sort.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 
 #include "binding.h"
@@ -26,8 +27,10 @@ void update_contiguous(const char* op, UpdateRule rule, at::Tensor& centers_work
   at::Tensor sums = at::empty({k, d}, acc);
   at::Tensor batch_counts, sorted_labels, perm, pieces;
   if (deterministic) {
-    // Stable: rows of one cluster keep their order, so each sum has one fixed order.
-    std::tie(sorted_labels, perm) = at::sort(labels, /*stable=*/true, /*dim=*/0);
+    // Stable: rows of one cluster keep their order, so each sum has one fixed order. The
+    // std::optional is spelled out: a plain `true` would select sort(self, dim, descending).
+    std::tie(sorted_labels, perm) =
+        at::sort(labels, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
     pieces = at::empty({cluster_pieces_elems(n, d)}, acc);
   } else {
     batch_counts = at::empty({k}, x.options().dtype(at::kLong));
