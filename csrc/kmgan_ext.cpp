@@ -6,7 +6,8 @@
 //                                      backend named by the last argument (kmgan_ext/_ops.py).
 //   kmgan_ext::<op>_native(...)        the C++ kernels: csrc/cpu/<op>_cpu.cpp for the CPU
 //                                      key, csrc/cuda/<op>_cuda.cu (bound in
-//                                      csrc/cuda/<op>_cuda.cpp) for the CUDA key.
+//                                      csrc/cuda/<op>_cuda_binding.cpp: a .cpp of the same
+//                                      stem would collide in ninja's object names) for CUDA.
 // Mutated arguments are declared (Tensor(a!)) so that torch.compile and opcheck know.
 #include <Python.h>
 #include <torch/library.h>
