@@ -97,3 +97,20 @@ def test_resume_may_not_change_what_the_checkpoint_means():
     with pytest.raises(ConfigError, match="cannot change 'k'"):
         resume_overrides(saved, {"k": 5})
     assert resume_overrides(saved, {"k": saved["k"]})["k"] == saved["k"]  # unchanged is fine
+
+
+def test_cli_sweep_runs_each_value(tmp_path, capsys):
+    from kmgan_ext.train.config import SWEEPS
+
+    sets = ["n_train=128", "batch_size=32", "fake_pool=64", "max_steps=1", "progress=false",
+            "tensorboard=false", "threads=1", "model=generalized"]  # fmt: skip
+    args = ["--config", "synthetic", "--sweep", "table8_lambda", "--out", str(tmp_path)]
+    assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    res = json.loads((tmp_path / "sweep.json").read_text())
+    values = SWEEPS["table8_lambda"][2]
+    assert list(res["runs"]) == [f"lambda={v}" for v in values]
+    assert res["paper_base"] == "celeba"
+    for v in values:
+        cfg = json.loads((tmp_path / f"lambda={v}" / "config.json").read_text())
+        assert cfg["lambda"] == v and cfg["dataset"] == "synthetic"
+    assert "run folder" in capsys.readouterr().out

@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable); --list shows the keys")  # fmt: skip
-    p.add_argument("--sweep", choices=sorted(SWEEPS), help="run one of the paper's sweeps into OUT/<key>=<value>")
+    p.add_argument("--sweep", choices=sorted(SWEEPS),
+                   help="run one of the paper's sweeps (Tables 4, 5, 8) into OUT/<key>=<value>; its base config "
+                        "is the paper's unless --config names another")  # fmt: skip
     p.add_argument("--list", action="store_true", help="print the config keys, configs and sweeps")
     return p
 
@@ -60,20 +62,23 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--resume takes the run folder's own config; drop --config/--sweep")
             _print_summary(resume(args.resume, overrides), args.resume)
             return 0
-        if not args.config or not args.out:
-            raise ConfigError("give --config NAME_OR_PATH and --out DIR (or --resume DIR)")
         if args.sweep:
+            # the sweep's own base config (the paper's) unless --config names another
             base, key, values = SWEEPS[args.sweep]
+            if not args.out:
+                raise ConfigError("--sweep needs --out DIR")
             results = {}
             for v in values:
                 out = os.path.join(args.out, f"{key}={v}")
-                s = train(load_config(args.config, {**overrides, key: v}), out)
+                s = train(load_config(args.config or base, {**overrides, key: v}), out)
                 _print_summary(s, out)
                 results[f"{key}={v}"] = s
             if results and all(r is not None for r in results.values()):
                 with open(os.path.join(args.out, "sweep.json"), "w") as f:
                     json.dump({"sweep": args.sweep, "paper_base": base, "runs": results}, f, indent=2)
             return 0
+        if not args.config or not args.out:
+            raise ConfigError("give --config NAME_OR_PATH and --out DIR (or --resume DIR)")
         cfg = load_config(args.config, overrides)
         _print_summary(train(cfg, args.out), args.out)
         return 0
