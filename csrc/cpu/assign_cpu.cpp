@@ -1,0 +1,310 @@
+// km.assign on CPU (DESIGN.md 4.1): blocked GEMM + fused argmin, with an exactness guard.
+//
+// Each thread takes tiles of rows; per tile, one GEMM (at::mm_out, i.e. MKL/OpenBLAS SGEMM,
+// single-threaded inside the parallel region) forms x . c'_k for a block of centers into a
+// per-thread buffer, and the argmin runs over that buffer while it is hot. The (N, K) matrix
+// never exists beyond one tile.
+//
+// The expansion ||x - c||^2 = ||x - s||^2 + e_k, e_k = ||c'_k||^2 + 2 s.c'_k - 2 x.c'_k
+// (c'_k = c_k - s, s = the mean of the centers) ranks centers without the row constant.
+// Shifting by s keeps the GEMM's products small when all points sit far from the origin
+// (|x| ~ 1e4 around a common offset), where the unshifted expansion cancels catastrophically.
+// Rounding can still reorder near-ties, so every row keeps all centers whose computed e_k is
+// within 2 B_i of its minimum, B_i a bound on the rounding error of e_k (below); when more
+// than one survives, their exact distances sum((x - c)^2) in double decide (lowest k on an
+// exact tie). The result is the exact argmin for any rounding of the GEMM, and dist2 is
+// computed directly from the differences, never from the expansion.
+#include "assign_cpu.h"
+
+#include <cmath>
+#include <limits>
+
+namespace kmgan_ext {
+namespace cpu {
+namespace {
+
+// A row with more near-tied candidates than this falls back to exact distances to all K.
+constexpr int kMaxCandidates = 8;
+// Columns of centers per GEMM, and elements of the per-thread dot-product tile (128 KiB of
+// float): tile and x rows stay in L2.
+constexpr int64_t kCenterBlock = 1024;
+constexpr int64_t kTileElems = 1 << 15;
+
+// ||a - b||^2 in double, from the inputs' own values.
+template <typename scalar_t>
+double exact_dist2(const scalar_t* a, const scalar_t* b, int64_t d) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < d; ++j) {
+    const double t = static_cast<double>(a[j]) - static_cast<double>(b[j]);
+    s += t * t;
+  }
+  return s;
+}
+
+template <typename acc>
+struct ShiftedCenters {
+  Tensor cs;              // (K, d) in acc: fl(c_k - s)
+  std::vector<acc> bias;  // ||c'_k||^2 + 2 s.c'_k, formed in double
+  double cmax = 0.0;      // max_k ||c'_k||
+  double bmax = 0.0;      // max_k |bias_k|
+};
+
+template <typename scalar_t>
+ShiftedCenters<acc_t<scalar_t>> shift_centers(const scalar_t* c, int64_t k, int64_t d) {
+  using acc = acc_t<scalar_t>;
+  std::vector<double> mean(d, 0.0);
+  for (int64_t q = 0; q < k; ++q)
+    for (int64_t j = 0; j < d; ++j) mean[j] += static_cast<double>(c[q * d + j]);
+  std::vector<acc> s(d);
+  for (int64_t j = 0; j < d; ++j) s[j] = static_cast<acc>(mean[j] / static_cast<double>(k));
+
+  ShiftedCenters<acc> p;
+  p.cs = at::empty({k, d}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc>::value));
+  acc* cs = p.cs.template data_ptr<acc>();
+  p.bias.resize(k);
+  for (int64_t q = 0; q < k; ++q) {
+    double n2 = 0.0, sc = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      const acc a = static_cast<acc>(c[q * d + j]);
+      cs[q * d + j] = a - s[j];
+      const double t = static_cast<double>(a) - static_cast<double>(s[j]);
+      n2 += t * t;
+      sc += static_cast<double>(s[j]) * t;
+    }
+    const double b = n2 + 2.0 * sc;
+    p.bias[q] = static_cast<acc>(b);
+    p.cmax = std::max(p.cmax, std::sqrt(n2));
+    p.bmax = std::max(p.bmax, std::abs(b));
+  }
+  return p;
+}
+
+// Candidates of one row while the center blocks go by: the running minimum of e and the
+// centers within 2 B of it, in increasing k. count > kMaxCandidates means "overflowed".
+template <typename acc>
+struct RowState {
+  acc best;
+  acc bound2;
+  int count;
+  int64_t k[kMaxCandidates];
+  acc e[kMaxCandidates];
+};
+
+// e[q] = bias[q] - 2 dot[q] in place over one block; fold it into the row's candidates.
+template <typename acc>
+void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t k0, RowState<acc>& st) {
+  acc m = std::numeric_limits<acc>::infinity();
+#pragma omp simd reduction(min : m)
+  for (int64_t q = 0; q < kb; ++q) {
+    const acc v = bias[q] - acc(2) * dot[q];
+    dot[q] = v;
+    m = v < m ? v : m;
+  }
+  if (!(m <= st.best + st.bound2)) return;  // nothing here can be the argmin (or all NaN)
+  if (m < st.best) {
+    st.best = m;
+    if (st.count <= kMaxCandidates) {  // drop the candidates the new minimum rules out
+      int kept = 0;
+      for (int c = 0; c < st.count; ++c) {
+        if (st.e[c] <= m + st.bound2) {
+          st.k[kept] = st.k[c];
+          st.e[kept] = st.e[c];
+          ++kept;
+        }
+      }
+      st.count = kept;
+    }
+  }
+  const acc thr = st.best + st.bound2;
+  for (int64_t q = 0; q < kb; ++q) {
+    if (dot[q] <= thr) {
+      if (st.count < kMaxCandidates) {
+        st.k[st.count] = k0 + q;
+        st.e[st.count] = dot[q];
+        ++st.count;
+      } else {
+        st.count = kMaxCandidates + 1;
+      }
+    }
+  }
+}
+
+// The label of one row from its candidates, and its exact distance when one was computed
+// (negative otherwise).
+template <typename scalar_t, typename acc>
+int64_t resolve_row(const RowState<acc>& st, const scalar_t* xi, const scalar_t* c, int64_t k,
+                    int64_t d, double& dist) {
+  dist = -1.0;
+  if (st.count == 1) return st.k[0];
+  // Several near-tied candidates, too many of them, or none (non-finite values): exact
+  // distances decide, lowest k on an exact tie (strict <).
+  const bool listed = st.count >= 2 && st.count <= kMaxCandidates;
+  const int64_t m = listed ? st.count : k;
+  int64_t label = -1;
+  double best = std::numeric_limits<double>::infinity();
+  for (int64_t c_i = 0; c_i < m; ++c_i) {
+    const int64_t q = listed ? st.k[c_i] : c_i;
+    const double t = exact_dist2(xi, c + q * d, d);
+    if (t < best) {
+      best = t;
+      label = q;
+    }
+  }
+  if (label < 0) {  // NaN everywhere: a defined label, and a NaN distance
+    label = listed ? st.k[0] : 0;
+    return label;
+  }
+  dist = best;
+  return label;
+}
+
+template <typename scalar_t>
+void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t k,
+                   int64_t* labels, acc_t<scalar_t>* dist2) {
+  using acc = acc_t<scalar_t>;
+  const auto sc = shift_centers(c, k, d);
+  // |computed e_k - exact e_k| <= (2 gamma_d + 4u) ||x|| ||c'_k|| + 2u |bias_k| (+ u ||c'||^2
+  // for the rounded shift): the GEMM's dot products carry gamma_d = d u / (1 - d u) of
+  // sum |x_j c'_j| <= ||x|| ||c'|| whatever its summation order, the rest is the rounding of
+  // c - s, the bias and the final subtraction. tau doubles the leading terms for margin.
+  const double u = std::numeric_limits<acc>::epsilon() / 2;
+  const double tau = 2.0 * (2.0 * static_cast<double>(d) + 8.0) * u;
+  const double row_const = sc.cmax * sc.cmax + sc.bmax;
+  const acc* bias = sc.bias.data();
+
+  const int64_t kb_max = std::min(k, kCenterBlock);
+  const int64_t tile_rows = std::min(std::max<int64_t>(kTileElems / kb_max, 16), int64_t(512));
+  const int64_t tiles = (n + tile_rows - 1) / tile_rows;
+  // At least ~4M multiply-adds per task: smaller problems stay on one thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, tile_rows * k * d));
+  const auto acc_type = c10::CppTypeToScalarType<acc>::value;
+
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    c10::InferenceMode no_autograd;
+    constexpr bool convert = !std::is_same<scalar_t, acc>::value;
+    std::vector<acc> xbuf(convert ? tile_rows * d : 0);
+    std::vector<acc> dots(tile_rows * kb_max);
+    std::vector<RowState<acc>> rows(tile_rows);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = t * tile_rows;
+      const int64_t nr = std::min(tile_rows, n - r0);
+      const acc* xt;
+      if constexpr (convert) {
+        for (int64_t e = 0; e < nr * d; ++e) xbuf[e] = static_cast<acc>(x[r0 * d + e]);
+        xt = xbuf.data();
+      } else {
+        xt = x + r0 * d;
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        acc n2 = 0;
+#pragma omp simd reduction(+ : n2)
+        for (int64_t j = 0; j < d; ++j) n2 += xt[r * d + j] * xt[r * d + j];
+        const double bound = tau * (std::sqrt(static_cast<double>(n2)) * sc.cmax + row_const);
+        rows[r].best = std::numeric_limits<acc>::infinity();
+        rows[r].bound2 = static_cast<acc>(2.0 * bound);
+        rows[r].count = 0;
+      }
+      const Tensor xt_t = at::from_blob(const_cast<acc*>(xt), {nr, d}, at::TensorOptions().dtype(acc_type));
+      for (int64_t k0 = 0; k0 < k; k0 += kb_max) {
+        const int64_t kb = std::min(kb_max, k - k0);
+        Tensor out = at::from_blob(dots.data(), {nr, kb}, at::TensorOptions().dtype(acc_type));
+        at::mm_out(out, xt_t, sc.cs.narrow(0, k0, kb).t());
+        for (int64_t r = 0; r < nr; ++r) scan_block(dots.data() + r * kb, bias + k0, kb, k0, rows[r]);
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t i = r0 + r;
+        const scalar_t* xi = x + i * d;
+        double dist;
+        const int64_t label = resolve_row(rows[r], xi, c, k, d, dist);
+        labels[i] = label;
+        if (dist2 != nullptr) {
+          if (dist < 0.0) dist = exact_dist2(xi, c + label * d, d);
+          dist2[i] = static_cast<acc>(dist > 0.0 ? dist : (dist == dist ? 0.0 : dist));
+        }
+      }
+    }
+  });
+}
+
+// One center: every label is 0, only the distances are work.
+template <typename scalar_t>
+void assign_single(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t* labels,
+                   acc_t<scalar_t>* dist2) {
+  const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
+  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      labels[i] = 0;
+      if (dist2 != nullptr) dist2[i] = static_cast<acc_t<scalar_t>>(exact_dist2(x + i * d, c, d));
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> assign_native(const Tensor& x_in, const Tensor& centers_in) {
+  check_features("x", x_in);
+  check_centers("centers", centers_in, "x", x_in);
+  const Tensor x = x_in.contiguous();
+  const Tensor centers = centers_in.contiguous();
+  Tensor labels = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  Tensor dist2 = at::empty({x.size(0)}, x.options().dtype(out_dtype(x)));
+  assign_into(x, centers, labels, dist2);
+  return {labels, dist2};
+}
+
+std::tuple<Tensor, Tensor> assign_backward_native(const Tensor& grad_dist2, const Tensor& x_in,
+                                                  const Tensor& centers_in, const Tensor& labels_in,
+                                                  bool centers_grad) {
+  check_features("x", x_in);
+  check_centers("centers", centers_in, "x", x_in);
+  const int64_t n = x_in.size(0), d = x_in.size(1), k = centers_in.size(0);
+  check_index("labels", labels_in, n);
+  check_cpu("grad_dist2", grad_dist2);
+  TORCH_CHECK(grad_dist2.dim() == 1 && grad_dist2.size(0) == n, "grad_dist2 must have shape (", n,
+              ",), got ", grad_dist2.sizes());
+  TORCH_CHECK(grad_dist2.is_floating_point(), "grad_dist2 must be floating, got ",
+              grad_dist2.scalar_type());
+  const Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
+  const Tensor labels = labels_in.contiguous();
+  check_label_values("labels", labels.data_ptr<int64_t>(), n, k);
+  Tensor gx = at::empty_like(x);
+  Tensor gc = centers_grad ? at::empty_like(centers) : at::empty({0}, centers.options());
+  KMGAN_DISPATCH_FLOATING(x.scalar_type(), "assign_backward_native", [&] {
+    using acc = acc_t<scalar_t>;
+    // d dist2_i / d x_i = 2 (x_i - c_{l_i}).
+    const Tensor g = grad_dist2.to(c10::CppTypeToScalarType<acc>::value).contiguous();
+    std::vector<acc> scale(n);
+    const acc* gp = g.data_ptr<acc>();
+    for (int64_t i = 0; i < n; ++i) scale[i] = acc(2) * gp[i];
+    scaled_diff_grad<scalar_t>(x.data_ptr<scalar_t>(), centers.data_ptr<scalar_t>(),
+                               labels.data_ptr<int64_t>(), n, d, k, scale.data(),
+                               gx.data_ptr<scalar_t>(),
+                               centers_grad ? gc.data_ptr<scalar_t>() : nullptr);
+  });
+  return {gx, gc};
+}
+
+}  // namespace
+
+void assign_into(const Tensor& x, const Tensor& centers, const Tensor& labels, const Tensor& dist2) {
+  const int64_t n = x.size(0), d = x.size(1), k = centers.size(0);
+  if (n == 0) return;
+  KMGAN_DISPATCH_FLOATING(x.scalar_type(), "assign_native", [&] {
+    using acc = acc_t<scalar_t>;
+    acc* dp = dist2.defined() ? dist2.data_ptr<acc>() : nullptr;
+    if (k == 1) {
+      assign_single(x.data_ptr<scalar_t>(), n, d, centers.data_ptr<scalar_t>(),
+                    labels.data_ptr<int64_t>(), dp);
+    } else {
+      assign_kernel(x.data_ptr<scalar_t>(), n, d, centers.data_ptr<scalar_t>(), k,
+                    labels.data_ptr<int64_t>(), dp);
+    }
+  });
+}
+
+TORCH_LIBRARY_IMPL(kmgan_ext, CPU, m) {
+  m.impl("assign_native", &assign_native);
+  m.impl("assign_backward_native", &assign_backward_native);
+}
+
+}  // namespace cpu
+}  // namespace kmgan_ext

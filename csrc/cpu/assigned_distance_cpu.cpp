@@ -1,0 +1,124 @@
+// ||x - C[labels]|| on CPU (DESIGN.md 4.4): the pull term of KM-GAN Eq. 5/6 ("fro", "mean")
+// and Wen et al.'s center loss ("sq_sum").
+//
+// Forward: per-row squared distances in acc, reduced over rows in double through fixed
+// chunks (common.h ordered_row_sum), so the same bits for any thread count. Backward:
+// gx_i = scale_i (x_i - c_{l_i}) with scale_i = g / out ("fro"), g / (N r_i) ("mean"),
+// g ("sq_sum"), and 0 where the distance is 0; the center gradient is the negated segment sum.
+#include "common.h"
+
+#include <cmath>
+#include <string>
+
+namespace kmgan_ext {
+namespace cpu {
+namespace {
+
+enum class Reduction { kFro, kMean, kSqSum };
+
+Reduction parse_reduction(c10::string_view r) {
+  if (r == "fro") return Reduction::kFro;
+  if (r == "mean") return Reduction::kMean;
+  if (r == "sq_sum") return Reduction::kSqSum;
+  TORCH_CHECK(false, "reduction must be one of ('fro', 'mean', 'sq_sum'), got '", std::string(r), "'");
+}
+
+template <typename scalar_t>
+acc_t<scalar_t> row_sq(const scalar_t* xi, const scalar_t* ci, int64_t d) {
+  using acc = acc_t<scalar_t>;
+  acc s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < d; ++j) {
+    const acc t = static_cast<acc>(xi[j]) - static_cast<acc>(ci[j]);
+    s += t * t;
+  }
+  return s;
+}
+
+struct Args {
+  Tensor x, labels, centers;
+  int64_t n, d, k;
+};
+
+Args checked_args(const Tensor& x, const Tensor& labels, const Tensor& centers) {
+  check_features("x", x);
+  check_centers("centers", centers, "x", x);
+  check_index("labels", labels, x.size(0));
+  Args a{x.contiguous(), labels.contiguous(), centers.contiguous(), x.size(0), x.size(1), centers.size(0)};
+  check_label_values("labels", a.labels.data_ptr<int64_t>(), a.n, a.k);
+  return a;
+}
+
+Tensor assigned_distance_native(const Tensor& x_in, const Tensor& labels_in, const Tensor& centers_in,
+                                c10::string_view reduction) {
+  const Reduction red = parse_reduction(reduction);
+  const Args a = checked_args(x_in, labels_in, centers_in);
+  double total = 0.0;
+  KMGAN_DISPATCH_FLOATING(a.x.scalar_type(), "assigned_distance_native", [&] {
+    const scalar_t* x = a.x.data_ptr<scalar_t>();
+    const scalar_t* c = a.centers.data_ptr<scalar_t>();
+    const int64_t* l = a.labels.data_ptr<int64_t>();
+    const int64_t d = a.d;
+    if (red == Reduction::kMean) {
+      total = ordered_row_sum(a.n, d, [&](int64_t i) {
+        return std::sqrt(static_cast<double>(row_sq(x + i * d, c + l[i] * d, d)));
+      });
+    } else {
+      total = ordered_row_sum(a.n, d, [&](int64_t i) {
+        return static_cast<double>(row_sq(x + i * d, c + l[i] * d, d));
+      });
+    }
+  });
+  double out = 0.0;
+  switch (red) {
+    case Reduction::kFro: out = std::sqrt(total); break;
+    case Reduction::kMean: out = a.n > 0 ? total / static_cast<double>(a.n) : 0.0; break;
+    case Reduction::kSqSum: out = 0.5 * total; break;
+  }
+  return at::full({}, out, a.x.options().dtype(out_dtype(a.x)));
+}
+
+std::tuple<Tensor, Tensor> assigned_distance_backward_native(
+    const Tensor& grad, const Tensor& out_in, const Tensor& x_in, const Tensor& labels_in,
+    const Tensor& centers_in, c10::string_view reduction, bool centers_grad) {
+  const Reduction red = parse_reduction(reduction);
+  const Args a = checked_args(x_in, labels_in, centers_in);
+  const double g = scalar_grad("grad", grad);
+  const double out = scalar_grad("out", out_in);
+  Tensor gx = at::empty({a.n, a.d}, a.x.options());
+  Tensor gc = centers_grad ? at::empty({a.k, a.d}, a.centers.options()) : at::empty({0}, a.centers.options());
+  KMGAN_DISPATCH_FLOATING(a.x.scalar_type(), "assigned_distance_backward_native", [&] {
+    using acc = acc_t<scalar_t>;
+    const scalar_t* x = a.x.data_ptr<scalar_t>();
+    const scalar_t* c = a.centers.data_ptr<scalar_t>();
+    const int64_t* l = a.labels.data_ptr<int64_t>();
+    const int64_t d = a.d;
+    std::vector<acc> scale(a.n);
+    if (red == Reduction::kMean) {
+      const double gn = g / static_cast<double>(std::max<int64_t>(1, a.n));
+      const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
+      at::parallel_for(0, a.n, grain, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const double r = std::sqrt(static_cast<double>(row_sq(x + i * d, c + l[i] * d, d)));
+          scale[i] = static_cast<acc>(r > 0.0 ? gn / r : 0.0);
+        }
+      });
+    } else {
+      const double s = red == Reduction::kSqSum ? g : (out > 0.0 ? g / out : 0.0);
+      std::fill(scale.begin(), scale.end(), static_cast<acc>(s));
+    }
+    scaled_diff_grad<scalar_t>(x, c, l, a.n, d, a.k, scale.data(), gx.data_ptr<scalar_t>(),
+                               centers_grad ? gc.data_ptr<scalar_t>() : nullptr);
+  });
+  return {gx, gc};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kmgan_ext, CPU, m) {
+  m.impl("assigned_distance_native", &assigned_distance_native);
+  m.impl("assigned_distance_backward_native", &assigned_distance_backward_native);
+}
+
+}  // namespace cpu
+}  // namespace kmgan_ext

@@ -1,0 +1,139 @@
+// KM-GAN's center loss (Eq. 4) on CPU (DESIGN.md 4.3).
+//
+// One side's u = sum_m (c_m + S_m) / (1 + n_m) is rewritten as
+//   u = sum_m w_m c_m + sum_i w_{l_i} x_i,   w_m = 1 / (1 + n_m),
+// so a pass over the labels (counts) and one pass over the rows form it with d accumulators
+// instead of a (K, d) table of sums. Columns are split across threads and rows are added in
+// index order: the same bits for any thread count.
+#include "common.h"
+
+#include <cmath>
+
+namespace kmgan_ext {
+namespace cpu {
+namespace {
+
+// u (d,) in acc for one side; counts (K,) int64 returned through n.
+template <typename scalar_t>
+std::vector<acc_t<scalar_t>> side_mean(const scalar_t* x, const int64_t* labels, int64_t rows,
+                                       const scalar_t* c, int64_t k, int64_t d,
+                                       const std::vector<int64_t>& n) {
+  using acc = acc_t<scalar_t>;
+  std::vector<acc> w(k);
+  for (int64_t q = 0; q < k; ++q) w[q] = acc(1) / (acc(1) + static_cast<acc>(n[q]));
+  std::vector<acc> u(d, acc(0));
+  for_column_blocks(rows + k, d, [&](int64_t j0, int64_t j1) {
+    for (int64_t q = 0; q < k; ++q)
+      for (int64_t j = j0; j < j1; ++j) u[j] += w[q] * static_cast<acc>(c[q * d + j]);
+    for (int64_t i = 0; i < rows; ++i) {
+      const acc wi = w[labels[i]];
+      for (int64_t j = j0; j < j1; ++j) u[j] += wi * static_cast<acc>(x[i * d + j]);
+    }
+  });
+  return u;
+}
+
+Tensor counts_tensor(const std::vector<int64_t>& n) {
+  Tensor t = at::empty({static_cast<int64_t>(n.size())}, at::TensorOptions().dtype(at::kLong));
+  std::copy(n.begin(), n.end(), t.data_ptr<int64_t>());
+  return t;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> center_loss_native(
+    const Tensor& x_real_in, const Tensor& labels_real_in, const Tensor& centers_real_in,
+    const Tensor& x_fake_in, const Tensor& labels_fake_in, const Tensor& centers_fake_in) {
+  check_features("x_real", x_real_in);
+  check_like("x_fake", x_fake_in, "x_real", x_real_in);
+  check_centers("centers_real", centers_real_in, "x_real", x_real_in);
+  check_centers("centers_fake", centers_fake_in, "x_real", x_real_in);
+  check_index("labels_real", labels_real_in, x_real_in.size(0));
+  check_index("labels_fake", labels_fake_in, x_fake_in.size(0));
+  const Tensor xr = x_real_in.contiguous(), xf = x_fake_in.contiguous();
+  const Tensor lr = labels_real_in.contiguous(), lf = labels_fake_in.contiguous();
+  const Tensor cr = centers_real_in.contiguous(), cf = centers_fake_in.contiguous();
+  const int64_t d = xr.size(1), kr = cr.size(0), kf = cf.size(0);
+  const std::vector<int64_t> nr = label_counts("labels_real", lr.data_ptr<int64_t>(), xr.size(0), kr);
+  const std::vector<int64_t> nf = label_counts("labels_fake", lf.data_ptr<int64_t>(), xf.size(0), kf);
+  Tensor loss = at::empty({}, xr.options().dtype(out_dtype(xr)));
+  Tensor diff = at::empty({d}, xr.options().dtype(out_dtype(xr)));
+  KMGAN_DISPATCH_FLOATING(xr.scalar_type(), "center_loss_native", [&] {
+    using acc = acc_t<scalar_t>;
+    const auto ur = side_mean(xr.data_ptr<scalar_t>(), lr.data_ptr<int64_t>(), xr.size(0),
+                              cr.data_ptr<scalar_t>(), kr, d, nr);
+    const auto uf = side_mean(xf.data_ptr<scalar_t>(), lf.data_ptr<int64_t>(), xf.size(0),
+                              cf.data_ptr<scalar_t>(), kf, d, nf);
+    acc* dp = diff.data_ptr<acc>();
+    acc total = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      dp[j] = ur[j] - uf[j];
+      total += std::abs(dp[j]);
+    }
+    loss.fill_(total);
+  });
+  return {loss, diff, counts_tensor(nr), counts_tensor(nf)};
+}
+
+// grad_i = sign * g s_j / (1 + n[l_i]) for one side (sign -1 on the fake side); sign(0) = 0.
+template <typename scalar_t>
+void side_grad(scalar_t* out, const int64_t* labels, int64_t rows, const int64_t* n,
+               const std::vector<double>& sgn, int64_t d, double g) {
+  const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
+  at::parallel_for(0, rows, grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const double w = g / (1.0 + static_cast<double>(n[labels[i]]));
+      for (int64_t j = 0; j < d; ++j) out[i * d + j] = static_cast<scalar_t>(sgn[j] * w);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> center_loss_backward_native(
+    const Tensor& grad, const Tensor& u_diff_in, const Tensor& x_real, const Tensor& labels_real_in,
+    const Tensor& counts_real_in, const Tensor& x_fake, const Tensor& labels_fake_in,
+    const Tensor& counts_fake_in) {
+  check_features("x_real", x_real);
+  check_like("x_fake", x_fake, "x_real", x_real);
+  const int64_t d = x_real.size(1);
+  check_cpu("u_diff", u_diff_in);
+  TORCH_CHECK(u_diff_in.dim() == 1 && u_diff_in.size(0) == d, "u_diff must have shape (", d,
+              ",), got ", u_diff_in.sizes());
+  check_index("labels_real", labels_real_in, x_real.size(0));
+  check_index("labels_fake", labels_fake_in, x_fake.size(0));
+  check_cpu("counts_real", counts_real_in);
+  check_cpu("counts_fake", counts_fake_in);
+  TORCH_CHECK(counts_real_in.dim() == 1 && counts_real_in.scalar_type() == at::kLong,
+              "counts_real must be a 1-D int64 tensor, got ", counts_real_in.scalar_type(), " of shape ",
+              counts_real_in.sizes());
+  TORCH_CHECK(counts_fake_in.dim() == 1 && counts_fake_in.scalar_type() == at::kLong,
+              "counts_fake must be a 1-D int64 tensor, got ", counts_fake_in.scalar_type(), " of shape ",
+              counts_fake_in.sizes());
+  const double g = scalar_grad("grad", grad);
+  const Tensor lr = labels_real_in.contiguous(), lf = labels_fake_in.contiguous();
+  const Tensor nr = counts_real_in.contiguous(), nf = counts_fake_in.contiguous();
+  check_label_values("labels_real", lr.data_ptr<int64_t>(), lr.size(0), nr.size(0));
+  check_label_values("labels_fake", lf.data_ptr<int64_t>(), lf.size(0), nf.size(0));
+  const Tensor u = u_diff_in.to(at::kDouble).contiguous();
+  std::vector<double> sgn(d);
+  for (int64_t j = 0; j < d; ++j) {
+    const double v = u.data_ptr<double>()[j];
+    sgn[j] = v > 0 ? 1.0 : (v < 0 ? -1.0 : 0.0);
+  }
+  Tensor gr = at::empty(x_real.sizes(), x_real.options().memory_format(at::MemoryFormat::Contiguous));
+  Tensor gf = at::empty(x_fake.sizes(), x_fake.options().memory_format(at::MemoryFormat::Contiguous));
+  KMGAN_DISPATCH_FLOATING(x_real.scalar_type(), "center_loss_backward_native", [&] {
+    side_grad(gr.data_ptr<scalar_t>(), lr.data_ptr<int64_t>(), lr.size(0), nr.data_ptr<int64_t>(),
+              sgn, d, g);
+    side_grad(gf.data_ptr<scalar_t>(), lf.data_ptr<int64_t>(), lf.size(0), nf.data_ptr<int64_t>(),
+              sgn, d, -g);
+  });
+  return {gr, gf};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kmgan_ext, CPU, m) {
+  m.impl("center_loss_native", &center_loss_native);
+  m.impl("center_loss_backward_native", &center_loss_backward_native);
+}
+
+}  // namespace cpu
+}  // namespace kmgan_ext

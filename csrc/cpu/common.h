@@ -1,0 +1,199 @@
+// Shared pieces of the CPU kernels (csrc/cpu/*_cpu.cpp): argument checks with named
+// messages, the dtype dispatch, and the deterministic segmented sum that minibatch_update,
+// ema_update and the centre gradients of assign/assigned_distance all use.
+//
+// Determinism: every reduction here has a fixed order that does not depend on the number
+// of threads (column blocks are split across threads, rows are always visited in index
+// order; totals over rows go through fixed-size chunks combined in chunk order), so the CPU
+// results are bitwise reproducible run to run and across torch.set_num_threads.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace kmgan_ext {
+namespace cpu {
+
+using at::Tensor;
+
+// float for float32/float16/bfloat16, double for float64 (DESIGN.md 4: accumulation dtype).
+template <typename scalar_t>
+using acc_t = at::opmath_type<scalar_t>;
+
+// Float32 outputs (dist2, losses), float64 for float64 inputs.
+inline at::ScalarType out_dtype(const Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+#define KMGAN_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// ----------------------------------------------------------------------------- checks
+// The Python layer validates everything before calling a native op; these repeat the
+// shape/dtype/device checks because the native ops are public (torch.ops.kmgan_ext.*_native)
+// and a wrong index would read or write out of bounds.
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+inline void check_cpu(const char* name, const Tensor& t) {
+  TORCH_CHECK(t.defined(), name, " must be a tensor, got an undefined tensor");
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got a tensor on ", t.device());
+}
+
+// (N, d) float32/float16/bfloat16/float64.
+inline void check_features(const char* name, const Tensor& t) {
+  check_cpu(name, t);
+  TORCH_CHECK(t.dim() == 2, name, " must be 2-D (N, d), got shape ", t.sizes());
+  TORCH_CHECK(is_supported_float(t.scalar_type()), name,
+              " must be float32, float16, bfloat16 or float64, got ", t.scalar_type());
+}
+
+// Same dtype as ref and the same number of columns.
+inline void check_like(const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) {
+  check_features(name, t);
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have dtype ", ref.scalar_type(),
+              " (as ", ref_name, "), got ", t.scalar_type());
+  TORCH_CHECK(t.size(1) == ref.size(1), name, " must have ", ref.size(1), " columns (", ref_name,
+              ".shape[1]), got shape ", t.sizes());
+}
+
+inline void check_centers(const char* name, const Tensor& c, const char* x_name, const Tensor& x) {
+  check_like(name, c, x_name, x);
+  TORCH_CHECK(c.size(0) >= 1, name, " must hold at least one center (K >= 1), got K = 0");
+}
+
+// 1-D int64 of length n.
+inline void check_index(const char* name, const Tensor& t, int64_t n) {
+  check_cpu(name, t);
+  TORCH_CHECK(t.scalar_type() == at::kLong, name, " must be int64, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, name, " must have shape (", n, ",), got ",
+              t.sizes());
+}
+
+// Labels in [0, K): checked before any output is written (DESIGN.md 4.8).
+inline void check_label_values(const char* name, const int64_t* labels, int64_t n, int64_t k) {
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(labels[i] >= 0 && labels[i] < k, name, " must lie in [0, ", k, ") (K), found ",
+                labels[i], " at position ", i);
+  }
+}
+
+// A 0-d (or one-element) gradient as a double.
+inline double scalar_grad(const char* name, const Tensor& g) {
+  check_cpu(name, g);
+  TORCH_CHECK(g.numel() == 1, name, " must hold one element, got shape ", g.sizes());
+  return g.item<double>();
+}
+
+// ----------------------------------------------------------------------------- layout
+// Columns are split across threads in blocks of 16 (64 bytes of float): threads never share
+// a cache line of an accumulator row, and every (cluster, column) sums its rows in index
+// order whatever the thread count.
+constexpr int64_t kColumnBlock = 16;
+
+// Work below this many elements runs on the calling thread (a parallel region costs ~10us).
+constexpr int64_t kParallelElems = 1 << 15;
+
+// parallel_for over column blocks of a (n, d) pass; fn(j0, j1) handles columns [j0, j1).
+template <typename F>
+inline void for_column_blocks(int64_t n, int64_t d, const F& fn) {
+  const int64_t blocks = (d + kColumnBlock - 1) / kColumnBlock;
+  const int64_t grain = n * d < kParallelElems ? blocks : 1;
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    fn(b0 * kColumnBlock, std::min(d, b1 * kColumnBlock));
+  });
+}
+
+// Sum over i in [0, n) of term(i), in double, through fixed chunks of rows combined in chunk
+// order: the same bits for any thread count.
+template <typename F>
+inline double ordered_row_sum(int64_t n, int64_t d, const F& term) {
+  constexpr int64_t kChunk = 256;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(chunks, 0.0);
+  const int64_t grain = std::max<int64_t>(1, kParallelElems / (kChunk * std::max<int64_t>(1, d)));
+  at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double s = 0.0;
+      for (int64_t i = c * kChunk, e = std::min(n, (c + 1) * kChunk); i < e; ++i) s += term(i);
+      partial[c] = s;
+    }
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+// ----------------------------------------------------------------------------- segment sums
+// m[k] = number of rows labelled k (k < K), with the label range checked first.
+inline std::vector<int64_t> label_counts(const char* name, const int64_t* labels, int64_t n,
+                                         int64_t k) {
+  check_label_values(name, labels, n, k);
+  std::vector<int64_t> m(k, 0);
+  for (int64_t i = 0; i < n; ++i) ++m[labels[i]];
+  return m;
+}
+
+// sums[k, :] += sum of the rows of x labelled k, accumulated in acc (a (K, d) row-major
+// buffer, zeroed by the caller). Labels must be in range.
+template <typename scalar_t, typename acc>
+void segment_sums(const scalar_t* x, int64_t n, int64_t d, const int64_t* labels, acc* sums) {
+  for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* xi = x + i * d;
+      acc* s = sums + labels[i] * d;
+      for (int64_t j = j0; j < j1; ++j) s[j] += static_cast<acc>(xi[j]);
+    }
+  });
+}
+
+// The gradient of sum_i f_i(||x_i - c_{l_i}||) shapes used by assign_backward and
+// assigned_distance_backward: gx_i = scale_i (x_i - c_{l_i}) and, when gc is not null,
+// gc_k = -sum_{l_i = k} gx_i (accumulated unrounded in acc, rows in index order).
+template <typename scalar_t>
+void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* labels, int64_t n,
+                      int64_t d, int64_t k, const acc_t<scalar_t>* scale, scalar_t* gx,
+                      scalar_t* gc) {
+  using acc = acc_t<scalar_t>;
+  if (gc == nullptr) {
+    const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
+    at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const scalar_t* xi = x + i * d;
+        const scalar_t* ci = c + labels[i] * d;
+        const acc s = scale[i];
+        for (int64_t j = 0; j < d; ++j) {
+          gx[i * d + j] = static_cast<scalar_t>(s * (static_cast<acc>(xi[j]) - static_cast<acc>(ci[j])));
+        }
+      }
+    });
+    return;
+  }
+  std::vector<acc> sums(static_cast<size_t>(k * d), acc(0));
+  for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* xi = x + i * d;
+      const scalar_t* ci = c + labels[i] * d;
+      acc* si = sums.data() + labels[i] * d;
+      const acc s = scale[i];
+      for (int64_t j = j0; j < j1; ++j) {
+        const acc g = s * (static_cast<acc>(xi[j]) - static_cast<acc>(ci[j]));
+        gx[i * d + j] = static_cast<scalar_t>(g);
+        si[j] -= g;
+      }
+    }
+  });
+  for (int64_t e = 0; e < k * d; ++e) gc[e] = static_cast<scalar_t>(sums[e]);
+}
+
+}  // namespace cpu
+}  // namespace kmgan_ext
