@@ -13,7 +13,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 import kmgan_ext as km
-from kmgan_ext import reference
 
 
 def kmeans_pp(x: Tensor, k: int, seed: int) -> Tensor:
@@ -29,6 +28,14 @@ def broadcast_(t: Tensor, world_size: int) -> Tensor:
     return t
 
 
+def _cluster_sums(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per-cluster sums (K, d) float64 and counts (K,) int64 of a batch, as a one-hot matmul:
+    deterministic on GPU too (torch.bincount has no deterministic CUDA kernel, and
+    deterministic=true must hold under DDP); a batch's (N, K) one-hot is small."""
+    onehot = torch.nn.functional.one_hot(labels, k).double()
+    return onehot.T @ x.double(), onehot.sum(0).round().long()
+
+
 def update_(centers: Tensor, counts: Tensor, x: Tensor, cfg: dict, world_size: int) -> Tensor:
     """Label x against the current centers, then apply the mini-batch k-means update (over
     every rank's rows when world_size > 1). Returns the labels of x."""
@@ -37,7 +44,7 @@ def update_(centers: Tensor, counts: Tensor, x: Tensor, cfg: dict, world_size: i
     if world_size == 1:
         km.minibatch_update_(centers, counts, x, labels, deterministic=cfg["deterministic"], backend=cfg["backend"])
         return labels
-    sums, m = reference.cluster_sums(x, labels, centers.shape[0])  # float64 sums, int64 counts
+    sums, m = _cluster_sums(x, labels, centers.shape[0])
     dist.all_reduce(sums)
     dist.all_reduce(m)
     # The update of DESIGN.md 4.2 on the all-reduced numbers (float64 as the reference does);

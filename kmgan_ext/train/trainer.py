@@ -645,6 +645,8 @@ class Trainer:
         summary dict (also written as summary.json by rank 0)."""
         os.makedirs(self.out, exist_ok=True)
         if self.info.main:
+            if not self.resumed and os.path.exists(os.path.join(self.out, "metrics.jsonl")):
+                os.remove(os.path.join(self.out, "metrics.jsonl"))  # a fresh run starts a fresh log
             with open(os.path.join(self.out, "config.json"), "w") as f:
                 json.dump(self.cfg, f, indent=2, sort_keys=True)
             if self.cfg["tensorboard"]:
