@@ -132,3 +132,22 @@ def test_cuda_torch_lloyd_matches_cpu():
     b = km.kmeans(x.cuda(), 6, init=init, backend="torch")
     torch.testing.assert_close(b.centers.cpu(), a.centers, rtol=1e-4, atol=1e-4)
     assert b.inertia == pytest.approx(a.inertia, rel=1e-5)
+
+
+def test_nan_rejected_in_debug_mode():
+    x = torch.randn(40, 3)
+    x[5, 0] = float("inf")
+    km.set_debug(True)
+    try:
+        for init in ("k-means++", "random"):
+            with pytest.raises(ValueError, match="x contains NaN or Inf"):
+                km.kmeans(x, 3, init=init)
+        with pytest.raises(ValueError, match="x_local contains NaN or Inf"):
+            km.kmeans_parallel(x, 3)
+        m = km.MiniBatchKMeans(3, 3).init_(torch.randn(10, 3))
+        before = m.centers.clone()
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            m(x)
+        assert torch.equal(m.centers, before)
+    finally:
+        km.set_debug(False)

@@ -20,10 +20,11 @@ from .. import _checks
 _NUMPY_FLOATS = (np.float16, np.float32, np.float64)
 
 # Bytes of per-chunk temporaries (the chunk converted to the compute dtype, and its distance
-# block). On CPU the chunk should stay cache-resident for the few passes each step makes over
-# it; 16384 rows x 100 float32 was the fastest of 2048..70000 rows at N=70,000, d=100, K=100
-# on this 2-core machine (noisy, shared).
-_CPU_CHUNK_BYTES = 16384 * 100 * 4
+# block). Seeding makes one pass over x per center, with a handful of torch ops per chunk;
+# few large chunks beat cache-sized ones on CPU: at N=70,000, d=100 one addmm over all rows
+# took 9.0 ms against 10.6 ms in 16384-row chunks (MKL, 1 thread), and on a loaded machine
+# every extra parallel region per step costs a scheduler wait.
+_CPU_CHUNK_BYTES = 256 << 20
 # On a GPU the whole array is resident anyway; chunks only bound the temporaries.
 _CUDA_CHUNK_BYTES = 512 << 20
 
@@ -108,6 +109,12 @@ class Rows:
     def chunks(self, rows: int, *, check: bool = False) -> Iterator[tuple[int, Tensor]]:
         for s in range(0, self.n, rows):
             yield s, self.chunk(s, min(s + rows, self.n), check=check)
+
+    def check_finite(self) -> None:
+        """Under km.set_debug(True): a pass over the rows looking for NaN/Inf."""
+        if _checks.debug_enabled():
+            for _ in self.chunks(self.default_chunk(), check=True):
+                pass
 
     def take(self, index: Tensor) -> Tensor:
         """The rows at ``index`` (int64 tensor), in the compute dtype, on ``self.device``."""

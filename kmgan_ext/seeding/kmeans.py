@@ -174,6 +174,7 @@ def kmeans(
     seed = _data.check_seed(seed)
     chunk_size = _data.check_positive_int("chunk_size", chunk_size, allow_none=True)
     backend = _resolve(backend, rows)
+    rows.check_finite()
     train = rows
     if subsample is not None:
         m = _data.check_positive_int("subsample", subsample)

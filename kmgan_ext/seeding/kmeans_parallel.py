@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .. import _checks
 from ..assign import assign
 from . import _data
 from .kmeans_plusplus import greedy_kmeans_plusplus, uniforms
@@ -109,6 +110,16 @@ def kmeans_parallel(
     rows = _data.Rows("x_local", x_local)
     pg = _Group(group)
     dev, cdt = rows.device, rows.compute_dtype
+    if _checks.debug_enabled():
+        # Every rank must raise, or the others would wait in the next collective forever.
+        try:
+            rows.check_finite()
+            bad = torch.zeros(1, dtype=torch.int64, device=dev)
+        except ValueError:
+            bad = torch.ones(1, dtype=torch.int64, device=dev)
+        if int(pg.all_reduce(bad)[0]):
+            raise ValueError("x_local contains NaN or Inf on at least one rank "
+                             "(found with km.set_debug(True))")
     sizes = torch.zeros(pg.size, dtype=torch.int64, device=dev)
     sizes[pg.rank] = rows.n
     sizes = pg.all_reduce(sizes).cpu()
