@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import kmgan_ext as km
@@ -33,6 +34,7 @@ def test_distributed_center_update_equals_concatenated_batch(monkeypatch):
     torch.testing.assert_close(c, c_cat, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch: 20-60 s on a shared 2-core machine
 def test_torchrun_two_processes_keep_identical_centers(tmp_path):
     out = tmp_path / "run"
     sets = {
