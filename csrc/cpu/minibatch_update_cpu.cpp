@@ -56,7 +56,7 @@ void update_contiguous(const Tensor& centers, const Tensor& counts, const Tensor
   });
 }
 
-void minibatch_update_native_(const Tensor& centers, const Tensor& counts, const Tensor& x_in,
+void minibatch_update_native_(Tensor& centers, Tensor& counts, const Tensor& x_in,
                               const Tensor& labels_in, bool /*deterministic: always*/) {
   check_update_args(centers, x_in);
   check_index("counts", counts, centers.size(0));
@@ -68,7 +68,7 @@ void minibatch_update_native_(const Tensor& centers, const Tensor& counts, const
   write_back(cnt, counts);
 }
 
-Tensor minibatch_step_native_(const Tensor& centers, const Tensor& counts, const Tensor& x_in,
+Tensor minibatch_step_native_(Tensor& centers, Tensor& counts, const Tensor& x_in,
                               bool /*deterministic: always*/) {
   check_update_args(centers, x_in);
   check_index("counts", counts, centers.size(0));
@@ -83,7 +83,7 @@ Tensor minibatch_step_native_(const Tensor& centers, const Tensor& counts, const
   return labels;
 }
 
-void ema_update_native_(const Tensor& centers, const Tensor& x_in, const Tensor& labels_in,
+void ema_update_native_(Tensor& centers, const Tensor& x_in, const Tensor& labels_in,
                         double decay, bool /*deterministic: always*/) {
   check_update_args(centers, x_in);
   check_index("labels", labels_in, x_in.size(0));
