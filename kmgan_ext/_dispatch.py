@@ -111,6 +111,9 @@ def available_backends() -> dict[str, str | None]:
     return {b: _why_not(b) for b in BACKENDS}
 
 
+# Under torch.compile the answer is a constant of the graph: dynamo calls this eagerly
+# instead of tracing the availability probes (torch._C queries, imports) inside it.
+@torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device) -> str:
     """The concrete backend for tensors on ``device``: validated, never a silent fallback."""
     if not isinstance(backend, str):

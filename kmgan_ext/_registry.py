@@ -18,6 +18,7 @@ import torch
 from . import _dispatch
 
 
+@torch.compiler.assume_constant_result
 def registered() -> bool:
     return _dispatch._load_native() is None
 
