@@ -185,12 +185,12 @@ class MiniBatchKMeans(nn.Module):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         xa = x.detach().to(acc)
         if self.deterministic and x.is_cuda:
-            # index_add_ uses float atomics on CUDA; a one-hot GEMM reduces in a fixed order.
+            # index_add_ uses float atomics on CUDA and bincount has no deterministic CUDA
+            # kernel; a one-hot GEMM reduces in a fixed order (counts exact below 2**24 rows).
             onehot = torch.zeros(k, x.shape[0], dtype=acc, device=x.device)
             onehot.scatter_(0, labels[None, :], 1.0)
-            sums = onehot @ xa
-        else:
-            sums = torch.zeros(k, x.shape[1], dtype=acc, device=x.device).index_add_(0, labels, xa)
+            return onehot @ xa, onehot.sum(1).to(torch.int64)
+        sums = torch.zeros(k, x.shape[1], dtype=acc, device=x.device).index_add_(0, labels, xa)
         return sums, torch.bincount(labels, minlength=k)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -105,6 +105,24 @@ class ReplayRandomState(np.random.RandomState):
 DATASETS = ["digits", "fashion", "synthetic"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These shapes are too small to gain from 2 threads, and on a busy machine every OpenMP
+    barrier of torch, faiss and scikit-learn waits for a core (measured: this file took 3x
+    longer with 2 threads than with 1 at load average 8 on 2 cores)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    faiss = kpp_mod._data.faiss_module()
+    before = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss else None
+    torch.set_num_threads(1)
+    if faiss:
+        faiss.omp_set_num_threads(1)
+    with threadpoolctl.threadpool_limits(1):
+        yield
+    torch.set_num_threads(before[0])
+    if faiss:
+        faiss.omp_set_num_threads(before[1])
+
+
 @pytest.mark.parametrize("name", DATASETS)
 def test_seeding_equals_sklearn_on_the_same_draws(name):
     x, k = dataset(name)
