@@ -182,6 +182,18 @@ def test_greedy_lowers_potential_on_average():
     assert greedy < classic
 
 
+def test_thread_setting_is_restored():
+    x = _gaussian(300, 4)
+    before = torch.get_num_threads()
+    _, a = km.kmeans_plusplus(x, 5, seed=1, return_indices=True)  # small: runs on 1 thread
+    assert torch.get_num_threads() == before
+    _, b = km.kmeans_plusplus(x, 5, seed=1, num_threads=2, return_indices=True)
+    assert torch.get_num_threads() == before
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="num_threads must be a positive int"):
+        km.kmeans_plusplus(x, 5, num_threads=0)
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu_and_never_syncs_per_center():
     x = torch.from_numpy(_integer_grid(2000, 8))

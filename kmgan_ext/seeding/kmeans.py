@@ -41,13 +41,13 @@ def _resolve(backend: str, rows: _data.Rows) -> str:
     return backend
 
 
-def _initial_centers(init, rows: _data.Rows, k: int, seed: int, n_local_trials, chunk_size):
+def _initial_centers(init, rows: _data.Rows, k, seed, n_local_trials, chunk_size, num_threads):
     """(K, d) compute-dtype tensor on rows.device."""
     if isinstance(init, str):
         if init == "k-means++":
             _, idx = kmeans_plusplus(
                 rows.x, k, seed=seed, n_local_trials=n_local_trials, chunk_size=chunk_size,
-                return_indices=True,
+                num_threads=num_threads, return_indices=True,
             )
             return rows.take(torch.as_tensor(idx))
         if init == "random":
@@ -139,6 +139,7 @@ def kmeans(
     backend: str = "auto",
     n_local_trials: int | None = None,
     chunk_size: int | None = None,
+    num_threads: int | None = None,
 ) -> KMeansResult:
     """k-means: seeding (``init``), then ``niter`` Lloyd iterations over all rows of x.
 
@@ -157,8 +158,9 @@ def kmeans(
             faiss build that sees a GPU), else "torch"; "faiss" = ``faiss.Kmeans`` (its GPU
             implementation when faiss sees a GPU; data are copied to host float32); "torch"
             = km.assign + float64 segment sums on x's device.
-        n_local_trials, chunk_size: passed to :func:`kmeans_plusplus` (chunk_size also sets
-            the rows per km.assign call).
+        n_local_trials, chunk_size, num_threads: as in :func:`kmeans_plusplus` (chunk_size
+            also sets the rows per km.assign call; num_threads also holds for Lloyd's
+            iterations, torch's and faiss's).
 
     Returns:
         :class:`KMeansResult` ``(centers, labels, inertia)``: centers in x's dtype (a tensor
@@ -184,12 +186,14 @@ def kmeans(
             g = torch.Generator().manual_seed(seed)
             idx = torch.randperm(rows.n, generator=g)[:m].sort().values
             train = _data.Rows("x", rows.like_x(rows.take(idx.to(rows.device))))
+    num_threads = _data.check_positive_int("num_threads", num_threads, allow_none=True)
     chunk = chunk_size or rows.default_chunk(k)
-    centers = _initial_centers(init, train, k, seed, n_local_trials, chunk_size)
-    if niter > 0:
-        if backend == "faiss":
-            centers = _lloyd_faiss(train, centers, niter, seed)
-        else:
-            centers = _lloyd_torch(train, centers, niter, chunk)
-    labels, inertia = _assign_all(rows, centers, chunk)
+    centers = _initial_centers(init, train, k, seed, n_local_trials, chunk_size, num_threads)
+    with _data.cpu_threads(rows, num_threads, faiss_too=backend == "faiss"):
+        if niter > 0:
+            if backend == "faiss":
+                centers = _lloyd_faiss(train, centers, niter, seed)
+            else:
+                centers = _lloyd_torch(train, centers, niter, chunk)
+        labels, inertia = _assign_all(rows, centers, chunk)
     return KMeansResult(rows.like_x(centers), rows.index_like_x(labels), inertia)

@@ -67,10 +67,6 @@ def _faiss_block(faiss) -> DistanceBlock:
     return block
 
 
-# Up to this many elements of x (N * d), the CPU loop runs on one thread (see num_threads).
-_SINGLE_THREAD_ELEMS = 1 << 24
-
-
 @contextlib.contextmanager
 def _loop_settings(rows: _data.Rows, num_threads: int | None, backend: str):
     """Full-precision float32 matmuls on CUDA; the CPU thread count of the loop."""
@@ -83,21 +79,8 @@ def _loop_settings(rows: _data.Rows, num_threads: int | None, backend: str):
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev
         return
-    if num_threads is None and rows.n * rows.d <= _SINGLE_THREAD_ELEMS:
-        num_threads = 1
-    faiss = _data.faiss_module() if backend == "faiss" else None
-    before = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss else None
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-        if faiss:
-            faiss.omp_set_num_threads(num_threads)
-    try:
+    with _data.cpu_threads(rows, num_threads, faiss_too=backend == "faiss"):
         yield
-    finally:
-        if num_threads is not None:
-            torch.set_num_threads(before[0])
-            if faiss:
-                faiss.omp_set_num_threads(before[1])
 
 
 def resolve_backend(backend: str, rows: _data.Rows) -> str:
@@ -241,10 +224,8 @@ def kmeans_plusplus(
             and 512 MiB on a GPU.
         num_threads: CPU threads of the loop (torch's intra-op threads, and faiss's OpenMP
             threads for backend "faiss"), restored afterwards. None: one thread when
-            N * d <= 2**24 (e.g. 70,000 x 100), else the current setting. Each center costs
-            a few parallel regions of a few ms at that size; on a busy machine every region
-            waits for a free core (measured on a 2-core machine at load 6: K=100 took 10.8 s
-            with 2 threads, 2.7 s with 1).
+            N * d <= 2**24 (e.g. 70,000 x 100), else the current setting (see
+            ``kmgan_ext.seeding._data.cpu_threads`` for the measurement behind it).
         return_indices: also return the chosen row indices.
 
     Returns:
