@@ -107,12 +107,14 @@ class Ctx:
             torch.cuda.synchronize(self.device)
 
 
-def kmgan_backends(ctx: Ctx) -> list[tuple[str, str | None]]:
+def kmgan_backends(ctx: Ctx, shape_index: int = 0) -> list[tuple[str, str | None]]:
     """(backend, why not) for every kmgan_ext backend that can run on the ctx's device.
 
     Read from ``km.available_backends()`` at run time, so a newly built backend shows up
     without touching the benchmarks. Triton on CPU tensors only runs through its
-    interpreter, which is a correctness tool, not a performance path.
+    interpreter, which is a correctness tool, not a performance path. In a quick run the
+    (slow, float64) reference backend is timed on the first shape of each op only; a reason
+    starting with "skipped:" makes a skipped row rather than an absent one.
     """
     import kmgan_ext as km
 
@@ -126,6 +128,8 @@ def kmgan_backends(ctx: Ctx) -> list[tuple[str, str | None]]:
         why = avail.get(b)
         if b == "triton" and not ctx.cuda:
             why = "interpreter only (TRITON_INTERPRET=1): not a performance path on CPU"
+        if b == "reference" and ctx.quick and shape_index > 0:
+            why = "skipped: quick run times the reference backend on the first shape only"
         out.append((b, why))
     return out
 
@@ -146,6 +150,11 @@ def compiled(fn: Callable, ctx: Ctx, **kw) -> Callable:
         ):
             if hasattr(cfg, name):
                 setattr(cfg, name, max(getattr(cfg, name), 512))
+        # The "backward" mode re-runs backward on a retained graph; AOTAutograd's donated
+        # buffers forbid retain_graph=True, so they are switched off for the benchmarks.
+        fcfg = getattr(torch._functorch, "config", None)
+        if fcfg is not None and hasattr(fcfg, "donated_buffer"):
+            fcfg.donated_buffer = False
         kw.setdefault("dynamic", False)
         return torch.compile(fn, **kw)
     except Exception as e:  # compile is lazy; this only catches a missing/broken dynamo
@@ -176,6 +185,8 @@ class Timing:
     p20_ms: float
     p80_ms: float
     runs: int
+    peak_mem_mb: float | None = None
+    peak_mem_kind: str = ""
 
 
 def _quantile(xs: Sequence[float], q: float) -> float:
@@ -203,30 +214,48 @@ def _budget(ctx: Ctx) -> tuple[int, float, int]:
     return 5, 1.0, 1000
 
 
-def measure(fn: Callable[[], Any], ctx: Ctx, grads: Sequence[torch.Tensor] | None = None) -> Timing:
-    """Median/p20/p80 of ``fn()`` in milliseconds; ``grads`` are set to None before each call."""
+def _timing(ms: list[float], peak: tuple[float | None, str]) -> Timing:
+    return Timing(statistics.median(ms), _quantile(ms, 0.2), _quantile(ms, 0.8), len(ms), *peak)
+
+
+def measure(
+    fn: Callable[[], Any],
+    ctx: Ctx,
+    grads: Sequence[torch.Tensor] | None = None,
+    warm: bool = False,
+) -> Timing:
+    """Median/p20/p80 of ``fn()`` in ms, and the peak extra memory of the first timed call.
+
+    ``grads`` are set to None before each call, outside the timed region. ``warm``: the
+    caller's last call was slow enough (> 0.2 s) to count as the warm-up.
+    """
     min_runs, target_s, max_runs = _budget(ctx)
     if ctx.cuda:
         return _measure_cuda(fn, ctx, grads, min_runs, target_s, max_runs)
     # Warm-up: one call (the correctness check already made the first one), more for fast ops.
     t_end = time.perf_counter() + min(0.05, target_s / 4)
-    while not ctx.tiny:
+    while not (ctx.tiny or warm):
         _clear(grads)
         fn()
         if time.perf_counter() >= t_end:
             break
-    times = []
+    times: list[float] = []
+    peak: tuple[float | None, str] = (None, "")
     t_start = time.perf_counter()
     while True:
         _clear(grads)
+        first = not times
+        if first:
+            rss = _rss_peak_reset()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        if first:
+            peak = _rss_peak_read(rss)
         elapsed = time.perf_counter() - t_start
         if len(times) >= max_runs or (len(times) >= min_runs and elapsed >= target_s):
             break
-    ms = [t * 1e3 for t in times]
-    return Timing(statistics.median(ms), _quantile(ms, 0.2), _quantile(ms, 0.8), len(ms))
+    return _timing([t * 1e3 for t in times], peak)
 
 
 _L2_FLUSH: dict[torch.device, torch.Tensor] = {}
@@ -249,6 +278,10 @@ def _measure_cuda(fn, ctx, grads, min_runs, target_s, max_runs) -> Timing:
     n = int(min(max_runs, max(min_runs, target_s / max(per_call, 1e-6))))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    _clear(grads)
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
     for i in range(n):
         _clear(grads)
         flush.zero_()
@@ -256,8 +289,9 @@ def _measure_cuda(fn, ctx, grads, min_runs, target_s, max_runs) -> Timing:
         fn()
         ends[i].record()
     torch.cuda.synchronize(dev)
+    peak = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
     ms = [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    return Timing(statistics.median(ms), _quantile(ms, 0.2), _quantile(ms, 0.8), len(ms))
+    return _timing(ms, (peak, "torch.cuda.max_memory_allocated over the timed calls"))
 
 
 def _vm_kb(field: str) -> int:
@@ -268,29 +302,25 @@ def _vm_kb(field: str) -> int:
     return int(m.group(1))
 
 
-def peak_memory(fn: Callable[[], Any], ctx: Ctx, grads=None) -> tuple[float | None, str]:
-    """(peak extra memory of one call in MB, how it was measured)."""
-    _clear(grads)
-    if ctx.cuda:
-        torch.cuda.synchronize(ctx.device)
-        torch.cuda.reset_peak_memory_stats(ctx.device)
-        base = torch.cuda.memory_allocated(ctx.device)
-        fn()
-        torch.cuda.synchronize(ctx.device)
-        peak = torch.cuda.max_memory_allocated(ctx.device) - base
-        return peak / 2**20, "torch.cuda.max_memory_allocated over one call"
-    # tracemalloc does not see torch's allocations; the process's peak resident set does.
-    # Writing 5 to clear_refs resets VmHWM (Linux >= 4.0). Memory the allocator keeps cached
-    # from earlier calls is not counted again, so this is a lower bound for small buffers.
+# tracemalloc does not see torch's allocations; the process's peak resident set does. Writing
+# 5 to clear_refs resets VmHWM (Linux >= 4.0). Memory the allocator keeps cached from earlier
+# calls is not counted again, so on CPU this is a lower bound for small buffers.
+def _rss_peak_reset() -> int | str:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        base = _vm_kb("VmRSS")
-        fn()
-        peak = _vm_kb("VmHWM") - base
+        return _vm_kb("VmRSS")
     except OSError as e:
-        return None, f"not measured on CPU: /proc peak RSS unavailable ({e})"
-    return max(peak, 0) / 1024, "peak RSS increase over one call (/proc VmHWM)"
+        return f"not measured on CPU: /proc peak RSS unavailable ({e})"
+
+
+def _rss_peak_read(base: int | str) -> tuple[float | None, str]:
+    if isinstance(base, str):
+        return None, base
+    try:
+        return max(_vm_kb("VmHWM") - base, 0) / 1024, "peak RSS increase over one call (/proc VmHWM)"
+    except OSError as e:
+        return None, f"not measured on CPU: {e}"
 
 
 # --------------------------------------------------------------------------- roofline
@@ -444,6 +474,8 @@ def run_provider(
     if note:
         for r in rows:
             r["note"] = note
+    if absent and absent.startswith("skipped: "):
+        return fail_all(skipped=absent[len("skipped: "):])
     if absent:
         return fail_all(absent=absent)
     if ctx.time_left() <= 0:
@@ -458,6 +490,7 @@ def run_provider(
         return fail_all(error=f"setup failed: {_short(e)}")
 
     # Correctness first: the first call (also the compile/JIT warm-up) is the one checked.
+    t_check = time.perf_counter()
     try:
         if leaves:
             _clear(leaves)
@@ -468,6 +501,7 @@ def run_provider(
         else:
             out = fn()
             ctx.sync()
+        t_check = time.perf_counter() - t_check
         ok, detail = check(out)
     except Absent as e:
         return fail_all(absent=str(e))
@@ -509,10 +543,10 @@ def run_provider(
                 grads = leaves
             else:
                 raise ValueError(f"unknown mode {mode!r}")
-            t = measure(call, ctx, grads)
+            t = measure(call, ctx, grads, warm=t_check > 0.2 and mode != "backward")
             w = work.get(mode) if isinstance(work, dict) else work
             _fill_timing(r, t, w, ctx)
-            r["peak_mem_mb"], r["peak_mem_kind"] = peak_memory(call, ctx, grads)
+            r["peak_mem_mb"], r["peak_mem_kind"] = t.peak_mem_mb, t.peak_mem_kind
         except torch.OutOfMemoryError as e:
             if ctx.cuda:
                 torch.cuda.empty_cache()
@@ -663,6 +697,34 @@ def check_labels(
             return False, msg + f"; dist2 off at row {i}: {d2[i].item():.8g} vs {chosen[i].item():.8g}"
         msg += "; dist2 ok"
     return True, msg
+
+
+def loss_and_grads(fn: Callable[..., torch.Tensor], leaves: Sequence[torch.Tensor]):
+    """fn(*copies of leaves) and the gradients of its value w.r.t. those copies."""
+    copies = [t.detach().clone().requires_grad_() for t in leaves]
+    loss = fn(*copies)
+    loss.backward()
+    return loss.detach(), [c.grad for c in copies]
+
+
+def tolerances(plain, want, floors: Sequence[float]) -> list[float]:
+    """Absolute tolerances for (value, grad...): twice plain float32 torch's own error
+    against the float64 truth, or the floor when larger (flash-attention's rule; DESIGN.md:
+    never less exact than what the user would write). ``plain`` None: the floors."""
+    if plain is None:
+        return list(floors)
+    (pl, pg), (wl, wg) = plain, want
+    errs = [(pl.double() - wl.double()).abs().max()]
+    errs += [(g.double() - w.double()).abs().max() for g, w in zip(pg, wg)]
+    return [max(f, 2.0 * float(e)) for f, e in zip(floors, errs)]
+
+
+def check_loss(out, want, tols: Sequence[float], names: Sequence[str]) -> tuple[bool, str]:
+    """Value and gradients within ``tols`` (absolute, see ``tolerances``) of the truth."""
+    (loss, grads), (wl, wg) = out, want
+    got = [loss] + list(grads)
+    exp = [wl] + list(wg)
+    return all_ok(*(close(nm, g, w, rtol=0.0, atol=t) for nm, g, w, t in zip(names, got, exp, tols)))
 
 
 def all_ok(*results: tuple[bool, str]) -> tuple[bool, str]:

@@ -6,8 +6,10 @@ Providers on the same inputs:
   torch            the formula in float32 by autograd, e.g. (x - c[l]).norm() (baseline)
   torch-compile    the same under torch.compile
   kmgan_ext-<b>    km.assigned_distance(x, l, c, reduction, backend=b)
-The truth is autograd of kmgan_ext.reference.assigned_distance on float64 copies. The naive
-provider is written here because the reference accumulates in float64 (ground truth).
+The truth is autograd of kmgan_ext.reference.assigned_distance on float64 copies; value and
+gradients must be within twice plain float32 torch's own error of it (float32 sums over
+millions of terms are off by ~1e-4 relative), or 1e-5 of their scale. The naive provider is
+written here because the reference accumulates in float64 (ground truth).
 
 Run alone: python bench/bench_assigned_distance.py [--quick|--tiny] [--out DIR]
 """
@@ -34,7 +36,7 @@ def shapes(ctx: H.Ctx) -> list[dict]:
     big = (65_536, 256, 1024)
     return ctx.size(
         tiny=[s(50, 8, 5), s(50, 8, 5, "mean"), s(50, 8, 5, "sq_sum", True), paper],
-        quick=[paper, s(4096, 128, 100), s(*big), s(*big, "mean"), s(*big, "sq_sum", True)],
+        quick=[paper, s(*big), s(*big, "sq_sum", True)],
         full=[paper, s(4096, 128, 100), s(*big), s(*big, "mean"), s(*big, "sq_sum", True), s(262_144, 128, 1024)],
         gpu=[paper, s(4096, 128, 100), s(*big), s(*big, "sq_sum", True), s(1_000_000, 128, 1024), s(1_000_000, 128, 1024, "sq_sum", True)],
     )
@@ -54,7 +56,7 @@ def run(ctx: H.Ctx) -> list[dict]:
     from kmgan_ext import reference
 
     rows: list[dict] = []
-    for shape in shapes(ctx):
+    for i, shape in enumerate(shapes(ctx)):
         ctx.log(f"  {OP} {shape}")
         n, d, k, red = shape["N"], shape["d"], shape["K"], shape["reduction"]
         g = torch.Generator().manual_seed(3)
@@ -71,19 +73,24 @@ def run(ctx: H.Ctx) -> list[dict]:
             return loss.detach(), [x64.grad] + ([c64.grad] if len(leaves) > 1 else [])
 
         want = H.Lazy(truth)
+
+        def tols(x=x, labels=labels, centers=centers, red=red, leaves=leaves, want=want):
+            if len(leaves) > 1:
+                fn = lambda a, c: torch_assigned_distance(a, labels, c, red)  # noqa: E731
+            else:
+                fn = lambda a: torch_assigned_distance(a, labels, centers, red)  # noqa: E731
+            wl, wg = want()
+            floors = [1e-5 * (1 + float(wl.abs()))] + [1e-5 * (1 + float(g.abs().max())) for g in wg]
+            return H.tolerances(H.loss_and_grads(fn, leaves), want(), floors)
+
+        tol = H.Lazy(tols)
         s = x.element_size()
         fwd = H.Work(bytes=n * d * s + n * 8 + k * d * s, flops=3.0 * n * d, items=n)
         bwd = H.Work(bytes=2 * n * d * s + n * 8 + k * d * s * (2 if shape["centers_grad"] else 1), flops=2.0 * n * d, items=n)
         work = {"forward": fwd, "backward": bwd, "full": H.Work(fwd.bytes + bwd.bytes, fwd.flops + bwd.flops, n)}
 
-        def check(out, want=want):
-            (loss, grads), (wl, wg) = out, want()
-            res = [H.close("loss", loss, wl, rtol=1e-4, atol=1e-6)]
-            res += [
-                H.close(f"grad {nm}", gv, wv, rtol=1e-4, atol=1e-6 * (1 + float(wv.abs().max())))
-                for nm, gv, wv in zip(("x", "centers"), grads, wg)
-            ]
-            return H.all_ok(*res)
+        def check(out, want=want, tol=tol):
+            return H.check_loss(out, want(), tol(), ("loss", "grad x", "grad centers"))
 
         def naive(x=x, labels=labels, centers=centers, red=red):
             return lambda: torch_assigned_distance(x, labels, centers, red)
@@ -93,7 +100,7 @@ def run(ctx: H.Ctx) -> list[dict]:
             return lambda: f(x, labels, centers, red)
 
         providers = [("torch", naive, None), ("torch-compile", compiled_make, None)]
-        for b, why in H.kmgan_backends(ctx):
+        for b, why in H.kmgan_backends(ctx, i):
 
             def make(b=b, x=x, labels=labels, centers=centers, red=red):
                 return lambda: km.assigned_distance(x, labels, centers, reduction=red, backend=b)

@@ -10,6 +10,7 @@ The truth: gradients from kmgan_ext.reference.pairwise_l1_backward in float64 (r
 and the value from them by Euler's identity for a positively 1-homogeneous function,
 L(a, b) = <dL/da, a> + <dL/db, b> (exact, also with ties, whose pairs contribute |0| = 0);
 reference.pairwise_l1 itself is the O(N^2 d) float64 cdist, minutes at the larger sizes.
+Tolerance: twice plain float32 torch's own error (where it runs), or 1e-5 of the value.
 The issue-4 target: N=4096, d=100 forward+backward ("full") >= 20x torch, on CPU and GPU.
 
 Run alone: python bench/bench_pairwise_l1.py [--quick|--tiny] [--out DIR]
@@ -36,13 +37,13 @@ def shapes(ctx: H.Ctx) -> list[dict]:
     both = lambda n, d: [s(n, d, "inter"), s(n, d, "intra")]  # noqa: E731
     return ctx.size(
         tiny=both(40, 6) + [s(64, 100, "inter")],
-        quick=both(64, 100) + both(4096, 100),
+        quick=both(64, 100) + [s(4096, 100, "inter")],  # the issue-4 target; cdist takes ~4 s/call here
         full=both(64, 100) + both(4096, 100) + [s(16_384, 100, "inter"), s(65_536, 128, "inter")],
         gpu=both(64, 100) + both(4096, 100) + [s(16_384, 100, "inter"), s(65_536, 128, "inter"), s(262_144, 128, "inter")],
     )
 
 
-def torch_pairwise_l1(a, b):
+def torch_pairwise_l1(a, b=None):
     return torch.cdist(a, a if b is None else b, p=1).sum()
 
 
@@ -65,7 +66,7 @@ def run(ctx: H.Ctx) -> list[dict]:
     from kmgan_ext import reference
 
     rows: list[dict] = []
-    for shape in shapes(ctx):
+    for i, shape in enumerate(shapes(ctx)):
         ctx.log(f"  {OP} {shape}")
         n, d, inter = shape["N"], shape["d"], shape["pairs"] == "inter"
         g = torch.Generator().manual_seed(4)
@@ -91,13 +92,19 @@ def run(ctx: H.Ctx) -> list[dict]:
         work = {"forward": fwd, "backward": bwd, "full": H.Work(fwd.bytes + bwd.bytes, items=n * m, item_unit="pairs")}
         fwd.item_unit = bwd.item_unit = "pairs"
 
-        def check(out, want=want):
-            (loss, grads), (wl, wg) = out, want()
-            res = [H.close("value", loss, wl, rtol=1e-4, atol=1e-3)]
-            res += [H.close(f"grad {nm}", gv, wv, rtol=1e-5, atol=1e-3) for nm, gv, wv in zip(("a", "b"), grads, wg)]
-            return H.all_ok(*res)
-
         skip = _naive_skip(ctx, n, d)
+
+        def tols(a=a, b=b, want=want, skip=skip):
+            wl, _ = want()
+            # Gradients are integer rank counts: exact in float32 up to 2^24.
+            floors = [1e-5 * (1 + float(wl.abs())), 1e-3, 1e-3]
+            plain = None if skip else H.loss_and_grads(torch_pairwise_l1, [a] + ([b] if b is not None else []))
+            return H.tolerances(plain, want(), floors)
+
+        tol = H.Lazy(tols)
+
+        def check(out, want=want, tol=tol):
+            return H.check_loss(out, want(), tol(), ("value", "grad a", "grad b"))
 
         def naive(a=a, b=b):
             if skip:
@@ -121,7 +128,7 @@ def run(ctx: H.Ctx) -> list[dict]:
             return fn
 
         providers = [("torch", naive, None), ("torch-compile", compiled_make, None)]
-        for bk, why in H.kmgan_backends(ctx):
+        for bk, why in H.kmgan_backends(ctx, i):
 
             def make(bk=bk, a=a, b=b):
                 if bk == "reference" and n > (16_384 if ctx.cuda else 4096):

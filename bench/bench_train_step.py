@@ -286,13 +286,16 @@ def run(ctx: H.Ctx) -> list[dict]:
         C, Ch = base_k.C, base_k.Ch
         truth = H.Lazy(lambda: loss_block_truth(fr, ff, C, Ch))
 
+        def block_tols():
+            wl, wg = truth()
+            plain = H.loss_and_grads(lambda a, b: loss_block(TorchOps(), a, b, C, Ch), [fr, ff])
+            floors = [1e-5 * (1 + float(wl.abs()))] + [1e-5 * (1 + float(g.abs().max())) for g in wg]
+            return H.tolerances(plain, truth(), floors)
+
+        tol = H.Lazy(block_tols)
+
         def block_check(out):
-            (loss, grads), (wl, wg) = out, truth()
-            return H.all_ok(
-                H.close("loss", loss, wl, rtol=1e-4, atol=1e-5),
-                H.close("grad real features", grads[0], wg[0], rtol=1e-4, atol=1e-6),
-                H.close("grad fake features", grads[1], wg[1], rtol=1e-4, atol=1e-6),
-            )
+            return H.check_loss(out, truth(), tol(), ("loss", "grad real features", "grad fake features"))
 
         block_entries = [("kmgan-torch", TorchOps, None)] + [
             (f"kmgan-kmgan_ext-{b}", (lambda b=b: KmOps(b)), why) for b, why in backends

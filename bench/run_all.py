@@ -87,8 +87,12 @@ def main(argv=None) -> dict:
     H.eprint(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s, {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
     meta = H.run_metadata(ctx, {k: v for k, v in vars(args).items()})
     rows: list[dict] = []
-    for key in args.ops:
+    for i, key in enumerate(args.ops):
         t = time.monotonic()
+        if args.budget_s is not None:
+            # Each op gets an equal share of what is left, so a slow first op cannot starve
+            # the others (an op's cases run in priority order: paper shape and targets first).
+            ctx.deadline = t + max(0.0, t0 + args.budget_s - t) / (len(args.ops) - i)
         H.eprint(f"bench: {key}")
         try:
             mod = importlib.import_module(MODULES[key])
