@@ -141,3 +141,23 @@ def test_minibatch_kmeans_equals_one_process_on_the_concatenated_batch(ranks):
     assert torch.equal(one.counts, r0["mb_counts"])
     assert int(one.counts.sum()) == STEPS * sum(BATCH_ROWS)
     torch.testing.assert_close(r0["mb_centers"], one.centers, rtol=1e-6, atol=1e-6)
+
+
+def test_kmeans_parallel_one_process_and_bad_input():
+    """Without an initialized process group, k-means|| runs on x_local alone."""
+    x = all_data()
+    c = km.kmeans_parallel(x, K, seed=1)
+    assert _rows_of(c, x) and torch.equal(c, km.kmeans_parallel(x, K, seed=1))
+    tiny = x[:3]
+    c = km.kmeans_parallel(tiny, 3, seed=0)  # every row becomes a center
+    assert sorted(map(tuple, c.tolist())) == sorted(map(tuple, tiny.tolist()))
+    with pytest.raises(ValueError, match="k must be <= the number of rows of x_local over all ranks"):
+        km.kmeans_parallel(tiny, 4)
+    with pytest.raises(ValueError, match="rounds must be an int >= 1"):
+        km.kmeans_parallel(x, K, rounds=0)
+    with pytest.raises(ValueError, match="oversampling must be > 0"):
+        km.kmeans_parallel(x, K, oversampling=0)
+    with pytest.raises(TypeError, match="x_local must be float"):
+        km.kmeans_parallel(torch.ones(10, 2, dtype=torch.int64), 2)
+    with pytest.raises(ValueError, match="group was given but torch.distributed is not initialized"):
+        km.kmeans_parallel(x, K, group=object())

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from ._data import _from_numpy
+
 # A .npy header padded to this many bytes, written once the row count is known. 128 bytes
 # hold the header of any 2-D array (magic + length + a dict of under 100 characters).
 _NPY_HEADER_BYTES = 128
@@ -54,7 +56,7 @@ def _inputs(batch):
             raise ValueError("data yielded an empty batch tuple")
         batch = batch[0]
     if isinstance(batch, np.ndarray):
-        batch = torch.from_numpy(np.ascontiguousarray(batch))
+        batch = _from_numpy(np.ascontiguousarray(batch))
     if not isinstance(batch, Tensor):
         raise TypeError(f"data must yield tensors or (x, y) tuples, got {type(batch).__name__}")
     return batch

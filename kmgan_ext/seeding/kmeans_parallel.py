@@ -25,7 +25,7 @@ from torch import Tensor
 from .. import _checks
 from ..assign import assign
 from . import _data
-from .kmeans_plusplus import greedy_kmeans_plusplus, uniforms
+from .kmeans_plusplus import _loop_settings, greedy_kmeans_plusplus, uniforms
 
 
 class _Group:
@@ -120,19 +120,22 @@ def kmeans_parallel(
         if int(pg.all_reduce(bad)[0]):
             raise ValueError("x_local contains NaN or Inf on at least one rank "
                              "(found with km.set_debug(True))")
+    # Arguments first (the same on every rank), then the one check that needs all ranks.
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+    if oversampling is not None and not (
+        isinstance(oversampling, (int, float, np.number)) and oversampling > 0
+    ):
+        raise ValueError(f"oversampling must be > 0, got {oversampling!r}")
+    seed = _data.check_seed(seed)
+    trials = _data.check_positive_int("n_local_trials", n_local_trials, allow_none=True)
+    chunk = _data.check_positive_int("chunk_size", chunk_size, allow_none=True)
     sizes = torch.zeros(pg.size, dtype=torch.int64, device=dev)
     sizes[pg.rank] = rows.n
     sizes = pg.all_reduce(sizes).cpu()
     n_total = int(sizes.sum())
     k = _data.check_k("k", k, n_total, what="x_local over all ranks")
-    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
-        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
     ell = float(2 * k if oversampling is None else oversampling)
-    if not ell > 0:
-        raise ValueError(f"oversampling must be > 0, got {oversampling!r}")
-    seed = _data.check_seed(seed)
-    trials = _data.check_positive_int("n_local_trials", n_local_trials, allow_none=True)
-    chunk = _data.check_positive_int("chunk_size", chunk_size, allow_none=True)
     chunk = chunk or rows.default_chunk(int(ell) + 1)
 
     # 1. the first center: one row drawn uniformly from all ranks (same draw everywhere).
@@ -176,9 +179,10 @@ def kmeans_parallel(
         cand_rows = _data.Rows("candidates", cands)
         kk = min(k, cands.shape[0])
         trials = trials or _data.default_trials(kk)
-        idx, _ = greedy_kmeans_plusplus(
-            cand_rows, kk, trials, uniforms(seed, kk, trials), weights=weights.to(cdt)
-        )
+        with _loop_settings(cand_rows, None, "torch"):
+            idx, _ = greedy_kmeans_plusplus(
+                cand_rows, kk, trials, uniforms(seed, kk, trials), weights=weights.to(cdt)
+            )
         chosen = cands.index_select(0, idx)
         if kk < k:  # fewer distinct rows than k in the whole dataset: repeat some
             chosen = torch.cat([chosen, chosen[torch.arange(k - kk, device=dev) % kk]])
