@@ -97,8 +97,9 @@ def resolve_backend(backend: str, rows: _data.Rows) -> str:
             )
         return "faiss"
     if backend == "auto":
-        # CUDA tensors stay on their device. On CPU the torch loop measured faster than the
-        # faiss one (see bench/bench_kmeans_plusplus.py and the issue-5 report).
+        # CUDA tensors stay on their device. On CPU the torch loop beat the faiss one at
+        # N=70,000, d=100 (2-core CI machine, best of 5): K=10 0.13 s vs 0.22 s, K=100
+        # 2.25 s vs 2.81 s (scikit-learn's kmeans_plusplus: 0.40 s and 5.3 s on float64).
         return "torch"
     return backend
 
@@ -217,7 +218,7 @@ def kmeans_plusplus(
         seed: the same seed gives the same centers (the random numbers are drawn on the CPU,
             so both backends and every device consume the same ones).
         sample_weight: optional (N,) non-negative weights (as scikit-learn's).
-        backend: "auto" (torch; it was faster than faiss on CPU, see the module's bench),
+        backend: "auto" (= "torch": it measured faster than faiss on CPU too),
             "torch" (device-side loop, no host sync per center) or "faiss" (host data only;
             faiss-gpu's distances when faiss sees a GPU).
         chunk_size: rows per chunk; None bounds the temporaries of a chunk by 256 MiB on CPU
