@@ -1,37 +1,41 @@
 """Fused nearest-center assignment, Triton (DESIGN.md 4.1).
 
 ``assign(x, centers) -> (labels, dist2)`` never writes the (N, K) distance matrix: each
-program holds a tile of x rows and streams tiles of centers through ``tl.dot``, keeping a
-running best per row.
+program holds a tile of x rows and streams tiles of centers through ``tl.dot`` (TF32 tensor
+cores), keeping a running best per row.
 
-Exactness guard (the tensor-core path must not change a label versus float32):
-the dot scores rows by ``s_k = x'.c'_k - ||c'_k||^2 / 2`` (maximised; ``||x'||^2`` is the
-same for every k), with operands rounded to TF32 for float32 inputs. For every row the
-kernel derives a rigorous bound ``W`` on how far two approximate scores can be misordered
-(TF32 rounding of both operands, float32 accumulation, the centring below; times 2 for
-safety) and tracks the best two candidates plus a conservative count of candidates within
-``W`` of the best:
+Centring: x and the centers are shifted by the mean of the centers (``x' = x - mu``,
+``c' = c - mu``, in float32) before the dot. Distances do not change, and the dot's rounding
+error then scales with the spread of the data instead of its offset: on features that sit
+far from the origin (ReLU outputs around 100) an uncentred float16 dot had every row
+ambiguous (window ~64 against gaps ~1), the centred TF32 dot none (window ~0.4).
+float16/bfloat16 rows are centred in float32 too, so every floating dtype but float64 takes
+this path (float64 takes a direct-difference kernel: Triton's fp64 ``tl.dot`` is not
+available on every target we support; exact and slow).
+
+Exactness guard (a tensor-core path must not change a label versus float32): the dot scores
+``s_k = x'.c'_k - ||c'_k||^2 / 2`` (maximised; ``||x'||^2`` is the same for every k). For
+each row the kernel derives a rigorous bound ``W`` on how far two scores can be misordered
+(TF32 truncation of both operands, float32 accumulation counted as truncating, the
+centring; times 2 for safety) and tracks the best two candidates plus a conservative count
+of candidates within ``W`` of the best:
 
 * one candidate in the window: it is the argmin;
-* two: both are re-scored exactly (float64 differences, ties to the lower index);
-* three or more: the row is re-done at higher precision. float32 inputs: the row is
-  appended to a list (one atomic per program) and a second launch re-scores the listed
-  rows with 3xTF32 (a 20x narrower window); whatever is still ambiguous there, and every
-  ambiguous row of a single-launch call, gets an exact float64 scan over all K inside the
-  kernel.
+* two: both are re-scored exactly (float64 differences from the raw inputs, ties to the
+  lower index);
+* three or more: the row is appended to a list (one atomic per program) and a second launch
+  re-scores the listed rows with 3xTF32 (a ~20x narrower window); what is still ambiguous
+  there, and every ambiguous row when K fits one tile (single launch), gets an exact float64
+  scan over all K inside the kernel.
 
-float32 inputs are centred on the mean of the centers first (``x' = x - mu``,
-``c' = c - mu``): distances are unchanged, and the TF32 error scales with the spread of the
-data instead of its offset (ReLU features sit far from the origin).
-float16/bfloat16 products are exact in float32, so their window only covers accumulation.
-float64 inputs take a direct-difference kernel (Triton's fp64 ``tl.dot`` is not available on
-every target we support), exact and slow.
+So labels are the float64 argmin of the given inputs (ties to the lowest index), and
+``dist2`` is ``||x_i - c_label||^2`` computed in float64 from the raw inputs, then rounded.
 
-``dist2`` is always ``||x_i - c_label||^2`` from the raw inputs in float64, then rounded.
-
-Measured on CPU (no GPU here), with random Gaussian data at d=128, K=4096: 11% of rows
-have three or more candidates inside the TF32 window (clustered data: 0%), which is why
-the list + 3xTF32 second pass exists instead of a per-row exact scan for all of them.
+How often the guard fires (CPU simulation of the bound, N=20000, d=128, K=4096): random
+Gaussian x and centers 35% of rows have two candidates in the window, 11% three or more;
+clustered data 0%. Random Gaussian data has no cluster structure, so its nearest centers are
+all nearly equidistant; that is why the 3xTF32 second pass exists instead of an exact scan
+for all of them. ``assign_stats`` reports the count on real data.
 """
 from __future__ import annotations
 
@@ -90,11 +94,9 @@ def _assign_exact_kernel(x_ptr, c_ptr, labels_ptr, dist2_ptr, N, K, D,
 
 
 @triton.jit
-def _prep_centers_kernel(
-    c_ptr, mu_ptr, cs_ptr, hsq_ptr, cpart_ptr, count_ptr, K, D,
-    SHIFT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """Per center: c' = c - mu (SHIFT, float32), -||c'||^2/2, and per-program max ||c'||^2.
+def _prep_centers_kernel(c_ptr, mu_ptr, cs_ptr, hsq_ptr, cpart_ptr, count_ptr, K, D,
+                         BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per center: c' = c - mu (float32), -||c'||^2/2; per program max ||c'||^2.
 
     Program 0 also zeroes the ambiguous-row counter of the main pass (saves a fill launch).
     """
@@ -108,11 +110,9 @@ def _prep_centers_kernel(
         dmask = ds < D
         m2 = kmask[:, None] & dmask[None, :]
         offs = ks[:, None].to(tl.int64) * D + ds[None, :]
-        cv = tl.load(c_ptr + offs, mask=m2, other=0.0).to(tl.float32)
-        if SHIFT:
-            mu = tl.load(mu_ptr + ds, mask=dmask, other=0.0)
-            cv = tl.where(m2, cv - mu[None, :], 0.0)
-            tl.store(cs_ptr + offs, cv, mask=m2)
+        mu = tl.load(mu_ptr + ds, mask=dmask, other=0.0)
+        cv = tl.where(m2, tl.load(c_ptr + offs, mask=m2, other=0.0).to(tl.float32) - mu[None, :], 0.0)
+        tl.store(cs_ptr + offs, cv, mask=m2)
         csq += tl.sum(cv * cv, axis=1)
     tl.store(hsq_ptr + ks, -0.5 * csq, mask=kmask)
     tl.store(cpart_ptr + pid, tl.max(tl.where(kmask, csq, 0.0), axis=0))
@@ -126,12 +126,10 @@ def _assign_tc_kernel(
     N, K, D, N_BUCKET,
     alpha, beta, gamma,
     PRECISION: tl.constexpr,
-    SHIFT: tl.constexpr,
     PREP_IN_KERNEL: tl.constexpr,
     ONE_D: tl.constexpr,
     ROW_LIST: tl.constexpr,
     COMPACT: tl.constexpr,
-    UPCAST: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -142,11 +140,11 @@ def _assign_tc_kernel(
 ):
     """Tensor-core assignment of BLOCK_N rows with the exactness guard (module docstring).
 
-    PREP_IN_KERNEL (K <= BLOCK_K, D <= BLOCK_D): centers prepared in registers, one launch.
-    Otherwise mu / c' / -||c'||^2/2 / max ||c'||^2 come from _prep_centers_kernel.
-    ROW_LIST: the rows are rows_ptr[:count] (the 3xTF32 second pass); COMPACT: ambiguous
-    rows are appended to rows_ptr instead of being scanned here. UPCAST (interpreter only):
-    its bf16 dot multiplies the raw bits, so bf16 tiles go to the dot as float32 (exact).
+    PREP_IN_KERNEL (K <= BLOCK_K, D <= BLOCK_D): the centers are centred in registers, one
+    launch in all. Otherwise mu, c', -||c'||^2/2 and max ||c'||^2 come from the prep launch.
+    ROW_LIST: the rows are rows_ptr[:count] (the 3xTF32 second pass). COMPACT: ambiguous
+    rows are appended to rows_ptr for that pass instead of being scanned here.
+    N_BUCKET only keys the autotuner (log2 N).
     """
     pid = tl.program_id(0)
     lane = tl.arange(0, BLOCK_N)
@@ -169,25 +167,20 @@ def _assign_tc_kernel(
         d_end = D
     xrow = x_ptr + rows[:, None] * D
 
-    # ---- centers: shift, half squared norms, largest norm -------------------------------
+    # ---- centers: centred tile (single-launch case) or the prep launch's products -------
     if PREP_IN_KERNEL:
         kmask0 = kl < K
         m2 = dmask0[:, None] & kmask0[None, :]
-        ct0 = tl.load(c_ptr + kl[None, :].to(tl.int64) * D + dcol[:, None], mask=m2, other=0.0)
-        ct0f = ct0.to(tl.float32)
-        if SHIFT:
-            mu = tl.sum(ct0f, axis=1) / K
-            ct0f = tl.where(m2, ct0f - mu[:, None], 0.0)
-            ct0 = ct0f
-        csq0 = tl.sum(ct0f * ct0f, axis=0)
+        ct0 = tl.load(c_ptr + kl[None, :].to(tl.int64) * D + dcol[:, None], mask=m2,
+                      other=0.0).to(tl.float32)
+        mu = tl.sum(ct0, axis=1) / K
+        ct0 = tl.where(m2, ct0 - mu[:, None], 0.0)
+        csq0 = tl.sum(ct0 * ct0, axis=0)
         hsq0 = tl.where(kmask0, -0.5 * csq0, float("-inf"))
         cmax2 = tl.max(tl.where(kmask0, csq0, 0.0), axis=0)
-        if UPCAST:
-            ct0 = ct0f
     else:
-        if SHIFT:
-            if ONE_D:
-                mu = tl.load(mu_ptr + dcol, mask=dmask0, other=0.0)
+        if ONE_D:
+            mu = tl.load(mu_ptr + dcol, mask=dmask0, other=0.0)
         pl = tl.arange(0, 128)
         cm = tl.zeros((128,), tl.float32)
         for p0 in range(0, n_cpart, 128):
@@ -195,32 +188,26 @@ def _assign_tc_kernel(
         cmax2 = tl.max(cm, axis=0)
     cnorm = tl.sqrt(cmax2)
 
-    # ---- rows: (hoisted) x tile and ||x'|| ------------------------------------------------
+    # ---- rows: centred x tile (hoisted when D fits one chunk) and ||x'|| -----------------
     if ONE_D:
         xt = tl.load(xrow + dcol[None, :], mask=rmask[:, None] & dmask0[None, :], other=0.0)
-        xtf = xt.to(tl.float32)
-        if SHIFT:
-            xtf = tl.where(dmask0[None, :], xtf - mu[None, :], 0.0)
-            xt = xtf
-        if UPCAST:
-            xt = xtf
-        xsq = tl.sum(xtf * xtf, axis=1)
+        xt = tl.where(dmask0[None, :], xt.to(tl.float32) - mu[None, :], 0.0)
+        xsq = tl.sum(xt * xt, axis=1)
     else:
         xsq = tl.zeros((BLOCK_N,), tl.float32)
-        for d0 in range(0, D, BLOCK_D):
+        for d0 in range(0, d_end, BLOCK_D):
             ds = d0 + dcol
             dm = ds < D
-            xc = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dm[None, :], other=0.0).to(tl.float32)
-            if SHIFT:
-                muc = tl.load(mu_ptr + ds, mask=dm, other=0.0)
-                xc = tl.where(dm[None, :], xc - muc[None, :], 0.0)
+            xc = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+            muc = tl.load(mu_ptr + ds, mask=dm, other=0.0)
+            xc = tl.where(dm[None, :], xc.to(tl.float32) - muc[None, :], 0.0)
             xsq += tl.sum(xc * xc, axis=1)
     xnorm = tl.sqrt(xsq)
-    # Rounding window on the halved score (see module docstring), safety factor 2.
+    # Misordering window on the halved score (module docstring), safety factor 2.
     err = alpha * xnorm * cnorm + beta * (cmax2 + 2.0 * xnorm * cnorm)
     win = 2.0 * (2.0 * err + gamma * (xnorm + cnorm) * (xnorm + cnorm))
 
-    # ---- stream the centers --------------------------------------------------------------
+    # ---- stream the centers ----------------------------------------------------------------
     b1 = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     b2 = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     i1 = tl.zeros((BLOCK_N,), tl.int32)
@@ -236,29 +223,19 @@ def _assign_tc_kernel(
         else:
             hsq = tl.load(hsq_ptr + ks, mask=kmask, other=float("-inf"))
             s = tl.zeros((BLOCK_N, BLOCK_K), tl.float32) + hsq[None, :]
-            if SHIFT:
-                csrc = cs_ptr
-            else:
-                csrc = c_ptr
             if ONE_D:
-                ct = tl.load(csrc + ks[None, :].to(tl.int64) * D + dcol[:, None],
+                ct = tl.load(cs_ptr + ks[None, :].to(tl.int64) * D + dcol[:, None],
                              mask=dmask0[:, None] & kmask[None, :], other=0.0)
-                if UPCAST:
-                    ct = ct.to(tl.float32)
                 s = tl.dot(xt, ct, s, input_precision=PRECISION)
             else:
                 for d0 in range(0, D, BLOCK_D):
                     ds = d0 + dcol
                     dm = ds < D
                     xc = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
-                    if SHIFT:
-                        muc = tl.load(mu_ptr + ds, mask=dm, other=0.0)
-                        xc = tl.where(dm[None, :], xc.to(tl.float32) - muc[None, :], 0.0)
-                    ct = tl.load(csrc + ks[None, :].to(tl.int64) * D + ds[:, None],
+                    muc = tl.load(mu_ptr + ds, mask=dm, other=0.0)
+                    xc = tl.where(dm[None, :], xc.to(tl.float32) - muc[None, :], 0.0)
+                    ct = tl.load(cs_ptr + ks[None, :].to(tl.int64) * D + ds[:, None],
                                  mask=dm[:, None] & kmask[None, :], other=0.0)
-                    if UPCAST:
-                        xc = xc.to(tl.float32)
-                        ct = ct.to(tl.float32)
                     s = tl.dot(xc, ct, s, input_precision=PRECISION)
         # Best two of the tile (ties to the lower index), then merge with the running two.
         t1, j1 = tl.max(s, axis=1, return_indices=True)
@@ -280,7 +257,7 @@ def _assign_tc_kernel(
         i1 = tl.where(take, j1 + k0, i1)
         b1 = nb1
 
-    # ---- exact re-check of the (at most two) candidates, float64 from the raw inputs -----
+    # ---- exact re-check of the (at most two) candidates, float64 from the raw inputs -------
     pair = rmask & (nw == 2)
     ecol = tl.arange(0, EPI_BLOCK_D)
     e1 = tl.zeros((BLOCK_N,), tl.float64)
@@ -300,7 +277,7 @@ def _assign_tc_kernel(
     lab = tl.where(pick2, i2, i1)
     d2 = tl.where(pick2, e2, e1)
 
-    # ---- three or more candidates: hand the row on, or scan it exactly here -------------
+    # ---- three or more candidates: hand the row on, or scan it exactly here ---------------
     unresolved = rmask & (nw >= 3)
     u32 = unresolved.to(tl.int32)
     n_u = tl.sum(u32, axis=0)
@@ -310,7 +287,7 @@ def _assign_tc_kernel(
         tl.store(rows_ptr + slot, rows.to(tl.int32), mask=unresolved)
     else:
         # FB_GROUP ambiguous rows at a time: 1 on a GPU (a masked row would cost as much as
-        # a real one), the whole block in the interpreter (its cost is per call, not size).
+        # a real one), 16 in the interpreter (its cost is per call more than per element).
         rank = tl.cumsum(u32, axis=0) - 1
         slots = tl.arange(0, FB_GROUP)
         for g in range(0, n_u, FB_GROUP):
@@ -370,32 +347,34 @@ def assign_backward(grad_dist2, x, centers, labels, centers_grad):
 
 
 def _tc_configs():
-    # (BLOCK_N, BLOCK_K, warps, stages): around flash-kmeans' H100 choices for d <= 128
-    # (128 x 64-128 tiles, 4-8 warps, 1-2 stages), kept small so first-call tuning is short.
-    shapes = [(128, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3),
-              (64, 128, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (64, 128, 4, 3)]
+    # (BLOCK_N, BLOCK_K, warps, stages) that compile for sm_90 without register spills and
+    # within 227 KB of shared memory at d <= 128 (ptxas -v on the Triton 3.8 PTX; the centred
+    # x tile is a register operand of wgmma, which is what fills the registers).
+    shapes = [(128, 128, 8, 2), (128, 128, 8, 1), (128, 64, 8, 2), (128, 64, 8, 3),
+              (64, 128, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 3)]
     return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
             for bn, bk, w, s in shapes]
 
 
+# GPU only: autotuned over tiles/warps/stages per (K, D, log2 N, dtype). The counter is reset
+# before every trial, so benchmarking leaves the ambiguous-row list consistent.
 _assign_tc_tuned = triton.autotune(
     configs=_tc_configs(), key=["K", "D", "N_BUCKET"], reset_to_zero=["count_ptr"]
 )(_assign_tc_kernel)
 
 
-def _window_constants(dtype: torch.dtype, d: int, precision: str) -> tuple[float, float, float]:
-    """(alpha, beta, gamma) of the rounding window, see the module docstring.
+def _window_constants(d: int, precision: str) -> tuple[float, float, float]:
+    """(alpha, beta, gamma) of the misordering window, see the module docstring.
 
-    alpha: relative error of one product (TF32 truncates both operands to 10 mantissa bits:
-    2^-9 + 2^-20; 3xTF32 drops only the lo*lo term: ~2^-18; 16-bit products are exact);
-    beta: float32 accumulation into -||c||^2/2, counted as truncating (2u per add), plus the
-    float32 ||c'||^2; gamma: the centring's rounding on both sides of a comparison.
+    alpha: relative error of one product: TF32 truncates both operands to 10 mantissa bits
+    (2^-9 + 2^-20, rounded up); 3xTF32 drops only the lo*lo term (2^-18, rounded up to 2^-17).
+    beta: float32 accumulation of d products (3d for 3xTF32) into -||c'||^2/2, counted as
+    truncating (2u per add), plus the float32 ||c'||^2.
+    gamma: the float32 rounding of the centring, on both sides of a comparison.
     """
-    if dtype == torch.float32:
-        if precision == "tf32x3":
-            return 2.0**-17, 2.0 * (3 * d + 4) * _U, 3.0 * _U
-        return 2.0**-9 + 2.0**-19, 2.0 * (d + 4) * _U, 3.0 * _U
-    return 0.0, 2.0 * (d + 4) * _U, 0.0
+    if precision == "tf32x3":
+        return 2.0**-17, 2.0 * (3 * d + 4) * _U, 3.0 * _U
+    return 2.0**-9 + 2.0**-19, 2.0 * (d + 4) * _U, 3.0 * _U
 
 
 def assign(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -405,9 +384,9 @@ def assign(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def assign_stats(x: torch.Tensor, centers: torch.Tensor) -> int:
-    """How many rows the float32 main pass left to the 3xTF32 pass (bench/ and tuning).
+    """How many rows the main pass handed to the 3xTF32 pass (bench/ and tuning).
 
-    0 when the call took a single-launch path (float16/bfloat16/float64, or small K).
+    0 when the call took a single-launch path (float64, or K within one tile).
     """
     _, _, count = _assign(x, centers)
     return 0 if count is None else int(count.item())
@@ -439,68 +418,61 @@ def _assign_tc(x, centers, labels, dist2):
     k = centers.shape[0]
     dev = x.device
     interp = interpreting(x)
-    shift = x.dtype == torch.float32
-    upcast = interp and x.dtype == torch.bfloat16
     if interp:
         # Few, large program instances (the interpreter pays per call, not per element);
-        # K above 512 still takes the multi-launch path so that CI exercises it.
+        # K above 512 still takes the two-pass path so that CI exercises it.
         block_d = pow2(d, 16, 512)
         block_k = pow2(k, 16, 512)
         small = k <= block_k and d <= block_d
         fixed = dict(BLOCK_N=pow2(n, 16, 512), BLOCK_K=block_k)
-        # G * FB_BLOCK_K * FB_BLOCK_D stays within triton's 2**20 elements per tensor.
+        # FB_GROUP * FB_BLOCK_K * FB_BLOCK_D stays within triton's 2**20 elements per tensor.
         fb = dict(FB_GROUP=16, FB_BLOCK_K=pow2(k, 16, 128), FB_BLOCK_D=pow2(d, 16, 512))
         epi_d = block_d
     else:
-        # Single launch while the centers fit one tile; the kernel is then bound by reading x.
+        # Single launch while the centers fit one tile: the kernel is then bound by reading x.
         block_d = pow2(d, 16) if d <= 128 else 64
         small = k <= 64 and d <= 128
         fixed = dict(BLOCK_N=64, BLOCK_K=pow2(k, 16), num_warps=4, num_stages=2)
         fb = dict(FB_GROUP=1, FB_BLOCK_K=64, FB_BLOCK_D=32)
         epi_d = 16
-    compact = shift and not small
-    alpha, beta, gamma = _window_constants(x.dtype, d, "tf32")
-
-    dummy_f = torch.empty(1, dtype=torch.float32, device=dev)
+    alpha, beta, gamma = _window_constants(d, "tf32")
+    dummy = torch.empty(1, dtype=torch.float32, device=dev)
     count = torch.empty(1, dtype=torch.int32, device=dev)  # zeroed by _prep_centers_kernel
-    rows = torch.empty(n if compact else 1, dtype=torch.int32, device=dev)
+    rows = torch.empty(1 if small else n, dtype=torch.int32, device=dev)
     if small:
-        cs = mu = hsq = cpart = dummy_f
+        cs = mu = hsq = cpart = dummy
         n_cpart = 0
     else:
         pk = pow2(k, 16, 512 if interp else 64)
         n_cpart = triton.cdiv(k, pk)
-        mu = centers.mean(0) if shift else dummy_f
-        cs = torch.empty(k, d, dtype=torch.float32, device=dev) if shift else dummy_f
+        mu = centers.mean(0, dtype=torch.float32)
+        cs = torch.empty(k, d, dtype=torch.float32, device=dev)
         hsq = torch.empty(k, dtype=torch.float32, device=dev)
         cpart = torch.empty(n_cpart, dtype=torch.float32, device=dev)
         _prep_centers_kernel[(n_cpart,)](
             centers, mu, cs, hsq, cpart, count, k, d,
-            SHIFT=shift, BLOCK_K=pk, BLOCK_D=pow2(d, 16, 512 if interp else 64),
+            BLOCK_K=pk, BLOCK_D=pow2(d, 16, 512 if interp else 64),
         )
-    args = (x, centers, cs, mu, hsq, cpart, n_cpart, rows, count, labels, dist2,
+    flags = dict(PREP_IN_KERNEL=small, ONE_D=d <= block_d, BLOCK_D=block_d, EPI_BLOCK_D=epi_d,
+                 **fb)
+    main = (x, centers, cs, mu, hsq, cpart, n_cpart, rows, count, labels, dist2,
             n, k, d, min(n.bit_length(), 24), alpha, beta, gamma)
-    flags = dict(SHIFT=shift, PREP_IN_KERNEL=small, ONE_D=d <= block_d, UPCAST=upcast,
-                 BLOCK_D=block_d, EPI_BLOCK_D=epi_d, **fb)
     if interp or small:
-        grid = (triton.cdiv(n, fixed["BLOCK_N"]),)
-        _assign_tc_kernel[grid](*args, PRECISION="tf32", ROW_LIST=False, COMPACT=compact,
-                                **flags, **fixed)
+        _assign_tc_kernel[(triton.cdiv(n, fixed["BLOCK_N"]),)](
+            *main, PRECISION="tf32", ROW_LIST=False, COMPACT=not small, **flags, **fixed)
     else:
         _assign_tc_tuned[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](
-            *args, PRECISION="tf32", ROW_LIST=False, COMPACT=compact, **flags)
-    if not compact:
+            *main, PRECISION="tf32", ROW_LIST=False, COMPACT=True, **flags)
+    if small:
         return None
     # Second pass over the listed rows only: 3xTF32; rows still ambiguous are scanned exactly.
     # On a GPU the grid covers the worst case (every row listed) to avoid a host sync on the
     # counter; in the interpreter reading it is free and empty programs are not.
-    a3, b3, g3 = _window_constants(x.dtype, d, "tf32x3")
+    a3, b3, g3 = _window_constants(d, "tf32x3")
     if interp:
-        refine = fixed
-        listed = int(count.item())
+        refine, listed = fixed, int(count.item())
     else:
-        refine = dict(BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2)
-        listed = n
+        refine, listed = dict(BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2), n
     if listed:
         _assign_tc_kernel[(triton.cdiv(listed, refine["BLOCK_N"]),)](
             x, centers, cs, mu, hsq, cpart, n_cpart, rows, count, labels, dist2,

@@ -8,6 +8,9 @@ Both are "per-cluster sums S_k and counts m_k, then a per-cluster apply":
 
 Clusters without rows are never written (bitwise untouched, never NaN).
 
+Small problems (K <= 64, N K d <= 2^22, e.g. the paper's batch of 64 with K = 10): one
+program, one launch, no atomics, for both modes.
+
 Fast mode (``deterministic=False``): one fill (sums and counts share a buffer), one
 segmented-sum launch that adds float32 partials with ``tl.atomic_add`` (for K <= 64 each
 program first reduces its rows per cluster with a one-hot ``tl.dot`` in IEEE float32, so a
@@ -35,6 +38,10 @@ SCULLEY = 0
 EMA = 1
 # Largest K reduced per program with a one-hot dot before the atomics (fast mode).
 _ONEHOT_MAX_K = 64
+# Single-program update (both modes) while K <= 64 and N K d <= 2^22 multiply-adds: about
+# 20 us on one SM, less than the three launches of the general path cost.
+_SMALL_MAX_K = 64
+_SMALL_MAX_WORK = 1 << 22
 
 
 @triton.jit
@@ -163,6 +170,47 @@ def _sorted_segment_kernel(
                     decay_hi, decay_lo, MODE)
 
 
+@triton.jit
+def _small_update_kernel(
+    centers_ptr, counts_ptr, x_ptr, labels_ptr, N, K, D, decay_hi, decay_lo,
+    ACC_T: tl.constexpr, MODE: tl.constexpr,
+    KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Small problems in ONE program: one-hot segment sums in a fixed order, then the update.
+
+    No atomics, no zero fill, no sort: a single launch, bitwise repeatable, used for both modes
+    while N K d is small (the paper's N=64, K=10, d=100).
+    """
+    ks = tl.arange(0, KP)
+    kmask = ks < K
+    rl = tl.arange(0, BLOCK_N)
+    cnt = tl.zeros((KP,), tl.int32)
+    for r0 in range(0, N, BLOCK_N):
+        rows = r0 + rl
+        lab = tl.load(labels_ptr + rows, mask=rows < N, other=-1)
+        cnt += tl.sum((lab[None, :] == ks[:, None]).to(tl.int32), axis=1)
+    hit = kmask & (cnt > 0)
+    m_f = tl.where(hit, cnt.to(ACC_T), 1.0)
+    n_f = m_f
+    if MODE == 0:
+        n_new = tl.load(counts_ptr + ks, mask=kmask, other=0) + cnt
+        tl.store(counts_ptr + ks, n_new, mask=hit)
+        n_f = tl.where(hit, n_new.to(ACC_T), 1.0)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        dmask = ds < D
+        acc = tl.zeros((KP, BLOCK_D), ACC_T)
+        for r0 in range(0, N, BLOCK_N):
+            rows = r0 + rl
+            rm = rows < N
+            lab = tl.load(labels_ptr + rows, mask=rm, other=-1)
+            xt = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
+                         mask=rm[:, None] & dmask[None, :], other=0.0).to(ACC_T)
+            onehot = (lab[None, :] == ks[:, None]).to(ACC_T)
+            acc += tl.sum(onehot[:, :, None] * xt[None, :, :], axis=1)
+        _apply_rows(centers_ptr, ks, ds, hit, dmask, D, acc, m_f, n_f, decay_hi, decay_lo, MODE)
+
+
 def _split_decay(decay: float) -> tuple[float, float]:
     """decay as float32 hi + lo: Triton passes Python floats as float32, float64 needs more."""
     hi = float(torch.tensor(decay, dtype=torch.float32))
@@ -178,11 +226,24 @@ def _update(centers, counts, x, labels, deterministic, mode, decay):
     acc = acc_dtype(centers)
     dec_hi, dec_lo = _split_decay(decay)
     cnt = counts if counts is not None else torch.empty(1, dtype=torch.int64, device=x.device)
+    acc_t = tl.float64 if acc == torch.float64 else tl.float32
     with device_guard(x):
+        if k <= _SMALL_MAX_K and n * k * d <= _SMALL_MAX_WORK:
+            kp = pow2(k, 16)
+            if interp:
+                bn, bd = pow2(n, 16, 64), pow2(d, 16, max(16, (1 << 20) // (kp * pow2(n, 16, 64))))
+                opts = {}
+            else:
+                # KP x BLOCK_N x BLOCK_D = 8192 products per step: 64 registers a thread.
+                bn, bd, opts = max(2, 256 // kp), 32, dict(num_warps=4)
+            _small_update_kernel[(1,)](
+                centers, cnt, x, labels, n, k, d, dec_hi, dec_lo, ACC_T=acc_t, MODE=mode,
+                KP=kp, BLOCK_N=bn, BLOCK_D=bd, **opts)
+            return
         if deterministic:
             slab, order = torch.sort(labels, stable=True)
             if interp:
-                bk = pow2(k, 1, 64)
+                bk = pow2(k, 1, 256)
                 br = 16
                 bd = pow2(d, 16, pow2((1 << 20) // (bk * br), 16, 512))
                 opts = {}
@@ -190,7 +251,7 @@ def _update(centers, counts, x, labels, deterministic, mode, decay):
                 bk, br, bd, opts = 4, 16, pow2(d, 16, 64), dict(num_warps=4)
             _sorted_segment_kernel[(triton.cdiv(k, bk),)](
                 centers, cnt, x, order, slab, n, k, d, n.bit_length() + 1, dec_hi, dec_lo,
-                ACC_T=tl.float64 if acc == torch.float64 else tl.float32, MODE=mode,
+                ACC_T=acc_t, MODE=mode,
                 BLOCK_K=bk, BLOCK_R=br, BLOCK_D=bd, **opts,
             )
             return

@@ -102,7 +102,8 @@ def _sorted_blocks(x, rows_total):
     if interpreting(x):
         bd = pow2(d, 16, 1024)
         return pow2(rows_total, 16, max(16, (1 << 19) // bd)), bd, {}
-    return 64, pow2(d, 16, 32), dict(num_warps=4)
+    # One program up to d = 128 (then the loss needs no second launch).
+    return 64, pow2(d, 16, 128), dict(num_warps=4)
 
 
 def pairwise_l1(a, b=None):
