@@ -195,7 +195,12 @@ def markdown(result: dict) -> str:
             "| % roofline | peak MB | note |"
         )
         lines.append("|---|---|---|---:|---:|---|---:|---:|---:|---:|---|")
+        # Absent and skipped providers are listed once under the table (every row of them
+        # stays in results.json); the table holds what ran, wrong answers and errors included.
+        not_run = [r for r in ops_rows if r["absent"] or r["skipped"]]
         for r in ops_rows:
+            if r["absent"] or r["skipped"]:
+                continue
             timed = r["median_ms"] is not None
             lines.append(
                 "| "
@@ -218,6 +223,19 @@ def markdown(result: dict) -> str:
                 + " |"
             )
         lines.append("")
+        reasons: dict = {}
+        for r in not_run:
+            key = (r["provider"], _status(r))
+            reasons.setdefault(key, []).append(shape_str(r["shape"]))
+        if reasons:
+            lines.append("Not run:")
+            lines.append("")
+            n_shapes = len({shape_str(r["shape"]) for r in ops_rows})
+            for (prov, why), shapes in reasons.items():
+                shapes = list(dict.fromkeys(shapes))
+                where = "" if len(shapes) == n_shapes else f" ({'; '.join(shapes)})"
+                lines.append(f"- `{prov}`{where}: {why}")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -243,7 +261,7 @@ def plot(result: dict, op: str, path: str) -> None:
     shapes = list(dict.fromkeys(shape_str(r["shape"]) for r in rows))
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     width = 0.8 / max(1, len(providers))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(shapes) + 3), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(shapes) + 3) + 2.5, 4.5))
     for i, p in enumerate(providers):
         xs, ys, lo, hi = [], [], [], []
         for j, s in enumerate(shapes):
@@ -260,7 +278,7 @@ def plot(result: dict, op: str, path: str) -> None:
     ax.set_xticks(range(len(shapes)))
     ax.set_xticklabels([s.replace(" ", "\n") for s in shapes], fontsize=7)
     ax.set_title(f"{op} on {result['device'].get('name')}\ncommit {result['commit'][:12]}, {result['date'][:10]}", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
