@@ -16,7 +16,8 @@ assignments, L_D, L_G and L_center, forward and backward (issue 4: at most 8 ker
 on a GPU; ``kernel_launches`` counts the CUDA kernels torch.profiler sees in one call).
 
 The networks are kmgan_ext.train.models.dcgan28 (the trainer's DCGAN MNIST nets) when that
-module imports, else the same layers defined here. The iteration itself is written here from
+module imports, else the same layers defined here (--tiny: two-layer MLPs, to keep the test
+fast; each row's note names the networks). The iteration itself is written here from
 the paper's formulas: the trainer's loop also does logging, checkpoints and data loading,
 which a microbenchmark must leave out. Images are random tensors (speed does not depend on
 pixel values).
@@ -49,7 +50,11 @@ def shapes(ctx: H.Ctx) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- networks
-def networks(feature_dim: int) -> tuple[nn.Module, nn.Module, str]:
+def networks(feature_dim: int, tiny: bool = False) -> tuple[nn.Module, nn.Module, str]:
+    if tiny:  # --tiny tests the code path; the DCGAN nets' 13M parameters would dominate it
+        g = nn.Sequential(nn.Linear(Z_DIM, 64), nn.ReLU(), nn.Linear(64, 784), nn.Sigmoid(), nn.Unflatten(1, (1, 28, 28)))
+        d = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.LeakyReLU(0.2), nn.Linear(64, feature_dim), nn.Sigmoid())
+        return g, d, "two-layer MLPs (--tiny run only)"
     try:
         from kmgan_ext.train.models import dcgan28
 
@@ -117,9 +122,9 @@ class KmOps:
 
 # --------------------------------------------------------------------------- state + steps
 class State:
-    def __init__(self, shape: dict, device: torch.device, dcgan: bool):
+    def __init__(self, shape: dict, device: torch.device, dcgan: bool, tiny: bool = False):
         torch.manual_seed(7)
-        g, d, self.arch = networks(shape["d"])
+        g, d, self.arch = networks(shape["d"], tiny)
         if dcgan:
             d = nn.Sequential(d, nn.Linear(shape["d"], 1), nn.Flatten(0))
         self.G, self.D = g.to(device), d.to(device)
@@ -237,8 +242,8 @@ def run(ctx: H.Ctx) -> list[dict]:
     rows: list[dict] = []
     for shape in shapes(ctx):
         ctx.log(f"  train_step {shape}")
-        base_k = State(shape, ctx.device, dcgan=False)
-        base_d = State(shape, ctx.device, dcgan=True)
+        base_k = State(shape, ctx.device, dcgan=False, tiny=ctx.tiny)
+        base_d = State(shape, ctx.device, dcgan=True, tiny=ctx.tiny)
         arch = base_k.arch
         items = H.Work(bytes=0, items=shape["batch"], item_unit="images")
         want = H.Lazy(lambda: kmgan_step(base_k.clone(), TorchOps()))
