@@ -249,6 +249,7 @@ def run(ctx: H.Ctx) -> list[dict]:
             ("keops", _keops),
         ):
             providers.append((name, lambda lib=lib: lib(ctx, x, c)))
+        providers.sort(key=H.compile_last)
         for name, make in providers:
             rows += H.run_provider(
                 ctx, OP, shape, name, make, check, work=work, absent=absent.get(name)

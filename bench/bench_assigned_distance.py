@@ -106,6 +106,7 @@ def run(ctx: H.Ctx) -> list[dict]:
                 return lambda: km.assigned_distance(x, labels, centers, reduction=red, backend=b)
 
             providers.append((f"kmgan_ext-{b}", make, why))
+        providers.sort(key=H.compile_last)
         for name, make, why in providers:
             rows += H.run_provider(
                 ctx, OP, shape, name, make, check, work=work, modes=MODES_ALL, leaves=leaves, absent=why

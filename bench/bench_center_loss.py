@@ -100,6 +100,7 @@ def run(ctx: H.Ctx) -> list[dict]:
         providers = [("torch", lambda: (lambda: torch_center_loss(*inputs)), None), ("torch-compile", compiled_make, None)]
         for b, why in H.kmgan_backends(ctx, i):
             providers.append((f"kmgan_ext-{b}", lambda b=b: (lambda: km.center_loss(*inputs, backend=b)), why))
+        providers.sort(key=H.compile_last)
         for name, make, why in providers:
             rows += H.run_provider(
                 ctx, OP, shape, name, make, check, work=work, modes=MODES_ALL, leaves=[xr, xf], absent=why

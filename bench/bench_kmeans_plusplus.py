@@ -258,6 +258,7 @@ def run(ctx: H.Ctx) -> list[dict]:
             ("sklearn", sk_seed, None),
             ("faiss-kmeans++", lambda: _faiss_kmeans(ctx, x, k, 0, True), None),
         ]
+        entries.sort(key=H.compile_last)
         for name, make, why in entries:
             rows += run_one(op, name, make, SEED_RATIO, True, seed_yard, seed_work, absent=why)
 

@@ -189,6 +189,7 @@ def run(ctx: H.Ctx) -> list[dict]:
         entries.append(
             ("flash-kmeans", flash_make, lambda out: _check_state(out, want_lloyd(), " (Lloyd mean = zero counts)"), None)
         )
+        entries.sort(key=H.compile_last)
         for name, make, chk, why in entries:
             rows += H.run_provider(ctx, "minibatch_update", shape, name, make, chk, work=upd_work, absent=why)
 
@@ -254,6 +255,7 @@ def run(ctx: H.Ctx) -> list[dict]:
             return fn
 
         entries.append(("sklearn", sklearn_make, check_step, None))
+        entries.sort(key=H.compile_last)
         for name, make, chk, why in entries:
             rows += H.run_provider(ctx, "minibatch_step", shape, name, make, chk, work=step_work, absent=why)
         del x, c0, n0, labels

@@ -137,6 +137,7 @@ def run(ctx: H.Ctx) -> list[dict]:
 
             providers.append((f"kmgan_ext-{bk}", make, why))
         providers.append(("keops", keops_make, None))
+        providers.sort(key=H.compile_last)
         for name, make, why in providers:
             rows += H.run_provider(
                 ctx, OP, shape, name, make, check, work=work, modes=MODES_ALL, leaves=leaves, absent=why
