@@ -390,7 +390,6 @@ def _measure_roofline(device: torch.device, small: bool) -> Roofline:
     y = torch.randn(n, n, device=device)
     t_mm = best_of(lambda: torch.mm(x, y), 4 if small else 6)
     gf = 2 * n**3 / t_mm / 1e9
-    del a, b, x, y
     what = f"measured on the spot: copy of {n_copy * 4 >> 20} MB (read+write), sgemm {n}^3"
     return Roofline(bw, {"fp32": gf}, what + (" (tiny run: small sizes)" if small else ""))
 

@@ -254,7 +254,6 @@ def run(ctx: H.Ctx) -> list[dict]:
             rows += H.run_provider(
                 ctx, OP, shape, name, make, check, work=work, absent=absent.get(name)
             )
-        del x, c, truth
     H.add_speedups(rows, BASELINE)
     return rows
 

@@ -285,7 +285,6 @@ def run(ctx: H.Ctx) -> list[dict]:
         ]
         for name, make in entries:
             rows += run_one(op, name, make, LLOYD_RATIO, False, lloyd_yard, lloyd_work)
-        del x
     H.add_speedups(rows, BASELINE)
     return rows
 

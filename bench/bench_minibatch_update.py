@@ -258,7 +258,6 @@ def run(ctx: H.Ctx) -> list[dict]:
         entries.sort(key=H.compile_last)
         for name, make, chk, why in entries:
             rows += H.run_provider(ctx, "minibatch_step", shape, name, make, chk, work=step_work, absent=why)
-        del x, c0, n0, labels
     H.add_speedups(rows, BASELINE)
     return rows
 

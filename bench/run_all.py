@@ -179,7 +179,7 @@ def markdown(result: dict) -> str:
         f"- roofline: {_num(roof.get('bandwidth_gbps'))} GB/s, "
         + ", ".join(f"{k} {_num(v)} GFLOP/s" for k, v in (roof.get("gflops") or {}).items())
         + f" ({roof.get('source')})",
-        f"- kmgan_ext backends: "
+        "- kmgan_ext backends: "
         + ", ".join(f"{b} ({'yes' if why is None else 'no'})" for b, why in result["available_backends"].items()),
         "- `x torch`: speedup against the naive-torch baseline named under each table; "
         "`correct`: the provider's answer was checked against kmgan_ext.reference before timing",
