@@ -17,6 +17,7 @@
 #include "assign_cpu.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 namespace kmgan_ext {
@@ -25,10 +26,12 @@ namespace {
 
 // A row with more near-tied candidates than this falls back to exact distances to all K.
 constexpr int kMaxCandidates = 8;
-// Columns of centers per GEMM, and elements of the per-thread dot-product tile (128 KiB of
+// Columns of centers per GEMM, and elements of the per-thread dot-product tile (256 KiB of
 // float): tile and x rows stay in L2.
-constexpr int64_t kCenterBlock = 1024;
-constexpr int64_t kTileElems = 1 << 15;
+constexpr int64_t kCenterBlock = 256;
+constexpr int64_t kTileElems = 1 << 16;
+// Centers per chunk of the argmin scan.
+constexpr int64_t kScanChunk = 32;
 
 // ||a - b||^2 in double, from the inputs' own values.
 template <typename scalar_t>
@@ -45,10 +48,31 @@ double exact_dist2(const scalar_t* a, const scalar_t* b, int64_t d) {
 template <typename acc>
 struct ShiftedCenters {
   Tensor cs;              // (K, d) in acc: fl(c_k - s)
-  std::vector<acc> bias;  // ||c'_k||^2 + 2 s.c'_k, formed in double
+  std::vector<acc> bias;  // ||c'_k||^2 + 2 s.c'_k, formed in double; +inf past K (padding)
   double cmax = 0.0;      // max_k ||c'_k||
   double bmax = 0.0;      // max_k |bias_k|
 };
+
+// The AVX2 kernel runs for float accumulation on CPUs that have it, unless
+// KMGAN_EXT_CPU_NO_AVX2=1 asks for the at::mm path (for testing that path on such CPUs).
+bool use_avx2_kernel() {
+  static const bool use = dot_tile_avx2_available() && [] {
+    const char* off = std::getenv("KMGAN_EXT_CPU_NO_AVX2");
+    return off == nullptr || off[0] == '\0' || off[0] == '0';
+  }();
+  return use;
+}
+
+// cs packed panel by panel for dot_tile_avx2: packed[p][j][l] = cs[p * 16 + l][j], 0 past K.
+std::vector<float> pack_panels(const float* cs, int64_t k, int64_t d) {
+  const int64_t panels = (k + kPanel - 1) / kPanel;
+  std::vector<float> packed(static_cast<size_t>(panels * d * kPanel), 0.0f);
+  for (int64_t q = 0; q < k; ++q) {
+    float* dst = packed.data() + (q / kPanel) * d * kPanel + q % kPanel;
+    for (int64_t j = 0; j < d; ++j) dst[j * kPanel] = cs[q * d + j];
+  }
+  return packed;
+}
 
 template <typename scalar_t>
 ShiftedCenters<acc_t<scalar_t>> shift_centers(const scalar_t* c, int64_t k, int64_t d) {
@@ -62,7 +86,7 @@ ShiftedCenters<acc_t<scalar_t>> shift_centers(const scalar_t* c, int64_t k, int6
   ShiftedCenters<acc> p;
   p.cs = at::empty({k, d}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc>::value));
   acc* cs = p.cs.template data_ptr<acc>();
-  p.bias.resize(k);
+  p.bias.assign(((k + kPanel - 1) / kPanel) * kPanel, std::numeric_limits<acc>::infinity());
   for (int64_t q = 0; q < k; ++q) {
     double n2 = 0.0, sc = 0.0;
     for (int64_t j = 0; j < d; ++j) {
@@ -92,14 +116,24 @@ struct RowState {
 };
 
 // e[q] = bias[q] - 2 dot[q] in place over one block; fold it into the row's candidates.
+// The minimum is taken per chunk of kScanChunk centers (vectorised), so the search for the
+// candidates only revisits the chunks whose minimum is within the bound: usually one.
+// Only the first kv of the kb entries are real centers (the rest is panel padding, +inf).
 template <typename acc>
-void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t k0, RowState<acc>& st) {
+void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t kv, int64_t k0, RowState<acc>& st) {
+  acc chunk_min[kCenterBlock / kScanChunk];
   acc m = std::numeric_limits<acc>::infinity();
-#pragma omp simd reduction(min : m)
-  for (int64_t q = 0; q < kb; ++q) {
-    const acc v = bias[q] - acc(2) * dot[q];
-    dot[q] = v;
-    m = v < m ? v : m;
+  for (int64_t q0 = 0, ch = 0; q0 < kb; q0 += kScanChunk, ++ch) {
+    const int64_t q1 = std::min(kb, q0 + kScanChunk);
+    acc cm = std::numeric_limits<acc>::infinity();
+#pragma omp simd reduction(min : cm)
+    for (int64_t q = q0; q < q1; ++q) {
+      const acc v = bias[q] - acc(2) * dot[q];
+      dot[q] = v;
+      cm = v < cm ? v : cm;
+    }
+    chunk_min[ch] = cm;
+    m = cm < m ? cm : m;
   }
   if (!(m <= st.best + st.bound2)) return;  // nothing here can be the argmin (or all NaN)
   if (m < st.best) {
@@ -117,14 +151,17 @@ void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t k0, RowState<acc>
     }
   }
   const acc thr = st.best + st.bound2;
-  for (int64_t q = 0; q < kb; ++q) {
-    if (dot[q] <= thr) {
-      if (st.count < kMaxCandidates) {
-        st.k[st.count] = k0 + q;
-        st.e[st.count] = dot[q];
-        ++st.count;
-      } else {
-        st.count = kMaxCandidates + 1;
+  for (int64_t q0 = 0, ch = 0; q0 < kb; q0 += kScanChunk, ++ch) {
+    if (!(chunk_min[ch] <= thr)) continue;
+    for (int64_t q = q0, q1 = std::min(kv, q0 + kScanChunk); q < q1; ++q) {
+      if (dot[q] <= thr) {
+        if (st.count < kMaxCandidates) {
+          st.k[st.count] = k0 + q;
+          st.e[st.count] = dot[q];
+          ++st.count;
+        } else {
+          st.count = kMaxCandidates + 1;
+        }
       }
     }
   }
@@ -173,7 +210,15 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
   const double row_const = sc.cmax * sc.cmax + sc.bmax;
   const acc* bias = sc.bias.data();
 
-  const int64_t kb_max = std::min(k, kCenterBlock);
+  // The AVX2 kernel works on whole panels of 16 centers; at::mm on any width.
+  constexpr bool float_acc = std::is_same<acc, float>::value;
+  const bool avx2 = float_acc && use_avx2_kernel();
+  std::vector<float> packed;
+  if constexpr (float_acc) {
+    if (avx2) packed = pack_panels(sc.cs.template data_ptr<float>(), k, d);
+  }
+  const int64_t kw = avx2 ? ((k + kPanel - 1) / kPanel) * kPanel : k;  // width of the dot rows
+  const int64_t kb_max = std::min(kw, kCenterBlock);
   const int64_t tile_rows = std::min(std::max<int64_t>(kTileElems / kb_max, 16), int64_t(512));
   const int64_t tiles = (n + tile_rows - 1) / tile_rows;
   // At least ~4M multiply-adds per task: smaller problems stay on one thread.
@@ -205,12 +250,20 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
         rows[r].bound2 = static_cast<acc>(2.0 * bound);
         rows[r].count = 0;
       }
-      const Tensor xt_t = at::from_blob(const_cast<acc*>(xt), {nr, d}, at::TensorOptions().dtype(acc_type));
-      for (int64_t k0 = 0; k0 < k; k0 += kb_max) {
-        const int64_t kb = std::min(kb_max, k - k0);
-        Tensor out = at::from_blob(dots.data(), {nr, kb}, at::TensorOptions().dtype(acc_type));
-        at::mm_out(out, xt_t, sc.cs.narrow(0, k0, kb).t());
-        for (int64_t r = 0; r < nr; ++r) scan_block(dots.data() + r * kb, bias + k0, kb, k0, rows[r]);
+      for (int64_t k0 = 0; k0 < kw; k0 += kb_max) {
+        const int64_t kb = std::min(kb_max, kw - k0);
+        if constexpr (float_acc) {
+          if (avx2) {
+            dot_tile_avx2(xt, nr, d, packed.data() + k0 * d, kb / kPanel, dots.data(), kb);
+          }
+        }
+        if (!avx2) {
+          const Tensor xt_t = at::from_blob(const_cast<acc*>(xt), {nr, d}, at::TensorOptions().dtype(acc_type));
+          Tensor out = at::from_blob(dots.data(), {nr, kb}, at::TensorOptions().dtype(acc_type));
+          at::mm_out(out, xt_t, sc.cs.narrow(0, k0, kb).t());
+        }
+        const int64_t kv = std::min(kb, k - k0);
+        for (int64_t r = 0; r < nr; ++r) scan_block(dots.data() + r * kb, bias + k0, kb, kv, k0, rows[r]);
       }
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = r0 + r;
