@@ -1,13 +1,14 @@
 // km.assign on CPU (DESIGN.md 4.1): blocked GEMM + fused argmin, with an exactness guard.
 //
-// Each thread takes tiles of rows; per tile, one GEMM (at::mm_out, i.e. MKL/OpenBLAS SGEMM,
-// single-threaded inside the parallel region) forms x . c'_k for a block of centers into a
-// per-thread buffer, and the argmin runs over that buffer while it is hot. The (N, K) matrix
-// never exists beyond one tile.
+// Each thread takes tiles of rows; per tile and block of 256 centers, a GEMM forms x . c'_k
+// into a per-thread buffer, and the argmin runs over that buffer while it is hot. The (N, K)
+// matrix never exists beyond one tile. The GEMM is dot_tile_avx2 (dot_tile_avx2.cpp) for
+// float accumulation on AVX2 CPUs, else at::mm_out (MKL/OpenBLAS, single-threaded inside the
+// parallel region); float16/bfloat16 rows are converted to float per tile.
 //
-// The expansion ||x - c||^2 = ||x - s||^2 + e_k, e_k = ||c'_k||^2 + 2 s.c'_k - 2 x.c'_k
-// (c'_k = c_k - s, s = the mean of the centers) ranks centers without the row constant.
-// Shifting by s keeps the GEMM's products small when all points sit far from the origin
+// The expansion ||x - c_k||^2 = ||x'||^2 + e_k, e_k = ||c'_k||^2 - 2 x'.c'_k, with x' = x - s,
+// c'_k = c_k - s and s the mean of the centers, ranks centers without the row constant.
+// Shifting both keeps the products small when all points sit far from the origin
 // (|x| ~ 1e4 around a common offset), where the unshifted expansion cancels catastrophically.
 // Rounding can still reorder near-ties, so every row keeps all centers whose computed e_k is
 // within 2 B_i of its minimum, B_i a bound on the rounding error of e_k (below); when more
@@ -47,10 +48,10 @@ double exact_dist2(const scalar_t* a, const scalar_t* b, int64_t d) {
 
 template <typename acc>
 struct ShiftedCenters {
+  std::vector<acc> s;     // (d,) the shift: the mean of the centers, rounded to acc
   Tensor cs;              // (K, d) in acc: fl(c_k - s)
-  std::vector<acc> bias;  // ||c'_k||^2 + 2 s.c'_k, formed in double; +inf past K (padding)
-  double cmax = 0.0;      // max_k ||c'_k||
-  double bmax = 0.0;      // max_k |bias_k|
+  std::vector<acc> bias;  // ||c_k - s||^2 formed in double; +inf past K (panel padding)
+  double cmax = 0.0;      // max_k ||c_k - s||
 };
 
 // The AVX2 kernel runs for float accumulation on CPUs that have it, unless
@@ -77,29 +78,27 @@ std::vector<float> pack_panels(const float* cs, int64_t k, int64_t d) {
 template <typename scalar_t>
 ShiftedCenters<acc_t<scalar_t>> shift_centers(const scalar_t* c, int64_t k, int64_t d) {
   using acc = acc_t<scalar_t>;
+  ShiftedCenters<acc> p;
   std::vector<double> mean(d, 0.0);
   for (int64_t q = 0; q < k; ++q)
     for (int64_t j = 0; j < d; ++j) mean[j] += static_cast<double>(c[q * d + j]);
-  std::vector<acc> s(d);
-  for (int64_t j = 0; j < d; ++j) s[j] = static_cast<acc>(mean[j] / static_cast<double>(k));
+  p.s.resize(d);
+  for (int64_t j = 0; j < d; ++j) p.s[j] = static_cast<acc>(mean[j] / static_cast<double>(k));
 
-  ShiftedCenters<acc> p;
   p.cs = at::empty({k, d}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc>::value));
   acc* cs = p.cs.template data_ptr<acc>();
   p.bias.assign(((k + kPanel - 1) / kPanel) * kPanel, std::numeric_limits<acc>::infinity());
   for (int64_t q = 0; q < k; ++q) {
-    double n2 = 0.0, sc = 0.0;
+    double n2 = 0.0;
     for (int64_t j = 0; j < d; ++j) {
       const acc a = static_cast<acc>(c[q * d + j]);
-      cs[q * d + j] = a - s[j];
-      const double t = static_cast<double>(a) - static_cast<double>(s[j]);
+      cs[q * d + j] = a - p.s[j];
+      // exact in double for float/float16/bfloat16 inputs
+      const double t = static_cast<double>(a) - static_cast<double>(p.s[j]);
       n2 += t * t;
-      sc += static_cast<double>(s[j]) * t;
     }
-    const double b = n2 + 2.0 * sc;
-    p.bias[q] = static_cast<acc>(b);
+    p.bias[q] = static_cast<acc>(n2);
     p.cmax = std::max(p.cmax, std::sqrt(n2));
-    p.bmax = std::max(p.bmax, std::abs(b));
   }
   return p;
 }
@@ -201,13 +200,14 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
                    int64_t* labels, acc_t<scalar_t>* dist2) {
   using acc = acc_t<scalar_t>;
   const auto sc = shift_centers(c, k, d);
-  // |computed e_k - exact e_k| <= (2 gamma_d + 4u) ||x|| ||c'_k|| + 2u |bias_k| (+ u ||c'||^2
-  // for the rounded shift): the GEMM's dot products carry gamma_d = d u / (1 - d u) of
-  // sum |x_j c'_j| <= ||x|| ||c'|| whatever its summation order, the rest is the rounding of
-  // c - s, the bias and the final subtraction. tau doubles the leading terms for margin.
+  // |computed e_k - exact e_k| <= (2 gamma_d + 6u) ||x'|| ||c'_k|| + 2u ||c'_k||^2: the dot
+  // products carry gamma_d = d u / (1 - d u) of sum |x'_j c'_j| <= ||x'|| ||c'|| whatever the
+  // summation order (FMA included); the rest is the rounding of x - s, c - s, of the bias
+  // and of the subtraction. B_i = tau (||x'_i|| cmax + 2 cmax^2) with tau = 2 (2d + 8) u
+  // bounds that with a factor 2 of margin (||x'|| itself is computed in acc).
   const double u = std::numeric_limits<acc>::epsilon() / 2;
   const double tau = 2.0 * (2.0 * static_cast<double>(d) + 8.0) * u;
-  const double row_const = sc.cmax * sc.cmax + sc.bmax;
+  const double row_const = 2.0 * sc.cmax * sc.cmax;
   const acc* bias = sc.bias.data();
 
   // The AVX2 kernel works on whole panels of 16 centers; at::mm on any width.
@@ -227,24 +227,24 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
 
   at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     c10::InferenceMode no_autograd;
-    constexpr bool convert = !std::is_same<scalar_t, acc>::value;
-    std::vector<acc> xbuf(convert ? tile_rows * d : 0);
+    std::vector<acc> xbuf(tile_rows * d);
     std::vector<acc> dots(tile_rows * kb_max);
     std::vector<RowState<acc>> rows(tile_rows);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * tile_rows;
       const int64_t nr = std::min(tile_rows, n - r0);
-      const acc* xt;
-      if constexpr (convert) {
-        for (int64_t e = 0; e < nr * d; ++e) xbuf[e] = static_cast<acc>(x[r0 * d + e]);
-        xt = xbuf.data();
-      } else {
-        xt = x + r0 * d;
-      }
+      // x' = x - s in acc (float16/bfloat16 converted on the way), and ||x'|| for the bound.
+      acc* xt = xbuf.data();
+      const acc* sp = sc.s.data();
       for (int64_t r = 0; r < nr; ++r) {
+        const scalar_t* xr = x + (r0 + r) * d;
+        acc* xs = xt + r * d;
         acc n2 = 0;
 #pragma omp simd reduction(+ : n2)
-        for (int64_t j = 0; j < d; ++j) n2 += xt[r * d + j] * xt[r * d + j];
+        for (int64_t j = 0; j < d; ++j) {
+          xs[j] = static_cast<acc>(xr[j]) - sp[j];
+          n2 += xs[j] * xs[j];
+        }
         const double bound = tau * (std::sqrt(static_cast<double>(n2)) * sc.cmax + row_const);
         rows[r].best = std::numeric_limits<acc>::infinity();
         rows[r].bound2 = static_cast<acc>(2.0 * bound);
@@ -258,7 +258,7 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
           }
         }
         if (!avx2) {
-          const Tensor xt_t = at::from_blob(const_cast<acc*>(xt), {nr, d}, at::TensorOptions().dtype(acc_type));
+          const Tensor xt_t = at::from_blob(xt, {nr, d}, at::TensorOptions().dtype(acc_type));
           Tensor out = at::from_blob(dots.data(), {nr, kb}, at::TensorOptions().dtype(acc_type));
           at::mm_out(out, xt_t, sc.cs.narrow(0, k0, kb).t());
         }
