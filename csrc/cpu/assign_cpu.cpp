@@ -2,9 +2,10 @@
 //
 // Each thread takes tiles of rows; per tile and block of 256 centers, a GEMM forms x . c'_k
 // into a per-thread buffer, and the argmin runs over that buffer while it is hot. The (N, K)
-// matrix never exists beyond one tile. The GEMM is dot_tile_avx2 (dot_tile_avx2.cpp) for
-// float accumulation on AVX2 CPUs, else at::mm_out (MKL/OpenBLAS, single-threaded inside the
-// parallel region); float16/bfloat16 rows are converted to float per tile.
+// matrix never exists beyond one tile. The GEMM is dist_tile_avx2 (assign_avx2.cpp, which
+// also writes e_k and each 16-center chunk's minimum) for float accumulation on AVX2 CPUs,
+// else at::mm_out (MKL/OpenBLAS, single-threaded inside the parallel region) followed by a
+// vectorised pass; float16/bfloat16 rows are converted to float per tile.
 //
 // The expansion ||x - c_k||^2 = ||x'||^2 + e_k, e_k = ||c'_k||^2 - 2 x'.c'_k, with x' = x - s,
 // c'_k = c_k - s and s the mean of the centers, ranks centers without the row constant.
@@ -31,12 +32,26 @@ constexpr int kMaxCandidates = 8;
 // float): tile and x rows stay in L2.
 constexpr int64_t kCenterBlock = 256;
 constexpr int64_t kTileElems = 1 << 16;
-// Centers per chunk of the argmin scan.
-constexpr int64_t kScanChunk = 32;
+// The argmin scan keeps the minimum of every chunk of kPanel (16) centers, so the search
+// for candidates only revisits chunks whose minimum is within the bound (usually one).
+constexpr int64_t kChunks = kCenterBlock / kPanel;
+
+// The AVX2 kernels run on CPUs that have them, unless KMGAN_EXT_CPU_NO_AVX2=1 asks for the
+// portable path (to test that path on such CPUs).
+bool use_avx2() {
+  static const bool use = avx2_kernels_available() && [] {
+    const char* off = std::getenv("KMGAN_EXT_CPU_NO_AVX2");
+    return off == nullptr || off[0] == '\0' || off[0] == '0';
+  }();
+  return use;
+}
 
 // ||a - b||^2 in double, from the inputs' own values.
 template <typename scalar_t>
-double exact_dist2(const scalar_t* a, const scalar_t* b, int64_t d) {
+double exact_dist2(const scalar_t* a, const scalar_t* b, int64_t d, bool avx2) {
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (avx2) return exact_dist2_avx2(a, b, d);
+  }
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < d; ++j) {
@@ -54,17 +69,7 @@ struct ShiftedCenters {
   double cmax = 0.0;      // max_k ||c_k - s||
 };
 
-// The AVX2 kernel runs for float accumulation on CPUs that have it, unless
-// KMGAN_EXT_CPU_NO_AVX2=1 asks for the at::mm path (for testing that path on such CPUs).
-bool use_avx2_kernel() {
-  static const bool use = dot_tile_avx2_available() && [] {
-    const char* off = std::getenv("KMGAN_EXT_CPU_NO_AVX2");
-    return off == nullptr || off[0] == '\0' || off[0] == '0';
-  }();
-  return use;
-}
-
-// cs packed panel by panel for dot_tile_avx2: packed[p][j][l] = cs[p * 16 + l][j], 0 past K.
+// cs packed panel by panel for dist_tile_avx2: packed[p][j][l] = cs[p * 16 + l][j], 0 past K.
 std::vector<float> pack_panels(const float* cs, int64_t k, int64_t d) {
   const int64_t panels = (k + kPanel - 1) / kPanel;
   std::vector<float> packed(static_cast<size_t>(panels * d * kPanel), 0.0f);
@@ -114,16 +119,12 @@ struct RowState {
   acc e[kMaxCandidates];
 };
 
-// e[q] = bias[q] - 2 dot[q] in place over one block; fold it into the row's candidates.
-// The minimum is taken per chunk of kScanChunk centers (vectorised), so the search for the
-// candidates only revisits the chunks whose minimum is within the bound: usually one.
-// Only the first kv of the kb entries are real centers (the rest is panel padding, +inf).
+// Portable path: e[q] = bias[q] - 2 dot[q] in place over one block of kb (a multiple of
+// kPanel or the last, shorter block) and the minimum of each chunk of kPanel.
 template <typename acc>
-void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t kv, int64_t k0, RowState<acc>& st) {
-  acc chunk_min[kCenterBlock / kScanChunk];
-  acc m = std::numeric_limits<acc>::infinity();
-  for (int64_t q0 = 0, ch = 0; q0 < kb; q0 += kScanChunk, ++ch) {
-    const int64_t q1 = std::min(kb, q0 + kScanChunk);
+void form_block(acc* dot, const acc* bias, int64_t kb, acc* chunk_min) {
+  for (int64_t q0 = 0, ch = 0; q0 < kb; q0 += kPanel, ++ch) {
+    const int64_t q1 = std::min(kb, q0 + kPanel);
     acc cm = std::numeric_limits<acc>::infinity();
 #pragma omp simd reduction(min : cm)
     for (int64_t q = q0; q < q1; ++q) {
@@ -132,8 +133,17 @@ void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t kv, int64_t k0, R
       cm = v < cm ? v : cm;
     }
     chunk_min[ch] = cm;
-    m = cm < m ? cm : m;
   }
+}
+
+// Folds one block of e (kb entries, of which the first kv are real centers: the rest is
+// panel padding) into the row's candidates.
+template <typename acc>
+void fold_block(const acc* e, const acc* chunk_min, int64_t kb, int64_t kv, int64_t k0,
+                RowState<acc>& st) {
+  const int64_t chunks = (kb + kPanel - 1) / kPanel;
+  acc m = std::numeric_limits<acc>::infinity();
+  for (int64_t ch = 0; ch < chunks; ++ch) m = chunk_min[ch] < m ? chunk_min[ch] : m;
   if (!(m <= st.best + st.bound2)) return;  // nothing here can be the argmin (or all NaN)
   if (m < st.best) {
     st.best = m;
@@ -150,13 +160,13 @@ void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t kv, int64_t k0, R
     }
   }
   const acc thr = st.best + st.bound2;
-  for (int64_t q0 = 0, ch = 0; q0 < kb; q0 += kScanChunk, ++ch) {
+  for (int64_t ch = 0; ch < chunks; ++ch) {
     if (!(chunk_min[ch] <= thr)) continue;
-    for (int64_t q = q0, q1 = std::min(kv, q0 + kScanChunk); q < q1; ++q) {
-      if (dot[q] <= thr) {
+    for (int64_t q = ch * kPanel, q1 = std::min(kv, (ch + 1) * kPanel); q < q1; ++q) {
+      if (e[q] <= thr) {
         if (st.count < kMaxCandidates) {
           st.k[st.count] = k0 + q;
-          st.e[st.count] = dot[q];
+          st.e[st.count] = e[q];
           ++st.count;
         } else {
           st.count = kMaxCandidates + 1;
@@ -170,7 +180,7 @@ void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t kv, int64_t k0, R
 // (negative otherwise).
 template <typename scalar_t, typename acc>
 int64_t resolve_row(const RowState<acc>& st, const scalar_t* xi, const scalar_t* c, int64_t k,
-                    int64_t d, double& dist) {
+                    int64_t d, bool avx2, double& dist) {
   dist = -1.0;
   if (st.count == 1) return st.k[0];
   // Several near-tied candidates, too many of them, or none (non-finite values): exact
@@ -181,7 +191,7 @@ int64_t resolve_row(const RowState<acc>& st, const scalar_t* xi, const scalar_t*
   double best = std::numeric_limits<double>::infinity();
   for (int64_t c_i = 0; c_i < m; ++c_i) {
     const int64_t q = listed ? st.k[c_i] : c_i;
-    const double t = exact_dist2(xi, c + q * d, d);
+    const double t = exact_dist2(xi, c + q * d, d, avx2);
     if (t < best) {
       best = t;
       label = q;
@@ -212,12 +222,13 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
 
   // The AVX2 kernel works on whole panels of 16 centers; at::mm on any width.
   constexpr bool float_acc = std::is_same<acc, float>::value;
-  const bool avx2 = float_acc && use_avx2_kernel();
+  const bool avx2 = use_avx2();
+  const bool avx2_tile = float_acc && avx2;
   std::vector<float> packed;
   if constexpr (float_acc) {
-    if (avx2) packed = pack_panels(sc.cs.template data_ptr<float>(), k, d);
+    if (avx2_tile) packed = pack_panels(sc.cs.template data_ptr<float>(), k, d);
   }
-  const int64_t kw = avx2 ? ((k + kPanel - 1) / kPanel) * kPanel : k;  // width of the dot rows
+  const int64_t kw = avx2_tile ? ((k + kPanel - 1) / kPanel) * kPanel : k;  // width of the dot rows
   const int64_t kb_max = std::min(kw, kCenterBlock);
   const int64_t tile_rows = std::min(std::max<int64_t>(kTileElems / kb_max, 16), int64_t(512));
   const int64_t tiles = (n + tile_rows - 1) / tile_rows;
@@ -229,6 +240,7 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
     c10::InferenceMode no_autograd;
     std::vector<acc> xbuf(tile_rows * d);
     std::vector<acc> dots(tile_rows * kb_max);
+    std::vector<acc> chunk_min(tile_rows * kChunks);
     std::vector<RowState<acc>> rows(tile_rows);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * tile_rows;
@@ -253,26 +265,32 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
       for (int64_t k0 = 0; k0 < kw; k0 += kb_max) {
         const int64_t kb = std::min(kb_max, kw - k0);
         if constexpr (float_acc) {
-          if (avx2) {
-            dot_tile_avx2(xt, nr, d, packed.data() + k0 * d, kb / kPanel, dots.data(), kb);
+          if (avx2_tile) {
+            dist_tile_avx2(xt, nr, d, packed.data() + k0 * d, bias + k0, kb / kPanel, dots.data(), kb,
+                           chunk_min.data(), kChunks);
           }
         }
-        if (!avx2) {
+        if (!avx2_tile) {
           const Tensor xt_t = at::from_blob(xt, {nr, d}, at::TensorOptions().dtype(acc_type));
           Tensor out = at::from_blob(dots.data(), {nr, kb}, at::TensorOptions().dtype(acc_type));
           at::mm_out(out, xt_t, sc.cs.narrow(0, k0, kb).t());
+          for (int64_t r = 0; r < nr; ++r) {
+            form_block(dots.data() + r * kb, bias + k0, kb, chunk_min.data() + r * kChunks);
+          }
         }
         const int64_t kv = std::min(kb, k - k0);
-        for (int64_t r = 0; r < nr; ++r) scan_block(dots.data() + r * kb, bias + k0, kb, kv, k0, rows[r]);
+        for (int64_t r = 0; r < nr; ++r) {
+          fold_block(dots.data() + r * kb, chunk_min.data() + r * kChunks, kb, kv, k0, rows[r]);
+        }
       }
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = r0 + r;
         const scalar_t* xi = x + i * d;
         double dist;
-        const int64_t label = resolve_row(rows[r], xi, c, k, d, dist);
+        const int64_t label = resolve_row(rows[r], xi, c, k, d, avx2, dist);
         labels[i] = label;
         if (dist2 != nullptr) {
-          if (dist < 0.0) dist = exact_dist2(xi, c + label * d, d);
+          if (dist < 0.0) dist = exact_dist2(xi, c + label * d, d, avx2);
           dist2[i] = static_cast<acc>(dist > 0.0 ? dist : (dist == dist ? 0.0 : dist));
         }
       }
@@ -285,10 +303,11 @@ template <typename scalar_t>
 void assign_single(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t* labels,
                    acc_t<scalar_t>* dist2) {
   const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
+  const bool avx2 = use_avx2();
   at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       labels[i] = 0;
-      if (dist2 != nullptr) dist2[i] = static_cast<acc_t<scalar_t>>(exact_dist2(x + i * d, c, d));
+      if (dist2 != nullptr) dist2[i] = static_cast<acc_t<scalar_t>>(exact_dist2(x + i * d, c, d, avx2));
     }
   });
 }
