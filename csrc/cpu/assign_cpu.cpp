@@ -1,13 +1,15 @@
 // km.assign on CPU (DESIGN.md 4.1): blocked GEMM + fused argmin, with an exactness guard.
 //
-// Each thread takes tiles of rows; per tile, one GEMM (at::mm_out, i.e. MKL/OpenBLAS SGEMM,
-// single-threaded inside the parallel region) forms x . c'_k for a block of centers into a
-// per-thread buffer, and the argmin runs over that buffer while it is hot. The (N, K) matrix
-// never exists beyond one tile.
+// Each thread takes tiles of rows; per tile and block of 256 centers, a GEMM forms x . c'_k
+// into a per-thread buffer, and the argmin runs over that buffer while it is hot. The (N, K)
+// matrix never exists beyond one tile. The GEMM is dist_tile_avx2 (assign_avx2.cpp, which
+// also writes e_k and each 16-center chunk's minimum) for float accumulation on AVX2 CPUs,
+// else at::mm_out (MKL/OpenBLAS, single-threaded inside the parallel region) followed by a
+// vectorised pass; float16/bfloat16 rows are converted to float per tile.
 //
-// The expansion ||x - c||^2 = ||x - s||^2 + e_k, e_k = ||c'_k||^2 + 2 s.c'_k - 2 x.c'_k
-// (c'_k = c_k - s, s = the mean of the centers) ranks centers without the row constant.
-// Shifting by s keeps the GEMM's products small when all points sit far from the origin
+// The expansion ||x - c_k||^2 = ||x'||^2 + e_k, e_k = ||c'_k||^2 - 2 x'.c'_k, with x' = x - s,
+// c'_k = c_k - s and s the mean of the centers, ranks centers without the row constant.
+// Shifting both keeps the products small when all points sit far from the origin
 // (|x| ~ 1e4 around a common offset), where the unshifted expansion cancels catastrophically.
 // Rounding can still reorder near-ties, so every row keeps all centers whose computed e_k is
 // within 2 B_i of its minimum, B_i a bound on the rounding error of e_k (below); when more
@@ -17,6 +19,7 @@
 #include "assign_cpu.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 namespace kmgan_ext {
@@ -25,14 +28,30 @@ namespace {
 
 // A row with more near-tied candidates than this falls back to exact distances to all K.
 constexpr int kMaxCandidates = 8;
-// Columns of centers per GEMM, and elements of the per-thread dot-product tile (128 KiB of
+// Columns of centers per GEMM, and elements of the per-thread dot-product tile (256 KiB of
 // float): tile and x rows stay in L2.
-constexpr int64_t kCenterBlock = 1024;
-constexpr int64_t kTileElems = 1 << 15;
+constexpr int64_t kCenterBlock = 256;
+constexpr int64_t kTileElems = 1 << 16;
+// The argmin scan keeps the minimum of every chunk of kPanel (16) centers, so the search
+// for candidates only revisits chunks whose minimum is within the bound (usually one).
+constexpr int64_t kChunks = kCenterBlock / kPanel;
+
+// The AVX2 kernels run on CPUs that have them, unless KMGAN_EXT_CPU_NO_AVX2=1 asks for the
+// portable path (to test that path on such CPUs).
+bool use_avx2() {
+  static const bool use = avx2_kernels_available() && [] {
+    const char* off = std::getenv("KMGAN_EXT_CPU_NO_AVX2");
+    return off == nullptr || off[0] == '\0' || off[0] == '0';
+  }();
+  return use;
+}
 
 // ||a - b||^2 in double, from the inputs' own values.
 template <typename scalar_t>
-double exact_dist2(const scalar_t* a, const scalar_t* b, int64_t d) {
+double exact_dist2(const scalar_t* a, const scalar_t* b, int64_t d, bool avx2) {
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (avx2) return exact_dist2_avx2(a, b, d);
+  }
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < d; ++j) {
@@ -44,38 +63,47 @@ double exact_dist2(const scalar_t* a, const scalar_t* b, int64_t d) {
 
 template <typename acc>
 struct ShiftedCenters {
+  std::vector<acc> s;     // (d,) the shift: the mean of the centers, rounded to acc
   Tensor cs;              // (K, d) in acc: fl(c_k - s)
-  std::vector<acc> bias;  // ||c'_k||^2 + 2 s.c'_k, formed in double
-  double cmax = 0.0;      // max_k ||c'_k||
-  double bmax = 0.0;      // max_k |bias_k|
+  std::vector<acc> bias;  // ||c_k - s||^2 formed in double; +inf past K (panel padding)
+  double cmax = 0.0;      // max_k ||c_k - s||
 };
+
+// cs packed panel by panel for dist_tile_avx2: packed[p][j][l] = cs[p * 16 + l][j], 0 past K.
+std::vector<float> pack_panels(const float* cs, int64_t k, int64_t d) {
+  const int64_t panels = (k + kPanel - 1) / kPanel;
+  std::vector<float> packed(static_cast<size_t>(panels * d * kPanel), 0.0f);
+  for (int64_t q = 0; q < k; ++q) {
+    float* dst = packed.data() + (q / kPanel) * d * kPanel + q % kPanel;
+    for (int64_t j = 0; j < d; ++j) dst[j * kPanel] = cs[q * d + j];
+  }
+  return packed;
+}
 
 template <typename scalar_t>
 ShiftedCenters<acc_t<scalar_t>> shift_centers(const scalar_t* c, int64_t k, int64_t d) {
   using acc = acc_t<scalar_t>;
+  ShiftedCenters<acc> p;
   std::vector<double> mean(d, 0.0);
   for (int64_t q = 0; q < k; ++q)
     for (int64_t j = 0; j < d; ++j) mean[j] += static_cast<double>(c[q * d + j]);
-  std::vector<acc> s(d);
-  for (int64_t j = 0; j < d; ++j) s[j] = static_cast<acc>(mean[j] / static_cast<double>(k));
+  p.s.resize(d);
+  for (int64_t j = 0; j < d; ++j) p.s[j] = static_cast<acc>(mean[j] / static_cast<double>(k));
 
-  ShiftedCenters<acc> p;
   p.cs = at::empty({k, d}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc>::value));
   acc* cs = p.cs.template data_ptr<acc>();
-  p.bias.resize(k);
+  p.bias.assign(((k + kPanel - 1) / kPanel) * kPanel, std::numeric_limits<acc>::infinity());
   for (int64_t q = 0; q < k; ++q) {
-    double n2 = 0.0, sc = 0.0;
+    double n2 = 0.0;
     for (int64_t j = 0; j < d; ++j) {
       const acc a = static_cast<acc>(c[q * d + j]);
-      cs[q * d + j] = a - s[j];
-      const double t = static_cast<double>(a) - static_cast<double>(s[j]);
+      cs[q * d + j] = a - p.s[j];
+      // exact in double for float/float16/bfloat16 inputs
+      const double t = static_cast<double>(a) - static_cast<double>(p.s[j]);
       n2 += t * t;
-      sc += static_cast<double>(s[j]) * t;
     }
-    const double b = n2 + 2.0 * sc;
-    p.bias[q] = static_cast<acc>(b);
+    p.bias[q] = static_cast<acc>(n2);
     p.cmax = std::max(p.cmax, std::sqrt(n2));
-    p.bmax = std::max(p.bmax, std::abs(b));
   }
   return p;
 }
@@ -91,16 +119,31 @@ struct RowState {
   acc e[kMaxCandidates];
 };
 
-// e[q] = bias[q] - 2 dot[q] in place over one block; fold it into the row's candidates.
+// Portable path: e[q] = bias[q] - 2 dot[q] in place over one block of kb (a multiple of
+// kPanel or the last, shorter block) and the minimum of each chunk of kPanel.
 template <typename acc>
-void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t k0, RowState<acc>& st) {
-  acc m = std::numeric_limits<acc>::infinity();
-#pragma omp simd reduction(min : m)
-  for (int64_t q = 0; q < kb; ++q) {
-    const acc v = bias[q] - acc(2) * dot[q];
-    dot[q] = v;
-    m = v < m ? v : m;
+void form_block(acc* dot, const acc* bias, int64_t kb, acc* chunk_min) {
+  for (int64_t q0 = 0, ch = 0; q0 < kb; q0 += kPanel, ++ch) {
+    const int64_t q1 = std::min(kb, q0 + kPanel);
+    acc cm = std::numeric_limits<acc>::infinity();
+#pragma omp simd reduction(min : cm)
+    for (int64_t q = q0; q < q1; ++q) {
+      const acc v = bias[q] - acc(2) * dot[q];
+      dot[q] = v;
+      cm = v < cm ? v : cm;
+    }
+    chunk_min[ch] = cm;
   }
+}
+
+// Folds one block of e (kb entries, of which the first kv are real centers: the rest is
+// panel padding) into the row's candidates.
+template <typename acc>
+void fold_block(const acc* e, const acc* chunk_min, int64_t kb, int64_t kv, int64_t k0,
+                RowState<acc>& st) {
+  const int64_t chunks = (kb + kPanel - 1) / kPanel;
+  acc m = std::numeric_limits<acc>::infinity();
+  for (int64_t ch = 0; ch < chunks; ++ch) m = chunk_min[ch] < m ? chunk_min[ch] : m;
   if (!(m <= st.best + st.bound2)) return;  // nothing here can be the argmin (or all NaN)
   if (m < st.best) {
     st.best = m;
@@ -117,14 +160,17 @@ void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t k0, RowState<acc>
     }
   }
   const acc thr = st.best + st.bound2;
-  for (int64_t q = 0; q < kb; ++q) {
-    if (dot[q] <= thr) {
-      if (st.count < kMaxCandidates) {
-        st.k[st.count] = k0 + q;
-        st.e[st.count] = dot[q];
-        ++st.count;
-      } else {
-        st.count = kMaxCandidates + 1;
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    if (!(chunk_min[ch] <= thr)) continue;
+    for (int64_t q = ch * kPanel, q1 = std::min(kv, (ch + 1) * kPanel); q < q1; ++q) {
+      if (e[q] <= thr) {
+        if (st.count < kMaxCandidates) {
+          st.k[st.count] = k0 + q;
+          st.e[st.count] = e[q];
+          ++st.count;
+        } else {
+          st.count = kMaxCandidates + 1;
+        }
       }
     }
   }
@@ -134,7 +180,7 @@ void scan_block(acc* dot, const acc* bias, int64_t kb, int64_t k0, RowState<acc>
 // (negative otherwise).
 template <typename scalar_t, typename acc>
 int64_t resolve_row(const RowState<acc>& st, const scalar_t* xi, const scalar_t* c, int64_t k,
-                    int64_t d, double& dist) {
+                    int64_t d, bool avx2, double& dist) {
   dist = -1.0;
   if (st.count == 1) return st.k[0];
   // Several near-tied candidates, too many of them, or none (non-finite values): exact
@@ -145,7 +191,7 @@ int64_t resolve_row(const RowState<acc>& st, const scalar_t* xi, const scalar_t*
   double best = std::numeric_limits<double>::infinity();
   for (int64_t c_i = 0; c_i < m; ++c_i) {
     const int64_t q = listed ? st.k[c_i] : c_i;
-    const double t = exact_dist2(xi, c + q * d, d);
+    const double t = exact_dist2(xi, c + q * d, d, avx2);
     if (t < best) {
       best = t;
       label = q;
@@ -164,16 +210,26 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
                    int64_t* labels, acc_t<scalar_t>* dist2) {
   using acc = acc_t<scalar_t>;
   const auto sc = shift_centers(c, k, d);
-  // |computed e_k - exact e_k| <= (2 gamma_d + 4u) ||x|| ||c'_k|| + 2u |bias_k| (+ u ||c'||^2
-  // for the rounded shift): the GEMM's dot products carry gamma_d = d u / (1 - d u) of
-  // sum |x_j c'_j| <= ||x|| ||c'|| whatever its summation order, the rest is the rounding of
-  // c - s, the bias and the final subtraction. tau doubles the leading terms for margin.
+  // |computed e_k - exact e_k| <= (2 gamma_d + 6u) ||x'|| ||c'_k|| + 2u ||c'_k||^2: the dot
+  // products carry gamma_d = d u / (1 - d u) of sum |x'_j c'_j| <= ||x'|| ||c'|| whatever the
+  // summation order (FMA included); the rest is the rounding of x - s, c - s, of the bias
+  // and of the subtraction. B_i = tau (||x'_i|| cmax + 2 cmax^2) with tau = 2 (2d + 8) u
+  // bounds that with a factor 2 of margin (||x'|| itself is computed in acc).
   const double u = std::numeric_limits<acc>::epsilon() / 2;
   const double tau = 2.0 * (2.0 * static_cast<double>(d) + 8.0) * u;
-  const double row_const = sc.cmax * sc.cmax + sc.bmax;
+  const double row_const = 2.0 * sc.cmax * sc.cmax;
   const acc* bias = sc.bias.data();
 
-  const int64_t kb_max = std::min(k, kCenterBlock);
+  // The AVX2 kernel works on whole panels of 16 centers; at::mm on any width.
+  constexpr bool float_acc = std::is_same<acc, float>::value;
+  const bool avx2 = use_avx2();
+  const bool avx2_tile = float_acc && avx2;
+  std::vector<float> packed;
+  if constexpr (float_acc) {
+    if (avx2_tile) packed = pack_panels(sc.cs.template data_ptr<float>(), k, d);
+  }
+  const int64_t kw = avx2_tile ? ((k + kPanel - 1) / kPanel) * kPanel : k;  // width of the dot rows
+  const int64_t kb_max = std::min(kw, kCenterBlock);
   const int64_t tile_rows = std::min(std::max<int64_t>(kTileElems / kb_max, 16), int64_t(512));
   const int64_t tiles = (n + tile_rows - 1) / tile_rows;
   // At least ~4M multiply-adds per task: smaller problems stay on one thread.
@@ -182,44 +238,59 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
 
   at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     c10::InferenceMode no_autograd;
-    constexpr bool convert = !std::is_same<scalar_t, acc>::value;
-    std::vector<acc> xbuf(convert ? tile_rows * d : 0);
+    std::vector<acc> xbuf(tile_rows * d);
     std::vector<acc> dots(tile_rows * kb_max);
+    std::vector<acc> chunk_min(tile_rows * kChunks);
     std::vector<RowState<acc>> rows(tile_rows);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * tile_rows;
       const int64_t nr = std::min(tile_rows, n - r0);
-      const acc* xt;
-      if constexpr (convert) {
-        for (int64_t e = 0; e < nr * d; ++e) xbuf[e] = static_cast<acc>(x[r0 * d + e]);
-        xt = xbuf.data();
-      } else {
-        xt = x + r0 * d;
-      }
+      // x' = x - s in acc (float16/bfloat16 converted on the way), and ||x'|| for the bound.
+      acc* xt = xbuf.data();
+      const acc* sp = sc.s.data();
       for (int64_t r = 0; r < nr; ++r) {
+        const scalar_t* xr = x + (r0 + r) * d;
+        acc* xs = xt + r * d;
         acc n2 = 0;
 #pragma omp simd reduction(+ : n2)
-        for (int64_t j = 0; j < d; ++j) n2 += xt[r * d + j] * xt[r * d + j];
+        for (int64_t j = 0; j < d; ++j) {
+          xs[j] = static_cast<acc>(xr[j]) - sp[j];
+          n2 += xs[j] * xs[j];
+        }
         const double bound = tau * (std::sqrt(static_cast<double>(n2)) * sc.cmax + row_const);
         rows[r].best = std::numeric_limits<acc>::infinity();
         rows[r].bound2 = static_cast<acc>(2.0 * bound);
         rows[r].count = 0;
       }
-      const Tensor xt_t = at::from_blob(const_cast<acc*>(xt), {nr, d}, at::TensorOptions().dtype(acc_type));
-      for (int64_t k0 = 0; k0 < k; k0 += kb_max) {
-        const int64_t kb = std::min(kb_max, k - k0);
-        Tensor out = at::from_blob(dots.data(), {nr, kb}, at::TensorOptions().dtype(acc_type));
-        at::mm_out(out, xt_t, sc.cs.narrow(0, k0, kb).t());
-        for (int64_t r = 0; r < nr; ++r) scan_block(dots.data() + r * kb, bias + k0, kb, k0, rows[r]);
+      for (int64_t k0 = 0; k0 < kw; k0 += kb_max) {
+        const int64_t kb = std::min(kb_max, kw - k0);
+        if constexpr (float_acc) {
+          if (avx2_tile) {
+            dist_tile_avx2(xt, nr, d, packed.data() + k0 * d, bias + k0, kb / kPanel, dots.data(), kb,
+                           chunk_min.data(), kChunks);
+          }
+        }
+        if (!avx2_tile) {
+          const Tensor xt_t = at::from_blob(xt, {nr, d}, at::TensorOptions().dtype(acc_type));
+          Tensor out = at::from_blob(dots.data(), {nr, kb}, at::TensorOptions().dtype(acc_type));
+          at::mm_out(out, xt_t, sc.cs.narrow(0, k0, kb).t());
+          for (int64_t r = 0; r < nr; ++r) {
+            form_block(dots.data() + r * kb, bias + k0, kb, chunk_min.data() + r * kChunks);
+          }
+        }
+        const int64_t kv = std::min(kb, k - k0);
+        for (int64_t r = 0; r < nr; ++r) {
+          fold_block(dots.data() + r * kb, chunk_min.data() + r * kChunks, kb, kv, k0, rows[r]);
+        }
       }
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = r0 + r;
         const scalar_t* xi = x + i * d;
         double dist;
-        const int64_t label = resolve_row(rows[r], xi, c, k, d, dist);
+        const int64_t label = resolve_row(rows[r], xi, c, k, d, avx2, dist);
         labels[i] = label;
         if (dist2 != nullptr) {
-          if (dist < 0.0) dist = exact_dist2(xi, c + label * d, d);
+          if (dist < 0.0) dist = exact_dist2(xi, c + label * d, d, avx2);
           dist2[i] = static_cast<acc>(dist > 0.0 ? dist : (dist == dist ? 0.0 : dist));
         }
       }
@@ -232,10 +303,11 @@ template <typename scalar_t>
 void assign_single(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t* labels,
                    acc_t<scalar_t>* dist2) {
   const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
+  const bool avx2 = use_avx2();
   at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       labels[i] = 0;
-      if (dist2 != nullptr) dist2[i] = static_cast<acc_t<scalar_t>>(exact_dist2(x + i * d, c, d));
+      if (dist2 != nullptr) dist2[i] = static_cast<acc_t<scalar_t>>(exact_dist2(x + i * d, c, d, avx2));
     }
   });
 }

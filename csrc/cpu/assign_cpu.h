@@ -11,5 +11,22 @@ namespace cpu {
 // x (N, d) and centers (K, d) contiguous, same dtype, K >= 1.
 void assign_into(const Tensor& x, const Tensor& centers, const Tensor& labels, const Tensor& dist2);
 
+// Centers per packed panel of the AVX2 kernel (and per chunk of the argmin scan).
+constexpr int64_t kPanel = 16;
+
+// True on x86-64 CPUs with AVX2 and FMA (checked at run time), where the *_avx2 functions
+// below run (assign_avx2.cpp).
+bool avx2_kernels_available();
+
+// For rows i < rows of x' (rows, d) row-major and panels p of 16 centers packed as
+// packed[p][j][l] (d x 16 floats per panel): e[i, 16p + l] = bias[16p + l] - 2 x'_i . c'_{16p+l}
+// and pmin[i, p] = min_l e[i, 16p + l] (leading dimensions lde and ldm).
+void dist_tile_avx2(const float* x, int64_t rows, int64_t d, const float* packed,
+                    const float* bias, int64_t panels, float* e, int64_t lde, float* pmin,
+                    int64_t ldm);
+
+// ||a - b||^2 accumulated in double.
+double exact_dist2_avx2(const float* a, const float* b, int64_t d);
+
 }  // namespace cpu
 }  // namespace kmgan_ext
