@@ -15,6 +15,7 @@ from .assigned_distance import assigned_distance
 from .center_loss import center_loss
 from .minibatch_update import ema_update_, minibatch_step_, minibatch_update_
 from .pairwise_l1 import pairwise_l1
+from .kmgan_losses import KMGANLosses, KMGANLossTerms, kmgan_losses
 from .seeding import KMeansResult, extract_features, kmeans, kmeans_parallel, kmeans_plusplus
 from .modules import MiniBatchKMeans
 
@@ -31,6 +32,9 @@ __all__ = [
     "center_loss",
     "assigned_distance",
     "pairwise_l1",
+    "kmgan_losses",
+    "KMGANLosses",
+    "KMGANLossTerms",
     "extract_features",
     "kmeans_plusplus",
     "kmeans",

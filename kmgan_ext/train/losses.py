@@ -1,5 +1,6 @@
-"""The objectives of KM-GAN (Eq. 4-7), reduced KM-GAN (Algorithm 2) and the DCGAN baseline,
-written with kmgan_ext's ops (the ``backend`` config key picks their implementation).
+"""The objectives of reduced KM-GAN (Algorithm 2) and the DCGAN baseline, written with
+kmgan_ext's ops (the ``backend`` config key picks their implementation). KM-GAN's own loss
+block (Eq. 4-7) is ``km.KMGANLosses``.
 
 Features enter as float32 (under bf16 autocast they are cast up: the ops want x and centers
 of one dtype, and the centers are kept in float32).
@@ -11,60 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import kmgan_ext as km
-
-
-def pull(x: Tensor, labels: Tensor, centers: Tensor, cfg: dict) -> Tensor:
-    """||x - C[labels]||, the paper's ||.||_2 of a batch matrix (``distance_reduction``)."""
-    return km.assigned_distance(x.float(), labels, centers, cfg["distance_reduction"], backend=cfg["backend"])
-
-
-def regularisers(f_real: Tensor, f_fake: Tensor, cfg: dict) -> tuple[Tensor, Tensor]:
-    """Eq. 7's (L_intra, L_inter) with km.pairwise_l1 (exact, O(N log N) per dimension).
-
-    L_intra sums ||a_i - a_j||_1 over the ordered pairs of each batch, L_inter over real x fake
-    pairs. ``pairwise_reduction="mean"`` divides each by its number of pairs instead.
-    """
-    be = cfg["backend"]
-    r, f = f_real.float(), f_fake.float()
-    intra_r = km.pairwise_l1(r, backend=be)
-    intra_f = km.pairwise_l1(f, backend=be)
-    inter = km.pairwise_l1(r, f, backend=be)
-    if cfg["pairwise_reduction"] == "mean":
-        nr, nf = r.shape[0], f.shape[0]
-        intra_r = intra_r / max(1, nr * (nr - 1))
-        intra_f = intra_f / max(1, nf * (nf - 1))
-        inter = inter / max(1, nr * nf)
-    return intra_r + intra_f, inter
-
-
-def kmgan_d_loss(f_real, l_real, f_fake, l_fake, centers, cfg) -> tuple[Tensor, dict]:
-    """Eq. 5: ||D(x) - C_real|| - ||D(G(z)) - C_gen||, both against the *real* centers;
-    Eq. 7 adds lambda (L_intra - L_inter) for the generalized model."""
-    loss = pull(f_real, l_real, centers, cfg) - pull(f_fake, l_fake, centers, cfg)
-    parts = {}
-    if cfg["model"] == "generalized" and cfg["lambda"] != 0:
-        intra, inter = regularisers(f_real, f_fake, cfg)
-        loss = loss + cfg["lambda"] * (intra - inter)
-        parts = {"L_intra": intra.detach(), "L_inter": inter.detach()}
-    return loss, parts
-
-
-def kmgan_g_loss(f_fake, l_fake, centers, f_real_detached, cfg) -> Tensor:
-    """Eq. 6: ||D(G(z)) - C_gen||; Eq. 7 adds lambda L_inter for the generalized model."""
-    loss = pull(f_fake, l_fake, centers, cfg)
-    if cfg["model"] == "generalized" and cfg["lambda"] != 0:
-        inter = km.pairwise_l1(f_real_detached.float(), f_fake.float(), backend=cfg["backend"])
-        if cfg["pairwise_reduction"] == "mean":
-            inter = inter / max(1, f_real_detached.shape[0] * f_fake.shape[0])
-        loss = loss + cfg["lambda"] * inter
-    return loss
-
-
-def center_loss(f_real, l_real, centers_real, f_fake, l_fake_hat, centers_fake, cfg) -> Tensor:
-    """Eq. 4: the L1 distance between the batch-updated mean of real centers and of fake centers."""
-    return km.center_loss(
-        f_real.float(), l_real, centers_real, f_fake.float(), l_fake_hat, centers_fake, backend=cfg["backend"]
-    )
 
 
 def dcgan_d_loss(logit_real: Tensor, logit_fake: Tensor) -> Tensor:

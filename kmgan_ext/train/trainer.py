@@ -108,6 +108,9 @@ class Trainer:
         adam = dict(lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), fused=True)
         self.opt_D = torch.optim.Adam(self.D_raw.parameters(), **adam)
         self.opt_G = torch.optim.Adam(self.G_raw.parameters(), **adam)
+        # The KM-GAN loss block (labels, Eq. 4-7) with this run's options.
+        lam = cfg["lambda"] if cfg["model"] == "generalized" else 0.0
+        self.losses = km.KMGANLosses(cfg["distance_reduction"], lam, cfg["pairwise_reduction"], cfg["backend"])
         self.opt_C = None
         if cfg["model"] != "dcgan" and cfg["center_optimizer"] == "separate":
             params = list(self.D_raw.parameters()) + list(self.G_raw.parameters())
@@ -274,12 +277,11 @@ class Trainer:
             fake = self.G(eps, comp)
             f_r = self.D(x).float()
             f_f = self.D(fake.detach()).float()
-        with torch.no_grad():
-            l_r, _ = km.assign(f_r.detach(), self.C_real, backend=cfg["backend"])
-            l_g, _ = km.assign(f_f.detach(), self.C_real, backend=cfg["backend"])
-            l_h, _ = km.assign(f_f.detach(), self.C_fake, backend=cfg["backend"])
+        terms = self.losses(f_r, f_f, self.C_real, self.C_fake)
+        l_r, l_g, l_h = terms.labels_real, terms.labels_fake, terms.labels_fake_hat
         # D step (Eq. 5 / Eq. 7)
-        loss_d, parts = losses.kmgan_d_loss(f_r, l_r, f_f, l_g, self.C_real, cfg)
+        loss_d = terms.loss_d
+        parts = {} if terms.l_intra is None else {"L_intra": terms.l_intra.detach(), "L_inter": terms.l_inter.detach()}
         self._check("L_D", loss_d)
         self.opt_D.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -288,28 +290,25 @@ class Trainer:
         # G step (Eq. 6 / Eq. 7) through the updated D, labels of the first pass
         with self.autocast():
             f_f2 = self.D(fake).float()
-        loss_g = losses.kmgan_g_loss(f_f2, l_g, self.C_real, f_r.detach(), cfg)
+        loss_g = self.losses.generator_loss(f_f2, l_g, self.C_real, f_r)
         self._check("L_G", loss_g)
         self.opt_G.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_G.step()
-        # Center-loss step (Eq. 4)
+        # Center-loss step (Eq. 4); before it, its value on the first pass's features
         if cfg["d_round_mode"] == "steps":
             active = self._center_active_by_steps()
         else:
-            with torch.no_grad():
-                pre = losses.center_loss(f_r.detach(), l_r, self.C_real, f_f.detach(), l_h, self.C_fake, cfg)
-            active = self._floor_active(pre)
+            active = self._floor_active(terms.loss_center.detach())
         if active:
             with self.autocast():
                 fr3 = self.D(x).float()
                 ff3 = self.D(self.G(eps, comp)).float()
-            loss_c = losses.center_loss(fr3, l_r, self.C_real, ff3, l_h, self.C_fake, cfg)
+            loss_c = self.losses.center_loss(fr3, l_r, self.C_real, ff3, l_h, self.C_fake)
             self._check("L_center", loss_c)
             self._center_step(loss_c)
         else:
-            with torch.no_grad():
-                loss_c = losses.center_loss(f_r.detach(), l_r, self.C_real, f_f.detach(), l_h, self.C_fake, cfg)
+            loss_c = terms.loss_center.detach()
         # Center updates
         if cfg["reuse_features"]:
             xr, xf = f_r.detach(), f_f.detach()
