@@ -42,7 +42,7 @@ def shapes(ctx: H.Ctx) -> list[dict]:
     gpu += [dict(N=n, d=128, K=1024, dtype=f32) for n in (65_536, 4_000_000)]
     return ctx.size(
         tiny=[dict(N=300, d=20, K=7, dtype=f32), dict(N=64, d=100, K=10, dtype=f32)],
-        quick=[paper] + targets[:2],  # K=1000 (cdist ~3 s a call here) is in the full run
+        quick=[paper] + targets,
         full=[paper]
         + targets
         + [dict(N=100_000, d=d, K=256, dtype=f32) for d in (64, 256, 512)]

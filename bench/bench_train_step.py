@@ -12,8 +12,9 @@ Each row carries ``overhead_vs_dcgan_pct``: what KM-GAN's iteration costs over D
 of it (its extra network passes by design, and the clustering). The baseline of
 speedup_vs_torch is kmgan-torch.
 op kmgan_loss_block (mode full): the clustering part alone on fixed features: the three
-assignments, L_D, L_G and L_center, forward and backward (issue 4: at most 8 kernel launches
-on a GPU; ``kernel_launches`` counts the CUDA kernels torch.profiler sees in one call).
+assignments, L_D, L_G and L_center, forward and backward (kmgan_ext's rows: km.kmgan_losses;
+issue 4: at most 8 kernel launches on a GPU; ``kernel_launches`` counts the CUDA kernels
+torch.profiler sees in one call).
 
 The networks are kmgan_ext.train.models.dcgan28 (the trainer's DCGAN MNIST nets) when that
 module imports, else the same layers defined here (--tiny: two-layer MLPs, to keep the test
@@ -196,7 +197,11 @@ def kmgan_step(s: State, ops):
 
 
 def loss_block(ops, fr, ff, C, Ch):
-    """Labels, L_D, L_G, L_center of one iteration on given features (one backward)."""
+    """Labels, L_D, L_G, L_center of one iteration on given features (one backward);
+    kmgan_ext's rows call the library's own block, km.kmgan_losses."""
+    if isinstance(ops, KmOps):
+        t = ops.km.kmgan_losses(fr, ff, C, Ch, backend=ops.b)
+        return t.loss_d + t.loss_g + t.loss_center
     lr, lf = ops.assign(fr.detach(), C), ops.assign(ff.detach(), C)
     lfh = ops.assign(ff.detach(), Ch)
     loss_d = ops.pull(fr, lr, C) - ops.pull(ff, lf, C)
