@@ -113,9 +113,23 @@ def available_backends() -> dict[str, str | None]:
 
 # Under torch.compile the answer is a constant of the graph: dynamo calls this eagerly
 # instead of tracing the availability probes (torch._C queries, imports) inside it.
+# (backend, device type) -> the resolved name. Availability does not change within a process
+# (the extension, triton and the interpreter setting are fixed once loaded), and the probes
+# cost ~15 us a call (torch._C queries), as much as a small kernel.
+_RESOLVED: dict[tuple[str, str], str] = {}
+
+
 @torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device) -> str:
     """The concrete backend for tensors on ``device``: validated, never a silent fallback."""
+    key = (backend, device.type) if isinstance(backend, str) else None
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _RESOLVED[key] = _resolve(backend, device)
+    return name
+
+
+def _resolve(backend: str, device: torch.device) -> str:
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     if backend == "auto":

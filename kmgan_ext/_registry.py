@@ -5,6 +5,13 @@ that runs the data-reading checks, makes inputs contiguous and calls the backend
 op's last argument. Each op file (assign.py, minibatch_update.py, ...) adds its fake kernel
 and autograd next to its public function.
 
+``call(name, *args)`` runs an op. In plain eager code (real CPU/CUDA tensors, no
+torch.compile, no dispatch mode) it calls that routing function directly, through a
+torch.autograd.Function built from the same setup_context/backward when a gradient is needed:
+the dispatcher's Python-kernel round trip and redispatch cost about 50 us a call, as much as
+the whole kernel at the paper's batch of 64 (the N=64 rows of bench/). Everything else (tracing,
+fake tensors, vmap, opcheck) goes through torch.ops.kmgan_ext.<name>.
+
 When kmgan_ext._C cannot be loaded (no compiler at install time), the schemas do not exist;
 the public functions then call the reference directly (``registered()`` is False) and
 ``available_backends()`` says why.
@@ -14,8 +21,14 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch import Tensor
 
 from . import _dispatch
+
+_KERNELS: dict[str, Callable] = {}
+_FUNCTIONS: dict[str, type] = {}
+_dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
 
 
 @torch.compiler.assume_constant_result
@@ -54,8 +67,51 @@ def route(
         for i in mutated:
             if work[i] is not tensors[i]:
                 tensors[i].copy_(work[i])
+            # The dispatcher does not bump the version of a C++-schema op's mutated argument;
+            # without it, autograd would not notice centers changed after being saved.
+            torch.autograd.graph.increment_version(tensors[i])
         return out
 
+    _KERNELS[name] = kernel
     if registered():
         torch.library.register_kernel(f"kmgan_ext::{name}", ("cpu", "cuda"), kernel)
     return kernel
+
+
+def register_autograd(name: str, backward: Callable, setup_context: Callable) -> None:
+    """torch.library.register_autograd for kmgan_ext::<name>, and the same formula as an
+    autograd.Function over the routing function for ``call``'s eager path."""
+    torch.library.register_autograd(f"kmgan_ext::{name}", backward, setup_context=setup_context)
+    kernel = _KERNELS[name]
+
+    def forward(*args):
+        return kernel(*args)
+
+    _FUNCTIONS[name] = type(
+        f"{name}_function",
+        (torch.autograd.Function,),
+        dict(forward=staticmethod(forward), setup_context=staticmethod(setup_context), backward=staticmethod(backward)),
+    )
+
+
+def _plain_eager(args) -> bool:
+    """Real CPU/CUDA tensors in eager mode, where the routing function can run directly."""
+    if torch.compiler.is_compiling() or _dispatch_stack_len():
+        return False
+    for a in args:
+        if isinstance(a, Tensor) and (
+            type(a) is not Tensor or a.device.type not in ("cpu", "cuda") or _functorch_wrapped(a)
+        ):
+            return False
+    return True
+
+
+def call(name: str, *args):
+    """kmgan_ext::<name>(*args), the backend string last (see the module docstring)."""
+    if not _plain_eager(args):
+        return op(name)(*args)
+    fn = _FUNCTIONS.get(name)
+    if fn is not None and torch.is_grad_enabled():
+        if any(isinstance(a, Tensor) and a.requires_grad for a in args):
+            return fn.apply(*args)
+    return _KERNELS[name](*args)

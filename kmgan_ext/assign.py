@@ -40,14 +40,10 @@ if _registry.registered():
     def _backward(ctx, grad_labels, grad_dist2):
         x, centers, labels = ctx.saved_tensors
         want_c = ctx.needs_input_grad[1]
-        gx, gc = _registry.op("assign_backward")(
-            grad_dist2, x, centers, labels, want_c, ctx.backend
-        )
+        gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, ctx.backend)
         return (gx if ctx.needs_input_grad[0] else None), (gc if want_c else None), None
 
-    torch.library.register_autograd(
-        "kmgan_ext::assign", _backward, setup_context=_setup_context
-    )
+    _registry.register_autograd("assign", _backward, _setup_context)
 
 
 def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
@@ -72,4 +68,4 @@ def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor
     be = _dispatch.resolve(backend, x.device)
     if not _registry.registered():
         return reference.assign(x, centers)
-    return _registry.op("assign")(x, centers, be)
+    return _registry.call("assign", x, centers, be)

@@ -39,14 +39,12 @@ if _registry.registered():
     def _backward(ctx, grad):
         x, labels, centers, out = ctx.saved_tensors
         want_c = ctx.needs_input_grad[2]
-        gx, gc = _registry.op("assigned_distance_backward")(
-            grad, out, x, labels, centers, ctx.reduction, want_c, ctx.backend
+        gx, gc = _registry.call(
+            "assigned_distance_backward", grad, out, x, labels, centers, ctx.reduction, want_c, ctx.backend
         )
         return (gx if ctx.needs_input_grad[0] else None), None, (gc if want_c else None), None, None
 
-    torch.library.register_autograd(
-        "kmgan_ext::assigned_distance", _backward, setup_context=_setup_context
-    )
+    _registry.register_autograd("assigned_distance", _backward, _setup_context)
 
 
 def assigned_distance(
@@ -72,4 +70,4 @@ def assigned_distance(
     be = _dispatch.resolve(backend, x.device)
     if not _registry.registered():
         return reference.assigned_distance(x, labels, centers, reduction)
-    return _registry.op("assigned_distance")(x, labels, centers, reduction, be)
+    return _registry.call("assigned_distance", x, labels, centers, reduction, be)

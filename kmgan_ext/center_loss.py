@@ -46,13 +46,14 @@ if _registry.registered():
 
     def _backward(ctx, grad, _g_diff, _g_cr, _g_cf):
         x_real, labels_real, counts_real, x_fake, labels_fake, counts_fake, u_diff = ctx.saved_tensors
-        gr, gf = _registry.op("center_loss_backward")(
-            grad, u_diff, x_real, labels_real, counts_real, x_fake, labels_fake, counts_fake, ctx.backend
-        )
+        gr, gf = _registry.call(
+            "center_loss_backward",
+            grad, u_diff, x_real, labels_real, counts_real, x_fake, labels_fake, counts_fake, ctx.backend,
+        )  # fmt: skip
         need = ctx.needs_input_grad
         return (gr if need[0] else None), None, None, (gf if need[3] else None), None, None, None
 
-    torch.library.register_autograd("kmgan_ext::center_loss", _backward, setup_context=_setup_context)
+    _registry.register_autograd("center_loss", _backward, _setup_context)
 
 
 def center_loss(
@@ -93,7 +94,7 @@ def center_loss(
     centers_real, centers_fake = centers_real.detach(), centers_fake.detach()
     if not _registry.registered():
         return reference.center_loss(x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake)
-    loss, _, _, _ = _registry.op("center_loss")(
-        x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake, be
+    loss, _, _, _ = _registry.call(
+        "center_loss", x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake, be
     )
     return loss

@@ -95,7 +95,7 @@ def minibatch_update_(
     x = x.detach()
     if not _registry.registered():
         return reference.minibatch_update_(centers, counts, x, labels, deterministic)
-    _registry.op("minibatch_update_")(centers, counts, x, labels, deterministic, be)
+    _registry.call("minibatch_update_", centers, counts, x, labels, deterministic, be)
 
 
 def minibatch_step_(
@@ -116,7 +116,7 @@ def minibatch_step_(
     x = x.detach()
     if not _registry.registered():
         return reference.minibatch_step_(centers, counts, x, deterministic)
-    return _registry.op("minibatch_step_")(centers, counts, x, deterministic, be)
+    return _registry.call("minibatch_step_", centers, counts, x, deterministic, be)
 
 
 def ema_update_(
@@ -140,4 +140,4 @@ def ema_update_(
     x = x.detach()
     if not _registry.registered():
         return reference.ema_update_(centers, x, labels, decay, deterministic)
-    _registry.op("ema_update_")(centers, x, labels, decay, deterministic, be)
+    _registry.call("ema_update_", centers, x, labels, decay, deterministic, be)

@@ -39,11 +39,11 @@ if _registry.registered():
     def _backward(ctx, grad):
         saved = ctx.saved_tensors
         a, b = (saved[0], saved[1]) if ctx.has_b else (saved[0], None)
-        ga, gb = _registry.op("pairwise_l1_backward")(grad, a, b, ctx.backend)
+        ga, gb = _registry.call("pairwise_l1_backward", grad, a, b, ctx.backend)
         need = ctx.needs_input_grad
         return (ga if need[0] else None), (gb if (b is not None and need[1]) else None), None
 
-    torch.library.register_autograd("kmgan_ext::pairwise_l1", _backward, setup_context=_setup_context)
+    _registry.register_autograd("pairwise_l1", _backward, _setup_context)
 
 
 def pairwise_l1(a: Tensor, b: Tensor | None = None, *, backend: str = "auto") -> Tensor:
@@ -66,4 +66,4 @@ def pairwise_l1(a: Tensor, b: Tensor | None = None, *, backend: str = "auto") ->
     be = _dispatch.resolve(backend, a.device)
     if not _registry.registered():
         return reference.pairwise_l1(a, b)
-    return _registry.op("pairwise_l1")(a, b, be)
+    return _registry.call("pairwise_l1", a, b, be)
