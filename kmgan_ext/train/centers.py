@@ -1,5 +1,5 @@
-"""Center sets of KM-GAN: seeding by k-means++ and the per-iteration mini-batch update, also
-across DDP ranks.
+"""Center sets of KM-GAN: seeding by k-means++ (``seed``: the trainer's real and fake sets)
+and the per-iteration mini-batch update, also across DDP ranks.
 
 With a process group, the per-cluster sums and counts of every rank's batch are all-reduced
 and the same Sculley update is applied on every rank, so all ranks hold bitwise-identical
@@ -26,6 +26,38 @@ def broadcast_(t: Tensor, world_size: int) -> Tensor:
     if world_size > 1:
         dist.broadcast(t, src=0)
     return t
+
+
+def seed(tr) -> None:
+    """The center sets of Trainer ``tr``: real centers by k-means++ over D(X) of the whole
+    training set, fake centers over D(G(z)) of a generated pool (``fake_pool``); pixel
+    centers over X for ``reduced``; none for ``dcgan``. Rank 0 seeds, every rank receives
+    the same centers."""
+    cfg, k = tr.cfg, tr.cfg["k"]
+    if cfg["model"] == "dcgan":
+        return
+    n = len(tr.data)
+    if cfg["model"] == "reduced":
+        dim = int(torch.tensor(tr.model_shape()).prod())
+        c = torch.zeros(k, dim, device=tr.device)
+        if tr.info.main:
+            pixels = tr.dataset_features(lambda x: x.flatten(1), torch.arange(n))
+            c = kmeans_pp(pixels, k, cfg["seed"]).to(tr.device)
+        tr.C_real = broadcast_(c.contiguous(), tr.world)
+        tr.n_real = torch.zeros(k, dtype=torch.int64, device=tr.device)
+        return
+    fdim = tr.D_raw.feature_dim
+    c_real = torch.zeros(k, fdim, device=tr.device)
+    c_fake = torch.zeros(k, fdim, device=tr.device)
+    if tr.info.main:
+        feats = tr.dataset_features(tr.D_raw.features, tr.feature_order(n, 11))
+        c_real = kmeans_pp(feats, k, cfg["seed"]).to(tr.device)
+        pool = tr.generated_features(max(k, cfg["fake_pool"]), torch.Generator(device=tr.device).manual_seed(cfg["seed"] + 17))
+        c_fake = kmeans_pp(pool, k, cfg["seed"] + 1).to(tr.device)
+    tr.C_real = broadcast_(c_real.contiguous(), tr.world)
+    tr.C_fake = broadcast_(c_fake.contiguous(), tr.world)
+    tr.n_real = torch.zeros(k, dtype=torch.int64, device=tr.device)
+    tr.n_fake = torch.zeros(k, dtype=torch.int64, device=tr.device)
 
 
 def _cluster_sums(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:

@@ -65,7 +65,7 @@ def evaluate(tr, ckpt_path: str) -> dict:
             s[f"final_{key}"] = float(tr.last[key])
     figs: dict[str, str] = {}
 
-    order = tr._order(len(data), 11)
+    order = tr.feature_order(len(data), 11)
     if cfg["eval_samples"]:
         order = order[: cfg["eval_samples"]]
     feats = tr.dataset_features(tr.D_raw.features, order)
