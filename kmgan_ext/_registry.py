@@ -28,7 +28,7 @@ from . import _dispatch
 _KERNELS: dict[str, Callable] = {}
 _FUNCTIONS: dict[str, type] = {}
 _dispatch_stack_len = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
-_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 @torch.compiler.assume_constant_result
@@ -84,24 +84,26 @@ def register_autograd(name: str, backward: Callable, setup_context: Callable) ->
     torch.library.register_autograd(f"kmgan_ext::{name}", backward, setup_context=setup_context)
     kernel = _KERNELS[name]
 
-    def forward(*args):
-        return kernel(*args)
+    # forward(ctx, ...) rather than a separate setup_context: with one, Function.apply binds
+    # default arguments through inspect.signature on every call (~50 us).
+    def forward(ctx, *args):
+        out = kernel(*args)
+        setup_context(ctx, args, out)
+        return out
 
     _FUNCTIONS[name] = type(
         f"{name}_function",
         (torch.autograd.Function,),
-        dict(forward=staticmethod(forward), setup_context=staticmethod(setup_context), backward=staticmethod(backward)),
+        dict(forward=staticmethod(forward), backward=staticmethod(backward)),
     )
 
 
 def _plain_eager(args) -> bool:
     """Real CPU/CUDA tensors in eager mode, where the routing function can run directly."""
-    if torch.compiler.is_compiling() or _dispatch_stack_len():
+    if torch.compiler.is_compiling() or _dispatch_stack_len() or _functorch_active():
         return False
     for a in args:
-        if isinstance(a, Tensor) and (
-            type(a) is not Tensor or a.device.type not in ("cpu", "cuda") or _functorch_wrapped(a)
-        ):
+        if isinstance(a, Tensor) and (type(a) is not Tensor or not (a.is_cuda or a.is_cpu)):
             return False
     return True
 
