@@ -39,6 +39,9 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
+# The modes of an op with a backward (see run_provider).
+MODES_ALL = ("forward", "backward", "full")
+
 # Every row carries every key (None where it does not apply), in this order.
 ROW_KEYS = (
     "op",
@@ -174,6 +177,57 @@ def compile_last(entry: tuple) -> bool:
     """Sort key putting torch-compile (seconds of compiling per shape) after the others, so
     a run short of time budget loses it first: ``providers.sort(key=compile_last)``."""
     return entry[0] == "torch-compile"
+
+
+def eager(fn: Callable, *args, skip: str | None = None) -> Callable[[], Callable[[], Any]]:
+    """A provider factory timing ``fn(*args)`` as written (Skipped with ``skip`` when set)."""
+
+    def make():
+        if skip:
+            raise Skipped(skip)
+        return lambda: fn(*args)
+
+    return make
+
+
+def compiled_eager(fn: Callable, ctx: Ctx, *args, skip: str | None = None) -> Callable[[], Callable[[], Any]]:
+    """A provider factory timing ``torch.compile(fn)(*args)`` (compiled when the provider
+    starts, so a skipped or absent row never pays for it)."""
+
+    def make():
+        if skip:
+            raise Skipped(skip)
+        f = compiled(fn, ctx)
+        return lambda: f(*args)
+
+    return make
+
+
+def torch_providers(fn: Callable, ctx: Ctx, *args, skip: str | None = None) -> list[tuple]:
+    """The naive provider ``torch`` (fn as written, the usual baseline) and ``torch-compile``."""
+    return [
+        ("torch", eager(fn, *args, skip=skip), None),
+        ("torch-compile", compiled_eager(fn, ctx, *args, skip=skip), None),
+    ]
+
+
+def kmgan_providers(ctx: Ctx, shape_index: int, make_for: Callable[[str], Callable[[], Any]]) -> list[tuple]:
+    """(``kmgan_ext-<b>``, factory, why absent) for every backend of ``kmgan_backends``;
+    ``make_for(b)`` returns the callable to time for backend b (or raises Skipped)."""
+    return [(f"kmgan_ext-{b}", lambda b=b: make_for(b), why) for b, why in kmgan_backends(ctx, shape_index)]
+
+
+def kmgan_function(name: str, module: str = "kmgan_ext.seeding") -> Callable:
+    """``km.<name>`` (else ``<module>.<name>``), or Absent while that part is not built."""
+    try:
+        import kmgan_ext as km
+
+        fn = getattr(km, name, None)
+        if fn is None:
+            fn = getattr(__import__(module, fromlist=[name]), name)
+    except Exception as e:
+        raise Absent(f"not built yet: {module}.{name} ({type(e).__name__}: {e})") from e
+    return fn
 
 
 def optional_import(name: str, pip_name: str | None = None):
@@ -561,6 +615,28 @@ def run_provider(
         except Exception as e:
             r["error"] = f"timing failed: {_short(e)}"
     _clear(leaves)
+    return rows
+
+
+def run_providers(ctx: Ctx, op: str, shape: dict, providers: list[tuple], check, **kw) -> list[dict]:
+    """``run_provider`` for each (name, factory, why absent) of one case, torch-compile last
+    (``compile_last``); ``kw`` (work, modes, leaves, ...) as run_provider takes them."""
+    rows: list[dict] = []
+    for name, make, why in sorted(providers, key=compile_last):
+        rows += run_provider(ctx, op, shape, name, make, check, absent=why, **kw)
+    return rows
+
+
+def run_cases(
+    ctx: Ctx, op: str, shapes: Sequence[dict], case: Callable[[Ctx, int, dict], list[dict]], baseline: str
+) -> list[dict]:
+    """The rows of ``case(ctx, i, shape)`` for each shape (logged as it starts), with
+    speedups against the ``baseline`` provider: the ``run(ctx)`` of a one-op benchmark."""
+    rows: list[dict] = []
+    for i, shape in enumerate(shapes):
+        ctx.log(f"  {op} {shape}")
+        rows += case(ctx, i, shape)
+    add_speedups(rows, baseline)
     return rows
 
 

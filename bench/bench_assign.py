@@ -191,71 +191,46 @@ def _reference_too_slow(ctx, shape) -> str | None:
     return None
 
 
+def case(ctx: H.Ctx, i: int, shape: dict) -> list[dict]:
+    x, c = make_inputs(shape, ctx.device)
+    truth = H.Lazy(lambda: H.nearest64(x, c))  # computed by the first check that needs it
+    n, d, k = shape["N"], shape["d"], shape["K"]
+    s = x.element_size()
+    flop_kind = {"bfloat16": "bf16", "float16": "fp16"}.get(shape["dtype"], "tf32" if ctx.cuda else "fp32")
+    work = H.Work(bytes=(n + k) * d * s + n * 12, flops=2.0 * n * k * d, items=n, flop_kind=flop_kind)
+
+    def check(out):
+        labels, dist2 = out
+        return H.check_labels(x, c, truth(), labels, dist2)
+
+    def kmgan_make(b):
+        import kmgan_ext as km
+
+        if b == "reference" and _reference_too_slow(ctx, shape):
+            raise H.Skipped(_reference_too_slow(ctx, shape))
+        return lambda: km.assign(x, c, backend=b)
+
+    naive_skip = _too_big_for_naive(ctx, shape)
+    providers = [
+        ("torch-cdist", H.eager(torch_cdist, x, c, skip=naive_skip), None),
+        ("torch-matmul", H.eager(torch_matmul, x, c, skip=naive_skip), None),
+        ("torch-compile", H.compiled_eager(torch_matmul, ctx, x, c, skip=naive_skip), None),
+    ]
+    providers += H.kmgan_providers(ctx, i, kmgan_make)
+    for name, lib in (
+        ("faiss-flat", _faiss),
+        ("sklearn", _sklearn),
+        ("flash-kmeans", _flash_kmeans),
+        ("fastkmeans", _fastkmeans),
+        ("fast-pytorch-kmeans", _fast_pytorch_kmeans),
+        ("keops", _keops),
+    ):
+        providers.append((name, lambda lib=lib: lib(ctx, x, c), None))
+    return H.run_providers(ctx, OP, shape, providers, check, work=work)
+
+
 def run(ctx: H.Ctx) -> list[dict]:
-    rows: list[dict] = []
-    for i, shape in enumerate(shapes(ctx)):
-        ctx.log(f"  {OP} {shape}")
-        x, c = make_inputs(shape, ctx.device)
-        truth = H.Lazy(lambda: H.nearest64(x, c))  # computed by the first check that needs it
-        n, d, k = shape["N"], shape["d"], shape["K"]
-        s = x.element_size()
-        flop_kind = {"bfloat16": "bf16", "float16": "fp16"}.get(shape["dtype"], "tf32" if ctx.cuda else "fp32")
-        work = H.Work(bytes=(n + k) * d * s + n * 12, flops=2.0 * n * k * d, items=n, flop_kind=flop_kind)
-
-        def check(out):
-            labels, dist2 = out
-            return H.check_labels(x, c, truth(), labels, dist2)
-
-        naive_skip = _too_big_for_naive(ctx, shape)
-
-        def naive(fn):
-            def make():
-                if naive_skip:
-                    raise H.Skipped(naive_skip)
-                return lambda: fn(x, c)
-
-            return make
-
-        def compiled_make():
-            if naive_skip:
-                raise H.Skipped(naive_skip)
-            f = H.compiled(torch_matmul, ctx)
-            return lambda: f(x, c)
-
-        providers = [
-            ("torch-cdist", naive(torch_cdist)),
-            ("torch-matmul", naive(torch_matmul)),
-            ("torch-compile", compiled_make),
-        ]
-        absent = {}
-        for b, why in H.kmgan_backends(ctx, i):
-            name = f"kmgan_ext-{b}"
-            absent[name] = why
-
-            def make(b=b):
-                import kmgan_ext as km
-
-                if b == "reference" and _reference_too_slow(ctx, shape):
-                    raise H.Skipped(_reference_too_slow(ctx, shape))
-                return lambda: km.assign(x, c, backend=b)
-
-            providers.append((name, make))
-        for name, lib in (
-            ("faiss-flat", _faiss),
-            ("sklearn", _sklearn),
-            ("flash-kmeans", _flash_kmeans),
-            ("fastkmeans", _fastkmeans),
-            ("fast-pytorch-kmeans", _fast_pytorch_kmeans),
-            ("keops", _keops),
-        ):
-            providers.append((name, lambda lib=lib: lib(ctx, x, c)))
-        providers.sort(key=H.compile_last)
-        for name, make in providers:
-            rows += H.run_provider(
-                ctx, OP, shape, name, make, check, work=work, absent=absent.get(name)
-            )
-    H.add_speedups(rows, BASELINE)
-    return rows
+    return H.run_cases(ctx, OP, shapes(ctx), case, BASELINE)
 
 
 if __name__ == "__main__":

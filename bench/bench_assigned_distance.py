@@ -25,7 +25,6 @@ import _harness as H  # noqa: E402
 
 OP = "assigned_distance"
 BASELINE = "torch"
-MODES_ALL = ("forward", "backward", "full")
 
 
 def shapes(ctx: H.Ctx) -> list[dict]:
@@ -51,68 +50,53 @@ def torch_assigned_distance(x, labels, centers, reduction):
     return 0.5 * (diff * diff).sum()
 
 
-def run(ctx: H.Ctx) -> list[dict]:
+def case(ctx: H.Ctx, i: int, shape: dict) -> list[dict]:
     import kmgan_ext as km
     from kmgan_ext import reference
 
-    rows: list[dict] = []
-    for i, shape in enumerate(shapes(ctx)):
-        ctx.log(f"  {OP} {shape}")
-        n, d, k, red = shape["N"], shape["d"], shape["K"], shape["reduction"]
-        g = torch.Generator().manual_seed(3)
-        x = torch.randn(n, d, generator=g).to(ctx.device).requires_grad_()
-        labels = torch.randint(k, (n,), generator=g).to(ctx.device)
-        centers = torch.randn(k, d, generator=g).to(ctx.device).requires_grad_(shape["centers_grad"])
-        leaves = [x, centers] if shape["centers_grad"] else [x]
+    n, d, k, red = shape["N"], shape["d"], shape["K"], shape["reduction"]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, d, generator=g).to(ctx.device).requires_grad_()
+    labels = torch.randint(k, (n,), generator=g).to(ctx.device)
+    centers = torch.randn(k, d, generator=g).to(ctx.device).requires_grad_(shape["centers_grad"])
+    leaves = [x, centers] if shape["centers_grad"] else [x]
 
-        def truth(x=x, labels=labels, centers=centers, red=red, leaves=leaves):
-            x64 = x.detach().double().requires_grad_()
-            c64 = centers.detach().double().requires_grad_(centers.requires_grad)
-            loss = reference.assigned_distance(x64, labels, c64, red)
-            loss.backward()
-            return loss.detach(), [x64.grad] + ([c64.grad] if len(leaves) > 1 else [])
+    def truth():
+        x64 = x.detach().double().requires_grad_()
+        c64 = centers.detach().double().requires_grad_(centers.requires_grad)
+        loss = reference.assigned_distance(x64, labels, c64, red)
+        loss.backward()
+        return loss.detach(), [x64.grad] + ([c64.grad] if len(leaves) > 1 else [])
 
-        want = H.Lazy(truth)
+    want = H.Lazy(truth)
 
-        def tols(x=x, labels=labels, centers=centers, red=red, leaves=leaves, want=want):
-            if len(leaves) > 1:
-                fn = lambda a, c: torch_assigned_distance(a, labels, c, red)  # noqa: E731
-            else:
-                fn = lambda a: torch_assigned_distance(a, labels, centers, red)  # noqa: E731
-            wl, wg = want()
-            floors = [1e-5 * (1 + float(wl.abs()))] + [1e-5 * (1 + float(g.abs().max())) for g in wg]
-            return H.tolerances(H.loss_and_grads(fn, leaves), want(), floors)
+    def tols():
+        if len(leaves) > 1:
+            fn = lambda a, c: torch_assigned_distance(a, labels, c, red)  # noqa: E731
+        else:
+            fn = lambda a: torch_assigned_distance(a, labels, centers, red)  # noqa: E731
+        wl, wg = want()
+        floors = [1e-5 * (1 + float(wl.abs()))] + [1e-5 * (1 + float(g.abs().max())) for g in wg]
+        return H.tolerances(H.loss_and_grads(fn, leaves), want(), floors)
 
-        tol = H.Lazy(tols)
-        s = x.element_size()
-        fwd = H.Work(bytes=n * d * s + n * 8 + k * d * s, flops=3.0 * n * d, items=n)
-        bwd = H.Work(bytes=2 * n * d * s + n * 8 + k * d * s * (2 if shape["centers_grad"] else 1), flops=2.0 * n * d, items=n)
-        work = {"forward": fwd, "backward": bwd, "full": H.Work(fwd.bytes + bwd.bytes, fwd.flops + bwd.flops, n)}
+    tol = H.Lazy(tols)
+    s = x.element_size()
+    fwd = H.Work(bytes=n * d * s + n * 8 + k * d * s, flops=3.0 * n * d, items=n)
+    bwd = H.Work(bytes=2 * n * d * s + n * 8 + k * d * s * (2 if shape["centers_grad"] else 1), flops=2.0 * n * d, items=n)
+    work = {"forward": fwd, "backward": bwd, "full": H.Work(fwd.bytes + bwd.bytes, fwd.flops + bwd.flops, n)}
 
-        def check(out, want=want, tol=tol):
-            return H.check_loss(out, want(), tol(), ("loss", "grad x", "grad centers"))
+    def check(out):
+        return H.check_loss(out, want(), tol(), ("loss", "grad x", "grad centers"))
 
-        def naive(x=x, labels=labels, centers=centers, red=red):
-            return lambda: torch_assigned_distance(x, labels, centers, red)
+    providers = H.torch_providers(torch_assigned_distance, ctx, x, labels, centers, red)
+    providers += H.kmgan_providers(
+        ctx, i, lambda b: (lambda: km.assigned_distance(x, labels, centers, reduction=red, backend=b))
+    )
+    return H.run_providers(ctx, OP, shape, providers, check, work=work, modes=H.MODES_ALL, leaves=leaves)
 
-        def compiled_make(x=x, labels=labels, centers=centers, red=red):
-            f = H.compiled(torch_assigned_distance, ctx)
-            return lambda: f(x, labels, centers, red)
 
-        providers = [("torch", naive, None), ("torch-compile", compiled_make, None)]
-        for b, why in H.kmgan_backends(ctx, i):
-
-            def make(b=b, x=x, labels=labels, centers=centers, red=red):
-                return lambda: km.assigned_distance(x, labels, centers, reduction=red, backend=b)
-
-            providers.append((f"kmgan_ext-{b}", make, why))
-        providers.sort(key=H.compile_last)
-        for name, make, why in providers:
-            rows += H.run_provider(
-                ctx, OP, shape, name, make, check, work=work, modes=MODES_ALL, leaves=leaves, absent=why
-            )
-    H.add_speedups(rows, BASELINE)
-    return rows
+def run(ctx: H.Ctx) -> list[dict]:
+    return H.run_cases(ctx, OP, shapes(ctx), case, BASELINE)
 
 
 if __name__ == "__main__":

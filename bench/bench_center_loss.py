@@ -24,7 +24,6 @@ import _harness as H  # noqa: E402
 
 OP = "center_loss"
 BASELINE = "torch"
-MODES_ALL = ("forward", "backward", "full")
 
 
 def shapes(ctx: H.Ctx) -> list[dict]:
@@ -67,46 +66,36 @@ def truth(inputs):
     return loss.detach(), [xr64.grad, xf64.grad]
 
 
-def run(ctx: H.Ctx) -> list[dict]:
+def case(ctx: H.Ctx, i: int, shape: dict) -> list[dict]:
     import kmgan_ext as km
 
-    rows: list[dict] = []
-    for i, shape in enumerate(shapes(ctx)):
-        ctx.log(f"  {OP} {shape}")
-        inputs = make_inputs(shape, ctx.device)
-        xr, lr, cr, xf, lf, cf = inputs
-        n, d, k = shape["N"], shape["d"], shape["K"]
-        want = H.Lazy(lambda: truth(inputs))
+    inputs = make_inputs(shape, ctx.device)
+    xr, lr, cr, xf, lf, cf = inputs
+    n, d, k = shape["N"], shape["d"], shape["K"]
+    want = H.Lazy(lambda: truth(inputs))
 
-        def tols():
-            plain = H.loss_and_grads(lambda a, b: torch_center_loss(a, lr, cr, b, lf, cf), [xr, xf])
-            wl, wg = want()
-            floors = [1e-5 * (1 + float(wl.abs()))] + [1e-6 * (1 + float(g.abs().max())) for g in wg]
-            return H.tolerances(plain, want(), floors)
+    def tols():
+        plain = H.loss_and_grads(lambda a, b: torch_center_loss(a, lr, cr, b, lf, cf), [xr, xf])
+        wl, wg = want()
+        floors = [1e-5 * (1 + float(wl.abs()))] + [1e-6 * (1 + float(g.abs().max())) for g in wg]
+        return H.tolerances(plain, want(), floors)
 
-        tol = H.Lazy(tols)
-        s = xr.element_size()
-        fwd = H.Work(bytes=2 * n * d * s + 2 * n * 8 + 2 * k * d * s, flops=2.0 * n * d, items=2 * n)
-        bwd = H.Work(bytes=2 * n * 8 + 2 * k * 8 + 2 * n * d * s, items=2 * n)
-        work = {"forward": fwd, "backward": bwd, "full": H.Work(fwd.bytes + bwd.bytes, fwd.flops, 2 * n)}
+    tol = H.Lazy(tols)
+    s = xr.element_size()
+    fwd = H.Work(bytes=2 * n * d * s + 2 * n * 8 + 2 * k * d * s, flops=2.0 * n * d, items=2 * n)
+    bwd = H.Work(bytes=2 * n * 8 + 2 * k * 8 + 2 * n * d * s, items=2 * n)
+    work = {"forward": fwd, "backward": bwd, "full": H.Work(fwd.bytes + bwd.bytes, fwd.flops, 2 * n)}
 
-        def check(out):
-            return H.check_loss(out, want(), tol(), ("loss", "grad x_real", "grad x_fake"))
+    def check(out):
+        return H.check_loss(out, want(), tol(), ("loss", "grad x_real", "grad x_fake"))
 
-        def compiled_make():
-            f = H.compiled(torch_center_loss, ctx)
-            return lambda: f(*inputs)
+    providers = H.torch_providers(torch_center_loss, ctx, *inputs)
+    providers += H.kmgan_providers(ctx, i, lambda b: (lambda: km.center_loss(*inputs, backend=b)))
+    return H.run_providers(ctx, OP, shape, providers, check, work=work, modes=H.MODES_ALL, leaves=[xr, xf])
 
-        providers = [("torch", lambda: (lambda: torch_center_loss(*inputs)), None), ("torch-compile", compiled_make, None)]
-        for b, why in H.kmgan_backends(ctx, i):
-            providers.append((f"kmgan_ext-{b}", lambda b=b: (lambda: km.center_loss(*inputs, backend=b)), why))
-        providers.sort(key=H.compile_last)
-        for name, make, why in providers:
-            rows += H.run_provider(
-                ctx, OP, shape, name, make, check, work=work, modes=MODES_ALL, leaves=[xr, xf], absent=why
-            )
-    H.add_speedups(rows, BASELINE)
-    return rows
+
+def run(ctx: H.Ctx) -> list[dict]:
+    return H.run_cases(ctx, OP, shapes(ctx), case, BASELINE)
 
 
 if __name__ == "__main__":

@@ -126,28 +126,9 @@ def _quality(x, centers, k, yardstick, bound, rows_of_x) -> tuple[bool, str, flo
 
 def _kmgan_seeding():
     """km.kmeans_plusplus and the backends it offers, or Absent while it is being written."""
-    try:
-        import kmgan_ext as km
-
-        fn = getattr(km, "kmeans_plusplus", None)
-        if fn is None:
-            from kmgan_ext.seeding import kmeans_plusplus as fn
-    except Exception as e:
-        raise H.Absent(f"not built yet: kmgan_ext.seeding.kmeans_plusplus ({type(e).__name__}: {e})") from e
+    fn = H.kmgan_function("kmeans_plusplus")
     backends = getattr(sys.modules.get(fn.__module__), "BACKENDS", ("auto",))
     return fn, [b for b in backends if b != "auto"] or ["auto"]
-
-
-def _kmgan_kmeans():
-    try:
-        import kmgan_ext as km
-
-        fn = getattr(km, "kmeans", None)
-        if fn is None:
-            from kmgan_ext.seeding import kmeans as fn
-    except Exception as e:
-        raise H.Absent(f"not built yet: kmgan_ext.seeding.kmeans ({type(e).__name__}: {e})") from e
-    return fn
 
 
 def _faiss_kmeans(ctx, x, k, niter, plusplus):
@@ -266,7 +247,7 @@ def run(ctx: H.Ctx) -> list[dict]:
         op = "kmeans"
 
         def km_lloyd():
-            fn = _kmgan_kmeans()
+            fn = H.kmgan_function("kmeans")
             return lambda: fn(x, k, niter=NITER, seed=0)
 
         def sk_lloyd():

@@ -27,7 +27,6 @@ import _harness as H  # noqa: E402
 
 OP = "pairwise_l1"
 BASELINE = "torch"
-MODES_ALL = ("forward", "backward", "full")
 
 
 def shapes(ctx: H.Ctx) -> list[dict]:
@@ -61,89 +60,71 @@ def _naive_skip(ctx: H.Ctx, n: int, d: int) -> str | None:
     return None
 
 
-def run(ctx: H.Ctx) -> list[dict]:
+def case(ctx: H.Ctx, i: int, shape: dict) -> list[dict]:
     import kmgan_ext as km
     from kmgan_ext import reference
 
-    rows: list[dict] = []
-    for i, shape in enumerate(shapes(ctx)):
-        ctx.log(f"  {OP} {shape}")
-        n, d, inter = shape["N"], shape["d"], shape["pairs"] == "inter"
-        g = torch.Generator().manual_seed(4)
-        a = torch.randn(n, d, generator=g).to(ctx.device).requires_grad_()
-        b = (0.3 + torch.randn(n, d, generator=g)).to(ctx.device).requires_grad_() if inter else None
-        leaves = [a, b] if inter else [a]
+    n, d, inter = shape["N"], shape["d"], shape["pairs"] == "inter"
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(n, d, generator=g).to(ctx.device).requires_grad_()
+    b = (0.3 + torch.randn(n, d, generator=g)).to(ctx.device).requires_grad_() if inter else None
+    leaves = [a, b] if inter else [a]
 
-        def truth(a=a, b=b):
-            one = torch.ones((), dtype=torch.float64, device=a.device)
-            ga, gb = reference.pairwise_l1_backward(one, a.detach().double(), None if b is None else b.detach().double())
-            value = (ga * a.detach().double()).sum()
-            grads = [ga]
-            if b is not None:
-                value = value + (gb * b.detach().double()).sum()
-                grads.append(gb)
-            return value, grads
+    def truth():
+        one = torch.ones((), dtype=torch.float64, device=a.device)
+        ga, gb = reference.pairwise_l1_backward(one, a.detach().double(), None if b is None else b.detach().double())
+        value = (ga * a.detach().double()).sum()
+        grads = [ga]
+        if b is not None:
+            value = value + (gb * b.detach().double()).sum()
+            grads.append(gb)
+        return value, grads
 
-        want = H.Lazy(truth)
-        s = a.element_size()
-        m = n if inter else n
-        fwd = H.Work(bytes=(n + (m if inter else 0)) * d * s, items=n * m)
-        bwd = H.Work(bytes=2 * (n + (m if inter else 0)) * d * s, items=n * m)
-        work = {"forward": fwd, "backward": bwd, "full": H.Work(fwd.bytes + bwd.bytes, items=n * m, item_unit="pairs")}
-        fwd.item_unit = bwd.item_unit = "pairs"
+    want = H.Lazy(truth)
+    s = a.element_size()
+    m = n if inter else n
+    fwd = H.Work(bytes=(n + (m if inter else 0)) * d * s, items=n * m)
+    bwd = H.Work(bytes=2 * (n + (m if inter else 0)) * d * s, items=n * m)
+    work = {"forward": fwd, "backward": bwd, "full": H.Work(fwd.bytes + bwd.bytes, items=n * m, item_unit="pairs")}
+    fwd.item_unit = bwd.item_unit = "pairs"
 
-        skip = _naive_skip(ctx, n, d)
+    skip = _naive_skip(ctx, n, d)
 
-        def tols(a=a, b=b, want=want, skip=skip):
-            wl, _ = want()
-            # Gradients are integer rank counts: exact in float32 up to 2^24.
-            floors = [1e-5 * (1 + float(wl.abs())), 1e-3, 1e-3]
-            plain = None if skip else H.loss_and_grads(torch_pairwise_l1, [a] + ([b] if b is not None else []))
-            return H.tolerances(plain, want(), floors)
+    def tols():
+        wl, _ = want()
+        # Gradients are integer rank counts: exact in float32 up to 2^24.
+        floors = [1e-5 * (1 + float(wl.abs())), 1e-3, 1e-3]
+        plain = None if skip else H.loss_and_grads(torch_pairwise_l1, leaves)
+        return H.tolerances(plain, want(), floors)
 
-        tol = H.Lazy(tols)
+    tol = H.Lazy(tols)
 
-        def check(out, want=want, tol=tol):
-            return H.check_loss(out, want(), tol(), ("value", "grad a", "grad b"))
+    def check(out):
+        return H.check_loss(out, want(), tol(), ("value", "grad a", "grad b"))
 
-        def naive(a=a, b=b):
-            if skip:
-                raise H.Skipped(skip)
-            return lambda: torch_pairwise_l1(a, b)
+    def keops_make():
+        mod = H.optional_import("pykeops.torch", "pykeops")
 
-        def compiled_make(a=a, b=b):
-            if skip:
-                raise H.Skipped(skip)
-            f = H.compiled(torch_pairwise_l1, ctx)
-            return lambda: f(a, b)
+        def fn():
+            other = a if b is None else b
+            a_i, b_j = mod.LazyTensor(a[:, None, :]), mod.LazyTensor(other[None, :, :])
+            return (a_i - b_j).abs().sum(-1).sum(dim=1).sum()
 
-        def keops_make(a=a, b=b):
-            mod = H.optional_import("pykeops.torch", "pykeops")
+        return fn
 
-            def fn():
-                other = a if b is None else b
-                a_i, b_j = mod.LazyTensor(a[:, None, :]), mod.LazyTensor(other[None, :, :])
-                return (a_i - b_j).abs().sum(-1).sum(dim=1).sum()
+    def kmgan_make(bk):
+        if bk == "reference" and n > (16_384 if ctx.cuda else 4096):
+            raise H.Skipped("the reference forward is the O(N^2 d) float64 cdist")
+        return lambda: km.pairwise_l1(a, b, backend=bk)
 
-            return fn
+    providers = H.torch_providers(torch_pairwise_l1, ctx, a, b, skip=skip)
+    providers += H.kmgan_providers(ctx, i, kmgan_make)
+    providers.append(("keops", keops_make, None))
+    return H.run_providers(ctx, OP, shape, providers, check, work=work, modes=H.MODES_ALL, leaves=leaves)
 
-        providers = [("torch", naive, None), ("torch-compile", compiled_make, None)]
-        for bk, why in H.kmgan_backends(ctx, i):
 
-            def make(bk=bk, a=a, b=b):
-                if bk == "reference" and n > (16_384 if ctx.cuda else 4096):
-                    raise H.Skipped("the reference forward is the O(N^2 d) float64 cdist")
-                return lambda: km.pairwise_l1(a, b, backend=bk)
-
-            providers.append((f"kmgan_ext-{bk}", make, why))
-        providers.append(("keops", keops_make, None))
-        providers.sort(key=H.compile_last)
-        for name, make, why in providers:
-            rows += H.run_provider(
-                ctx, OP, shape, name, make, check, work=work, modes=MODES_ALL, leaves=leaves, absent=why
-            )
-    H.add_speedups(rows, BASELINE)
-    return rows
+def run(ctx: H.Ctx) -> list[dict]:
+    return H.run_cases(ctx, OP, shapes(ctx), case, BASELINE)
 
 
 if __name__ == "__main__":
