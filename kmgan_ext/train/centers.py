@@ -52,7 +52,8 @@ def seed(tr) -> None:
     if tr.info.main:
         feats = tr.dataset_features(tr.D_raw.features, tr.feature_order(n, 11))
         c_real = kmeans_pp(feats, k, cfg["seed"]).to(tr.device)
-        pool = tr.generated_features(max(k, cfg["fake_pool"]), torch.Generator(device=tr.device).manual_seed(cfg["seed"] + 17))
+        pool_gen = torch.Generator(device=tr.device).manual_seed(cfg["seed"] + 17)
+        pool = tr.generated_features(max(k, cfg["fake_pool"]), pool_gen)
         c_fake = kmeans_pp(pool, k, cfg["seed"] + 1).to(tr.device)
     tr.C_real = broadcast_(c_real.contiguous(), tr.world)
     tr.C_fake = broadcast_(c_fake.contiguous(), tr.world)
