@@ -33,8 +33,6 @@ from .steps import (
     optimizer_step,
 )
 
-KM_MODELS = ("kmgan", "generalized")
-
 
 def kmgan_iteration(tr, x: Tensor) -> dict:
     cfg = tr.cfg
