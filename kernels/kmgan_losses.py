@@ -411,7 +411,7 @@ def kmgan_losses(f_real, f_fake, centers_real, centers_fake, reduction):
     pulls = torch.empty(2, dtype=acc, device=dev)
     u_diff = torch.empty(d, dtype=acc, device=dev)
     cnt_r, cnt_f = torch.empty(kr, **i64), torch.empty(kf, **i64)
-    outs = (lr, lf, lh, loss_d, loss_g, loss_c, pulls, u_diff, cnt_r, cnt_f)
+    outs = (loss_d, loss_g, loss_c, lr, lf, lh, pulls, u_diff, cnt_r, cnt_f)
     interp = interpreting(f_real)
     kpr, kpf = pow2(kr, 2), pow2(kf, 2)
     mode = _MODES[reduction]
@@ -464,7 +464,7 @@ def _composed(f_real, f_fake, centers_real, centers_fake, reduction):
     pr = assigned_distance(f_real, lr, centers_real, reduction)
     pf = assigned_distance(f_fake, lf, centers_real, reduction)
     loss_c, u_diff, cnt_r, cnt_f = center_loss_forward(f_real, lr, centers_real, f_fake, lh, centers_fake)
-    return lr, lf, lh, pr - pf, pf, loss_c, torch.stack([pr, pf]), u_diff, cnt_r, cnt_f
+    return pr - pf, pf, loss_c, lr, lf, lh, torch.stack([pr, pf]), u_diff, cnt_r, cnt_f
 
 
 def kmgan_losses_backward(grad_d, grad_g, grad_center, f_real, f_fake, centers_real, labels_real,

@@ -132,7 +132,7 @@ def kmgan_losses(
             _checks.finite(name, t)
         be = _dispatch.resolve(backend, f_real.device, "kmgan_losses")
         out = kmgan_losses_fused(f_real, f_fake, centers_real.detach(), centers_fake.detach(), reduction, be)
-        labels_real, labels_fake, labels_fake_hat, loss_d, loss_g, loss_center = out[:6]
+        loss_d, loss_g, loss_center, labels_real, labels_fake, labels_fake_hat = out[:6]
     else:
         labels_real, labels_fake, labels_fake_hat, loss_d, loss_g, loss_center = _composed(
             f_real, f_fake, centers_real, centers_fake, reduction, backend

@@ -3,8 +3,8 @@
 The public function is km.kmgan_losses (kmgan_losses.py); this file registers the op's routing,
 fake kernels and autograd. Outputs, in schema order::
 
-    labels_real, labels_fake, labels_fake_hat    int64 (N_r,), (N_f,), (N_f,)
     loss_d, loss_g, loss_center                  0-d, float32 (float64 for float64 features)
+    labels_real, labels_fake, labels_fake_hat    int64 (N_r,), (N_f,), (N_f,)
     pulls                                        (2,) (pull_real, pull_fake), for the backward
     u_diff                                       (d,) u_real - u_fake of Eq. 4
     counts_real, counts_fake                     int64 (K,), (K_hat,)
@@ -46,12 +46,12 @@ if _FUSED:
         nr, nf, d = f_real.shape[0], f_fake.shape[0], f_real.shape[1]
         i64 = dict(dtype=torch.int64)
         return (
+            f_real.new_empty((), dtype=dt),
+            f_real.new_empty((), dtype=dt),
+            f_real.new_empty((), dtype=dt),
             f_real.new_empty(nr, **i64),
             f_real.new_empty(nf, **i64),
             f_real.new_empty(nf, **i64),
-            f_real.new_empty((), dtype=dt),
-            f_real.new_empty((), dtype=dt),
-            f_real.new_empty((), dtype=dt),
             f_real.new_empty(2, dtype=dt),
             f_real.new_empty(d, dtype=dt),
             f_real.new_empty(centers_real.shape[0], **i64),
@@ -65,13 +65,13 @@ if _FUSED:
 
     def _setup_context(ctx, inputs, output):
         f_real, f_fake, centers_real, _, reduction, backend = inputs
-        lr, lf, lh, _, _, _, pulls, u_diff, n_r, n_h = output
+        _, _, _, lr, lf, lh, pulls, u_diff, n_r, n_h = output
         ctx.save_for_backward(f_real, f_fake, centers_real, lr, lf, lh, pulls, u_diff, n_r, n_h)
         ctx.reduction, ctx.backend = reduction, backend
         ctx.mark_non_differentiable(lr, lf, lh, pulls, u_diff, n_r, n_h)
         ctx.set_materialize_grads(False)
 
-    def _backward(ctx, _g_lr, _g_lf, _g_lh, g_d, g_g, g_c, *_rest):
+    def _backward(ctx, g_d, g_g, g_c, *_non_differentiable):
         need = ctx.needs_input_grad
         if g_d is None and g_g is None and g_c is None:
             return None, None, None, None, None, None

@@ -319,7 +319,7 @@ def kmgan_losses(
     as assigned_distance); L_D = pull_real - pull_fake, L_G = pull_fake,
     L_center = center_loss(f_real, labels_real, C, f_fake, labels_fake_hat, C_hat).
 
-    Returns (labels_real, labels_fake, labels_fake_hat, loss_d, loss_g, loss_center,
+    Returns (loss_d, loss_g, loss_center, labels_real, labels_fake, labels_fake_hat,
     pulls = (pull_real, pull_fake), u_diff (d,), counts_real (K,), counts_fake (K_hat,)).
     """
     labels_real, _ = assign(f_real, centers_real)
@@ -332,7 +332,7 @@ def kmgan_losses(
     )
     dt = _out_dtype(f_real)
     pulls = torch.stack([pr, pf]).to(dt)
-    return (labels_real, labels_fake, labels_fake_hat, (pr - pf).to(dt), pf.to(dt), loss_c, pulls,
+    return ((pr - pf).to(dt), pf.to(dt), loss_c, labels_real, labels_fake, labels_fake_hat, pulls,
             u_diff, n_r, n_h)  # fmt: skip
 
 

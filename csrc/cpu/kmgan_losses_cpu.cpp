@@ -79,7 +79,7 @@ kmgan_losses_native(const Tensor& f_real_in, const Tensor& f_fake_in, const Tens
   // In double, then rounded once: the same value as subtracting the float64 reference pulls.
   Tensor loss_d = at::full({}, pr - pf, acc);
   Tensor loss_g = at::full({}, pf, acc);
-  return {lr, lf, lh, loss_d, loss_g, loss_c, pulls, u_diff, n_r, n_h};
+  return {loss_d, loss_g, loss_c, lr, lf, lh, pulls, u_diff, n_r, n_h};
 }
 
 // One side's rows: out_i = scale_i (x_i - c_{l_i}) + w[lc_i] sgn, in acc, rounded once.
