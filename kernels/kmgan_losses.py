@@ -46,7 +46,11 @@ FUSED_MAX_K = 64
 # One-program forward on a GPU: rows of both batches together, and the register tile of the
 # per-cluster sums (clusters x d, per side).
 SINGLE_MAX_ROWS = 1024
-SINGLE_MAX_SUM_TILE = 32 * 128
+SINGLE_MAX_SUM_TILE = 16 * 128  # the configuration ptxas was checked at (below)
+# Warps per GPU launch: ptxas -v for sm_90 (Triton 3.8 PTX, float32, d = 128 tiles) reports
+# 255 registers and ~2 KB of spills with 4 warps for the one-program forward (32-row tiles) and
+# the row-tile forward (64 rows), none with 8 (250 / 248 registers); the backward spills 88 B
+# with 4 warps, none with 8 (184 registers). Not timed: no GPU was available.
 
 
 @triton.jit
@@ -425,14 +429,14 @@ def kmgan_losses(f_real, f_fake, centers_real, centers_fake, reduction):
                 f_real, f_fake, centers_real, centers_fake, lr, lf, lh, loss_d, loss_g, loss_c,
                 pulls, u_diff, cnt_r, cnt_f, nr, nf, kr, kf, d, div_r, div_f,
                 **_guard_args(f_real, d), **common, BLOCK_N=bn, BLOCK_D=single_d,
-                **({} if interp else dict(num_warps=4)),
+                **({} if interp else dict(num_warps=8)),
             )
             return outs
         if interp:
             bd = pow2(d, 16, 1024)
             bn, opts = pow2(max(nr, nf), 16, max(16, (1 << 18) // bd)), {}
         else:
-            bn, bd, opts = 64, pow2(d, 16, 64), dict(num_warps=4)
+            bn, bd, opts = 64, pow2(d, 16, 64), dict(num_warps=8)
         tr, tf = triton.cdiv(nr, bn), triton.cdiv(nf, bn)
         kpm = max(kpr, kpf)
         part_pull = torch.empty(tr + tf, dtype=acc, device=dev)
@@ -447,7 +451,7 @@ def kmgan_losses(f_real, f_fake, centers_real, centers_fake, reduction):
         _fwd_finalize_kernel[(1,)](
             centers_real, centers_fake, part_pull, part_cnt, part_sum, loss_d, loss_g, loss_c,
             pulls, u_diff, cnt_r, cnt_f, kr, kf, d, tr, tf, div_r, div_f, **common, KPM=kpm,
-            BLOCK_P=pow2(tr + tf, 16, 1024), BLOCK_D=bd, **opts,
+            BLOCK_P=pow2(tr + tf, 16, 1024), BLOCK_D=bd, **({} if interp else dict(num_warps=4)),
         )
     return outs
 
@@ -481,7 +485,7 @@ def kmgan_losses_backward(grad_d, grad_g, grad_center, f_real, f_fake, centers_r
         bd = pow2(d, 16, 1024)
         bn, opts = pow2(max(nr, nf), 16, max(16, (1 << 20) // bd)), {}
     else:
-        bn, bd, opts = 32, pow2(d, 16, 128), dict(num_warps=4)
+        bn, bd, opts = 32, pow2(d, 16, 128), dict(num_warps=8)
     tr, tf = triton.cdiv(nr, bn), triton.cdiv(nf, bn)
     grads = [g if g is not None else pulls for g in (grad_d, grad_g, grad_center)]
     with device_guard(f_real):
