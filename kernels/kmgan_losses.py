@@ -44,7 +44,9 @@ _MODES = {"fro": 0, "mean": 1, "sq_sum": 2}
 # Largest cluster count whose one-hot (BLOCK_N x 64) the fused kernels keep in registers.
 FUSED_MAX_K = 64
 # One-program forward on a GPU: rows of both batches together, and the register tile of the
-# per-cluster sums (clusters x d, per side).
+# per-cluster sums (clusters x d, per side). The row limit is not from a timing (no GPU here):
+# one CTA walks the rows serially, so past a few hundred rows the two-launch tiled path should
+# win; bench/bench_train_step.py's loss block on a GPU is where to set it.
 SINGLE_MAX_ROWS = 1024
 SINGLE_MAX_SUM_TILE = 16 * 128  # the configuration ptxas was checked at (below)
 # Warps per GPU launch: ptxas -v for sm_90 (Triton 3.8 PTX, float32, d = 128 tiles) reports
