@@ -49,7 +49,18 @@ PyObject* PyInit__C(void) {
     "bool centers_grad",                                                                      \
     "(Tensor, Tensor)")                                                                       \
   X("pairwise_l1", "Tensor a, Tensor? b", "Tensor")                                           \
-  X("pairwise_l1_backward", "Tensor grad, Tensor a, Tensor? b", "(Tensor, Tensor)")
+  X("pairwise_l1_backward", "Tensor grad, Tensor a, Tensor? b", "(Tensor, Tensor)")         \
+  /* The KM-GAN loss block (kmgan_ext/kmgan_losses_op.py): labels, L_D, L_G, L_center, and  \
+     what the backward needs: pulls = (pull_real, pull_fake), u_diff, counts. */              \
+  X("kmgan_losses",                                                                           \
+    "Tensor f_real, Tensor f_fake, Tensor centers_real, Tensor centers_fake, str reduction",  \
+    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")       \
+  /* A missing upstream gradient (None) counts as 0. */                                       \
+  X("kmgan_losses_backward",                                                                  \
+    "Tensor? grad_d, Tensor? grad_g, Tensor? grad_center, Tensor f_real, Tensor f_fake, "     \
+    "Tensor centers_real, Tensor labels_real, Tensor labels_fake, Tensor labels_fake_hat, "   \
+    "Tensor pulls, Tensor u_diff, Tensor counts_real, Tensor counts_fake, str reduction",     \
+    "(Tensor, Tensor)")
 
 static std::string native_name(const char* name) {
   // minibatch_update_ -> minibatch_update_native_ : keep the in-place underscore last.

@@ -12,6 +12,7 @@ here touches a GPU at import time.
 from .assign import assign, assign_backward, assign_stats
 from .assigned_distance import assigned_distance, assigned_distance_backward
 from .center_loss import center_loss_backward, center_loss_forward
+from .kmgan_losses import kmgan_losses, kmgan_losses_backward
 from .minibatch_update import ema_update_, minibatch_step_, minibatch_update_
 from .pairwise_l1 import pairwise_l1, pairwise_l1_backward
 
@@ -28,4 +29,6 @@ __all__ = [
     "assigned_distance_backward",
     "pairwise_l1",
     "pairwise_l1_backward",
+    "kmgan_losses",
+    "kmgan_losses_backward",
 ]

@@ -2,8 +2,7 @@
 
 Given the discriminator features of a real and a generated batch and both center sets, it
 returns the three label vectors and L_D, L_G, L_center (plus Eq. 7's L_intra and L_inter
-when lambda > 0), written with the fused ops so that each term is one kernel forward and one
-backward:
+when lambda > 0):
 
     assign(f_real, C), assign(f_fake, C)      labels for Eq. 5/6 (both batches to the real centers)
     assign(f_fake, C_hat)                     labels for Eq. 4 (generated batch to the fake centers)
@@ -11,10 +10,16 @@ backward:
     L_G      = ||f_fake - C[l_fake]||                             (+ lambda L_inter)
     L_center = km.center_loss(f_real, l_real, C, f_fake, l_fake_hat, C_hat)
 
-L_G shares its distance term with L_D (one kernel, one node in the graph), so L_D and L_G are
-meant for separate backward passes (the D step, then the G step), as in Algorithm 1. L_G's
-Eq. 7 term is taken against ``f_real.detach()``: the G step must not push gradient into the
-real pass of D.
+All of Eq. 4-6 is ONE op, kmgan_ext::kmgan_losses (kmgan_losses_op.py): labels, pulls,
+counts and Eq. 4 in one fused forward (one Triton launch at the paper's shape) and one backward
+launch for any combination of the three losses, with no label-range check (the op makes the
+labels). Eq. 7's terms (lam > 0) are added on top with km.pairwise_l1. Without a built
+kmgan_ext._C that defines the op, the same block is composed of the single ops.
+
+L_G shares its distance term with L_D (one node in the graph), so L_D and L_G are meant for
+separate backward passes (the D step, then the G step), as in Algorithm 1; summing them first
+works too. L_G's Eq. 7 term is taken against ``f_real.detach()``: the G step must not push
+gradient into the real pass of D.
 """
 from __future__ import annotations
 
@@ -23,9 +28,11 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from . import _checks, _dispatch
 from .assign import assign
 from .assigned_distance import assigned_distance
 from .center_loss import center_loss
+from .kmgan_losses_op import _FUSED, kmgan_losses_fused
 from .pairwise_l1 import pairwise_l1
 
 REDUCTIONS = ("fro", "mean", "sq_sum")
@@ -113,16 +120,23 @@ def kmgan_losses(
     _check_options(reduction, lam, pairwise_reduction)
     f_real = _as_centers_dtype("f_real", f_real, centers_real)
     f_fake = _as_centers_dtype("f_fake", f_fake, centers_real)
-    with torch.no_grad():
-        labels_real, _ = assign(f_real.detach(), centers_real, backend=backend)
-        labels_fake, _ = assign(f_fake.detach(), centers_real, backend=backend)
-        labels_fake_hat, _ = assign(f_fake.detach(), centers_fake, backend=backend)
-    pull_real = assigned_distance(f_real, labels_real, centers_real, reduction, backend=backend)
-    pull_fake = assigned_distance(f_fake, labels_fake, centers_real, reduction, backend=backend)
-    loss_d, loss_g = pull_real - pull_fake, pull_fake
-    loss_center = center_loss(
-        f_real, labels_real, centers_real, f_fake, labels_fake_hat, centers_fake, backend=backend
-    )
+    if _FUSED:
+        centers_real = _checks.centers("centers_real", centers_real, f_real)
+        centers_fake = _checks.centers("centers_fake", centers_fake, f_real)
+        _checks.same_device("f_fake", f_fake, f_real, "f_real")
+        if f_fake.shape[1] != f_real.shape[1]:
+            raise ValueError(
+                f"f_fake must have {f_real.shape[1]} columns (as f_real and x.shape[1]), got shape {tuple(f_fake.shape)}"
+            )
+        for name, t in (("f_real", f_real), ("f_fake", f_fake)):
+            _checks.finite(name, t)
+        be = _dispatch.resolve(backend, f_real.device, "kmgan_losses")
+        out = kmgan_losses_fused(f_real, f_fake, centers_real.detach(), centers_fake.detach(), reduction, be)
+        loss_d, loss_g, loss_center, labels_real, labels_fake, labels_fake_hat = out[:6]
+    else:
+        labels_real, labels_fake, labels_fake_hat, loss_d, loss_g, loss_center = _composed(
+            f_real, f_fake, centers_real, centers_fake, reduction, backend
+        )
     l_intra = l_inter = None
     if lam:
         l_intra, l_inter = pairwise_terms(f_real, f_fake, pairwise_reduction=pairwise_reduction, backend=backend)
@@ -130,6 +144,20 @@ def kmgan_losses(
         loss_d = loss_d + lam * (l_intra - l_inter)
         loss_g = loss_g + lam * inter_g
     return KMGANLossTerms(labels_real, labels_fake, labels_fake_hat, loss_d, loss_g, loss_center, l_intra, l_inter)
+
+
+def _composed(f_real, f_fake, centers_real, centers_fake, reduction, backend):
+    """The block from the single ops (when kmgan_ext._C lacks the fused op)."""
+    with torch.no_grad():
+        labels_real, _ = assign(f_real.detach(), centers_real, backend=backend)
+        labels_fake, _ = assign(f_fake.detach(), centers_real, backend=backend)
+        labels_fake_hat, _ = assign(f_fake.detach(), centers_fake, backend=backend)
+    pull_real = assigned_distance(f_real, labels_real, centers_real, reduction, backend=backend)
+    pull_fake = assigned_distance(f_fake, labels_fake, centers_real, reduction, backend=backend)
+    loss_center = center_loss(
+        f_real, labels_real, centers_real, f_fake, labels_fake_hat, centers_fake, backend=backend
+    )
+    return labels_real, labels_fake, labels_fake_hat, pull_real - pull_fake, pull_fake, loss_center
 
 
 class KMGANLosses(nn.Module):

@@ -35,6 +35,8 @@ __all__ = [
     "assigned_distance_backward",
     "pairwise_l1",
     "pairwise_l1_backward",
+    "kmgan_losses",
+    "kmgan_losses_backward",
 ]
 
 # Rows per chunk when forming distances: bounds the (chunk, K) float64 block in memory.
@@ -303,3 +305,80 @@ def pairwise_l1_backward(grad: Tensor, a: Tensor, b: Tensor | None) -> tuple[Ten
     ga = g * _l1_grad_1d(ad, bd)
     gb = g * _l1_grad_1d(bd, ad)
     return ga.to(a.dtype), gb.to(b.dtype)
+
+
+# --------------------------------------------------------------------------- KM-GAN loss block
+def kmgan_losses(
+    f_real: Tensor, f_fake: Tensor, centers_real: Tensor, centers_fake: Tensor, reduction: str = "fro"
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backend interface of the KM-GAN loss block (paper Eq. 4-6), composed of the above:
+
+    labels_real = assign(f_real, C), labels_fake = assign(f_fake, C),
+    labels_fake_hat = assign(f_fake, C_hat);
+    pull_real = ||f_real - C[labels_real]||, pull_fake = ||f_fake - C[labels_fake]|| (reduction
+    as assigned_distance); L_D = pull_real - pull_fake, L_G = pull_fake,
+    L_center = center_loss(f_real, labels_real, C, f_fake, labels_fake_hat, C_hat).
+
+    Returns (loss_d, loss_g, loss_center, labels_real, labels_fake, labels_fake_hat,
+    pulls = (pull_real, pull_fake), u_diff (d,), counts_real (K,), counts_fake (K_hat,)).
+    """
+    labels_real, _ = assign(f_real, centers_real)
+    labels_fake, _ = assign(f_fake, centers_real)
+    labels_fake_hat, _ = assign(f_fake, centers_fake)
+    pr = _acc(assigned_distance(f_real, labels_real, centers_real, reduction))
+    pf = _acc(assigned_distance(f_fake, labels_fake, centers_real, reduction))
+    loss_c, u_diff, n_r, n_h = center_loss_forward(
+        f_real, labels_real, centers_real, f_fake, labels_fake_hat, centers_fake
+    )
+    dt = _out_dtype(f_real)
+    pulls = torch.stack([pr, pf]).to(dt)
+    return ((pr - pf).to(dt), pf.to(dt), loss_c, labels_real, labels_fake, labels_fake_hat, pulls,
+            u_diff, n_r, n_h)  # fmt: skip
+
+
+def kmgan_losses_backward(
+    grad_d: Tensor | None,
+    grad_g: Tensor | None,
+    grad_center: Tensor | None,
+    f_real: Tensor,
+    f_fake: Tensor,
+    centers_real: Tensor,
+    labels_real: Tensor,
+    labels_fake: Tensor,
+    labels_fake_hat: Tensor,
+    pulls: Tensor,
+    u_diff: Tensor,
+    counts_real: Tensor,
+    counts_fake: Tensor,
+    reduction: str = "fro",
+) -> tuple[Tensor, Tensor]:
+    """(grad_f_real, grad_f_fake) of g_d L_D + g_g L_G + g_c L_center; None counts as 0.
+
+    L_D = pull_real - pull_fake and L_G = pull_fake, so f_fake's pull gradient is taken with
+    weight g_g - g_d; the center-loss part is center_loss_backward's.
+    """
+    zero = torch.zeros((), dtype=torch.float64, device=f_real.device)
+    gd, gg, gc = (zero if g is None else _acc(g).reshape(()) for g in (grad_d, grad_g, grad_center))
+    c = _acc(centers_real)
+    p = _acc(pulls)
+    sgn = torch.sign(_acc(u_diff))  # sign(0) = 0
+
+    def side(x, labels, pull, g_pull, labels_c, counts, g_c):
+        diff = _acc(x) - c[labels]
+        if reduction == "fro":
+            scale = torch.where(pull > 0, g_pull / torch.where(pull > 0, pull, torch.ones_like(pull)), zero)
+            grad = diff * scale
+        elif reduction == "mean":
+            r = torch.sqrt((diff * diff).sum(1))
+            inv = torch.where(r > 0, 1.0 / torch.where(r > 0, r, torch.ones_like(r)), r * 0)
+            grad = diff * (g_pull * inv / max(1, x.shape[0]))[:, None]
+        elif reduction == "sq_sum":
+            grad = diff * g_pull
+        else:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        w = g_c / (1.0 + counts.to(torch.float64))[labels_c]
+        return (grad + w[:, None] * sgn[None, :]).to(x.dtype)
+
+    gr = side(f_real, labels_real, p[0], gd, labels_real, counts_real, gc)
+    gf = side(f_fake, labels_fake, p[1], gg - gd, labels_fake_hat, counts_fake, -gc)
+    return gr, gf

@@ -165,3 +165,288 @@ def test_bad_features_are_rejected_before_anything_runs():
         km.kmgan_losses(f_real, f_fake.long(), c_real, c_fake)
     with pytest.raises(ValueError, match="x"):  # the ops' own shape check: d differs
         km.kmgan_losses(f_real[:, :5], f_fake, c_real, c_fake)
+
+
+# --------------------------------------------------------------------------- the fused op
+# kmgan_ext::kmgan_losses (kmgan_losses_op.py): every backend against the float64 reference
+# composition (reference.kmgan_losses), the one-launch paths and the op's registration.
+import importlib  # noqa: E402
+
+from kmgan_ext import _dispatch  # noqa: E402
+from kmgan_ext.kmgan_losses_op import available as _fused_available  # noqa: E402
+
+from testing import noncontiguous, tol  # noqa: E402
+
+pytestmark_fused = pytest.mark.skipif(not _fused_available(), reason="kmgan_ext._C lacks kmgan_ext::kmgan_losses")
+OUT_NAMES = ("loss_d", "loss_g", "loss_center", "labels_real", "labels_fake", "labels_fake_hat", "pulls", "u_diff",
+             "counts_real", "counts_fake")  # fmt: skip
+
+
+def _triton_module():
+    # kernels/__init__ re-exports the function under the module's name: fetch the module.
+    return importlib.import_module("kmgan_ext.kernels.kmgan_losses")
+
+
+def _problem(nr, nf, d, kr, kf, dtype=torch.float32, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    fr = torch.randn(nr, d, generator=g)
+    ff = 0.5 * torch.randn(nf, d, generator=g) + 0.3
+    cr, cf = torch.randn(kr, d, generator=g), torch.randn(kf, d, generator=g)
+    return tuple(t.to(device, dtype) for t in (fr, ff, cr, cf))
+
+
+def _op(*args):
+    return torch.ops.kmgan_ext.kmgan_losses.default(*args)
+
+
+def _check_outputs(got, fr, ff, cr, cf, reduction, dtype):
+    want = R.kmgan_losses(fr, ff, cr, cf, reduction)
+    # Labels are the float64 argmin of the inputs (ties to the lowest index) on every backend.
+    for name, a, b in zip(OUT_NAMES, got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype, (name, a.shape, b.shape, a.dtype, b.dtype)
+        if a.dtype == torch.int64:
+            assert torch.equal(a.cpu(), b.cpu()), name
+        else:
+            t = tol(dtype) if dtype == torch.float64 else tol(torch.float32)
+            scale = 1 + float(b.abs().max()) if b.numel() else 1
+            torch.testing.assert_close(a.cpu(), b.cpu(), rtol=t["rtol"], atol=t["atol"] * scale, msg=name)
+
+
+FUSED_SHAPES = [
+    (64, 64, 100, 10, 10),  # the paper's batch, d = 100, K = 10
+    (33, 29, 23, 7, 5),  # odd everything
+    (1, 1, 7, 1, 1),  # N = 1, K = 1
+    (0, 5, 3, 2, 3),  # no real rows
+    (5, 0, 3, 2, 3),  # no generated rows
+]
+
+
+@pytestmark_fused
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("reduction", ["fro", "mean", "sq_sum"])
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_op_matches_reference_composition(backend, reduction, shape):
+    if km.available_backends()[backend]:
+        pytest.skip(km.available_backends()[backend])
+    fr, ff, cr, cf = _problem(*shape, seed=sum(shape))
+    _check_outputs(_op(fr, ff, cr, cf, reduction, backend), fr, ff, cr, cf, reduction, torch.float32)
+
+
+@pytestmark_fused
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_fused_op_dtypes(backend, dtype):
+    if km.available_backends()[backend]:
+        pytest.skip(km.available_backends()[backend])
+    fr, ff, cr, cf = _problem(21, 19, 13, 5, 4, dtype=dtype, seed=2)
+    got = _op(fr, ff, cr, cf, "mean", backend)
+    assert got[0].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    _check_outputs(got, fr, ff, cr, cf, "mean", dtype)
+
+
+@pytestmark_fused
+@pytest.mark.parametrize("shape", [(40, 30, 130, 3, 4), (70, 9, 20, 10, 10)], ids=["d130", "n70"])
+def test_triton_tiled_forward_matches_reference(monkeypatch, shape):
+    """The two-launch path (row tiles + finalize) that a GPU takes beyond one CTA."""
+    mod = _triton_module()
+    monkeypatch.setattr(mod, "_use_single", lambda *a: False)
+    fr, ff, cr, cf = _problem(*shape, seed=4)
+    for reduction in ("fro", "mean"):
+        _check_outputs(mod.kmgan_losses(fr, ff, cr, cf, reduction), fr, ff, cr, cf, reduction, torch.float32)
+
+
+@pytestmark_fused
+def test_triton_many_clusters_falls_back_to_the_single_ops():
+    mod = _triton_module()
+    fr, ff, cr, cf = _problem(12, 10, 9, mod.FUSED_MAX_K + 3, 5, seed=6)
+    _check_outputs(_op(fr, ff, cr, cf, "fro", "triton"), fr, ff, cr, cf, "fro", torch.float32)
+
+
+@pytestmark_fused
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_ties_and_near_ties_give_the_float64_argmin(backend):
+    """Duplicated centers (exact ties: lowest index) and rows on the bisector of two centers,
+    off it by less than float32 resolves: labels must equal the float64 reference exactly."""
+    if km.available_backends()[backend]:
+        pytest.skip(km.available_backends()[backend])
+    g = torch.Generator().manual_seed(11)
+    d = 31
+    c = torch.randn(4, d, generator=g)
+    cr = torch.cat([c, c[:2]])  # centers 4, 5 duplicate 0, 1
+    cf = torch.cat([c[2:3], c[2:3], c[:1]])
+    mid = 0.5 * (c[0] + c[1])
+    t = 1e-7 * torch.randn(40, 1, generator=g, dtype=torch.float64)
+    near = (mid.double() + t * (c[1] - c[0]).double()).float()
+    ff = torch.cat([near, c[:2], torch.randn(5, d, generator=g)])
+    fr = torch.cat([c, near[:7]])
+    got = _op(fr, ff, cr, cf, "fro", backend)
+    for labels, x, centers in ((got[3], fr, cr), (got[4], ff, cr), (got[5], ff, cf)):
+        assert torch.equal(labels, R.assign(x, centers)[0])
+    assert not (got[5] == 1).any()  # c_fake 0 and 1 are the same point: index 0 wins
+    assert not (got[3] >= 4).any() and not (got[4] >= 4).any()  # c_real 4, 5 repeat 0, 1
+    _check_outputs(got, fr, ff, cr, cf, "fro", torch.float32)
+
+
+def _grads64(fr, ff, cr, cf, labels, reduction, weights):
+    frd = fr.detach().double().requires_grad_()
+    ffd = ff.detach().double().requires_grad_()
+    lr, lf, lh = labels
+    pull_r, pull_f = _pull64(frd, lr, cr, reduction), _pull64(ffd, lf, cr, reduction)
+    losses = (pull_r - pull_f, pull_f, _center64(frd, lr, cr, ffd, lh, cf))
+    total = sum(w * loss for w, loss in zip(weights, losses) if w is not None)
+    gr, gf = torch.autograd.grad(total, [frd, ffd], allow_unused=True)
+    zero = torch.zeros_like
+    return [torch.stack([x.detach() for x in losses]), gr if gr is not None else zero(frd), gf if gf is not None else zero(ffd)]
+
+
+@pytestmark_fused
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("reduction", ["fro", "mean", "sq_sum"])
+@pytest.mark.parametrize(
+    "weights", [(1.0, 1.0, 1.0), (1.0, None, None), (None, 0.7, None), (None, None, -2.0), (0.5, None, 3.0)],
+    ids=["sum", "d", "g", "center", "d+center"],
+)
+def test_backward_of_any_combination_of_losses(backend, reduction, weights):
+    """One backward call per combination: missing losses arrive as None (no zero fill)."""
+    if km.available_backends()[backend]:
+        pytest.skip(km.available_backends()[backend])
+    fr, ff, cr, cf = _problem(17, 13, 11, 4, 3, seed=9)
+    fr.requires_grad_()
+    ff.requires_grad_()
+    t = km.kmgan_losses(fr, ff, cr, cf, reduction=reduction, backend=backend)
+    losses = [loss * w for loss, w in zip((t.loss_d, t.loss_g, t.loss_center), weights) if w is not None]
+    sum(losses).backward()
+    want_losses, want_gr, want_gf = _grads64(fr, ff, cr, cf, t[:3], reduction, weights)
+    got_losses = torch.stack([t.loss_d, t.loss_g, t.loss_center]).double().detach()
+    torch.testing.assert_close(got_losses, want_losses, rtol=1e-5, atol=1e-5)
+    for got, want in ((fr.grad, want_gr), (ff.grad, want_gf)):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * (1 + float(want.abs().max())))
+
+
+@pytestmark_fused
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_centers_and_noncontiguous_features(backend, dtype):
+    """Features of the centers' 16-bit dtype, strided: grads within the dtype's rounding."""
+    if km.available_backends()[backend]:
+        pytest.skip(km.available_backends()[backend])
+    fr, ff, cr, cf = _problem(15, 12, 9, 3, 4, dtype=dtype, seed=12)
+    fr, ff = noncontiguous(fr).requires_grad_(), noncontiguous(ff).requires_grad_()
+    t = km.kmgan_losses(fr, ff, cr, cf, reduction="mean", backend=backend)
+    (t.loss_d + t.loss_g + t.loss_center).backward()
+    assert fr.grad.dtype == dtype and ff.grad.dtype == dtype
+    for labels, x, c in ((t.labels_real, fr, cr), (t.labels_fake, ff, cr), (t.labels_fake_hat, ff, cf)):
+        assert torch.equal(labels, R.assign(x.detach(), c)[0])
+    want_losses, want_gr, want_gf = _grads64(fr, ff, cr, cf, t[:3], "mean", (1.0, 1.0, 1.0))
+    torch.testing.assert_close(torch.stack([t.loss_d, t.loss_g, t.loss_center]).double().detach(), want_losses,
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    for got, want in ((fr.grad, want_gr), (ff.grad, want_gf)):
+        torch.testing.assert_close(got.double(), want, **tol(dtype))
+
+
+@pytestmark_fused
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_opcheck(backend):
+    if km.available_backends()[backend]:
+        pytest.skip(km.available_backends()[backend])
+    fr, ff, cr, cf = _problem(9, 7, 5, 3, 2, dtype=torch.float64, seed=13)
+    torch.library.opcheck(
+        torch.ops.kmgan_ext.kmgan_losses.default, (fr.requires_grad_(), ff.requires_grad_(), cr, cf, "mean", backend)
+    )
+    out = R.kmgan_losses(fr.detach(), ff.detach(), cr, cf, "mean")
+    one = torch.ones((), dtype=torch.float64)
+    saved = (fr.detach(), ff.detach(), cr, *out[3:6], *out[6:])
+    for grads in ((one, 2 * one, 3 * one), (None, one, None)):
+        torch.library.opcheck(torch.ops.kmgan_ext.kmgan_losses_backward.default, (*grads, *saved, "mean", backend))
+
+
+@pytestmark_fused
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_torch_compile_fullgraph(backend):
+    if km.available_backends()[backend]:
+        pytest.skip(km.available_backends()[backend])
+    torch._dynamo.reset()
+
+    def block(fr, ff, cr, cf):
+        t = km.kmgan_losses(fr, ff, cr, cf, reduction="fro", backend=backend)
+        return t.loss_d + t.loss_g + t.loss_center, t.labels_fake_hat
+
+    fr, ff, cr, cf = _problem(16, 12, 10, 4, 3, seed=14)
+    xe, ye = fr.clone().requires_grad_(), ff.clone().requires_grad_()
+    xc, yc = fr.clone().requires_grad_(), ff.clone().requires_grad_()
+    want, want_l = block(xe, ye, cr, cf)
+    want.backward()
+    got, got_l = torch.compile(block, fullgraph=True)(xc, yc, cr, cf)
+    got.backward()
+    torch.testing.assert_close(got, want)
+    assert torch.equal(got_l, want_l)
+    torch.testing.assert_close(xc.grad, xe.grad)
+    torch.testing.assert_close(yc.grad, ye.grad)
+
+
+def test_auto_prefers_the_fused_triton_kernel_on_cuda(monkeypatch):
+    """Where every backend is available, auto on CUDA picks triton for this op only."""
+    monkeypatch.setattr(_dispatch, "_why_not", lambda b: None)
+    cuda = torch.device("cuda")
+    assert _dispatch._resolve("auto", cuda, "kmgan_losses") == "triton"
+    assert _dispatch._resolve("auto", cuda, "center_loss") == _dispatch._AUTO_CUDA_ORDER[0]
+    assert _dispatch._resolve("auto", cuda) == _dispatch._AUTO_CUDA_ORDER[0]
+    assert _dispatch._resolve("auto", torch.device("cpu"), "kmgan_losses") == "cpu"
+
+
+@pytestmark_fused
+def test_triton_block_is_one_launch_each_way_and_no_torch_compute(monkeypatch):
+    """The paper's shape through backend="triton": one Triton launch forward, one backward, and
+    no aten compute op outside them (each would be one more CUDA kernel on a GPU)."""
+    if km.available_backends()["triton"]:
+        pytest.skip(km.available_backends()["triton"])
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    launches = []
+    mod = _triton_module()
+    kernel_cls = type(mod._bwd_kernel)
+    real_run = kernel_cls.run
+
+    def counted_run(self, *args, **kwargs):
+        launches.append(getattr(self, "__name__", None) or getattr(self.fn, "__name__", "?"))
+        with record_function("triton_launch"):
+            return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(kernel_cls, "run", counted_run)
+    fr, ff, cr, cf = _problem(64, 64, 100, 10, 10, seed=15)
+    fr.requires_grad_()
+    ff.requires_grad_()
+    km.kmgan_losses(fr, ff, cr, cf, backend="triton")  # warm: first-call work is not counted
+    launches.clear()
+
+    def compute_ops(prof):
+        inside = set()
+        out = []
+        for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+            p = e.cpu_parent
+            nested = False
+            while p is not None:
+                if p.name == "triton_launch":
+                    nested = True
+                    break
+                p = p.cpu_parent
+            if nested or e.name == "triton_launch":
+                inside.add(e.name)
+                continue
+            if e.name.startswith("aten::") and not e.name.startswith(
+                ("aten::empty", "aten::as_strided", "aten::view", "aten::detach", "aten::alias", "aten::lift",
+                 "aten::contiguous")  # a copy inside contiguous() would still show as aten::clone/copy_
+            ):
+                out.append(e.name)
+        return out
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = km.kmgan_losses(fr, ff, cr, cf, backend="triton")
+    assert len(launches) == 1, launches
+    assert compute_ops(prof) == []
+    launches.clear()
+    grads = [torch.ones(()) for _ in range(3)]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.autograd.backward([t.loss_d, t.loss_g, t.loss_center], grads)
+    assert len(launches) == 1, launches
+    assert compute_ops(prof) == []
