@@ -120,6 +120,15 @@ def _prep_centers_kernel(c_ptr, mu_ptr, cs_ptr, hsq_ptr, cpart_ptr, count_ptr, K
 
 
 @triton.jit
+def _centred_x_chunk(xrow, mu_ptr, rmask, ds, D):
+    """Columns ds of the rows at xrow as float32 minus the centers' mean (0 past D)."""
+    dm = ds < D
+    xc = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
+    muc = tl.load(mu_ptr + ds, mask=dm, other=0.0)
+    return tl.where(dm[None, :], xc.to(tl.float32) - muc[None, :], 0.0)
+
+
+@triton.jit
 def _assign_tc_kernel(
     x_ptr, c_ptr, cs_ptr, mu_ptr, hsq_ptr, cpart_ptr, n_cpart,
     rows_ptr, count_ptr, labels_ptr, dist2_ptr,
@@ -196,11 +205,7 @@ def _assign_tc_kernel(
     else:
         xsq = tl.zeros((BLOCK_N,), tl.float32)
         for d0 in range(0, d_end, BLOCK_D):
-            ds = d0 + dcol
-            dm = ds < D
-            xc = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
-            muc = tl.load(mu_ptr + ds, mask=dm, other=0.0)
-            xc = tl.where(dm[None, :], xc.to(tl.float32) - muc[None, :], 0.0)
+            xc = _centred_x_chunk(xrow, mu_ptr, rmask, d0 + dcol, D)
             xsq += tl.sum(xc * xc, axis=1)
     xnorm = tl.sqrt(xsq)
     # Misordering window on the halved score (module docstring), safety factor 2.
@@ -230,12 +235,9 @@ def _assign_tc_kernel(
             else:
                 for d0 in range(0, D, BLOCK_D):
                     ds = d0 + dcol
-                    dm = ds < D
-                    xc = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
-                    muc = tl.load(mu_ptr + ds, mask=dm, other=0.0)
-                    xc = tl.where(dm[None, :], xc.to(tl.float32) - muc[None, :], 0.0)
+                    xc = _centred_x_chunk(xrow, mu_ptr, rmask, ds, D)
                     ct = tl.load(cs_ptr + ks[None, :].to(tl.int64) * D + ds[:, None],
-                                 mask=dm[:, None] & kmask[None, :], other=0.0)
+                                 mask=(ds < D)[:, None] & kmask[None, :], other=0.0)
                     s = tl.dot(xc, ct, s, input_precision=PRECISION)
         # Best two of the tile (ties to the lower index), then merge with the running two.
         t1, j1 = tl.max(s, axis=1, return_indices=True)

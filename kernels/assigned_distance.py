@@ -23,6 +23,20 @@ _FINISH = {0: (True, 1.0, False), 1: (False, 1.0, True), 2: (False, 0.5, False)}
 
 
 @triton.jit
+def _row_sq_dist(xrow, crow, rmask, D, acc_t: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """||x_i - c_{l_i}||^2 in acc_t for the BLOCK_N rows at xrow / crow (column pointers)."""
+    acc = tl.zeros((BLOCK_N, BLOCK_D), acc_t)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        m2 = rmask[:, None] & (ds < D)[None, :]
+        diff = (tl.load(xrow + ds[None, :], mask=m2, other=0.0).to(acc_t)
+                - tl.load(crow + ds[None, :], mask=m2, other=0.0).to(acc_t))
+        acc += diff * diff
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
 def _ad_fwd_kernel(x_ptr, l_ptr, c_ptr, out_ptr, N, D, div,
                    MODE: tl.constexpr, SINGLE: tl.constexpr, SQRT: tl.constexpr,
                    MUL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -33,14 +47,7 @@ def _ad_fwd_kernel(x_ptr, l_ptr, c_ptr, out_ptr, N, D, div,
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     crow = c_ptr + lab[:, None] * D
-    acc = tl.zeros((BLOCK_N, BLOCK_D), acc_t)
-    for d0 in range(0, D, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D)
-        m2 = rmask[:, None] & (ds < D)[None, :]
-        diff = (tl.load(xrow + ds[None, :], mask=m2, other=0.0).to(acc_t)
-                - tl.load(crow + ds[None, :], mask=m2, other=0.0).to(acc_t))
-        acc += diff * diff
-    row = tl.sum(acc, axis=1)
+    row = _row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D)
     if MODE == 1:
         row = tl.sqrt(row)
     total = tl.sum(row, axis=0)
@@ -66,14 +73,7 @@ def _ad_bwd_kernel(g_ptr, out_ptr, x_ptr, l_ptr, c_ptr, gx_ptr, gc_ptr, N, D,
     if MODE == 0:
         scale = tl.zeros((BLOCK_N,), acc_t) + tl.where(o > 0, g / tl.where(o > 0, o, 1.0), 0.0)
     elif MODE == 1:
-        acc = tl.zeros((BLOCK_N, BLOCK_D), acc_t)
-        for d0 in range(0, D, BLOCK_D):
-            ds = d0 + tl.arange(0, BLOCK_D)
-            m2 = rmask[:, None] & (ds < D)[None, :]
-            diff = (tl.load(xrow + ds[None, :], mask=m2, other=0.0).to(acc_t)
-                    - tl.load(crow + ds[None, :], mask=m2, other=0.0).to(acc_t))
-            acc += diff * diff
-        r = tl.sqrt(tl.sum(acc, axis=1))
+        r = tl.sqrt(_row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D))
         scale = tl.where(r > 0, (g / N) / tl.where(r > 0, r, 1.0), 0.0)
     else:
         scale = tl.zeros((BLOCK_N,), acc_t) + g

@@ -95,6 +95,23 @@ def _apply_rows(centers_ptr, ks, ds, hit, dmask, D, S, m_f, n_f, decay_hi, decay
 
 
 @triton.jit
+def _bump_counts(counts_ptr, ks, kmask, m, ACC_T: tl.constexpr, MODE: tl.constexpr):
+    """(hit, m_f, n_f) for clusters ks with m rows each; Sculley mode also adds m to counts.
+
+    hit: clusters with rows (the only ones written). m_f: m, n_f: the new count (Sculley) or
+    m (EMA), both in ACC_T and 1 where there are no rows, so no lane divides by 0.
+    """
+    hit = kmask & (m > 0)
+    m_f = tl.where(hit, m.to(ACC_T), 1.0)
+    n_f = m_f
+    if MODE == 0:
+        n_new = tl.load(counts_ptr + ks, mask=kmask, other=0) + m
+        tl.store(counts_ptr + ks, n_new, mask=hit)
+        n_f = tl.where(hit, n_new.to(ACC_T), 1.0)
+    return hit, m_f, n_f
+
+
+@triton.jit
 def _apply_kernel(
     centers_ptr, counts_ptr, sums_ptr, m_ptr, K, D, decay_hi, decay_lo,
     MODE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -103,21 +120,13 @@ def _apply_kernel(
     ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     kmask = ks < K
     m = tl.load(m_ptr + ks, mask=kmask, other=0)
-    hit = kmask & (m > 0)
-    acc_t = sums_ptr.dtype.element_ty
-    m_f = m.to(acc_t)
-    n_f = m_f
-    if MODE == 0:
-        n_new = tl.load(counts_ptr + ks, mask=kmask, other=0) + m
-        tl.store(counts_ptr + ks, n_new, mask=hit)
-        n_f = tl.where(hit, n_new.to(acc_t), 1.0)
+    hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, m, sums_ptr.dtype.element_ty, MODE)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         dmask = ds < D
         S = tl.load(sums_ptr + ks[:, None].to(tl.int64) * D + ds[None, :],
                     mask=hit[:, None] & dmask[None, :], other=0.0)
-        _apply_rows(centers_ptr, ks, ds, hit, dmask, D, S, tl.where(hit, m_f, 1.0), n_f,
-                    decay_hi, decay_lo, MODE)
+        _apply_rows(centers_ptr, ks, ds, hit, dmask, D, S, m_f, n_f, decay_hi, decay_lo, MODE)
 
 
 @triton.jit
@@ -147,14 +156,8 @@ def _sorted_segment_kernel(
         hi_e = tl.where(act_e & (right_e == 0), mid_e, hi_e)
     start = lo_s
     m = tl.where(kmask, lo_e - lo_s, 0)
-    hit = m > 0
     max_len = tl.max(m, axis=0)
-    m_f = tl.where(hit, m.to(ACC_T), 1.0)
-    n_f = m_f
-    if MODE == 0:
-        n_new = tl.load(counts_ptr + ks, mask=kmask, other=0) + m
-        tl.store(counts_ptr + ks, n_new, mask=hit)
-        n_f = tl.where(hit, n_new.to(ACC_T), 1.0)
+    hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, m, ACC_T, MODE)
     rl = tl.arange(0, BLOCK_R)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
@@ -189,13 +192,7 @@ def _small_update_kernel(
         rows = r0 + rl
         lab = tl.load(labels_ptr + rows, mask=rows < N, other=-1)
         cnt += tl.sum((lab[None, :] == ks[:, None]).to(tl.int32), axis=1)
-    hit = kmask & (cnt > 0)
-    m_f = tl.where(hit, cnt.to(ACC_T), 1.0)
-    n_f = m_f
-    if MODE == 0:
-        n_new = tl.load(counts_ptr + ks, mask=kmask, other=0) + cnt
-        tl.store(counts_ptr + ks, n_new, mask=hit)
-        n_f = tl.where(hit, n_new.to(ACC_T), 1.0)
+    hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, cnt, ACC_T, MODE)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         dmask = ds < D
