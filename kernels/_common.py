@@ -8,10 +8,40 @@ cost is dominated by the number of calls, not by their size.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
 import triton.language as tl
+
+
+def _version(v: str) -> tuple[int, int]:
+    major, minor = v.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def _interpreter_defect() -> str | None:
+    """Why this triton's interpreter cannot run these kernels here, or None.
+
+    Triton before 3.7 turns a scalar kernel argument used as a loop bound into a Python int
+    with ``int()`` of a 1-element array, which numpy 2.4 made an error: every kernel with a
+    run-time loop bound fails (triton-lang/triton#9171). Compiled kernels are not affected.
+    """
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        return None
+    import numpy as np  # the interpreter's dependency, not the compiled kernels'
+
+    if _version(triton.__version__) < (3, 7) and _version(np.__version__) >= (2, 4):
+        return (f"the interpreter of triton {triton.__version__} (TRITON_INTERPRET=1) cannot run "
+                f"kernels with run-time loop bounds under numpy {np.__version__} "
+                "(triton-lang/triton#9171): use triton >= 3.7 or numpy < 2.4")
+    return None
+
+
+# Raised at import so that km.available_backends() names the cause instead of every launch
+# failing with numpy's "only 0-dimensional arrays can be converted to Python scalars".
+if (_why := _interpreter_defect()) is not None:
+    raise ImportError(_why)
 
 
 def interpreting(t: torch.Tensor) -> bool:
