@@ -183,6 +183,9 @@ OUT_NAMES = ("loss_d", "loss_g", "loss_center", "labels_real", "labels_fake", "l
 
 
 def _triton_module():
+    why = km.available_backends()["triton"]
+    if why:
+        pytest.skip(why)
     # kernels/__init__ re-exports the function under the module's name: fetch the module.
     return importlib.import_module("kmgan_ext.kernels.kmgan_losses")
 
