@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from ._common import acc_dtype, device_guard, interpreting, pow2
+from .assigned_distance import _row_sq_dist
 
 _U = 2.0**-24  # float32 unit roundoff
 _SLACK = 2.0**-120  # per dimension: covers squares that underflow (|x - c| < 2^-63)
@@ -330,14 +331,7 @@ def _bwd_side(g_pull, pull, g_c, x_ptr, c_ptr, l_ptr, lc_ptr, cnt_ptr, udiff_ptr
     if MODE == 0:
         scale = tl.zeros((BLOCK_N,), ACC_T) + tl.where(pull > 0, g_pull / tl.where(pull > 0, pull, 1.0), 0.0)
     elif MODE == 1:
-        acc = tl.zeros((BLOCK_N, BLOCK_D), ACC_T)
-        for d0 in range(0, D, BLOCK_D):
-            ds = d0 + tl.arange(0, BLOCK_D)
-            m2 = rmask[:, None] & (ds < D)[None, :]
-            diff = (tl.load(xrow + ds[None, :], mask=m2, other=0.0).to(ACC_T)
-                    - tl.load(crow + ds[None, :], mask=m2, other=0.0).to(ACC_T))
-            acc += diff * diff
-        r = tl.sqrt(tl.sum(acc, axis=1))
+        r = tl.sqrt(_row_sq_dist(xrow, crow, rmask, D, ACC_T, BLOCK_N, BLOCK_D))
         scale = tl.where(r > 0, g_pull / (tl.where(r > 0, r, 1.0) * n_div), 0.0)
     else:
         scale = tl.zeros((BLOCK_N,), ACC_T) + g_pull
