@@ -117,14 +117,14 @@ def available_backends() -> dict[str, str | None]:
     return {b: _why_not(b) for b in BACKENDS}
 
 
+# (backend, device type, op) -> the resolved name. Availability does not change within a
+# process (the extension, triton and the interpreter setting are fixed once loaded), and the
+# probes cost ~15 us a call (torch._C queries), as much as a small kernel.
+_RESOLVED: dict[tuple[str, str, str | None], str] = {}
+
+
 # Under torch.compile the answer is a constant of the graph: dynamo calls this eagerly
 # instead of tracing the availability probes (torch._C queries, imports) inside it.
-# (backend, device type) -> the resolved name. Availability does not change within a process
-# (the extension, triton and the interpreter setting are fixed once loaded), and the probes
-# cost ~15 us a call (torch._C queries), as much as a small kernel.
-_RESOLVED: dict[tuple[str, str], str] = {}
-
-
 @torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device, op: str | None = None) -> str:
     """The concrete backend for tensors on ``device``: validated, never a silent fallback.
