@@ -232,6 +232,20 @@ def assigned_distance(x: Tensor, labels: Tensor, centers: Tensor, reduction: str
     return out.to(_out_dtype(x))
 
 
+def _pull_grad(diff: Tensor, out: Tensor, g: Tensor, reduction: str) -> Tensor:
+    """d(g * ||diff||_reduction)/d(x) for diff = x - C[labels], float64; zero where the distance
+    is zero. ``out`` is the forward value (used by "fro")."""
+    if reduction == "fro":
+        return diff * torch.where(out > 0, g / torch.where(out > 0, out, torch.ones_like(out)), out * 0)
+    if reduction == "mean":
+        r = torch.sqrt((diff * diff).sum(1))
+        inv = torch.where(r > 0, 1.0 / torch.where(r > 0, r, torch.ones_like(r)), r * 0)
+        return diff * (g * inv / max(1, diff.shape[0]))[:, None]
+    if reduction == "sq_sum":
+        return diff * g
+    raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
 def assigned_distance_backward(
     grad: Tensor,
     out: Tensor,
@@ -243,19 +257,7 @@ def assigned_distance_backward(
 ) -> tuple[Tensor, Tensor]:
     """Explicit gradient of assigned_distance; zero where the distance is zero."""
     diff = _acc(x) - _acc(centers)[labels]
-    g = _acc(grad)
-    if reduction == "fro":
-        o = _acc(out)
-        scale = torch.where(o > 0, g / torch.where(o > 0, o, torch.ones_like(o)), o * 0)
-        gx = diff * scale
-    elif reduction == "mean":
-        r = torch.sqrt((diff * diff).sum(1))
-        inv = torch.where(r > 0, 1.0 / torch.where(r > 0, r, torch.ones_like(r)), r * 0)
-        gx = diff * (g * inv / max(1, x.shape[0]))[:, None]
-    elif reduction == "sq_sum":
-        gx = diff * g
-    else:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    gx = _pull_grad(diff, _acc(out), _acc(grad), reduction)
     if centers_grad:
         gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device)
         gc.index_add_(0, labels, -gx)
@@ -364,18 +366,7 @@ def kmgan_losses_backward(
     sgn = torch.sign(_acc(u_diff))  # sign(0) = 0
 
     def side(x, labels, pull, g_pull, labels_c, counts, g_c):
-        diff = _acc(x) - c[labels]
-        if reduction == "fro":
-            scale = torch.where(pull > 0, g_pull / torch.where(pull > 0, pull, torch.ones_like(pull)), zero)
-            grad = diff * scale
-        elif reduction == "mean":
-            r = torch.sqrt((diff * diff).sum(1))
-            inv = torch.where(r > 0, 1.0 / torch.where(r > 0, r, torch.ones_like(r)), r * 0)
-            grad = diff * (g_pull * inv / max(1, x.shape[0]))[:, None]
-        elif reduction == "sq_sum":
-            grad = diff * g_pull
-        else:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        grad = _pull_grad(_acc(x) - c[labels], pull, g_pull, reduction)
         w = g_c / (1.0 + counts.to(torch.float64))[labels_c]
         return (grad + w[:, None] * sgn[None, :]).to(x.dtype)
 
