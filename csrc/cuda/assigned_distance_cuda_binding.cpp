@@ -3,7 +3,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <string_view>
 #include <tuple>
 
 #include "binding.h"
@@ -13,15 +12,6 @@ namespace {
 
 constexpr const char* kForward = "kmgan_ext::assigned_distance_native";
 constexpr const char* kBackward = "kmgan_ext::assigned_distance_backward_native";
-
-Reduction parse_reduction(const char* op, std::string_view reduction) {
-  if (reduction == "fro") return Reduction::kFro;
-  if (reduction == "mean") return Reduction::kMean;
-  if (reduction == "sq_sum") return Reduction::kSqSum;
-  TORCH_CHECK(false, op, ": reduction must be one of 'fro', 'mean', 'sq_sum', got '", reduction,
-              "'");
-  return Reduction::kFro;  // not reached
-}
 
 void check_args(const char* op, const at::Tensor& x, const at::Tensor& labels,
                 const at::Tensor& centers) {

@@ -10,6 +10,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
+#include <string_view>
 
 #include "launchers.h"
 
@@ -96,6 +97,16 @@ inline void check_scalar(const char* op, const char* name, const at::Tensor& t,
 
 // In-place ops work on a contiguous tensor; a non-contiguous argument gets the result copied
 // back when the work is done.
+// The reduction argument of assigned_distance and kmgan_losses.
+inline Reduction parse_reduction(const char* op, std::string_view reduction) {
+  if (reduction == "fro") return Reduction::kFro;
+  if (reduction == "mean") return Reduction::kMean;
+  if (reduction == "sq_sum") return Reduction::kSqSum;
+  TORCH_CHECK(false, op, ": reduction must be one of 'fro', 'mean', 'sq_sum', got '", reduction,
+              "'");
+  return Reduction::kFro;  // not reached
+}
+
 inline void write_back(const at::Tensor& work, at::Tensor& original) {
   if (!work.is_same(original)) original.copy_(work);
 }

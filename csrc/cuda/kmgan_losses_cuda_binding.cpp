@@ -7,7 +7,6 @@
 #include <torch/library.h>
 
 #include <optional>
-#include <string_view>
 #include <tuple>
 
 #include "binding.h"
@@ -18,15 +17,6 @@ namespace {
 
 constexpr const char* kForward = "kmgan_ext::kmgan_losses_native";
 constexpr const char* kBackward = "kmgan_ext::kmgan_losses_backward_native";
-
-Reduction parse_reduction(const char* op, std::string_view reduction) {
-  if (reduction == "fro") return Reduction::kFro;
-  if (reduction == "mean") return Reduction::kMean;
-  if (reduction == "sq_sum") return Reduction::kSqSum;
-  TORCH_CHECK(false, op, ": reduction must be one of 'fro', 'mean', 'sq_sum', got '", reduction,
-              "'");
-  return Reduction::kFro;  // not reached
-}
 
 using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                            at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
