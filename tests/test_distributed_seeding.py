@@ -1,4 +1,4 @@
-"""Two processes on the gloo backend (CPU): k-means|| and MiniBatchKMeans's all-reduced update.
+"""Two processes on the gloo backend (CPU): k-means|| and MiniBatchKMeansModule's all-reduced update.
 
 One launch (two ranks, a free port on 127.0.0.1) runs every scenario and saves each rank's
 results; the tests below compare them with each other and with one process fed the
@@ -56,11 +56,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             "kpar_seed4": km.kmeans_parallel(mine, K, seed=4),
             "kpar_seed5": km.kmeans_parallel(mine, K, seed=5),
         }
-        m = km.MiniBatchKMeans(K, D).init_(mine, seed=5)  # k-means|| over both shards
+        m = km.MiniBatchKMeansModule(K, D, update="train").init_(mine, seed=5)  # k-means|| over both shards
         res["mb_init"] = m.centers.clone()
         res["mb_labels"] = [m(batch(x, s, rank)) for s in range(STEPS)]
         res["mb_centers"], res["mb_counts"] = m.centers.clone(), m.counts.clone()
-        m2 = km.MiniBatchKMeans(K, D).init_(mine, seed=5, method="k-means++")
+        m2 = km.MiniBatchKMeansModule(K, D).init_(mine, seed=5, method="k-means++")
         res["mb_rank0_init"] = m2.centers.clone()
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -131,7 +131,7 @@ def test_minibatch_kmeans_ranks_identical(ranks):
 def test_minibatch_kmeans_equals_one_process_on_the_concatenated_batch(ranks):
     x = all_data()
     r0, r1 = ranks
-    one = km.MiniBatchKMeans(K, D)
+    one = km.MiniBatchKMeansModule(K, D, update="train")
     one.init_(x[:K])  # marks it seeded; the centers are then set to the ranks' seeds
     one.centers.copy_(r0["mb_init"])
     for s in range(STEPS):

@@ -1,8 +1,9 @@
 """What km.KMeans and km.MiniBatchKMeans share: scikit-learn's estimator protocol without
 importing scikit-learn, input/output conversion, and the checks of the common parameters.
 
-* ``get_params``/``set_params`` read the constructor's signature, as
-  ``sklearn.base.BaseEstimator`` does, so ``sklearn.base.clone`` and grid searches work.
+* They are scikit-learn ``BaseEstimator``s when scikit-learn is installed (clone, pipelines,
+  grid searches, ``check_is_fitted``); without it ``get_params``/``set_params``/``repr``
+  read the constructor's signature the same way.
 * numpy in gives numpy out; torch in gives torch out on the input's device. Float64 and
   float32 data are computed in their own precision (as scikit-learn does); integer and
   16-bit inputs in float32 (``dtype`` overrides both).
@@ -57,8 +58,8 @@ def tolerance(x: Tensor, tol: float) -> float:
     return float(torch.var(x.to(torch.float64), dim=0, unbiased=False).mean()) * tol
 
 
-class EstimatorBase:
-    """get_params / set_params / repr / input conversion of the estimators."""
+class _Protocol:
+    """scikit-learn's get_params / set_params / repr, for when scikit-learn is absent."""
 
     @classmethod
     def _get_param_names(cls) -> list[str]:
@@ -89,6 +90,20 @@ class EstimatorBase:
             if not (v is p.default or (isinstance(v, str) and v == p.default)):
                 changed.append(f"{name}={v!r}")
         return f"{type(self).__name__}({', '.join(changed)})"
+
+
+try:  # with scikit-learn installed the estimators are its BaseEstimators (tags, clone,
+    # pipelines, check_is_fitted, html repr); without it they keep the same protocol
+    from sklearn.base import BaseEstimator as _SkBase
+    from sklearn.base import ClusterMixin, TransformerMixin
+
+    _BASES: tuple = (ClusterMixin, TransformerMixin, _SkBase)
+except ImportError:  # pragma: no cover - scikit-learn is optional
+    _BASES = (_Protocol,)
+
+
+class EstimatorBase(*_BASES):
+    """Input conversion, shared parameter checks and methods of the estimators."""
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "cluster_centers_")
