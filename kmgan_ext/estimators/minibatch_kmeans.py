@@ -218,8 +218,8 @@ class MiniBatchKMeans(EstimatorBase):
             if best is None or inertia < best[1]:
                 best = (c, inertia)
         self._centers = best[0].contiguous()
-        self._counts = (torch.zeros(self.n_clusters, dtype=torch.int64, device=x.device) if w is None
-                        else torch.zeros(self.n_clusters, dtype=torch.float64, device=x.device))
+        # fit steps with unit weights (batches are drawn by weight), so counts stay exact ints
+        self._counts = torch.zeros(self.n_clusters, dtype=torch.int64, device=x.device)
         self._ewa_inertia = self._ewa_inertia_min = None
         self._no_improvement = 0
         self._n_since_last_reassign = 0

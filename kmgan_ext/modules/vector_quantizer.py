@@ -199,6 +199,10 @@ class VectorQuantizer(nn.Module):
         for h in range(self.heads):
             zh = z[:, h]
             e = self.codebook[h]
+            if update:
+                # the update below rewrites the codebook in place (through .data, which no
+                # version counter sees): the loss's backward must read the codes it used
+                e = e.clone()
             k, _ = assign(zh.detach(), e.detach(), backend=self.backend)
             codes[:, h] = k
             q[:, h] = e.detach()[k]
