@@ -40,6 +40,15 @@ def batch(x: torch.Tensor, step: int, rank: int) -> torch.Tensor:
     return x[start : start + BATCH_ROWS[rank]]
 
 
+def _vq(threshold_dead_code: float) -> "km.VectorQuantizer":
+    """A VQ layer whose codebook does not depend on the process's RNG state."""
+    vq = km.VectorQuantizer(K, D, decay=0.7, threshold_dead_code=threshold_dead_code, seed=2)
+    c = torch.randn(1, K, D, generator=torch.Generator().manual_seed(11))
+    vq.codebook.copy_(c)
+    vq.embed_sum.copy_(c)
+    return vq
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -62,6 +71,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         res["mb_centers"], res["mb_counts"] = m.centers.clone(), m.counts.clone()
         m2 = km.MiniBatchKMeansModule(K, D).init_(mine, seed=5, method="k-means++")
         res["mb_rank0_init"] = m2.centers.clone()
+        for name, dead in (("vq", 0.0), ("vq_dead", 0.3)):
+            vq = _vq(dead)
+            for s in range(STEPS):
+                vq(batch(x, s, rank), update=True)
+            res[name] = {k: v.clone() for k, v in vq.state_dict().items()}
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -161,3 +175,20 @@ def test_kmeans_parallel_one_process_and_bad_input():
         km.kmeans_parallel(torch.ones(10, 2, dtype=torch.int64), 2)
     with pytest.raises(ValueError, match="group was given but torch.distributed is not initialized"):
         km.kmeans_parallel(x, K, group=object())
+
+
+def test_vector_quantizer_ranks_identical_and_equal_one_process(ranks):
+    """The EMA statistics are all-reduced before the update (and dead codes replaced on rank 0
+    and broadcast): both ranks keep the same codebook; without dead-code draws (which take
+    rank 0's rows) it is the one a single process computes from the concatenated batches."""
+    r0, r1 = ranks
+    for name in ("vq", "vq_dead"):
+        for key in r0[name]:
+            assert torch.equal(r0[name][key], r1[name][key]), (name, key)
+    assert not torch.equal(r0["vq_dead"]["codebook"], r0["vq"]["codebook"])  # codes were replaced
+    x = all_data()
+    one = _vq(0.0)
+    for s in range(STEPS):
+        one(torch.cat([batch(x, s, r) for r in range(WORLD)]), update=True)
+    for key, v in one.state_dict().items():
+        torch.testing.assert_close(r0["vq"][key], v, rtol=1e-5, atol=1e-6, msg=key)
