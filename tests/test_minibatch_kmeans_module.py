@@ -123,7 +123,7 @@ def test_bad_input_is_named():
         m(torch.randn(5, 3, dtype=torch.float64))
     with pytest.raises(TypeError, match="x must be float"):
         m(torch.ones(5, 3, dtype=torch.int64))
-    with pytest.raises(ValueError, match="x must be 2-D"):
+    with pytest.raises(ValueError, match="x must be 2-D or more"):
         m(torch.randn(3))
     with pytest.raises(ValueError, match="method must be one of"):
         m.init_(torch.randn(5, 3), method="random")
@@ -203,3 +203,15 @@ def test_distributed_update_uses_the_segmented_sums_not_bincount_or_onehot(monke
         want = km.minibatch_step_(c, n, x[s : s + 150])
     assert torch.equal(m.counts, n)
     torch.testing.assert_close(m.centers, c, rtol=1e-6, atol=1e-6)
+
+
+def test_inputs_as_they_come_leading_dims_and_16_bit():
+    x = _data()
+    m = km.MiniBatchKMeansModule(4, 6).init_(x)
+    grid = x[:120].reshape(2, 10, 6, 6).transpose(2, 3)[..., :6]  # (..., d), non-contiguous
+    want = km.assign(grid.reshape(-1, 6), m.centers)[0].reshape(2, 10, 6)
+    assert torch.equal(m(grid), want) and torch.equal(m.predict(grid), want)
+    half = x[:50].to(torch.bfloat16)
+    assert torch.equal(m(half), km.assign(half.float(), m.centers)[0])  # computed in float32
+    m.partial_fit(half)
+    assert int(m.counts.sum()) == 50

@@ -180,16 +180,27 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         return self
 
     # ------------------------------------------------------------------ use
-    def _check_x(self, x: object) -> Tensor:
+    def _check_x(self, x: object) -> tuple[Tensor, tuple]:
+        """x (..., d) as (N, d) rows in the centers' dtype, and the leading shape.
+
+        16-bit features against float32 centers (the autocast case) are computed in the
+        centers' precision; a wider x than the centers is refused (it would be rounded)."""
         x = _checks.tensor("x", x)
-        if x.dim() != 2:
-            raise ValueError(f"x must be 2-D (N, d), got shape {tuple(x.shape)}")
+        if x.dim() < 2:
+            raise ValueError(f"x must be 2-D or more (..., d), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be floating (float16, bfloat16, float32, float64), got {x.dtype}")
         self.initialize_parameters(x)
-        x = _checks.features("x", x, dtype=self.centers.dtype)
-        if x.shape[1] != self.n_features:
-            raise ValueError(f"x must have {self.n_features} columns (n_features), got {x.shape[1]}")
+        want = self.centers.dtype
+        if torch.finfo(x.dtype).bits > torch.finfo(want).bits or (
+                x.dtype != want and torch.finfo(x.dtype).bits == torch.finfo(want).bits):
+            raise TypeError(f"x must have dtype {want} (the centers' dtype) or a 16-bit dtype to "
+                            f"compute in {want}, got {x.dtype}")
+        if x.shape[-1] != self.n_features:
+            raise ValueError(f"x must have {self.n_features} columns (n_features), got {x.shape[-1]}")
         _checks.same_device("x", x, self.centers, ref="the module's centers")
-        return x
+        lead = tuple(x.shape[:-1])
+        return x.reshape(-1, x.shape[-1]).to(want), lead
 
     def _ensure_seeded(self, x: Tensor) -> None:
         if self._seeded:
@@ -222,30 +233,34 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         return labels
 
     def forward(self, x: Tensor, *, update: bool | None = None) -> Tensor:
-        """Labels (N,) int64 of x (nearest center). ``update=True`` also applies the update,
-        ``False`` never does; None follows the module's ``update`` setting."""
-        x = self._check_x(x)
+        """Labels (...) int64 of x (..., d) (nearest center). ``update=True`` also applies the
+        update, ``False`` never does; None follows the module's ``update`` setting."""
+        rows, lead = self._check_x(x)
         if update is None:
             update = self.update == "always" or (self.update == "train" and self.training)
-        if update:
-            return self._update(x)
-        return self.predict(x)
+        labels = self._update(rows) if update else self._predict(rows)
+        return labels.reshape(lead)
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
-        """Labels (N,) int64 of x against the current centers; never updates."""
-        x = self._check_x(x)
-        if not self._seeded and not bool(self.centers.any()):
-            raise RuntimeError(
-                "MiniBatchKMeansModule has no centers yet: call init_(x) or partial_fit(x), "
-                "or copy centers into .centers"
-            )
-        labels, _ = assign(x, self.centers, backend=self.backend)
+        """Labels (...) int64 of x (..., d) against the current centers; never updates."""
+        rows, lead = self._check_x(x)
+        return self._predict(rows).reshape(lead)
+
+    def _predict(self, rows: Tensor) -> Tensor:
+        if not self._seeded:
+            if not bool(self.centers.any()):
+                raise RuntimeError(
+                    "MiniBatchKMeansModule has no centers yet: call init_(x) or partial_fit(x), "
+                    "or copy centers into .centers"
+                )
+            self._seeded = True  # centers the user set: checked once, then kept
+        labels, _ = assign(rows, self.centers, backend=self.backend)
         return labels
 
     def partial_fit(self, x: Tensor) -> "MiniBatchKMeansModule":
-        """One update with the batch x (whatever the training mode); returns self."""
-        self._update(self._check_x(x))
+        """One update with the batch x (..., d), whatever the training mode; returns self."""
+        self._update(self._check_x(x)[0])
         return self
 
 
