@@ -123,3 +123,11 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="labels"):
         m(torch.randn(2, 4), torch.tensor([0, 3]), update=True)
     assert torch.equal(m.centers, before)
+
+
+def test_leading_dimensions_are_rows():
+    torch.manual_seed(4)
+    m = km.CenterLoss(5, 3)
+    x = torch.randn(2, 7, 3)
+    y = torch.randint(5, (2, 7))
+    torch.testing.assert_close(m(x, y), m(x.reshape(14, 3), y.reshape(14)), rtol=0, atol=0)

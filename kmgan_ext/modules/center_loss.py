@@ -97,20 +97,22 @@ class CenterLoss(nn.Module):
     def _inputs(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if not isinstance(x, Tensor) or not isinstance(labels, Tensor):
             raise TypeError("x and labels must be torch.Tensors")
-        if x.dim() != 2 or x.shape[1] != self.feat_dim:
-            raise ValueError(f"x must have shape (N, {self.feat_dim}), got {tuple(x.shape)}")
+        if x.dim() < 2 or x.shape[-1] != self.feat_dim:
+            raise ValueError(f"x must have shape (N, {self.feat_dim}) or (..., {self.feat_dim}), "
+                             f"got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"x must be floating, got {x.dtype}")
         if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
             raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-        if labels.shape != (x.shape[0],):
-            raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+        if labels.shape != x.shape[:-1]:
+            raise ValueError(f"labels must have shape {tuple(x.shape[:-1])}, got {tuple(labels.shape)}")
         # 16-bit features against float32 centers: the loss is computed in the centers'
         # precision (a cast of x, differentiable back to x's dtype; the centers are not copied)
-        return x.to(self.centers.dtype), labels.to(torch.int64)
+        return x.reshape(-1, self.feat_dim).to(self.centers.dtype), labels.reshape(-1).to(torch.int64)
 
     def forward(self, x: Tensor, labels: Tensor, *, update: bool | None = None) -> Tensor:
-        """The loss (0-d, centers' dtype) of features x (N, d) with classes labels (N,)."""
+        """The loss (0-d, centers' dtype) of features x (N, d) -- or (..., d) -- with classes
+        labels (N,) -- or (...); "mean" is over all rows."""
         xf, lab = self._inputs(x, labels)
         sq = assigned_distance(xf, lab, self.centers, reduction="sq_sum", backend=self.backend)
         if self.reduction == "mean":
