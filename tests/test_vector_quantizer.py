@@ -1,10 +1,33 @@
 """km.VectorQuantizer against a literal transcription of VQ-VAE (van den Oord et al. 2017,
 Eq. 3 and appendix A.1) and against vector-quantize-pytorch's VectorQuantize."""
+import inspect
+
 import pytest
 import torch
 
 import kmgan_ext as km
 from kmgan_ext.modules import vector_quantizer as vqmod
+from testing import backend_params
+
+
+def _backends():
+    """Every backend; triton's ema_update_ is skipped, visibly, while its kernel still has the
+    signature from before the VQ-VAE EMA (contract 4) -- it lands with the Triton kernel."""
+    out = []
+    for p in backend_params():
+        device, b = p.values
+        if b == "triton" and not p.marks:
+            try:
+                from kmgan_ext import kernels
+
+                old = "cluster_size" not in inspect.signature(kernels.ema_update_).parameters
+            except Exception:
+                old = False
+            if old:
+                p = pytest.param(device, b, id=p.id, marks=[pytest.mark.skip(
+                    reason="triton ema_update_ still has the pre-contract-4 signature")])
+        out.append(p)
+    return out
 
 
 def _paper_step(x, E, N, M, beta, gamma, eps):
@@ -20,7 +43,8 @@ def _paper_step(x, E, N, M, beta, gamma, eps):
     k = d2.argmin(1)
     q = E[k]
     loss = beta * ((z - q) ** 2).mean()
-    n = torch.zeros(K, dtype=torch.float64).index_add_(0, k, torch.ones(len(k), dtype=torch.float64))
+    n = torch.zeros(K, dtype=torch.float64, device=z.device).index_add_(
+        0, k, torch.ones(len(k), dtype=torch.float64, device=z.device))
     S = torch.zeros_like(E).index_add_(0, k, z)
     N = gamma * N + (1 - gamma) * n
     M = gamma * M + (1 - gamma) * S
@@ -29,14 +53,16 @@ def _paper_step(x, E, N, M, beta, gamma, eps):
     return k, q, loss, N, M, M / Ns[:, None]
 
 
-def test_against_the_paper_over_several_steps():
+@pytest.mark.parametrize("device,backend", _backends())
+def test_against_the_paper_over_several_steps(device, backend):
     torch.manual_seed(0)
     K, d, beta, gamma, eps = 32, 8, 0.25, 0.9, 1e-5
-    vq = km.VectorQuantizer(K, d, decay=gamma, eps=eps, commitment_weight=beta, dtype=torch.float64)
+    vq = km.VectorQuantizer(K, d, decay=gamma, eps=eps, commitment_weight=beta, dtype=torch.float64,
+                            device=device, backend=backend)
     E = vq.codebook[0].clone()
-    N, M = torch.ones(K, dtype=torch.float64), E.clone()
+    N, M = torch.ones(K, dtype=torch.float64, device=device), E.clone()
     for step in range(4):
-        x = torch.randn(3, 40, d, dtype=torch.float64)
+        x = torch.randn(3, 40, d, dtype=torch.float64, device=device)
         out = vq(x, update=True)
         k, q, loss, N, M, E = _paper_step(x.reshape(-1, d), E, N, M, beta, gamma, eps)
         assert torch.equal(out.codes.reshape(-1), k), step
