@@ -71,8 +71,12 @@ def test_buffer_centers_follow_wens_rule(device, backend):
         y = torch.randint(5, (25,), device=device)  # class 5 absent: its center must not move
         want = _wen_update(m.centers, x, y, 0.3)
         loss_before = ((x - m.centers[y]) ** 2).sum(1).mean()
+        x.requires_grad_(True)
+        old = m.centers.clone()
         loss = m(x, y, update=True)  # loss with the old centers, then the update
         torch.testing.assert_close(loss, loss_before, rtol=1e-12, atol=1e-12)
+        loss.backward()  # after the in-place update: the gradient of the old centers' loss
+        torch.testing.assert_close(x.grad, 2 * (x.detach() - old[y]) / len(x), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(m.centers, want, rtol=1e-12, atol=1e-12)
 
 

@@ -114,15 +114,18 @@ class CenterLoss(nn.Module):
         """The loss (0-d, centers' dtype) of features x (N, d) -- or (..., d) -- with classes
         labels (N,) -- or (...); "mean" is over all rows."""
         xf, lab = self._inputs(x, labels)
-        sq = assigned_distance(xf, lab, self.centers, reduction="sq_sum", backend=self.backend)
+        if update is None:
+            update = self.update == "always" or (self.update == "train" and self.training)
+        # the update below writes the buffer centers in place; the loss's backward must keep
+        # the centers it was formed with (autograd refuses the modified ones otherwise)
+        centers = self.centers.clone() if update else self.centers
+        sq = assigned_distance(xf, lab, centers, reduction="sq_sum", backend=self.backend)
         if self.reduction == "mean":
             loss = 2.0 * sq / max(1, xf.shape[0])
         elif self.reduction == "sum":
             loss = 2.0 * sq
         else:
             loss = sq
-        if update is None:
-            update = self.update == "always" or (self.update == "train" and self.training)
         if update:
             self.update_centers_(x, labels)
         return loss
