@@ -130,7 +130,7 @@ def run(ctx: H.Ctx) -> list[dict]:
 
         def kp_make():
             mod = H.optional_import("kmeans_pytorch", "kmeans-pytorch")
-            if ctx.quick and n * k * d > 1e8:
+            if ctx.quick and n * k * d > 1e7:
                 raise H.Skipped("kmeans-pytorch has no iteration cap (runs to tol=1e-4): too slow for a quick run")
 
             def fn():
