@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import torch
 
 from ._base import ConvergenceWarning, EstimatorBase, check_random_state, initial_centers, tolerance

@@ -20,7 +20,6 @@ batched (H, K, d) form yet, so heads run in a Python loop, one assign / loss / u
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
