@@ -71,6 +71,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         res["mb_centers"], res["mb_counts"] = m.centers.clone(), m.counts.clone()
         m2 = km.MiniBatchKMeansModule(K, D).init_(mine, seed=5, method="k-means++")
         res["mb_rank0_init"] = m2.centers.clone()
+        m3 = km.MiniBatchKMeansModule(K, D, reassignment_ratio=0.5, seed=1)
+        m3.centers.copy_(torch.cat([x[:K - 1], torch.full((1, D), 1e3)]))  # one dead center
+        for s in range(STEPS):
+            m3.partial_fit(batch(x, s, rank))
+        res["mb_reassigned"] = (m3.centers.clone(), m3.counts.clone())
         for name, dead in (("vq", 0.0), ("vq_dead", 0.3)):
             vq = _vq(dead)
             for s in range(STEPS):
@@ -192,3 +197,10 @@ def test_vector_quantizer_ranks_identical_and_equal_one_process(ranks):
         one(torch.cat([batch(x, s, r) for r in range(WORLD)]), update=True)
     for key, v in one.state_dict().items():
         torch.testing.assert_close(r0["vq"][key], v, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_minibatch_kmeans_reassignment_identical_on_every_rank(ranks):
+    """Dead centers are drawn on rank 0 and broadcast; the decision uses the shared counts."""
+    (c0, n0), (c1, n1) = ranks[0]["mb_reassigned"], ranks[1]["mb_reassigned"]
+    assert torch.equal(c0, c1) and torch.equal(n0, n1)
+    assert not bool((c0[-1] == 1e3).all())  # the dead center moved

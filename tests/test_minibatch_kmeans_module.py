@@ -215,3 +215,28 @@ def test_inputs_as_they_come_leading_dims_and_16_bit():
     assert torch.equal(m(half), km.assign(half.float(), m.centers)[0])  # computed in float32
     m.partial_fit(half)
     assert int(m.counts.sum()) == 50
+
+
+def test_dead_clusters_are_reassigned_deterministically():
+    """scikit-learn's reassignment_ratio rule: a center far from every row (count 0) moves to
+    a row of the batch, drawn from the seeded generator; its count becomes the smallest other."""
+    x = _data()
+
+    def run(seed):
+        m = km.MiniBatchKMeansModule(4, 6, reassignment_ratio=0.01, seed=seed)
+        c = x[:4].clone()
+        c[3] = 1e3  # dead
+        m.centers.copy_(c)
+        m.partial_fit(x[:200])
+        return m
+
+    a, b = run(0), run(0)
+    assert torch.equal(a.centers, b.centers) and torch.equal(a.counts, b.counts)
+    assert bool((a.centers[3][None] == x[:200]).all(1).any())  # a row of the batch
+    assert int(a.counts[3]) == int(a.counts[:3].min()) > 0
+    off = km.MiniBatchKMeansModule(4, 6)  # the default keeps the old behaviour: no reassignment
+    off.centers.copy_(torch.cat([x[:3], torch.full((1, 6), 1e3)]))
+    off.partial_fit(x[:200])
+    assert bool((off.centers[3] == 1e3).all()) and int(off.counts[3]) == 0
+    with pytest.raises(ValueError, match="reassignment_ratio"):
+        km.MiniBatchKMeansModule(4, reassignment_ratio=-1.0)

@@ -62,6 +62,12 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         deterministic: bitwise-reproducible updates on a GPU (no float atomics).
         backend: passed to km.assign / km.minibatch_step_.
         group: the process group of the distributed update; None = WORLD when initialized.
+        reassignment_ratio: dead clusters (scikit-learn's rule, 0 = off): after an update,
+            when a cluster has count 0 or 10 K rows arrived since the last check, the
+            centers whose count is below this fraction of the largest move to random rows
+            of the batch (drawn from a generator seeded with ``seed``; on rank 0 and
+            broadcast under DDP) and their count becomes the smallest remaining one.
+        seed: of the reassignment draws.
     """
 
     centers: Tensor
@@ -79,9 +85,13 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         deterministic: bool = False,
         backend: str = "auto",
         group=None,
+        reassignment_ratio: float = 0.0,
+        seed: int = 0,
     ):
         super().__init__()
         k = _positive("n_clusters", n_clusters)
+        if not float(reassignment_ratio) >= 0.0:
+            raise ValueError(f"reassignment_ratio must be >= 0, got {reassignment_ratio!r}")
         if dtype not in _checks.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
         if not isinstance(deterministic, bool):
@@ -100,6 +110,10 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         self.deterministic = deterministic
         self.backend = backend
         self.group = group
+        self.reassignment_ratio = float(reassignment_ratio)
+        self._gen = torch.Generator().manual_seed(int(seed))
+        # total count at the last reassignment check (identical on every rank: counts are)
+        self._checked_at = 0
         # Whether the centers hold a seeding; loading a state_dict counts as seeded.
         self._seeded = False
         self.register_load_state_dict_post_hook(MiniBatchKMeansModule._mark_seeded)
@@ -214,6 +228,36 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
 
     @torch.no_grad()
     def _update(self, x: Tensor) -> Tensor:
+        labels = self._step(x)
+        if self.reassignment_ratio > 0 and x.shape[0]:
+            self._reassign(x)
+        return labels
+
+    def _reassign(self, x: Tensor) -> None:
+        """scikit-learn's low-count reassignment (``_mini_batch_step``), deterministic given
+        the seed. Decided from the counts alone, which every rank shares."""
+        counts = self.counts.cpu()
+        total = int(counts.sum())
+        if not (bool((counts == 0).any()) or total - self._checked_at >= 10 * self.n_clusters):
+            return
+        self._checked_at = total
+        c = counts.to(torch.float64)
+        to = c < self.reassignment_ratio * c.max()
+        if int(to.sum()) > 0.5 * x.shape[0]:
+            keep = torch.sort(c, stable=True).indices[int(0.5 * x.shape[0]):]
+            to[keep] = False
+        n = int(to.sum())
+        if n == 0:
+            return
+        g = world(self.group)
+        if g is None or dist.get_rank(g) == 0:
+            rows = torch.randperm(x.shape[0], generator=self._gen)[:n].to(x.device)
+            self.centers[to.to(x.device)] = x[rows]
+        if g is not None:
+            dist.broadcast(self.centers, src=dist.get_global_rank(g, 0), group=g)
+        self.counts[to.to(self.counts.device)] = int(c[~to].min())
+
+    def _step(self, x: Tensor) -> Tensor:
         self._ensure_seeded(x)
         g = world(self.group)
         if g is None:
