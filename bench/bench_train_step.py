@@ -7,7 +7,7 @@ op train_step (batch 64, 28x28x1, z=100, d=100 features, K=10, Adam 2e-4/0.5, cl
                    L_center (Eq. 4), then both center sets updated with recomputed features;
                    the clustering ops written in plain torch (cdist argmin, norm, index_add)
   kmgan-kmgan_ext-<b>  the same iteration with km.assign / km.assigned_distance /
-                   km.center_loss / km.minibatch_update_ on backend b
+                   km.kmgan_center_loss / km.minibatch_update_ on backend b
 Each row carries ``overhead_vs_dcgan_pct``: what KM-GAN's iteration costs over DCGAN's, all
 of it (its extra network passes by design, and the clustering). The baseline of
 speedup_vs_torch is kmgan-torch.
@@ -115,7 +115,7 @@ class KmOps:
         return self.km.assigned_distance(f, labels, c, reduction="fro", backend=self.b)
 
     def center(self, fr, lr, cr, ff, lf, cf):
-        return self.km.center_loss(fr, lr, cr, ff, lf, cf, backend=self.b)
+        return self.km.kmgan_center_loss(fr, lr, cr, ff, lf, cf, backend=self.b)
 
     def update_(self, c, n, f, labels):
         self.km.minibatch_update_(c, n, f, labels, backend=self.b)

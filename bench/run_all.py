@@ -40,6 +40,9 @@ MODULES = {
     "pairwise_l1": "bench_pairwise_l1",
     "kmeans_plusplus": "bench_kmeans_plusplus",
     "train_step": "bench_train_step",
+    "vector_quantizer": "bench_vector_quantizer",
+    "center_loss_layer": "bench_center_loss_layer",
+    "estimators": "bench_estimators",
 }
 
 

@@ -1,5 +1,13 @@
-"""km.center_loss: KM-GAN Eq. 4, fused forward and backward (DESIGN.md 4.3)."""
+"""km.kmgan_center_loss: KM-GAN Eq. 4, fused forward and backward (DESIGN.md 4.3).
+
+Named for what it is: KM-GAN's loss between the real and fake center sets, not Wen et al.'s
+face-recognition center loss (that one is the module ``km.CenterLoss``). The op keeps its
+registered name ``kmgan_ext::center_loss``; ``km.center_loss`` still works, with a
+DeprecationWarning.
+"""
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
@@ -56,7 +64,7 @@ if _registry.registered():
     _registry.register_autograd("center_loss", _backward, _setup_context)
 
 
-def center_loss(
+def kmgan_center_loss(
     x_real: Tensor,
     labels_real: Tensor,
     centers_real: Tensor,
@@ -98,3 +106,15 @@ def center_loss(
         "center_loss", x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake, be
     )
     return loss
+
+
+def center_loss(*args, **kwargs) -> Tensor:
+    """Deprecated name of :func:`kmgan_center_loss` (KM-GAN Eq. 4). Face-recognition center
+    loss (Wen et al.) is the module ``km.CenterLoss``."""
+    warnings.warn(
+        "km.center_loss is KM-GAN's Eq. 4 and is now named km.kmgan_center_loss; "
+        "for Wen et al.'s face-recognition center loss use the module km.CenterLoss",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return kmgan_center_loss(*args, **kwargs)

@@ -8,7 +8,7 @@ when lambda > 0):
     assign(f_fake, C_hat)                     labels for Eq. 4 (generated batch to the fake centers)
     L_D      = ||f_real - C[l_real]|| - ||f_fake - C[l_fake]||   (+ lambda (L_intra - L_inter))
     L_G      = ||f_fake - C[l_fake]||                             (+ lambda L_inter)
-    L_center = km.center_loss(f_real, l_real, C, f_fake, l_fake_hat, C_hat)
+    L_center = km.kmgan_center_loss(f_real, l_real, C, f_fake, l_fake_hat, C_hat)
 
 All of Eq. 4-6 is ONE op, kmgan_ext::kmgan_losses (kmgan_losses_op.py): labels, pulls,
 counts and Eq. 4 in one fused forward (one Triton launch at the paper's shape) and one backward
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from . import _checks, _dispatch
 from .assign import assign
 from .assigned_distance import assigned_distance
-from .center_loss import center_loss
+from .center_loss import kmgan_center_loss
 from .kmgan_losses_op import _FUSED, kmgan_losses_fused
 from .pairwise_l1 import pairwise_l1
 
@@ -154,7 +154,7 @@ def _composed(f_real, f_fake, centers_real, centers_fake, reduction, backend):
         labels_fake_hat, _ = assign(f_fake.detach(), centers_fake, backend=backend)
     pull_real = assigned_distance(f_real, labels_real, centers_real, reduction, backend=backend)
     pull_fake = assigned_distance(f_fake, labels_fake, centers_real, reduction, backend=backend)
-    loss_center = center_loss(
+    loss_center = kmgan_center_loss(
         f_real, labels_real, centers_real, f_fake, labels_fake_hat, centers_fake, backend=backend
     )
     return labels_real, labels_fake, labels_fake_hat, pull_real - pull_fake, pull_fake, loss_center
@@ -191,7 +191,7 @@ class KMGANLosses(nn.Module):
         """Eq. 4 on features of a fresh pass (the joint D+G step), with given labels."""
         f_real = _as_centers_dtype("f_real", f_real, centers_real)
         f_fake = _as_centers_dtype("f_fake", f_fake, centers_fake)
-        return center_loss(f_real, labels_real, centers_real, f_fake, labels_fake_hat, centers_fake, backend=self.backend)
+        return kmgan_center_loss(f_real, labels_real, centers_real, f_fake, labels_fake_hat, centers_fake, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, lam={self.lam}, pairwise_reduction={self.pairwise_reduction!r}, backend={self.backend!r}"

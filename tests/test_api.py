@@ -99,12 +99,13 @@ def test_build_carries_cuda_kernels_when_torch_is_a_cuda_build():
 def _all_ops(x, c, buf, counts, backend):
     labels, dist2 = km.assign(x, c, backend=backend)
     pull = km.assigned_distance(x, labels, c, "fro", backend=backend)
-    cl = km.center_loss(x, labels, c, x * 0.5, labels, c, backend=backend)
+    cl = km.kmgan_center_loss(x, labels, c, x * 0.5, labels, c, backend=backend)
     pl = km.pairwise_l1(x, backend=backend) + km.pairwise_l1(x, x * 2, backend=backend)
     # The updates write a separate buffer: c is saved for the backward above.
     km.minibatch_update_(buf, counts, x, labels, backend=backend)
     step_labels = km.minibatch_step_(buf, counts, x, backend=backend)
-    km.ema_update_(buf, x, step_labels, 0.9, backend=backend)
+    size, embed = torch.ones_like(counts, dtype=buf.dtype), buf.detach().clone()
+    km.ema_update_(buf, size, embed, x, step_labels, decay=0.9, backend=backend)
     return dist2.sum() + pull + cl + pl
 
 
