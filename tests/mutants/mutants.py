@@ -2,7 +2,8 @@
 of the library that the named tests must catch.
 
 Each mutant replaces one exact snippet (`old`, which must occur exactly once in `file`) by
-`new`. `kind` says what has to happen before the tests run: "python" and "triton" need
+`new`; lists of olds and news give the same mutant for successive forms of the code (the
+first old found is used), so an entry survives a rewrite merged from another branch. `kind` says what has to happen before the tests run: "python" and "triton" need
 nothing, "cpp" rebuilds kmgan_ext._C in the scratch tree (CPU kernels only). `tests` are the
 pytest arguments that must fail on the mutant (the relevant part of the suite; the runner
 first checks they pass on the unmutated tree). `why` names the defect it stands for.
@@ -88,10 +89,22 @@ MUTANTS = [
         name="reference-ema-no-empty-cluster-guard",
         kind="python",
         file="kmgan_ext/reference.py",
-        old="    centers.copy_(torch.where((m > 0)[:, None], upd, c).to(centers.dtype))",
-        new="    centers.copy_(upd.to(centers.dtype))",
+        # the per-call rule, then the VQ-VAE EMA of contract 4 (guard: N'_k == 0)
+        old=["    centers.copy_(torch.where((m > 0)[:, None], upd, c).to(centers.dtype))",
+             "    centers.copy_(torch.where(keep, c, new).to(centers.dtype))"],
+        new=["    centers.copy_(upd.to(centers.dtype))", "    centers.copy_(new.to(centers.dtype))"],
         tests=["tests/test_minibatch_update.py", "-k", "ema"],
         why="the EMA update without its empty-cluster guard (issue 19, missed before)",
+    ),
+    dict(
+        name="cpu-ema-no-empty-cluster-guard",
+        kind="cpp",
+        file="csrc/cpu/minibatch_update_cpu.cpp",
+        old=["      if (m[q] == 0) continue;\n      const acc mq = static_cast<acc>(m[q]);",
+             "    if (smoothed == 0.0) continue;"],
+        new=["      const acc mq = static_cast<acc>(m[q]);", ""],
+        tests=["tests/test_minibatch_update.py", "-k", "ema and cpu-cpu"],
+        why="the CPU EMA update writes clusters that have no rows (no N'_k) as 0/0",
     ),
     dict(
         name="cpu-sculley-no-empty-cluster-guard",

@@ -96,11 +96,14 @@ def apply(scratch: str, m: dict) -> str | None:
     path = os.path.join(scratch, m["file"])
     with open(path) as f:
         text = f.read()
-    if text.count(m["old"]) != 1:
-        return None
-    with open(path, "w") as f:
-        f.write(text.replace(m["old"], m["new"]))
-    return text
+    olds = m["old"] if isinstance(m["old"], list) else [m["old"]]
+    news = m["new"] if isinstance(m["new"], list) else [m["new"]]
+    for old, new in zip(olds, news):  # the first form of the code that is there
+        if text.count(old) == 1:
+            with open(path, "w") as f:
+                f.write(text.replace(old, new))
+            return text
+    return None
 
 
 def restore(scratch: str, m: dict, text: str) -> None:
