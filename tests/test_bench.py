@@ -139,6 +139,7 @@ def test_gpu_check_script_parses():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_parse_rejects_unknown_op():
-    with pytest.raises(SystemExit):
+def test_parse_rejects_unknown_op(capsys):
+    with pytest.raises(SystemExit, match="2"):
         run_all.parse(["--ops", "nope"])
+    assert "unknown ops ['nope']" in capsys.readouterr().err
