@@ -34,7 +34,7 @@ from _correctness import (  # noqa: F401  (re-exported for the benchmarks)
     row_dist64,
     tolerances,
 )
-from _metadata import _loadavg, _meminfo_kb, device_info, git_commit, run_metadata  # noqa: F401
+from _metadata import _loadavg, _meminfo_kb, device_info, git_commit, run_metadata, set_threads  # noqa: F401
 from _roofline import GPU_PEAKS, Roofline, roofline_for  # noqa: F401
 from _timing import Timing, _clear, measure  # noqa: F401
 

@@ -1,4 +1,5 @@
-"""What a benchmark run records about itself: device, versions, commit, date, threads, load."""
+"""What a benchmark run records about itself: device, versions, commit, date, threads, load;
+and the one thread setting every provider runs with (``set_threads``)."""
 from __future__ import annotations
 
 import datetime
@@ -104,6 +105,7 @@ def run_metadata(ctx: Any, args: dict) -> dict:
             else "time.perf_counter per call after warm-up; median, p20, p80"
         ),
         "roofline": ctx.roof.as_dict() if ctx.roof else None,
+        "threads": thread_settings(),
         # Other processes on the machine distort CPU timings (OpenMP threads wait for
         # descheduled peers): the 1-minute load average at the start says how quiet it was.
         "load_avg_start": _loadavg(),
@@ -115,3 +117,56 @@ def _loadavg() -> float | None:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
+
+
+# The threadpoolctl limiter must stay referenced for its limits to hold for the whole run.
+_POOL_LIMITS: list = []
+
+
+def set_threads(n: int | None) -> dict:
+    """One thread count for every provider, recorded by ``thread_settings``: torch's intra-op
+    pool, faiss's OpenMP, and every BLAS/OpenMP pool loaded in the process (numpy's and
+    scikit-learn's, through threadpoolctl). None: torch's current setting (its default is
+    the machine's cores). The libraries are imported first: threadpoolctl limits the pools
+    that are loaded when it is called."""
+    n = n or torch.get_num_threads()
+    torch.set_num_threads(n)
+    for mod in ("numpy", "sklearn.cluster", "faiss"):
+        try:
+            __import__(mod)
+        except Exception:  # an absent provider: its rows say so
+            pass
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except Exception:
+        pass
+    try:
+        import threadpoolctl
+
+        _POOL_LIMITS.append(threadpoolctl.threadpool_limits(limits=n))
+    except Exception:
+        pass
+    return thread_settings()
+
+
+def thread_settings() -> dict:
+    """The thread count each provider's runtime reports now."""
+    out: dict = {"torch": torch.get_num_threads()}
+    try:
+        import faiss
+
+        out["faiss_omp"] = faiss.omp_get_max_threads()
+    except Exception:
+        out["faiss_omp"] = None
+    try:
+        import threadpoolctl
+
+        out["threadpools"] = [
+            f"{p.get('internal_api')} ({os.path.basename(p.get('filepath', ''))}): {p.get('num_threads')}"
+            for p in threadpoolctl.threadpool_info()
+        ]
+    except Exception as e:
+        out["threadpools"] = f"threadpoolctl unavailable: {type(e).__name__}"
+    return out

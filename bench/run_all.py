@@ -53,7 +53,10 @@ def parse(argv):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=None,
+        help="threads of every provider: torch, faiss OpenMP, BLAS/OpenMP via threadpoolctl (default: torch's)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     unknown = [o for o in ops if o not in MODULES]
@@ -69,8 +72,8 @@ def main(argv=None) -> dict:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # One thread setting for every provider (torch, faiss's OpenMP, BLAS/OpenMP pools).
+    threads = H.set_threads(args.threads)
     out = args.out or os.path.join(HERE, "results", device.type)
     os.makedirs(out, exist_ok=True)
     t0 = time.monotonic()
@@ -83,6 +86,7 @@ def main(argv=None) -> dict:
         log=H.eprint,
     )
     H.eprint(f"bench: device {device}, {'tiny' if args.tiny else 'quick' if args.quick else 'full'}, ops {args.ops}")
+    H.eprint(f"bench: threads {threads}")
     ctx.roof = H.roofline_for(device, small=args.tiny)
     H.eprint(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s, {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
     meta = H.run_metadata(ctx, {k: v for k, v in vars(args).items()})
@@ -156,6 +160,14 @@ def _status(r: dict) -> str:
     return r.get("note") or ""
 
 
+def _threads(t: dict | None) -> str:
+    if not t:
+        return "not recorded"
+    pools = t.get("threadpools")
+    pools = "; ".join(pools) if isinstance(pools, list) else pools
+    return f"torch {t.get('torch')}, faiss OpenMP {t.get('faiss_omp')}, BLAS/OpenMP pools: {pools}"
+
+
 def _cell(s: str) -> str:
     return str(s).replace("|", "/").replace("\n", " ")
 
@@ -170,6 +182,7 @@ def markdown(result: dict) -> str:
         f"- torch {result['torch']}, triton {result['triton']}, faiss {result['faiss']}, "
         f"scikit-learn {result['sklearn']}, python {result['python']}",
         f"- timing: {result['timing']}",
+        f"- threads of every provider: {_threads(result.get('threads'))}",
         f"- 1-min load average at start / end: {result.get('load_avg_start')} / {result.get('load_avg_end')}"
         + (
             f" (above the {dev.get('cores')} cores: CPU timings are distorted by other processes)"
