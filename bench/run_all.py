@@ -201,8 +201,9 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     for op in dict.fromkeys(r["op"] for r in rows):
         ops_rows = [r for r in rows if r["op"] == op]
-        base = next((r["baseline"] for r in ops_rows if r.get("baseline")), None)
-        lines += [f"## {op}", "", f"baseline of `x torch`: `{base}`", ""]
+        bases = list(dict.fromkeys(r["baseline"] for r in ops_rows if r.get("baseline")))
+        lines += [f"## {op}", "", "baseline of `x torch`: " + ", ".join(f"`{b}`" for b in bases)
+                  + (" (the fastest plain-torch form of each case, named in the row)" if len(bases) > 1 else ""), ""]
         lines.append(
             "| shape | mode | provider | median ms | p20-p80 ms | correct | x torch | throughput "
             "| % roofline | peak MB | note |"
@@ -226,7 +227,8 @@ def markdown(result: dict) -> str:
                         _num(r["median_ms"]),
                         f"{_num(r['p20_ms'], 3)}-{_num(r['p80_ms'], 3)}" if timed else "",
                         "yes" if r["correct"] else "no",
-                        f"{r['speedup_vs_torch']:.2f}" if r["speedup_vs_torch"] else "",
+                        (f"{r['speedup_vs_torch']:.2f}" + (f" (vs {r['baseline']})" if len(bases) > 1 else ""))
+                        if r["speedup_vs_torch"] else "",
                         f"{_si(r['throughput'])}{r['throughput_unit']}" if r["throughput"] else "",
                         _num(r["pct_of_roofline"], 3),
                         _num(r["peak_mem_mb"], 3),
