@@ -270,7 +270,7 @@ def _fill_timing(row: dict, t: Timing, work: Work | None, ctx: Ctx) -> None:
     row["gflops"] = work.flops / s / 1e9 if work.flops else None
     if ctx.roof is not None and (work.bytes or work.flops):
         t_roof, what = ctx.roof.bound(work.bytes, work.flops, work.flop_kind)
-        row["pct_of_roofline"] = 100.0 * t_roof / t.median_ms
+        row["pct_of_roofline"] = 100.0 * t_roof / t.median_ms if t_roof else None
         row["roofline"] = what
 
 

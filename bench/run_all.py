@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     H.eprint(f"bench: device {device}, {'tiny' if args.tiny else 'quick' if args.quick else 'full'}, ops {args.ops}")
     H.eprint(f"bench: threads {threads}")
     ctx.roof = H.roofline_for(device, small=args.tiny)
-    H.eprint(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s, {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
+    H.eprint(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s (LLC {ctx.roof.cache_gbps}), {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
     meta = H.run_metadata(ctx, {k: v for k, v in vars(args).items()})
     rows: list[dict] = []
     for i, key in enumerate(args.ops):
@@ -189,7 +189,10 @@ def markdown(result: dict) -> str:
             if dev.get("cores") and max(result.get("load_avg_start") or 0, result.get("load_avg_end") or 0) > dev["cores"]
             else ""
         ),
-        f"- roofline: {_num(roof.get('bandwidth_gbps'))} GB/s, "
+        f"- roofline: {_num(roof.get('bandwidth_gbps'))} GB/s beyond the caches"
+        + (f", {_num(roof.get('cache_gbps'))} GB/s for data within the {(roof.get('cache_bytes') or 0) >> 20} MB LLC"
+           if roof.get("cache_gbps") else "")
+        + ", "
         + ", ".join(f"{k} {_num(v)} GFLOP/s" for k, v in (roof.get("gflops") or {}).items())
         + f" ({roof.get('source')})",
         "- kmgan_ext backends: "
