@@ -163,13 +163,14 @@ MUTANTS = [
         why="the fake pull's gradient dropped in the Triton loss block",
     ),
     dict(
-        name="reference-low-precision-grad-lost",
-        kind="python",
-        file="kmgan_ext/reference.py",
-        old="        return (grad + w[:, None] * sgn[None, :]).to(x.dtype)",
-        new="        return (grad + w[:, None] * sgn[None, :]).to(x.dtype) * (x.element_size() >= 4)",
-        tests=["tests/test_kmgan_losses.py", "-k", "low_precision and reference"],
-        why="16-bit loss-block gradients of the right dtype but wrong values",
+        name="triton-low-precision-grad-values",
+        kind="triton",
+        file="kernels/kmgan_losses.py",
+        old="            BLOCK_N=bn, BLOCK_D=bd, **opts,\n        )\n    return gr, gf",
+        new="            BLOCK_N=bn, BLOCK_D=bd, **opts,\n        )\n"
+            "    return (gr, gf) if f_real.element_size() >= 4 else (2 * gr, 2 * gf)",
+        tests=["tests/test_kmgan_losses.py", "-k", "low_precision and triton"],
+        why="16-bit loss-block gradients of the right dtype but wrong values (the test checked dtype only)",
     ),
     # ---- pairwise L1: the tie convention of the gradient
     dict(
