@@ -172,6 +172,24 @@ MUTANTS = [
         tests=["tests/test_kmgan_losses.py", "-k", "low_precision and triton"],
         why="16-bit loss-block gradients of the right dtype but wrong values (the test checked dtype only)",
     ),
+    dict(
+        name="reference-pull-grad-16bit-values",
+        kind="python",
+        file="kmgan_ext/reference.py",
+        old="    return gx.to(x.dtype), gc",
+        new="    return (gx if x.element_size() >= 4 else 0.5 * gx).to(x.dtype), gc",
+        tests=["tests/test_assigned_distance.py", "-k", "dtypes and reference"],
+        why="16-bit assigned_distance gradients of the right dtype but wrong values",
+    ),
+    dict(
+        name="reference-center-grad-16bit-values",
+        kind="python",
+        file="kmgan_ext/reference.py",
+        old="    return gr.to(x_real.dtype), gf.to(x_fake.dtype)",
+        new="    return (gr if x_real.element_size() >= 4 else -gr).to(x_real.dtype), gf.to(x_fake.dtype)",
+        tests=["tests/test_center_loss.py", "-k", "dtypes and reference"],
+        why="16-bit center-loss gradients of the right dtype but wrong values",
+    ),
     # ---- pairwise L1: the tie convention of the gradient
     dict(
         name="reference-pairwise-ties-not-zero",
