@@ -30,6 +30,7 @@ OWN_CODE = {
     "cpu": "kmgan_ext::",
     "cuda": "kmgan_ext::",
     "triton": "kmgan_ext.kernels.",
+    "cuda_emulated": "kmgan_ext._cuda_emulated",  # csrc/cuda compiled with g++ (issue 11)
 }
 # Where a native op's kernel for the backend's device key must have been registered.
 NATIVE_SOURCE = {"cpu": ("CPU", "csrc/cpu/"), "cuda": ("CUDA", "csrc/cuda/")}
