@@ -139,12 +139,17 @@ def main(argv=None) -> int:
         if not ok:
             sys.exit("the unmutated tree does not build:\n" + log)
     rows = []
+    # Every baseline first, while the tree (and its _C) is unmutated: a C++ mutant's build
+    # stays in place after its source is restored, until the next build.
     baseline: dict[tuple, str] = {}
     for m in chosen:
         key = tuple(m["tests"])
         if not args.no_baseline and key not in baseline:
             rc, last, _ = run_tests(args.scratch, m["tests"], args.timeout)
             baseline[key] = "ok" if rc == 0 else f"FAILS UNMUTATED ({last})"
+            print(f"baseline {' '.join(key)}: {baseline[key]}", file=sys.stderr, flush=True)
+    for m in chosen:
+        key = tuple(m["tests"])
         result, detail, secs = "", "", 0.0
         text = apply(args.scratch, m)
         if text is None:
