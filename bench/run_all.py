@@ -56,7 +56,10 @@ def parse(argv):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=None,
+        help="threads of every provider: torch, faiss OpenMP, BLAS/OpenMP via threadpoolctl (default: torch's)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     unknown = [o for o in ops if o not in MODULES]
@@ -72,8 +75,8 @@ def main(argv=None) -> dict:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # One thread setting for every provider (torch, faiss's OpenMP, BLAS/OpenMP pools).
+    threads = H.set_threads(args.threads)
     out = args.out or os.path.join(HERE, "results", device.type)
     os.makedirs(out, exist_ok=True)
     t0 = time.monotonic()
@@ -86,8 +89,9 @@ def main(argv=None) -> dict:
         log=H.eprint,
     )
     H.eprint(f"bench: device {device}, {'tiny' if args.tiny else 'quick' if args.quick else 'full'}, ops {args.ops}")
+    H.eprint(f"bench: threads {threads}")
     ctx.roof = H.roofline_for(device, small=args.tiny)
-    H.eprint(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s, {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
+    H.eprint(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s (LLC {ctx.roof.cache_gbps}), {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
     meta = H.run_metadata(ctx, {k: v for k, v in vars(args).items()})
     rows: list[dict] = []
     for i, key in enumerate(args.ops):
@@ -159,6 +163,14 @@ def _status(r: dict) -> str:
     return r.get("note") or ""
 
 
+def _threads(t: dict | None) -> str:
+    if not t:
+        return "not recorded"
+    pools = t.get("threadpools")
+    pools = "; ".join(pools) if isinstance(pools, list) else pools
+    return f"torch {t.get('torch')}, faiss OpenMP {t.get('faiss_omp')}, BLAS/OpenMP pools: {pools}"
+
+
 def _cell(s: str) -> str:
     return str(s).replace("|", "/").replace("\n", " ")
 
@@ -173,13 +185,17 @@ def markdown(result: dict) -> str:
         f"- torch {result['torch']}, triton {result['triton']}, faiss {result['faiss']}, "
         f"scikit-learn {result['sklearn']}, python {result['python']}",
         f"- timing: {result['timing']}",
+        f"- threads of every provider: {_threads(result.get('threads'))}",
         f"- 1-min load average at start / end: {result.get('load_avg_start')} / {result.get('load_avg_end')}"
         + (
             f" (above the {dev.get('cores')} cores: CPU timings are distorted by other processes)"
             if dev.get("cores") and max(result.get("load_avg_start") or 0, result.get("load_avg_end") or 0) > dev["cores"]
             else ""
         ),
-        f"- roofline: {_num(roof.get('bandwidth_gbps'))} GB/s, "
+        f"- roofline: {_num(roof.get('bandwidth_gbps'))} GB/s beyond the caches"
+        + (f", {_num(roof.get('cache_gbps'))} GB/s for data within the {(roof.get('cache_bytes') or 0) >> 20} MB LLC"
+           if roof.get("cache_gbps") else "")
+        + ", "
         + ", ".join(f"{k} {_num(v)} GFLOP/s" for k, v in (roof.get("gflops") or {}).items())
         + f" ({roof.get('source')})",
         "- kmgan_ext backends: "
@@ -191,8 +207,9 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     for op in dict.fromkeys(r["op"] for r in rows):
         ops_rows = [r for r in rows if r["op"] == op]
-        base = next((r["baseline"] for r in ops_rows if r.get("baseline")), None)
-        lines += [f"## {op}", "", f"baseline of `x torch`: `{base}`", ""]
+        bases = list(dict.fromkeys(r["baseline"] for r in ops_rows if r.get("baseline")))
+        lines += [f"## {op}", "", "baseline of `x torch`: " + ", ".join(f"`{b}`" for b in bases)
+                  + (" (the fastest plain-torch form of each case, named in the row)" if len(bases) > 1 else ""), ""]
         lines.append(
             "| shape | mode | provider | median ms | p20-p80 ms | correct | x torch | throughput "
             "| % roofline | peak MB | note |"
@@ -216,7 +233,8 @@ def markdown(result: dict) -> str:
                         _num(r["median_ms"]),
                         f"{_num(r['p20_ms'], 3)}-{_num(r['p80_ms'], 3)}" if timed else "",
                         "yes" if r["correct"] else "no",
-                        f"{r['speedup_vs_torch']:.2f}" if r["speedup_vs_torch"] else "",
+                        (f"{r['speedup_vs_torch']:.2f}" + (f" (vs {r['baseline']})" if len(bases) > 1 else ""))
+                        if r["speedup_vs_torch"] else "",
                         f"{_si(r['throughput'])}{r['throughput_unit']}" if r["throughput"] else "",
                         _num(r["pct_of_roofline"], 3),
                         _num(r["peak_mem_mb"], 3),

@@ -12,6 +12,7 @@ validated, contiguous tensors.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import types
@@ -209,3 +210,35 @@ def implementation(backend: str):
 
         return kernels
     raise ValueError(f"unknown backend {backend!r}")
+
+
+# What ran, for tests that must prove a backend's own code ran rather than only that its answer
+# matches (a backend silently served by the reference passes every answer check). None outside
+# recording(): the routing path then pays one global read.
+_RECORD: list[tuple[str, str]] | None = None
+
+
+@contextlib.contextmanager
+def recording():
+    """Record ``(interface function, implementer(fn))`` for every routed call in the block."""
+    global _RECORD
+    prev, _RECORD = _RECORD, []
+    try:
+        yield _RECORD
+    finally:
+        _RECORD = prev
+
+
+def implementer(fn) -> str:
+    """Where ``fn``'s code lives: the qualified name of a torch op (``kmgan_ext::assign_native``,
+    whose registered kernels ``torch._C._dispatch_dump`` lists with their source files), else
+    the Python module that defines ``fn`` (``kmgan_ext.kernels.assign``, ``kmgan_ext.reference``)."""
+    name = getattr(fn, "_qualified_op_name", None) or getattr(getattr(fn, "_schema", None), "name", None)
+    if name:
+        return name
+    return getattr(fn, "__module__", None) or type(fn).__module__
+
+
+def record(function: str, fn) -> None:
+    if _RECORD is not None:
+        _RECORD.append((function, implementer(fn)))

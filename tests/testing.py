@@ -46,6 +46,15 @@ def tol(dtype: torch.dtype) -> dict:
     }[dtype]
 
 
+def assert_grad_close(got: torch.Tensor, want64: torch.Tensor, dtype: torch.dtype, name: str = "grad") -> None:
+    """A gradient of dtype ``dtype`` equals the float64 one up to the dtype's rounding of its
+    largest entry (values, not only the dtype: a 16-bit backward can be wrong and well typed)."""
+    assert got.dtype == dtype, (name, got.dtype)
+    t = tol(dtype)
+    scale = 1 + float(want64.abs().max()) if want64.numel() else 1
+    torch.testing.assert_close(got.double().cpu(), want64.cpu(), rtol=t["rtol"], atol=t["atol"] * scale, msg=name)
+
+
 def noncontiguous(t: torch.Tensor) -> torch.Tensor:
     """The same values as t in a strided (column-skipping) view."""
     wide = torch.empty(t.shape[0], 2 * t.shape[1], dtype=t.dtype, device=t.device)

@@ -30,10 +30,6 @@ _CPU_CHUNK_BYTES = 256 << 20
 _CUDA_CHUNK_BYTES = 512 << 20
 
 
-# Up to this many elements of x (N * d), CPU loops run on one thread (see cpu_threads).
-SINGLE_THREAD_ELEMS = 1 << 24
-
-
 @functools.lru_cache(maxsize=None)
 def faiss_module():
     """faiss when importable, else None (import kmgan_ext never needs it)."""
@@ -174,18 +170,17 @@ def default_trials(k: int) -> int:
 def cpu_threads(rows: Rows, num_threads: int | None, *, faiss_too: bool = False):
     """torch's intra-op threads (and faiss's OpenMP threads) for a CPU loop, restored after.
 
-    None: one thread when N * d <= SINGLE_THREAD_ELEMS (e.g. 70,000 x 100), else unchanged.
-    Seeding and Lloyd run a few parallel regions per center / iteration, of a few ms each at
-    that size; on a busy machine every region waits for a free core (measured on the 2-core
-    CI machine at load 6: k-means++ with K=100 took 10.8 s with 2 threads, 3.1 s with 1).
+    None: the cores the caller gave torch (torch.get_num_threads()), for faiss too, so one
+    setting governs both. (An earlier default of one thread up to N * d = 2**24, chosen on a
+    loaded 2-core machine, ran the library on one core while its peers used all of them.)
     """
     if rows.device.type != "cpu":
         yield
         return
-    if num_threads is None and rows.n * rows.d <= SINGLE_THREAD_ELEMS:
-        num_threads = 1
     faiss = faiss_module() if faiss_too else None
     before = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss else None
+    if num_threads is None and faiss is not None:
+        num_threads = before[0]
     if num_threads is not None:
         torch.set_num_threads(num_threads)
         if faiss:

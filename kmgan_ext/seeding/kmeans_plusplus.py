@@ -224,9 +224,8 @@ def kmeans_plusplus(
         chunk_size: rows per chunk; None bounds the temporaries of a chunk by 256 MiB on CPU
             and 512 MiB on a GPU.
         num_threads: CPU threads of the loop (torch's intra-op threads, and faiss's OpenMP
-            threads for backend "faiss"), restored afterwards. None: one thread when
-            N * d <= 2**24 (e.g. 70,000 x 100), else the current setting (see
-            ``kmgan_ext.seeding._data.cpu_threads`` for the measurement behind it).
+            threads for backend "faiss"), restored afterwards. None: torch's current
+            setting (torch.get_num_threads()), for faiss too.
         return_indices: also return the chosen row indices.
 
     Returns:
