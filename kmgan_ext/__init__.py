@@ -9,6 +9,8 @@ Importing never touches the GPU and never fails for a missing triton, faiss, nvc
 backends load lazily; ``km.available_backends()`` says which are usable and why not.
 """
 from ._checks import set_debug
+from ._show_config import show_config
+from ._version import __version__
 from ._dispatch import BACKENDS, available_backends
 from .assign import assign
 from .assigned_distance import assigned_distance
@@ -19,12 +21,11 @@ from .kmgan_losses import KMGANLosses, KMGANLossTerms, kmgan_losses
 from .seeding import KMeansResult, extract_features, kmeans, kmeans_parallel, kmeans_plusplus
 from .modules import MiniBatchKMeans
 
-__version__ = "0.1.0"
-
 __all__ = [
     "BACKENDS",
     "available_backends",
     "set_debug",
+    "show_config",
     "assign",
     "minibatch_update_",
     "minibatch_step_",
