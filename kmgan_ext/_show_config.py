@@ -48,7 +48,7 @@ def _module_version(module: str, dist: str | None = None) -> str:
 
 
 def fatbin_archs(path: str) -> dict[str, list[str]]:
-    """{"sass": ["sm_80", ...], "ptx": [...]} found in the CUDA fat binaries of the library at
+    """{"sass": ["sm_80", ...], "ptx": ["compute_90", ...]} found in the CUDA fat binaries of the library at
     ``path`` (empty lists when it has none)."""
     with open(path, "rb") as f:
         data = f.read()
@@ -70,7 +70,7 @@ def fatbin_archs(path: str) -> dict[str, list[str]]:
                 found[_FATBIN_KINDS[kind]].add(arch)
             p += entry_header + payload
         i = data.find(_FATBIN_MAGIC, end)
-    return {k: [f"sm_{a}" for a in sorted(v)] for k, v in found.items()}
+    return {"sass": [f"sm_{a}" for a in sorted(found["sass"])], "ptx": [f"compute_{a}" for a in sorted(found["ptx"])]}
 
 
 def _native() -> dict:
@@ -87,15 +87,22 @@ def _native() -> dict:
     out["cpu_kernels"] = _dispatch.native_has_cpu()
     out["cuda_kernels"] = _dispatch.native_has_cuda()
     if out["cuda_kernels"]:
+        # what the build recorded (kmgan_ext::cuda_archs, read by _dispatch), and what the
+        # library's fat binary holds: the two agree unless the build was tampered with
+        recorded = getattr(_dispatch, "compiled_cuda_archs", lambda: None)()
+        if recorded is not None:
+            sass, ptx = recorded
+            out["cuda_archs (recorded)"] = {"sass": [f"sm_{a}" for a in sass], "ptx": [f"compute_{a}" for a in ptx]}
+        else:
+            out["cuda_archs (recorded)"] = "unknown (this _C predates the kmgan_ext::cuda_archs record)"
         try:
             archs = fatbin_archs(out["path"])
         except OSError as e:
-            archs = None
-            out["cuda_archs_error"] = f"{type(e).__name__}: {e}"
-        if archs and (archs["sass"] or archs["ptx"]):
-            out["cuda_archs"] = archs
+            archs = {"error": f"{type(e).__name__}: {e}"}
+        if archs.get("sass") or archs.get("ptx") or "error" in archs:
+            out["cuda_archs (in the binary)"] = archs.get("error") or archs
         else:
-            out["cuda_archs"] = "unknown (no CUDA fat binary found in the library)"
+            out["cuda_archs (in the binary)"] = "unknown (no CUDA fat binary found in the library)"
     return out
 
 

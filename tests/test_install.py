@@ -192,7 +192,7 @@ def _fatbin(entries):
 def test_fatbin_archs(tmp_path):
     blob = b"junk" + _fatbin([(2, 80), (2, 90), (2, 80)]) + b"\x50\xed\x55\xba" + b"x" * 40 + _fatbin([(1, 90)])
     (tmp_path / "lib.so").write_bytes(blob)
-    assert _show_config.fatbin_archs(str(tmp_path / "lib.so")) == {"sass": ["sm_80", "sm_90"], "ptx": ["sm_90"]}
+    assert _show_config.fatbin_archs(str(tmp_path / "lib.so")) == {"sass": ["sm_80", "sm_90"], "ptx": ["compute_90"]}
     (tmp_path / "cpu.so").write_bytes(b"\x7fELF" + b"\0" * 100)
     assert _show_config.fatbin_archs(str(tmp_path / "cpu.so")) == {"sass": [], "ptx": []}
 
@@ -204,9 +204,24 @@ def test_show_config_report():
     native = rep["native (kmgan_ext._C)"]
     assert native["loaded"] and native["cpu_kernels"]
     if native["cuda_kernels"]:
-        assert native["cuda_archs"]["sass"] or native["cuda_archs"]["ptx"], native
+        in_binary = native["cuda_archs (in the binary)"]
+        assert in_binary["sass"] or in_binary["ptx"], native
+        recorded = native["cuda_archs (recorded)"]
+        if isinstance(recorded, dict):  # the build's record and the binary agree
+            assert recorded == in_binary, native
     assert rep["threads"]["torch.get_num_threads"] == torch.get_num_threads()
     assert "assign_avx2_fma_kernel" in rep["cpu"]
+
+
+def test_show_config_reads_the_build_record(monkeypatch):
+    """h1-cuda's record of the compiled architectures (_dispatch.compiled_cuda_archs)."""
+    from kmgan_ext import _dispatch
+
+    monkeypatch.setattr(_dispatch, "native_has_cuda", lambda: True)
+    monkeypatch.setattr(_dispatch, "compiled_cuda_archs", lambda: (("80", "90"), ("90",)), raising=False)
+    native = _show_config.report()["native (kmgan_ext._C)"]
+    assert native["cuda_archs (recorded)"] == {"sass": ["sm_80", "sm_90"], "ptx": ["compute_90"]}
+    assert _show_config._format(native["cuda_archs (recorded)"]) == "sm_80 (SASS), sm_90 (SASS), compute_90 (PTX)"
 
 
 def test_show_config_prints_text_and_json(capsys):
