@@ -241,7 +241,7 @@ def test_trainer_quiet_turns_progress_off(monkeypatch, tmp_path):
     from kmgan_ext.train import trainer
 
     seen = {}
-    monkeypatch.setattr(trainer, "train", lambda cfg, out: seen.update(cfg) or None)
+    monkeypatch.setattr(trainer, "train", lambda cfg, out, **kw: seen.update(cfg) or None)
     assert cli.main(["--config", "synthetic", "--out", str(tmp_path), "--quiet"]) == 0
     assert seen["progress"] is False
     assert cli.main(["--config", "synthetic", "--out", str(tmp_path)]) == 0
