@@ -264,3 +264,48 @@ def test_bench_quiet(tmp_path, capfd):
         line for line in err.splitlines() if line.startswith("bench: wrote")
     ], err
     assert (tmp_path / "results.json").exists()
+
+
+# ------------------------------------------------------------------ the wheel check's own checks
+def _check_wheel_module():
+    sys.path.insert(0, os.path.join(ROOT, "tests", "wheel"))
+    try:
+        import check_wheel
+    finally:
+        sys.path.pop(0)
+    return check_wheel
+
+
+def test_wheel_contents_check(tmp_path):
+    import zipfile
+
+    cw = _check_wheel_module()
+    files = ["kmgan_ext/__init__.py", "kmgan_ext/_version.py", "kmgan_ext/kernels/__init__.py",
+             "kmgan_ext/train/__main__.py", "kmgan_ext/seeding/__init__.py", "kmgan_ext/_C.abi3.so"]  # fmt: skip
+    meta = "Requires-Dist: torch<2.15,>=2.14\nRequires-Dist: numpy\nProvides-Extra: train\n"
+
+    def wheel(names, name="ok.whl"):
+        path = str(tmp_path / name)
+        with zipfile.ZipFile(path, "w") as z:
+            for n in names:
+                z.writestr(n, "")
+            z.writestr("kmgan_ext-0.1.0.dist-info/METADATA", meta)
+        return path
+
+    cw.check_wheel_contents(wheel(files))
+    with pytest.raises(cw.Failed, match=r"missing \['kmgan_ext/_C\*\.so'\]"):
+        cw.check_wheel_contents(wheel(files[:-1], "no_c.whl"))
+    with pytest.raises(cw.Failed, match="unexpected.*tests/test_x.py"):
+        cw.check_wheel_contents(wheel(files + ["tests/test_x.py"], "stray.whl"))
+
+
+def test_torch_closure_follows_extras():
+    """torch asks for cuda-toolkit[cudart, ...]: the nvidia-* libraries come through its extras
+    (the first version of the check missed them and pip reinstalled them in the fresh venv)."""
+    import importlib.metadata
+
+    names = {d.metadata["Name"].lower() for d in _check_wheel_module().torch_closure()}
+    assert "torch" in names
+    wanted = [r for r in importlib.metadata.requires("torch") or [] if r.startswith("cuda-toolkit[")]
+    if wanted:
+        assert "nvidia-cuda-runtime" in names, names

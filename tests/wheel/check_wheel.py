@@ -143,7 +143,10 @@ def main(argv=None) -> int:
         build_env["KMGAN_EXT_NO_CUDA"] = "1"
     try:
         if not reuse:
-            run([sys.executable, "setup.py", "-q", "sdist", "-d", dist_dir], cwd=REPO, env=build_env, verbose=v)
+            egg_base = os.path.join(work, "egg_info")  # not kmgan_ext.egg-info in the source tree
+            os.makedirs(egg_base, exist_ok=True)
+            run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", egg_base, "sdist", "-d", dist_dir],
+                cwd=REPO, env=build_env, verbose=v)  # fmt: skip
             (sdist,) = glob.glob(os.path.join(dist_dir, "*.tar.gz"))
             kind = "CPU and CUDA kernels" if a.with_cuda else "CPU kernels only, KMGAN_EXT_NO_CUDA=1"
             step(
