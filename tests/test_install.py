@@ -224,6 +224,17 @@ def test_show_config_reads_the_build_record(monkeypatch):
     assert _show_config._format(native["cuda_archs (recorded)"]) == "sm_80 (SASS), sm_90 (SASS), compute_90 (PTX)"
 
 
+def test_show_config_without_the_extension(monkeypatch):
+    from kmgan_ext import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_load_native", lambda: "kmgan_ext._C could not be loaded (test)")
+    native = _show_config.report()["native (kmgan_ext._C)"]
+    assert native["loaded"] is False and native["error"].endswith("(test)")
+    out = io.StringIO()
+    km.show_config(file=out)
+    assert "could not be loaded (test)" in out.getvalue()
+
+
 def test_show_config_prints_text_and_json(capsys):
     from kmgan_ext.__main__ import main
 
