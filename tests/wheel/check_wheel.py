@@ -175,8 +175,8 @@ def main(argv=None) -> int:
             run(pip + ["install", "-q", "torch"] + constraints, cwd=work, env=env, verbose=v)
             return "torch installed by pip"
 
-        how = make_venv()
-        print(f"wheel: fresh venv, {how}", flush=True)
+        how = step("fresh venv", make_venv)
+        print(f"         {how}")
 
         def install(spec):
             before = set(run(pip + ["list", "--format=freeze"], cwd=work, env=env).split())
