@@ -197,6 +197,29 @@ def test_fatbin_archs(tmp_path):
     assert _show_config.fatbin_archs(str(tmp_path / "cpu.so")) == {"sass": [], "ptx": []}
 
 
+def _nvcc():
+    import glob
+    import shutil
+
+    for home in [os.environ.get("CUDA_HOME")] + sorted(glob.glob("/usr/local/cuda*")):
+        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
+            return os.path.join(home, "bin", "nvcc")
+    return shutil.which("nvcc")
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="no nvcc")
+def test_fatbin_archs_of_a_real_nvcc_build(tmp_path):
+    """The fat binary layout assumed above, as nvcc writes it (SASS and PTX entries)."""
+    import subprocess
+
+    (tmp_path / "k.cu").write_text("__global__ void k(float* x) { x[threadIdx.x] += 1.f; }\n"
+                                   "void launch(float* x) { k<<<1, 32>>>(x); }\n")  # fmt: skip
+    gencode = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=compute_90"]
+    subprocess.run([_nvcc(), "-shared", "-Xcompiler", "-fPIC", *gencode, "k.cu", "-o", "libk.so"], cwd=tmp_path,
+                   check=True, capture_output=True)  # fmt: skip
+    assert _show_config.fatbin_archs(str(tmp_path / "libk.so")) == {"sass": ["sm_80"], "ptx": ["compute_90"]}
+
+
 def test_show_config_report():
     rep = _show_config.report()
     assert rep["versions"]["kmgan_ext"] == km.__version__ and rep["versions"]["torch"] == torch.__version__
