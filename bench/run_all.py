@@ -1,7 +1,7 @@
 """Run the benchmarks and write one JSON, one markdown table and one PNG per op.
 
     python bench/run_all.py [--quick | --tiny] [--out DIR] [--ops a,b] [--device cpu|cuda]
-                            [--budget-s SECONDS] [--no-compile] [--threads N]
+                            [--budget-s SECONDS] [--no-compile] [--threads N] [--quiet]
 
 --quick   this CPU in a few minutes (the paper's shapes and the CPU targets)
 --tiny    seconds, tiny shapes, no torch.compile: what tests/test_bench.py runs
@@ -60,6 +60,7 @@ def parse(argv):
         "--threads", type=int, default=None,
         help="threads of every provider: torch, faiss OpenMP, BLAS/OpenMP via threadpoolctl (default: torch's)",
     )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no per-op and per-case progress lines on stderr")
     args = p.parse_args(argv)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     unknown = [o for o in ops if o not in MODULES]
@@ -80,18 +81,19 @@ def main(argv=None) -> dict:
     out = args.out or os.path.join(HERE, "results", device.type)
     os.makedirs(out, exist_ok=True)
     t0 = time.monotonic()
+    progress = (lambda *a: None) if args.quiet else H.eprint  # a crash's traceback still prints; a failed case's error is in its row
     ctx = H.Ctx(
         device=device,
         quick=args.quick,
         tiny=args.tiny,
         compile=not (args.no_compile or args.tiny),
         deadline=None if args.budget_s is None else t0 + args.budget_s,
-        log=H.eprint,
+        log=progress,
     )
-    H.eprint(f"bench: device {device}, {'tiny' if args.tiny else 'quick' if args.quick else 'full'}, ops {args.ops}")
-    H.eprint(f"bench: threads {threads}")
+    progress(f"bench: device {device}, {'tiny' if args.tiny else 'quick' if args.quick else 'full'}, ops {args.ops}")
+    progress(f"bench: threads {threads}")
     ctx.roof = H.roofline_for(device, small=args.tiny)
-    H.eprint(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s (LLC {ctx.roof.cache_gbps}), {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
+    progress(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s (LLC {ctx.roof.cache_gbps}), {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
     meta = H.run_metadata(ctx, {k: v for k, v in vars(args).items()})
     rows: list[dict] = []
     for i, key in enumerate(args.ops):
@@ -100,7 +102,7 @@ def main(argv=None) -> dict:
             # Each op gets an equal share of what is left, so a slow first op cannot starve
             # the others (an op's cases run in priority order: paper shape and targets first).
             ctx.deadline = t + max(0.0, t0 + args.budget_s - t) / (len(args.ops) - i)
-        H.eprint(f"bench: {key}")
+        progress(f"bench: {key}")
         try:
             mod = importlib.import_module(MODULES[key])
             rows += mod.run(ctx)
@@ -109,7 +111,7 @@ def main(argv=None) -> dict:
             r = H.empty_row(key, {}, "(benchmark)", "-")
             r["error"] = f"benchmark crashed: {type(e).__name__}: {e}"
             rows.append(r)
-        H.eprint(f"bench: {key} done in {time.monotonic() - t:.0f} s")
+        progress(f"bench: {key} done in {time.monotonic() - t:.0f} s")
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     meta["load_avg_end"] = H._loadavg()
     result = {**meta, "rows": rows}

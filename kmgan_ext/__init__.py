@@ -13,6 +13,8 @@ Importing never touches the GPU and never fails for a missing triton, faiss, nvc
 backends load lazily; ``km.available_backends()`` says which are usable and why not.
 """
 from ._checks import set_debug
+from ._show_config import show_config
+from ._version import __version__
 from ._dispatch import BACKENDS, available_backends
 from .assign import assign
 from .assigned_distance import assigned_distance
@@ -24,12 +26,11 @@ from .seeding import KMeansResult, extract_features, kmeans, kmeans_parallel, km
 from .estimators import KMeans, MiniBatchKMeans
 from .modules import CenterLoss, MiniBatchKMeansModule, VectorQuantizer, VQOutput
 
-__version__ = "0.1.0"
-
 __all__ = [
     "BACKENDS",
     "available_backends",
     "set_debug",
+    "show_config",
     "assign",
     "minibatch_update_",
     "minibatch_step_",

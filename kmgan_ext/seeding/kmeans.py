@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _optional
 from ..assign import assign
 from . import _data
 from .kmeans_plusplus import kmeans_plusplus
@@ -33,7 +34,7 @@ def _resolve(backend: str, rows: _data.Rows) -> str:
         return "faiss" if usable else "torch"
     if backend == "faiss" and not usable:
         if faiss is None:
-            raise RuntimeError("backend 'faiss' needs faiss: pip install faiss-cpu (or faiss-gpu)")
+            raise RuntimeError(f"backend 'faiss' needs faiss: {_optional.hint('faiss', 'faiss-cpu')}, or faiss-gpu")
         raise ValueError(
             f"backend 'faiss' got tensors on {rows.device} but this faiss build sees no GPU; "
             "use backend='torch' (or install faiss-gpu)"

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _optional
 from . import _data
 
 BACKENDS = ("auto", "torch", "faiss")
@@ -89,7 +90,7 @@ def resolve_backend(backend: str, rows: _data.Rows) -> str:
     faiss = _data.faiss_module()
     if backend == "faiss":
         if faiss is None:
-            raise RuntimeError("backend 'faiss' needs faiss: pip install faiss-cpu (or faiss-gpu)")
+            raise RuntimeError(f"backend 'faiss' needs faiss: {_optional.hint('faiss', 'faiss-cpu')}, or faiss-gpu")
         if rows.device.type != "cpu":
             raise ValueError(
                 "backend 'faiss' reads host memory (numpy arrays or CPU tensors); "
