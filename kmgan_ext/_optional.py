@@ -26,9 +26,27 @@ EXTRAS: dict[str, dict[str, str]] = {
         "tqdm": "tqdm",
         "threadpoolctl": "threadpoolctl",
     },
-    # bench/run_all.py: the comparison providers (scikit-learn, FAISS) and the plots.
-    "bench": {"scikit-learn": "sklearn", "faiss-cpu>=1.14": "faiss", "matplotlib": "matplotlib"},
-    "test": {"pytest": "pytest", "pytest-timeout": "pytest_timeout", "expecttest": "expecttest"},
+    # bench/run_all.py: the comparison providers (scikit-learn, FAISS, the PyTorch k-means and
+    # VQ libraries; fast-pytorch-kmeans imports psutil without declaring it), thread limits
+    # and the plots.
+    "bench": {
+        "scikit-learn": "sklearn",
+        "faiss-cpu>=1.14": "faiss",
+        "matplotlib": "matplotlib",
+        "threadpoolctl": "threadpoolctl",
+        "vector-quantize-pytorch": "vector_quantize_pytorch",
+        "fast-pytorch-kmeans": "fast_pytorch_kmeans",
+        "psutil": "psutil",
+        "kmeans-pytorch": "kmeans_pytorch",
+    },
+    # the VQ layer is tested against vector-quantize-pytorch (in [bench] too); greenlet runs the
+    # Triton interpreter's programs interleaved (tests/triton_emulation.py).
+    "test": {
+        "pytest": "pytest",
+        "pytest-timeout": "pytest_timeout",
+        "expecttest": "expecttest",
+        "greenlet": "greenlet",
+    },
 }
 
 
