@@ -14,6 +14,7 @@ from . import _checks, _dispatch, _registry, reference
 def _update_checks(centers, counts, x, labels, deterministic):
     _checks.label_range("labels", labels, centers.shape[0])
     _checks.finite("x", x)
+    _checks.finite("centers", centers)
 
 
 def _step_checks(centers, counts, x, deterministic):

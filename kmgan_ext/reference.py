@@ -62,6 +62,10 @@ def squared_distances(x: Tensor, centers: Tensor) -> Tensor:
 def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
     """labels[i] = argmin_k ||x_i - c_k||^2 (ties to the lowest k); dist2 = that minimum.
 
+    Distances in float64; torch.min's NaN rule: a row with a NaN distance gets the lowest k
+    whose distance is NaN and dist2 NaN (contract 1). dist2 is rounded to float32 (inf past
+    its range) while the label stays the float64 argmin (contract 2).
+
     Returns ``(labels int64 (N,), dist2 float32 (N,))`` (float64 dist2 for float64 x).
     """
     n, k = x.shape[0], centers.shape[0]

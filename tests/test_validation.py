@@ -102,3 +102,34 @@ def test_nan_is_caught_only_in_debug_mode():
     finally:
         km.set_debug(False)
     km.assign(x, centers)  # without debug: no check, no sync
+
+
+def _nan_center_calls(centers, counts, x, labels, backend):
+    size, embed = torch.ones(4, device=centers.device), centers.clone()
+    return [
+        ("minibatch_update_", lambda: km.minibatch_update_(centers, counts, x, labels, backend=backend)),
+        ("minibatch_step_", lambda: km.minibatch_step_(centers, counts, x, backend=backend)),
+        ("ema_update_", lambda: km.ema_update_(centers, size, embed, x, labels, backend=backend)),
+        ("assign", lambda: km.assign(x, centers, backend=backend)),
+        ("assigned_distance", lambda: km.assigned_distance(x, labels, centers, backend=backend)),
+        ("center_loss", lambda: km.center_loss(x, labels, centers, x, labels, centers, backend=backend)),
+        ("kmgan_losses", lambda: km.kmgan_losses(x, x, centers, centers, backend=backend)),
+    ]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_debug_mode_checks_the_centers_too(device, backend, bad):
+    """Issue 16 item 3: NaN/Inf centers reached the updates and losses under set_debug(True)."""
+    centers, counts, x, labels = _state(device)
+    centers[1, 2] = bad
+    c0, n0 = centers.clone(), counts.clone()
+    km.set_debug(True)
+    try:
+        for what, call in _nan_center_calls(centers, counts, x, labels, backend):
+            with pytest.raises(ValueError, match="centers(_real)? contains NaN or Inf"):
+                call()
+            assert torch.equal(centers.isnan(), c0.isnan()), what
+            assert torch.equal(centers.nan_to_num(), c0.nan_to_num()) and torch.equal(counts, n0), what
+    finally:
+        km.set_debug(False)

@@ -188,7 +188,7 @@ WideSum<scalar_t> segment_sums(const scalar_t* x, int64_t n, int64_t d, const in
 
 // The gradient of sum_i f_i(||x_i - c_{l_i}||) shapes used by assign_backward and
 // assigned_distance_backward: gx_i = scale_i (x_i - c_{l_i}) and, when gc is not null,
-// gc_k = -sum_{l_i = k} gx_i (accumulated unrounded in acc, rows in index order).
+// gc_k = -sum_{l_i = k} gx_i (a WideSum of the unrounded terms, rows in index order).
 template <typename scalar_t>
 void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* labels, int64_t n,
                       int64_t d, int64_t k, const acc_t<scalar_t>* scale, scalar_t* gx,
@@ -208,21 +208,21 @@ void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* label
     });
     return;
   }
-  std::vector<acc> sums(static_cast<size_t>(k * d), acc(0));
+  WideSum<scalar_t> sums(k * d);
   for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t* xi = x + i * d;
       const scalar_t* ci = c + labels[i] * d;
-      acc* si = sums.data() + labels[i] * d;
+      const int64_t base = labels[i] * d;
       const acc s = scale[i];
+      const double sd = static_cast<double>(s);
       for (int64_t j = j0; j < j1; ++j) {
-        const acc g = s * (static_cast<acc>(xi[j]) - static_cast<acc>(ci[j]));
-        gx[i * d + j] = static_cast<scalar_t>(g);
-        si[j] -= g;
+        gx[i * d + j] = static_cast<scalar_t>(s * (static_cast<acc>(xi[j]) - static_cast<acc>(ci[j])));
+        sums.add(base + j, -sd * (static_cast<double>(xi[j]) - static_cast<double>(ci[j])));
       }
     }
   });
-  for (int64_t e = 0; e < k * d; ++e) gc[e] = static_cast<scalar_t>(sums[e]);
+  for (int64_t e = 0; e < k * d; ++e) gc[e] = static_cast<scalar_t>(sums.value(e));
 }
 
 }  // namespace cpu
