@@ -88,6 +88,16 @@ inline void check_label_values(const char* name, const int64_t* labels, int64_t 
   }
 }
 
+// A 0-d result of dtype `type` (float32 or float64) from a double, rounded as a cast rounds
+// (inf past float32's range, as the reference's .to(float32)): at::full and fill_ refuse a
+// finite double that float32 cannot hold instead.
+inline double round_to(double v, at::ScalarType type) {
+  return type == at::kFloat ? static_cast<double>(static_cast<float>(v)) : v;
+}
+inline Tensor scalar_result(double v, const at::TensorOptions& opts) {
+  return at::full({}, round_to(v, c10::typeMetaToScalarType(opts.dtype())), opts);
+}
+
 // A 0-d (or one-element) gradient as a double.
 inline double scalar_grad(const char* name, const Tensor& g) {
   check_cpu(name, g);
