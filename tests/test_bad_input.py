@@ -226,7 +226,7 @@ def _run(op, call, kinds, writes, backend, stats, failures):
                 failures.append(f"{label}: accepted with an answer different from the reference's")
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_bad_input_matrix(backend):
     if km.available_backends()[backend]:
         pytest.skip(km.available_backends()[backend])
