@@ -98,7 +98,8 @@ def label_range(name: str, lab: Tensor, k: int) -> None:
     On CPU: a ValueError naming the argument and the values found, before anything is
     written. On a GPU, reading the values back would sync the host (and break CUDA-graph
     capture), so the check is a device-side assert (torch._assert_async): it raises at the
-    next sync, and the kernels must (and do) guard their own indexing meanwhile."""
+    next sync. Until then the GPU kernels must not index out of bounds with such a label
+    (minibatch_update_cuda.cu skips it; every GPU kernel that reads labels must do the same)."""
     if lab.numel() == 0:
         return
     if _host_checkable(lab):
