@@ -165,6 +165,28 @@ def _resolve(backend: str, device: torch.device, op: str | None = None) -> str:
     return backend
 
 
+# Backends whose fast paths sum with float atomics (order varies run to run): the center
+# updates without deterministic=True, and the centers' gradient of assign/assigned_distance.
+_ATOMIC_BACKENDS = ("cuda", "triton")
+
+
+def deterministic_for(backend: str, deterministic: bool) -> bool:
+    """The ``deterministic`` flag a center update passes to ``backend``: True when asked, and
+    under torch.use_deterministic_algorithms(True) on a backend whose fast path uses atomics
+    (as PyTorch's own ops switch to their deterministic kernels there)."""
+    return deterministic or (backend in _ATOMIC_BACKENDS and torch.are_deterministic_algorithms_enabled())
+
+
+def grad_backend(backend: str, centers_grad: bool) -> str:
+    """The backend that computes a backward with a centers' gradient: the float atomics of the
+    GPU kernels' segment sum are not deterministic, so under
+    torch.use_deterministic_algorithms(True) that backward runs on the reference (float64
+    index_add_, which PyTorch makes deterministic in that mode)."""
+    if centers_grad and backend in _ATOMIC_BACKENDS and torch.are_deterministic_algorithms_enabled():
+        return "reference"
+    return backend
+
+
 _INTERFACE = (
     "assign",
     "assign_backward",

@@ -40,7 +40,8 @@ if _registry.registered():
     def _backward(ctx, grad_labels, grad_dist2):
         x, centers, labels = ctx.saved_tensors
         want_c = ctx.needs_input_grad[1]
-        gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, ctx.backend)
+        be = _dispatch.grad_backend(ctx.backend, want_c)
+        gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, be)
         return (gx if ctx.needs_input_grad[0] else None), (gc if want_c else None), None
 
     _registry.register_autograd("assign", _backward, _setup_context)
@@ -62,6 +63,13 @@ def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor
 
     The fused kernels never write the (N, K) distance matrix to memory and accumulate in
     float32 (float64 for float64 inputs).
+
+    Non-finite and huge values: the distance to center k is sum_j (x_ij - c_kj)^2 as float64
+    computes it (inf - inf = NaN). If any distance of a row is NaN, the label is the lowest k
+    whose distance is NaN and dist2 is NaN (NaN propagates, as ``torch.argmin``); otherwise
+    the lowest k among the minima. Labels stay exact where float32 squares overflow (finite
+    values past ~1.8e19); dist2 is then the float64 minimum rounded, inf past float32's range.
+    ``km.set_debug(True)`` rejects NaN/Inf in x and centers instead.
     """
     x = _checks.features("x", x)
     centers = _checks.centers("centers", centers, x)

@@ -22,7 +22,8 @@ def _out_dtype(x: Tensor) -> torch.dtype:
 def _data_checks(x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake):
     _checks.label_range("labels_real", labels_real, centers_real.shape[0])
     _checks.label_range("labels_fake", labels_fake, centers_fake.shape[0])
-    for name, t in (("x_real", x_real), ("x_fake", x_fake)):
+    for name, t in (("x_real", x_real), ("x_fake", x_fake), ("centers_real", centers_real),
+                    ("centers_fake", centers_fake)):
         _checks.finite(name, t)
 
 
@@ -92,12 +93,16 @@ def kmgan_center_loss(
     Returns a 0-d float32 tensor (float64 for float64 inputs).
     """
     x_real = _checks.features("x_real", x_real)
-    x_fake = _checks.features("x_fake", x_fake, dtype=x_real.dtype)
+    x_fake = _checks.features("x_fake", x_fake, dtype=x_real.dtype, ref="x_real")
     _checks.same_device("x_fake", x_fake, x_real, "x_real")
-    centers_real = _checks.centers("centers_real", centers_real, x_real)
-    centers_fake = _checks.centers("centers_fake", centers_fake, x_real)
-    labels_real = _checks.labels("labels_real", labels_real, x_real.shape[0], x_real)
-    labels_fake = _checks.labels("labels_fake", labels_fake, x_fake.shape[0], x_real)
+    if x_fake.shape[1] != x_real.shape[1]:
+        raise ValueError(
+            f"x_fake must have {x_real.shape[1]} columns (x_real.shape[1]), got shape {tuple(x_fake.shape)}"
+        )
+    centers_real = _checks.centers("centers_real", centers_real, x_real, "x_real")
+    centers_fake = _checks.centers("centers_fake", centers_fake, x_real, "x_real")
+    labels_real = _checks.labels("labels_real", labels_real, x_real.shape[0], x_real, "x_real")
+    labels_fake = _checks.labels("labels_fake", labels_fake, x_fake.shape[0], x_real, "x_real")
     be = _dispatch.resolve(backend, x_real.device)
     centers_real, centers_fake = centers_real.detach(), centers_fake.detach()
     if not _registry.registered():

@@ -62,8 +62,10 @@ def _check_options(reduction: str, lam: float, pairwise_reduction: str) -> None:
 def _as_centers_dtype(name: str, f: Tensor, centers: Tensor) -> Tensor:
     # Features often come out of an autocast region in bf16 while centers stay float32; the
     # ops want one dtype, and the cast is differentiable.
-    if not isinstance(f, Tensor) or f.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D tensor (N, d), got {type(f).__name__ if not isinstance(f, Tensor) else tuple(f.shape)}")
+    if not isinstance(f, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(f).__name__}")
+    if f.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor (N, d), got shape {tuple(f.shape)}")
     if not f.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got {f.dtype}")
     return f if f.dtype == centers.dtype else f.to(centers.dtype)
@@ -118,17 +120,20 @@ def kmgan_losses(
     Labels are computed without gradient, against the centers as they are now.
     """
     _check_options(reduction, lam, pairwise_reduction)
+    centers_real = _checks.features("centers_real", centers_real)
+    centers_fake = _checks.features("centers_fake", centers_fake)
     f_real = _as_centers_dtype("f_real", f_real, centers_real)
     f_fake = _as_centers_dtype("f_fake", f_fake, centers_real)
     if _FUSED:
-        centers_real = _checks.centers("centers_real", centers_real, f_real)
-        centers_fake = _checks.centers("centers_fake", centers_fake, f_real)
+        centers_real = _checks.centers("centers_real", centers_real, f_real, "f_real")
+        centers_fake = _checks.centers("centers_fake", centers_fake, f_real, "f_real")
         _checks.same_device("f_fake", f_fake, f_real, "f_real")
         if f_fake.shape[1] != f_real.shape[1]:
             raise ValueError(
-                f"f_fake must have {f_real.shape[1]} columns (as f_real and x.shape[1]), got shape {tuple(f_fake.shape)}"
+                f"f_fake must have {f_real.shape[1]} columns (f_real.shape[1]), got shape {tuple(f_fake.shape)}"
             )
-        for name, t in (("f_real", f_real), ("f_fake", f_fake)):
+        for name, t in (("f_real", f_real), ("f_fake", f_fake), ("centers_real", centers_real),
+                        ("centers_fake", centers_fake)):
             _checks.finite(name, t)
         be = _dispatch.resolve(backend, f_real.device, "kmgan_losses")
         out = kmgan_losses_fused(f_real, f_fake, centers_real.detach(), centers_fake.detach(), reduction, be)

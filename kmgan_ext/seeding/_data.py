@@ -65,6 +65,11 @@ class Rows:
                 raise TypeError(
                     f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}"
                 )
+            if x.device.type == "meta":
+                raise ValueError(
+                    f"{name} is a meta tensor (shapes only, no data): seeding reads the data; "
+                    "pass a CPU or CUDA tensor"
+                )
             self.is_numpy = False
             self.device = x.device
             self.compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -111,11 +116,16 @@ class Rows:
         for s in range(0, self.n, rows):
             yield s, self.chunk(s, min(s + rows, self.n), check=check)
 
-    def check_finite(self) -> None:
-        """Under km.set_debug(True): a pass over the rows looking for NaN/Inf."""
+    def check_finite(self, always: bool = False) -> None:
+        """A pass over the rows looking for NaN/Inf: under km.set_debug(True), or ``always``
+        (for routines that read the data many times anyway, where one more pass is cheap)."""
         if _checks.debug_enabled():
             for _ in self.chunks(self.default_chunk(), check=True):
                 pass
+        elif always:
+            for _, part in self.chunks(self.default_chunk()):
+                if part.numel() and not bool(torch.isfinite(part).all()):
+                    raise ValueError(f"{self.name} contains NaN or Inf")
 
     def take(self, index: Tensor) -> Tensor:
         """The rows at ``index`` (int64 tensor), in the compute dtype, on ``self.device``."""
@@ -155,9 +165,16 @@ def check_positive_int(name: str, v: object, *, allow_none: bool = False) -> int
     return int(v)
 
 
+SEED_LIMIT = 1 << 32
+
+
 def check_seed(seed: object) -> int:
+    """An int in [0, 2**32), as scikit-learn's random_state (torch generators take less than
+    2**64, and kmeans_parallel derives per-rank seeds from it)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise ValueError(f"seed must lie in [0, 2**32), got {seed}")
     return int(seed)
 
 

@@ -107,7 +107,7 @@ def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int) -> Te
         rows.d,
         k,
         niter=niter,
-        seed=seed,
+        seed=seed & 0x7FFFFFFF,  # faiss's seed is a C int; seeds are < 2**32
         # faiss silently trains on a random k * max_points_per_centroid rows (256 per
         # centroid by default): raise the cap above N so every row takes part.
         max_points_per_centroid=rows.n // k + 1,
@@ -177,7 +177,9 @@ def kmeans(
     seed = _data.check_seed(seed)
     chunk_size = _data.check_positive_int("chunk_size", chunk_size, allow_none=True)
     backend = _resolve(backend, rows)
-    rows.check_finite()
+    # Lloyd reads the data niter times: one more pass to reject NaN/Inf is cheap, and without
+    # it faiss raises from C++ and the torch engine returns NaN centers.
+    rows.check_finite(always=True)
     train = rows
     if subsample is not None:
         m = _data.check_positive_int("subsample", subsample)

@@ -141,10 +141,16 @@ def greedy_kmeans_plusplus(
     c_sq = (c * c).sum(1)
     sq = torch.empty(n, dtype=cdt, device=dev)
     closest = torch.empty(n, 1, dtype=cdt, device=dev)
+    # NaN/Inf rows would silently give duplicate centers: checked on this first pass, with
+    # one host sync after it (not one per chunk).
+    finite = torch.ones((), dtype=torch.bool, device=dev)
     for s, ch in rows.chunks(rows_per_chunk, check=True):
         e = s + ch.shape[0]
+        finite &= torch.isfinite(ch).all()
         torch.sum(ch * ch, 1, out=sq[s:e])
         block(ch, sq[s:e], c, c_sq, closest[s:e])
+    if not bool(finite):
+        raise ValueError(f"{rows.name} contains NaN or Inf")
     closest = closest.view(n).clamp_(min=0)
     zero = torch.zeros((), dtype=cdt, device=dev)
 
