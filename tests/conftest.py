@@ -39,9 +39,11 @@ def _triton_emulation(request):
     id (tests/triton_emulation.py), so the whole op matrix sees each order somewhere at the
     cost of one run; tests/test_triton_emulation.py runs one case per kernel at the GPU's
     block sizes under every schedule. Only in the interpreter (no GPU): on a GPU the real
-    hardware is the schedule.
+    hardware is the schedule. A test module that sets ``MANAGES_EMULATION = True`` chooses
+    its own (tests/test_triton_emulation.py).
     """
     if ("emulated_gpu" not in request.node.keywords
+            or getattr(request.module, "MANAGES_EMULATION", False)
             or os.environ.get("TRITON_INTERPRET", "0") in ("", "0")):
         yield
         return

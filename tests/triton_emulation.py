@@ -275,3 +275,17 @@ def schedule_for(test_id: str) -> str:
 def seed_for(test_id: str) -> int:
     """A stable per-test seed (the same test sees the same shuffles on every run)."""
     return zlib.crc32(test_id.encode()[::-1])
+
+
+@contextlib.contextmanager
+def gpu_launch_params():
+    """Inside the block, launches on CPU tensors take the GPU's block sizes, grids and fixed
+    autotune configs instead of the interpreter's few large programs."""
+    from kmgan_ext.kernels import _common
+
+    saved = _common.GPU_LAUNCH_ON_CPU
+    _common.GPU_LAUNCH_ON_CPU = True
+    try:
+        yield
+    finally:
+        _common.GPU_LAUNCH_ON_CPU = saved
