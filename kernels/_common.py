@@ -44,9 +44,55 @@ if (_why := _interpreter_defect()) is not None:
     raise ImportError(_why)
 
 
+# Test support: launch with the GPU's block sizes and configs on CPU tensors too, so that the
+# interpreter runs the launch geometry a GPU runs (tests/triton_emulation.gpu_launch_params).
+# Never set by the library.
+GPU_LAUNCH_ON_CPU = False
+
+
 def interpreting(t: torch.Tensor) -> bool:
-    """True when the kernels run in the Triton interpreter (CPU tensors)."""
-    return t.device.type == "cpu"
+    """True when launches take the interpreter's parameters (few, large programs).
+
+    That is: CPU tensors (the Triton interpreter), unless a test asked for the GPU's launch
+    parameters (``GPU_LAUNCH_ON_CPU``).
+    """
+    return t.device.type == "cpu" and not GPU_LAUNCH_ON_CPU
+
+
+# ---- autotuning (issue 11, 3.6) ----------------------------------------------------------
+# triton.autotune benchmarks every config on the first call per key: many launches and host
+# syncs, which CUDA-graph capture forbids. So the autotuner runs only on a GPU, outside
+# capture, unless switched off; otherwise a launch takes the config the autotuner chose for
+# the same key earlier in this process (a warm-up call outside capture), or else the
+# kernel's fixed default config.
+AUTOTUNE_ENV = "KMGAN_TRITON_AUTOTUNE"
+_autotune: bool | None = None
+
+
+def set_autotune(enabled: bool | None) -> None:
+    """Switch Triton autotuning on (True), off (False: fixed configs, no benchmarking, same
+    launches every run), or back to the default (None: on, unless the environment variable
+    ``KMGAN_TRITON_AUTOTUNE=0``). Capture always uses fixed or warmed-up configs."""
+    global _autotune
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"set_autotune: enabled must be True, False or None, got {enabled!r}")
+    _autotune = enabled
+
+
+def autotune_allowed(t: torch.Tensor) -> bool:
+    """May a launch on ``t`` benchmark configs now? (GPU, not capturing, not switched off)."""
+    if t.device.type != "cuda":
+        return False
+    if _autotune is not None and not _autotune:
+        return False
+    if _autotune is None and os.environ.get(AUTOTUNE_ENV, "1").strip() == "0":
+        return False
+    return not torch.cuda.is_current_stream_capturing()
+
+
+def config_kwargs(cfg) -> dict:
+    """A triton.Config as launch keyword arguments (meta-parameters, warps, stages)."""
+    return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def device_guard(t: torch.Tensor):

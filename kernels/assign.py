@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, interpreting, pow2
+from ._common import acc_dtype, autotune_allowed, config_kwargs, device_guard, interpreting, pow2
 
 _U = 2.0**-24  # float32 unit roundoff
 
@@ -363,6 +363,11 @@ def _tc_configs():
 _assign_tc_tuned = triton.autotune(
     configs=_tc_configs(), key=["K", "D", "N_BUCKET"], reset_to_zero=["count_ptr"]
 )(_assign_tc_kernel)
+# Without autotuning (capture, KMGAN_TRITON_AUTOTUNE=0, set_autotune(False), tests): the
+# config the autotuner chose for the same key earlier in this process, else this one (a
+# mid-size tile that compiles without spills; not timed: no GPU was available).
+TC_DEFAULT_CONFIG = _tc_configs()[2]
+_tc_chosen: dict[tuple, triton.Config] = {}
 
 
 def _window_constants(d: int, precision: str) -> tuple[float, float, float]:
@@ -459,12 +464,19 @@ def _assign_tc(x, centers, labels, dist2):
                  **fb)
     main = (x, centers, cs, mu, hsq, cpart, n_cpart, rows, count, labels, dist2,
             n, k, d, min(n.bit_length(), 24), alpha, beta, gamma)
+    tune_key = (k, d, main[14], x.dtype)
     if interp or small:
         _assign_tc_kernel[(triton.cdiv(n, fixed["BLOCK_N"]),)](
             *main, PRECISION="tf32", ROW_LIST=False, COMPACT=not small, **flags, **fixed)
-    else:
+    elif autotune_allowed(x):
         _assign_tc_tuned[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](
             *main, PRECISION="tf32", ROW_LIST=False, COMPACT=True, **flags)
+        if getattr(_assign_tc_tuned, "best_config", None) is not None:
+            _tc_chosen[tune_key] = _assign_tc_tuned.best_config
+    else:
+        cfg = config_kwargs(_tc_chosen.get(tune_key, TC_DEFAULT_CONFIG))
+        _assign_tc_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+            *main, PRECISION="tf32", ROW_LIST=False, COMPACT=True, **flags, **cfg)
     if small:
         return None
     # Second pass over the listed rows only: 3xTF32; rows still ambiguous are scanned exactly.

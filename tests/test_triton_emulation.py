@@ -209,3 +209,162 @@ def test_loss_block_guard_is_exercised(monkeypatch):
     assert int((lr != ref_r).sum()) + int((lh != ref_h).sum()) > 0
     lr, lh = labels(True)
     assert torch.equal(lr, ref_r) and torch.equal(lh, ref_h)
+
+
+# ------------------------------------------------------------------------------ GPU launches
+# One case per kernel at the GPU's launch parameters (kernels/*.py, the non-interpreter
+# branch: block sizes, grids, warps ignored, assign's default autotune config), shapes chosen
+# so that each launch has several programs. Each returns (triton result, reference result).
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _assign_case(n, d, k, dtype=torch.float32, ties=False):
+    def run(backend):
+        if ties:
+            x, c = near_ties(n, d, k, 1e-5, seed=n + k)
+        else:
+            g = _g(n + d + k)
+            x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+        x, c = x.to(dtype), c.to(dtype)
+        return km.assign(x, c, backend=backend)
+    return run
+
+
+def _grad_case(op, n, d, k, dtype=torch.float32):
+    """Forward and backward of an op of (x, labels/centers); gradients of x and centers."""
+    def run(backend):
+        g = _g(n * 3 + d)
+        x = torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+        c = torch.randn(k, d, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+        out = op(x, c, backend)
+        w = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in out]
+        grads = torch.autograd.grad(sum((o * wi).sum() for o, wi in zip(out, w)), (x, c),
+                                    allow_unused=True)
+        return tuple(o.detach() for o in out) + tuple(gr for gr in grads if gr is not None)
+    return run
+
+
+def _assign_grad(x, c, backend):
+    return km.assign(x, c, backend=backend)[1:]
+
+
+def _ad(reduction):
+    def op(x, c, backend):
+        labels = reference.assign(x.detach(), c.detach())[0]
+        return (km.assigned_distance(x, labels, c, reduction, backend=backend),)
+    return op
+
+
+def _center_loss(x, c, backend):
+    n = x.shape[0] // 2
+    lr = reference.assign(x[:n].detach(), c.detach())[0]
+    lf = reference.assign(x[n:].detach(), c.detach())[0]
+    return (km.center_loss(x[:n], lr, c, x[n:], lf, c * 0.5, backend=backend),)
+
+
+def _pairwise(between):
+    def op(x, c, backend):
+        if between:
+            return (km.pairwise_l1(x, c, backend=backend),)
+        return (km.pairwise_l1(x, backend=backend),)
+    return op
+
+
+def _losses(x, c, backend):
+    n = x.shape[0] // 2
+    t = km.kmgan_losses(x[:n], x[n:], c, c[:7] * 0.9, reduction="mean", backend=backend)
+    return t.loss_d, t.loss_g, t.loss_center
+
+
+def _update_case(n, d, k, deterministic, mode="sculley", dtype=torch.float32):
+    def run(backend):
+        g = _g(n + k + d)
+        x = torch.randn(n, d, generator=g).to(dtype)
+        c = torch.randn(k, d, generator=g).to(dtype)
+        labels = torch.randint(0, k - 1, (n,), generator=g)  # cluster k-1 stays empty
+        if mode == "sculley":
+            counts = torch.randint(0, 5, (k,), generator=g)
+            km.minibatch_update_(c, counts, x, labels, deterministic=deterministic,
+                                 backend=backend)
+            return c, counts
+        km.ema_update_(c, x, labels, 0.9, deterministic=deterministic, backend=backend)
+        return (c,)
+    return run
+
+
+GPU_CASES = {
+    # assign: one launch (K <= 64); two passes with near ties (prep, main, 3xTF32 refine of the
+    # listed rows, exact scans); d in chunks (d > 128), bfloat16; float64 (exact kernel).
+    "assign-one-launch": _assign_case(300, 40, 30),
+    "assign-two-pass-ties": _assign_case(320, 40, 100, ties=True),
+    "assign-d-chunks-bf16": _assign_case(150, 200, 80, torch.bfloat16),
+    "assign-float64": _assign_case(100, 10, 20, torch.float64),
+    "assign-backward": _grad_case(_assign_grad, 100, 150, 9),
+    "assigned-distance-fro": _grad_case(_ad("fro"), 300, 70, 6),
+    "assigned-distance-mean": _grad_case(_ad("mean"), 300, 70, 6),
+    "assigned-distance-sq-sum-f64": _grad_case(_ad("sq_sum"), 200, 30, 6, torch.float64),
+    "center-loss": _grad_case(_center_loss, 600, 70, 8),
+    "center-loss-k70": _grad_case(_center_loss, 300, 20, 70),  # counts by a separate launch
+    "pairwise-l1-within": _grad_case(_pairwise(False), 150, 140, 5),
+    "pairwise-l1-between": _grad_case(_pairwise(True), 90, 140, 70),
+    "kmgan-losses-single": _grad_case(_losses, 160, 50, 10),
+    "kmgan-losses-tiled": _grad_case(_losses, 200, 130, 10),
+    "update-small": _update_case(64, 20, 10, False),
+    "update-fast-onehot": _update_case(2000, 40, 64, False),
+    "update-fast-atomics": _update_case(500, 20, 100, False),
+    "update-deterministic": _update_case(500, 20, 100, True),
+    "ema-fast": _update_case(500, 20, 100, False, "ema"),
+    "ema-deterministic-bf16": _update_case(500, 20, 100, True, "ema", torch.bfloat16),
+}
+_LAUNCHED: set = set()
+
+
+def _close(out, ref, dtype_tol=None):
+    for o, r in zip(out, ref):
+        if o.dtype == torch.int64:
+            assert torch.equal(o, r)
+        else:
+            tol = {torch.float64: 1e-9, torch.float32: 2e-5}.get(o.dtype, 2e-2)
+            torch.testing.assert_close(o.double(), r.double(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("schedule", em.ADVERSARIAL)
+@pytest.mark.parametrize("case", sorted(GPU_CASES))
+def test_kernel_at_gpu_launch_parameters(case, schedule):
+    ref = GPU_CASES[case]("reference")
+    with em.gpu_launch_params(), em.emulate(schedule, seed=11) as st:
+        out = GPU_CASES[case]("triton")
+    # Every case but the one-program update (by design) has a launch with several programs.
+    assert st.programs > st.launches or case == "update-small", "expected multi-program launches"
+    _LAUNCHED.update(st.kernels)
+    _close(out, ref)
+
+
+@pytest.mark.parametrize("index", range(len(A._tc_configs())))
+def test_assign_every_autotune_config(monkeypatch, index):
+    """Each config the GPU autotuner may pick, on the two-pass path (a schedule per config)."""
+    monkeypatch.setattr(A, "TC_DEFAULT_CONFIG", A._tc_configs()[index])
+    ref = GPU_CASES["assign-two-pass-ties"]("reference")
+    with em.gpu_launch_params(), em.emulate(em.ADVERSARIAL[index % 3], seed=index) as st:
+        out = GPU_CASES["assign-two-pass-ties"]("triton")
+    assert "_assign_tc_kernel" in st.kernels
+    _close(out, ref)
+
+
+def test_every_kernel_ran_at_gpu_launch_parameters():
+    """Runs after the cases above (same module, file order): every kernel of the package."""
+    import pkgutil
+
+    import kmgan_ext.kernels as pkg
+
+    if len(_LAUNCHED) == 0:
+        pytest.skip("the GPU-launch cases did not run in this session (-k selection)")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    kinds = (triton.runtime.JITFunction, InterpretedFunction)
+    every = {n for m in pkgutil.iter_modules(pkg.__path__)
+             for n, v in vars(importlib.import_module(f"kmgan_ext.kernels.{m.name}")).items()
+             if isinstance(v, kinds) and n.endswith("_kernel")}
+    assert len(every) > 15
+    assert every - _LAUNCHED == set(), sorted(_LAUNCHED)

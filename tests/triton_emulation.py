@@ -35,7 +35,7 @@ import inspect
 import itertools
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -59,6 +59,7 @@ class _State:
     programs: int = 0
     switches: int = 0  # interleaved: yields that handed over to another program
     dots: int = 0  # tl.dot calls whose operands were rounded to TF32
+    kernels: set = field(default_factory=set)  # names of the kernels launched
 
 
 _STATE: _State | None = None
@@ -146,6 +147,7 @@ def _grid_call(self, *args_dev, **kwargs):
     import triton
 
     interp = _interp()
+    _STATE.kernels.add(getattr(self.fn, "__name__", "?"))
     argspec = inspect.getfullargspec(self.fn)
     kwargs = {k: v for k, v in kwargs.items() if k in argspec.args}
     args_hst, kwargs_hst = self._init_args_hst(args_dev, kwargs)
