@@ -131,12 +131,50 @@ def zeros_pair(k: int, d: int, dtype: torch.dtype, device: torch.device):
     return sums, counts
 
 
+# Correctly rounded square root and division (issue 11, 3.5). On sm_80/sm_90, tl.sqrt of
+# float32 compiles to sqrt.approx.ftz.f32 and float32 `/` to div.full.f32: approximate, and
+# subnormals flushed to zero (a row at distance < 2^-126 would give 0 where the reference
+# gives a unit vector). The interpreter computes both exactly, so only the PTX shows it
+# (tests/test_triton_aot.py checks it has none). float64 sqrt and `/` are IEEE already.
+@triton.jit
+def sqrt_rn(x):
+    """sqrt(x) rounded to nearest, no flush to zero (float32 or float64)."""
+    if x.dtype == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
+def div_rn(a, b):
+    """a / b rounded to nearest, no flush to zero (float32 or float64; a may be a constant)."""
+    q = a / b
+    if q.dtype == tl.float32:
+        return tl.div_rn(tl.cast(a, tl.float32), tl.cast(b, tl.float32))
+    else:
+        return q
+
+
+# 64-bit offsets (issue 11, 3.7): a row index times D, or lo + hi of a binary search, passes
+# 2^31 on inputs a 141 GB GPU holds ((N + M) / 2 * d >= 2^31, N > 2^30); int32 wraps there.
+@triton.jit
+def row_offset(row, D):
+    """row * D as int64 (row: int32 or int64 scalar or tensor)."""
+    return row.to(tl.int64) * D
+
+
+@triton.jit
+def midpoint(lo, hi):
+    """(lo + hi) // 2 without forming lo + hi (0 <= lo <= hi < 2^31 in int32)."""
+    return lo + (hi - lo) // 2
+
+
 @triton.jit
 def finish(total, div, SQRT: tl.constexpr, MUL: tl.constexpr):
     """The last step of a reduction: (sqrt(total) if SQRT else total) * MUL / div."""
     if SQRT:
-        total = tl.sqrt(total)
-    return total * MUL / div
+        total = sqrt_rn(total)
+    return div_rn(total * MUL, div)
 
 
 @triton.jit

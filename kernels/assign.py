@@ -43,7 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, autotune_allowed, config_kwargs, device_guard, interpreting, pow2
+from ._common import (acc_dtype, autotune_allowed, config_kwargs, device_guard, div_rn,
+                      interpreting, pow2, sqrt_rn)
 
 _U = 2.0**-24  # float32 unit roundoff
 
@@ -163,15 +164,15 @@ def _assign_tc_kernel(
     n_ktiles = (K + BLOCK_K - 1) // BLOCK_K
     if ROW_LIST:
         n_listed = tl.load(count_ptr)
-        pos = pid * BLOCK_N + lane
+        pos = pid.to(tl.int64) * BLOCK_N + lane
         rmask = pos < n_listed
         rows = tl.load(rows_ptr + pos, mask=rmask, other=0).to(tl.int64)
         # A program past the end of the list does no work: its loops run zero times.
-        live = pid * BLOCK_N < n_listed
+        live = pid.to(tl.int64) * BLOCK_N < n_listed
         n_ktiles = tl.where(live, n_ktiles, 0)
         d_end = tl.where(live, D, 0)
     else:
-        rows = (pid * BLOCK_N + lane).to(tl.int64)
+        rows = pid.to(tl.int64) * BLOCK_N + lane
         rmask = rows < N
         d_end = D
     xrow = x_ptr + rows[:, None] * D
@@ -182,7 +183,7 @@ def _assign_tc_kernel(
         m2 = dmask0[:, None] & kmask0[None, :]
         ct0 = tl.load(c_ptr + kl[None, :].to(tl.int64) * D + dcol[:, None], mask=m2,
                       other=0.0).to(tl.float32)
-        mu = tl.sum(ct0, axis=1) / K
+        mu = div_rn(tl.sum(ct0, axis=1), K)
         ct0 = tl.where(m2, ct0 - mu[:, None], 0.0)
         csq0 = tl.sum(ct0 * ct0, axis=0)
         hsq0 = tl.where(kmask0, -0.5 * csq0, float("-inf"))
@@ -195,7 +196,7 @@ def _assign_tc_kernel(
         for p0 in range(0, n_cpart, 128):
             cm = tl.maximum(cm, tl.load(cpart_ptr + p0 + pl, mask=p0 + pl < n_cpart, other=0.0))
         cmax2 = tl.max(cm, axis=0)
-    cnorm = tl.sqrt(cmax2)
+    cnorm = sqrt_rn(cmax2)
 
     # ---- rows: centred x tile (hoisted when D fits one chunk) and ||x'|| -----------------
     if ONE_D:
@@ -207,7 +208,7 @@ def _assign_tc_kernel(
         for d0 in range(0, d_end, BLOCK_D):
             xc = _centred_x_chunk(xrow, mu_ptr, rmask, d0 + dcol, D)
             xsq += tl.sum(xc * xc, axis=1)
-    xnorm = tl.sqrt(xsq)
+    xnorm = sqrt_rn(xsq)
     # Misordering window on the halved score (module docstring), safety factor 2.
     err = alpha * xnorm * cnorm + beta * (cmax2 + 2.0 * xnorm * cnorm)
     win = 2.0 * (2.0 * err + gamma * (xnorm + cnorm) * (xnorm + cnorm))
@@ -286,7 +287,7 @@ def _assign_tc_kernel(
     if COMPACT:
         base = tl.atomic_add(count_ptr, n_u, mask=n_u > 0)
         slot = base + tl.cumsum(u32, axis=0) - 1
-        tl.store(rows_ptr + slot, rows.to(tl.int32), mask=unresolved)
+        tl.store(rows_ptr + slot, rows.to(rows_ptr.dtype.element_ty), mask=unresolved)
     else:
         # FB_GROUP ambiguous rows at a time: 1 on a GPU (a masked row would cost as much as
         # a real one), 16 in the interpreter (its cost is per call more than per element).
@@ -370,6 +371,15 @@ TC_DEFAULT_CONFIG = _tc_configs()[2]
 _tc_chosen: dict[tuple, triton.Config] = {}
 
 
+# Rows past this index do not fit the int32 row list of the second pass (issue 11, 3.7).
+ROW_LIST_INT32_MAX = 2**31 - 1
+
+
+def row_list_dtype(n: int) -> torch.dtype:
+    """Row indices of the ambiguous-row list: int32 (half the traffic) while they fit."""
+    return torch.int32 if n - 1 <= ROW_LIST_INT32_MAX else torch.int64
+
+
 def _window_constants(d: int, precision: str) -> tuple[float, float, float]:
     """(alpha, beta, gamma) of the misordering window, see the module docstring.
 
@@ -444,8 +454,9 @@ def _assign_tc(x, centers, labels, dist2):
         epi_d = 16
     alpha, beta, gamma = _window_constants(d, "tf32")
     dummy = torch.empty(1, dtype=torch.float32, device=dev)
-    count = torch.empty(1, dtype=torch.int32, device=dev)  # zeroed by _prep_centers_kernel
-    rows = torch.empty(1 if small else n, dtype=torch.int32, device=dev)
+    # The counter and the list are int64 once row indices pass int32 (row_list_dtype).
+    count = torch.empty(1, dtype=row_list_dtype(n), device=dev)  # zeroed by _prep_centers_kernel
+    rows = torch.empty(1 if small else n, dtype=row_list_dtype(n), device=dev)
     if small:
         cs = mu = hsq = cpart = dummy
         n_cpart = 0

@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, finalize_sum, finish, interpreting, pow2
+from ._common import (acc_dtype, device_guard, div_rn, finalize_sum, finish, interpreting, pow2,
+                      sqrt_rn)
 
 _MODES = {"fro": 0, "mean": 1, "sq_sum": 2}
 # (SQRT, MUL, divide by N) of the last step, per mode.
@@ -49,7 +50,7 @@ def _ad_fwd_kernel(x_ptr, l_ptr, c_ptr, out_ptr, N, D, div,
     crow = c_ptr + lab[:, None] * D
     row = _row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D)
     if MODE == 1:
-        row = tl.sqrt(row)
+        row = sqrt_rn(row)
     total = tl.sum(row, axis=0)
     if SINGLE:
         tl.store(out_ptr, finish(total, div, SQRT, MUL))
@@ -71,10 +72,10 @@ def _ad_bwd_kernel(g_ptr, out_ptr, x_ptr, l_ptr, c_ptr, gx_ptr, gc_ptr, N, D,
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     crow = c_ptr + lab[:, None] * D
     if MODE == 0:
-        scale = tl.zeros((BLOCK_N,), acc_t) + tl.where(o > 0, g / tl.where(o > 0, o, 1.0), 0.0)
+        scale = tl.zeros((BLOCK_N,), acc_t) + tl.where(o > 0, div_rn(g, tl.where(o > 0, o, 1.0)), 0.0)
     elif MODE == 1:
-        r = tl.sqrt(_row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D))
-        scale = tl.where(r > 0, (g / N) / tl.where(r > 0, r, 1.0), 0.0)
+        r = sqrt_rn(_row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D))
+        scale = tl.where(r > 0, div_rn(div_rn(g, N), tl.where(r > 0, r, 1.0)), 0.0)
     else:
         scale = tl.zeros((BLOCK_N,), acc_t) + g
     for d0 in range(0, D, BLOCK_D):

@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, interpreting, pow2
+from ._common import acc_dtype, device_guard, div_rn, interpreting, pow2, sqrt_rn
 from .assigned_distance import _row_sq_dist
 
 _U = 2.0**-24  # float32 unit roundoff
@@ -104,16 +104,16 @@ def _nearest(x_ptr, rows, rmask, c_ptr, K, D, tau, slack, ACC_T: tl.constexpr,
 def _pull_term(dist, rmask, MODE: tl.constexpr):
     """Per-row contribution to a pull: r_i^2 ("fro", "sq_sum") or r_i ("mean"), 0 off rows."""
     if MODE == 1:
-        dist = tl.sqrt(dist)
+        dist = sqrt_rn(dist)
     return tl.where(rmask, dist, 0.0)
 
 
 @triton.jit
 def _finish_pull(total, n_div, MODE: tl.constexpr):
     if MODE == 0:
-        total = tl.sqrt(total)
+        total = sqrt_rn(total)
     elif MODE == 1:
-        total = total / n_div
+        total = div_rn(total, n_div)
     else:
         total = 0.5 * total
     return total
@@ -148,7 +148,7 @@ def _side_mean(c_ptr, s, n, K, D, ACC_T: tl.constexpr, KP: tl.constexpr, BLOCK_D
     ds = d0 + tl.arange(0, BLOCK_D)
     m2 = (ks < K)[:, None] & (ds < D)[None, :]
     ct = tl.load(c_ptr + ks[:, None].to(tl.int64) * D + ds[None, :], mask=m2, other=0.0).to(ACC_T)
-    return tl.sum(tl.where(m2, (ct + s) / (1.0 + n.to(ACC_T))[:, None], 0.0), axis=0)
+    return tl.sum(tl.where(m2, div_rn(ct + s, (1.0 + n.to(ACC_T))[:, None]), 0.0), axis=0)
 
 
 @triton.jit
@@ -325,14 +325,14 @@ def _bwd_side(g_pull, pull, g_c, x_ptr, c_ptr, l_ptr, lc_ptr, cnt_ptr, udiff_ptr
     """out_i = g_pull d pull / d x_i + g_c sign(u_diff) / (1 + n[lc_i]) for this tile's rows."""
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     labc = tl.load(lc_ptr + rows, mask=rmask, other=0)
-    w = g_c / (1.0 + tl.load(cnt_ptr + labc, mask=rmask, other=0).to(ACC_T))
+    w = div_rn(g_c, 1.0 + tl.load(cnt_ptr + labc, mask=rmask, other=0).to(ACC_T))
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     crow = c_ptr + lab[:, None] * D
     if MODE == 0:
-        scale = tl.zeros((BLOCK_N,), ACC_T) + tl.where(pull > 0, g_pull / tl.where(pull > 0, pull, 1.0), 0.0)
+        scale = tl.zeros((BLOCK_N,), ACC_T) + tl.where(pull > 0, div_rn(g_pull, tl.where(pull > 0, pull, 1.0)), 0.0)
     elif MODE == 1:
-        r = tl.sqrt(_row_sq_dist(xrow, crow, rmask, D, ACC_T, BLOCK_N, BLOCK_D))
-        scale = tl.where(r > 0, g_pull / (tl.where(r > 0, r, 1.0) * n_div), 0.0)
+        r = sqrt_rn(_row_sq_dist(xrow, crow, rmask, D, ACC_T, BLOCK_N, BLOCK_D))
+        scale = tl.where(r > 0, div_rn(g_pull, tl.where(r > 0, r, 1.0) * n_div), 0.0)
     else:
         scale = tl.zeros((BLOCK_N,), ACC_T) + g_pull
     for d0 in range(0, D, BLOCK_D):

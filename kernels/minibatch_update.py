@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, interpreting, pow2, zeros_pair
+from ._common import acc_dtype, device_guard, div_rn, interpreting, midpoint, pow2, zeros_pair
 from .assign import assign
 
 SCULLEY = 0
@@ -83,14 +83,14 @@ def _apply_rows(centers_ptr, ks, ds, hit, dmask, D, S, m_f, n_f, decay_hi, decay
     mm = hit[:, None] & dmask[None, :]
     c = tl.load(centers_ptr + offs, mask=mm, other=0.0).to(acc_t)
     if MODE == 0:
-        new = c + (S - m_f[:, None] * c) / n_f[:, None]
+        new = c + div_rn(S - m_f[:, None] * c, n_f[:, None])
     else:
         # tl.cast: a float argument is a float32 scalar on a GPU, a Python float when interpreted.
         hi = tl.cast(decay_hi, acc_t)
         lo = tl.cast(decay_lo, acc_t)
         decay = hi + lo
         one_minus = (1.0 - hi) - lo
-        new = decay * c + one_minus * (S / m_f[:, None])
+        new = decay * c + one_minus * div_rn(S, m_f[:, None])
     tl.store(centers_ptr + offs, new.to(centers_ptr.dtype.element_ty), mask=mm)
 
 
@@ -145,12 +145,12 @@ def _sorted_segment_kernel(
     hi_e = hi_s
     for _ in range(0, n_steps):
         act_s = lo_s < hi_s
-        mid_s = (lo_s + hi_s) // 2
+        mid_s = midpoint(lo_s, hi_s)
         right_s = tl.load(slab_ptr + mid_s, mask=act_s, other=0) < ks
         lo_s = tl.where(act_s & right_s, mid_s + 1, lo_s)
         hi_s = tl.where(act_s & (right_s == 0), mid_s, hi_s)
         act_e = lo_e < hi_e
-        mid_e = (lo_e + hi_e) // 2
+        mid_e = midpoint(lo_e, hi_e)
         right_e = tl.load(slab_ptr + mid_e, mask=act_e, other=0) < ks + 1
         lo_e = tl.where(act_e & right_e, mid_e + 1, lo_e)
         hi_e = tl.where(act_e & (right_e == 0), mid_e, hi_e)
@@ -258,7 +258,9 @@ def _update(centers, counts, x, labels, deterministic, mode, decay):
             bn, bd, opts = pow2(n, 16, 1024), pow2(d, 16, 512), {}
         else:
             bn, bd, opts = 64, pow2(d, 16, 128), dict(num_warps=4)
-        _segment_sum_kernel[(triton.cdiv(n, bn), triton.cdiv(d, bd))](
+        # At least one column block: with d = 0 the programs of column block 0 still count
+        # the rows (a zero-sized grid axis would run no program at all).
+        _segment_sum_kernel[(triton.cdiv(n, bn), max(1, triton.cdiv(d, bd)))](
             x, labels, sums, m, n, k, d,
             ONEHOT=onehot, KP=pow2(k, 16), BLOCK_N=bn, BLOCK_D=bd, **opts,
         )

@@ -33,6 +33,7 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 import time
@@ -58,6 +59,10 @@ KERNELS = {
                      "_bwd_kernel"],
     "_common": ["_finalize_sum_kernel"],
 }
+# PTX instructions that do not round to nearest or flush subnormals to zero: tl.sqrt compiles to
+# sqrt.approx.ftz.f32 and float32 `/` to div.full.f32 on sm_80/sm_90 (the interpreter computes
+# both exactly), so a kernel must use the _rn forms (kernels/_common.py sqrt_rn, div_rn).
+APPROX = re.compile(r"\b(?:sqrt|div|rcp|rsqrt)\.(?:approx|full)[.\w]*")
 PT = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "fp64": "*fp64"}
 
 
@@ -292,6 +297,8 @@ def _child(out_path: str, archs: list[int], worker: int, workers: int, full: boo
                 options=dict(num_warps=warps, num_stages=stages))
             cubin = compiled.asm.get("cubin", b"")
             shared = int(compiled.metadata.shared)
+            # Approximate float math (issue 11, 3.5): what the interpreter cannot show.
+            row["approx"] = sorted(set(APPROX.findall(compiled.asm.get("ptx", ""))))
             limit = MAX_SHARED.get(arch)
             if not cubin:
                 row["error"] = "no cubin produced"
@@ -371,6 +378,16 @@ if __name__ != "__main__":
         assert rows, f"no case compiled {module}.{kernel}"
         bad = [f"--- {kernel} [{r['tag']}] for sm_{arch}:\n{r['error']}"
                for r in rows if not r["ok"]]
+        assert not bad, "\n".join(bad)
+
+    @pytest.mark.parametrize("arch,module,kernel", _kernel_params())
+    def test_kernel_math_rounds_to_nearest(aot_results, arch, module, kernel):
+        """No approximate or flush-to-zero sqrt/division in the compiled kernels (issue 11, 3.5):
+        a row at distance < 2^-126 must not become 0, results must match the reference's
+        correctly rounded float32 operations."""
+        rows = [r for r in _results(aot_results, arch)
+                if r["module"] == module and r["kernel"] == kernel and r["ok"]]
+        bad = [f"{kernel} [{r['tag']}] sm_{arch}: {r['approx']}" for r in rows if r.get("approx")]
         assert not bad, "\n".join(bad)
 
     def test_every_kernel_has_a_case(aot_results):
