@@ -56,11 +56,14 @@ def _exact_scan(x_ptr, c_ptr, rows, rmask, K, D,
 
     Ties go to the lowest k: each (row, lane) keeps its running best over k = lane,
     lane + BLOCK_K, ... with a strict <, and lanes are merged by value, then index.
+    NaN rule (torch.argmin's, contract 1): a row with any NaN distance gets the lowest such k
+    and a NaN distance. float64 squares do not overflow for float32/16-bit inputs (contract 2).
     """
     lanes = tl.arange(0, BLOCK_K)
     dcol = tl.arange(0, BLOCK_D)
     best = tl.full((G, BLOCK_K), float("inf"), tl.float64)
     best_k = tl.zeros((G, BLOCK_K), tl.int32)
+    nan_k = tl.full((G, BLOCK_K), K, tl.int32)
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + lanes
@@ -75,12 +78,21 @@ def _exact_scan(x_ptr, c_ptr, rows, rmask, K, D,
             diff = xv.to(tl.float64)[:, None, :] - cv.to(tl.float64)[None, :, :]
             dist += tl.sum(diff * diff, axis=2)
         dist = tl.where(kmask[None, :], dist, float("inf"))
-        take = dist < best
+        nan_k = tl.minimum(nan_k, tl.where(dist != dist, ks[None, :], K))
+        take = dist < best  # never for NaN: best stays NaN-free
         best = tl.where(take, dist, best)
         best_k = tl.where(take, ks[None, :], best_k)
     m = tl.min(best, axis=1)
     k_star = tl.min(tl.where(best == m[:, None], best_k, K), axis=1)
-    return m, k_star
+    first_nan = tl.min(nan_k, axis=1)
+    has_nan = first_nan < K
+    return tl.where(has_nan, float("nan"), m), tl.where(has_nan, first_nan, k_star)
+
+
+@triton.jit
+def _nonfinite(v):
+    """v is Inf or NaN (v * 0 is NaN exactly then)."""
+    return (v * 0.0) != 0.0
 
 
 @triton.jit
@@ -219,6 +231,10 @@ def _assign_tc_kernel(
     i1 = tl.zeros((BLOCK_N,), tl.int32)
     i2 = tl.zeros((BLOCK_N,), tl.int32)
     nw = tl.zeros((BLOCK_N,), tl.int32)
+    # Rows the float32 scores cannot decide (contracts 1-2): NaN/Inf in the row or in a
+    # center, or float32 overflow of the squares (|x|, |c| past ~1e19). They take the exact
+    # float64 scan over all K, which applies the NaN rule and cannot overflow.
+    special = _nonfinite(xsq + win + cmax2)  # all >= 0: Inf or NaN in any shows in the sum
     for kt in range(0, n_ktiles):
         k0 = kt * BLOCK_K
         ks = k0 + kl
@@ -240,6 +256,8 @@ def _assign_tc_kernel(
                     ct = tl.load(cs_ptr + ks[None, :].to(tl.int64) * D + ds[:, None],
                                  mask=(ds < D)[:, None] & kmask[None, :], other=0.0)
                     s = tl.dot(xc, ct, s, input_precision=PRECISION)
+        special |= tl.sum((kmask[None, :] & _nonfinite(s)).to(tl.int32), axis=1) > 0
+        s = tl.where(s == s, s, float("-inf"))  # NaN scores: the row is special anyway
         # Best two of the tile (ties to the lower index), then merge with the running two.
         t1, j1 = tl.max(s, axis=1, return_indices=True)
         t2, j2 = tl.max(tl.where(kl[None, :] == j1[:, None], float("-inf"), s), axis=1,
@@ -259,6 +277,8 @@ def _assign_tc_kernel(
         i2 = tl.where(use_new, ni, oi)
         i1 = tl.where(take, j1 + k0, i1)
         b1 = nb1
+
+    nw = tl.where(special, 3, nw)  # special rows: an exact scan (here or in the second pass)
 
     # ---- exact re-check of the (at most two) candidates, float64 from the raw inputs -------
     pair = rmask & (nw == 2)
@@ -308,7 +328,8 @@ def _assign_tc_kernel(
 @triton.jit
 def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
                        CENTERS_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """grad_x_i = 2 g_i (x_i - c_{l_i}); grad_c[l_i] -= grad_x_i (float atomics)."""
+    """grad_x_i = 2 g_i (x_i - c_{l_i}); grad_c[l_i] -= grad_x_i (float64 atomics: the
+    error of a center's sum does not grow with its number of rows, contract 3)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask = rows < N
@@ -322,7 +343,7 @@ def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
     gx = (2.0 * g)[:, None] * diff
     tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=m2)
     if CENTERS_GRAD:
-        tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], -gx, mask=m2)
+        tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], (-gx).to(tl.float64), mask=m2)
 
 
 def assign_backward(grad_dist2, x, centers, labels, centers_grad):
@@ -333,7 +354,7 @@ def assign_backward(grad_dist2, x, centers, labels, centers_grad):
     """
     n, d = x.shape
     gx = torch.empty_like(x)
-    gc = torch.zeros(centers.shape, dtype=acc_dtype(x), device=x.device) if centers_grad else None
+    gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device) if centers_grad else None
     if n and d:
         if interpreting(x):
             bd = pow2(d, 16, 512)

@@ -51,7 +51,7 @@ KERNELS = {
     "assign": ["_assign_exact_kernel", "_prep_centers_kernel", "_assign_tc_kernel",
                "_assign_bwd_kernel"],
     "minibatch_update": ["_segment_sum_kernel", "_apply_kernel", "_sorted_segment_kernel",
-                         "_small_update_kernel"],
+                         "_small_update_kernel", "_ema_centers_kernel"],
     "center_loss": ["_center_loss_fwd_kernel", "_count_kernel", "_center_loss_bwd_kernel"],
     "assigned_distance": ["_ad_fwd_kernel", "_ad_bwd_kernel"],
     "pairwise_l1": ["_l1_sorted_kernel", "_l1_rank_grad_kernel"],
@@ -114,38 +114,44 @@ def _cases(full: bool):
     for dt in ("fp32", "bf16", "fp64") if full else ("fp32", "bf16"):
         add("assign", "_assign_bwd_kernel",
             {"x_ptr": PT[dt], "c_ptr": PT[dt], "l_ptr": "*i64", "gx_ptr": PT[dt],
-             "g_ptr": PT[acc_of(dt)], "gc_ptr": PT[acc_of(dt)]},
+             "g_ptr": PT[acc_of(dt)], "gc_ptr": "*fp64"},
             dict(CENTERS_GRAD=True, BLOCK_N=32, BLOCK_D=128), tag=dt)
     add("assign", "_assign_exact_kernel", {"x_ptr": "*fp64", "c_ptr": "*fp64",
                                            "labels_ptr": "*i64", "dist2_ptr": "*fp64"},
         dict(BLOCK_N=16, BLOCK_K=16, BLOCK_D=16), tag="fp64")
 
-    # ---- center updates (Sculley = MODE 0, EMA = MODE 1).
+    # ---- center updates (Sculley = MODE 0, EMA = MODE 1): float64 sums, EMA state in the
+    # accumulation dtype (counts_ptr is the int64 counts for Sculley, the sizes for EMA).
     u_dtypes = ("fp32", "fp16", "bf16", "fp64") if full else ("fp32", "bf16")
     for i, dt in enumerate(u_dtypes):
         acc = acc_of(dt)
         modes = (0, 1) if full else (i % 2,)
         for onehot in ((True, False) if full and acc == "fp32" else (dt == "fp32",)):
             add("minibatch_update", "_segment_sum_kernel",
-                {"x_ptr": PT[dt], "labels_ptr": "*i64", "sums_ptr": PT[acc], "m_ptr": "*i32"},
+                {"x_ptr": PT[dt], "labels_ptr": "*i64", "sums_ptr": "*fp64", "m_ptr": "*i32"},
                 dict(ONEHOT=onehot, KP=64, BLOCK_N=64, BLOCK_D=128), tag=f"{dt} onehot={onehot}",
                 dot=onehot)
         for mode in modes:
             dec = {"decay_hi": "fp32", "decay_lo": "fp32"}
+            state = {"counts_ptr": "*i64" if mode == 0 else PT[acc],
+                     "esum_ptr": PT[dt] if mode == 0 else PT[acc]}
             add("minibatch_update", "_apply_kernel",
-                {"centers_ptr": PT[dt], "counts_ptr": "*i64", "sums_ptr": PT[acc], "m_ptr": "*i32",
-                 **dec}, dict(MODE=mode, BLOCK_K=8, BLOCK_D=128), tag=f"{dt} mode={mode}")
+                {"centers_ptr": PT[dt], **state, "sums_ptr": "*fp64", "m_ptr": "*i32", **dec},
+                dict(MODE=mode, BLOCK_K=8, BLOCK_D=128), tag=f"{dt} mode={mode}")
             add("minibatch_update", "_sorted_segment_kernel",
-                {"centers_ptr": PT[dt], "counts_ptr": "*i64", "x_ptr": PT[dt], "order_ptr": "*i64",
+                {"centers_ptr": PT[dt], **state, "x_ptr": PT[dt], "order_ptr": "*i64",
                  "slab_ptr": "*i64", **dec},
                 dict(ACC_T=acc, MODE=mode, BLOCK_K=4, BLOCK_R=16, BLOCK_D=64),
                 tag=f"{dt} mode={mode}")
             for kp in (16, 64) if full else (16,):
                 add("minibatch_update", "_small_update_kernel",
-                    {"centers_ptr": PT[dt], "counts_ptr": "*i64", "x_ptr": PT[dt],
-                     "labels_ptr": "*i64", **dec},
+                    {"centers_ptr": PT[dt], **state, "x_ptr": PT[dt], "labels_ptr": "*i64",
+                     **dec},
                     dict(ACC_T=acc, MODE=mode, KP=kp, BLOCK_N=max(2, 256 // kp), BLOCK_D=32),
                     tag=f"{dt} mode={mode} kp={kp}")
+        add("minibatch_update", "_ema_centers_kernel",
+            {"centers_ptr": PT[dt], "size_ptr": PT[acc], "esum_ptr": PT[acc], "eps_hi": "fp32",
+             "eps_lo": "fp32"}, dict(BLOCK_K=8, BLOCK_S=1024, BLOCK_D=128), tag=dt)
 
     # ---- center loss (counts in the kernel for K <= 64, from the count launch above).
     for i, dt in enumerate(("fp32", "fp16", "bf16", "fp64") if full else ("fp32", "bf16")):
@@ -178,7 +184,7 @@ def _cases(full: bool):
                     tag=f"{dt} mode={mode} single={single}")
             add("assigned_distance", "_ad_bwd_kernel",
                 {"g_ptr": PT[acc], "out_ptr": PT[acc], "x_ptr": PT[dt], "l_ptr": "*i64",
-                 "c_ptr": PT[dt], "gx_ptr": PT[dt], "gc_ptr": PT[acc]},
+                 "c_ptr": PT[dt], "gx_ptr": PT[dt], "gc_ptr": "*fp64"},
                 dict(MODE=mode, CENTERS_GRAD=True, BLOCK_N=128, BLOCK_D=64),
                 tag=f"{dt} mode={mode}")
 

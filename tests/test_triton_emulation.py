@@ -8,6 +8,7 @@ adversarial schedules, compared with the float64 reference.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -288,8 +289,12 @@ def _update_case(n, d, k, deterministic, mode="sculley", dtype=torch.float32):
             km.minibatch_update_(c, counts, x, labels, deterministic=deterministic,
                                  backend=backend)
             return c, counts
-        km.ema_update_(c, x, labels, 0.9, deterministic=deterministic, backend=backend)
-        return (c,)
+        size = torch.rand(k, generator=g)
+        size[1] = 0.0
+        esum = torch.randn(k, d, generator=g)
+        km.ema_update_(c, size, esum, x, labels, decay=0.9, eps=1e-5,
+                       deterministic=deterministic, backend=backend)
+        return c, size, esum
     return run
 
 
@@ -368,3 +373,34 @@ def test_every_kernel_ran_at_gpu_launch_parameters():
              if isinstance(v, kinds) and n.endswith("_kernel")}
     assert len(every) > 15
     assert every - _LAUNCHED == set(), sorted(_LAUNCHED)
+
+
+# ------------------------------------------------------------------------------ determinism
+@pytest.mark.parametrize("mode", ["sculley", "ema"])
+@pytest.mark.parametrize("gpu", [False, True], ids=["interpreter-launch", "gpu-launch"])
+def test_deterministic_updates_use_no_float_atomics_under_any_schedule(mode, gpu):
+    """deterministic=True on shapes that take the multi-program paths (K > 64): bitwise the
+    same under interleaved and random schedules with different seeds, and no float atomic
+    executed at all (issue 19's mutant, deterministic routed to the atomic path, fails the
+    second check: with float64 block totals its results may well match bitwise). The fast
+    path, for contrast, does use them."""
+    case = _update_case(3000, 6, 70, True, mode)
+    results, atomics = [], []
+    for schedule, seed in (("interleaved", 1), ("random", 2), ("interleaved", 3)):
+        with contextlib.ExitStack() as stack:
+            if gpu:
+                stack.enter_context(em.gpu_launch_params())
+            st = stack.enter_context(em.emulate(schedule, seed=seed))
+            results.append(case("triton"))
+        assert st.programs > st.launches
+        atomics.append(st.float_atomics)
+    assert atomics == [0, 0, 0]
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+    with em.emulate("random", seed=4) as st:
+        if gpu:
+            with em.gpu_launch_params():
+                _update_case(3000, 6, 70, False, mode)("triton")
+        else:
+            _update_case(3000, 6, 70, False, mode)("triton")
+    assert st.float_atomics > 0

@@ -60,6 +60,7 @@ class _State:
     switches: int = 0  # interleaved: yields that handed over to another program
     dots: int = 0  # tl.dot calls whose operands were rounded to TF32
     kernels: set = field(default_factory=set)  # names of the kernels launched
+    float_atomics: int = 0  # float atomic adds executed (their result depends on the order)
 
 
 _STATE: _State | None = None
@@ -178,6 +179,11 @@ def _grid_call(self, *args_dev, **kwargs):
 def _yielding(op):
     def wrapped(self, *a, **k):
         _yield_point()
+        if op.__name__ == "create_atomic_rmw" and _STATE is not None:
+            rmw_op, val = a[0], a[2]
+            if getattr(rmw_op, "name", str(rmw_op)).upper().endswith("FADD") or \
+                    np.issubdtype(np.asarray(val.data).dtype, np.floating):
+                _STATE.float_atomics += 1
         return op(self, *a, **k)
 
     wrapped.__name__ = op.__name__
@@ -214,20 +220,24 @@ def _dot(orig):
             return orig(self, a, b, d, input_precision, max_num_imprecise_acc)
         interp = _interp()
         st.dots += 1
-        f32 = np.float32
-        if name == "TF32":
-            ah, bh = to_tf32(a.data, st.tf32_rounding), to_tf32(b.data, st.tf32_rounding)
-            out = np.matmul(ah, bh, dtype=f32) + d.data
-        else:
-            ah, bh = to_tf32(a.data, "rna"), to_tf32(b.data, "rna")
-            al = to_tf32((a.data - ah).astype(f32), "rna")
-            bl = to_tf32((b.data - bh).astype(f32), "rna")
-            small = np.matmul(ah, bl, dtype=f32) + np.matmul(al, bh, dtype=f32)
-            out = (np.matmul(ah, bh, dtype=f32) + small) + d.data
-        return interp.TensorHandle(out.astype(f32), d.dtype.scalar)
+        with np.errstate(invalid="ignore", over="ignore"):  # Inf/NaN operands, as on a GPU
+            return interp.TensorHandle(_tf32_dot(a.data, b.data, d.data, name, st), d.dtype.scalar)
 
     create_dot.__name__ = "create_dot"
     return create_dot
+
+
+def _tf32_dot(a, b, d, name, st):
+    """a @ b + d with both operands rounded to TF32 (tf32) or split hi + lo (tf32x3)."""
+    f32 = np.float32
+    if name == "TF32":
+        ah, bh = to_tf32(a, st.tf32_rounding), to_tf32(b, st.tf32_rounding)
+        return (np.matmul(ah, bh, dtype=f32) + d).astype(f32)
+    ah, bh = to_tf32(a, "rna"), to_tf32(b, "rna")
+    al = to_tf32((a - ah).astype(f32), "rna")
+    bl = to_tf32((b - bh).astype(f32), "rna")
+    small = np.matmul(ah, bl, dtype=f32) + np.matmul(al, bh, dtype=f32)
+    return ((np.matmul(ah, bh, dtype=f32) + small) + d).astype(f32)
 
 
 # ------------------------------------------------------------------------------ the switch
