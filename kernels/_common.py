@@ -170,6 +170,18 @@ def midpoint(lo, hi):
 
 
 @triton.jit
+def cast_for(v, ptr):
+    """v (float32/float64) in ptr's element type; 16-bit targets via float32 (Triton's
+    interpreter cannot convert float64 to bfloat16 directly: NaN). Double rounding there
+    can move a result by one 16-bit ulp in rare ties, within the 16-bit tolerance."""
+    ty = ptr.dtype.element_ty
+    if ty.primitive_bitwidth == 16:
+        return v.to(tl.float32).to(ty)
+    else:
+        return v.to(ty)
+
+
+@triton.jit
 def finish(total, div, SQRT: tl.constexpr, MUL: tl.constexpr):
     """The last step of a reduction: (sqrt(total) if SQRT else total) * MUL / div."""
     if SQRT:

@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, interpreting, midpoint, pow2, zeros_pair
+from ._common import acc_dtype, cast_for, device_guard, interpreting, midpoint, pow2, zeros_pair
 from .assign import assign
 
 SCULLEY = 0
@@ -107,13 +107,12 @@ def _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, S, m_f, n_f
         mm = hit[:, None] & dmask[None, :]
         c = tl.load(centers_ptr + offs, mask=mm, other=0.0).to(tl.float64)
         new = c + (S - m_f[:, None] * c) / n_f[:, None]
-        tl.store(centers_ptr + offs, new.to(centers_ptr.dtype.element_ty), mask=mm)
+        tl.store(centers_ptr + offs, cast_for(new, centers_ptr), mask=mm)
     else:
         mm = kmask[:, None] & dmask[None, :]
         decay, one_minus = _decay_pair(decay_hi, decay_lo)
         old = tl.load(esum_ptr + offs, mask=mm, other=0.0).to(tl.float64)
-        tl.store(esum_ptr + offs, (decay * old + one_minus * S).to(esum_ptr.dtype.element_ty),
-                 mask=mm)
+        tl.store(esum_ptr + offs, cast_for(decay * old + one_minus * S, esum_ptr), mask=mm)
 
 
 @triton.jit
@@ -269,8 +268,7 @@ def _ema_centers_kernel(centers_ptr, size_ptr, esum_ptr, K, D, eps_hi, eps_lo,
         mm = live[:, None] & (ds < D)[None, :]
         offs = ks[:, None].to(tl.int64) * D + ds[None, :]
         M = tl.load(esum_ptr + offs, mask=mm, other=0.0).to(tl.float64)
-        tl.store(centers_ptr + offs, (M / denom[:, None]).to(centers_ptr.dtype.element_ty),
-                 mask=mm)
+        tl.store(centers_ptr + offs, cast_for(M / denom[:, None], centers_ptr), mask=mm)
 
 
 def _split(v: float) -> tuple[float, float]:
