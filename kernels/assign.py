@@ -462,7 +462,9 @@ def _assign_tc(x, centers, labels, dist2):
         block_d = pow2(d, 16, 512)
         block_k = pow2(k, 16, 512)
         small = k <= block_k and d <= block_d
-        fixed = dict(BLOCK_N=pow2(n, 16, 512), BLOCK_K=block_k)
+        # Up to 8192 rows a program while the (rows x max(K, d)) tiles stay within 2^18.
+        fixed = dict(BLOCK_N=pow2(n, 16, max(512, min(8192, (1 << 18) // max(block_k, block_d)))),
+                     BLOCK_K=block_k)
         # FB_GROUP * FB_BLOCK_K * FB_BLOCK_D stays within triton's 2**20 elements per tensor.
         fb = dict(FB_GROUP=16, FB_BLOCK_K=pow2(k, 16, 128), FB_BLOCK_D=pow2(d, 16, 512))
         epi_d = block_d

@@ -238,7 +238,11 @@ def _small_update_kernel(
             xt = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
                          mask=rm[:, None] & dmask[None, :], other=0.0).to(ACC_T)
             onehot = (lab[None, :] == ks[:, None]).to(ACC_T)
-            acc += tl.sum(onehot[:, :, None] * xt[None, :, :], axis=1).to(tl.float64)
+            part = onehot[:, :, None] * xt[None, :, :]
+            if BLOCK_N > 64:  # the interpreter's blocks of thousands of rows: float64 sums
+                acc += tl.sum(part.to(tl.float64), axis=1)
+            else:
+                acc += tl.sum(part, axis=1).to(tl.float64)
         _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, acc, m_f, n_f,
                     decay_hi, decay_lo, MODE)
 
@@ -292,8 +296,9 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay):
         if k <= _SMALL_MAX_K and n * k * d <= _SMALL_MAX_WORK:
             kp = pow2(k, 16)
             if interp:
-                bn, bd = pow2(n, 16, 64), pow2(d, 16, max(16, (1 << 20) // (kp * pow2(n, 16, 64))))
-                opts = {}
+                # Few, large steps (the interpreter pays per op): up to 2^20 products a step.
+                bd = pow2(d, 16, 64)
+                bn, opts = pow2(n, 16, max(16, (1 << 20) // (kp * bd))), {}
             else:
                 # KP x BLOCK_N x BLOCK_D = 8192 products per step: 64 registers a thread.
                 bn, bd, opts = max(2, 256 // kp), 32, dict(num_warps=4)

@@ -20,6 +20,10 @@ float64, every mode, assign's autotuner configs: 211 cases per architecture, ~30
 minutes; 151 of them took 10-11 minutes on 2 busy cores). ``KMGAN_AOT_ARCHS=90`` restricts
 the architectures, ``KMGAN_AOT_WORKERS`` sets the number of child processes (default 2).
 
+The PTX of every case is also searched for approximate or flush-to-zero square roots and
+divisions (``sqrt.approx``, ``div.full``, ...): the interpreter computes both exactly, so only
+the compiled code can show them (issue 11, 3.5; kernels/_common.py sqrt_rn, div_rn).
+
 Skipped, with the reason, when triton is not installed, has no CUDA backend, or its ptxas
 does not run. The compiling happens in child processes (``python tests/test_triton_aot.py
 --out FILE --archs 90,80 --worker I --workers N [--full]``) because tests/conftest.py
