@@ -250,6 +250,7 @@ def test_fused_op_dtypes(device, backend, dtype):
     _check_outputs(got, fr, ff, cr, cf, "mean", dtype)
 
 
+@pytest.mark.emulated_gpu
 @pytestmark_fused
 @pytest.mark.parametrize("shape", [(40, 30, 130, 3, 4), (70, 9, 20, 10, 10)], ids=["d130", "n70"])
 def test_triton_tiled_forward_matches_reference(monkeypatch, shape):
@@ -261,6 +262,7 @@ def test_triton_tiled_forward_matches_reference(monkeypatch, shape):
         _check_outputs(mod.kmgan_losses(fr, ff, cr, cf, reduction), fr, ff, cr, cf, reduction, torch.float32)
 
 
+@pytest.mark.emulated_gpu
 @pytestmark_fused
 def test_triton_many_clusters_falls_back_to_the_single_ops():
     mod = _triton_module()
@@ -406,6 +408,7 @@ def test_auto_prefers_the_fused_triton_kernel_on_cuda(monkeypatch):
     assert _dispatch._resolve("auto", torch.device("cpu"), "kmgan_losses") == "cpu"
 
 
+@pytest.mark.emulated_gpu
 @pytestmark_fused
 def test_triton_block_is_one_launch_each_way_and_no_torch_compute(monkeypatch):
     """The paper's shape through backend="triton": one Triton launch forward, one backward, and

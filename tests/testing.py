@@ -27,6 +27,8 @@ def backend_params() -> list:
         for b in names:
             why = km.available_backends()[b]
             marks = [pytest.mark.skip(reason=f"{b}: {why}")] if why else []
+            if b == "triton":  # GPU kernel code: emulated without a GPU (tests/conftest.py)
+                marks.append(pytest.mark.emulated_gpu)
             out.append(pytest.param(device, b, id=f"{device}-{b}", marks=marks))
     return out
 
