@@ -43,6 +43,11 @@ def setup(device_pref: str) -> DistInfo:
     return DistInfo(0, 1, 0, device, False)
 
 
+def rank_from_env() -> int:
+    """This process's rank as torchrun sets it (0 without torchrun), before any group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()

@@ -80,7 +80,7 @@ def load_generator(run_dir: str, device):
     arch, size = data_mod.resolve_arch(cfg)
     state = ckpt.load(os.path.join(run_dir, "checkpoints", "last.pt"))
     shape = (1, size, size)
-    G, _ = build_models(cfg, arch, shape, head=cfg["model"] == "dcgan")
+    G, _ = build_models(cfg, arch, shape, head=cfg["model"] == "dcgan" and cfg.get("dcgan_head", "linear") == "linear")
     G.load_state_dict(state["G"])
     return G.to(device), cfg
 

@@ -39,7 +39,7 @@ def update_rank_diff(tr) -> float:
 def log_record(tr, out: dict, window_seconds: float, window_steps: int) -> dict:
     """One metrics.jsonl line: the iteration's losses, center statistics, time per step."""
     rec = {"step": tr.step, "epoch": tr.epoch, "batch_in_epoch": tr.batch_in_epoch}
-    for key in ("L_D", "L_G", "L_center", "L_intra", "L_inter"):
+    for key in ("L_D", "L_G", "L_center", "L_intra", "L_inter", "GP"):
         if key in out:
             rec[key] = float(out[key])
     if "center_step" in out:

@@ -76,7 +76,8 @@ class Trainer:
         self.data = data_mod.load_train_data(cfg)
         self.arch, self.image_size = data_mod.resolve_arch(cfg)
         torch.manual_seed(cfg["seed"])  # parameter init: identical on every rank
-        self.G_raw, self.D_raw = build_models(cfg, self.arch, self.model_shape(), head=cfg["model"] == "dcgan")
+        head = cfg["model"] == "dcgan" and cfg["dcgan_head"] == "linear"
+        self.G_raw, self.D_raw = build_models(cfg, self.arch, self.model_shape(), head=head)
         self.G_raw.to(self.device)
         self.D_raw.to(self.device)
         # Fused Adam: the same update, one kernel; 3x faster than the per-tensor loop for
@@ -123,6 +124,11 @@ class Trainer:
             warnings.warn("amp=true needs a GPU: ignored on CPU (training in float32)", stacklevel=2)
         if cfg["compile"] and not on_gpu:
             warnings.warn("compile=true is used on GPU only: ignored on CPU", stacklevel=2)
+        if cfg["gp_weight"] > 0 and self.world > 1:
+            # the penalty's double backward through DistributedDataParallel is not supported
+            raise ValueError("gp_weight > 0 runs on one process only (not under torchrun/DDP)")
+        if cfg["gp_weight"] > 0 and cfg["model"] == "reduced":
+            raise ValueError("gp_weight applies to kmgan, generalized and dcgan, not reduced")
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.world > 1:
@@ -240,7 +246,7 @@ class Trainer:
             len(batches),
         )
 
-    def _loop(self, hook=None) -> str:
+    def _loop(self, hook=None, on_epoch=None) -> str:
         cfg = self.cfg
         max_steps = cfg["max_steps"]
         while self.epoch < cfg["epochs"]:
@@ -282,15 +288,18 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
             records.epoch_figure(self)
+            if on_epoch is not None:
+                on_epoch(self)
             if cfg["checkpoint_every"] and self.epoch % cfg["checkpoint_every"] == 0 and self.epoch < cfg["epochs"]:
                 self.save_checkpoint()
         if max_steps and self.step >= max_steps:
             return "max_steps"
         return "finished"
 
-    def run(self, hook=None) -> dict:
+    def run(self, hook=None, on_epoch=None) -> dict:
         """Train (seeding the centers first unless resumed), checkpoint, evaluate; the
-        summary dict (also written as summary.json by rank 0)."""
+        summary dict (also written as summary.json by rank 0). ``hook(tr)`` runs after every
+        iteration, ``on_epoch(tr)`` after every finished epoch (e.g. to score features)."""
         os.makedirs(self.out, exist_ok=True)
         records.start(self)
         threads = torch.get_num_threads()
@@ -309,7 +318,7 @@ class Trainer:
                     cset.seed(self)
                     self.seed_seconds = time.perf_counter() - t0
                 try:
-                    self.status = self._loop(hook)
+                    self.status = self._loop(hook, on_epoch)
                 except StopTraining as e:
                     self.status = f"stopped: {e}"
                 except KeyboardInterrupt:
@@ -332,15 +341,49 @@ class Trainer:
         return summary
 
 
-def train(config: str | dict, out_dir: str, overrides: dict | None = None, hook=None) -> dict:
-    """Train from a config (name, JSON path or resolved dict) into ``out_dir``."""
+# What a run writes into its folder: a fresh run refuses a folder holding any of them
+# (unless overwrite=True, which deletes them first so that nothing of the old run mixes in).
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard", "samples", "figures")
+
+
+class RunExistsError(ValueError):
+    """``out_dir`` already holds a run: resume it, or ask for an overwrite."""
+
+
+def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
+    """Refuse (RunExistsError) to start a fresh run over an existing one unless ``overwrite``;
+    with ``overwrite``, remove the old run's files first."""
+    if not os.path.isdir(out_dir):
+        return
+    present = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
+    if not present:
+        return
+    if not overwrite:
+        raise RunExistsError(
+            f"--out {out_dir} already holds a run ({', '.join(present)}): continue it with --resume {out_dir}, "
+            f"start over with --overwrite (deletes that run), or choose another --out"
+        )
+    import shutil
+
+    for name in present:
+        path = os.path.join(out_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def train(
+    config: str | dict, out_dir: str, overrides: dict | None = None, hook=None, on_epoch=None, overwrite: bool = False
+) -> dict:
+    """Train from a config (name, JSON path or resolved dict) into ``out_dir``, a new folder
+    (or one holding no run; ``overwrite=True`` deletes the run there first)."""
     if isinstance(config, dict):
         cfg = {key: coerce(key, v) for key, v in config.items() if key != "config"}
         cfg = {**DEFAULTS, **cfg, **(overrides or {}), "config": config.get("config", "dict")}
         check(cfg)
     else:
         cfg = load_config(config, overrides)
-    return Trainer(cfg, out_dir).run(hook)
+    if dist_mod.rank_from_env() == 0:
+        prepare_out_dir(os.path.abspath(out_dir), overwrite)
+    return Trainer(cfg, out_dir).run(hook, on_epoch)
 
 
 def resume(out_dir: str, overrides: dict | None = None, hook=None) -> dict:
