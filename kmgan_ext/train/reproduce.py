@@ -399,7 +399,12 @@ def synthetic(args) -> int:
          f"{args.jobs} at a time")  # fmt: skip
     t0 = time.perf_counter()
     if todo:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        import multiprocessing
+
+        # spawn: the main process may hold torch's thread pools (report figures), which fork
+        # would copy in an unusable state
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
             futs = {pool.submit(run_synthetic_job, out, v, s, args.epochs, extra, args.scatter_seed): (v, s)
                     for v, s in todo}  # fmt: skip
             for i, fut in enumerate(as_completed(futs), 1):
