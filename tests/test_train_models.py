@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from kmgan_ext.train.checkpoint import newest_good
+
 import kmgan_ext as km
 from kmgan_ext.train import load_config, train
 from kmgan_ext.train.data import DataNotFound, load_train_data, make_synthetic, read_idx
@@ -31,7 +33,7 @@ def _lines(path):
 
 
 def _check_run_folder(out, summary, steps):
-    for name in ("config.json", "metrics.jsonl", "summary.json", os.path.join("checkpoints", "last.pt")):
+    for name in ("config.json", "metrics.jsonl", "summary.json", os.path.join("checkpoints", f"step-{steps:08d}.pt")):
         assert os.path.isfile(os.path.join(out, name)), name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tensorboard")))
     for key in ("model", "dataset", "epochs", "steps", "seconds", "world_size"):
@@ -63,7 +65,7 @@ def test_each_model_trains_a_few_steps(tmp_path, model):
     logged = _check_run_folder(str(tmp_path), s, steps)
     assert s["status"] == "max_steps"
     assert 0.0 <= s["feature_acc"] <= 1.0 and 0.0 <= s["feature_nmi"] <= 1.0
-    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    state = torch.load(newest_good(str(tmp_path / "checkpoints")), weights_only=False)
     c = state["centers"]
     if model == "dcgan":
         assert c["real"] is None and "L_center" not in logged[0]
@@ -104,7 +106,7 @@ def test_d_round_floor(tmp_path):
 def test_gm_gan_priors(tmp_path, prior):
     cfg = load_config("synthetic", {**TINY, "max_steps": 3, "prior": prior, "tensorboard": False})
     train(cfg, str(tmp_path))
-    g = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["G"]
+    g = torch.load(newest_good(str(tmp_path / "checkpoints")), weights_only=False)["G"]
     mu = g["prior.mu"]
     assert mu.shape == (4, 100) and float(mu.abs().max()) <= 0.1 + 1e-3  # U[-c, c], c = 0.1 (+ 3 Adam steps)
     if prior == "gm_dynamic":

@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="built-in configs: " + ", ".join(CONFIGS) + "; sweeps: " + ", ".join(SWEEPS),
     )
     p.add_argument("--config", help="built-in config name or a JSON file of keys")
-    p.add_argument("--out", help="run folder (created)")
+    p.add_argument("--out", help="run folder (created; an existing run there is refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --out and start a fresh one there")  # fmt: skip
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable); --list shows the keys")  # fmt: skip
@@ -46,7 +48,9 @@ def _print_summary(s: dict | None, out: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .trainer import resume, train
+    from .checkpoint import CheckpointError
+    from .dist import CollectiveError
+    from .trainer import RunExistsError, resume, train
 
     try:
         overrides = parse_set(args.sets)
@@ -58,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             print("sweeps:", json.dumps(SWEEPS))
             return 0
         if args.resume:
-            if args.config or args.sweep:
-                raise ConfigError("--resume takes the run folder's own config; drop --config/--sweep")
+            if args.config or args.sweep or args.overwrite:
+                raise ConfigError("--resume takes the run folder's own config; drop --config/--sweep/--overwrite")
             _print_summary(resume(args.resume, overrides), args.resume)
             return 0
         if args.sweep:
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             results = {}
             for v in values:
                 out = os.path.join(args.out, f"{key}={v}")
-                s = train(load_config(args.config or base, {**overrides, key: v}), out)
+                s = train(load_config(args.config or base, {**overrides, key: v}), out, overwrite=args.overwrite)
                 _print_summary(s, out)
                 results[f"{key}={v}"] = s
             if results and all(r is not None for r in results.values()):
@@ -80,11 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.config or not args.out:
             raise ConfigError("give --config NAME_OR_PATH and --out DIR (or --resume DIR)")
         cfg = load_config(args.config, overrides)
-        _print_summary(train(cfg, args.out), args.out)
+        _print_summary(train(cfg, args.out, overwrite=args.overwrite), args.out)
         return 0
-    except ConfigError as e:
+    except (ConfigError, RunExistsError, CheckpointError) as e:
         print(f"kmgan-train: error: {e}", file=sys.stderr)
         return 2
+    except CollectiveError as e:
+        print(f"kmgan-train: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

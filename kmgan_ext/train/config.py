@@ -83,6 +83,10 @@ DEFAULTS: dict[str, Any] = {
     "log_every": 50,
     "sample_every": 1,  # epochs between sample grids
     "checkpoint_every": 1,  # epochs between checkpoints (always one at the end and on a stop)
+    "keep_checkpoints": 3,  # newest checkpoints kept (a corrupt newest one falls back to an older)
+    # seconds a collective (DDP all-reduce, barrier) waits for the other ranks before the run
+    # stops with an error naming the rank and the phase (gloo's/NCCL's own default is 30 min)
+    "dist_timeout": 300.0,
     "progress": True,
     "tensorboard": True,
     # evaluation
@@ -182,6 +186,8 @@ RESUME_MUTABLE = {
     "log_every",
     "sample_every",
     "checkpoint_every",
+    "keep_checkpoints",
+    "dist_timeout",
     "progress",
     "tensorboard",
     "num_workers",
@@ -297,6 +303,10 @@ def check(cfg: dict[str, Any]) -> None:
         raise ConfigError("batch_size must be >= 2 (batch norm needs at least 2 rows)")
     if cfg["k"] < 1:
         raise ConfigError("k must be >= 1")
+    if cfg["keep_checkpoints"] < 1:
+        raise ConfigError("keep_checkpoints must be >= 1")
+    if cfg["dist_timeout"] <= 0:
+        raise ConfigError("dist_timeout must be > 0 seconds")
 
 
 def resume_overrides(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

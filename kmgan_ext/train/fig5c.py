@@ -74,11 +74,11 @@ def histogram_for_run(tr, fig_dir: str) -> dict:
 
 
 def load_generator(run_dir: str, device):
-    """G of a run folder, from its config.json and checkpoints/last.pt."""
+    """G of a run folder, from its config.json and newest intact checkpoint."""
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = json.load(f)
     arch, size = data_mod.resolve_arch(cfg)
-    state = ckpt.load(os.path.join(run_dir, "checkpoints", "last.pt"))
+    state = ckpt.load(ckpt.newest_good(os.path.join(run_dir, "checkpoints")))
     shape = (1, size, size)
     G, _ = build_models(cfg, arch, shape, head=cfg["model"] == "dcgan" and cfg.get("dcgan_head", "linear") == "linear")
     G.load_state_dict(state["G"])

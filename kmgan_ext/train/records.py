@@ -17,14 +17,42 @@ def start(tr) -> None:
     TensorBoard writer (``tr.writer``) when asked for."""
     if not tr.info.main:
         return
-    if not tr.resumed and os.path.exists(os.path.join(tr.out, "metrics.jsonl")):
-        os.remove(os.path.join(tr.out, "metrics.jsonl"))  # a fresh run starts a fresh log
+    log = os.path.join(tr.out, "metrics.jsonl")
+    if not tr.resumed and os.path.exists(log):
+        os.remove(log)  # a fresh run starts a fresh log
+    if tr.resumed:
+        truncate_log(log, tr.step)
     with open(os.path.join(tr.out, "config.json"), "w") as f:
         json.dump(tr.cfg, f, indent=2, sort_keys=True)
     if tr.cfg["tensorboard"]:
         from torch.utils.tensorboard import SummaryWriter
 
-        tr.writer = SummaryWriter(os.path.join(tr.out, "tensorboard"))
+        # on a resume, TensorBoard drops the events the interrupted run logged after the
+        # checkpoint (they are logged again)
+        purge = tr.step + 1 if tr.resumed else None
+        tr.writer = SummaryWriter(os.path.join(tr.out, "tensorboard"), purge_step=purge)
+
+
+def truncate_log(path: str, step: int) -> int:
+    """Drop the records of steps after ``step`` (the checkpoint a resume starts from: the
+    resumed run logs those steps again). Rewritten atomically; returns how many were dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill mid-write
+        if rec.get("step", 0) <= step:
+            keep.append(json.dumps(rec) + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+    return len(lines) - len(keep)
 
 
 def update_rank_diff(tr) -> float:

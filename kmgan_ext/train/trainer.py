@@ -63,13 +63,13 @@ def _balanced_chunks(index: Tensor, rows: int) -> list[list[int]]:
 
 
 class Trainer:
-    """One training run in ``out_dir`` (fresh, or ``resume`` from its checkpoints/last.pt):
+    """One training run in ``out_dir`` (fresh, or ``resume`` from its newest intact checkpoint):
     ``run()`` seeds the centers, trains, checkpoints and evaluates."""
 
     def __init__(self, cfg: dict, out_dir: str, *, resume: bool = False):
         self.cfg = cfg
         self.out = os.path.abspath(out_dir)
-        self.info = dist_mod.setup(cfg["device"])
+        self.info = dist_mod.setup(cfg["device"], cfg["dist_timeout"])
         self.device = self.info.device
         self.world = self.info.world_size
         self._check_engineering_options()
@@ -104,7 +104,7 @@ class Trainer:
         self.fixed_noise = self.G_raw.prior.sample_noise(SAMPLE_GRID, g, self.device)
         self.resumed = False
         if resume:
-            ckpt.load_state(self, os.path.join(self.out, "checkpoints", "last.pt"))
+            ckpt.load_state(self, ckpt.newest_good(os.path.join(self.out, "checkpoints")))
         self.D, self.G = self._wrap(self.D_raw), self._wrap(self.G_raw)
         self._stop_requested = False
         self.writer = None
@@ -191,11 +191,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> str:
-        state = ckpt.state(self)  # collective (all ranks gather their RNG states)
-        path = os.path.join(self.out, "checkpoints", "last.pt")
-        if self.info.main:
-            ckpt.save_atomic(state, path)
-        dist_mod.barrier(self.info)
+        with dist_mod.phase(self.info, "checkpointing", self.step):
+            state = ckpt.state(self)  # collective (all ranks gather their RNG states)
+            path = ckpt.checkpoint_path(os.path.join(self.out, "checkpoints"), self.step)
+            if self.info.main:
+                ckpt.save_rotating(state, os.path.dirname(path), self.step, self.cfg["keep_checkpoints"])
+            dist_mod.barrier(self.info)
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -265,7 +266,8 @@ class Trainer:
                     if max_steps and self.step >= max_steps:
                         return "max_steps"
                     t0 = time.perf_counter()
-                    out = self.iteration(batch)
+                    with dist_mod.phase(self.info, "the training iteration", self.step + 1):
+                        out = self.iteration(batch)
                     self.step += 1
                     self.batch_in_epoch += 1
                     dt = time.perf_counter() - t0
@@ -276,11 +278,14 @@ class Trainer:
                         bar.update(1)
                         bar.set_postfix({k: f"{float(out[k]):.3g}" for k in ("L_D", "L_G", "L_center") if k in out})
                     if cfg["log_every"] and self.step % cfg["log_every"] == 0:
-                        records.write_log(self, records.log_record(self, out, t_window, n_window))
+                        with dist_mod.phase(self.info, "logging (center rank check)", self.step):
+                            records.write_log(self, records.log_record(self, out, t_window, n_window))
                         t_window, n_window = 0.0, 0
                     if hook is not None:
                         hook(self)
-                    if dist_mod.any_rank(self._stop_requested, self.info):
+                    with dist_mod.phase(self.info, "the stop check after the iteration", self.step):
+                        stop = dist_mod.any_rank(self._stop_requested, self.info)
+                    if stop:
                         return "interrupted"
             finally:
                 if bar is not None:
@@ -315,7 +320,8 @@ class Trainer:
             with limits, deterministic_mode(self.cfg["deterministic"]), self._sigint():
                 if not self.resumed:
                     t0 = time.perf_counter()
-                    cset.seed(self)
+                    with dist_mod.phase(self.info, "center seeding"):
+                        cset.seed(self)
                     self.seed_seconds = time.perf_counter() - t0
                 try:
                     self.status = self._loop(hook, on_epoch)
@@ -324,7 +330,8 @@ class Trainer:
                 except KeyboardInterrupt:
                     self.status = "interrupted (mid-iteration)"
                 if self.C_real is not None:
-                    records.update_rank_diff(self)
+                    with dist_mod.phase(self.info, "the final center rank check", self.step):
+                        records.update_rank_diff(self)
                 ckpt_path = self.save_checkpoint()
                 summary = None
                 if self.info.main:
@@ -386,9 +393,14 @@ def train(
     return Trainer(cfg, out_dir).run(hook, on_epoch)
 
 
-def resume(out_dir: str, overrides: dict | None = None, hook=None) -> dict:
-    """Continue the run in ``out_dir`` from checkpoints/last.pt (optionally with more epochs)."""
-    with open(os.path.join(out_dir, "config.json")) as f:
+def resume(out_dir: str, overrides: dict | None = None, hook=None, on_epoch=None) -> dict:
+    """Continue the run in ``out_dir`` from its newest intact checkpoint (optionally with more
+    epochs). ckpt.CheckpointError when there is no run or no usable checkpoint there."""
+    path = os.path.join(out_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ckpt.CheckpointError(f"--resume {out_dir}: no run there (no config.json)")
+    with open(path) as f:
         saved = json.load(f)
     cfg = resume_overrides(saved, overrides or {})
-    return Trainer(cfg, out_dir, resume=True).run(hook)
+    ckpt.newest_good(os.path.join(out_dir, "checkpoints"), say=lambda m: None)  # fail before any setup
+    return Trainer(cfg, out_dir, resume=True).run(hook, on_epoch)
