@@ -36,7 +36,7 @@ def kmgan_critic(D, centers: Tensor, backend: str = "auto"):
     """The distance of D(x) to its nearest real center, per row (labels held fixed)."""
 
     def critic(x: Tensor) -> Tensor:
-        f = D(x).float()
+        f = D(x).to(centers.dtype)
         with torch.no_grad():
             labels, _ = km.assign(f.detach(), centers, backend=backend)
         return (f - centers[labels]).norm(dim=1)
