@@ -295,6 +295,14 @@ def _scatter_png(out: str, variants: list[str], seed: int, path: str) -> str | N
     return path
 
 
+def _old_figures(out: str) -> dict:
+    try:
+        with open(os.path.join(out, "report.json")) as f:
+            return json.load(f).get("figures", {})
+    except (OSError, ValueError):
+        return {}
+
+
 def _fmt(ms: tuple[float, float], digits: int = 3) -> str:
     m, sd = ms
     if math.isnan(m):
@@ -349,15 +357,21 @@ def write_markdown(rep: dict, path: str, command: str, figures: dict) -> None:
         f.write("\n".join(lines))
 
 
-def report(out: str, variants: list[str], seeds: list[int], epochs: int, command: str, scatter_seed: int) -> dict:
+def report(
+    out: str, variants: list[str], seeds: list[int], epochs: int, command: str, scatter_seed: int, draw: bool = True
+) -> dict:
+    """report.json, REPORT.md and (``draw``) the figures from the finished jobs."""
     rep = build_report(out, variants, seeds, epochs)
     rep["command"] = command
     figs = {}
-    if rep["seeds_paired"]:
+    if not draw:  # an interim report: the figures of the last full one stay
+        figs = {k: os.path.join(out, v) for k, v in _old_figures(out).items()}
+    elif rep["seeds_paired"]:
         figs["curves over epochs (mean ± sd bands)"] = _curves_png(rep, os.path.join(out, "curves.png"))
-    figs[f"Fig. 2-style scatter, seed {scatter_seed}"] = _scatter_png(
-        out, variants, scatter_seed, os.path.join(out, "fig2_scatter.png")
-    )
+    if draw:
+        figs[f"Fig. 2-style scatter, seed {scatter_seed}"] = _scatter_png(
+            out, variants, scatter_seed, os.path.join(out, "fig2_scatter.png")
+        )
     rep["figures"] = {k: os.path.basename(v) for k, v in figs.items() if v}
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(rep, f, indent=1)
@@ -396,9 +410,21 @@ def synthetic(args) -> int:
     todo = [(v, s) for s in seeds for v in variants if not os.path.isfile(_job_path(out, v, s))]
     done = len(seeds) * len(variants) - len(todo)
     _say(f"{done} of {len(seeds) * len(variants)} runs already finished under {out}; {len(todo)} to go, "
-         f"{args.jobs} at a time")  # fmt: skip
+         (f"{args.jobs} at a time" if args.jobs > 1 else "one at a time, in this process"))  # fmt: skip
     t0 = time.perf_counter()
-    if todo:
+
+    def finished(i: int, v: str, s: int, r: dict) -> None:
+        last = r["curve"][-1] if r["curve"] else {}
+        _say(f"[{i}/{len(todo)}] {v} seed {s}: {r['status']}, acc {last.get('acc', float('nan')):.3f} "
+             f"at epoch {last.get('epoch')}, {r['wall_seconds']:.0f} s ({time.perf_counter() - t0:.0f} s elapsed)")  # fmt: skip
+        # the report is rewritten as seeds finish: an interrupted reproduction still has one
+        if i % len(variants) == 0 and i < len(todo):
+            report(out, variants, seeds, args.epochs, command, args.scatter_seed, draw=False)
+
+    if todo and args.jobs == 1:  # in this process: no interpreter start-up per worker
+        for i, (v, s) in enumerate(todo, 1):
+            finished(i, v, s, run_synthetic_job(out, v, s, args.epochs, extra, args.scatter_seed))
+    elif todo:
         import multiprocessing
 
         # spawn: the main process may hold torch's thread pools (report figures), which fork
@@ -409,14 +435,7 @@ def synthetic(args) -> int:
                     for v, s in todo}  # fmt: skip
             for i, fut in enumerate(as_completed(futs), 1):
                 v, s = futs[fut]
-                r = fut.result()
-                last = r["curve"][-1] if r["curve"] else {}
-                _say(f"[{i}/{len(todo)}] {v} seed {s}: {r['status']}, acc {last.get('acc', float('nan')):.3f} "
-                     f"at epoch {last.get('epoch')}, {r['wall_seconds']:.0f} s "
-                     f"({time.perf_counter() - t0:.0f} s elapsed)")  # fmt: skip
-                # the report is rewritten as seeds finish: an interrupted reproduction still has one
-                if i % len(variants) == 0:
-                    report(out, variants, seeds, args.epochs, command, args.scatter_seed)
+                finished(i, v, s, fut.result())
     rep = report(out, variants, seeds, args.epochs, command, args.scatter_seed)
     _say(f"report: {os.path.join(out, 'REPORT.md')} ({len(rep['seeds_paired'])} paired seeds)")
     return 0
