@@ -409,8 +409,8 @@ def synthetic(args) -> int:
     command = "python -m kmgan_ext.train.reproduce synthetic " + " ".join(args.argv)
     todo = [(v, s) for s in seeds for v in variants if not os.path.isfile(_job_path(out, v, s))]
     done = len(seeds) * len(variants) - len(todo)
-    _say(f"{done} of {len(seeds) * len(variants)} runs already finished under {out}; {len(todo)} to go, "
-         (f"{args.jobs} at a time" if args.jobs > 1 else "one at a time, in this process"))  # fmt: skip
+    pace = f"{args.jobs} at a time" if args.jobs > 1 else "one at a time, in this process"
+    _say(f"{done} of {len(seeds) * len(variants)} runs already finished under {out}; {len(todo)} to go, {pace}")
     t0 = time.perf_counter()
 
     def finished(i: int, v: str, s: int, r: dict) -> None:
