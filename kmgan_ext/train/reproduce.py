@@ -43,6 +43,7 @@ SYNTHETIC_PAIRS = [
     ("kmgan_floor", "dcgan"),
     ("kmgan", "kmgan_floor"),
     ("kmgan_gp", "dcgan"),
+    ("kmgan_clip", "dcgan"),
     ("kmgan_gp", "kmgan_clip"),
     ("kmgan_gp", "kmgan"),
     ("kmgan_clip", "kmgan"),
@@ -463,6 +464,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scatter-seed", type=int, default=0, help="seed whose features are drawn (Fig. 2 style)")
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (e.g. n_train=2000 for a quick look)")  # fmt: skip
+    from . import repro_fashion, repro_table
+
+    repro_fashion.add_parser(sub)
+    repro_table.add_parser(sub)
     return p
 
 
