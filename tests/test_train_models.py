@@ -249,18 +249,27 @@ def test_fashion_idx_run_with_class_histogram(fashion_runs, idx_root):
     assert os.path.isfile(os.path.join(out, "classifier.pt"))
 
 
-def test_fig5c_side_by_side(fashion_runs, idx_root, tmp_path):
-    from kmgan_ext.train.fig5c import main
+def test_reproduce_fashion_fig5c(idx_root, tmp_path, capsys):
+    """`reproduce fashion` on the idx sample: both models, one classifier, the histograms and
+    their distance from uniform; a second call retrains nothing."""
+    from kmgan_ext.train import reproduce
 
-    dirs = [fashion_runs["kmgan"][0], fashion_runs["dcgan"][0]]
-    rc = main(["--runs", *dirs, "--out", str(tmp_path), "--samples", "30", "--classifier-epochs", "1",
-               "--data-root", idx_root, "--device", "cpu"])  # fmt: skip
-    assert rc == 0
-    res = json.loads((tmp_path / "fig5c.json").read_text())
-    assert set(res["runs"]) == {"kmgan", "dcgan"}
-    for r in res["runs"].values():
-        assert abs(sum(r["fractions"].values()) - 1.0) < 1e-9
-    assert os.path.getsize(tmp_path / "fig5c.png") > 0
+    out = tmp_path / "fashion"
+    argv = ["fashion", "--out", str(out), "--epochs", "1", "--samples", "30", "--classifier-epochs", "1",
+            "--data-root", idx_root, "--set", "n_train=32", "--set", "batch_size=16", "--set", "fake_pool=32",
+            "--set", "feature_batch=64", "--set", "threads=1", "--set", "device=cpu", "--set", "interpolation=false"]  # fmt: skip
+    assert reproduce.main(argv) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["histograms"]) == {"kmgan", "dcgan"} and rep["n_generated"] == 30
+    for m, h in rep["histograms"].items():
+        fr = list(h["fractions"].values())
+        assert abs(sum(fr) - 1.0) < 1e-9 and h["max_share"] == max(fr) and h["min_share"] == min(fr)
+        assert rep["budget"][m] == {**rep["budget"][m], "epochs": 1, "steps": 2, "images_seen": 32, "n_train": 32}
+    assert rep["classifier"]["n_test"] == 40 and (out / rep["figure"]).stat().st_size > 0
+    assert "test accuracy" in (out / "REPORT.md").read_text()
+    stamp = os.path.getmtime(out / "runs" / "kmgan" / "summary.json")
+    assert reproduce.main(argv) == 0
+    assert os.path.getmtime(out / "runs" / "kmgan" / "summary.json") == stamp
 
 
 def test_mnist_idx_from_data_root(idx_root, tmp_path):
