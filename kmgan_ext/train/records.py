@@ -55,6 +55,19 @@ def truncate_log(path: str, step: int) -> int:
     return len(lines) - len(keep)
 
 
+def progress_bar(tr, total: int, desc: str):
+    """The trainer's one progress bar (an epoch's iterations), or None: off with
+    ``progress=false``, on other ranks than 0, and when stderr is not a terminal (a log file
+    or CI gets metrics.jsonl and the summary instead of bar redraws)."""
+    import sys
+
+    if not (tr.info.main and tr.cfg["progress"] and sys.stderr.isatty()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=tr.batch_in_epoch, desc=desc, leave=False, dynamic_ncols=True)
+
+
 def update_rank_diff(tr) -> float:
     """max |center - rank 0's center| over ranks now (0.0 on one process); also folded into
     the run's maximum ``tr.rank_diff``."""

@@ -252,14 +252,7 @@ class Trainer:
         max_steps = cfg["max_steps"]
         while self.epoch < cfg["epochs"]:
             loader, per_epoch = self._loader(self.epoch, self.batch_in_epoch)
-            bar = None
-            if self.info.main and cfg["progress"]:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(
-                    total=per_epoch, initial=self.batch_in_epoch, desc=f"{cfg['model']} epoch {self.epoch + 1}/{cfg['epochs']}",
-                    leave=False, dynamic_ncols=True,
-                )  # fmt: skip
+            bar = records.progress_bar(self, per_epoch, f"{cfg['model']} epoch {self.epoch + 1}/{cfg['epochs']}")
             t_window, n_window = 0.0, 0
             try:
                 for batch in loader:
