@@ -123,8 +123,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # Section 4.1 / Table 2: 4 Gaussians mapped to R^100. "we simply set d_round to be 0":
     # under the steps reading (see d_round_mode above) no center-loss step runs; the floor
     # reading (step every iteration) is `--set d_round_mode=floor`.
-    # epochs sized so that `make demo` (KM-GAN + DCGAN) stays within 3 minutes on 2 CPU cores
-    # even when they are shared: 8 epochs took 2:04-2:33 wall (57 s CPU) at load average 7-8.
+    # 6 epochs: a quick single run; `make demo` (4 seeds x 8 epochs) and
+    # `python -m kmgan_ext.train.reproduce synthetic` (10 seeds x the paper's 24) set their own.
     "synthetic": {
         "dataset": "synthetic",
         "k": 4,
