@@ -4,6 +4,9 @@
     python -m kmgan_ext.train --resume DIR [--set key=value ...]
     python -m kmgan_ext.train --config cifar10 --sweep table4_clip --out DIR [--set ...]
     python -m kmgan_ext.train --list
+
+The reproduction of the paper's claims (several seeds, reports, REPRODUCTION.md) is
+``python -m kmgan_ext.train.reproduce`` (reproduce.py).
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kmgan_ext.train",
         description="Train KM-GAN (Algorithm 1), reduced KM-GAN, generalized KM-GAN or DCGAN.",
-        epilog="built-in configs: " + ", ".join(CONFIGS) + "; sweeps: " + ", ".join(SWEEPS),
+        epilog="built-in configs: " + ", ".join(CONFIGS) + "; sweeps: " + ", ".join(SWEEPS) + ". "
+        "The paper's claims over several seeds, with a report: python -m kmgan_ext.train.reproduce "
+        "{synthetic,fashion,table} --help",
     )
     p.add_argument("--config", help="built-in config name or a JSON file of keys")
     p.add_argument("--out", help="run folder (created; an existing run there is refused unless --overwrite)")
