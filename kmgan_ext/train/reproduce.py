@@ -407,8 +407,11 @@ def synthetic(args) -> int:
             )
     with open(meta_path, "w") as f:
         json.dump(meta, f)
-    command = "python -m kmgan_ext.train.reproduce synthetic " + " ".join(args.argv)
+    # the command that trains and reports (what reruns it); --report-only only re-reports
+    command = "python -m kmgan_ext.train.reproduce synthetic " + " ".join(a for a in args.argv if a != "--report-only")
     todo = [(v, s) for s in seeds for v in variants if not os.path.isfile(_job_path(out, v, s))]
+    if args.report_only:
+        todo = []  # the report of what is finished; nothing is trained
     done = len(seeds) * len(variants) - len(todo)
     pace = f"{args.jobs} at a time" if args.jobs > 1 else "one at a time, in this process"
     _say(f"{done} of {len(seeds) * len(variants)} runs already finished under {out}; {len(todo)} to go, {pace}")
@@ -462,6 +465,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of: {', '.join(SYNTHETIC_VARIANTS)}")  # fmt: skip
     s.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes (default 2)")
     s.add_argument("--scatter-seed", type=int, default=0, help="seed whose features are drawn (Fig. 2 style)")
+    s.add_argument("--report-only", action="store_true",
+                   help="rewrite report.json / REPORT.md from the finished runs without training the others")  # fmt: skip
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (e.g. n_train=2000 for a quick look)")  # fmt: skip
     from . import repro_fashion, repro_table
