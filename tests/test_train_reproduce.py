@@ -40,6 +40,12 @@ def test_synthetic_report_statistics_and_resume(tmp_path, capsys):
     assert reproduce.main(["synthetic", "--out", out, *ARGS]) == 0
     assert "4 of 4 runs already finished" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(out, "scores", "kmgan-seed0.json")) == stamp
+    # --report-only reports what is finished and trains nothing
+    os.remove(os.path.join(out, "scores", "dcgan-seed1.json"))
+    assert reproduce.main(["synthetic", "--out", out, *ARGS, "--report-only"]) == 0
+    assert not os.path.exists(os.path.join(out, "scores", "dcgan-seed1.json"))
+    rep = json.load(open(os.path.join(out, "report.json")))
+    assert rep["seeds_paired"] == [0] and "--report-only" not in rep["command"]
     # other settings in the same folder are refused (their runs would mix)
     with pytest.raises(SystemExit, match="holds runs made with"):
         reproduce.main(["synthetic", "--out", out, *ARGS[:2], "--epochs", "3", *ARGS[4:]])
