@@ -394,7 +394,7 @@ def synthetic(args) -> int:
     os.makedirs(out, exist_ok=True)
     # runs/ holds the trainer's folders (logs, figures): not part of the committed report
     with open(os.path.join(out, ".gitignore"), "w") as f:
-        f.write("runs/\nscatter/\n")
+        f.write("runs/\n")  # scatter/ (features for the Fig. 2 panel) is kept: --report-only redraws it
     meta = {"epochs": args.epochs, "set": extra}
     meta_path = os.path.join(out, "settings.json")
     if os.path.isfile(meta_path):
