@@ -114,3 +114,18 @@ def test_cli_sweep_runs_each_value(tmp_path, capsys):
         cfg = json.loads((tmp_path / f"lambda={v}" / "config.json").read_text())
         assert cfg["lambda"] == v and cfg["dataset"] == "synthetic"
     assert "run folder" in capsys.readouterr().out
+
+
+def test_one_d_round_reading_for_every_config_and_new_keys_checked():
+    from kmgan_ext.train import CONFIGS
+
+    # the iteration-budget reading (argued from Table 5 in config.py) everywhere; the
+    # synthetic experiment's d_round = 0 therefore runs no center-loss step
+    assert {load_config(name)["d_round_mode"] for name in CONFIGS} == {"steps"}
+    assert load_config("synthetic")["d_round"] == 0
+    assert load_config("synthetic", {"dcgan_head": "none"})["dcgan_head"] == "none"
+    for bad, msg in (({"dcgan_head": "conv"}, "dcgan_head must be one of"), ({"gp_weight": -1}, "gp_weight must be >= 0"),
+                     ({"keep_checkpoints": 0}, "keep_checkpoints must be >= 1"),
+                     ({"dist_timeout": 0}, "dist_timeout must be > 0")):  # fmt: skip
+        with pytest.raises(ConfigError, match=msg):
+            load_config("synthetic", bad)

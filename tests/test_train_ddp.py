@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from kmgan_ext.train.checkpoint import newest_good
+
 import kmgan_ext as km
 
 
@@ -53,7 +55,7 @@ def test_torchrun_two_processes_keep_identical_centers(tmp_path):
     assert s["center_rank_max_abs_diff"] == 0.0
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["center_rank_max_abs_diff"] for x in logged if "L_D" in x] == [0.0] * 4
-    st = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    st = torch.load(newest_good(str(out / "checkpoints")), weights_only=False)
     assert len(st["rank_states"]) == 2
     # each update took both ranks' batches: 8 iterations x 2 ranks x 32 rows
     assert int(st["centers"]["real_counts"].sum()) == 8 * 2 * 32

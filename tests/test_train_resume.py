@@ -8,6 +8,8 @@ import signal
 import pytest
 import torch
 
+from kmgan_ext.train.checkpoint import newest_good
+
 from kmgan_ext.train import load_config, resume, train
 from kmgan_ext.train.__main__ import main
 
@@ -27,7 +29,7 @@ BASE = {
 
 
 def _state(run_dir):
-    return torch.load(os.path.join(run_dir, "checkpoints", "last.pt"), weights_only=False)
+    return torch.load(newest_good(os.path.join(run_dir, "checkpoints")), weights_only=False)
 
 
 def _assert_same(a, b):

@@ -4,6 +4,9 @@
     python -m kmgan_ext.train --resume DIR [--set key=value ...]
     python -m kmgan_ext.train --config cifar10 --sweep table4_clip --out DIR [--set ...]
     python -m kmgan_ext.train --list
+
+The reproduction of the paper's claims (several seeds, reports, REPRODUCTION.md) is
+``python -m kmgan_ext.train.reproduce`` (reproduce.py).
 """
 from __future__ import annotations
 
@@ -19,10 +22,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kmgan_ext.train",
         description="Train KM-GAN (Algorithm 1), reduced KM-GAN, generalized KM-GAN or DCGAN.",
-        epilog="built-in configs: " + ", ".join(CONFIGS) + "; sweeps: " + ", ".join(SWEEPS),
+        epilog="built-in configs: " + ", ".join(CONFIGS) + "; sweeps: " + ", ".join(SWEEPS) + ". "
+        "The paper's claims over several seeds, with a report: python -m kmgan_ext.train.reproduce "
+        "{synthetic,fashion,table} --help",
     )
     p.add_argument("--config", help="built-in config name or a JSON file of keys")
-    p.add_argument("--out", help="run folder (created)")
+    p.add_argument("--out", help="run folder (created; an existing run there is refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --out and start a fresh one there")  # fmt: skip
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable); --list shows the keys")  # fmt: skip
@@ -48,7 +55,9 @@ def _print_summary(s: dict | None, out: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .trainer import resume, train
+    from .checkpoint import CheckpointError
+    from .dist import CollectiveError
+    from .trainer import RunExistsError, resume, train
 
     try:
         overrides = parse_set(args.sets)
@@ -62,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             print("sweeps:", json.dumps(SWEEPS))
             return 0
         if args.resume:
-            if args.config or args.sweep:
-                raise ConfigError("--resume takes the run folder's own config; drop --config/--sweep")
+            if args.config or args.sweep or args.overwrite:
+                raise ConfigError("--resume takes the run folder's own config; drop --config/--sweep/--overwrite")
             _print_summary(resume(args.resume, overrides), args.resume)
             return 0
         if args.sweep:
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             results = {}
             for v in values:
                 out = os.path.join(args.out, f"{key}={v}")
-                s = train(load_config(args.config or base, {**overrides, key: v}), out)
+                s = train(load_config(args.config or base, {**overrides, key: v}), out, overwrite=args.overwrite)
                 _print_summary(s, out)
                 results[f"{key}={v}"] = s
             if results and all(r is not None for r in results.values()):
@@ -84,11 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.config or not args.out:
             raise ConfigError("give --config NAME_OR_PATH and --out DIR (or --resume DIR)")
         cfg = load_config(args.config, overrides)
-        _print_summary(train(cfg, args.out), args.out)
+        _print_summary(train(cfg, args.out, overwrite=args.overwrite), args.out)
         return 0
-    except ConfigError as e:
+    except (ConfigError, RunExistsError, CheckpointError) as e:
         print(f"kmgan-train: error: {e}", file=sys.stderr)
         return 2
+    except CollectiveError as e:
+        print(f"kmgan-train: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,21 @@
 """Checkpoints written atomically (temp file in the same folder, fsync, rename), the
 process-wide RNG states a bitwise resume needs, and the Trainer's whole state (``state`` /
-``load_state``: networks, optimizers, centers, counters, every rank's RNG states)."""
+``load_state``: networks, optimizers, centers, counters, every rank's RNG states).
+
+A run keeps its newest ``keep_checkpoints`` checkpoints as ``checkpoints/step-NNNNNNNN.pt``.
+Loading verifies a file before trusting it: torch.save writes a zip whose members carry
+CRC-32s, so a truncated, empty or bit-flipped file is detected (``verify``); ``newest_good``
+falls back to the newest checkpoint that passes, saying which ones it skipped and why.
+"""
 from __future__ import annotations
 
+import glob
 import os
 import random
+import re
+import sys
 import tempfile
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -18,7 +28,7 @@ def save_atomic(obj: Any, path: str) -> None:
     """torch.save to ``path`` so that a crash leaves either the old file or the new one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pt", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -34,6 +44,80 @@ def save_atomic(obj: Any, path: str) -> None:
 def load(path: str, map_location: str | torch.device = "cpu") -> dict:
     # Our own files: they hold numpy RNG states and Python objects besides tensors.
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint (none written yet, or every one fails its integrity check)."""
+
+
+TMP_PREFIX = ".tmp-"
+_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+
+
+def checkpoint_path(folder: str, step: int) -> str:
+    return os.path.join(folder, f"step-{step:08d}.pt")
+
+
+def list_checkpoints(folder: str) -> list[tuple[int, str]]:
+    """(step, path) of the checkpoints in ``folder``, newest first."""
+    out = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        m = _STEP_FILE.match(name)
+        if m:
+            out.append((int(m.group(1)), os.path.join(folder, name)))
+    return sorted(out, reverse=True)
+
+
+def verify(path: str) -> str | None:
+    """None when ``path`` is an intact torch.save zip (every member's CRC-32 checks), else
+    the reason it is not."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()  # reads every member and checks its CRC-32
+        if bad is not None:
+            return f"CRC mismatch in {bad}"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"not a complete checkpoint ({type(e).__name__}: {e})"
+    return None
+
+
+def newest_good(folder: str, say=None) -> str:
+    """The newest checkpoint in ``folder`` that passes ``verify``; each one skipped is
+    reported through ``say`` (stderr by default). CheckpointError when there is none."""
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    found = list_checkpoints(folder)
+    if not found:
+        raise CheckpointError(f"no checkpoint in {folder}: the run stopped before its first checkpoint was written")
+    for step, path in found:
+        why = verify(path)
+        if why is None:
+            return path
+        say(f"kmgan-train: skipping corrupt checkpoint {path} (step {step}): {why}; trying an older one")
+    raise CheckpointError(f"every checkpoint in {folder} is corrupt ({len(found)} tried): nothing to resume from")
+
+
+def remove_stale_temp(folder: str) -> list[str]:
+    """Delete temp files a killed writer left behind (one writer per run folder: any temp
+    file present before a save starts is stale)."""
+    stale = glob.glob(os.path.join(folder, TMP_PREFIX + "*"))
+    for p in stale:
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    return stale
+
+
+def save_rotating(obj: Any, folder: str, step: int, keep: int) -> str:
+    """Write checkpoint ``step`` atomically into ``folder`` and keep only the newest ``keep``."""
+    remove_stale_temp(folder)
+    path = checkpoint_path(folder, step)
+    save_atomic(obj, path)
+    for _, old in list_checkpoints(folder)[max(1, keep) :]:
+        os.unlink(old)
+    return path
 
 
 def rng_state() -> dict:
@@ -85,12 +169,28 @@ def state(tr) -> dict:
     }
 
 
+def config_mismatch(saved: dict, stored: dict, mutable) -> list[str]:
+    """Keys (not resume-mutable) whose value in config.json differs from the checkpoint's own."""
+    from .config import DEFAULTS
+
+    keys = (set(saved) | set(stored)) - set(mutable) - {"config"}
+    # a key missing on one side (a checkpoint older than the key) has its default there
+    return sorted(k for k in keys if saved.get(k, DEFAULTS.get(k)) != stored.get(k, DEFAULTS.get(k)))
+
+
 def load_state(tr, path: str) -> None:
     """Restore Trainer ``tr`` (built from the same config) from the checkpoint at ``path``,
     this rank's RNG states included."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    from .config import RESUME_MUTABLE
+
     st = load(path, map_location="cpu")
+    bad = config_mismatch(tr.cfg, st["config"], RESUME_MUTABLE)
+    if bad:
+        diffs = ", ".join(f"{k}: config.json {tr.cfg.get(k)!r} vs checkpoint {st['config'].get(k)!r}" for k in bad)
+        raise CheckpointError(
+            f"--resume: {os.path.dirname(os.path.dirname(path))}/config.json disagrees with its checkpoint "
+            f"({diffs}); restore config.json or start a new run"
+        )
     if st["world_size"] != tr.world:
         raise ValueError(
             f"--resume: the checkpoint was written by {st['world_size']} processes, this run has "

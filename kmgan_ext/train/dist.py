@@ -1,6 +1,8 @@
 """Process-group setup for ``torchrun`` (NCCL on GPU, gloo on CPU) and the device choice."""
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -21,9 +23,14 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup(device_pref: str) -> DistInfo:
+class CollectiveError(RuntimeError):
+    """A collective failed or timed out (another rank stalled or died)."""
+
+
+def setup(device_pref: str, timeout_s: float = 300.0) -> DistInfo:
     """Join the process group torchrun describes (WORLD_SIZE > 1), and pick the device:
-    ``auto`` = this rank's GPU when one is visible, else the CPU."""
+    ``auto`` = this rank's GPU when one is visible, else the CPU. Collectives wait at most
+    ``timeout_s`` seconds for the other ranks (the config key ``dist_timeout``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
@@ -36,11 +43,36 @@ def setup(device_pref: str) -> DistInfo:
         device = torch.device("cpu")
     owns = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
         owns = True
     if dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, owns)
     return DistInfo(0, 1, 0, device, False)
+
+
+def rank_from_env() -> int:
+    """This process's rank as torchrun sets it (0 without torchrun), before any group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+@contextlib.contextmanager
+def phase(info: DistInfo, name: str, step: int | None = None):
+    """Name what this rank is doing, so that a failed or timed-out collective inside says
+    which rank and which phase (a stalled peer otherwise shows as a bare gloo/NCCL error)."""
+    if info.world_size == 1:
+        yield
+        return
+    try:
+        yield
+    except CollectiveError:
+        raise
+    except RuntimeError as e:  # gloo / NCCL errors (DistBackendError is a RuntimeError)
+        where = name if step is None else f"{name} (step {step})"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CollectiveError(
+            f"rank {info.rank} of {info.world_size}: a collective failed during {where}; another rank "
+            f"stalled or died, or dist_timeout is too short: {first}"
+        ) from e
 
 
 def barrier(info: DistInfo) -> None:

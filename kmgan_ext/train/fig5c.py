@@ -45,12 +45,36 @@ def get_classifier(data_root: str, epochs: int, path: str, device, seed: int = 0
     return model, info
 
 
-def _result(hist: list[float]) -> dict:
+def uniformity(hist: list[float], n: int) -> dict:
+    """How far a class histogram of n images is from uniform: the largest and smallest class
+    share and their ratio, Pearson's chi-square against n/10 per class (with its p-value,
+    9 degrees of freedom) and KL(histogram || uniform) in nats."""
+    import math
+
+    from scipy import stats
+
+    k = len(hist)
+    counts = [round(h * n) for h in hist]
+    chi2, p = stats.chisquare(counts, [n / k] * k)
+    kl = sum(h * math.log(h * k) for h in hist if h > 0)
+    lo, hi = min(hist), max(hist)
+    return {
+        "max_share": hi,
+        "min_share": lo,
+        "max_min_ratio": hi / lo if lo > 0 else float("inf"),
+        "chi2_uniform": float(chi2),
+        "chi2_p": float(p),
+        "kl_to_uniform": kl,
+    }
+
+
+def _result(hist: list[float], n: int) -> dict:
     names = data_mod.FASHION_CLASSES
     return {
         "fractions": dict(zip(names, hist)),
         "max_abs_dev_from_10pct": max(abs(h - 0.1) for h in hist),
         "shirt": hist[names.index("Shirt")],
+        **uniformity(hist, n),
     }
 
 
@@ -64,7 +88,7 @@ def histogram_for_run(tr, fig_dir: str) -> dict:
     imgs = generate_images(tr.G_raw, cfg, cfg["hist_samples"], cfg["seed"] + 61, tr.device)
     hist = metrics.class_histogram(metrics.predict(clf, imgs, tr.device), 10)
     out = {"model": cfg["model"], "n_generated": cfg["hist_samples"], "classifier": info, "paper": PAPER}
-    out.update(_result(hist))
+    out.update(_result(hist, cfg["hist_samples"]))
     out["figure"] = figures.class_histogram_png(
         {cfg["model"]: hist}, data_mod.FASHION_CLASSES, os.path.join(fig_dir, "class_histogram.png"),
         f"Fig. 5c: {cfg['hist_samples']} generated images classified (classifier test acc "
@@ -74,13 +98,13 @@ def histogram_for_run(tr, fig_dir: str) -> dict:
 
 
 def load_generator(run_dir: str, device):
-    """G of a run folder, from its config.json and checkpoints/last.pt."""
+    """G of a run folder, from its config.json and newest intact checkpoint."""
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = json.load(f)
     arch, size = data_mod.resolve_arch(cfg)
-    state = ckpt.load(os.path.join(run_dir, "checkpoints", "last.pt"))
+    state = ckpt.load(ckpt.newest_good(os.path.join(run_dir, "checkpoints")))
     shape = (1, size, size)
-    G, _ = build_models(cfg, arch, shape, head=cfg["model"] == "dcgan")
+    G, _ = build_models(cfg, arch, shape, head=cfg["model"] == "dcgan" and cfg.get("dcgan_head", "linear") == "linear")
     G.load_state_dict(state["G"])
     return G.to(device), cfg
 
@@ -101,7 +125,7 @@ def compare(run_dirs: list[str], out_dir: str, *, samples: int = 5000, classifie
         label = cfg["model"] if cfg["model"] not in hists else f"{cfg['model']} ({os.path.basename(run)})"
         imgs = generate_images(G, cfg, samples, seed + 61, device)
         hists[label] = metrics.class_histogram(metrics.predict(clf, imgs, device), 10)
-        result["runs"][label] = {"run": os.path.abspath(run), **_result(hists[label])}
+        result["runs"][label] = {"run": os.path.abspath(run), **_result(hists[label], samples)}
     result["figure"] = figures.class_histogram_png(
         hists, data_mod.FASHION_CLASSES, os.path.join(out_dir, "fig5c.png"),
         f"Fig. 5c: {samples} generated Fashion-MNIST images per model, classifier test acc {info['test_acc']:.3f}",

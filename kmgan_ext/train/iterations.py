@@ -25,6 +25,7 @@ import kmgan_ext as km
 
 from . import centers as cset
 from . import losses
+from . import penalty
 from .steps import (
     center_active_by_steps,
     center_floor_reached,
@@ -46,6 +47,12 @@ def kmgan_iteration(tr, x: Tensor) -> dict:
     # D step (Eq. 5 / Eq. 7)
     loss_d = terms.loss_d
     parts = {} if terms.l_intra is None else {"L_intra": terms.l_intra.detach(), "L_inter": terms.l_inter.detach()}
+    if cfg["gp_weight"] > 0:
+        x_hat = penalty.interpolate(x, fake, tr.z_gen)
+        with tr.autocast():
+            gp = penalty.gradient_penalty(penalty.kmgan_critic(tr.D, tr.C_real, cfg["backend"]), x_hat)
+        parts["GP"] = gp.detach()
+        loss_d = loss_d + cfg["gp_weight"] * gp
     optimizer_step(tr, tr.opt_D, "L_D", loss_d, clip=True)
     # G step (Eq. 6 / Eq. 7) through the updated D, labels of the first pass
     with tr.autocast():
@@ -127,18 +134,30 @@ def reduced_iteration(tr, x: Tensor) -> dict:
 
 
 def dcgan_iteration(tr, x: Tensor) -> dict:
+    """The non-saturating GAN; D's output is a logit (``dcgan_head=linear``) or, without a
+    head, its features whose mean is the probability of "real" (``dcgan_head=none``)."""
+    cfg = tr.cfg
+    logits = cfg["dcgan_head"] == "linear"
     eps, comp = tr.G_raw.prior.sample_noise(x.shape[0], tr.z_gen, tr.device)
     with tr.autocast():
         fake = tr.G(eps, comp)
-        logit_r = tr.D(x)
-        logit_f = tr.D(fake.detach())
-    loss_d = losses.dcgan_d_loss(logit_r, logit_f)
+        out_r = tr.D(x)
+        out_f = tr.D(fake.detach())
+    loss_d = losses.dcgan_d_loss(out_r, out_f, logits)
+    out = {}
+    if cfg["gp_weight"] > 0:
+        x_hat = penalty.interpolate(x, fake, tr.z_gen)
+        with tr.autocast():
+            gp = penalty.gradient_penalty(lambda v: losses.dcgan_score(tr.D(v), logits), x_hat)
+        out["GP"] = gp.detach()
+        loss_d = loss_d + cfg["gp_weight"] * gp
     optimizer_step(tr, tr.opt_D, "L_D", loss_d)
     with tr.autocast():
-        logit_f2 = tr.D(fake)
-    loss_g = losses.dcgan_g_loss(logit_f2)
+        out_f2 = tr.D(fake)
+    loss_g = losses.dcgan_g_loss(out_f2, logits)
     optimizer_step(tr, tr.opt_G, "L_G", loss_g)
-    return {"L_D": loss_d.detach(), "L_G": loss_g.detach()}
+    out.update({"L_D": loss_d.detach(), "L_G": loss_g.detach()})
+    return out
 
 
 ITERATIONS = {

@@ -14,16 +14,29 @@ from torch import Tensor
 import kmgan_ext as km
 
 
-def dcgan_d_loss(logit_real: Tensor, logit_fake: Tensor) -> Tensor:
-    ones, zeros = torch.ones_like(logit_real), torch.zeros_like(logit_fake)
-    return F.binary_cross_entropy_with_logits(logit_real.float(), ones) + F.binary_cross_entropy_with_logits(
-        logit_fake.float(), zeros
-    )
+def dcgan_score(d_out: Tensor, logits: bool = True) -> Tensor:
+    """D's per-row output as one number: the logit (with a head), else the probability of
+    "real" as the mean of D's sigmoid features (``dcgan_head=none``)."""
+    return d_out.float() if logits else d_out.float().mean(1)
 
 
-def dcgan_g_loss(logit_fake: Tensor) -> Tensor:
-    """The non-saturating generator loss of DCGAN."""
-    return F.binary_cross_entropy_with_logits(logit_fake.float(), torch.ones_like(logit_fake))
+def _bce(d_out: Tensor, target: float, logits: bool) -> Tensor:
+    s = dcgan_score(d_out, logits)
+    t = torch.full_like(s, target)
+    if logits:
+        return F.binary_cross_entropy_with_logits(s, t)
+    # probabilities of sigmoid features: clamped as BCELoss would clamp log(0) at -100
+    return F.binary_cross_entropy(s.clamp(1e-7, 1 - 1e-7), t)
+
+
+def dcgan_d_loss(out_real: Tensor, out_fake: Tensor, logits: bool = True) -> Tensor:
+    """-log D(x) - log(1 - D(G(z)))."""
+    return _bce(out_real, 1.0, logits) + _bce(out_fake, 0.0, logits)
+
+
+def dcgan_g_loss(out_fake: Tensor, logits: bool = True) -> Tensor:
+    """The non-saturating generator loss of DCGAN: -log D(G(z))."""
+    return _bce(out_fake, 1.0, logits)
 
 
 # --------------------------------------------------------------------------- Algorithm 2

@@ -55,6 +55,49 @@ def feature_clustering(features: Tensor, labels: Tensor, k: int, seed: int) -> d
     return {"acc": cluster_accuracy(y, pred), "nmi": nmi(y, pred)}
 
 
+def class_separation(features: Tensor, labels: Tensor, threshold: float = 3.0) -> dict:
+    """How compact and separated the classes are in feature space -- what k-means accuracy
+    cannot see (Fig. 2: DCGAN's features on a curve or in a saturated corner).
+
+    ``var_ratio`` = tr(S_B) / tr(S_W): between-class over within-class scatter (per row).
+    For each pair of classes (i, j), d' = |mu_i - mu_j| / sqrt((s_i^2 + s_j^2) / 2) with
+    s^2 the class's variance along the unit vector mu_i - mu_j (the signal-detection d' of
+    the two classes projected on the line through their means); ``pairs_separated`` counts
+    the pairs with d' > ``threshold``. Float64 throughout.
+    """
+    x = features.detach().double().cpu()
+    y = labels.detach().cpu().long()
+    classes = torch.unique(y)
+    mu = x.mean(0)
+    means, within, between = [], 0.0, 0.0
+    for c in classes:
+        xc = x[y == c]
+        m = xc.mean(0)
+        means.append(m)
+        within += float(((xc - m) ** 2).sum())
+        between += xc.shape[0] * float(((m - mu) ** 2).sum())
+    dprimes = []
+    for i in range(len(classes)):
+        for j in range(i + 1, len(classes)):
+            diff = means[i] - means[j]
+            gap = float(diff.norm())
+            if gap == 0.0:
+                dprimes.append(0.0)
+                continue
+            u = diff / gap
+            vi = float((x[y == classes[i]] @ u).var(unbiased=False))
+            vj = float((x[y == classes[j]] @ u).var(unbiased=False))
+            pooled = ((vi + vj) / 2) ** 0.5
+            dprimes.append(float("inf") if pooled == 0.0 else gap / pooled)
+    return {
+        "var_ratio": between / within if within > 0 else float("inf"),
+        "pairs_separated": sum(d > threshold for d in dprimes),
+        "n_pairs": len(dprimes),
+        "min_dprime": min(dprimes) if dprimes else float("nan"),
+        "dprimes": dprimes,
+    }
+
+
 def assignment_clustering(pred: Tensor, labels: Tensor) -> dict:
     y, p = labels.cpu().numpy(), pred.cpu().numpy()
     return {"acc": cluster_accuracy(y, p), "nmi": nmi(y, p)}

@@ -2,9 +2,11 @@
 Table 3 (CIFAR-10) and Table 7 (CelebA).
 
 The discriminator is a feature extractor: ``D.features(x)`` is its top layer (FC d Sigmoid),
-on which k-means runs. The DCGAN baseline uses the *same* network plus a linear head on
-those features (``Discriminator(head=True)``), so "the same architectures" holds and its
-top-layer features can be compared with KM-GAN's (Fig. 2).
+on which k-means runs. The DCGAN baseline uses the *same* network, by default plus a linear
+head on those features (``Discriminator(head=True)``, config ``dcgan_head=linear``), or with
+no head at all (``dcgan_head=none``: the paper's literal "same structure"; the mean of the
+sigmoid features is then D's probability), so its top-layer features can be compared with
+KM-GAN's (Fig. 2).
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from kmgan_ext import _progress
+
 from . import centers as cset
 from . import data as data_mod
 from . import figures, metrics
@@ -17,14 +19,50 @@ def start(tr) -> None:
     TensorBoard writer (``tr.writer``) when asked for."""
     if not tr.info.main:
         return
-    if not tr.resumed and os.path.exists(os.path.join(tr.out, "metrics.jsonl")):
-        os.remove(os.path.join(tr.out, "metrics.jsonl"))  # a fresh run starts a fresh log
+    log = os.path.join(tr.out, "metrics.jsonl")
+    if not tr.resumed and os.path.exists(log):
+        os.remove(log)  # a fresh run starts a fresh log
+    if tr.resumed:
+        truncate_log(log, tr.step)
     with open(os.path.join(tr.out, "config.json"), "w") as f:
         json.dump(tr.cfg, f, indent=2, sort_keys=True)
     if tr.cfg["tensorboard"]:
         from torch.utils.tensorboard import SummaryWriter
 
-        tr.writer = SummaryWriter(os.path.join(tr.out, "tensorboard"))
+        # on a resume, TensorBoard drops the events the interrupted run logged after the
+        # checkpoint (they are logged again)
+        purge = tr.step + 1 if tr.resumed else None
+        tr.writer = SummaryWriter(os.path.join(tr.out, "tensorboard"), purge_step=purge)
+
+
+def truncate_log(path: str, step: int) -> int:
+    """Drop the records of steps after ``step`` (the checkpoint a resume starts from: the
+    resumed run logs those steps again). Rewritten atomically; returns how many were dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill mid-write
+        if rec.get("step", 0) <= step:
+            keep.append(json.dumps(rec) + "\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+    return len(lines) - len(keep)
+
+
+def progress_bar(tr, total: int, desc: str):
+    """The trainer's progress over an epoch's iterations (kmgan_ext/_progress.py): a bar when
+    stderr is a terminal, one summary line per epoch when it is a log file or a pipe; nothing
+    with ``progress=false`` or on other ranks than 0."""
+    return _progress.progress(total, initial=tr.batch_in_epoch, desc=desc, unit="steps",
+                              enabled=tr.info.main and tr.cfg["progress"], leave=False)  # fmt: skip
 
 
 def update_rank_diff(tr) -> float:
@@ -39,7 +77,7 @@ def update_rank_diff(tr) -> float:
 def log_record(tr, out: dict, window_seconds: float, window_steps: int) -> dict:
     """One metrics.jsonl line: the iteration's losses, center statistics, time per step."""
     rec = {"step": tr.step, "epoch": tr.epoch, "batch_in_epoch": tr.batch_in_epoch}
-    for key in ("L_D", "L_G", "L_center", "L_intra", "L_inter"):
+    for key in ("L_D", "L_G", "L_center", "L_intra", "L_inter", "GP"):
         if key in out:
             rec[key] = float(out[key])
     if "center_step" in out:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 import kmgan_ext as km
-from kmgan_ext import _optional, _progress
+from kmgan_ext import _optional
 
 from . import centers as cset
 from . import checkpoint as ckpt
@@ -64,7 +64,7 @@ def _balanced_chunks(index: Tensor, rows: int) -> list[list[int]]:
 
 
 class Trainer:
-    """One training run in ``out_dir`` (fresh, or ``resume`` from its checkpoints/last.pt):
+    """One training run in ``out_dir`` (fresh, or ``resume`` from its newest intact checkpoint):
     ``run()`` seeds the centers, trains, checkpoints and evaluates."""
 
     def __init__(self, cfg: dict, out_dir: str, *, resume: bool = False):
@@ -72,14 +72,15 @@ class Trainer:
         _optional.require_extra("train", "the KM-GAN trainer", ignore=("tqdm",))
         self.cfg = cfg
         self.out = os.path.abspath(out_dir)
-        self.info = dist_mod.setup(cfg["device"])
+        self.info = dist_mod.setup(cfg["device"], cfg["dist_timeout"])
         self.device = self.info.device
         self.world = self.info.world_size
         self._check_engineering_options()
         self.data = data_mod.load_train_data(cfg)
         self.arch, self.image_size = data_mod.resolve_arch(cfg)
         torch.manual_seed(cfg["seed"])  # parameter init: identical on every rank
-        self.G_raw, self.D_raw = build_models(cfg, self.arch, self.model_shape(), head=cfg["model"] == "dcgan")
+        head = cfg["model"] == "dcgan" and cfg["dcgan_head"] == "linear"
+        self.G_raw, self.D_raw = build_models(cfg, self.arch, self.model_shape(), head=head)
         self.G_raw.to(self.device)
         self.D_raw.to(self.device)
         # Fused Adam: the same update, one kernel; 3x faster than the per-tensor loop for
@@ -106,7 +107,7 @@ class Trainer:
         self.fixed_noise = self.G_raw.prior.sample_noise(SAMPLE_GRID, g, self.device)
         self.resumed = False
         if resume:
-            ckpt.load_state(self, os.path.join(self.out, "checkpoints", "last.pt"))
+            ckpt.load_state(self, ckpt.newest_good(os.path.join(self.out, "checkpoints")))
         self.D, self.G = self._wrap(self.D_raw), self._wrap(self.G_raw)
         self._stop_requested = False
         self.writer = None
@@ -126,6 +127,11 @@ class Trainer:
             warnings.warn("amp=true needs a GPU: ignored on CPU (training in float32)", stacklevel=2)
         if cfg["compile"] and not on_gpu:
             warnings.warn("compile=true is used on GPU only: ignored on CPU", stacklevel=2)
+        if cfg["gp_weight"] > 0 and self.world > 1:
+            # the penalty's double backward through DistributedDataParallel is not supported
+            raise ValueError("gp_weight > 0 runs on one process only (not under torchrun/DDP)")
+        if cfg["gp_weight"] > 0 and cfg["model"] == "reduced":
+            raise ValueError("gp_weight applies to kmgan, generalized and dcgan, not reduced")
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.world > 1:
@@ -188,11 +194,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> str:
-        state = ckpt.state(self)  # collective (all ranks gather their RNG states)
-        path = os.path.join(self.out, "checkpoints", "last.pt")
-        if self.info.main:
-            ckpt.save_atomic(state, path)
-        dist_mod.barrier(self.info)
+        with dist_mod.phase(self.info, "checkpointing", self.step):
+            state = ckpt.state(self)  # collective (all ranks gather their RNG states)
+            path = ckpt.checkpoint_path(os.path.join(self.out, "checkpoints"), self.step)
+            if self.info.main:
+                ckpt.save_rotating(state, os.path.dirname(path), self.step, self.cfg["keep_checkpoints"])
+            dist_mod.barrier(self.info)
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -243,23 +250,20 @@ class Trainer:
             len(batches),
         )
 
-    def _loop(self, hook=None) -> str:
+    def _loop(self, hook=None, on_epoch=None) -> str:
         cfg = self.cfg
         max_steps = cfg["max_steps"]
         while self.epoch < cfg["epochs"]:
             loader, per_epoch = self._loader(self.epoch, self.batch_in_epoch)
-            # a bar on a terminal, one line per epoch in a log file (kmgan_ext/_progress.py)
-            bar = _progress.progress(
-                per_epoch, initial=self.batch_in_epoch, desc=f"{cfg['model']} epoch {self.epoch + 1}/{cfg['epochs']}",
-                unit="steps", enabled=self.info.main and cfg["progress"], leave=False,
-            )  # fmt: skip
+            bar = records.progress_bar(self, per_epoch, f"{cfg['model']} epoch {self.epoch + 1}/{cfg['epochs']}")
             t_window, n_window = 0.0, 0
             try:
                 for batch in loader:
                     if max_steps and self.step >= max_steps:
                         return "max_steps"
                     t0 = time.perf_counter()
-                    out = self.iteration(batch)
+                    with dist_mod.phase(self.info, "the training iteration", self.step + 1):
+                        out = self.iteration(batch)
                     self.step += 1
                     self.batch_in_epoch += 1
                     dt = time.perf_counter() - t0
@@ -269,26 +273,32 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix({k: out[k] for k in ("L_D", "L_G", "L_center") if k in out})
                     if cfg["log_every"] and self.step % cfg["log_every"] == 0:
-                        records.write_log(self, records.log_record(self, out, t_window, n_window))
+                        with dist_mod.phase(self.info, "logging (center rank check)", self.step):
+                            records.write_log(self, records.log_record(self, out, t_window, n_window))
                         t_window, n_window = 0.0, 0
                     if hook is not None:
                         hook(self)
-                    if dist_mod.any_rank(self._stop_requested, self.info):
+                    with dist_mod.phase(self.info, "the stop check after the iteration", self.step):
+                        stop = dist_mod.any_rank(self._stop_requested, self.info)
+                    if stop:
                         return "interrupted"
             finally:
                 bar.close()
             self.epoch += 1
             self.batch_in_epoch = 0
             records.epoch_figure(self)
+            if on_epoch is not None:
+                on_epoch(self)
             if cfg["checkpoint_every"] and self.epoch % cfg["checkpoint_every"] == 0 and self.epoch < cfg["epochs"]:
                 self.save_checkpoint()
         if max_steps and self.step >= max_steps:
             return "max_steps"
         return "finished"
 
-    def run(self, hook=None) -> dict:
+    def run(self, hook=None, on_epoch=None) -> dict:
         """Train (seeding the centers first unless resumed), checkpoint, evaluate; the
-        summary dict (also written as summary.json by rank 0)."""
+        summary dict (also written as summary.json by rank 0). ``hook(tr)`` runs after every
+        iteration, ``on_epoch(tr)`` after every finished epoch (e.g. to score features)."""
         os.makedirs(self.out, exist_ok=True)
         records.start(self)
         threads = torch.get_num_threads()
@@ -304,16 +314,18 @@ class Trainer:
             with limits, deterministic_mode(self.cfg["deterministic"]), self._sigint():
                 if not self.resumed:
                     t0 = time.perf_counter()
-                    cset.seed(self)
+                    with dist_mod.phase(self.info, "center seeding"):
+                        cset.seed(self)
                     self.seed_seconds = time.perf_counter() - t0
                 try:
-                    self.status = self._loop(hook)
+                    self.status = self._loop(hook, on_epoch)
                 except StopTraining as e:
                     self.status = f"stopped: {e}"
                 except KeyboardInterrupt:
                     self.status = "interrupted (mid-iteration)"
                 if self.C_real is not None:
-                    records.update_rank_diff(self)
+                    with dist_mod.phase(self.info, "the final center rank check", self.step):
+                        records.update_rank_diff(self)
                 ckpt_path = self.save_checkpoint()
                 summary = None
                 if self.info.main:
@@ -330,20 +342,59 @@ class Trainer:
         return summary
 
 
-def train(config: str | dict, out_dir: str, overrides: dict | None = None, hook=None) -> dict:
-    """Train from a config (name, JSON path or resolved dict) into ``out_dir``."""
+# What a run writes into its folder: a fresh run refuses a folder holding any of them
+# (unless overwrite=True, which deletes them first so that nothing of the old run mixes in).
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "tensorboard", "samples", "figures")
+
+
+class RunExistsError(ValueError):
+    """``out_dir`` already holds a run: resume it, or ask for an overwrite."""
+
+
+def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
+    """Refuse (RunExistsError) to start a fresh run over an existing one unless ``overwrite``;
+    with ``overwrite``, remove the old run's files first."""
+    if not os.path.isdir(out_dir):
+        return
+    present = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
+    if not present:
+        return
+    if not overwrite:
+        raise RunExistsError(
+            f"--out {out_dir} already holds a run ({', '.join(present)}): continue it with --resume {out_dir}, "
+            f"start over with --overwrite (deletes that run), or choose another --out"
+        )
+    import shutil
+
+    for name in present:
+        path = os.path.join(out_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def train(
+    config: str | dict, out_dir: str, overrides: dict | None = None, hook=None, on_epoch=None, overwrite: bool = False
+) -> dict:
+    """Train from a config (name, JSON path or resolved dict) into ``out_dir``, a new folder
+    (or one holding no run; ``overwrite=True`` deletes the run there first)."""
     if isinstance(config, dict):
         cfg = {key: coerce(key, v) for key, v in config.items() if key != "config"}
         cfg = {**DEFAULTS, **cfg, **(overrides or {}), "config": config.get("config", "dict")}
         check(cfg)
     else:
         cfg = load_config(config, overrides)
-    return Trainer(cfg, out_dir).run(hook)
+    if dist_mod.rank_from_env() == 0:
+        prepare_out_dir(os.path.abspath(out_dir), overwrite)
+    return Trainer(cfg, out_dir).run(hook, on_epoch)
 
 
-def resume(out_dir: str, overrides: dict | None = None, hook=None) -> dict:
-    """Continue the run in ``out_dir`` from checkpoints/last.pt (optionally with more epochs)."""
-    with open(os.path.join(out_dir, "config.json")) as f:
+def resume(out_dir: str, overrides: dict | None = None, hook=None, on_epoch=None) -> dict:
+    """Continue the run in ``out_dir`` from its newest intact checkpoint (optionally with more
+    epochs). ckpt.CheckpointError when there is no run or no usable checkpoint there."""
+    path = os.path.join(out_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ckpt.CheckpointError(f"--resume {out_dir}: no run there (no config.json)")
+    with open(path) as f:
         saved = json.load(f)
     cfg = resume_overrides(saved, overrides or {})
-    return Trainer(cfg, out_dir, resume=True).run(hook)
+    ckpt.newest_good(os.path.join(out_dir, "checkpoints"), say=lambda m: None)  # fail before any setup
+    return Trainer(cfg, out_dir, resume=True).run(hook, on_epoch)
