@@ -18,7 +18,7 @@ import types
 
 import torch
 
-BACKENDS = ("reference", "cpu", "triton", "cuda")
+BACKENDS = ("reference", "cpu", "triton", "cuda", "cuda_emulated")
 
 # backend="auto" on CUDA tensors. One entry per op; the choice must come from a GPU run of
 # bench/ (bench/results/*.json) — see README "Backend selection".
@@ -109,6 +109,11 @@ def _why_not(backend: str) -> str | None:
                 "to run its kernels on CPU tensors through the interpreter"
             )
         return None
+    if backend == "cuda_emulated":
+        # The CUDA C++ kernels on CPU threads: a test harness, loaded by the tests only.
+        from . import _cuda_emulated
+
+        return _cuda_emulated.why_not()
     raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
 
 
@@ -156,6 +161,8 @@ def _resolve(backend: str, device: torch.device, op: str | None = None) -> str:
         raise ValueError(f"backend 'cpu' runs on CPU tensors, got tensors on {device}")
     if backend == "cuda" and device.type != "cuda":
         raise ValueError(f"backend 'cuda' runs on CUDA tensors, got tensors on {device}")
+    if backend == "cuda_emulated" and device.type != "cpu":
+        raise ValueError(f"backend 'cuda_emulated' runs on CPU tensors, got tensors on {device}")
     if backend == "triton" and device.type == "cpu" and not _triton_interpret():
         raise ValueError(
             "backend 'triton' got CPU tensors: set TRITON_INTERPRET=1 before importing triton, "
@@ -208,4 +215,8 @@ def implementation(backend: str):
         from . import kernels
 
         return kernels
+    if backend == "cuda_emulated":
+        from . import _cuda_emulated
+
+        return _cuda_emulated
     raise ValueError(f"unknown backend {backend!r}")

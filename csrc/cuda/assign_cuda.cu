@@ -178,7 +178,7 @@ cudaError_t assign_launch(Dtype dtype, const void* x, const void* centers, int64
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const unsigned blocks = static_cast<unsigned>(ceil_div(n, kRows));
-    assign_kernel<T><<<blocks, kThreads, 0, stream>>>(
+    KMGAN_LAUNCH(blocks, kThreads, 0, stream, assign_kernel<T>)(
         static_cast<const T*>(x), static_cast<const T*>(centers), n, static_cast<int>(k), d,
         labels, static_cast<acc_t<T>*>(dist2));
     return cudaGetLastError();
@@ -198,7 +198,7 @@ cudaError_t assign_backward_launch(Dtype dtype, const void* grad_dist2, const vo
     }
     if (n == 0 || d == 0) return cudaSuccess;
     const int blocks = grid_for(n, kWarpsPerBlock);
-    assign_backward_kernel<T><<<blocks, kBackwardThreads, 0, stream>>>(
+    KMGAN_LAUNCH(blocks, kBackwardThreads, 0, stream, assign_backward_kernel<T>)(
         static_cast<const A*>(grad_dist2), static_cast<const T*>(x),
         static_cast<const T*>(centers), labels, n, k, d, static_cast<T*>(grad_x),
         static_cast<A*>(grad_centers_acc));

@@ -118,10 +118,10 @@ cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const voi
       constexpr Reduction kReduction = decltype(red)::value;
       const int64_t blocks = assigned_distance_num_partials(n);
       if (blocks > 0) {
-        assigned_distance_kernel<T, kReduction>
-            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-                static_cast<const T*>(x), labels, static_cast<const T*>(centers), n, k, d,
-                static_cast<A*>(partials));
+        KMGAN_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream,
+                     assigned_distance_kernel<T, kReduction>)(
+            static_cast<const T*>(x), labels, static_cast<const T*>(centers), n, k, d,
+            static_cast<A*>(partials));
         const cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess) return err;
       }
@@ -129,7 +129,7 @@ cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const voi
       const A divisor = kReduction == Reduction::kMean ? static_cast<A>(n > 0 ? n : 1)
                         : kReduction == Reduction::kSqSum ? A(2)
                                                           : A(1);
-      finish_sum_kernel<A><<<1, kFinishThreads, 0, stream>>>(
+      KMGAN_LAUNCH(1, kFinishThreads, 0, stream, finish_sum_kernel<A>)(
           static_cast<const A*>(partials), blocks, kReduction == Reduction::kFro, divisor,
           static_cast<A*>(out));
       return cudaGetLastError();
@@ -152,8 +152,8 @@ cudaError_t assigned_distance_backward_launch(Dtype dtype, Reduction reduction, 
         if (err != cudaSuccess) return err;
       }
       if (n == 0 || d == 0) return cudaSuccess;
-      assigned_distance_backward_kernel<T, kReduction>
-          <<<grid_for(n, kWarpsPerBlock), kThreads, 0, stream>>>(
+      KMGAN_LAUNCH(grid_for(n, kWarpsPerBlock), kThreads, 0, stream,
+                   assigned_distance_backward_kernel<T, kReduction>)(
               static_cast<const A*>(grad), static_cast<const A*>(out), static_cast<const T*>(x),
               labels, static_cast<const T*>(centers), n, k, d, static_cast<T*>(grad_x),
               static_cast<A*>(grad_centers_acc));

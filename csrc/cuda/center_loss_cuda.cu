@@ -151,22 +151,23 @@ cudaError_t center_loss_launch(Dtype dtype, const void* x_real, const int64_t* l
     if ((err = cudaMemsetAsync(counts_fake, 0, sizeof(int64_t) * k_fake, stream)) != cudaSuccess)
       return err;
     if (n_real + n_fake > 0) {
-      count_labels_kernel<<<grid_for(n_real + n_fake, kCountThreads), kCountThreads, 0, stream>>>(
+      KMGAN_LAUNCH(grid_for(n_real + n_fake, kCountThreads), kCountThreads, 0, stream,
+          count_labels_kernel)(
           labels_real, n_real, k_real, counts_real, labels_fake, n_fake, k_fake, counts_fake);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
     if (d > 0) {
       const int64_t blocks = ceil_div(d, kColsPerBlock);
       if (blocks > INT32_MAX) return cudaErrorInvalidValue;
-      center_loss_u_kernel<T><<<static_cast<unsigned>(blocks), kUThreads, 0, stream>>>(
+      KMGAN_LAUNCH(static_cast<unsigned>(blocks), kUThreads, 0, stream, center_loss_u_kernel<T>)(
           static_cast<const T*>(x_real), labels_real, static_cast<const T*>(centers_real),
           counts_real, n_real, k_real, static_cast<const T*>(x_fake), labels_fake,
           static_cast<const T*>(centers_fake), counts_fake, n_fake, k_fake, d,
           static_cast<A*>(u_diff));
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
-    l1_norm_kernel<A><<<1, kFinishThreads, 0, stream>>>(static_cast<const A*>(u_diff), d,
-                                                       static_cast<A*>(loss));
+    KMGAN_LAUNCH(1, kFinishThreads, 0, stream, l1_norm_kernel<A>)(
+        static_cast<const A*>(u_diff), d, static_cast<A*>(loss));
     return cudaGetLastError();
   });
 }
@@ -181,8 +182,8 @@ cudaError_t center_loss_backward_launch(Dtype dtype, const void* grad, const voi
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
-    center_loss_backward_kernel<T>
-        <<<grid_for(n_real + n_fake, kWarpsPerBlock), kBackwardThreads, 0, stream>>>(
+    KMGAN_LAUNCH(grid_for(n_real + n_fake, kWarpsPerBlock), kBackwardThreads, 0, stream,
+        center_loss_backward_kernel<T>)(
             static_cast<const A*>(grad), static_cast<const A*>(u_diff), labels_real, counts_real,
             n_real, k_real, labels_fake, counts_fake, n_fake, k_fake, d, static_cast<T*>(grad_real),
             static_cast<T*>(grad_fake));

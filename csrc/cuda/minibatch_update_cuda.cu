@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(kSumThreads)
                                int64_t n, int64_t k, int64_t d, acc_t<T>* __restrict__ sums,
                                int64_t* __restrict__ batch_counts, bool shared_partials) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char shared_raw[];
+  KMGAN_DYNAMIC_SHARED(unsigned char, shared_raw);
   A* s_sums = reinterpret_cast<A*>(shared_raw);                // k * d, when shared_partials
   unsigned* s_counts = reinterpret_cast<unsigned*>(s_sums + k * d);  // k
 
@@ -188,7 +188,7 @@ cudaError_t launch_apply(void* centers, int64_t* counts, double decay, const voi
   const A* first_piece = static_cast<const A*>(pieces);
   const A* last_piece =
       first_piece == nullptr ? nullptr : first_piece + cluster_pieces_elems(n, d) / 2;
-  cluster_apply_kernel<T, kRule><<<static_cast<unsigned>(k), kApplyThreads, 0, stream>>>(
+  KMGAN_LAUNCH(static_cast<unsigned>(k), kApplyThreads, 0, stream, cluster_apply_kernel<T, kRule>)(
       static_cast<T*>(centers), counts, static_cast<A>(decay), static_cast<const A*>(sums),
       batch_counts, sorted_labels, first_piece, last_piece, n, d);
   return cudaGetLastError();
@@ -216,7 +216,8 @@ cudaError_t cluster_update_launch(Dtype dtype, UpdateRule rule, void* centers, i
       if (blocks > 0) {  // d = 0: no sums to form; the apply kernel still updates counts
         A* first_piece = static_cast<A*>(pieces);
         A* last_piece = first_piece + cluster_pieces_elems(n, d) / 2;
-        sorted_piece_sums_kernel<T><<<static_cast<unsigned>(blocks), kPieceThreads, 0, stream>>>(
+        KMGAN_LAUNCH(static_cast<unsigned>(blocks), kPieceThreads, 0, stream,
+            sorted_piece_sums_kernel<T>)(
             static_cast<const T*>(x), sorted_labels, perm, n, k, d, col_blocks,
             static_cast<A*>(sums), first_piece, last_piece);
         if ((err = cudaGetLastError()) != cudaSuccess) return err;
@@ -230,11 +231,10 @@ cudaError_t cluster_update_launch(Dtype dtype, UpdateRule rule, void* centers, i
       const bool shared_partials = shared_bytes <= kSharedPartialsBytes;
       const int blocks = shared_partials ? grid_for(n, kRowsPerSharedBlock, 2)
                                          : grid_for(n, kSumWarps);
-      cluster_sums_atomic_kernel<T><<<blocks, kSumThreads,
-                                      shared_partials ? static_cast<size_t>(shared_bytes) : 0,
-                                      stream>>>(static_cast<const T*>(x), labels, n, k, d,
-                                                static_cast<A*>(sums), batch_counts,
-                                                shared_partials);
+      KMGAN_LAUNCH(blocks, kSumThreads, shared_partials ? static_cast<size_t>(shared_bytes) : 0,
+                   stream, cluster_sums_atomic_kernel<T>)(
+          static_cast<const T*>(x), labels, n, k, d, static_cast<A*>(sums), batch_counts,
+          shared_partials);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
     if (rule == UpdateRule::kSculley)
