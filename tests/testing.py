@@ -108,3 +108,8 @@ def assert_labels_match(x, centers, labels, dist2=None, rtol: float = LABEL_RTOL
         torch.testing.assert_close(
             dist2.cpu().double(), chosen, rtol=rtol, atol=1e-6 * (1 + float(best.mean()))
         )
+
+
+def cuda_kernel_params() -> list:
+    """The backends that run csrc/cuda's kernels here: the CPU harness, and CUDA on a GPU."""
+    return [p for p in backend_params() if p.values[1] in ("cuda", "cuda_emulated")]
