@@ -33,8 +33,11 @@ PyObject* PyInit__C(void) {
     "()")                                                                                     \
   X("minibatch_step_", "Tensor(a!) centers, Tensor(b!) counts, Tensor x, bool deterministic", \
     "Tensor")                                                                                 \
+  /* VQ-VAE EMA (DESIGN.md 4.2): cluster_size (K,) and embed_sum (K, d) are the EMA state. */ \
   X("ema_update_",                                                                            \
-    "Tensor(a!) centers, Tensor x, Tensor labels, float decay, bool deterministic", "()")     \
+    "Tensor(a!) centers, Tensor(b!) cluster_size, Tensor(c!) embed_sum, Tensor x, "           \
+    "Tensor labels, float decay, float eps, bool deterministic",                              \
+    "()")                                                                                     \
   X("center_loss",                                                                            \
     "Tensor x_real, Tensor labels_real, Tensor centers_real, Tensor x_fake, "                 \
     "Tensor labels_fake, Tensor centers_fake",                                                \

@@ -31,8 +31,8 @@ def tensor(name: str, t: object) -> Tensor:
     return t
 
 
-def features(name: str, t: object, *, dtype: torch.dtype | None = None) -> Tensor:
-    """A 2-D floating tensor (N, d); with ``dtype``, it must have that dtype."""
+def features(name: str, t: object, *, dtype: torch.dtype | None = None, ref: str | None = None) -> Tensor:
+    """A 2-D floating tensor (N, d); with ``dtype``, it must have that dtype (that of ``ref``)."""
     t = tensor(name, t)
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D (N, d), got shape {tuple(t.shape)}")
@@ -41,20 +41,21 @@ def features(name: str, t: object, *, dtype: torch.dtype | None = None) -> Tenso
             f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}"
         )
     if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (as x), got {t.dtype}")
+        as_ref = f" (as {ref})" if ref else ""
+        raise TypeError(f"{name} must have dtype {dtype}{as_ref}, got {t.dtype}")
     return t
 
 
-def centers(name: str, c: object, x: Tensor) -> Tensor:
-    """(K, d) with K >= 1, same d, dtype and device as x."""
-    c = features(name, c, dtype=x.dtype)
+def centers(name: str, c: object, x: Tensor, ref: str = "x") -> Tensor:
+    """(K, d) with K >= 1, same d, dtype and device as x (named ``ref`` in messages)."""
+    c = features(name, c, dtype=x.dtype, ref=ref)
     if c.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one center (K >= 1), got K = 0")
     if c.shape[1] != x.shape[1]:
         raise ValueError(
-            f"{name} must have {x.shape[1]} columns (x.shape[1]), got shape {tuple(c.shape)}"
+            f"{name} must have {x.shape[1]} columns ({ref}.shape[1]), got shape {tuple(c.shape)}"
         )
-    same_device(name, c, x)
+    same_device(name, c, x, ref)
     return c
 
 
@@ -106,3 +107,31 @@ def decay(value: object) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"decay must lie in [0, 1], got {value}")
     return float(value)
+
+
+def eps(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"eps must be a float >= 0, got {type(value).__name__}")
+    if not 0.0 <= float(value) < float("inf"):
+        raise ValueError(f"eps must be a finite float >= 0, got {value}")
+    return float(value)
+
+
+def ema_state_dtype(centers_dtype: torch.dtype) -> torch.dtype:
+    """The EMA state (cluster_size, embed_sum) is float32, float64 for float64 centers."""
+    return torch.float64 if centers_dtype == torch.float64 else torch.float32
+
+
+def ema_state(name: str, t: object, shape: tuple[int, ...], centers: Tensor) -> Tensor:
+    """cluster_size (K,) / embed_sum (K, d): float32 (float64 for float64 centers), on the
+    centers' device."""
+    t = tensor(name, t)
+    want = ema_state_dtype(centers.dtype)
+    if t.dtype != want:
+        raise TypeError(
+            f"{name} must be {want} (the EMA state dtype for {centers.dtype} centers), got {t.dtype}"
+        )
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    same_device(name, t, centers, "centers")
+    return t

@@ -62,6 +62,13 @@ def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor
 
     The fused kernels never write the (N, K) distance matrix to memory and accumulate in
     float32 (float64 for float64 inputs).
+
+    Non-finite and huge values: the distance to center k is sum_j (x_ij - c_kj)^2 as float64
+    computes it (inf - inf = NaN). If any distance of a row is NaN, the label is the lowest k
+    whose distance is NaN and dist2 is NaN (NaN propagates, as ``torch.argmin``); otherwise
+    the lowest k among the minima. Labels stay exact where float32 squares overflow (finite
+    values past ~1.8e19); dist2 is then the float64 minimum rounded, inf past float32's range.
+    ``km.set_debug(True)`` rejects NaN/Inf in x and centers instead.
     """
     x = _checks.features("x", x)
     centers = _checks.centers("centers", centers, x)

@@ -16,6 +16,7 @@ def _out_dtype(x: Tensor) -> torch.dtype:
 def _data_checks(x, labels, centers, reduction):
     _checks.label_range("labels", labels, centers.shape[0])
     _checks.finite("x", x)
+    _checks.finite("centers", centers)
 
 
 _registry.route("assigned_distance", _data_checks)

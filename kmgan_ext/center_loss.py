@@ -14,7 +14,8 @@ def _out_dtype(x: Tensor) -> torch.dtype:
 def _data_checks(x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake):
     _checks.label_range("labels_real", labels_real, centers_real.shape[0])
     _checks.label_range("labels_fake", labels_fake, centers_fake.shape[0])
-    for name, t in (("x_real", x_real), ("x_fake", x_fake)):
+    for name, t in (("x_real", x_real), ("x_fake", x_fake), ("centers_real", centers_real),
+                    ("centers_fake", centers_fake)):
         _checks.finite(name, t)
 
 

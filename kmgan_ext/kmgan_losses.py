@@ -128,7 +128,8 @@ def kmgan_losses(
             raise ValueError(
                 f"f_fake must have {f_real.shape[1]} columns (as f_real and x.shape[1]), got shape {tuple(f_fake.shape)}"
             )
-        for name, t in (("f_real", f_real), ("f_fake", f_fake)):
+        for name, t in (("f_real", f_real), ("f_fake", f_fake), ("centers_real", centers_real),
+                        ("centers_fake", centers_fake)):
             _checks.finite(name, t)
         be = _dispatch.resolve(backend, f_real.device, "kmgan_losses")
         out = kmgan_losses_fused(f_real, f_fake, centers_real.detach(), centers_fake.detach(), reduction, be)

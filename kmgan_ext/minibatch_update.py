@@ -14,6 +14,7 @@ from . import _checks, _dispatch, _registry, reference
 def _update_checks(centers, counts, x, labels, deterministic):
     _checks.label_range("labels", labels, centers.shape[0])
     _checks.finite("x", x)
+    _checks.finite("centers", centers)
 
 
 def _step_checks(centers, counts, x, deterministic):
@@ -21,14 +22,17 @@ def _step_checks(centers, counts, x, deterministic):
     _checks.finite("centers", centers)
 
 
-def _ema_checks(centers, x, labels, decay, deterministic):
+def _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic):
     _checks.label_range("labels", labels, centers.shape[0])
     _checks.finite("x", x)
+    _checks.finite("centers", centers)
+    _checks.finite("cluster_size", cluster_size)
+    _checks.finite("embed_sum", embed_sum)
 
 
 _registry.route("minibatch_update_", _update_checks, mutated=(0, 1))
 _registry.route("minibatch_step_", _step_checks, mutated=(0, 1))
-_registry.route("ema_update_", _ema_checks, mutated=(0,))
+_registry.route("ema_update_", _ema_checks, mutated=(0, 1, 2))
 
 if _registry.registered():
 
@@ -41,7 +45,7 @@ if _registry.registered():
         return x.new_empty(x.shape[0], dtype=torch.int64)
 
     @torch.library.register_fake("kmgan_ext::ema_update_")
-    def _(centers, x, labels, decay, deterministic, backend):
+    def _(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, backend):
         return None
 
 
@@ -121,23 +125,49 @@ def minibatch_step_(
 
 def ema_update_(
     centers: Tensor,
+    cluster_size: Tensor,
+    embed_sum: Tensor,
     x: Tensor,
     labels: Tensor,
-    decay: float,
     *,
+    decay: float = 0.99,
+    eps: float = 1e-5,
     deterministic: bool = False,
     backend: str = "auto",
 ) -> None:
-    """VQ-VAE codebook update, in place: ``c_k = decay c_k + (1 - decay) mean_k``.
+    """The VQ-VAE codebook EMA (van den Oord et al. 2017, appendix A.1), in place.
 
-    ``mean_k`` is the mean of the rows labelled k; clusters without rows are untouched.
-    ``decay`` in [0, 1]. Determinism as in :func:`minibatch_update_`.
+    With n_k rows of x labelled k and S_k their sum, every k (also those without rows)::
+
+        cluster_size_k <- decay cluster_size_k + (1 - decay) n_k
+        embed_sum_k    <- decay embed_sum_k    + (1 - decay) S_k
+        n    = sum_k cluster_size_k
+        N'_k = (cluster_size_k + eps) / (n + K eps) * n        (Laplace smoothing)
+        c_k  = embed_sum_k / N'_k
+
+    computed from the state as stored, as vector-quantize-pytorch's EMA codebook does. Where
+    N'_k == 0 (e.g. nothing was ever assigned and the state is zero) the center is left
+    unchanged, never NaN.
+
+    Args:
+        centers: (K, d) floating, written in place.
+        cluster_size: (K,) EMA of the cluster sizes, updated in place; float32 (float64 for
+            float64 centers). A fresh state is zeros.
+        embed_sum: (K, d) EMA of the per-cluster sums, same dtype as cluster_size; a fresh
+            state is zeros (or the centers with cluster_size ones).
+        x: (N, d) same dtype/device as centers; labels: (N,) int64 in [0, K).
+        decay: in [0, 1]; eps: >= 0.
+        deterministic, backend: as in :func:`minibatch_update_`.
     """
     centers, _, x, labels = _check_update_args(centers, None, x, labels)
+    k, d = centers.shape
+    cluster_size = _checks.ema_state("cluster_size", cluster_size, (k,), centers)
+    embed_sum = _checks.ema_state("embed_sum", embed_sum, (k, d), centers)
     decay = _checks.decay(decay)
+    eps = _checks.eps(eps)
     deterministic = _check_deterministic(deterministic)
     be = _dispatch.resolve(backend, x.device)
     x = x.detach()
     if not _registry.registered():
-        return reference.ema_update_(centers, x, labels, decay, deterministic)
-    _registry.call("ema_update_", centers, x, labels, decay, deterministic, be)
+        return reference.ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic)
+    _registry.call("ema_update_", centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, be)

@@ -62,6 +62,10 @@ def squared_distances(x: Tensor, centers: Tensor) -> Tensor:
 def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
     """labels[i] = argmin_k ||x_i - c_k||^2 (ties to the lowest k); dist2 = that minimum.
 
+    Distances in float64; torch.min's NaN rule: a row with a NaN distance gets the lowest k
+    whose distance is NaN and dist2 NaN (contract 1). dist2 is rounded to float32 (inf past
+    its range) while the label stays the float64 argmin (contract 2).
+
     Returns ``(labels int64 (N,), dist2 float32 (N,))`` (float64 dist2 for float64 x).
     """
     n, k = x.shape[0], centers.shape[0]
@@ -129,14 +133,40 @@ def minibatch_step_(
 
 
 def ema_update_(
-    centers: Tensor, x: Tensor, labels: Tensor, decay: float, deterministic: bool = False
+    centers: Tensor,
+    cluster_size: Tensor,
+    embed_sum: Tensor,
+    x: Tensor,
+    labels: Tensor,
+    decay: float,
+    eps: float,
+    deterministic: bool = False,
 ) -> None:
-    """VQ-VAE codebook update: c_k = decay c_k + (1 - decay) mean_k for clusters with rows."""
-    sums, m = cluster_sums(x, labels, centers.shape[0])
+    """The VQ-VAE codebook EMA (van den Oord et al. 2017, appendix A.1), literally:
+
+        N_k <- decay N_k + (1 - decay) n_k        (every k, also n_k = 0)
+        M_k <- decay M_k + (1 - decay) S_k
+        n    = sum_k N_k
+        N'_k = (N_k + eps) / (n + K eps) * n
+        c_k  = M_k / N'_k                          (c_k unchanged where N'_k == 0)
+
+    n_k = number of rows labelled k, S_k their sum. N (cluster_size) and M (embed_sum) are
+    stored first; the centers are computed from the stored state (as vector-quantize-pytorch
+    does), so they are a function of the state alone. All arithmetic in float64.
+    """
+    k = centers.shape[0]
+    sums, m = cluster_sums(x, labels, k)
+    size = decay * _acc(cluster_size) + (1.0 - decay) * m.to(torch.float64)
+    total = decay * _acc(embed_sum) + (1.0 - decay) * sums
+    cluster_size.copy_(size.to(cluster_size.dtype))
+    embed_sum.copy_(total.to(embed_sum.dtype))
+    size, total = _acc(cluster_size), _acc(embed_sum)
+    n = size.sum()
+    smoothed = (size + eps) / (n + k * eps) * n
     c = _acc(centers)
-    mean = sums / m.clamp_min(1)[:, None].to(torch.float64)
-    upd = decay * c + (1.0 - decay) * mean
-    centers.copy_(torch.where((m > 0)[:, None], upd, c).to(centers.dtype))
+    keep = (smoothed == 0)[:, None]
+    new = total / torch.where(keep, torch.ones_like(smoothed[:, None]), smoothed[:, None])
+    centers.copy_(torch.where(keep, c, new).to(centers.dtype))
 
 
 # --------------------------------------------------------------------------- center loss

@@ -104,7 +104,8 @@ def _all_ops(x, c, buf, counts, backend):
     # The updates write a separate buffer: c is saved for the backward above.
     km.minibatch_update_(buf, counts, x, labels, backend=backend)
     step_labels = km.minibatch_step_(buf, counts, x, backend=backend)
-    km.ema_update_(buf, x, step_labels, 0.9, backend=backend)
+    size, embed = torch.ones_like(counts, dtype=buf.dtype), buf.detach().clone()
+    km.ema_update_(buf, size, embed, x, step_labels, decay=0.9, backend=backend)
     return dist2.sum() + pull + cl + pl
 
 

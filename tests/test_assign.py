@@ -220,3 +220,56 @@ def test_overflowing_squares_keep_exact_labels(device, backend):
     c_far = torch.tensor([[-3e19, -3e19], [-1e19, -1e19]])
     labels, dist2 = km.assign(far.to(device), c_far.to(device), backend=backend)
     assert labels.tolist() == [1] and dist2.tolist() == [float("inf")]
+
+
+NAN, INF = float("nan"), float("inf")
+# (x, centers): the issue's overflow reproducer, overflowing rows where a finite candidate
+# wins the float32 expansion, NaN/Inf in x or in a center (contract 1: torch.argmin's rule).
+EDGE_CASES = [
+    ([[3e19, 3e19]], [[3e19, 3e19], [0.0, 0.0]]),
+    ([[3e19, 0.0]], [[-2e19, 0.0], [2e19, 0.0], [3e19, 0.0]]),
+    ([[3e38, 0.0], [1.0, 1.0]], [[-3e38, 0.0], [0.0, 0.0]]),
+    ([[1e30, 0.0]], [[0.0, 0.0], [2e30, 0.0]]),
+    ([[1.0, 2.0], [5.0, 5.0]], [[0.0, 0.0], [NAN, 0.0], [1.0, 2.0]]),
+    ([[NAN, 1.0], [0.0, 1.0]], [[0.0, 0.0], [1.0, 1.0]]),
+    ([[INF, 0.0], [2.0, 0.0]], [[0.0, 0.0], [INF, 0.0], [1.0, 0.0]]),
+    ([[0.0, 0.0]], [[INF, 0.0], [-INF, 0.0]]),
+    ([[1e-45, 0.0], [1e-40, 1e-39]], [[0.0, 0.0], [1e-45, 1e-45]]),
+]
+
+
+def test_reference_nan_rule():
+    """Contract 1 on a known answer: the lowest NaN distance wins and propagates."""
+    x = torch.tensor([[1.0, 2.0]])
+    labels, dist2 = reference.assign(x, torch.tensor([[0.0, 0.0], [NAN, 0.0], [1.0, 2.0], [NAN, 1.0]]))
+    assert labels.tolist() == [1] and dist2.isnan().all()
+    labels, dist2 = reference.assign(torch.tensor([[3e19, 3e19]]), torch.tensor([[3e19, 3e19], [0.0, 0.0]]))
+    assert labels.tolist() == [0] and dist2.tolist() == [0.0]
+    labels, dist2 = reference.assign(torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0], [3e19, 3e19]]))
+    assert labels.tolist() == [0] and dist2.tolist() == [1.0]
+    _, dist2 = reference.assign(torch.tensor([[3e19, 3e19]]), torch.tensor([[0.0, 0.0]]))
+    assert dist2.tolist() == [INF]  # the float64 minimum past float32: inf (contract 2)
+
+
+@pytest.mark.parametrize("case", range(len(EDGE_CASES)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+def test_overflow_and_nonfinite_match_reference_exactly(device, backend, dtype, case):
+    x, c = (torch.tensor(t).to(dtype) for t in EDGE_CASES[case])
+    want_l, want_d = reference.assign(x, c)
+    labels, dist2 = km.assign(x.to(device), c.to(device), backend=backend)
+    assert labels.cpu().tolist() == want_l.tolist()
+    assert torch.equal(dist2.cpu().isnan(), want_d.isnan())
+    ok = ~want_d.isnan()
+    assert torch.equal(dist2.cpu()[ok], want_d[ok])
+
+
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+def test_every_assigning_op_keeps_overflowing_labels_exact(device, backend):
+    """minibatch_step_ and the KM-GAN loss block assign too (issue 16 item 2)."""
+    x = torch.tensor([[3e19, 3e19], [0.0, 1.0]], device=device)
+    c = torch.tensor([[3e19, 3e19], [0.0, 0.0]], device=device)
+    labels = km.minibatch_step_(c.clone(), torch.zeros(2, dtype=torch.int64, device=device), x, backend=backend)
+    assert labels.tolist() == [0, 1]
+    t = km.kmgan_losses(x, x, c, c, backend=backend)
+    assert t.labels_real.tolist() == [0, 1] and t.labels_fake_hat.tolist() == [0, 1]

@@ -88,8 +88,13 @@ def test_empty_batch_changes_nothing(device, backend):
     km.minibatch_update_(centers, counts, x, lab, backend=backend)
     assert torch.equal(centers, c0) and torch.equal(counts, n0)
     assert km.minibatch_step_(centers, counts, x, backend=backend).shape == (0,)
-    km.ema_update_(centers, x, lab, 0.9, backend=backend)
     assert torch.equal(centers, c0) and torch.equal(counts, n0)
+    # The EMA decays its state on an empty batch too; with decay 1 nothing moves, and the
+    # centers are the state's ratio (here: the centers themselves, cluster_size ones).
+    size, embed = torch.ones(3, device=device), centers.clone()
+    km.ema_update_(centers, size, embed, x, lab, decay=1.0, eps=0.0, backend=backend)
+    assert torch.equal(centers, c0) and torch.equal(size, torch.ones(3, device=device))
+    assert torch.equal(embed, c0)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -117,21 +122,126 @@ def test_step_is_assign_then_update(device, backend, deterministic):
     torch.testing.assert_close(centers.cpu(), want_c, rtol=1e-5, atol=1e-5)
 
 
+def _ema_transcription(centers, cluster_size, embed_sum, x, labels, decay, eps):
+    """van den Oord et al. 2017, A.1, written out per code in Python floats (float64), as the
+    formula reads; returns the new (centers, cluster_size, embed_sum) as nested lists."""
+    k, d = len(centers), len(centers[0])
+    n_k = [0] * k
+    s_k = [[0.0] * d for _ in range(k)]
+    for row, lab in zip(x, labels):
+        n_k[lab] += 1
+        for j in range(d):
+            s_k[lab][j] += row[j]
+    size = [decay * cluster_size[q] + (1 - decay) * n_k[q] for q in range(k)]
+    embed = [[decay * embed_sum[q][j] + (1 - decay) * s_k[q][j] for j in range(d)] for q in range(k)]
+    n = sum(size)
+    out = []
+    for q in range(k):
+        smoothed = (size[q] + eps) / (n + k * eps) * n
+        out.append(list(centers[q]) if smoothed == 0 else [embed[q][j] / smoothed for j in range(d)])
+    return out, size, embed
+
+
+def _ema_state(k, d, device, dtype, seed, fresh):
+    g = torch.Generator().manual_seed(seed)
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    if fresh:
+        return torch.zeros(k, dtype=sdt).to(device), torch.zeros(k, d, dtype=sdt).to(device)
+    return (torch.rand(k, generator=g) * 5).to(device, sdt), torch.randn(k, d, generator=g).to(device, sdt)
+
+
 def test_ema_known_answer():
-    centers = torch.tensor([[0.0, 0.0], [4.0, 4.0]])
-    x = torch.tensor([[2.0, 2.0], [4.0, 2.0]])
-    reference.ema_update_(centers, x, torch.tensor([0, 0]), 0.75)
-    assert centers.tolist() == [[0.75, 0.5], [4.0, 4.0]]
+    centers = torch.tensor([[0.0, 0.0], [4.0, 4.0], [1.0, 1.0]], dtype=torch.float64)
+    size = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
+    embed = torch.tensor([[1.0, 1.0], [8.0, 8.0], [0.0, 0.0]], dtype=torch.float64)
+    x = torch.tensor([[2.0, 2.0], [4.0, 2.0]], dtype=torch.float64)
+    reference.ema_update_(centers, size, embed, x, torch.tensor([0, 0]), 0.5, 0.0)
+    # N = (0.5 + 1, 1, 0), M_0 = 0.5 (1, 1) + 0.5 (6, 4) = (3.5, 2.5); with eps = 0, N' = N:
+    # c_0 = M_0 / 1.5, c_1 = (4, 4) / 1, and c_2 stays (N'_2 = 0).
+    assert size.tolist() == [1.5, 1.0, 0.0]
+    assert embed.tolist() == [[3.5, 2.5], [4.0, 4.0], [0.0, 0.0]]
+    assert centers.tolist() == [[3.5 / 1.5, 2.5 / 1.5], [4.0, 4.0], [1.0, 1.0]]
 
 
+@pytest.mark.parametrize("fresh", [False, True])
+@pytest.mark.parametrize("eps", [1e-5, 0.0])
+def test_ema_reference_is_the_transcription(fresh, eps):
+    centers, _, x, labels = _problem(40, 3, 6, "cpu", torch.float64, seed=21)
+    labels = labels % 4  # codes 4 and 5 get no rows
+    size, embed = _ema_state(6, 3, "cpu", torch.float64, 22, fresh)
+    want_c, want_n, want_m = _ema_transcription(
+        centers.tolist(), size.tolist(), embed.tolist(), x.tolist(), labels.tolist(), 0.8, eps
+    )
+    reference.ema_update_(centers, size, embed, x, labels, 0.8, eps)
+    torch.testing.assert_close(size, torch.tensor(want_n, dtype=torch.float64), rtol=1e-14, atol=0)
+    torch.testing.assert_close(embed, torch.tensor(want_m, dtype=torch.float64), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(centers, torch.tensor(want_c, dtype=torch.float64), rtol=1e-13, atol=1e-13)
+
+
+def _ema_check(device, backend, n, d, k, dtype, fresh, deterministic, decay=0.99, eps=1e-5, seed=15):
+    centers, _, x, labels = _problem(n, d, k, device, dtype, seed=seed)
+    labels = labels % max(1, k - 2)  # the last two codes get no rows
+    size, embed = _ema_state(k, d, device, dtype, seed + 1, fresh)
+    want = [t.cpu().clone() for t in (centers, size, embed)]
+    reference.ema_update_(*want, x.cpu(), labels.cpu(), decay, eps)
+    km.ema_update_(centers, size, embed, x, labels, decay=decay, eps=eps, deterministic=deterministic,
+                   backend=backend)
+    t = tol(dtype)
+    torch.testing.assert_close(size.cpu(), want[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(embed.cpu().double(), want[2].double(), **t)
+    torch.testing.assert_close(centers.cpu().double(), want[0].double(), **t)
+    return centers, size, embed
+
+
+@pytest.mark.parametrize("fresh", [False, True])
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("device,backend", backend_params())
-def test_ema_random(device, backend, deterministic):
-    centers, _, x, labels = _problem(777, 31, 13, device, seed=15)
-    want = centers.cpu().clone()
-    reference.ema_update_(want, x.cpu(), labels.cpu(), 0.99)
-    km.ema_update_(centers, x, labels, 0.99, deterministic=deterministic, backend=backend)
-    torch.testing.assert_close(centers.cpu(), want, rtol=1e-5, atol=1e-5)
+def test_ema_random(device, backend, deterministic, fresh):
+    _ema_check(device, backend, 777, 31, 13, torch.float32, fresh, deterministic)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_ema_dtypes(device, backend, dtype):
+    _ema_check(device, backend, 300, 24, 9, dtype, False, False, decay=0.9, seed=31)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_ema_fresh_state_and_no_rows_leave_centers_unchanged(device, backend):
+    """n = sum N = 0 (nothing ever assigned): every N'_k is 0 and the centers stay (no NaN)."""
+    centers, _, _, _ = _problem(0, 4, 5, device, seed=41)
+    c0 = centers.clone()
+    size, embed = torch.zeros(5, device=device), torch.zeros(5, 4, device=device)
+    x = torch.empty(0, 4, device=device)
+    lab = torch.empty(0, dtype=torch.int64, device=device)
+    km.ema_update_(centers, size, embed, x, lab, decay=0.9, backend=backend)
+    assert torch.equal(centers, c0)
+    assert not size.any() and not embed.any()
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_ema_deterministic_is_bitwise_repeatable(device, backend):
+    centers, _, x, labels = _problem(5000, 64, 7, device, seed=12)
+    size, embed = _ema_state(7, 64, device, torch.float32, 13, False)
+    outs = []
+    for _ in range(3):
+        state = [t.clone() for t in (centers, size, embed)]
+        km.ema_update_(*state, x, labels, decay=0.95, deterministic=True, backend=backend)
+        outs.append(state)
+    for a, b in ((outs[0], outs[1]), (outs[0], outs[2])):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_ema_noncontiguous_state_is_updated_in_place(device, backend):
+    centers, _, x, labels = _problem(100, 6, 4, device, seed=13)
+    size, embed = _ema_state(4, 6, device, torch.float32, 14, False)
+    want = [t.cpu().clone() for t in (centers, size, embed)]
+    reference.ema_update_(*want, x.cpu(), labels.cpu(), 0.9, 1e-5)
+    views = [noncontiguous(centers), size.repeat_interleave(2)[::2], noncontiguous(embed)]
+    km.ema_update_(*views, noncontiguous(x), labels, decay=0.9, backend=backend)
+    for got, exp in zip(views, want):
+        torch.testing.assert_close(got.cpu(), exp, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -161,7 +271,8 @@ def test_opcheck(device, backend):
     ops = torch.ops.kmgan_ext
     torch.library.opcheck(ops.minibatch_update_.default, (centers.clone(), counts.clone(), x, labels, True, backend))
     torch.library.opcheck(ops.minibatch_step_.default, (centers.clone(), counts.clone(), x, False, backend))
-    torch.library.opcheck(ops.ema_update_.default, (centers.clone(), x, labels, 0.9, False, backend))
+    size, embed = _ema_state(5, 10, device, torch.float32, 17, False)
+    torch.library.opcheck(ops.ema_update_.default, (centers.clone(), size, embed, x, labels, 0.9, 1e-5, False, backend))
 
 
 def test_counts_stay_exact_past_float32():

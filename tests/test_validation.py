@@ -15,7 +15,7 @@ def _state(device):
     return centers, counts, x, labels
 
 
-def _bad_update_calls(centers, counts, x, labels):
+def _bad_update_calls(centers, counts, x, labels, size, embed):
     """(description, callable, exception type, message pattern) for every 4.8 case."""
     f16 = x.half()
     return [
@@ -33,19 +33,28 @@ def _bad_update_calls(centers, counts, x, labels):
         ("deterministic", lambda b: km.minibatch_update_(centers, counts, x, labels, deterministic=1, backend=b), TypeError, "deterministic must be a bool"),
         ("step int x", lambda b: km.minibatch_step_(centers, counts, x.long(), backend=b), TypeError, "x must be float"),
         ("step counts", lambda b: km.minibatch_step_(centers, counts.float(), x, backend=b), TypeError, "counts must be int64"),
-        ("ema decay", lambda b: km.ema_update_(centers, x, labels, 1.5, backend=b), ValueError, "decay must lie in"),
-        ("ema labels", lambda b: km.ema_update_(centers, x, labels + 4, 0.9, backend=b), ValueError, "labels must lie in"),
+        ("ema decay", lambda b: km.ema_update_(centers, size, embed, x, labels, decay=1.5, backend=b), ValueError, "decay must lie in"),
+        ("ema labels", lambda b: km.ema_update_(centers, size, embed, x, labels + 4, decay=0.9, backend=b), ValueError, "labels must lie in"),
+        ("ema eps", lambda b: km.ema_update_(centers, size, embed, x, labels, eps=-1.0, backend=b), ValueError, "eps must be a finite float >= 0"),
+        ("ema eps type", lambda b: km.ema_update_(centers, size, embed, x, labels, eps="1", backend=b), TypeError, "eps must be a float"),
+        ("ema size dtype", lambda b: km.ema_update_(centers, size.double(), embed, x, labels, backend=b), TypeError, "cluster_size must be torch.float32"),
+        ("ema size shape", lambda b: km.ema_update_(centers, size[:3], embed, x, labels, backend=b), ValueError, r"cluster_size must have shape \(4,\)"),
+        ("ema embed dtype", lambda b: km.ema_update_(centers, size, embed.half(), x, labels, backend=b), TypeError, "embed_sum must be torch.float32"),
+        ("ema embed shape", lambda b: km.ema_update_(centers, size, embed[:, :2], x, labels, backend=b), ValueError, r"embed_sum must have shape \(4, 3\)"),
+        ("ema embed type", lambda b: km.ema_update_(centers, size, embed.tolist(), x, labels, backend=b), TypeError, "embed_sum must be a torch.Tensor"),
     ]
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
 def test_bad_updates_leave_state_bitwise_unchanged(device, backend):
     centers, counts, x, labels = _state(device)
-    c0, n0 = centers.clone(), counts.clone()
-    for what, call, exc, pattern in _bad_update_calls(centers, counts, x, labels):
+    size, embed = torch.ones(4, device=device), centers.clone()
+    c0, n0, s0, e0 = centers.clone(), counts.clone(), size.clone(), embed.clone()
+    for what, call, exc, pattern in _bad_update_calls(centers, counts, x, labels, size, embed):
         with pytest.raises(exc, match=pattern):
             call(backend)
         assert torch.equal(centers, c0) and torch.equal(counts, n0), what
+        assert torch.equal(size, s0) and torch.equal(embed, e0), what
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -93,3 +102,34 @@ def test_nan_is_caught_only_in_debug_mode():
     finally:
         km.set_debug(False)
     km.assign(x, centers)  # without debug: no check, no sync
+
+
+def _nan_center_calls(centers, counts, x, labels, backend):
+    size, embed = torch.ones(4, device=centers.device), centers.clone()
+    return [
+        ("minibatch_update_", lambda: km.minibatch_update_(centers, counts, x, labels, backend=backend)),
+        ("minibatch_step_", lambda: km.minibatch_step_(centers, counts, x, backend=backend)),
+        ("ema_update_", lambda: km.ema_update_(centers, size, embed, x, labels, backend=backend)),
+        ("assign", lambda: km.assign(x, centers, backend=backend)),
+        ("assigned_distance", lambda: km.assigned_distance(x, labels, centers, backend=backend)),
+        ("center_loss", lambda: km.center_loss(x, labels, centers, x, labels, centers, backend=backend)),
+        ("kmgan_losses", lambda: km.kmgan_losses(x, x, centers, centers, backend=backend)),
+    ]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_debug_mode_checks_the_centers_too(device, backend, bad):
+    """Issue 16 item 3: NaN/Inf centers reached the updates and losses under set_debug(True)."""
+    centers, counts, x, labels = _state(device)
+    centers[1, 2] = bad
+    c0, n0 = centers.clone(), counts.clone()
+    km.set_debug(True)
+    try:
+        for what, call in _nan_center_calls(centers, counts, x, labels, backend):
+            with pytest.raises(ValueError, match="centers(_real)? contains NaN or Inf"):
+                call()
+            assert torch.equal(centers.isnan(), c0.isnan()), what
+            assert torch.equal(centers.nan_to_num(), c0.nan_to_num()) and torch.equal(counts, n0), what
+    finally:
+        km.set_debug(False)

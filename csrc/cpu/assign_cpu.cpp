@@ -16,6 +16,14 @@
 // than one survives, their exact distances sum((x - c)^2) in double decide (lowest k on an
 // exact tie). The result is the exact argmin for any rounding of the GEMM, and dist2 is
 // computed directly from the differences, never from the expansion.
+//
+// Overflow and non-finite values (DESIGN.md 4.8, contracts 1 and 2): every term of the
+// expansion is bounded by (||x'|| + cmax)^2. A row where that bound is not safely below the
+// largest acc value (large finite inputs: float32 squares overflow past ~1.8e19), or where x
+// or any center holds NaN/Inf, skips the candidates and takes the exact path over all K:
+// distances in double, the label the float64 argmin with torch.argmin's NaN rule (the lowest
+// k whose distance is NaN, else the lowest k among the minima), dist2 that distance rounded
+// (inf where it exceeds float32, NaN where it is NaN).
 #include "assign_cpu.h"
 
 #include <cmath>
@@ -67,6 +75,7 @@ struct ShiftedCenters {
   Tensor cs;              // (K, d) in acc: fl(c_k - s)
   std::vector<acc> bias;  // ||c_k - s||^2 formed in double; +inf past K (panel padding)
   double cmax = 0.0;      // max_k ||c_k - s||
+  bool finite = true;     // every center finite (and ||c_k - s||^2 finite in double)
 };
 
 // cs packed panel by panel for dist_tile_avx2: packed[p][j][l] = cs[p * 16 + l][j], 0 past K.
@@ -103,13 +112,15 @@ ShiftedCenters<acc_t<scalar_t>> shift_centers(const scalar_t* c, int64_t k, int6
       n2 += t * t;
     }
     p.bias[q] = static_cast<acc>(n2);
-    p.cmax = std::max(p.cmax, std::sqrt(n2));
+    p.finite = p.finite && std::isfinite(n2);
+    if (p.finite) p.cmax = std::max(p.cmax, std::sqrt(n2));
   }
   return p;
 }
 
 // Candidates of one row while the center blocks go by: the running minimum of e and the
-// centers within 2 B of it, in increasing k. count > kMaxCandidates means "overflowed".
+// centers within 2 B of it, in increasing k. count > kMaxCandidates means "too many, or the
+// row takes the exact path over all K".
 template <typename acc>
 struct RowState {
   acc best;
@@ -183,8 +194,9 @@ int64_t resolve_row(const RowState<acc>& st, const scalar_t* xi, const scalar_t*
                     int64_t d, bool avx2, double& dist) {
   dist = -1.0;
   if (st.count == 1) return st.k[0];
-  // Several near-tied candidates, too many of them, or none (non-finite values): exact
-  // distances decide, lowest k on an exact tie (strict <).
+  // Several near-tied candidates, too many of them, none, or a row on the exact path: exact
+  // distances decide, in increasing k, with torch.argmin's rule: the first NaN wins (NaN
+  // propagates), else the first minimum (strict <; an all-inf row gets its first k).
   const bool listed = st.count >= 2 && st.count <= kMaxCandidates;
   const int64_t m = listed ? st.count : k;
   int64_t label = -1;
@@ -192,14 +204,14 @@ int64_t resolve_row(const RowState<acc>& st, const scalar_t* xi, const scalar_t*
   for (int64_t c_i = 0; c_i < m; ++c_i) {
     const int64_t q = listed ? st.k[c_i] : c_i;
     const double t = exact_dist2(xi, c + q * d, d, avx2);
-    if (t < best) {
+    if (std::isnan(t)) {
+      dist = t;
+      return q;
+    }
+    if (t < best || label < 0) {
       best = t;
       label = q;
     }
-  }
-  if (label < 0) {  // NaN everywhere: a defined label, and a NaN distance
-    label = listed ? st.k[0] : 0;
-    return label;
   }
   dist = best;
   return label;
@@ -218,6 +230,8 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
   const double u = std::numeric_limits<acc>::epsilon() / 2;
   const double tau = 2.0 * (2.0 * static_cast<double>(d) + 8.0) * u;
   const double row_const = 2.0 * sc.cmax * sc.cmax;
+  // Rows whose expansion terms, bounded by (||x'|| + cmax)^2, stay below this cannot overflow.
+  const double safe_square = static_cast<double>(std::numeric_limits<acc>::max()) / 16.0;
   const acc* bias = sc.bias.data();
 
   // The AVX2 kernel works on whole panels of 16 centers; at::mm on any width.
@@ -257,10 +271,13 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
           xs[j] = static_cast<acc>(xr[j]) - sp[j];
           n2 += xs[j] * xs[j];
         }
-        const double bound = tau * (std::sqrt(static_cast<double>(n2)) * sc.cmax + row_const);
+        const double xn = std::sqrt(static_cast<double>(n2));
+        const double bound = tau * (xn * sc.cmax + row_const);
         rows[r].best = std::numeric_limits<acc>::infinity();
         rows[r].bound2 = static_cast<acc>(2.0 * bound);
-        rows[r].count = 0;
+        // NaN-safe: a NaN/Inf row or center fails the comparison and takes the exact path.
+        const bool safe = sc.finite && (xn + sc.cmax) * (xn + sc.cmax) < safe_square;
+        rows[r].count = safe ? 0 : kMaxCandidates + 1;
       }
       for (int64_t k0 = 0; k0 < kw; k0 += kb_max) {
         const int64_t kb = std::min(kb_max, kw - k0);

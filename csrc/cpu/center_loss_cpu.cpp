@@ -13,24 +13,26 @@ namespace kmgan_ext {
 namespace cpu {
 namespace {
 
-// u (d,) in acc for one side; counts (K,) int64 returned through n.
+// u (d,) for one side, in double (a WideSum: the error does not grow with the rows);
+// counts (K,) int64 given as n.
 template <typename scalar_t>
-std::vector<acc_t<scalar_t>> side_mean(const scalar_t* x, const int64_t* labels, int64_t rows,
-                                       const scalar_t* c, int64_t k, int64_t d,
-                                       const std::vector<int64_t>& n) {
-  using acc = acc_t<scalar_t>;
-  std::vector<acc> w(k);
-  for (int64_t q = 0; q < k; ++q) w[q] = acc(1) / (acc(1) + static_cast<acc>(n[q]));
-  std::vector<acc> u(d, acc(0));
+std::vector<double> side_mean(const scalar_t* x, const int64_t* labels, int64_t rows,
+                              const scalar_t* c, int64_t k, int64_t d,
+                              const std::vector<int64_t>& n) {
+  std::vector<double> w(k);
+  for (int64_t q = 0; q < k; ++q) w[q] = 1.0 / (1.0 + static_cast<double>(n[q]));
+  WideSum<scalar_t> u(d);
   for_column_blocks(rows + k, d, [&](int64_t j0, int64_t j1) {
     for (int64_t q = 0; q < k; ++q)
-      for (int64_t j = j0; j < j1; ++j) u[j] += w[q] * static_cast<acc>(c[q * d + j]);
+      for (int64_t j = j0; j < j1; ++j) u.add(j, w[q] * static_cast<double>(c[q * d + j]));
     for (int64_t i = 0; i < rows; ++i) {
-      const acc wi = w[labels[i]];
-      for (int64_t j = j0; j < j1; ++j) u[j] += wi * static_cast<acc>(x[i * d + j]);
+      const double wi = w[labels[i]];
+      for (int64_t j = j0; j < j1; ++j) u.add(j, wi * static_cast<double>(x[i * d + j]));
     }
   });
-  return u;
+  std::vector<double> out(d);
+  for (int64_t j = 0; j < d; ++j) out[j] = u.value(j);
+  return out;
 }
 
 Tensor counts_tensor(const std::vector<int64_t>& n) {
@@ -63,10 +65,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> center_loss_native(
     const auto uf = side_mean(xf.data_ptr<scalar_t>(), lf.data_ptr<int64_t>(), xf.size(0),
                               cf.data_ptr<scalar_t>(), kf, d, nf);
     acc* dp = diff.data_ptr<acc>();
-    acc total = 0;
+    double total = 0;
     for (int64_t j = 0; j < d; ++j) {
-      dp[j] = ur[j] - uf[j];
-      total += std::abs(dp[j]);
+      const double dj = ur[j] - uf[j];
+      dp[j] = static_cast<acc>(dj);
+      total += std::abs(dj);
     }
     loss.fill_(total);
   });

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace kmgan_ext {
@@ -52,37 +53,37 @@ inline void check_cpu(const char* name, const Tensor& t) {
 // (N, d) float32/float16/bfloat16/float64.
 inline void check_features(const char* name, const Tensor& t) {
   check_cpu(name, t);
-  TORCH_CHECK(t.dim() == 2, name, " must be 2-D (N, d), got shape ", t.sizes());
-  TORCH_CHECK(is_supported_float(t.scalar_type()), name,
+  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D (N, d), got shape ", t.sizes());
+  TORCH_CHECK_TYPE(is_supported_float(t.scalar_type()), name,
               " must be float32, float16, bfloat16 or float64, got ", t.scalar_type());
 }
 
 // Same dtype as ref and the same number of columns.
 inline void check_like(const char* name, const Tensor& t, const char* ref_name, const Tensor& ref) {
   check_features(name, t);
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have dtype ", ref.scalar_type(),
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " must have dtype ", ref.scalar_type(),
               " (as ", ref_name, "), got ", t.scalar_type());
-  TORCH_CHECK(t.size(1) == ref.size(1), name, " must have ", ref.size(1), " columns (", ref_name,
+  TORCH_CHECK_VALUE(t.size(1) == ref.size(1), name, " must have ", ref.size(1), " columns (", ref_name,
               ".shape[1]), got shape ", t.sizes());
 }
 
 inline void check_centers(const char* name, const Tensor& c, const char* x_name, const Tensor& x) {
   check_like(name, c, x_name, x);
-  TORCH_CHECK(c.size(0) >= 1, name, " must hold at least one center (K >= 1), got K = 0");
+  TORCH_CHECK_VALUE(c.size(0) >= 1, name, " must hold at least one center (K >= 1), got K = 0");
 }
 
 // 1-D int64 of length n.
 inline void check_index(const char* name, const Tensor& t, int64_t n) {
   check_cpu(name, t);
-  TORCH_CHECK(t.scalar_type() == at::kLong, name, " must be int64, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, name, " must have shape (", n, ",), got ",
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, " must be int64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == n, name, " must have shape (", n, ",), got ",
               t.sizes());
 }
 
 // Labels in [0, K): checked before any output is written (DESIGN.md 4.8).
 inline void check_label_values(const char* name, const int64_t* labels, int64_t n, int64_t k) {
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(labels[i] >= 0 && labels[i] < k, name, " must lie in [0, ", k, ") (K), found ",
+    TORCH_CHECK_VALUE(labels[i] >= 0 && labels[i] < k, name, " must lie in [0, ", k, ") (K), found ",
                 labels[i], " at position ", i);
   }
 }
@@ -143,22 +144,51 @@ inline std::vector<int64_t> label_counts(const char* name, const int64_t* labels
   return m;
 }
 
-// sums[k, :] += sum of the rows of x labelled k, accumulated in acc (a (K, d) row-major
-// buffer, zeroed by the caller). Labels must be in range.
-template <typename scalar_t, typename acc>
-void segment_sums(const scalar_t* x, int64_t n, int64_t d, const int64_t* labels, acc* sums) {
+// Per-cluster sums whose error does not grow with N (DESIGN.md 4.2, issue 16 item 1): a
+// float32 running sum of 10^5 rows at offset 1e4 drifts by ~7 standard deviations.
+// WideSum accumulates in double; for float32/float16/bfloat16 terms (24 significant bits) the
+// double rounding error, at most N 2^-53 of sum |x|, stays below a float32 ulp of the result
+// up to N ~ 2^29 rows. Float64 terms are summed with a compensated 2Sum (Knuth), whose error is
+// ~2 ulps of the result plus N 2^-106 of sum |x|, independent of N in practice.
+// (-ffp-contract=off and no -ffast-math in setup.py keep the 2Sum exact.)
+template <typename scalar_t>
+struct WideSum {
+  static constexpr bool compensated = std::is_same<scalar_t, double>::value;
+  std::vector<double> sum, comp;  // comp is empty unless compensated
+  explicit WideSum(int64_t size)
+      : sum(static_cast<size_t>(size), 0.0), comp(compensated ? static_cast<size_t>(size) : 0, 0.0) {}
+  // Adds v to element e.
+  inline void add(int64_t e, double v) {
+    if constexpr (compensated) {
+      const double s = sum[e], t = s + v, bp = t - s;
+      comp[e] += (s - (t - bp)) + (v - bp);
+      sum[e] = t;
+    } else {
+      sum[e] += v;
+    }
+  }
+  inline double value(int64_t e) const { return compensated ? sum[e] + comp[e] : sum[e]; }
+};
+
+// S[k, :] = sum of the rows of x labelled k, as a WideSum over (K, d). Labels must be in
+// range. Rows in index order for every (k, column): deterministic for any thread count.
+template <typename scalar_t>
+WideSum<scalar_t> segment_sums(const scalar_t* x, int64_t n, int64_t d, const int64_t* labels,
+                               int64_t k) {
+  WideSum<scalar_t> sums(k * d);
   for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t* xi = x + i * d;
-      acc* s = sums + labels[i] * d;
-      for (int64_t j = j0; j < j1; ++j) s[j] += static_cast<acc>(xi[j]);
+      const int64_t base = labels[i] * d;
+      for (int64_t j = j0; j < j1; ++j) sums.add(base + j, static_cast<double>(xi[j]));
     }
   });
+  return sums;
 }
 
 // The gradient of sum_i f_i(||x_i - c_{l_i}||) shapes used by assign_backward and
 // assigned_distance_backward: gx_i = scale_i (x_i - c_{l_i}) and, when gc is not null,
-// gc_k = -sum_{l_i = k} gx_i (accumulated unrounded in acc, rows in index order).
+// gc_k = -sum_{l_i = k} gx_i (a WideSum of the unrounded terms, rows in index order).
 template <typename scalar_t>
 void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* labels, int64_t n,
                       int64_t d, int64_t k, const acc_t<scalar_t>* scale, scalar_t* gx,
@@ -178,21 +208,21 @@ void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* label
     });
     return;
   }
-  std::vector<acc> sums(static_cast<size_t>(k * d), acc(0));
+  WideSum<scalar_t> sums(k * d);
   for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t* xi = x + i * d;
       const scalar_t* ci = c + labels[i] * d;
-      acc* si = sums.data() + labels[i] * d;
+      const int64_t base = labels[i] * d;
       const acc s = scale[i];
+      const double sd = static_cast<double>(s);
       for (int64_t j = j0; j < j1; ++j) {
-        const acc g = s * (static_cast<acc>(xi[j]) - static_cast<acc>(ci[j]));
-        gx[i * d + j] = static_cast<scalar_t>(g);
-        si[j] -= g;
+        gx[i * d + j] = static_cast<scalar_t>(s * (static_cast<acc>(xi[j]) - static_cast<acc>(ci[j])));
+        sums.add(base + j, -sd * (static_cast<double>(xi[j]) - static_cast<double>(ci[j])));
       }
     }
   });
-  for (int64_t e = 0; e < k * d; ++e) gc[e] = static_cast<scalar_t>(sums[e]);
+  for (int64_t e = 0; e < k * d; ++e) gc[e] = static_cast<scalar_t>(sums.value(e));
 }
 
 }  // namespace cpu

@@ -1,11 +1,14 @@
 // Center updates on CPU (DESIGN.md 4.2): minibatch_update_, minibatch_step_, ema_update_.
 //
-// All three form the per-cluster sums S_k and counts m_k with segment_sums (common.h), whose
-// order is fixed (rows in index order for every (k, column), columns split across threads),
-// so the CPU result is bitwise identical run to run and for any thread count: the
-// `deterministic` flag asks for nothing more here. Labels are range-checked before anything
-// is written, so a failed call leaves centers and counts unchanged.
+// All three form the per-cluster sums S_k (segment_sums, common.h: double accumulation, so the
+// error does not grow with N) and counts m_k, then apply the update per cluster in double.
+// The order is fixed (rows in index order for every (k, column), columns split across
+// threads), so the CPU result is bitwise identical run to run and for any thread count: the
+// `deterministic` flag asks for nothing more here. Labels and counts are checked before
+// anything is written, so a failed call leaves every argument unchanged.
 #include "assign_cpu.h"
+
+#include <limits>
 
 namespace kmgan_ext {
 namespace cpu {
@@ -23,23 +26,31 @@ void write_back(const Tensor& work, const Tensor& t) {
   if (!work.is_same(t)) t.copy_(work);
 }
 
+// counts_k >= 0, and counts_k + m_k representable: a count near 2^63 would wrap negative.
+void check_counts(const int64_t* counts, const std::vector<int64_t>& m) {
+  for (size_t q = 0; q < m.size(); ++q) {
+    TORCH_CHECK_VALUE(counts[q] >= 0, "counts must be non-negative, found ", counts[q],
+                      " at position ", q);
+    TORCH_CHECK_VALUE(counts[q] <= std::numeric_limits<int64_t>::max() - m[q],
+                      "counts would overflow int64: counts[", q, "] = ", counts[q], " plus ",
+                      m[q], " new rows");
+  }
+}
+
 // Sculley / scikit-learn: counts_k += m_k; c_k += (S_k - m_k c_k) / counts_k for m_k > 0.
 template <typename scalar_t>
 void sculley_update(scalar_t* c, int64_t* counts, const scalar_t* x, const int64_t* labels,
                     int64_t n, int64_t d, int64_t k, const std::vector<int64_t>& m) {
-  using acc = acc_t<scalar_t>;
-  std::vector<acc> sums(static_cast<size_t>(k * d), acc(0));
-  segment_sums(x, n, d, labels, sums.data());
+  const WideSum<scalar_t> sums = segment_sums(x, n, d, labels, k);
   for (int64_t q = 0; q < k; ++q) {
     if (m[q] == 0) continue;
     counts[q] += m[q];
-    const acc mq = static_cast<acc>(m[q]);
-    const acc total = static_cast<acc>(counts[q]);
+    const double mq = static_cast<double>(m[q]);
+    const double total = static_cast<double>(counts[q]);
     scalar_t* cq = c + q * d;
-    const acc* sq = sums.data() + q * d;
     for (int64_t j = 0; j < d; ++j) {
-      const acc cj = static_cast<acc>(cq[j]);
-      cq[j] = static_cast<scalar_t>(cj + (sq[j] - mq * cj) / total);
+      const double cj = static_cast<double>(cq[j]);
+      cq[j] = static_cast<scalar_t>(cj + (sums.value(q * d + j) - mq * cj) / total);
     }
   }
 }
@@ -49,6 +60,7 @@ void update_contiguous(const Tensor& centers, const Tensor& counts, const Tensor
   const int64_t n = x.size(0), d = x.size(1), k = centers.size(0);
   const int64_t* lp = labels.data_ptr<int64_t>();
   const std::vector<int64_t> m = label_counts("labels", lp, n, k);
+  check_counts(counts.data_ptr<int64_t>(), m);
   if (n == 0) return;
   KMGAN_DISPATCH_FLOATING(x.scalar_type(), "minibatch_update_native_", [&] {
     sculley_update(centers.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(),
@@ -83,34 +95,69 @@ Tensor minibatch_step_native_(Tensor& centers, Tensor& counts, const Tensor& x_i
   return labels;
 }
 
-void ema_update_native_(Tensor& centers, const Tensor& x_in, const Tensor& labels_in,
-                        double decay, bool /*deterministic: always*/) {
+// The EMA state: float32, float64 for float64 centers (DESIGN.md 4.2).
+void check_ema_state(const char* name, const Tensor& t, at::IntArrayRef shape,
+                     const Tensor& centers) {
+  check_cpu(name, t);
+  const auto want = centers.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK_TYPE(t.scalar_type() == want, name, " must be ", want, " (the EMA state for ",
+                   centers.scalar_type(), " centers), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+// N_k = decay N_k + (1 - decay) n_k; M_k = decay M_k + (1 - decay) S_k (every k); then from
+// the stored state n = sum N, N'_k = (N_k + eps) / (n + K eps) n, c_k = M_k / N'_k where
+// N'_k != 0. All in double, rounded once to the state's / centers' dtype.
+template <typename scalar_t, typename state_t>
+void ema_apply(scalar_t* c, state_t* size, state_t* embed, const scalar_t* x, const int64_t* labels,
+               int64_t n, int64_t d, int64_t k, const std::vector<int64_t>& m, double decay,
+               double eps) {
+  const WideSum<scalar_t> sums = segment_sums(x, n, d, labels, k);
+  const double take = 1.0 - decay;
+  double total = 0.0;
+  for (int64_t q = 0; q < k; ++q) {
+    size[q] = static_cast<state_t>(decay * static_cast<double>(size[q]) +
+                                   take * static_cast<double>(m[q]));
+    total += static_cast<double>(size[q]);
+    for (int64_t j = 0; j < d; ++j) {
+      const int64_t e = q * d + j;
+      embed[e] = static_cast<state_t>(decay * static_cast<double>(embed[e]) + take * sums.value(e));
+    }
+  }
+  const double denom = total + static_cast<double>(k) * eps;
+  for (int64_t q = 0; q < k; ++q) {
+    const double smoothed = (static_cast<double>(size[q]) + eps) / denom * total;
+    if (smoothed == 0.0) continue;  // nothing ever assigned: keep the center (never NaN)
+    for (int64_t j = 0; j < d; ++j) {
+      c[q * d + j] = static_cast<scalar_t>(static_cast<double>(embed[q * d + j]) / smoothed);
+    }
+  }
+}
+
+void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum,
+                        const Tensor& x_in, const Tensor& labels_in, double decay, double eps,
+                        bool /*deterministic: always*/) {
   check_update_args(centers, x_in);
-  check_index("labels", labels_in, x_in.size(0));
-  TORCH_CHECK(decay >= 0.0 && decay <= 1.0, "decay must lie in [0, 1], got ", decay);
+  const int64_t n = x_in.size(0), d = x_in.size(1), k = centers.size(0);
+  check_ema_state("cluster_size", cluster_size, {k}, centers);
+  check_ema_state("embed_sum", embed_sum, {k, d}, centers);
+  check_index("labels", labels_in, n);
+  TORCH_CHECK_VALUE(decay >= 0.0 && decay <= 1.0, "decay must lie in [0, 1], got ", decay);
+  TORCH_CHECK_VALUE(eps >= 0.0 && eps < std::numeric_limits<double>::infinity(),
+                    "eps must be a finite float >= 0, got ", eps);
   const Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
-  const int64_t n = x.size(0), d = x.size(1), k = centers.size(0);
   const int64_t* lp = labels.data_ptr<int64_t>();
   const std::vector<int64_t> m = label_counts("labels", lp, n, k);
-  if (n == 0) return;
-  const Tensor c = contiguous_work(centers);
+  const Tensor c = contiguous_work(centers), size = contiguous_work(cluster_size),
+               embed = contiguous_work(embed_sum);
   KMGAN_DISPATCH_FLOATING(x.scalar_type(), "ema_update_native_", [&] {
-    using acc = acc_t<scalar_t>;
-    std::vector<acc> sums(static_cast<size_t>(k * d), acc(0));
-    segment_sums(x.data_ptr<scalar_t>(), n, d, lp, sums.data());
-    const acc keep = static_cast<acc>(decay), take = static_cast<acc>(1.0 - decay);
-    scalar_t* cp = c.data_ptr<scalar_t>();
-    // c_k = decay c_k + (1 - decay) S_k / m_k for the clusters that have rows.
-    for (int64_t q = 0; q < k; ++q) {
-      if (m[q] == 0) continue;
-      const acc mq = static_cast<acc>(m[q]);
-      for (int64_t j = 0; j < d; ++j) {
-        const acc mean = sums[q * d + j] / mq;
-        cp[q * d + j] = static_cast<scalar_t>(keep * static_cast<acc>(cp[q * d + j]) + take * mean);
-      }
-    }
+    using state_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+    ema_apply(c.data_ptr<scalar_t>(), size.data_ptr<state_t>(), embed.data_ptr<state_t>(),
+              x.data_ptr<scalar_t>(), lp, n, d, k, m, decay, eps);
   });
   write_back(c, centers);
+  write_back(size, cluster_size);
+  write_back(embed, embed_sum);
 }
 
 }  // namespace
