@@ -42,7 +42,6 @@ EMU_SRC = CUDA_SRC / "emulation"
 ORDERS = ("forward", "reverse", "random")
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 _REDUCTIONS = {"fro": 0, "mean": 1, "sq_sum": 2}
-_SCULLEY, _EMA = 0, 1
 
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
@@ -229,7 +228,7 @@ def assign_backward(grad_dist2, x, centers, labels, centers_grad):
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     g = grad_dist2.to(_acc_dtype(x)).contiguous()
     grad_x = torch.empty(n, d, dtype=x.dtype)
-    gc = torch.empty(k, d, dtype=_acc_dtype(x)) if centers_grad else None
+    gc = torch.empty(k, d, dtype=torch.float64) if centers_grad else None
     _call("assign_backward_launch", _dt(x), _ptr(g), _ptr(x), _ptr(centers), _ptr(labels), _i(n),
           _i(k), _i(d), _ptr(grad_x), _ptr(gc))
     if not centers_grad:
@@ -237,36 +236,41 @@ def assign_backward(grad_dist2, x, centers, labels, centers_grad):
     return grad_x, gc.to(centers.dtype)
 
 
-def _update(rule: int, centers: Tensor, counts: Tensor | None, decay: float, x: Tensor,
-            labels: Tensor, deterministic: bool) -> None:
-    n, k, d = x.shape[0], centers.shape[0], x.shape[1]
-    if n == 0:
-        return
-    acc = _acc_dtype(x)
-    sums = torch.empty(k, d, dtype=acc)
-    sorted_labels = perm = pieces = batch_counts = None
-    if deterministic:
+def _workspace(x: Tensor, labels: Tensor, k: int, deterministic: bool):
+    """Double sums, batch counts, and in deterministic mode the stable sort and the pieces."""
+    n, d = x.shape
+    sums = torch.empty(k, d, dtype=torch.float64)
+    batch_counts = torch.empty(k, dtype=torch.int64)
+    sorted_labels = perm = pieces = None
+    if deterministic and n:
         sorted_labels, perm = torch.sort(labels, stable=True)
-        pieces = torch.empty(_num("cluster_pieces_elems", _i(n), _i(d)), dtype=acc)
-    else:
-        batch_counts = torch.empty(k, dtype=torch.int64)
-    _call("cluster_update_launch", _dt(x), rule, _ptr(centers), _ptr(counts), ctypes.c_double(decay),
-          _ptr(x), _ptr(labels), _ptr(sorted_labels), _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums),
-          _ptr(batch_counts), _ptr(pieces))
+        pieces = torch.empty(_num("cluster_pieces_elems", _i(n), _i(d)), dtype=torch.float64)
+    return sums, batch_counts, sorted_labels, perm, pieces
 
 
 def minibatch_update_(centers, counts, x, labels, deterministic=False):
-    _update(_SCULLEY, centers, counts, 0.0, x, labels, deterministic)
+    n, k, d = x.shape[0], centers.shape[0], x.shape[1]
+    if n == 0:
+        return
+    sums, batch_counts, sorted_labels, perm, pieces = _workspace(x, labels, k, deterministic)
+    _call("minibatch_update_launch", _dt(x), _ptr(centers), _ptr(counts), _ptr(x), _ptr(labels),
+          _ptr(sorted_labels), _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums), _ptr(batch_counts),
+          _ptr(pieces))
 
 
 def minibatch_step_(centers, counts, x, deterministic=False):
     labels, _ = assign(x, centers)
-    _update(_SCULLEY, centers, counts, 0.0, x, labels, deterministic)
+    minibatch_update_(centers, counts, x, labels, deterministic)
     return labels
 
 
-def ema_update_(centers, x, labels, decay, deterministic=False):
-    _update(_EMA, centers, None, float(decay), x, labels, deterministic)
+def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic=False):
+    n, k, d = x.shape[0], centers.shape[0], x.shape[1]
+    sums, batch_counts, sorted_labels, perm, pieces = _workspace(x, labels, k, deterministic)
+    total = torch.empty(1, dtype=torch.float64)
+    _call("ema_update_launch", _dt(x), _ptr(centers), _ptr(cluster_size), _ptr(embed_sum),
+          ctypes.c_double(decay), ctypes.c_double(eps), _ptr(x), _ptr(labels), _ptr(sorted_labels),
+          _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums), _ptr(batch_counts), _ptr(pieces), _ptr(total))
 
 
 def center_loss_forward(x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake):
@@ -311,7 +315,7 @@ def assigned_distance_backward(grad, out, x, labels, centers, reduction, centers
     acc = _acc_dtype(x)
     g, o = grad.to(acc).reshape(()).contiguous(), out.to(acc).reshape(()).contiguous()
     grad_x = torch.empty(n, d, dtype=x.dtype)
-    gc = torch.empty(k, d, dtype=acc) if centers_grad else None
+    gc = torch.empty(k, d, dtype=torch.float64) if centers_grad else None
     _call("assigned_distance_backward_launch", _dt(x), _REDUCTIONS[reduction], _ptr(g), _ptr(o),
           _ptr(x), _ptr(labels), _ptr(centers), _i(n), _i(k), _i(d), _ptr(grad_x), _ptr(gc))
     if not centers_grad:

@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// grad_x[i, :] = 2 g_i (x_i - c_{l_i}); grad_c[l_i, :] -= the same (float atomics). One warp
+// grad_x[i, :] = 2 g_i (x_i - c_{l_i}); grad_c[l_i, :] -= the same (double atomics). One warp
 // per row, lanes over features (coalesced), rows grid-strided.
 constexpr int kBackwardThreads = 256;
 constexpr int kWarpsPerBlock = kBackwardThreads / 32;
@@ -260,7 +260,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
     assign_backward_kernel(const acc_t<T>* __restrict__ grad_dist2, const T* __restrict__ x,
                            const T* __restrict__ centers, const int64_t* __restrict__ labels,
                            int64_t n, int64_t k, int64_t d, T* __restrict__ grad_x,
-                           acc_t<T>* __restrict__ grad_c) {
+                           double* __restrict__ grad_c) {
   using A = acc_t<T>;
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
@@ -273,7 +273,8 @@ __global__ void __launch_bounds__(kBackwardThreads)
       const A c = label_ok ? to_acc(centers[l * d + j]) : A(0);
       const A g = scale * (to_acc(x[i * d + j]) - c);
       grad_x[i * d + j] = from_acc<T>(g);
-      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -g);
+      // double: the per-cluster sum's error does not grow with N (contract 3)
+      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -static_cast<double>(g));
     }
   }
 }
@@ -304,7 +305,8 @@ cudaError_t assign_backward_launch(Dtype dtype, const void* grad_dist2, const vo
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
     if (grad_centers_acc != nullptr && k * d > 0) {
-      const cudaError_t err = cudaMemsetAsync(grad_centers_acc, 0, sizeof(A) * k * d, stream);
+      const cudaError_t err =
+          cudaMemsetAsync(grad_centers_acc, 0, sizeof(double) * k * d, stream);
       if (err != cudaSuccess) return err;
     }
     if (n == 0 || d == 0) return cudaSuccess;
@@ -312,7 +314,7 @@ cudaError_t assign_backward_launch(Dtype dtype, const void* grad_dist2, const vo
     KMGAN_LAUNCH(blocks, kBackwardThreads, 0, stream, assign_backward_kernel<T>)(
         static_cast<const A*>(grad_dist2), static_cast<const T*>(x),
         static_cast<const T*>(centers), labels, n, k, d, static_cast<T*>(grad_x),
-        static_cast<A*>(grad_centers_acc));
+        static_cast<double*>(grad_centers_acc));
     return cudaGetLastError();
   });
 }

@@ -37,21 +37,22 @@ constexpr int kColsPerBlock = 32;  // one warp's width: lanes read consecutive f
 constexpr int kRowLanes = 8;       // warps per block, each a lane over rows
 constexpr int kUThreads = kColsPerBlock * kRowLanes;
 
-// This thread's share (rows ty, ty + 8, ...; centers likewise) of u_j for one side.
+// This thread's share (rows ty, ty + 8, ...; centers likewise) of u_j for one side, in
+// double: the sum's error does not grow with N (contract 3).
 template <typename T>
-__device__ __forceinline__ acc_t<T> side_partial(const T* __restrict__ x,
+__device__ __forceinline__ double side_partial(const T* __restrict__ x,
                                                  const int64_t* __restrict__ labels,
                                                  const T* __restrict__ centers,
                                                  const int64_t* __restrict__ counts, int64_t n,
                                                  int64_t k, int64_t d, int64_t j, int ty) {
-  using A = acc_t<T>;
-  A s = 0;
+  double s = 0;
   for (int64_t i = ty; i < n; i += kRowLanes) {
     const int64_t l = labels[i];
-    if (l >= 0 && l < k) s += to_acc(x[i * d + j]) / (A(1) + static_cast<A>(counts[l]));
+    if (l >= 0 && l < k)
+      s += static_cast<double>(to_acc(x[i * d + j])) / (1.0 + static_cast<double>(counts[l]));
   }
   for (int64_t m = ty; m < k; m += kRowLanes)
-    s += to_acc(centers[m * d + j]) / (A(1) + static_cast<A>(counts[m]));
+    s += static_cast<double>(to_acc(centers[m * d + j])) / (1.0 + static_cast<double>(counts[m]));
   return s;
 }
 
@@ -65,11 +66,11 @@ __global__ void __launch_bounds__(kUThreads)
                          const int64_t* __restrict__ counts_fake, int64_t n_fake, int64_t k_fake,
                          int64_t d, acc_t<T>* __restrict__ u_diff) {
   using A = acc_t<T>;
-  __shared__ A part_real[kRowLanes][kColsPerBlock];
-  __shared__ A part_fake[kRowLanes][kColsPerBlock];
+  __shared__ double part_real[kRowLanes][kColsPerBlock];
+  __shared__ double part_fake[kRowLanes][kColsPerBlock];
   const int tx = threadIdx.x % kColsPerBlock, ty = threadIdx.x / kColsPerBlock;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kColsPerBlock + tx;
-  A sr = 0, sf = 0;
+  double sr = 0, sf = 0;
   if (j < d) {
     sr = side_partial(x_real, labels_real, centers_real, counts_real, n_real, k_real, d, j, ty);
     sf = side_partial(x_fake, labels_fake, centers_fake, counts_fake, n_fake, k_fake, d, j, ty);
@@ -78,13 +79,13 @@ __global__ void __launch_bounds__(kUThreads)
   part_fake[ty][tx] = sf;
   __syncthreads();
   if (ty == 0 && j < d) {
-    A ur = 0, uf = 0;
+    double ur = 0, uf = 0;
 #pragma unroll
     for (int t = 0; t < kRowLanes; ++t) {
       ur += part_real[t][tx];
       uf += part_fake[t][tx];
     }
-    u_diff[j] = ur - uf;
+    u_diff[j] = static_cast<A>(ur - uf);
   }
 }
 

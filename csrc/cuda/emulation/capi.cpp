@@ -28,14 +28,24 @@ EMU_API kmgan_emu_assign_backward_launch(int dtype, const void* grad_dist2, cons
                                 grad_centers_acc, nullptr);
 }
 
-EMU_API kmgan_emu_cluster_update_launch(int dtype, int rule, void* centers, int64_t* counts,
-                                        double decay, const void* x, const int64_t* labels,
-                                        const int64_t* sorted_labels, const int64_t* perm,
-                                        int64_t n, int64_t k, int64_t d, void* sums,
-                                        int64_t* batch_counts, void* pieces) {
-  return cluster_update_launch(dt(dtype), static_cast<UpdateRule>(rule), centers, counts, decay,
-                               x, labels, sorted_labels, perm, n, k, d, sums, batch_counts,
-                               pieces, nullptr);
+EMU_API kmgan_emu_minibatch_update_launch(int dtype, void* centers, int64_t* counts,
+                                          const void* x, const int64_t* labels,
+                                          const int64_t* sorted_labels, const int64_t* perm,
+                                          int64_t n, int64_t k, int64_t d, double* sums,
+                                          int64_t* batch_counts, double* pieces) {
+  return minibatch_update_launch(dt(dtype), centers, counts, x, labels, sorted_labels, perm, n,
+                                 k, d, sums, batch_counts, pieces, nullptr);
+}
+
+EMU_API kmgan_emu_ema_update_launch(int dtype, void* centers, void* cluster_size,
+                                    void* embed_sum, double decay, double eps, const void* x,
+                                    const int64_t* labels, const int64_t* sorted_labels,
+                                    const int64_t* perm, int64_t n, int64_t k, int64_t d,
+                                    double* sums, int64_t* batch_counts, double* pieces,
+                                    double* total) {
+  return ema_update_launch(dt(dtype), centers, cluster_size, embed_sum, decay, eps, x, labels,
+                           sorted_labels, perm, n, k, d, sums, batch_counts, pieces, total,
+                           nullptr);
 }
 
 EMU_API_SIZE kmgan_emu_cluster_pieces_elems(int64_t n, int64_t d) {
