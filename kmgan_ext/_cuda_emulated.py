@@ -68,6 +68,8 @@ def _hash(tsan: bool) -> str:
     h = hashlib.sha256()
     files = sources() + sorted(CUDA_SRC.glob("*.cuh")) + sorted(CUDA_SRC.glob("*.h"))
     files += sorted(EMU_SRC.glob("*.h")) + sorted((EMU_SRC / "include").glob("*.h"))
+    if tsan:
+        files.append(EMU_SRC / "tsan_driver.cpp")
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update(" ".join(_flags(tsan)).encode() + b"\0" + " ".join(_flags(tsan, EMU_SRC / "runtime.cpp")).encode())
@@ -81,7 +83,9 @@ def cache_dir() -> pathlib.Path:
 
 
 def build(tsan: bool = False, jobs: int = 2) -> pathlib.Path:
-    """Compile (or find in the cache) the harness library; returns its path."""
+    """Compile (or find in the cache) the harness library; returns its path. With ``tsan``,
+    everything is built with ThreadSanitizer and the directory also holds ``tsan_driver``, an
+    executable that runs every launcher on small grids (tsan_driver.cpp)."""
     if not CUDA_SRC.is_dir() or not (EMU_SRC / "cuda_shim.h").is_file():
         raise RuntimeError(f"the CUDA sources are not here ({CUDA_SRC}): a source checkout is needed")
     if shutil.which("g++") is None:
@@ -94,7 +98,7 @@ def build(tsan: bool = False, jobs: int = 2) -> pathlib.Path:
     work = pathlib.Path(tempfile.mkdtemp(prefix="build-", dir=out_dir.parent))
     try:
         objs, pending = [], []
-        for src in sources():
+        for src in sources() + ([EMU_SRC / "tsan_driver.cpp"] if tsan else []):
             obj = work / (src.name + ".o")
             objs.append(obj)
             cmd = ["g++", *_flags(tsan, src), "-x", "c++", "-c", str(src), "-o", str(obj)]
@@ -111,11 +115,16 @@ def build(tsan: bool = False, jobs: int = 2) -> pathlib.Path:
                 failures.append(out)
         if failures:
             raise RuntimeError("building the CUDA-on-CPU harness failed:\n" + "\n".join(failures)[-6000:])
-        link = ["g++", "-shared", "-Wl,-Bsymbolic", *(["-fsanitize=thread"] if tsan else []),
-                "-o", str(work / lib.name), *map(str, objs), "-lpthread", "-ldl"]
-        r = subprocess.run(link, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError("linking the CUDA-on-CPU harness failed:\n" + r.stderr[-4000:])
+        lib_objs = [o for o in objs if o.name != "tsan_driver.cpp.o"]
+        links = [["g++", "-shared", "-Wl,-Bsymbolic", *(["-fsanitize=thread"] if tsan else []),
+                  "-o", str(work / lib.name), *map(str, lib_objs), "-lpthread", "-ldl"]]
+        if tsan:
+            links.append(["g++", "-fsanitize=thread", "-o", str(work / "tsan_driver"),
+                          *map(str, objs), "-lpthread"])
+        for link in links:
+            r = subprocess.run(link, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError("linking the CUDA-on-CPU harness failed:\n" + r.stderr[-4000:])
         try:
             work.rename(out_dir)  # atomic: a concurrent build of the same hash may win
         except OSError:

@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kSumThreads)
     for (int64_t e = threadIdx.x; e < k; e += blockDim.x) s_counts[e] = 0;
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t tiles = ceil_div(n, kFlushRows);
+  const int64_t tiles = (n + kFlushRows - 1) / kFlushRows;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform in the block
     if (shared_partials) __syncthreads();  // zeroed (first tile) or flushed (later ones)
     const int64_t end = (tile + 1) * kFlushRows < n ? (tile + 1) * kFlushRows : n;

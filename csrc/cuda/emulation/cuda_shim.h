@@ -163,7 +163,19 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
 // ------------------------------------------------------------------------------ atomics
 template <typename T>
 inline T atomicAdd(T* address, T val) {
-  return std::atomic_ref<T>(*address).fetch_add(val, std::memory_order_relaxed);
+  if constexpr (std::is_floating_point_v<T>) {
+    // A compare-and-swap loop on the bits (as CUDA's own fallback for double atomics): a
+    // plain integer atomic, which ThreadSanitizer models exactly.
+    using Bits = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+    std::atomic_ref<Bits> bits(*reinterpret_cast<Bits*>(address));
+    Bits old = bits.load(std::memory_order_relaxed);
+    while (!bits.compare_exchange_weak(old, std::bit_cast<Bits>(std::bit_cast<T>(old) + val),
+                                       std::memory_order_relaxed)) {
+    }
+    return std::bit_cast<T>(old);
+  } else {
+    return std::atomic_ref<T>(*address).fetch_add(val, std::memory_order_relaxed);
+  }
 }
 template <typename T>
 inline T atomicSub(T* address, T val) {

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -175,6 +176,11 @@ struct BlockContext {
   std::vector<char> warp_sync;  // 2 per warp
   char* launch_start = nullptr;
   char* launch_end = nullptr;
+  // The blocks one runner thread runs one after another reuse its fiber stacks and its
+  // thread_local __shared__ storage: distinct memory on a GPU. Ordering them (each fiber
+  // acquires at its start what the previous blocks' fibers released at their end) keeps TSan
+  // from reporting that reuse; blocks on different runners stay unordered, as on a GPU.
+  char runner_sync = 0;
 #endif
   bool failed = false;
 };
@@ -276,10 +282,12 @@ namespace {
   Fiber* f = b->current;
 #ifdef KMGAN_EMU_TSAN
   __tsan_acquire(b->launch_start);  // the launch's arguments, written before it
+  __tsan_acquire(&b->runner_sync);
 #endif
   b->thunk(b->record);
 #ifdef KMGAN_EMU_TSAN
   __tsan_release(b->launch_end);  // everything the kernel wrote, read after the launch
+  __tsan_release(&b->runner_sync);
 #endif
   f->state = FiberState::kDone;
   --b->live;
@@ -298,6 +306,13 @@ struct StackPool {
   size_t stack_bytes = 0;
   size_t page = 4096;
   std::vector<char*> stacks;
+#ifdef KMGAN_EMU_TSAN
+  std::vector<void*> tsan_fibers;  // one per stack, reused like the stacks (creating is slow)
+  void* tsan_fiber(size_t i) {
+    while (tsan_fibers.size() <= i) tsan_fibers.push_back(__tsan_create_fiber(0));
+    return tsan_fibers[i];
+  }
+#endif
   ~StackPool() {
     for (char* s : stacks) munmap(s, stack_bytes + page);
   }
@@ -359,10 +374,13 @@ void run_block(BlockContext& b, Order order, std::mt19937_64& rng, StackPool& po
     makecontext(&f.ctx, &fiber_main_ucontext, 0);
 #endif
 #ifdef KMGAN_EMU_TSAN
-    f.tsan_fiber = __tsan_create_fiber(0);
+    f.tsan_fiber = pool.tsan_fiber(t);
 #endif
   }
 
+#ifdef KMGAN_EMU_TSAN
+  __tsan_release(&b.runner_sync);  // the runner's setup (TLS, dynamic shared memory) comes first
+#endif
   std::vector<unsigned> round(threads);
   std::iota(round.begin(), round.end(), 0u);
   if (order == Order::kReverse) std::reverse(round.begin(), round.end());
@@ -389,8 +407,39 @@ void run_block(BlockContext& b, Order order, std::mt19937_64& rng, StackPool& po
     if (!ran && b.live > 0) b.failed = true;  // every live thread waits for one that never comes
   }
 #ifdef KMGAN_EMU_TSAN
-  for (Fiber& f : b.fibers) __tsan_destroy_fiber(f.tsan_fiber);
+  __tsan_acquire(&b.runner_sync);  // the runner reuses what the fibers touched
 #endif
+}
+
+// Stack pools outlive launches (mapping 256 stacks per block is slow, under TSan very slow):
+// a runner borrows one for the launch.
+struct StackPools {
+  std::mutex m;
+  std::vector<std::unique_ptr<StackPool>> free;
+};
+
+StackPools& stack_pools() {
+  static StackPools* p = new StackPools;  // never destroyed: runners may outlive exit order
+  return *p;
+}
+
+std::unique_ptr<StackPool> borrow_pool() {
+  StackPools& p = stack_pools();
+  std::lock_guard<std::mutex> lock(p.m);
+  if (p.free.empty()) {
+    auto pool = std::make_unique<StackPool>();
+    pool->stack_bytes = kStackBytes;
+    return pool;
+  }
+  auto pool = std::move(p.free.back());
+  p.free.pop_back();
+  return pool;
+}
+
+void return_pool(std::unique_ptr<StackPool> pool) {
+  StackPools& p = stack_pools();
+  std::lock_guard<std::mutex> lock(p.m);
+  p.free.push_back(std::move(pool));
 }
 
 }  // namespace
@@ -404,6 +453,7 @@ cudaError_t launch(dim3 grid, dim3 block, size_t shared_bytes, Thunk thunk, cons
     return cudaErrorInvalidConfiguration;
   }
   const Config cfg = config();
+  stack_pools();  // created here, before the runner threads that share it
   const uint64_t launch_id = g_launch_count.fetch_add(1);
   std::vector<uint64_t> order(blocks);
   std::iota(order.begin(), order.end(), uint64_t{0});
@@ -418,8 +468,7 @@ cudaError_t launch(dim3 grid, dim3 block, size_t shared_bytes, Thunk thunk, cons
   __tsan_release(&launch_start);
 #endif
   auto runner = [&](uint64_t runner_seed) {
-    StackPool pool;
-    pool.stack_bytes = kStackBytes;
+    std::unique_ptr<StackPool> pool = borrow_pool();
     std::mt19937_64 thread_rng(runner_seed);
     BlockContext ctx;
     t_block = &ctx;
@@ -442,10 +491,11 @@ cudaError_t launch(dim3 grid, dim3 block, size_t shared_bytes, Thunk thunk, cons
       // Uninitialised dynamic shared memory reads as NaN / huge values, not zeros.
       ctx.dynamic_shared.assign(shared_bytes + 16, 0xff);
       ctx.failed = false;
-      run_block(ctx, cfg.order, thread_rng, pool);
+      run_block(ctx, cfg.order, thread_rng, *pool);
       if (ctx.failed) failed = true;
     }
     t_block = nullptr;
+    return_pool(std::move(pool));
   };
   // The launching thread only waits: blocks run on runner threads (whose thread_local
   // __shared__ storage is theirs alone).
