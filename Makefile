@@ -13,7 +13,7 @@ MAX_JOBS ?= $(shell nproc)
 export MAX_JOBS
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: test demo bench bench-quick gpu-check install data clean
+.PHONY: test test-wheel demo bench bench-quick gpu-check install data clean mutants
 
 $(VENV)/.requirements: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,18 @@ data: $(VENV)/.data
 
 test: install data
 	$(PY) -m pytest -q tests
+	@$(PY) tests/wheel/check_wheel.py
+
+# The package as users get it: an sdist, a wheel built from it (CPU kernels only), installed
+# into a fresh venv outside the source tree with only torch and the declared dependencies,
+# then a smoke test there; again with [train] and a few trainer steps (tests/wheel/).
+test-wheel: install
+	@$(PY) tests/wheel/check_wheel.py
+
+# Deliberately broken copies of the library that the tests must catch (tests/mutants/mutants.py);
+# minutes, not in CI. Run before resolving an issue that touches a kernel; paste its table.
+mutants: install
+	$(PY) tests/mutants/run.py --out mutants.md
 
 demo: install
 	$(PY) -m kmgan_ext.demo

@@ -12,12 +12,36 @@ from __future__ import annotations
 
 import glob
 import os
+import runpy
 import shutil
 import sys
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version() -> str:
+    """kmgan_ext/_version.py's __version__, read as text: importing kmgan_ext needs torch and
+    the extension this script builds."""
+    return runpy.run_path(os.path.join(ROOT, "kmgan_ext", "_version.py"))["__version__"]
+
+
+def _extras() -> dict[str, list[str]]:
+    """The pip extras, from kmgan_ext/_optional.py (standard library only), the same list its
+    ``require`` names in its error messages."""
+    return runpy.run_path(os.path.join(ROOT, "kmgan_ext", "_optional.py"))["extras_require"]()
+
+
+def _torch_requirement() -> str:
+    """The torch minor release this build compiles kmgan_ext._C against. The extension links
+    against torch's C++ ABI, which changes between minor releases, so a wheel (or an sdist
+    built with pip's build isolation) asks for that minor; the sources accept torch >= 2.6
+    (pyproject.toml's build requirement)."""
+    import torch
+
+    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    return f"torch>={major}.{minor},<{major}.{minor + 1}"
 
 
 def _cuda_home() -> str | None:
@@ -119,15 +143,15 @@ def main():
 
     setup(
         name="kmgan_ext",
-        version="0.1.0",
+        version=_version(),
         description="Fused Triton/CUDA/C++ clustering ops for neural-network training, and a KM-GAN trainer",
         packages=find_packages(include=["kmgan_ext", "kmgan_ext.*"]) + ["kmgan_ext.kernels"],
         package_dir={"kmgan_ext": "kmgan_ext", "kmgan_ext.kernels": "kernels"},
         ext_modules=extensions(),
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
         python_requires=">=3.9",
-        install_requires=["torch>=2.6", "numpy"],
-        extras_require={"triton": ["triton"], "faiss": ["faiss-cpu>=1.14"]},
+        install_requires=[_torch_requirement(), "numpy"],
+        extras_require=_extras(),
         entry_points={"console_scripts": ["kmgan-train=kmgan_ext.train.__main__:main"]},
         options={"bdist_wheel": {"py_limited_api": "cp39"}},
     )

@@ -1,9 +1,9 @@
-"""km.center_loss (DESIGN.md 4.3, KM-GAN Eq. 4), forward, backward and both.
+"""km.kmgan_center_loss (DESIGN.md 4.3, KM-GAN Eq. 4), forward, backward and both.
 
 Providers on the same features, labels and centers:
   torch            the formula in float32 with index_add + bincount, by autograd (baseline)
   torch-compile    the same under torch.compile
-  kmgan_ext-<b>    km.center_loss(..., backend=b)
+  kmgan_ext-<b>    km.kmgan_center_loss(..., backend=b)
 The truth is autograd of kmgan_ext.reference.center_loss on float64 copies of the inputs;
 value and gradients must be within twice plain float32 torch's own error of it (or 1e-5 of
 their scale, whichever is larger).
@@ -90,7 +90,7 @@ def case(ctx: H.Ctx, i: int, shape: dict) -> list[dict]:
         return H.check_loss(out, want(), tol(), ("loss", "grad x_real", "grad x_fake"))
 
     providers = H.torch_providers(torch_center_loss, ctx, *inputs)
-    providers += H.kmgan_providers(ctx, i, lambda b: (lambda: km.center_loss(*inputs, backend=b)))
+    providers += H.kmgan_providers(ctx, i, lambda b: (lambda: km.kmgan_center_loss(*inputs, backend=b)))
     return H.run_providers(ctx, OP, shape, providers, check, work=work, modes=H.MODES_ALL, leaves=[xr, xf])
 
 

@@ -7,7 +7,9 @@ op train_step (batch 64, 28x28x1, z=100, d=100 features, K=10, Adam 2e-4/0.5, cl
                    L_center (Eq. 4), then both center sets updated with recomputed features;
                    the clustering ops written in plain torch (cdist argmin, norm, index_add)
   kmgan-kmgan_ext-<b>  the same iteration with km.assign / km.assigned_distance /
-                   km.center_loss / km.minibatch_update_ on backend b
+                   km.kmgan_center_loss / km.minibatch_update_ on backend b
+Each kmgan row is checked against kmgan-torch's first iteration as a whole: losses, both
+center sets and counts after the updates, and the parameters after every step.
 Each row carries ``overhead_vs_dcgan_pct``: what KM-GAN's iteration costs over DCGAN's, all
 of it (its extra network passes by design, and the clustering). The baseline of
 speedup_vs_torch is kmgan-torch.
@@ -115,7 +117,7 @@ class KmOps:
         return self.km.assigned_distance(f, labels, c, reduction="fro", backend=self.b)
 
     def center(self, fr, lr, cr, ff, lf, cf):
-        return self.km.center_loss(fr, lr, cr, ff, lf, cf, backend=self.b)
+        return self.km.kmgan_center_loss(fr, lr, cr, ff, lf, cf, backend=self.b)
 
     def update_(self, c, n, f, labels):
         self.km.minibatch_update_(c, n, f, labels, backend=self.b)
@@ -196,32 +198,84 @@ def kmgan_step(s: State, ops):
     return torch.stack([loss_d.detach(), loss_g.detach(), loss_c.detach()])
 
 
-def loss_block(ops, fr, ff, C, Ch):
-    """Labels, L_D, L_G, L_center of one iteration on given features (one backward);
-    kmgan_ext's rows call the library's own block, km.kmgan_losses."""
+def first_iteration(base: State, ops):
+    s = base.clone()
+    return kmgan_step(s, ops), s
+
+
+def iteration_close(out, want) -> tuple[bool, str]:
+    """A whole iteration against kmgan-torch's: its three losses, both center sets and their
+    counts after the center updates, and every parameter of D and G after the D, G and joint
+    center steps (a wrong center-loss backward changes the parameters, not the losses the
+    iteration reports). Adam's first step moves a parameter by about lr sign(grad), so a
+    gradient within rounding of 0 may flip between two correct implementations: up to 0.1%
+    of the parameters may differ by up to 2 lr, none by more."""
+    (losses, s), (w_losses, w) = out, want
+    results = [
+        H.close("L_D, L_G, L_center", losses, w_losses, rtol=1e-3, atol=1e-4),
+        H.close("centers C after the update", s.C, w.C, rtol=1e-3, atol=1e-4),
+        H.close("centers C-hat after the update", s.Ch, w.Ch, rtol=1e-3, atol=1e-4),
+        (torch.equal(s.nC.cpu(), w.nC.cpu()) and torch.equal(s.nCh.cpu(), w.nCh.cpu()), "center counts"),
+    ]
+    for net in ("D", "G"):
+        got = torch.cat([p.detach().flatten().double().cpu() for p in getattr(s, net).parameters()])
+        exp = torch.cat([p.detach().flatten().double().cpu() for p in getattr(w, net).parameters()])
+        off = (got - exp).abs() > 1e-6 + 1e-4 * exp.abs()
+        frac, worst = float(off.double().mean()), float((got - exp).abs().max())
+        ok = frac <= 1e-3 and worst <= 2 * LR * 1.01
+        results.append((ok, f"{net} parameters after the steps: {frac:.2%} off, worst {worst:.2g}"))
+    return H.all_ok(*results)
+
+
+def loss_block_terms(ops, fr, ff, C, Ch):
+    """(L_D, L_G, L_center) of one iteration on given features; kmgan_ext's rows call the
+    library's own block, km.kmgan_losses."""
     if isinstance(ops, KmOps):
         t = ops.km.kmgan_losses(fr, ff, C, Ch, backend=ops.b)
-        return t.loss_d + t.loss_g + t.loss_center
+        return t.loss_d, t.loss_g, t.loss_center
     lr, lf = ops.assign(fr.detach(), C), ops.assign(ff.detach(), C)
     lfh = ops.assign(ff.detach(), Ch)
     loss_d = ops.pull(fr, lr, C) - ops.pull(ff, lf, C)
     loss_g = ops.pull(ff, lf, C)
-    return loss_d + loss_g + ops.center(fr, lr, C, ff, lfh, Ch)
+    return loss_d, loss_g, ops.center(fr, lr, C, ff, lfh, Ch)
 
 
-def loss_block_truth(fr, ff, C, Ch):
+def loss_block(ops, fr, ff, C, Ch):
+    """The timed call: the three losses, and (mode full) one backward of their sum."""
+    return sum(loss_block_terms(ops, fr, ff, C, Ch))
+
+
+LOSS_NAMES = ("L_D", "L_G", "L_center")
+
+
+def per_loss(ops, fr, ff, C, Ch) -> list:
+    """[(value, [grad real, grad fake])] of each loss on its own, on copies of the features:
+    checked apart, because in L_D + L_G the fake pull's gradient cancels (a block that drops
+    it would pass a check of the sum)."""
+    out = []
+    for i in range(3):
+        a, b = fr.detach().clone().requires_grad_(), ff.detach().clone().requires_grad_()
+        loss = loss_block_terms(ops, a, b, C, Ch)[i]
+        grads = torch.autograd.grad(loss, [a, b], allow_unused=True)
+        out.append((loss.detach(), [torch.zeros_like(t) if g is None else g for g, t in zip(grads, (a, b))]))
+    return out
+
+
+def loss_block_truth(fr, ff, C, Ch) -> list:
+    """per_loss in float64 from kmgan_ext.reference, with the float64 labels."""
     from kmgan_ext import reference as R
 
-    f64r, f64f = fr.detach().double().requires_grad_(), ff.detach().double().requires_grad_()
     lr, lf, lfh = R.assign(fr, C)[0], R.assign(ff, C)[0], R.assign(ff, Ch)[0]
     c64, ch64 = C.double(), Ch.double()
-    loss = (
-        R.assigned_distance(f64r, lr, c64) - R.assigned_distance(f64f, lf, c64)
-        + R.assigned_distance(f64f, lf, c64)
-        + R.center_loss(f64r, lr, c64, f64f, lfh, ch64)
-    )  # fmt: skip
-    loss.backward()
-    return loss.detach(), [f64r.grad, f64f.grad]
+    out = []
+    for i in range(3):
+        a = fr.detach().double().requires_grad_()
+        b = ff.detach().double().requires_grad_()
+        pull_r, pull_f = R.assigned_distance(a, lr, c64), R.assigned_distance(b, lf, c64)
+        loss = (pull_r - pull_f, pull_f, R.center_loss(a, lr, c64, b, lfh, ch64))[i]
+        grads = torch.autograd.grad(loss, [a, b], allow_unused=True)
+        out.append((loss.detach(), [torch.zeros_like(t) if g is None else g for g, t in zip(grads, (a, b))]))
+    return out
 
 
 def count_kernels(fn, ctx: H.Ctx) -> tuple[int | None, str]:
@@ -251,7 +305,7 @@ def run(ctx: H.Ctx) -> list[dict]:
         base_d = State(shape, ctx.device, dcgan=True, tiny=ctx.tiny)
         arch = base_k.arch
         items = H.Work(bytes=0, items=shape["batch"], item_unit="images")
-        want = H.Lazy(lambda: kmgan_step(base_k.clone(), TorchOps()))
+        want = H.Lazy(lambda: first_iteration(base_k, TorchOps()))
 
         # ---------------- whole iterations
         def dcgan_make():
@@ -266,12 +320,12 @@ def run(ctx: H.Ctx) -> list[dict]:
             def make():
                 ops = ops_factory()
                 s = base_k.clone()
-                return lambda: kmgan_step(s, ops)
+                return lambda: (kmgan_step(s, ops), s)  # the state is read by the check only
 
             return make
 
         def km_check(out):
-            return H.close("L_D, L_G, L_center of the first iteration vs kmgan-torch", out, want(), rtol=1e-3, atol=1e-4)
+            return iteration_close(out, want())
 
         entries = [("dcgan", dcgan_make, dcgan_check, None), ("kmgan-torch", km_make(TorchOps), km_check, None)]
         backends = H.kmgan_backends(ctx)
@@ -297,15 +351,25 @@ def run(ctx: H.Ctx) -> list[dict]:
         truth = H.Lazy(lambda: loss_block_truth(fr, ff, C, Ch))
 
         def block_tols():
-            wl, wg = truth()
-            plain = H.loss_and_grads(lambda a, b: loss_block(TorchOps(), a, b, C, Ch), [fr, ff])
-            floors = [1e-5 * (1 + float(wl.abs()))] + [1e-5 * (1 + float(g.abs().max())) for g in wg]
-            return H.tolerances(plain, truth(), floors)
+            plain = per_loss(TorchOps(), fr, ff, C, Ch)
+            tols = []
+            for p, (wl, wg) in zip(plain, truth()):
+                floors = [1e-5 * (1 + float(wl.abs()))] + [1e-5 * (1 + float(g.abs().max())) for g in wg]
+                tols.append(H.tolerances(p, (wl, wg), floors))
+            return tols
 
         tol = H.Lazy(block_tols)
 
-        def block_check(out):
-            return H.check_loss(out, truth(), tol(), ("loss", "grad real features", "grad fake features"))
+        def block_check_for(factory):
+            def check(out):
+                # The timed output is the sum; its parts are checked one by one, each gradient too.
+                got = per_loss(factory(), fr, ff, C, Ch)
+                return H.all_ok(*(
+                    H.check_loss(g, w, t, (name, f"d{name}/d real features", f"d{name}/d fake features"))
+                    for name, g, w, t in zip(LOSS_NAMES, got, truth(), tol())
+                ))  # fmt: skip
+
+            return check
 
         block_entries = [("kmgan-torch", TorchOps, None)] + [
             (f"kmgan-kmgan_ext-{b}", (lambda b=b: KmOps(b)), why) for b, why in backends
@@ -318,7 +382,8 @@ def run(ctx: H.Ctx) -> list[dict]:
                 return lambda: loss_block(ops, fr, ff, C, Ch)
 
             brows = H.run_provider(
-                ctx, "kmgan_loss_block", bshape, name, make, block_check, work=H.Work(0, items=2 * shape["batch"]),
+                ctx, "kmgan_loss_block", bshape, name, make, block_check_for(factory),
+                work=H.Work(0, items=2 * shape["batch"]),
                 modes=("full",), leaves=[fr, ff], absent=why,
             )  # fmt: skip
             for r in brows:

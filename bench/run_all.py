@@ -1,7 +1,7 @@
 """Run the benchmarks and write one JSON, one markdown table and one PNG per op.
 
     python bench/run_all.py [--quick | --tiny] [--out DIR] [--ops a,b] [--device cpu|cuda]
-                            [--budget-s SECONDS] [--no-compile] [--threads N]
+                            [--budget-s SECONDS] [--no-compile] [--threads N] [--quiet]
 
 --quick   this CPU in a few minutes (the paper's shapes and the CPU targets)
 --tiny    seconds, tiny shapes, no torch.compile: what tests/test_bench.py runs
@@ -40,6 +40,9 @@ MODULES = {
     "pairwise_l1": "bench_pairwise_l1",
     "kmeans_plusplus": "bench_kmeans_plusplus",
     "train_step": "bench_train_step",
+    "vector_quantizer": "bench_vector_quantizer",
+    "center_loss_layer": "bench_center_loss_layer",
+    "estimators": "bench_estimators",
 }
 
 
@@ -53,7 +56,11 @@ def parse(argv):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=None,
+        help="threads of every provider: torch, faiss OpenMP, BLAS/OpenMP via threadpoolctl (default: torch's)",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no per-op and per-case progress lines on stderr")
     args = p.parse_args(argv)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     unknown = [o for o in ops if o not in MODULES]
@@ -69,22 +76,24 @@ def main(argv=None) -> dict:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # One thread setting for every provider (torch, faiss's OpenMP, BLAS/OpenMP pools).
+    threads = H.set_threads(args.threads)
     out = args.out or os.path.join(HERE, "results", device.type)
     os.makedirs(out, exist_ok=True)
     t0 = time.monotonic()
+    progress = (lambda *a: None) if args.quiet else H.eprint  # a crash's traceback still prints; a failed case's error is in its row
     ctx = H.Ctx(
         device=device,
         quick=args.quick,
         tiny=args.tiny,
         compile=not (args.no_compile or args.tiny),
         deadline=None if args.budget_s is None else t0 + args.budget_s,
-        log=H.eprint,
+        log=progress,
     )
-    H.eprint(f"bench: device {device}, {'tiny' if args.tiny else 'quick' if args.quick else 'full'}, ops {args.ops}")
+    progress(f"bench: device {device}, {'tiny' if args.tiny else 'quick' if args.quick else 'full'}, ops {args.ops}")
+    progress(f"bench: threads {threads}")
     ctx.roof = H.roofline_for(device, small=args.tiny)
-    H.eprint(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s, {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
+    progress(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s (LLC {ctx.roof.cache_gbps}), {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
     meta = H.run_metadata(ctx, {k: v for k, v in vars(args).items()})
     rows: list[dict] = []
     for i, key in enumerate(args.ops):
@@ -93,7 +102,7 @@ def main(argv=None) -> dict:
             # Each op gets an equal share of what is left, so a slow first op cannot starve
             # the others (an op's cases run in priority order: paper shape and targets first).
             ctx.deadline = t + max(0.0, t0 + args.budget_s - t) / (len(args.ops) - i)
-        H.eprint(f"bench: {key}")
+        progress(f"bench: {key}")
         try:
             mod = importlib.import_module(MODULES[key])
             rows += mod.run(ctx)
@@ -102,7 +111,7 @@ def main(argv=None) -> dict:
             r = H.empty_row(key, {}, "(benchmark)", "-")
             r["error"] = f"benchmark crashed: {type(e).__name__}: {e}"
             rows.append(r)
-        H.eprint(f"bench: {key} done in {time.monotonic() - t:.0f} s")
+        progress(f"bench: {key} done in {time.monotonic() - t:.0f} s")
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     meta["load_avg_end"] = H._loadavg()
     result = {**meta, "rows": rows}
@@ -156,6 +165,14 @@ def _status(r: dict) -> str:
     return r.get("note") or ""
 
 
+def _threads(t: dict | None) -> str:
+    if not t:
+        return "not recorded"
+    pools = t.get("threadpools")
+    pools = "; ".join(pools) if isinstance(pools, list) else pools
+    return f"torch {t.get('torch')}, faiss OpenMP {t.get('faiss_omp')}, BLAS/OpenMP pools: {pools}"
+
+
 def _cell(s: str) -> str:
     return str(s).replace("|", "/").replace("\n", " ")
 
@@ -170,13 +187,17 @@ def markdown(result: dict) -> str:
         f"- torch {result['torch']}, triton {result['triton']}, faiss {result['faiss']}, "
         f"scikit-learn {result['sklearn']}, python {result['python']}",
         f"- timing: {result['timing']}",
+        f"- threads of every provider: {_threads(result.get('threads'))}",
         f"- 1-min load average at start / end: {result.get('load_avg_start')} / {result.get('load_avg_end')}"
         + (
             f" (above the {dev.get('cores')} cores: CPU timings are distorted by other processes)"
             if dev.get("cores") and max(result.get("load_avg_start") or 0, result.get("load_avg_end") or 0) > dev["cores"]
             else ""
         ),
-        f"- roofline: {_num(roof.get('bandwidth_gbps'))} GB/s, "
+        f"- roofline: {_num(roof.get('bandwidth_gbps'))} GB/s beyond the caches"
+        + (f", {_num(roof.get('cache_gbps'))} GB/s for data within the {(roof.get('cache_bytes') or 0) >> 20} MB LLC"
+           if roof.get("cache_gbps") else "")
+        + ", "
         + ", ".join(f"{k} {_num(v)} GFLOP/s" for k, v in (roof.get("gflops") or {}).items())
         + f" ({roof.get('source')})",
         "- kmgan_ext backends: "
@@ -188,8 +209,9 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     for op in dict.fromkeys(r["op"] for r in rows):
         ops_rows = [r for r in rows if r["op"] == op]
-        base = next((r["baseline"] for r in ops_rows if r.get("baseline")), None)
-        lines += [f"## {op}", "", f"baseline of `x torch`: `{base}`", ""]
+        bases = list(dict.fromkeys(r["baseline"] for r in ops_rows if r.get("baseline")))
+        lines += [f"## {op}", "", "baseline of `x torch`: " + ", ".join(f"`{b}`" for b in bases)
+                  + (" (the fastest plain-torch form of each case, named in the row)" if len(bases) > 1 else ""), ""]
         lines.append(
             "| shape | mode | provider | median ms | p20-p80 ms | correct | x torch | throughput "
             "| % roofline | peak MB | note |"
@@ -213,7 +235,8 @@ def markdown(result: dict) -> str:
                         _num(r["median_ms"]),
                         f"{_num(r['p20_ms'], 3)}-{_num(r['p80_ms'], 3)}" if timed else "",
                         "yes" if r["correct"] else "no",
-                        f"{r['speedup_vs_torch']:.2f}" if r["speedup_vs_torch"] else "",
+                        (f"{r['speedup_vs_torch']:.2f}" + (f" (vs {r['baseline']})" if len(bases) > 1 else ""))
+                        if r["speedup_vs_torch"] else "",
                         f"{_si(r['throughput'])}{r['throughput_unit']}" if r["throughput"] else "",
                         _num(r["pct_of_roofline"], 3),
                         _num(r["peak_mem_mb"], 3),

@@ -44,9 +44,55 @@ if (_why := _interpreter_defect()) is not None:
     raise ImportError(_why)
 
 
+# Test support: launch with the GPU's block sizes and configs on CPU tensors too, so that the
+# interpreter runs the launch geometry a GPU runs (tests/triton_emulation.gpu_launch_params).
+# Never set by the library.
+GPU_LAUNCH_ON_CPU = False
+
+
 def interpreting(t: torch.Tensor) -> bool:
-    """True when the kernels run in the Triton interpreter (CPU tensors)."""
-    return t.device.type == "cpu"
+    """True when launches take the interpreter's parameters (few, large programs).
+
+    That is: CPU tensors (the Triton interpreter), unless a test asked for the GPU's launch
+    parameters (``GPU_LAUNCH_ON_CPU``).
+    """
+    return t.device.type == "cpu" and not GPU_LAUNCH_ON_CPU
+
+
+# ---- autotuning (issue 11, 3.6) ----------------------------------------------------------
+# triton.autotune benchmarks every config on the first call per key: many launches and host
+# syncs, which CUDA-graph capture forbids. So the autotuner runs only on a GPU, outside
+# capture, unless switched off; otherwise a launch takes the config the autotuner chose for
+# the same key earlier in this process (a warm-up call outside capture), or else the
+# kernel's fixed default config.
+AUTOTUNE_ENV = "KMGAN_TRITON_AUTOTUNE"
+_autotune: bool | None = None
+
+
+def set_autotune(enabled: bool | None) -> None:
+    """Switch Triton autotuning on (True), off (False: fixed configs, no benchmarking, same
+    launches every run), or back to the default (None: on, unless the environment variable
+    ``KMGAN_TRITON_AUTOTUNE=0``). Capture always uses fixed or warmed-up configs."""
+    global _autotune
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"set_autotune: enabled must be True, False or None, got {enabled!r}")
+    _autotune = enabled
+
+
+def autotune_allowed(t: torch.Tensor) -> bool:
+    """May a launch on ``t`` benchmark configs now? (GPU, not capturing, not switched off)."""
+    if t.device.type != "cuda":
+        return False
+    if _autotune is not None and not _autotune:
+        return False
+    if _autotune is None and os.environ.get(AUTOTUNE_ENV, "1").strip() == "0":
+        return False
+    return not torch.cuda.is_current_stream_capturing()
+
+
+def config_kwargs(cfg) -> dict:
+    """A triton.Config as launch keyword arguments (meta-parameters, warps, stages)."""
+    return dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def device_guard(t: torch.Tensor):
@@ -85,12 +131,62 @@ def zeros_pair(k: int, d: int, dtype: torch.dtype, device: torch.device):
     return sums, counts
 
 
+# Correctly rounded square root and division (issue 11, 3.5). On sm_80/sm_90, tl.sqrt of
+# float32 compiles to sqrt.approx.ftz.f32 and float32 `/` to div.full.f32: approximate, and
+# subnormals flushed to zero (a row at distance < 2^-126 would give 0 where the reference
+# gives a unit vector). The interpreter computes both exactly, so only the PTX shows it
+# (tests/test_triton_aot.py checks it has none). float64 sqrt and `/` are IEEE already.
+@triton.jit
+def sqrt_rn(x):
+    """sqrt(x) rounded to nearest, no flush to zero (float32 or float64)."""
+    if x.dtype == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
+def div_rn(a, b):
+    """a / b rounded to nearest, no flush to zero (float32 or float64; a may be a constant)."""
+    q = a / b
+    if q.dtype == tl.float32:
+        return tl.div_rn(tl.cast(a, tl.float32), tl.cast(b, tl.float32))
+    else:
+        return q
+
+
+# 64-bit offsets (issue 11, 3.7): a row index times D, or lo + hi of a binary search, passes
+# 2^31 on inputs a 141 GB GPU holds ((N + M) / 2 * d >= 2^31, N > 2^30); int32 wraps there.
+@triton.jit
+def row_offset(row, D):
+    """row * D as int64 (row: int32 or int64 scalar or tensor)."""
+    return row.to(tl.int64) * D
+
+
+@triton.jit
+def midpoint(lo, hi):
+    """(lo + hi) // 2 without forming lo + hi (0 <= lo <= hi < 2^31 in int32)."""
+    return lo + (hi - lo) // 2
+
+
+@triton.jit
+def cast_for(v, ptr):
+    """v (float32/float64) in ptr's element type; 16-bit targets via float32 (Triton's
+    interpreter cannot convert float64 to bfloat16 directly: NaN). Double rounding there
+    can move a result by one 16-bit ulp in rare ties, within the 16-bit tolerance."""
+    ty = ptr.dtype.element_ty
+    if ty.primitive_bitwidth == 16:
+        return v.to(tl.float32).to(ty)
+    else:
+        return v.to(ty)
+
+
 @triton.jit
 def finish(total, div, SQRT: tl.constexpr, MUL: tl.constexpr):
     """The last step of a reduction: (sqrt(total) if SQRT else total) * MUL / div."""
     if SQRT:
-        total = tl.sqrt(total)
-    return total * MUL / div
+        total = sqrt_rn(total)
+    return div_rn(total * MUL, div)
 
 
 @triton.jit

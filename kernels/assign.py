@@ -43,7 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, interpreting, pow2
+from ._common import (acc_dtype, autotune_allowed, config_kwargs, device_guard, div_rn,
+                      interpreting, pow2, sqrt_rn)
 
 _U = 2.0**-24  # float32 unit roundoff
 
@@ -55,11 +56,14 @@ def _exact_scan(x_ptr, c_ptr, rows, rmask, K, D,
 
     Ties go to the lowest k: each (row, lane) keeps its running best over k = lane,
     lane + BLOCK_K, ... with a strict <, and lanes are merged by value, then index.
+    NaN rule (torch.argmin's, contract 1): a row with any NaN distance gets the lowest such k
+    and a NaN distance. float64 squares do not overflow for float32/16-bit inputs (contract 2).
     """
     lanes = tl.arange(0, BLOCK_K)
     dcol = tl.arange(0, BLOCK_D)
     best = tl.full((G, BLOCK_K), float("inf"), tl.float64)
     best_k = tl.zeros((G, BLOCK_K), tl.int32)
+    nan_k = tl.full((G, BLOCK_K), K, tl.int32)
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + lanes
@@ -74,12 +78,21 @@ def _exact_scan(x_ptr, c_ptr, rows, rmask, K, D,
             diff = xv.to(tl.float64)[:, None, :] - cv.to(tl.float64)[None, :, :]
             dist += tl.sum(diff * diff, axis=2)
         dist = tl.where(kmask[None, :], dist, float("inf"))
-        take = dist < best
+        nan_k = tl.minimum(nan_k, tl.where(dist != dist, ks[None, :], K))
+        take = dist < best  # never for NaN: best stays NaN-free
         best = tl.where(take, dist, best)
         best_k = tl.where(take, ks[None, :], best_k)
     m = tl.min(best, axis=1)
     k_star = tl.min(tl.where(best == m[:, None], best_k, K), axis=1)
-    return m, k_star
+    first_nan = tl.min(nan_k, axis=1)
+    has_nan = first_nan < K
+    return tl.where(has_nan, float("nan"), m), tl.where(has_nan, first_nan, k_star)
+
+
+@triton.jit
+def _nonfinite(v):
+    """v is Inf or NaN (v * 0 is NaN exactly then)."""
+    return (v * 0.0) != 0.0
 
 
 @triton.jit
@@ -163,15 +176,15 @@ def _assign_tc_kernel(
     n_ktiles = (K + BLOCK_K - 1) // BLOCK_K
     if ROW_LIST:
         n_listed = tl.load(count_ptr)
-        pos = pid * BLOCK_N + lane
+        pos = pid.to(tl.int64) * BLOCK_N + lane
         rmask = pos < n_listed
         rows = tl.load(rows_ptr + pos, mask=rmask, other=0).to(tl.int64)
         # A program past the end of the list does no work: its loops run zero times.
-        live = pid * BLOCK_N < n_listed
+        live = pid.to(tl.int64) * BLOCK_N < n_listed
         n_ktiles = tl.where(live, n_ktiles, 0)
         d_end = tl.where(live, D, 0)
     else:
-        rows = (pid * BLOCK_N + lane).to(tl.int64)
+        rows = pid.to(tl.int64) * BLOCK_N + lane
         rmask = rows < N
         d_end = D
     xrow = x_ptr + rows[:, None] * D
@@ -182,7 +195,7 @@ def _assign_tc_kernel(
         m2 = dmask0[:, None] & kmask0[None, :]
         ct0 = tl.load(c_ptr + kl[None, :].to(tl.int64) * D + dcol[:, None], mask=m2,
                       other=0.0).to(tl.float32)
-        mu = tl.sum(ct0, axis=1) / K
+        mu = div_rn(tl.sum(ct0, axis=1), K)
         ct0 = tl.where(m2, ct0 - mu[:, None], 0.0)
         csq0 = tl.sum(ct0 * ct0, axis=0)
         hsq0 = tl.where(kmask0, -0.5 * csq0, float("-inf"))
@@ -195,7 +208,7 @@ def _assign_tc_kernel(
         for p0 in range(0, n_cpart, 128):
             cm = tl.maximum(cm, tl.load(cpart_ptr + p0 + pl, mask=p0 + pl < n_cpart, other=0.0))
         cmax2 = tl.max(cm, axis=0)
-    cnorm = tl.sqrt(cmax2)
+    cnorm = sqrt_rn(cmax2)
 
     # ---- rows: centred x tile (hoisted when D fits one chunk) and ||x'|| -----------------
     if ONE_D:
@@ -207,7 +220,7 @@ def _assign_tc_kernel(
         for d0 in range(0, d_end, BLOCK_D):
             xc = _centred_x_chunk(xrow, mu_ptr, rmask, d0 + dcol, D)
             xsq += tl.sum(xc * xc, axis=1)
-    xnorm = tl.sqrt(xsq)
+    xnorm = sqrt_rn(xsq)
     # Misordering window on the halved score (module docstring), safety factor 2.
     err = alpha * xnorm * cnorm + beta * (cmax2 + 2.0 * xnorm * cnorm)
     win = 2.0 * (2.0 * err + gamma * (xnorm + cnorm) * (xnorm + cnorm))
@@ -218,6 +231,10 @@ def _assign_tc_kernel(
     i1 = tl.zeros((BLOCK_N,), tl.int32)
     i2 = tl.zeros((BLOCK_N,), tl.int32)
     nw = tl.zeros((BLOCK_N,), tl.int32)
+    # Rows the float32 scores cannot decide (contracts 1-2): NaN/Inf in the row or in a
+    # center, or float32 overflow of the squares (|x|, |c| past ~1e19). They take the exact
+    # float64 scan over all K, which applies the NaN rule and cannot overflow.
+    special = _nonfinite(xsq + win + cmax2)  # all >= 0: Inf or NaN in any shows in the sum
     for kt in range(0, n_ktiles):
         k0 = kt * BLOCK_K
         ks = k0 + kl
@@ -239,6 +256,8 @@ def _assign_tc_kernel(
                     ct = tl.load(cs_ptr + ks[None, :].to(tl.int64) * D + ds[:, None],
                                  mask=(ds < D)[:, None] & kmask[None, :], other=0.0)
                     s = tl.dot(xc, ct, s, input_precision=PRECISION)
+        special |= tl.sum((kmask[None, :] & _nonfinite(s)).to(tl.int32), axis=1) > 0
+        s = tl.where(s == s, s, float("-inf"))  # NaN scores: the row is special anyway
         # Best two of the tile (ties to the lower index), then merge with the running two.
         t1, j1 = tl.max(s, axis=1, return_indices=True)
         t2, j2 = tl.max(tl.where(kl[None, :] == j1[:, None], float("-inf"), s), axis=1,
@@ -258,6 +277,8 @@ def _assign_tc_kernel(
         i2 = tl.where(use_new, ni, oi)
         i1 = tl.where(take, j1 + k0, i1)
         b1 = nb1
+
+    nw = tl.where(special, 3, nw)  # special rows: an exact scan (here or in the second pass)
 
     # ---- exact re-check of the (at most two) candidates, float64 from the raw inputs -------
     pair = rmask & (nw == 2)
@@ -286,7 +307,7 @@ def _assign_tc_kernel(
     if COMPACT:
         base = tl.atomic_add(count_ptr, n_u, mask=n_u > 0)
         slot = base + tl.cumsum(u32, axis=0) - 1
-        tl.store(rows_ptr + slot, rows.to(tl.int32), mask=unresolved)
+        tl.store(rows_ptr + slot, rows.to(rows_ptr.dtype.element_ty), mask=unresolved)
     else:
         # FB_GROUP ambiguous rows at a time: 1 on a GPU (a masked row would cost as much as
         # a real one), 16 in the interpreter (its cost is per call more than per element).
@@ -307,7 +328,8 @@ def _assign_tc_kernel(
 @triton.jit
 def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
                        CENTERS_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """grad_x_i = 2 g_i (x_i - c_{l_i}); grad_c[l_i] -= grad_x_i (float atomics)."""
+    """grad_x_i = 2 g_i (x_i - c_{l_i}); grad_c[l_i] -= grad_x_i (float64 atomics: the
+    error of a center's sum does not grow with its number of rows, contract 3)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask = rows < N
@@ -321,7 +343,7 @@ def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
     gx = (2.0 * g)[:, None] * diff
     tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=m2)
     if CENTERS_GRAD:
-        tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], -gx, mask=m2)
+        tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], (-gx).to(tl.float64), mask=m2)
 
 
 def assign_backward(grad_dist2, x, centers, labels, centers_grad):
@@ -332,7 +354,7 @@ def assign_backward(grad_dist2, x, centers, labels, centers_grad):
     """
     n, d = x.shape
     gx = torch.empty_like(x)
-    gc = torch.zeros(centers.shape, dtype=acc_dtype(x), device=x.device) if centers_grad else None
+    gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device) if centers_grad else None
     if n and d:
         if interpreting(x):
             bd = pow2(d, 16, 512)
@@ -363,6 +385,20 @@ def _tc_configs():
 _assign_tc_tuned = triton.autotune(
     configs=_tc_configs(), key=["K", "D", "N_BUCKET"], reset_to_zero=["count_ptr"]
 )(_assign_tc_kernel)
+# Without autotuning (capture, KMGAN_TRITON_AUTOTUNE=0, set_autotune(False), tests): the
+# config the autotuner chose for the same key earlier in this process, else this one (a
+# mid-size tile that compiles without spills; not timed: no GPU was available).
+TC_DEFAULT_CONFIG = _tc_configs()[2]
+_tc_chosen: dict[tuple, triton.Config] = {}
+
+
+# Rows past this index do not fit the int32 row list of the second pass (issue 11, 3.7).
+ROW_LIST_INT32_MAX = 2**31 - 1
+
+
+def row_list_dtype(n: int) -> torch.dtype:
+    """Row indices of the ambiguous-row list: int32 (half the traffic) while they fit."""
+    return torch.int32 if n - 1 <= ROW_LIST_INT32_MAX else torch.int64
 
 
 def _window_constants(d: int, precision: str) -> tuple[float, float, float]:
@@ -426,7 +462,9 @@ def _assign_tc(x, centers, labels, dist2):
         block_d = pow2(d, 16, 512)
         block_k = pow2(k, 16, 512)
         small = k <= block_k and d <= block_d
-        fixed = dict(BLOCK_N=pow2(n, 16, 512), BLOCK_K=block_k)
+        # Up to 8192 rows a program while the (rows x max(K, d)) tiles stay within 2^18.
+        fixed = dict(BLOCK_N=pow2(n, 16, max(512, min(8192, (1 << 18) // max(block_k, block_d)))),
+                     BLOCK_K=block_k)
         # FB_GROUP * FB_BLOCK_K * FB_BLOCK_D stays within triton's 2**20 elements per tensor.
         fb = dict(FB_GROUP=16, FB_BLOCK_K=pow2(k, 16, 128), FB_BLOCK_D=pow2(d, 16, 512))
         epi_d = block_d
@@ -439,8 +477,9 @@ def _assign_tc(x, centers, labels, dist2):
         epi_d = 16
     alpha, beta, gamma = _window_constants(d, "tf32")
     dummy = torch.empty(1, dtype=torch.float32, device=dev)
-    count = torch.empty(1, dtype=torch.int32, device=dev)  # zeroed by _prep_centers_kernel
-    rows = torch.empty(1 if small else n, dtype=torch.int32, device=dev)
+    # The counter and the list are int64 once row indices pass int32 (row_list_dtype).
+    count = torch.empty(1, dtype=row_list_dtype(n), device=dev)  # zeroed by _prep_centers_kernel
+    rows = torch.empty(1 if small else n, dtype=row_list_dtype(n), device=dev)
     if small:
         cs = mu = hsq = cpart = dummy
         n_cpart = 0
@@ -459,12 +498,19 @@ def _assign_tc(x, centers, labels, dist2):
                  **fb)
     main = (x, centers, cs, mu, hsq, cpart, n_cpart, rows, count, labels, dist2,
             n, k, d, min(n.bit_length(), 24), alpha, beta, gamma)
+    tune_key = (k, d, main[14], x.dtype)
     if interp or small:
         _assign_tc_kernel[(triton.cdiv(n, fixed["BLOCK_N"]),)](
             *main, PRECISION="tf32", ROW_LIST=False, COMPACT=not small, **flags, **fixed)
-    else:
+    elif autotune_allowed(x):
         _assign_tc_tuned[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](
             *main, PRECISION="tf32", ROW_LIST=False, COMPACT=True, **flags)
+        if getattr(_assign_tc_tuned, "best_config", None) is not None:
+            _tc_chosen[tune_key] = _assign_tc_tuned.best_config
+    else:
+        cfg = config_kwargs(_tc_chosen.get(tune_key, TC_DEFAULT_CONFIG))
+        _assign_tc_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+            *main, PRECISION="tf32", ROW_LIST=False, COMPACT=True, **flags, **cfg)
     if small:
         return None
     # Second pass over the listed rows only: 3xTF32; rows still ambiguous are scanned exactly.

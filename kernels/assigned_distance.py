@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, finalize_sum, finish, interpreting, pow2
+from ._common import (acc_dtype, device_guard, div_rn, finalize_sum, finish, interpreting, pow2,
+                      sqrt_rn)
 
 _MODES = {"fro": 0, "mean": 1, "sq_sum": 2}
 # (SQRT, MUL, divide by N) of the last step, per mode.
@@ -49,7 +50,7 @@ def _ad_fwd_kernel(x_ptr, l_ptr, c_ptr, out_ptr, N, D, div,
     crow = c_ptr + lab[:, None] * D
     row = _row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D)
     if MODE == 1:
-        row = tl.sqrt(row)
+        row = sqrt_rn(row)
     total = tl.sum(row, axis=0)
     if SINGLE:
         tl.store(out_ptr, finish(total, div, SQRT, MUL))
@@ -71,10 +72,10 @@ def _ad_bwd_kernel(g_ptr, out_ptr, x_ptr, l_ptr, c_ptr, gx_ptr, gc_ptr, N, D,
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     crow = c_ptr + lab[:, None] * D
     if MODE == 0:
-        scale = tl.zeros((BLOCK_N,), acc_t) + tl.where(o > 0, g / tl.where(o > 0, o, 1.0), 0.0)
+        scale = tl.zeros((BLOCK_N,), acc_t) + tl.where(o > 0, div_rn(g, tl.where(o > 0, o, 1.0)), 0.0)
     elif MODE == 1:
-        r = tl.sqrt(_row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D))
-        scale = tl.where(r > 0, (g / N) / tl.where(r > 0, r, 1.0), 0.0)
+        r = sqrt_rn(_row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D))
+        scale = tl.where(r > 0, div_rn(div_rn(g, N), tl.where(r > 0, r, 1.0)), 0.0)
     else:
         scale = tl.zeros((BLOCK_N,), acc_t) + g
     for d0 in range(0, D, BLOCK_D):
@@ -86,7 +87,9 @@ def _ad_bwd_kernel(g_ptr, out_ptr, x_ptr, l_ptr, c_ptr, gx_ptr, gc_ptr, N, D,
         tl.store(gx_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
                  gx.to(gx_ptr.dtype.element_ty), mask=m2)
         if CENTERS_GRAD:
-            tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], -gx, mask=m2)
+            # float64 sums: the error does not grow with a center's rows (contract 3).
+            tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], (-gx).to(tl.float64),
+                          mask=m2)
 
 
 def _blocks(x):
@@ -125,7 +128,7 @@ def assigned_distance_backward(grad, out, x, labels, centers, reduction, centers
     n, d = x.shape
     acc = acc_dtype(x)
     gx = torch.empty_like(x)
-    gc = torch.zeros(centers.shape, dtype=acc, device=x.device) if centers_grad else None
+    gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device) if centers_grad else None
     if n and d:
         bn, bd, opts = _blocks(x)
         with device_guard(x):

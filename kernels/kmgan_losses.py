@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, interpreting, pow2
+from ._common import acc_dtype, device_guard, div_rn, interpreting, pow2, sqrt_rn
 from .assigned_distance import _row_sq_dist
 
 _U = 2.0**-24  # float32 unit roundoff
@@ -76,23 +76,39 @@ def _sq_dists(x_ptr, rows, rmask, c_ptr, K, D, ACC_T: tl.constexpr, KP: tl.const
 
 
 @triton.jit
-def _nearest(x_ptr, rows, rmask, c_ptr, K, D, tau, slack, ACC_T: tl.constexpr,
-             GUARD: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(label, squared distance) of each row: the float64 argmin, lowest index on ties."""
+def _argmin_nan(e, K, KP: tl.constexpr):
+    """(argmin, min) per row of e (BLOCK_N, KP; +inf past K), torch.argmin's rules: ties to
+    the lowest index; a NaN entry wins (the lowest NaN index) and the minimum is NaN."""
     ks = tl.arange(0, KP)
-    e = _sq_dists(x_ptr, rows, rmask, c_ptr, K, D, ACC_T, KP, BLOCK_N, BLOCK_D)
+    isnan = e != e
+    first_nan = tl.min(tl.where(isnan, ks[None, :], KP), axis=1)
+    e = tl.where(isnan, float("inf"), e)
     best = tl.min(e, axis=1)
     lab = tl.min(tl.where(e == best[:, None], ks[None, :], KP), axis=1)
+    has_nan = first_nan < K
+    return tl.where(has_nan, first_nan, lab), tl.where(has_nan, float("nan"), best)
+
+
+@triton.jit
+def _nearest(x_ptr, rows, rmask, c_ptr, K, D, tau, slack, ACC_T: tl.constexpr,
+             GUARD: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(label, squared distance) of each row: the float64 argmin, lowest index on ties, and
+    torch.argmin's NaN rule (contract 1: any NaN distance -> the lowest such k, NaN)."""
+    ks = tl.arange(0, KP)
+    e = _sq_dists(x_ptr, rows, rmask, c_ptr, K, D, ACC_T, KP, BLOCK_N, BLOCK_D)
+    lab, best = _argmin_nan(e, K, KP)
     dist = best
     if GUARD:
         # Another center whose distance could be <= the best's once rounding is undone.
         hi = best * (1.0 + tau) + slack
         near = tl.sum((e * (1.0 - tau) <= hi[:, None]).to(tl.int32), axis=1)
-        amb = rmask & (near >= 2)
+        # Non-finite float32 distances (NaN/Inf inputs, or squares past ~3.4e38, contract
+        # 2) are decided in float64 too: exact labels, dist2 = the float64 minimum rounded.
+        bad = tl.sum(((ks[None, :] < K) & ((e * 0.0) != 0.0)).to(tl.int32), axis=1) > 0
+        amb = rmask & ((near >= 2) | bad)
         if tl.sum(amb.to(tl.int32), axis=0) > 0:
             e64 = _sq_dists(x_ptr, rows, amb, c_ptr, K, D, tl.float64, KP, BLOCK_N, BLOCK_D)
-            b64 = tl.min(e64, axis=1)
-            l64 = tl.min(tl.where(e64 == b64[:, None], ks[None, :], KP), axis=1)
+            l64, b64 = _argmin_nan(e64, K, KP)
             lab = tl.where(amb, l64, lab)
             dist = tl.where(amb, b64.to(ACC_T), dist)
     # A row with NaN distances matches no minimum: give it a valid label.
@@ -104,16 +120,16 @@ def _nearest(x_ptr, rows, rmask, c_ptr, K, D, tau, slack, ACC_T: tl.constexpr,
 def _pull_term(dist, rmask, MODE: tl.constexpr):
     """Per-row contribution to a pull: r_i^2 ("fro", "sq_sum") or r_i ("mean"), 0 off rows."""
     if MODE == 1:
-        dist = tl.sqrt(dist)
+        dist = sqrt_rn(dist)
     return tl.where(rmask, dist, 0.0)
 
 
 @triton.jit
 def _finish_pull(total, n_div, MODE: tl.constexpr):
     if MODE == 0:
-        total = tl.sqrt(total)
+        total = sqrt_rn(total)
     elif MODE == 1:
-        total = total / n_div
+        total = div_rn(total, n_div)
     else:
         total = 0.5 * total
     return total
@@ -128,14 +144,14 @@ def _count(lab, rmask, KP: tl.constexpr):
 @triton.jit
 def _add_cluster_sums(s, x_ptr, rows, rmask, lab, K, D, ACC_T: tl.constexpr, KP: tl.constexpr,
                       BLOCK_D: tl.constexpr):
-    """s (KP, BLOCK_D) += the sums of this tile's rows per label (d fits one block)."""
+    """s (KP, BLOCK_D, float64) += this tile's per-label sums, in float64 (contract 3)."""
     ks = tl.arange(0, KP)
     ds = tl.arange(0, BLOCK_D)
     dm = ds < D
     xt = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
                  mask=rmask[:, None] & dm[None, :], other=0.0).to(ACC_T)
     for k in range(0, K):
-        sk = tl.sum(tl.where((rmask & (lab == k))[:, None], xt, 0.0), axis=0)
+        sk = tl.sum(tl.where((rmask & (lab == k))[:, None], xt, 0.0).to(tl.float64), axis=0)
         s += tl.where(ks[:, None] == k, sk[None, :], 0.0)
     return s
 
@@ -148,17 +164,18 @@ def _side_mean(c_ptr, s, n, K, D, ACC_T: tl.constexpr, KP: tl.constexpr, BLOCK_D
     ds = d0 + tl.arange(0, BLOCK_D)
     m2 = (ks < K)[:, None] & (ds < D)[None, :]
     ct = tl.load(c_ptr + ks[:, None].to(tl.int64) * D + ds[None, :], mask=m2, other=0.0).to(ACC_T)
-    return tl.sum(tl.where(m2, (ct + s) / (1.0 + n.to(ACC_T))[:, None], 0.0), axis=0)
+    return tl.sum(tl.where(m2, div_rn(ct + s, (1.0 + n.to(ACC_T))[:, None]), 0.0), axis=0)
 
 
 @triton.jit
 def _store_results(loss_d_ptr, loss_g_ptr, loss_c_ptr, pulls_ptr, cnt_r_ptr, cnt_f_ptr,
                    pr, pf, lc, n_r, n_f, Kr, Kf, KPR: tl.constexpr, KPF: tl.constexpr):
-    tl.store(pulls_ptr, pr)
-    tl.store(pulls_ptr + 1, pf)
-    tl.store(loss_d_ptr, pr - pf)
-    tl.store(loss_g_ptr, pf)
-    tl.store(loss_c_ptr, lc)
+    out_t = pulls_ptr.dtype.element_ty
+    tl.store(pulls_ptr, pr.to(out_t))
+    tl.store(pulls_ptr + 1, pf.to(out_t))
+    tl.store(loss_d_ptr, (pr - pf).to(out_t))
+    tl.store(loss_g_ptr, pf.to(out_t))
+    tl.store(loss_c_ptr, lc.to(out_t))
     ksr = tl.arange(0, KPR)
     ksf = tl.arange(0, KPF)
     tl.store(cnt_r_ptr + ksr, n_r.to(tl.int64), mask=ksr < Kr)
@@ -175,19 +192,20 @@ def _fwd_single_kernel(
 ):
     """The whole forward in one program (d <= BLOCK_D): see the module docstring."""
     lane = tl.arange(0, BLOCK_N)
-    s_r = tl.zeros((KPR, BLOCK_D), ACC_T)
-    s_f = tl.zeros((KPF, BLOCK_D), ACC_T)
+    # Row-tile totals in ACC_T, summed over tiles in float64 (contract 3).
+    s_r = tl.zeros((KPR, BLOCK_D), tl.float64)
+    s_f = tl.zeros((KPF, BLOCK_D), tl.float64)
     n_r = tl.zeros((KPR,), tl.int32)
     n_f = tl.zeros((KPF,), tl.int32)
-    p_r = tl.zeros((BLOCK_N,), ACC_T)
-    p_f = tl.zeros((BLOCK_N,), ACC_T)
+    p_r = tl.zeros((1,), tl.float64)
+    p_f = tl.zeros((1,), tl.float64)
     for r0 in range(0, Nr, BLOCK_N):
         rows = r0 + lane
         rmask = rows < Nr
         lab, dist = _nearest(fr_ptr, rows, rmask, cr_ptr, Kr, D, tau, slack, ACC_T, GUARD, KPR,
                              BLOCK_N, BLOCK_D)
         tl.store(lr_ptr + rows, lab.to(tl.int64), mask=rmask)
-        p_r += _pull_term(dist, rmask, MODE)
+        p_r += tl.sum(_pull_term(dist, rmask, MODE).to(tl.float64), axis=0)
         n_r += _count(lab, rmask, KPR)
         s_r = _add_cluster_sums(s_r, fr_ptr, rows, rmask, lab, Kr, D, ACC_T, KPR, BLOCK_D)
     for r0 in range(0, Nf, BLOCK_N):
@@ -196,7 +214,7 @@ def _fwd_single_kernel(
         lab, dist = _nearest(ff_ptr, rows, rmask, cr_ptr, Kr, D, tau, slack, ACC_T, GUARD, KPR,
                              BLOCK_N, BLOCK_D)
         tl.store(lf_ptr + rows, lab.to(tl.int64), mask=rmask)
-        p_f += _pull_term(dist, rmask, MODE)
+        p_f += tl.sum(_pull_term(dist, rmask, MODE).to(tl.float64), axis=0)
         lh, _ = _nearest(ff_ptr, rows, rmask, cf_ptr, Kf, D, tau, slack, ACC_T, GUARD, KPF,
                          BLOCK_N, BLOCK_D)
         tl.store(lh_ptr + rows, lh.to(tl.int64), mask=rmask)
@@ -205,7 +223,7 @@ def _fwd_single_kernel(
     u_r = _side_mean(cr_ptr, s_r, n_r, Kr, D, ACC_T, KPR, BLOCK_D, 0)
     u_f = _side_mean(cf_ptr, s_f, n_f, Kf, D, ACC_T, KPF, BLOCK_D, 0)
     ds = tl.arange(0, BLOCK_D)
-    diff = tl.where(ds < D, u_r - u_f, 0.0)
+    diff = tl.where(ds < D, u_r - u_f, 0.0).to(ACC_T)
     tl.store(udiff_ptr + ds, diff, mask=ds < D)
     pr = _finish_pull(tl.sum(p_r, axis=0), div_r, MODE)
     pf = _finish_pull(tl.sum(p_f, axis=0), div_f, MODE)
@@ -218,7 +236,9 @@ def _tile_partials(x_ptr, rows, rmask, lab, dist, K, D, pid, pull_ptr, cnt_ptr, 
                    MODE: tl.constexpr, ACC_T: tl.constexpr, KP: tl.constexpr, KPM: tl.constexpr,
                    BLOCK_D: tl.constexpr):
     """This tile's pull partial, counts and per-cluster sums into slot ``pid``."""
-    tl.store(pull_ptr + pid, tl.sum(_pull_term(dist, rmask, MODE), axis=0))
+    # Tile totals summed in float64, stored in ACC_T (the finalize adds them in float64).
+    tl.store(pull_ptr + pid,
+             tl.sum(_pull_term(dist, rmask, MODE).to(tl.float64), axis=0).to(ACC_T))
     ks = tl.arange(0, KP)
     slot = pid.to(tl.int64) * KPM
     tl.store(cnt_ptr + slot + ks, _count(lab, rmask, KP))
@@ -228,8 +248,8 @@ def _tile_partials(x_ptr, rows, rmask, lab, dist, K, D, pid, pull_ptr, cnt_ptr, 
         dm = ds < D
         xt = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dm[None, :], other=0.0).to(ACC_T)
         for k in range(0, K):
-            sk = tl.sum(tl.where((rmask & (lab == k))[:, None], xt, 0.0), axis=0)
-            tl.store(sum_ptr + (slot + k) * D + ds, sk, mask=dm)
+            sk = tl.sum(tl.where((rmask & (lab == k))[:, None], xt, 0.0).to(tl.float64), axis=0)
+            tl.store(sum_ptr + (slot + k) * D + ds, sk.to(ACC_T), mask=dm)
 
 
 @triton.jit
@@ -269,9 +289,9 @@ def _side_partials(first, n_tiles, pull_ptr, cnt_ptr, K, KP: tl.constexpr, KPM: 
     """(sum of the pull partials, counts) of tiles [first, first + n_tiles), in tile order."""
     pl = tl.arange(0, BLOCK_P)
     ks = tl.arange(0, KP)
-    pv = tl.zeros((BLOCK_P,), pull_ptr.dtype.element_ty)
+    pv = tl.zeros((BLOCK_P,), tl.float64)
     for p0 in range(0, n_tiles, BLOCK_P):
-        pv += tl.load(pull_ptr + first + p0 + pl, mask=p0 + pl < n_tiles, other=0.0)
+        pv += tl.load(pull_ptr + first + p0 + pl, mask=p0 + pl < n_tiles, other=0.0).to(tl.float64)
     n = tl.zeros((KP,), tl.int32)
     for p in range(first, first + n_tiles):
         n += tl.load(cnt_ptr + p * KPM + ks, mask=ks < K, other=0)
@@ -285,9 +305,10 @@ def _side_sums(first, n_tiles, sum_ptr, K, D, d0, ACC_T: tl.constexpr, KP: tl.co
     ks64 = ks.to(tl.int64)  # (tile, cluster) rows of D values: int64 offsets
     ds = d0 + tl.arange(0, BLOCK_D)
     m2 = (ks < K)[:, None] & (ds < D)[None, :]
-    s = tl.zeros((KP, BLOCK_D), ACC_T)
+    s = tl.zeros((KP, BLOCK_D), tl.float64)  # tile totals summed in float64 (contract 3)
     for p in range(first, first + n_tiles):
-        s += tl.load(sum_ptr + (p * KPM + ks64[:, None]) * D + ds[None, :], mask=m2, other=0.0)
+        s += tl.load(sum_ptr + (p * KPM + ks64[:, None]) * D + ds[None, :], mask=m2,
+                     other=0.0).to(tl.float64)
     return s
 
 
@@ -302,16 +323,16 @@ def _fwd_finalize_kernel(
     """Reduce the tiles' partials in tile order and finish Eq. 4-6 (one program)."""
     tot_r, n_r = _side_partials(0, n_tiles_r, pull_ptr, cnt_ptr, Kr, KPR, KPM, BLOCK_P)
     tot_f, n_f = _side_partials(n_tiles_r, n_tiles_f, pull_ptr, cnt_ptr, Kf, KPF, KPM, BLOCK_P)
-    lc = tl.zeros((BLOCK_D,), ACC_T)
+    lc = tl.zeros((BLOCK_D,), tl.float64)
     for d0 in range(0, D, BLOCK_D):
         s_r = _side_sums(0, n_tiles_r, sum_ptr, Kr, D, d0, ACC_T, KPR, KPM, BLOCK_D)
         s_f = _side_sums(n_tiles_r, n_tiles_f, sum_ptr, Kf, D, d0, ACC_T, KPF, KPM, BLOCK_D)
         u_r = _side_mean(cr_ptr, s_r, n_r, Kr, D, ACC_T, KPR, BLOCK_D, d0)
         u_f = _side_mean(cf_ptr, s_f, n_f, Kf, D, ACC_T, KPF, BLOCK_D, d0)
         ds = d0 + tl.arange(0, BLOCK_D)
-        diff = tl.where(ds < D, u_r - u_f, 0.0)
+        diff = tl.where(ds < D, u_r - u_f, 0.0).to(ACC_T)
         tl.store(udiff_ptr + ds, diff, mask=ds < D)
-        lc += tl.abs(diff)
+        lc += tl.abs(diff).to(tl.float64)
     pr = _finish_pull(tot_r, div_r, MODE)
     pf = _finish_pull(tot_f, div_f, MODE)
     _store_results(loss_d_ptr, loss_g_ptr, loss_c_ptr, pulls_ptr, cnt_r_ptr, cnt_f_ptr,
@@ -325,14 +346,14 @@ def _bwd_side(g_pull, pull, g_c, x_ptr, c_ptr, l_ptr, lc_ptr, cnt_ptr, udiff_ptr
     """out_i = g_pull d pull / d x_i + g_c sign(u_diff) / (1 + n[lc_i]) for this tile's rows."""
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     labc = tl.load(lc_ptr + rows, mask=rmask, other=0)
-    w = g_c / (1.0 + tl.load(cnt_ptr + labc, mask=rmask, other=0).to(ACC_T))
+    w = div_rn(g_c, 1.0 + tl.load(cnt_ptr + labc, mask=rmask, other=0).to(ACC_T))
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     crow = c_ptr + lab[:, None] * D
     if MODE == 0:
-        scale = tl.zeros((BLOCK_N,), ACC_T) + tl.where(pull > 0, g_pull / tl.where(pull > 0, pull, 1.0), 0.0)
+        scale = tl.zeros((BLOCK_N,), ACC_T) + tl.where(pull > 0, div_rn(g_pull, tl.where(pull > 0, pull, 1.0)), 0.0)
     elif MODE == 1:
-        r = tl.sqrt(_row_sq_dist(xrow, crow, rmask, D, ACC_T, BLOCK_N, BLOCK_D))
-        scale = tl.where(r > 0, g_pull / (tl.where(r > 0, r, 1.0) * n_div), 0.0)
+        r = sqrt_rn(_row_sq_dist(xrow, crow, rmask, D, ACC_T, BLOCK_N, BLOCK_D))
+        scale = tl.where(r > 0, div_rn(g_pull, tl.where(r > 0, r, 1.0) * n_div), 0.0)
     else:
         scale = tl.zeros((BLOCK_N,), ACC_T) + g_pull
     for d0 in range(0, D, BLOCK_D):

@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, finalize_sum, finish, interpreting, pow2
+from ._common import (acc_dtype, device_guard, finalize_sum, finish, interpreting, midpoint, pow2,
+                      row_offset)
 
 
 @triton.jit
@@ -40,7 +41,7 @@ def _l1_sorted_kernel(z_ptr, idx_ptr, out_ptr, N, M, D,
         total_rows = N + M
     else:
         total_rows = N
-    med = tl.load(z_ptr + (total_rows // 2) * D + ds, mask=dmask, other=0.0).to(acc_t)
+    med = tl.load(z_ptr + row_offset(total_rows // 2, D) + ds, mask=dmask, other=0.0).to(acc_t)
     rl = tl.arange(0, BLOCK_R)
     acc = tl.zeros((BLOCK_R, BLOCK_D), acc_t)
     cb = tl.zeros((BLOCK_D,), tl.int32)
@@ -53,10 +54,11 @@ def _l1_sorted_kernel(z_ptr, idx_ptr, out_ptr, N, M, D,
             is_b = ((tl.load(idx_ptr + offs, mask=m2, other=0) >= N) & m2).to(tl.int32)
             cb_before = cb[None, :] + tl.cumsum(is_b, axis=0) - is_b
             ca_before = r[:, None] - cb_before
-            w = tl.where(is_b != 0, 2 * ca_before - N, 2 * cb_before - M)
+            # int64: 2 * rank passes 2^31 once a batch has 2^30 rows.
+            w = tl.where(is_b != 0, 2 * ca_before.to(tl.int64) - N, 2 * cb_before.to(tl.int64) - M)
             cb += tl.sum(is_b, axis=0)
         else:
-            w = tl.zeros((BLOCK_R, BLOCK_D), tl.int32) + (2 * r - N + 1)[:, None]
+            w = tl.zeros((BLOCK_R, BLOCK_D), tl.int64) + (2 * r.to(tl.int64) - N + 1)[:, None]
         acc += tl.where(m2, w.to(acc_t) * z, 0.0)
     total = tl.sum(tl.sum(acc, axis=1), axis=0)
     if SINGLE:
@@ -84,12 +86,12 @@ def _l1_rank_grad_kernel(src_ptr, sorted_ptr, g_ptr, grad_ptr, N, M, D, n_steps,
     col = ds[None, :]
     for _ in range(0, n_steps):
         act = lo < hi
-        mid = (lo + hi) // 2
+        mid = midpoint(lo, hi)
         below = tl.load(sorted_ptr + mid.to(tl.int64) * D + col, mask=act & m2, other=0.0).to(acc_t) < v
         lo = tl.where(act & below, mid + 1, lo)
         hi = tl.where(act & (below == 0), mid, hi)
         act2 = lo2 < hi2
-        mid2 = (lo2 + hi2) // 2
+        mid2 = midpoint(lo2, hi2)
         not_above = tl.load(sorted_ptr + mid2.to(tl.int64) * D + col, mask=act2 & m2, other=0.0).to(acc_t) <= v
         lo2 = tl.where(act2 & not_above, mid2 + 1, lo2)
         hi2 = tl.where(act2 & (not_above == 0), mid2, hi2)

@@ -3,32 +3,39 @@
     import kmgan_ext as km
     labels, dist2 = km.assign(x, centers)
     km.minibatch_update_(centers, counts, x, labels)
-    loss = km.center_loss(x_real, l_real, c_real, x_fake, l_fake, c_fake)
+    loss = km.kmgan_center_loss(x_real, l_real, c_real, x_fake, l_fake, c_fake)
+
+Estimators for scikit-learn users: km.KMeans, km.MiniBatchKMeans. Modules for training
+loops: km.VectorQuantizer (VQ-VAE codebook), km.CenterLoss (Wen et al.), 
+km.MiniBatchKMeansModule.
 
 Importing never touches the GPU and never fails for a missing triton, faiss, nvcc or GPU:
 backends load lazily; ``km.available_backends()`` says which are usable and why not.
 """
 from ._checks import set_debug
+from ._show_config import show_config
+from ._version import __version__
 from ._dispatch import BACKENDS, available_backends
 from .assign import assign
 from .assigned_distance import assigned_distance
-from .center_loss import center_loss
+from .center_loss import center_loss, kmgan_center_loss
 from .minibatch_update import ema_update_, minibatch_step_, minibatch_update_
 from .pairwise_l1 import pairwise_l1
 from .kmgan_losses import KMGANLosses, KMGANLossTerms, kmgan_losses
 from .seeding import KMeansResult, extract_features, kmeans, kmeans_parallel, kmeans_plusplus
-from .modules import MiniBatchKMeans
-
-__version__ = "0.1.0"
+from .estimators import KMeans, MiniBatchKMeans
+from .modules import CenterLoss, MiniBatchKMeansModule, VectorQuantizer, VQOutput
 
 __all__ = [
     "BACKENDS",
     "available_backends",
     "set_debug",
+    "show_config",
     "assign",
     "minibatch_update_",
     "minibatch_step_",
     "ema_update_",
+    "kmgan_center_loss",
     "center_loss",
     "assigned_distance",
     "pairwise_l1",
@@ -40,5 +47,10 @@ __all__ = [
     "kmeans",
     "KMeansResult",
     "kmeans_parallel",
+    "KMeans",
     "MiniBatchKMeans",
+    "MiniBatchKMeansModule",
+    "VectorQuantizer",
+    "VQOutput",
+    "CenterLoss",
 ]

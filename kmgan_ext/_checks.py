@@ -7,6 +7,8 @@ inside the op's kernel, where the values exist.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -64,35 +66,149 @@ def same_device(name: str, t: Tensor, x: Tensor, ref: str = "x") -> None:
         raise ValueError(f"{name} must be on {x.device} (as {ref}), got {t.device}")
 
 
-def labels(name: str, lab: object, n: int, x: Tensor) -> Tensor:
+def labels(name: str, lab: object, n: int, x: Tensor, ref: str = "x") -> Tensor:
     """(N,) int64 on x's device. The value range [0, K) is checked by label_range."""
     lab = tensor(name, lab)
     if lab.dtype != torch.int64:
         raise TypeError(f"{name} must be int64, got {lab.dtype}")
     if lab.dim() != 1 or lab.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), got {tuple(lab.shape)}")
-    same_device(name, lab, x)
+    same_device(name, lab, x, ref)
     return lab
 
 
-def counts(name: str, cnt: object, k: int, x: Tensor) -> Tensor:
+def counts(name: str, cnt: object, k: int, x: Tensor, ref: str = "x") -> Tensor:
     cnt = tensor(name, cnt)
     if cnt.dtype != torch.int64:
         raise TypeError(f"{name} must be int64 (exact past 2**24), got {cnt.dtype}")
     if cnt.dim() != 1 or cnt.shape[0] != k:
         raise ValueError(f"{name} must have shape ({k},), got {tuple(cnt.shape)}")
-    same_device(name, cnt, x)
+    same_device(name, cnt, x, ref)
     return cnt
 
 
+def _host_checkable(t: Tensor) -> bool:
+    """Values can be read without a device sync (CPU); elsewhere checks run on the device."""
+    return t.device.type == "cpu"
+
+
 def label_range(name: str, lab: Tensor, k: int) -> None:
-    """Values in [0, K). Reads the data: on a GPU this is one sync."""
+    """Values in [0, K).
+
+    On CPU: a ValueError naming the argument and the values found, before anything is
+    written. On a GPU, reading the values back would sync the host (and break CUDA-graph
+    capture), so the check is a device-side assert (torch._assert_async): it raises at the
+    next sync. Until then the GPU kernels must not index out of bounds with such a label
+    (minibatch_update_cuda.cu skips it; every GPU kernel that reads labels must do the same)."""
     if lab.numel() == 0:
         return
-    lo, hi = torch.aminmax(lab)
-    lo, hi = int(lo), int(hi)
-    if lo < 0 or hi >= k:
-        raise ValueError(f"{name} must lie in [0, {k}) (K), found values in [{lo}, {hi}]")
+    if _host_checkable(lab):
+        lo, hi = torch.aminmax(lab)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi >= k:
+            raise ValueError(f"{name} must lie in [0, {k}) (K), found values in [{lo}, {hi}]")
+        return
+    torch._assert_async(((lab >= 0) & (lab < k)).all(), f"{name} must lie in [0, {k}) (K)")
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def counts_range(name: str, cnt: Tensor, new_rows: int) -> None:
+    """Running counts are >= 0 and stay below 2**63 after adding up to ``new_rows`` rows (a
+    count near 2**63 would wrap negative). On CPU a ValueError before any write; on a GPU a
+    device-side assert (no host sync), as for labels."""
+    if cnt.numel() == 0:
+        return
+    limit = _INT64_MAX - new_rows
+    if _host_checkable(cnt):
+        lo, hi = torch.aminmax(cnt)
+        lo, hi = int(lo), int(hi)
+        if lo < 0:
+            raise ValueError(f"{name} must be non-negative, found {lo}")
+        if hi > limit:
+            raise ValueError(f"{name} would overflow int64: found {hi}, plus up to {new_rows} rows")
+        return
+    torch._assert_async(((cnt >= 0) & (cnt <= limit)).all(),
+                        f"{name} must be non-negative and below 2**63 - {new_rows} (rows of x)")
+
+
+def writable(outputs: dict[str, Tensor], inputs: dict[str, Tensor]) -> None:
+    """What PyTorch's own in-place ops refuse, refused up front with the argument named:
+    an output with a stride-0 (expanded) dimension or internally overlapping memory, and an
+    output sharing memory with another output or with an input (PyTorch's index_add_ refuses
+    the same). Runs where tensors have storage (eager, or the compiled graph at run time)."""
+    if torch.compiler.is_compiling():
+        return
+    spans = []  # (name, span, is_output)
+    for name, t in outputs.items():
+        if t.numel() > 1:
+            for size, stride in zip(t.shape, t.stride()):
+                if stride == 0 and size > 1:
+                    raise ValueError(
+                        f"{name} must not be expanded (a dimension of size {size} has stride 0): "
+                        f"the update would write one element several times; pass {name}.clone()"
+                    )
+            if _internally_overlapping(t):
+                raise ValueError(
+                    f"{name} has internally overlapping memory (strides {t.stride()} for shape "
+                    f"{tuple(t.shape)}); pass {name}.clone()"
+                )
+        spans.append((name, _span(t), True))
+    spans += [(name, _span(t), False) for name, t in inputs.items() if t is not None]
+    for i, (a, sa, out_a) in enumerate(spans):
+        for b, sb, out_b in spans[i + 1 :]:
+            if (out_a or out_b) and _overlap(sa, sb):
+                raise ValueError(
+                    f"{a} shares memory with {b}: an in-place op's outputs must not alias each "
+                    f"other or an input; pass a clone"
+                )
+
+
+def _internally_overlapping(t: Tensor) -> bool:
+    """Two indices of t reach one memory element (t has no stride-0 dimension of size > 1).
+
+    Dimensions sorted by stride each step past the extent of the smaller ones: then no two
+    indices meet. A layout that fails this may still be disjoint (shape (2, 3), strides
+    (3, 2)): its offsets are enumerated (torch._debug_has_internal_overlap says "too hard"
+    for such layouts and for the overlapping as_strided((4, 3), (1, 1)) alike)."""
+    dims = sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size > 1)
+    reach = 0
+    for stride, size in dims:
+        if stride <= reach:
+            break
+        reach += (size - 1) * stride
+    else:
+        return False
+    offsets = torch.zeros((), dtype=torch.int64)
+    for size, stride in zip(t.shape, t.stride()):
+        offsets = (offsets[..., None] + torch.arange(size) * stride)
+    flat = offsets.flatten()
+    return flat.unique().numel() != flat.numel()
+
+
+def _span(t: Tensor):
+    """(storage pointer, first byte, end byte) of the memory t can touch; None when empty."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    item = t.element_size()
+    first = t.storage_offset()
+    last = first + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return (t.device, t.untyped_storage().data_ptr(), first * item, (last + 1) * item)
+
+
+def _overlap(a, b) -> bool:
+    return a is not None and b is not None and a[:2] == b[:2] and a[2] < b[3] and b[2] < a[3]
+
+
+def not_grad_leaf(name: str, t: Tensor) -> None:
+    """PyTorch refuses to write a leaf that requires grad while grad mode is on (a parameter
+    updated under torch.no_grad() is fine): the same, naming the argument."""
+    if t.requires_grad and t.is_leaf and torch.is_grad_enabled():
+        raise ValueError(
+            f"{name} is a leaf tensor that requires grad: an in-place update would bypass "
+            f"autograd; call under torch.no_grad() or pass {name}.detach()"
+        )
 
 
 def finite(name: str, t: Tensor) -> None:
@@ -102,7 +218,7 @@ def finite(name: str, t: Tensor) -> None:
 
 
 def decay(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"decay must be a float in [0, 1], got {type(value).__name__}")
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"decay must lie in [0, 1], got {value}")
@@ -110,7 +226,7 @@ def decay(value: object) -> float:
 
 
 def eps(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"eps must be a float >= 0, got {type(value).__name__}")
     if not 0.0 <= float(value) < float("inf"):
         raise ValueError(f"eps must be a finite float >= 0, got {value}")

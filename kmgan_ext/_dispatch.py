@@ -12,6 +12,7 @@ validated, contiguous tensors.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import types
@@ -217,6 +218,28 @@ def _resolve(backend: str, device: torch.device, op: str | None = None) -> str:
     return backend
 
 
+# Backends whose fast paths sum with float atomics (order varies run to run): the center
+# updates without deterministic=True, and the centers' gradient of assign/assigned_distance.
+_ATOMIC_BACKENDS = ("cuda", "triton")
+
+
+def deterministic_for(backend: str, deterministic: bool) -> bool:
+    """The ``deterministic`` flag a center update passes to ``backend``: True when asked, and
+    under torch.use_deterministic_algorithms(True) on a backend whose fast path uses atomics
+    (as PyTorch's own ops switch to their deterministic kernels there)."""
+    return deterministic or (backend in _ATOMIC_BACKENDS and torch.are_deterministic_algorithms_enabled())
+
+
+def grad_backend(backend: str, centers_grad: bool) -> str:
+    """The backend that computes a backward with a centers' gradient: the float atomics of the
+    GPU kernels' segment sum are not deterministic, so under
+    torch.use_deterministic_algorithms(True) that backward runs on the reference (float64
+    index_add_, which PyTorch makes deterministic in that mode)."""
+    if centers_grad and backend in _ATOMIC_BACKENDS and torch.are_deterministic_algorithms_enabled():
+        return "reference"
+    return backend
+
+
 _INTERFACE = (
     "assign",
     "assign_backward",
@@ -266,3 +289,35 @@ def implementation(backend: str):
 
         return _cuda_emulated
     raise ValueError(f"unknown backend {backend!r}")
+
+
+# What ran, for tests that must prove a backend's own code ran rather than only that its answer
+# matches (a backend silently served by the reference passes every answer check). None outside
+# recording(): the routing path then pays one global read.
+_RECORD: list[tuple[str, str]] | None = None
+
+
+@contextlib.contextmanager
+def recording():
+    """Record ``(interface function, implementer(fn))`` for every routed call in the block."""
+    global _RECORD
+    prev, _RECORD = _RECORD, []
+    try:
+        yield _RECORD
+    finally:
+        _RECORD = prev
+
+
+def implementer(fn) -> str:
+    """Where ``fn``'s code lives: the qualified name of a torch op (``kmgan_ext::assign_native``,
+    whose registered kernels ``torch._C._dispatch_dump`` lists with their source files), else
+    the Python module that defines ``fn`` (``kmgan_ext.kernels.assign``, ``kmgan_ext.reference``)."""
+    name = getattr(fn, "_qualified_op_name", None) or getattr(getattr(fn, "_schema", None), "name", None)
+    if name:
+        return name
+    return getattr(fn, "__module__", None) or type(fn).__module__
+
+
+def record(function: str, fn) -> None:
+    if _RECORD is not None:
+        _RECORD.append((function, implementer(fn)))

@@ -62,6 +62,8 @@ def route(
         if checks is not None:
             checks(*tensors)
         fn = getattr(_dispatch.implementation(backend), impl_name)
+        if _dispatch._RECORD is not None:  # a test asked which code runs (_dispatch.recording)
+            _dispatch.record(impl_name, fn)
         work = list(contiguous(*tensors))
         out = fn(*work)
         for i in mutated:

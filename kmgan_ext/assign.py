@@ -40,7 +40,8 @@ if _registry.registered():
     def _backward(ctx, grad_labels, grad_dist2):
         x, centers, labels = ctx.saved_tensors
         want_c = ctx.needs_input_grad[1]
-        gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, ctx.backend)
+        be = _dispatch.grad_backend(ctx.backend, want_c)
+        gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, be)
         return (gx if ctx.needs_input_grad[0] else None), (gc if want_c else None), None
 
     _registry.register_autograd("assign", _backward, _setup_context)

@@ -41,7 +41,8 @@ if _registry.registered():
         x, labels, centers, out = ctx.saved_tensors
         want_c = ctx.needs_input_grad[2]
         gx, gc = _registry.call(
-            "assigned_distance_backward", grad, out, x, labels, centers, ctx.reduction, want_c, ctx.backend
+            "assigned_distance_backward", grad, out, x, labels, centers, ctx.reduction, want_c,
+            _dispatch.grad_backend(ctx.backend, want_c),
         )
         return (gx if ctx.needs_input_grad[0] else None), None, (gc if want_c else None), None, None
 

@@ -1,5 +1,13 @@
-"""km.center_loss: KM-GAN Eq. 4, fused forward and backward (DESIGN.md 4.3)."""
+"""km.kmgan_center_loss: KM-GAN Eq. 4, fused forward and backward (DESIGN.md 4.3).
+
+Named for what it is: KM-GAN's loss between the real and fake center sets, not Wen et al.'s
+face-recognition center loss (that one is the module ``km.CenterLoss``). The op keeps its
+registered name ``kmgan_ext::center_loss``; ``km.center_loss`` still works, with a
+DeprecationWarning.
+"""
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor
@@ -57,7 +65,7 @@ if _registry.registered():
     _registry.register_autograd("center_loss", _backward, _setup_context)
 
 
-def center_loss(
+def kmgan_center_loss(
     x_real: Tensor,
     labels_real: Tensor,
     centers_real: Tensor,
@@ -85,12 +93,16 @@ def center_loss(
     Returns a 0-d float32 tensor (float64 for float64 inputs).
     """
     x_real = _checks.features("x_real", x_real)
-    x_fake = _checks.features("x_fake", x_fake, dtype=x_real.dtype)
+    x_fake = _checks.features("x_fake", x_fake, dtype=x_real.dtype, ref="x_real")
     _checks.same_device("x_fake", x_fake, x_real, "x_real")
-    centers_real = _checks.centers("centers_real", centers_real, x_real)
-    centers_fake = _checks.centers("centers_fake", centers_fake, x_real)
-    labels_real = _checks.labels("labels_real", labels_real, x_real.shape[0], x_real)
-    labels_fake = _checks.labels("labels_fake", labels_fake, x_fake.shape[0], x_real)
+    if x_fake.shape[1] != x_real.shape[1]:
+        raise ValueError(
+            f"x_fake must have {x_real.shape[1]} columns (x_real.shape[1]), got shape {tuple(x_fake.shape)}"
+        )
+    centers_real = _checks.centers("centers_real", centers_real, x_real, "x_real")
+    centers_fake = _checks.centers("centers_fake", centers_fake, x_real, "x_real")
+    labels_real = _checks.labels("labels_real", labels_real, x_real.shape[0], x_real, "x_real")
+    labels_fake = _checks.labels("labels_fake", labels_fake, x_fake.shape[0], x_real, "x_real")
     be = _dispatch.resolve(backend, x_real.device)
     centers_real, centers_fake = centers_real.detach(), centers_fake.detach()
     if not _registry.registered():
@@ -99,3 +111,15 @@ def center_loss(
         "center_loss", x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake, be
     )
     return loss
+
+
+def center_loss(*args, **kwargs) -> Tensor:
+    """Deprecated name of :func:`kmgan_center_loss` (KM-GAN Eq. 4). Face-recognition center
+    loss (Wen et al.) is the module ``km.CenterLoss``."""
+    warnings.warn(
+        "km.center_loss is KM-GAN's Eq. 4 and is now named km.kmgan_center_loss; "
+        "for Wen et al.'s face-recognition center loss use the module km.CenterLoss",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return kmgan_center_loss(*args, **kwargs)

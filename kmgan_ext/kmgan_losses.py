@@ -8,7 +8,7 @@ when lambda > 0):
     assign(f_fake, C_hat)                     labels for Eq. 4 (generated batch to the fake centers)
     L_D      = ||f_real - C[l_real]|| - ||f_fake - C[l_fake]||   (+ lambda (L_intra - L_inter))
     L_G      = ||f_fake - C[l_fake]||                             (+ lambda L_inter)
-    L_center = km.center_loss(f_real, l_real, C, f_fake, l_fake_hat, C_hat)
+    L_center = km.kmgan_center_loss(f_real, l_real, C, f_fake, l_fake_hat, C_hat)
 
 All of Eq. 4-6 is ONE op, kmgan_ext::kmgan_losses (kmgan_losses_op.py): labels, pulls,
 counts and Eq. 4 in one fused forward (one Triton launch at the paper's shape) and one backward
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from . import _checks, _dispatch
 from .assign import assign
 from .assigned_distance import assigned_distance
-from .center_loss import center_loss
+from .center_loss import kmgan_center_loss
 from .kmgan_losses_op import _FUSED, kmgan_losses_fused
 from .pairwise_l1 import pairwise_l1
 
@@ -62,8 +62,10 @@ def _check_options(reduction: str, lam: float, pairwise_reduction: str) -> None:
 def _as_centers_dtype(name: str, f: Tensor, centers: Tensor) -> Tensor:
     # Features often come out of an autocast region in bf16 while centers stay float32; the
     # ops want one dtype, and the cast is differentiable.
-    if not isinstance(f, Tensor) or f.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D tensor (N, d), got {type(f).__name__ if not isinstance(f, Tensor) else tuple(f.shape)}")
+    if not isinstance(f, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(f).__name__}")
+    if f.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor (N, d), got shape {tuple(f.shape)}")
     if not f.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got {f.dtype}")
     return f if f.dtype == centers.dtype else f.to(centers.dtype)
@@ -118,15 +120,17 @@ def kmgan_losses(
     Labels are computed without gradient, against the centers as they are now.
     """
     _check_options(reduction, lam, pairwise_reduction)
+    centers_real = _checks.features("centers_real", centers_real)
+    centers_fake = _checks.features("centers_fake", centers_fake)
     f_real = _as_centers_dtype("f_real", f_real, centers_real)
     f_fake = _as_centers_dtype("f_fake", f_fake, centers_real)
     if _FUSED:
-        centers_real = _checks.centers("centers_real", centers_real, f_real)
-        centers_fake = _checks.centers("centers_fake", centers_fake, f_real)
+        centers_real = _checks.centers("centers_real", centers_real, f_real, "f_real")
+        centers_fake = _checks.centers("centers_fake", centers_fake, f_real, "f_real")
         _checks.same_device("f_fake", f_fake, f_real, "f_real")
         if f_fake.shape[1] != f_real.shape[1]:
             raise ValueError(
-                f"f_fake must have {f_real.shape[1]} columns (as f_real and x.shape[1]), got shape {tuple(f_fake.shape)}"
+                f"f_fake must have {f_real.shape[1]} columns (f_real.shape[1]), got shape {tuple(f_fake.shape)}"
             )
         for name, t in (("f_real", f_real), ("f_fake", f_fake), ("centers_real", centers_real),
                         ("centers_fake", centers_fake)):
@@ -155,7 +159,7 @@ def _composed(f_real, f_fake, centers_real, centers_fake, reduction, backend):
         labels_fake_hat, _ = assign(f_fake.detach(), centers_fake, backend=backend)
     pull_real = assigned_distance(f_real, labels_real, centers_real, reduction, backend=backend)
     pull_fake = assigned_distance(f_fake, labels_fake, centers_real, reduction, backend=backend)
-    loss_center = center_loss(
+    loss_center = kmgan_center_loss(
         f_real, labels_real, centers_real, f_fake, labels_fake_hat, centers_fake, backend=backend
     )
     return labels_real, labels_fake, labels_fake_hat, pull_real - pull_fake, pull_fake, loss_center
@@ -192,7 +196,7 @@ class KMGANLosses(nn.Module):
         """Eq. 4 on features of a fresh pass (the joint D+G step), with given labels."""
         f_real = _as_centers_dtype("f_real", f_real, centers_real)
         f_fake = _as_centers_dtype("f_fake", f_fake, centers_fake)
-        return center_loss(f_real, labels_real, centers_real, f_fake, labels_fake_hat, centers_fake, backend=self.backend)
+        return kmgan_center_loss(f_real, labels_real, centers_real, f_fake, labels_fake_hat, centers_fake, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}, lam={self.lam}, pairwise_reduction={self.pairwise_reduction!r}, backend={self.backend!r}"

@@ -11,18 +11,28 @@ from torch import Tensor
 from . import _checks, _dispatch, _registry, reference
 
 
+# The routing kernels' checks (every backend, also for direct torch.ops calls): all of them
+# run before the first write, so a failed call leaves every argument bitwise unchanged.
 def _update_checks(centers, counts, x, labels, deterministic):
+    _checks.writable({"centers": centers, "counts": counts}, {"x": x, "labels": labels})
     _checks.label_range("labels", labels, centers.shape[0])
+    _checks.counts_range("counts", counts, x.shape[0])
     _checks.finite("x", x)
     _checks.finite("centers", centers)
 
 
 def _step_checks(centers, counts, x, deterministic):
+    _checks.writable({"centers": centers, "counts": counts}, {"x": x})
+    _checks.counts_range("counts", counts, x.shape[0])
     _checks.finite("x", x)
     _checks.finite("centers", centers)
 
 
 def _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic):
+    _checks.writable(
+        {"centers": centers, "cluster_size": cluster_size, "embed_sum": embed_sum},
+        {"x": x, "labels": labels},
+    )
     _checks.label_range("labels", labels, centers.shape[0])
     _checks.finite("x", x)
     _checks.finite("centers", centers)
@@ -52,16 +62,17 @@ if _registry.registered():
 def _check_update_args(centers, counts, x, labels=None):
     x = _checks.features("x", x)
     centers = _checks.centers("centers", centers, x)
+    _checks.not_grad_leaf("centers", centers)
     counts = _checks.counts("counts", counts, centers.shape[0], x) if counts is not None else None
     if labels is not None:
         labels = _checks.labels("labels", labels, x.shape[0], x)
     return centers, counts, x, labels
 
 
-def _check_deterministic(deterministic: object) -> bool:
+def _check_deterministic(deterministic: object, backend: str) -> bool:
     if not isinstance(deterministic, bool):
         raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
-    return deterministic
+    return _dispatch.deterministic_for(backend, deterministic)
 
 
 def minibatch_update_(
@@ -90,14 +101,16 @@ def minibatch_update_(
         labels: (N,) int64 in [0, K).
         deterministic: False (default) lets GPU kernels use float atomics for the sums, so
             the last bits may differ run to run; True gives bitwise-identical results run to
-            run (fixed-order reduction). The CPU kernels are deterministic either way.
+            run (fixed-order reduction). The CPU kernels are deterministic either way, and
+            under torch.use_deterministic_algorithms(True) the GPU backends are too.
         backend: "auto", "reference", "cpu", "triton" or "cuda".
     """
     centers, counts, x, labels = _check_update_args(centers, counts, x, labels)
-    deterministic = _check_deterministic(deterministic)
     be = _dispatch.resolve(backend, x.device)
+    deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
     if not _registry.registered():
+        _update_checks(centers, counts, x, labels, deterministic)
         return reference.minibatch_update_(centers, counts, x, labels, deterministic)
     _registry.call("minibatch_update_", centers, counts, x, labels, deterministic, be)
 
@@ -115,10 +128,11 @@ def minibatch_step_(
     Same arguments and determinism contract as :func:`minibatch_update_`.
     """
     centers, counts, x, _ = _check_update_args(centers, counts, x)
-    deterministic = _check_deterministic(deterministic)
     be = _dispatch.resolve(backend, x.device)
+    deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
     if not _registry.registered():
+        _step_checks(centers, counts, x, deterministic)
         return reference.minibatch_step_(centers, counts, x, deterministic)
     return _registry.call("minibatch_step_", centers, counts, x, deterministic, be)
 
@@ -163,11 +177,14 @@ def ema_update_(
     k, d = centers.shape
     cluster_size = _checks.ema_state("cluster_size", cluster_size, (k,), centers)
     embed_sum = _checks.ema_state("embed_sum", embed_sum, (k, d), centers)
+    _checks.not_grad_leaf("cluster_size", cluster_size)
+    _checks.not_grad_leaf("embed_sum", embed_sum)
     decay = _checks.decay(decay)
     eps = _checks.eps(eps)
-    deterministic = _check_deterministic(deterministic)
     be = _dispatch.resolve(backend, x.device)
+    deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
     if not _registry.registered():
+        _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic)
         return reference.ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic)
     _registry.call("ema_update_", centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, be)

@@ -59,7 +59,7 @@ def pairwise_l1(a: Tensor, b: Tensor | None = None, *, backend: str = "auto") ->
     """
     a = _checks.features("a", a)
     if b is not None:
-        b = _checks.features("b", b, dtype=a.dtype)
+        b = _checks.features("b", b, dtype=a.dtype, ref="a")
         _checks.same_device("b", b, a, "a")
         if b.shape[1] != a.shape[1]:
             raise ValueError(f"b must have {a.shape[1]} columns (a.shape[1]), got shape {tuple(b.shape)}")

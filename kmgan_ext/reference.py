@@ -53,9 +53,17 @@ def _out_dtype(x: Tensor) -> torch.dtype:
 
 
 def squared_distances(x: Tensor, centers: Tensor) -> Tensor:
-    """(N, K) float64 matrix ||x_i - c_k||^2, formed from differences (no cancellation)."""
+    """(N, K) float64 matrix ||x_i - c_k||^2, formed from differences (no cancellation).
+
+    The sum runs over the columns in index order, each step rounded to double: one fixed
+    order that a kernel can reproduce exactly where labels hinge on float64 rounding
+    (torch's own .sum(-1) reorders with the vector width)."""
     xd, cd = _acc(x), _acc(centers)
-    return ((xd[:, None, :] - cd[None, :, :]) ** 2).sum(-1)
+    out = torch.zeros(x.shape[0], centers.shape[0], dtype=torch.float64, device=x.device)
+    for j in range(x.shape[1]):
+        t = xd[:, None, j] - cd[None, :, j]
+        out += t * t
+    return out
 
 
 # --------------------------------------------------------------------------- assignment

@@ -35,15 +35,28 @@ def test_unavailable_backend_is_an_error_not_a_fallback():
         km.assign(x, c, backend="cuda")
 
 
-def test_cpu_backend_rejects_cuda_tensors_and_vice_versa():
-    if km.available_backends()["cuda"] is None:
-        x = torch.randn(3, 2, device="cuda")
-        with pytest.raises(ValueError, match="backend 'cpu' runs on CPU tensors"):
-            km.assign(x, x[:2], backend="cpu")
-    if km.available_backends()["cpu"] is None and torch.cuda.is_available():
-        x = torch.randn(3, 2)
-        with pytest.raises(ValueError, match="backend 'cuda' runs on CUDA tensors"):
-            km.assign(x, x[:2], backend="cuda")
+def test_cpu_backend_rejects_cuda_tensors_and_vice_versa(monkeypatch):
+    """The device checks of routing, exercised with or without a GPU (no tensor is needed to
+    resolve a backend for a device; availability is stubbed so the device check is reached)."""
+    monkeypatch.setattr(_dispatch, "_why_not", lambda b: None)
+    with pytest.raises(ValueError, match="backend 'cpu' runs on CPU tensors, got tensors on cuda"):
+        _dispatch._resolve("cpu", torch.device("cuda"))
+    with pytest.raises(ValueError, match="backend 'cuda' runs on CUDA tensors, got tensors on cpu"):
+        _dispatch._resolve("cuda", torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="backend 'triton' got CPU tensors: set TRITON_INTERPRET=1"):
+        _dispatch._resolve("triton", torch.device("cpu"))
+    assert _dispatch._resolve("cpu", torch.device("cpu")) == "cpu"
+    assert _dispatch._resolve("cuda", torch.device("cuda")) == "cuda"
+
+
+@pytest.mark.gpu
+def test_cpu_backend_rejects_cuda_tensors_on_a_gpu():
+    if km.available_backends()["cpu"] is not None:
+        pytest.skip(km.available_backends()["cpu"])
+    x = torch.randn(3, 2, device="cuda")
+    with pytest.raises(ValueError, match="backend 'cpu' runs on CPU tensors"):
+        km.assign(x, x[:2], backend="cpu")
 
 
 def test_auto_picks_the_cpu_kernels_on_cpu_when_built():
@@ -99,7 +112,7 @@ def test_build_carries_cuda_kernels_when_torch_is_a_cuda_build():
 def _all_ops(x, c, buf, counts, backend):
     labels, dist2 = km.assign(x, c, backend=backend)
     pull = km.assigned_distance(x, labels, c, "fro", backend=backend)
-    cl = km.center_loss(x, labels, c, x * 0.5, labels, c, backend=backend)
+    cl = km.kmgan_center_loss(x, labels, c, x * 0.5, labels, c, backend=backend)
     pl = km.pairwise_l1(x, backend=backend) + km.pairwise_l1(x, x * 2, backend=backend)
     # The updates write a separate buffer: c is saved for the backward above.
     km.minibatch_update_(buf, counts, x, labels, backend=backend)

@@ -9,6 +9,7 @@ from testing import (
     assert_labels_match,
     backend_params,
     cuda_kernel_params,
+    distances64,
     fast_backend_params,
     noncontiguous,
 )
@@ -75,11 +76,13 @@ def test_noncontiguous(device, backend):
     torch.testing.assert_close(want[1], got[1])
 
 
+# Two copies: the two-candidate re-check decides the tie; three: the many-candidate path.
+@pytest.mark.parametrize("copies", [2, 3])
 @pytest.mark.parametrize("device,backend", backend_params())
-def test_exact_ties_go_to_lowest_index(device, backend):
+def test_exact_ties_go_to_lowest_index(device, backend, copies):
     g = torch.Generator().manual_seed(3)
     base = torch.randn(10, 33, generator=g)
-    c = torch.cat([base, base, base]).to(device)  # every center three times
+    c = torch.cat([base] * copies).to(device)  # every center `copies` times
     x = torch.cat([torch.randn(200, 33, generator=g), base]).to(device)
     labels, dist2 = km.assign(x, c, backend=backend)
     ref_labels, _ = reference.assign(x.cpu(), c.cpu())
@@ -88,36 +91,62 @@ def test_exact_ties_go_to_lowest_index(device, backend):
     assert dist2[200:].abs().max().item() == 0.0  # rows equal to a center: distance 0
 
 
+def _grid_near_ties(dtype, offset, unit, spread, d, k=16, n=256, seed=4):
+    """Rows just off the bisector of their two nearest centers: near ties that are near, exactly.
+
+    Centers are offset + unit * randint(-spread, spread) in columns 1..d-1 (far apart), and
+    2**-6 (q - k/2) in column 0 for center q. A row is the midpoint of two centers i, j moved
+    by +-2**-11 along column 0, so their squared distances differ by 2**-16 |i - j|, about
+    1e-10 of the distance: far below d * 2**-24, what a float32 distance or dot product of
+    these rows can resolve. Every value lies on the dtype's grid (checked), so the float64
+    reference distances are exact.
+    """
+    g = torch.Generator().manual_seed(seed)
+    c = offset + unit * torch.randint(-spread, spread + 1, (k, d), generator=g, dtype=torch.float64)
+    c[:, 0] = 2.0**-6 * (torch.arange(k, dtype=torch.float64) - k // 2)
+    i = torch.randint(0, k, (n,), generator=g)
+    j = (i + 1 + torch.randint(0, k - 1, (n,), generator=g)) % k
+    x = 0.5 * (c[i] + c[j])
+    x[:, 0] += 2.0**-11 * (torch.randint(0, 2, (n,), generator=g, dtype=torch.float64) * 2 - 1)
+    xs, cs = x.to(dtype), c.to(dtype)
+    assert torch.equal(xs.double(), x) and torch.equal(cs.double(), c), "values off the dtype's grid"
+    two = distances64(xs, cs).topk(2, dim=1, largest=False).values
+    gap = (two[:, 1] - two[:, 0]) / two[:, 0]
+    near = (gap > 0) & (gap < d * 2.0**-24)
+    assert near.float().mean() > 0.8, f"only {int(near.sum())} of {n} rows are near ties"
+    return xs, cs
+
+
+def _assert_exact_labels(x, c, backend):
+    labels, dist2 = km.assign(x, c, backend=backend)
+    ref_labels, ref_dist2 = reference.assign(x.cpu(), c.cpu())
+    wrong = labels.cpu() != ref_labels
+    assert not wrong.any(), f"{int(wrong.sum())} of {len(wrong)} near-tie rows differ from the float64 argmin"
+    torch.testing.assert_close(dist2.cpu(), ref_dist2, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("device,backend", backend_params())
 def test_near_ties_large_magnitude(device, backend):
-    """Rows near 1e4 whose distances to two centers differ by ~1e-3 relative.
+    """Rows near 1e4 whose two nearest centers differ by ~1e-10 relative (< 2**-24).
 
-    ||x||^2 - 2 x.c + ||c||^2 in float32 loses ~eps * 1e8 * d here, far more than the gap:
-    a kernel that ranks by that expansion without an exact re-check fails this test.
+    ||x||^2 - 2 x.c + ||c||^2 in float32, even of shifted or centred rows, errs by far more than
+    the gap: a kernel that ranks by it without an exact re-check gets about half of them wrong.
     """
-    g = torch.Generator().manual_seed(4)
-    d, k = 64, 16
-    offset = 1e4
-    c = offset + torch.randn(k, d, generator=g)
-    # Midpoints of center pairs, nudged a little towards one of them.
-    i = torch.randint(0, k, (500,), generator=g)
-    j = (i + 1 + torch.randint(0, k - 1, (500,), generator=g)) % k
-    t = 0.5 + 1e-3 * torch.sign(torch.randn(500, 1, generator=g))
-    x = c[i] + t * (c[j] - c[i])
-    x, c = x.to(device), c.to(device)
-    labels, dist2 = km.assign(x, c, backend=backend)
-    assert_labels_match(x, c, labels, dist2)
+    x, c = _grid_near_ties(torch.float32, offset=1e4, unit=1.0, spread=64, d=64)
+    _assert_exact_labels(x.to(device), c.to(device), backend)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "dtype,offset,spread,d",
+    [(torch.float16, 1024.0, 128, 96), (torch.bfloat16, 192.0, 31, 96)],
+    ids=["float16", "bfloat16"],
+)
 @pytest.mark.parametrize("device,backend", fast_backend_params())
-def test_low_precision_near_ties(device, backend, dtype):
-    g = torch.Generator().manual_seed(5)
-    c = torch.randn(32, 48, generator=g).to(dtype)
-    x = (c[torch.randint(0, 32, (400,), generator=g)] + 0.3 * torch.randn(400, 48, generator=g)).to(dtype)
-    x, c = x.to(device), c.to(device)
-    labels, dist2 = km.assign(x, c, backend=backend)
-    assert_labels_match(x, c, labels, dist2)
+def test_low_precision_near_ties(device, backend, dtype, offset, spread, d):
+    """16-bit rows one grid step off the bisector of two centers (the second center is as near
+    as the first up to < d * 2**-24 relative): labels are the float64 argmin exactly."""
+    x, c = _grid_near_ties(dtype, offset=offset, unit=2.0, spread=spread, d=d)
+    _assert_exact_labels(x.to(device), c.to(device), backend)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())

@@ -76,7 +76,8 @@ def test_every_op_ran(tiny_run):
     rows = tiny_run["result"]["rows"]
     ops = {r["op"] for r in rows}
     expected = {"assign", "minibatch_update", "minibatch_step", "center_loss", "assigned_distance",
-                "pairwise_l1", "kmeans_plusplus", "kmeans", "train_step", "kmgan_loss_block"}
+                "pairwise_l1", "kmeans_plusplus", "kmeans", "train_step", "kmgan_loss_block",
+                "vector_quantizer", "center_loss_layer", "kmeans_fit", "minibatch_kmeans_fit"}
     assert expected <= ops, expected - ops
     crashed = [r for r in rows if r["provider"] == "(benchmark)"]
     assert not crashed, crashed
@@ -139,6 +140,60 @@ def test_gpu_check_script_parses():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_parse_rejects_unknown_op():
-    with pytest.raises(SystemExit):
+def test_parse_rejects_unknown_op(capsys):
+    with pytest.raises(SystemExit, match="2"):
         run_all.parse(["--ops", "nope"])
+    assert "unknown ops ['nope']" in capsys.readouterr().err
+
+
+def test_one_thread_setting_for_every_provider(tiny_run):
+    """--threads 1 reaches torch, faiss's OpenMP and every BLAS/OpenMP pool, and is recorded."""
+    t = tiny_run["result"]["threads"]
+    assert t["torch"] == 1 and t["faiss_omp"] in (None, 1), t
+    assert isinstance(t["threadpools"], list) and all(p.endswith(": 1") for p in t["threadpools"]), t
+
+
+def test_speedup_is_against_the_faster_naive_form(tiny_run):
+    rows = [r for r in tiny_run["result"]["rows"] if r["op"] == "assign" and r["median_ms"] is not None]
+    for shape in {json.dumps(r["shape"], sort_keys=True) for r in rows}:
+        naive = {r["provider"]: r["median_ms"] for r in rows
+                 if json.dumps(r["shape"], sort_keys=True) == shape and r["provider"] in ("torch-cdist", "torch-matmul")}
+        assert len(naive) == 2, naive  # both plain-torch forms are shown
+        fastest = min(naive, key=naive.get)
+        assert all(r["baseline"] == fastest for r in rows if json.dumps(r["shape"], sort_keys=True) == shape)
+
+
+def test_loss_block_is_checked_loss_by_loss(tiny_run):
+    rows = [r for r in tiny_run["result"]["rows"] if r["op"] == "kmgan_loss_block" and r["correct"]]
+    assert rows
+    for r in rows:
+        for part in ("L_D ok", "dL_D/d fake features ok", "dL_G/d fake features ok", "dL_center/d fake features ok"):
+            assert part in r["check"], (r["provider"], r["check"])
+    steps = [r for r in tiny_run["result"]["rows"] if r["op"] == "train_step" and r["correct"] and r["provider"] != "dcgan"]
+    assert steps and all("C-hat after the update ok" in r["check"] and "G parameters" in r["check"] for r in steps)
+
+
+def test_readme_table_holds_every_row_that_ran(tiny_run):
+    import readme_table
+
+    result = tiny_run["result"]
+    text = readme_table.section(result, "results.json")
+    assert text.startswith(readme_table.START) and text.endswith(readme_table.END)
+    assert "vary about 2x between machines" in text
+    ran = [r for r in result["rows"] if not (r["absent"] or r["skipped"])]
+    table_rows = [line for line in text.split("\n") if line.startswith("| ") and not line.startswith("| shape")]
+    assert len(table_rows) == len(ran)
+    readme = "before\n" + readme_table.START + "\nold\n" + readme_table.END + "\nafter\n"
+    assert readme_table.replace_section(readme, text) == "before\n" + text + "\nafter\n"
+
+
+def test_roofline_holds_each_row_to_the_level_its_data_fits():
+    from _roofline import Roofline
+
+    roof = Roofline(20.0, {"fp32": 100.0}, "test", cache_bytes=32 << 20, cache_gbps=100.0, inner_cache_bytes=1 << 20)
+    t, what = roof.bound(28e6, 0.0, "fp32")  # the issue's 28 MB array: in the 32 MB LLC
+    assert "LLC-resident" in what and t == pytest.approx(28e6 / 100e9 * 1e3)
+    t, what = roof.bound(280e6, 0.0, "fp32")
+    assert "DRAM" in what and t == pytest.approx(280e6 / 20e9 * 1e3)
+    t, what = roof.bound(1e5, 0.0, "fp32")  # within L2: no memory bound is claimed
+    assert t == 0.0 and "not modelled" in what

@@ -1,10 +1,10 @@
-"""km.center_loss (KM-GAN Eq. 4) against the reference and float64 autograd of the formula."""
+"""km.kmgan_center_loss (KM-GAN Eq. 4; deprecated alias km.center_loss) against the reference and float64 autograd of the formula."""
 import pytest
 import torch
 
 import kmgan_ext as km
 from kmgan_ext import reference
-from testing import DTYPES, backend_params, noncontiguous, tol
+from testing import DTYPES, assert_grad_close, backend_params, noncontiguous, tol
 
 
 def _problem(n_r, n_f, d, k, device, dtype=torch.float32, seed=0):
@@ -31,7 +31,7 @@ def test_forward_backward_random(device, backend, n_r, n_f, d, k):
     xr, lr, cr, xf, lf, cf = _problem(n_r, n_f, d, k, device, seed=n_r + d)
     xr.requires_grad_()
     xf.requires_grad_()
-    loss = km.center_loss(xr, lr, cr, xf, lf, cf, backend=backend)
+    loss = km.kmgan_center_loss(xr, lr, cr, xf, lf, cf, backend=backend)
     assert loss.dtype == torch.float32 and loss.shape == ()
     w = 1.7
     (loss * w).backward()
@@ -48,11 +48,14 @@ def test_forward_backward_random(device, backend, n_r, n_f, d, k):
 def test_dtypes(device, backend, dtype):
     xr, lr, cr, xf, lf, cf = _problem(100, 80, 20, 6, device, dtype, seed=3)
     xr.requires_grad_()
-    loss = km.center_loss(xr, lr, cr, xf, lf, cf, backend=backend)
+    loss = km.kmgan_center_loss(xr, lr, cr, xf, lf, cf, backend=backend)
     loss.backward()
-    assert xr.grad.dtype == dtype
     want = reference.center_loss(xr.detach(), lr, cr, xf, lf, cf)
     torch.testing.assert_close(loss.double(), want.double(), rtol=1e-5, atol=1e-4)
+    xr64 = xr.detach().cpu().double().requires_grad_()
+    cpu = [t.cpu() for t in (lr, cr, xf, lf, cf)]
+    reference.center_loss(xr64, cpu[0], cpu[1].double(), cpu[2].double(), cpu[3], cpu[4].double()).backward()
+    assert_grad_close(xr.grad, xr64.grad, dtype)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -61,7 +64,7 @@ def test_sign_zero_gives_zero_gradient(device, backend):
     xr, lr, cr, _, _, _ = _problem(16, 16, 4, 3, device, seed=4)
     xr = xr.requires_grad_()
     xf = xr.detach().clone().requires_grad_()
-    loss = km.center_loss(xr, lr, cr, xf, lr, cr, backend=backend)
+    loss = km.kmgan_center_loss(xr, lr, cr, xf, lr, cr, backend=backend)
     loss.backward()
     assert loss.item() == 0.0
     assert xr.grad.abs().max().item() == 0.0 and xf.grad.abs().max().item() == 0.0
@@ -72,15 +75,15 @@ def test_centers_get_no_gradient(device, backend):
     xr, lr, cr, xf, lf, cf = _problem(10, 10, 4, 3, device, seed=5)
     cr.requires_grad_()
     xr.requires_grad_()
-    km.center_loss(xr, lr, cr, xf, lf, cf, backend=backend).backward()
+    km.kmgan_center_loss(xr, lr, cr, xf, lf, cf, backend=backend).backward()
     assert cr.grad is None and xr.grad is not None
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
 def test_noncontiguous(device, backend):
     xr, lr, cr, xf, lf, cf = _problem(50, 40, 8, 5, device, seed=6)
-    want = km.center_loss(xr, lr, cr, xf, lf, cf, backend=backend)
-    got = km.center_loss(noncontiguous(xr), lr, noncontiguous(cr), noncontiguous(xf), lf, cf, backend=backend)
+    want = km.kmgan_center_loss(xr, lr, cr, xf, lf, cf, backend=backend)
+    got = km.kmgan_center_loss(noncontiguous(xr), lr, noncontiguous(cr), noncontiguous(xf), lf, cf, backend=backend)
     torch.testing.assert_close(got, want)
 
 
@@ -89,7 +92,7 @@ def test_gradcheck_float64(device, backend):
     xr, lr, cr, xf, lf, cf = _problem(9, 7, 3, 4, device, torch.float64, seed=7)
     xr.requires_grad_()
     xf.requires_grad_()
-    f = lambda a, b: km.center_loss(a, lr, cr, b, lf, cf, backend=backend)  # noqa: E731
+    f = lambda a, b: km.kmgan_center_loss(a, lr, cr, b, lf, cf, backend=backend)  # noqa: E731
     assert torch.autograd.gradcheck(f, (xr, xf))
 
 
@@ -105,3 +108,16 @@ def test_opcheck(device, backend):
         torch.ops.kmgan_ext.center_loss_backward.default,
         (torch.ones((), dtype=torch.float64, device=device), diff, xr.detach(), lr, nr, xf.detach(), lf, nf, backend),
     )
+
+
+def test_old_name_warns_and_gives_the_same_loss():
+    """km.center_loss is KM-GAN's Eq. 4 under a name that traps face-recognition users: it
+    still works, with a DeprecationWarning pointing at km.kmgan_center_loss / km.CenterLoss."""
+    g = torch.Generator().manual_seed(0)
+    xr, xf = torch.randn(9, 3, generator=g), torch.randn(7, 3, generator=g)
+    c = torch.randn(4, 3, generator=g)
+    lr, lf = torch.randint(4, (9,), generator=g), torch.randint(4, (7,), generator=g)
+    with pytest.warns(DeprecationWarning, match="kmgan_center_loss"):
+        old = km.center_loss(xr, lr, c, xf, lf, c)
+    assert torch.equal(old, km.kmgan_center_loss(xr, lr, c, xf, lf, c))
+    assert "kmgan_center_loss" in km.__all__ and km.CenterLoss is not None

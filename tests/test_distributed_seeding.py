@@ -1,4 +1,4 @@
-"""Two processes on the gloo backend (CPU): k-means|| and MiniBatchKMeans's all-reduced update.
+"""Two processes on the gloo backend (CPU): k-means|| and MiniBatchKMeansModule's all-reduced update.
 
 One launch (two ranks, a free port on 127.0.0.1) runs every scenario and saves each rank's
 results; the tests below compare them with each other and with one process fed the
@@ -40,6 +40,15 @@ def batch(x: torch.Tensor, step: int, rank: int) -> torch.Tensor:
     return x[start : start + BATCH_ROWS[rank]]
 
 
+def _vq(threshold_dead_code: float) -> "km.VectorQuantizer":
+    """A VQ layer whose codebook does not depend on the process's RNG state."""
+    vq = km.VectorQuantizer(K, D, decay=0.7, threshold_dead_code=threshold_dead_code, seed=2)
+    c = torch.randn(1, K, D, generator=torch.Generator().manual_seed(11))
+    vq.codebook.copy_(c)
+    vq.embed_sum.copy_(c)
+    return vq
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -56,12 +65,22 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             "kpar_seed4": km.kmeans_parallel(mine, K, seed=4),
             "kpar_seed5": km.kmeans_parallel(mine, K, seed=5),
         }
-        m = km.MiniBatchKMeans(K, D).init_(mine, seed=5)  # k-means|| over both shards
+        m = km.MiniBatchKMeansModule(K, D, update="train").init_(mine, seed=5)  # k-means|| over both shards
         res["mb_init"] = m.centers.clone()
         res["mb_labels"] = [m(batch(x, s, rank)) for s in range(STEPS)]
         res["mb_centers"], res["mb_counts"] = m.centers.clone(), m.counts.clone()
-        m2 = km.MiniBatchKMeans(K, D).init_(mine, seed=5, method="k-means++")
+        m2 = km.MiniBatchKMeansModule(K, D).init_(mine, seed=5, method="k-means++")
         res["mb_rank0_init"] = m2.centers.clone()
+        m3 = km.MiniBatchKMeansModule(K, D, reassignment_ratio=0.5, seed=1)
+        m3.centers.copy_(torch.cat([x[:K - 1], torch.full((1, D), 1e3)]))  # one dead center
+        for s in range(STEPS):
+            m3.partial_fit(batch(x, s, rank))
+        res["mb_reassigned"] = (m3.centers.clone(), m3.counts.clone())
+        for name, dead in (("vq", 0.0), ("vq_dead", 0.3)):
+            vq = _vq(dead)
+            for s in range(STEPS):
+                vq(batch(x, s, rank), update=True)
+            res[name] = {k: v.clone() for k, v in vq.state_dict().items()}
         torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -131,7 +150,7 @@ def test_minibatch_kmeans_ranks_identical(ranks):
 def test_minibatch_kmeans_equals_one_process_on_the_concatenated_batch(ranks):
     x = all_data()
     r0, r1 = ranks
-    one = km.MiniBatchKMeans(K, D)
+    one = km.MiniBatchKMeansModule(K, D, update="train")
     one.init_(x[:K])  # marks it seeded; the centers are then set to the ranks' seeds
     one.centers.copy_(r0["mb_init"])
     for s in range(STEPS):
@@ -161,3 +180,27 @@ def test_kmeans_parallel_one_process_and_bad_input():
         km.kmeans_parallel(torch.ones(10, 2, dtype=torch.int64), 2)
     with pytest.raises(ValueError, match="group was given but torch.distributed is not initialized"):
         km.kmeans_parallel(x, K, group=object())
+
+
+def test_vector_quantizer_ranks_identical_and_equal_one_process(ranks):
+    """The EMA statistics are all-reduced before the update (and dead codes replaced on rank 0
+    and broadcast): both ranks keep the same codebook; without dead-code draws (which take
+    rank 0's rows) it is the one a single process computes from the concatenated batches."""
+    r0, r1 = ranks
+    for name in ("vq", "vq_dead"):
+        for key in r0[name]:
+            assert torch.equal(r0[name][key], r1[name][key]), (name, key)
+    assert not torch.equal(r0["vq_dead"]["codebook"], r0["vq"]["codebook"])  # codes were replaced
+    x = all_data()
+    one = _vq(0.0)
+    for s in range(STEPS):
+        one(torch.cat([batch(x, s, r) for r in range(WORLD)]), update=True)
+    for key, v in one.state_dict().items():
+        torch.testing.assert_close(r0["vq"][key], v, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_minibatch_kmeans_reassignment_identical_on_every_rank(ranks):
+    """Dead centers are drawn on rank 0 and broadcast; the decision uses the shared counts."""
+    (c0, n0), (c1, n1) = ranks[0]["mb_reassigned"], ranks[1]["mb_reassigned"]
+    assert torch.equal(c0, c1) and torch.equal(n0, n1)
+    assert not bool((c0[-1] == 1e3).all())  # the dead center moved

@@ -33,7 +33,7 @@ def _cases(backend):
     return [
         ("assign", lambda a, b: km.assign(a, c, backend=backend)[1].sum(),
          lambda a, b: ops.assign(a, c, backend)[1].sum()),
-        ("center_loss", lambda a, b: km.center_loss(a, lx, c, b, ly, c, backend=backend),
+        ("center_loss", lambda a, b: km.kmgan_center_loss(a, lx, c, b, ly, c, backend=backend),
          lambda a, b: ops.center_loss(a, lx, c, b, ly, c, backend)[0]),
         ("assigned_distance", lambda a, b: km.assigned_distance(a, lx, c, "mean", backend=backend),
          lambda a, b: ops.assigned_distance(a, lx, c, "mean", backend)),

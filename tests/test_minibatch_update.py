@@ -15,8 +15,16 @@ def _problem(n, d, k, device, dtype=torch.float32, seed=0):
     centers = torch.randn(k, d, generator=g).to(device, dtype)
     counts = torch.randint(0, 5, (k,), generator=g).to(device)
     x = torch.randn(n, d, generator=g).to(device, dtype)
-    labels = torch.randint(0, k, (n,), generator=g).to(device)
+    labels = torch.randint(0, k, (n,), generator=g)
+    # Cluster k // 2 gets no rows (when K > 1): every update test meets an empty cluster.
+    labels = torch.where(labels == k // 2, (k // 2 + 1) % k, labels).to(device)
     return centers, counts, x, labels
+
+
+def _assert_empty_clusters_untouched(after, before, labels, k):
+    empty = torch.bincount(labels.cpu(), minlength=k) == 0
+    assert empty.any() or k == 1
+    assert torch.equal(after.cpu()[empty], before.cpu()[empty])
 
 
 def test_known_answer():
@@ -63,9 +71,11 @@ def test_update_dtypes(device, backend, dtype):
     centers, counts, x, labels = _problem(300, 24, 9, device, dtype, seed=11)
     want_c, want_n = centers.cpu().clone(), counts.cpu().clone()
     reference.minibatch_update_(want_c, want_n, x.cpu(), labels.cpu())
+    before = centers.clone()
     km.minibatch_update_(centers, counts, x, labels, backend=backend)
     assert centers.dtype == dtype and torch.equal(counts.cpu(), want_n)
     torch.testing.assert_close(centers.cpu().double(), want_c.double(), **tol(dtype))
+    _assert_empty_clusters_untouched(centers, before, labels, 9)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -77,6 +87,7 @@ def test_deterministic_is_bitwise_repeatable(device, backend):
         km.minibatch_update_(c, n, x, labels, deterministic=True, backend=backend)
         outs.append(c)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    _assert_empty_clusters_untouched(outs[0], centers, labels, 7)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -105,6 +116,7 @@ def test_noncontiguous_centers_are_updated_in_place(device, backend):
     view = noncontiguous(centers)
     km.minibatch_update_(view, counts, noncontiguous(x), labels, backend=backend)
     torch.testing.assert_close(view.cpu(), want_c, rtol=1e-5, atol=1e-5)
+    _assert_empty_clusters_untouched(view, centers, labels, 4)
     assert torch.equal(counts.cpu(), want_n)
 
 
@@ -112,6 +124,7 @@ def test_noncontiguous_centers_are_updated_in_place(device, backend):
 @pytest.mark.parametrize("device,backend", backend_params())
 def test_step_is_assign_then_update(device, backend, deterministic):
     centers, counts, x, _ = _problem(2000, 40, 10, device, seed=14)
+    centers[5] += 100.0  # far from every row: an empty cluster, untouched
     before = centers.clone()
     want_c, want_n = centers.cpu().clone(), counts.cpu().clone()
     labels = km.minibatch_step_(centers, counts, x, deterministic=deterministic, backend=backend)
@@ -120,6 +133,7 @@ def test_step_is_assign_then_update(device, backend, deterministic):
     reference.minibatch_update_(want_c, want_n, x.cpu(), labels.cpu())
     assert torch.equal(counts.cpu(), want_n)
     torch.testing.assert_close(centers.cpu(), want_c, rtol=1e-5, atol=1e-5)
+    _assert_empty_clusters_untouched(centers, before, labels, 10)
 
 
 def _ema_transcription(centers, cluster_size, embed_sum, x, labels, decay, eps):

@@ -6,6 +6,7 @@ data every backend must pick exactly its indices. On small-integer data every di
 norm and sum is exact in float32 too, so the float32 backends (torch, faiss) must agree with
 the oracle index for index.
 """
+import contextlib
 import importlib
 import math
 
@@ -185,13 +186,42 @@ def test_greedy_lowers_potential_on_average():
 def test_thread_setting_is_restored():
     x = _gaussian(300, 4)
     before = torch.get_num_threads()
-    _, a = km.kmeans_plusplus(x, 5, seed=1, return_indices=True)  # small: runs on 1 thread
+    _, a = km.kmeans_plusplus(x, 5, seed=1, return_indices=True)
     assert torch.get_num_threads() == before
     _, b = km.kmeans_plusplus(x, 5, seed=1, num_threads=2, return_indices=True)
     assert torch.get_num_threads() == before
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="num_threads must be a positive int"):
         km.kmeans_plusplus(x, 5, num_threads=0)
+
+
+def test_default_uses_the_threads_torch_was_given(monkeypatch):
+    """num_threads=None runs the loops on torch's setting (and faiss's OpenMP on the same),
+    not on one thread: the library default is what the caller gave torch."""
+    from kmgan_ext.seeding import _data
+
+    seen = []
+    real = _data.cpu_threads
+
+    @contextlib.contextmanager
+    def spy(rows, num_threads, *, faiss_too=False):
+        with real(rows, num_threads, faiss_too=faiss_too):
+            faiss = _data.faiss_module() if faiss_too else None
+            seen.append((torch.get_num_threads(), faiss.omp_get_max_threads() if faiss else None))
+            yield
+
+    monkeypatch.setattr(_data, "cpu_threads", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        x = _gaussian(300, 4)
+        km.kmeans_plusplus(x, 5, seed=1, backend="torch")
+        km.kmeans(x, 5, seed=1, niter=2)
+        if _data.faiss_module() is not None:
+            km.kmeans_plusplus(x, 5, seed=1, backend="faiss")
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) >= 2 and all(t == 2 and f in (None, 2) for t, f in seen), seen
 
 
 @pytest.mark.gpu

@@ -20,6 +20,10 @@ float64, every mode, assign's autotuner configs: 211 cases per architecture, ~30
 minutes; 151 of them took 10-11 minutes on 2 busy cores). ``KMGAN_AOT_ARCHS=90`` restricts
 the architectures, ``KMGAN_AOT_WORKERS`` sets the number of child processes (default 2).
 
+The PTX of every case is also searched for approximate or flush-to-zero square roots and
+divisions (``sqrt.approx``, ``div.full``, ...): the interpreter computes both exactly, so only
+the compiled code can show them (issue 11, 3.5; kernels/_common.py sqrt_rn, div_rn).
+
 Skipped, with the reason, when triton is not installed, has no CUDA backend, or its ptxas
 does not run. The compiling happens in child processes (``python tests/test_triton_aot.py
 --out FILE --archs 90,80 --worker I --workers N [--full]``) because tests/conftest.py
@@ -33,6 +37,7 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 import time
@@ -50,7 +55,7 @@ KERNELS = {
     "assign": ["_assign_exact_kernel", "_prep_centers_kernel", "_assign_tc_kernel",
                "_assign_bwd_kernel"],
     "minibatch_update": ["_segment_sum_kernel", "_apply_kernel", "_sorted_segment_kernel",
-                         "_small_update_kernel"],
+                         "_small_update_kernel", "_ema_centers_kernel"],
     "center_loss": ["_center_loss_fwd_kernel", "_count_kernel", "_center_loss_bwd_kernel"],
     "assigned_distance": ["_ad_fwd_kernel", "_ad_bwd_kernel"],
     "pairwise_l1": ["_l1_sorted_kernel", "_l1_rank_grad_kernel"],
@@ -58,6 +63,10 @@ KERNELS = {
                      "_bwd_kernel"],
     "_common": ["_finalize_sum_kernel"],
 }
+# PTX instructions that do not round to nearest or flush subnormals to zero: tl.sqrt compiles to
+# sqrt.approx.ftz.f32 and float32 `/` to div.full.f32 on sm_80/sm_90 (the interpreter computes
+# both exactly), so a kernel must use the _rn forms (kernels/_common.py sqrt_rn, div_rn).
+APPROX = re.compile(r"\b(?:sqrt|div|rcp|rsqrt)\.(?:approx|full)[.\w]*")
 PT = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "fp64": "*fp64"}
 
 
@@ -109,38 +118,44 @@ def _cases(full: bool):
     for dt in ("fp32", "bf16", "fp64") if full else ("fp32", "bf16"):
         add("assign", "_assign_bwd_kernel",
             {"x_ptr": PT[dt], "c_ptr": PT[dt], "l_ptr": "*i64", "gx_ptr": PT[dt],
-             "g_ptr": PT[acc_of(dt)], "gc_ptr": PT[acc_of(dt)]},
+             "g_ptr": PT[acc_of(dt)], "gc_ptr": "*fp64"},
             dict(CENTERS_GRAD=True, BLOCK_N=32, BLOCK_D=128), tag=dt)
     add("assign", "_assign_exact_kernel", {"x_ptr": "*fp64", "c_ptr": "*fp64",
                                            "labels_ptr": "*i64", "dist2_ptr": "*fp64"},
         dict(BLOCK_N=16, BLOCK_K=16, BLOCK_D=16), tag="fp64")
 
-    # ---- center updates (Sculley = MODE 0, EMA = MODE 1).
+    # ---- center updates (Sculley = MODE 0, EMA = MODE 1): float64 sums, EMA state in the
+    # accumulation dtype (counts_ptr is the int64 counts for Sculley, the sizes for EMA).
     u_dtypes = ("fp32", "fp16", "bf16", "fp64") if full else ("fp32", "bf16")
     for i, dt in enumerate(u_dtypes):
         acc = acc_of(dt)
         modes = (0, 1) if full else (i % 2,)
         for onehot in ((True, False) if full and acc == "fp32" else (dt == "fp32",)):
             add("minibatch_update", "_segment_sum_kernel",
-                {"x_ptr": PT[dt], "labels_ptr": "*i64", "sums_ptr": PT[acc], "m_ptr": "*i32"},
+                {"x_ptr": PT[dt], "labels_ptr": "*i64", "sums_ptr": "*fp64", "m_ptr": "*i32"},
                 dict(ONEHOT=onehot, KP=64, BLOCK_N=64, BLOCK_D=128), tag=f"{dt} onehot={onehot}",
                 dot=onehot)
         for mode in modes:
             dec = {"decay_hi": "fp32", "decay_lo": "fp32"}
+            state = {"counts_ptr": "*i64" if mode == 0 else PT[acc],
+                     "esum_ptr": PT[dt] if mode == 0 else PT[acc]}
             add("minibatch_update", "_apply_kernel",
-                {"centers_ptr": PT[dt], "counts_ptr": "*i64", "sums_ptr": PT[acc], "m_ptr": "*i32",
-                 **dec}, dict(MODE=mode, BLOCK_K=8, BLOCK_D=128), tag=f"{dt} mode={mode}")
+                {"centers_ptr": PT[dt], **state, "sums_ptr": "*fp64", "m_ptr": "*i32", **dec},
+                dict(MODE=mode, BLOCK_K=8, BLOCK_D=128), tag=f"{dt} mode={mode}")
             add("minibatch_update", "_sorted_segment_kernel",
-                {"centers_ptr": PT[dt], "counts_ptr": "*i64", "x_ptr": PT[dt], "order_ptr": "*i64",
+                {"centers_ptr": PT[dt], **state, "x_ptr": PT[dt], "order_ptr": "*i64",
                  "slab_ptr": "*i64", **dec},
                 dict(ACC_T=acc, MODE=mode, BLOCK_K=4, BLOCK_R=16, BLOCK_D=64),
                 tag=f"{dt} mode={mode}")
             for kp in (16, 64) if full else (16,):
                 add("minibatch_update", "_small_update_kernel",
-                    {"centers_ptr": PT[dt], "counts_ptr": "*i64", "x_ptr": PT[dt],
-                     "labels_ptr": "*i64", **dec},
+                    {"centers_ptr": PT[dt], **state, "x_ptr": PT[dt], "labels_ptr": "*i64",
+                     **dec},
                     dict(ACC_T=acc, MODE=mode, KP=kp, BLOCK_N=max(2, 256 // kp), BLOCK_D=32),
                     tag=f"{dt} mode={mode} kp={kp}")
+        add("minibatch_update", "_ema_centers_kernel",
+            {"centers_ptr": PT[dt], "size_ptr": PT[acc], "esum_ptr": PT[acc], "eps_hi": "fp32",
+             "eps_lo": "fp32"}, dict(BLOCK_K=8, BLOCK_S=1024, BLOCK_D=128), tag=dt)
 
     # ---- center loss (counts in the kernel for K <= 64, from the count launch above).
     for i, dt in enumerate(("fp32", "fp16", "bf16", "fp64") if full else ("fp32", "bf16")):
@@ -173,7 +188,7 @@ def _cases(full: bool):
                     tag=f"{dt} mode={mode} single={single}")
             add("assigned_distance", "_ad_bwd_kernel",
                 {"g_ptr": PT[acc], "out_ptr": PT[acc], "x_ptr": PT[dt], "l_ptr": "*i64",
-                 "c_ptr": PT[dt], "gx_ptr": PT[dt], "gc_ptr": PT[acc]},
+                 "c_ptr": PT[dt], "gx_ptr": PT[dt], "gc_ptr": "*fp64"},
                 dict(MODE=mode, CENTERS_GRAD=True, BLOCK_N=128, BLOCK_D=64),
                 tag=f"{dt} mode={mode}")
 
@@ -292,6 +307,8 @@ def _child(out_path: str, archs: list[int], worker: int, workers: int, full: boo
                 options=dict(num_warps=warps, num_stages=stages))
             cubin = compiled.asm.get("cubin", b"")
             shared = int(compiled.metadata.shared)
+            # Approximate float math (issue 11, 3.5): what the interpreter cannot show.
+            row["approx"] = sorted(set(APPROX.findall(compiled.asm.get("ptx", ""))))
             limit = MAX_SHARED.get(arch)
             if not cubin:
                 row["error"] = "no cubin produced"
@@ -371,6 +388,16 @@ if __name__ != "__main__":
         assert rows, f"no case compiled {module}.{kernel}"
         bad = [f"--- {kernel} [{r['tag']}] for sm_{arch}:\n{r['error']}"
                for r in rows if not r["ok"]]
+        assert not bad, "\n".join(bad)
+
+    @pytest.mark.parametrize("arch,module,kernel", _kernel_params())
+    def test_kernel_math_rounds_to_nearest(aot_results, arch, module, kernel):
+        """No approximate or flush-to-zero sqrt/division in the compiled kernels (issue 11, 3.5):
+        a row at distance < 2^-126 must not become 0, results must match the reference's
+        correctly rounded float32 operations."""
+        rows = [r for r in _results(aot_results, arch)
+                if r["module"] == module and r["kernel"] == kernel and r["ok"]]
+        bad = [f"{kernel} [{r['tag']}] sm_{arch}: {r['approx']}" for r in rows if r.get("approx")]
         assert not bad, "\n".join(bad)
 
     def test_every_kernel_has_a_case(aot_results):

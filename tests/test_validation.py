@@ -65,9 +65,9 @@ def test_bad_loss_inputs_name_the_argument(device, backend):
         (lambda: km.assign(x, centers[:, :2], backend=backend), ValueError, "centers must have 3 columns"),
         (lambda: km.assign(x.int(), centers, backend=backend), TypeError, "x must be float"),
         (lambda: km.assign([[1.0]], centers, backend=backend), TypeError, "x must be a torch.Tensor"),
-        (lambda: km.center_loss(x, labels, centers, x.half(), labels, centers, backend=backend), TypeError, "x_fake must have dtype"),
-        (lambda: km.center_loss(x, labels + 9, centers, x, labels, centers, backend=backend), ValueError, "labels_real must lie in"),
-        (lambda: km.center_loss(x, labels, centers, x, labels[:2], centers, backend=backend), ValueError, "labels_fake must have shape"),
+        (lambda: km.kmgan_center_loss(x, labels, centers, x.half(), labels, centers, backend=backend), TypeError, "x_fake must have dtype"),
+        (lambda: km.kmgan_center_loss(x, labels + 9, centers, x, labels, centers, backend=backend), ValueError, "labels_real must lie in"),
+        (lambda: km.kmgan_center_loss(x, labels, centers, x, labels[:2], centers, backend=backend), ValueError, "labels_fake must have shape"),
         (lambda: km.assigned_distance(x, labels, centers, "l1", backend=backend), ValueError, "reduction must be one of"),
         (lambda: km.assigned_distance(x, labels - 1, centers, backend=backend), ValueError, "labels must lie in"),
         (lambda: km.pairwise_l1(x, x[:, :2], backend=backend), ValueError, "b must have 3 columns"),
@@ -133,3 +133,85 @@ def test_debug_mode_checks_the_centers_too(device, backend, bad):
             assert torch.equal(centers.nan_to_num(), c0.nan_to_num()) and torch.equal(counts, n0), what
     finally:
         km.set_debug(False)
+
+
+def _inplace_cases(device):
+    """(description, argument named, call(backend)) for what PyTorch's in-place ops refuse
+    (issue 16 item 4) and invalid counts (item 5); every tensor must be unchanged after."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 3, generator=g).to(device)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1], device=device)
+    counts = torch.zeros(4, dtype=torch.int64, device=device)
+    size, embed = torch.ones(4, device=device), torch.randn(4, 3, generator=g).to(device)
+    expanded = torch.randn(1, 3, generator=g).to(device).expand(4, 3)
+    overlapping = torch.randn(7, generator=g).to(device).as_strided((4, 3), (1, 1))
+    leaf = torch.randn(4, 3, generator=g).to(device).requires_grad_()
+    c = torch.randn(4, 3, generator=g).to(device)
+    buf = torch.randn(10, 3, generator=g).to(device)
+    lab_buf = torch.zeros(10, dtype=torch.int64, device=device)
+    big = torch.full((4,), 2**63 - 3, dtype=torch.int64, device=device)
+    u, s = km.minibatch_update_, km.minibatch_step_
+    e = km.ema_update_
+    cases = [
+        ("expanded centers", "centers", lambda b: u(expanded, counts, x, labels, backend=b)),
+        ("expanded counts", "counts", lambda b: u(c, torch.zeros(1, dtype=torch.int64, device=device).expand(4), x, labels, backend=b)),
+        ("overlapping centers", "centers", lambda b: u(overlapping, counts, x, labels, backend=b)),
+        ("leaf centers", "centers", lambda b: u(leaf, counts, x, labels, backend=b)),
+        ("step leaf centers", "centers", lambda b: s(leaf, counts, x, backend=b)),
+        ("x is centers", "centers", lambda b: s(buf[:4], counts, buf[2:8], backend=b)),
+        ("centers alias x", "centers", lambda b: u(buf[:4], counts, buf[3:9], labels, backend=b)),
+        ("counts alias labels", "counts", lambda b: u(c, lab_buf[:4], x, lab_buf[2:8], backend=b)),
+        ("negative counts", "counts", lambda b: u(c, counts - 1, x, labels, backend=b)),
+        ("counts near 2**63", "counts", lambda b: u(c, big, x, labels, backend=b)),
+        ("step negative counts", "counts", lambda b: s(c, counts - 1, x, backend=b)),
+        ("ema expanded size", "cluster_size", lambda b: e(c, torch.ones(1, device=device).expand(4), embed, x, labels, backend=b)),
+        ("ema overlapping embed", "embed_sum", lambda b: e(c, size, overlapping, x, labels, backend=b)),
+        ("ema embed is centers", "centers", lambda b: e(c, size, c, x, labels, backend=b)),
+        ("ema leaf centers", "centers", lambda b: e(leaf, size, embed, x, labels, backend=b)),
+        ("ema leaf size", "cluster_size", lambda b: e(c, size.clone().requires_grad_(), embed, x, labels, backend=b)),
+    ]
+    everything = [x, labels, counts, size, embed, expanded, overlapping, leaf, c, buf, lab_buf, big]
+    return cases, everything
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_inplace_ops_refuse_up_front_and_write_nothing(device, backend):
+    cases, tensors = _inplace_cases(device)
+    before = [t.detach().clone() for t in tensors]
+    for what, arg, call in cases:
+        with pytest.raises(ValueError, match=arg) as info:
+            call(backend)
+        assert str(info.value).startswith(arg) or f" {arg}" in str(info.value), what
+        for t, t0 in zip(tensors, before):
+            assert torch.equal(t.detach(), t0), what
+
+
+def test_inplace_update_of_a_parameter_under_no_grad_is_allowed():
+    """As PyTorch's in-place ops: a leaf that requires grad may be written under no_grad."""
+    c = torch.nn.Parameter(torch.zeros(2, 1))
+    with torch.no_grad():
+        km.minibatch_update_(c, torch.zeros(2, dtype=torch.int64), torch.ones(3, 1), torch.zeros(3, dtype=torch.int64))
+    assert c.tolist() == [[1.0], [0.0]]
+
+
+def test_error_types_and_names():
+    """Issue 16 item 6 (the op and seeding layer's share)."""
+    x, c, lab = torch.randn(6, 3), torch.randn(4, 3), torch.zeros(6, dtype=torch.int64)
+    np = pytest.importorskip("numpy")
+    cases = [
+        (lambda: km.center_loss(x, lab, c, torch.randn(6, 2), lab, c), ValueError, r"x_fake must have 3 columns"),
+        (lambda: km.kmgan_losses(x, x, c.numpy(), c), TypeError, "centers_real must be a torch.Tensor"),
+        (lambda: km.kmgan_losses(x, x, c, np.zeros((4, 3))), TypeError, "centers_fake must be a torch.Tensor"),
+        (lambda: km.kmeans_plusplus(x, 2, seed=2**64), ValueError, r"seed must lie in \[0, 2\*\*32\)"),
+        (lambda: km.kmeans(x, 2, seed=-1), ValueError, "seed must lie in"),
+        (lambda: km.kmeans_plusplus(torch.empty(6, 3, device="meta"), 2), ValueError, "x is a meta tensor"),
+        (lambda: km.kmeans(torch.empty(6, 3, device="meta"), 2), ValueError, "x is a meta tensor"),
+        (lambda: km.kmeans(torch.tensor([[float("nan"), 0.0], [1.0, 1.0], [2.0, 2.0]]), 2), ValueError, "x contains NaN or Inf"),
+        (lambda: km.kmeans_plusplus(torch.tensor([[float("nan"), 0.0], [1.0, 1.0], [2.0, 2.0]]), 2), ValueError, "x contains NaN or Inf"),
+        (lambda: km.center_loss(x, lab, c, x.half(), lab, c), TypeError, r"x_fake must have dtype torch.float32 \(as x_real\)"),
+        (lambda: km.pairwise_l1(x, x.double()), TypeError, r"b must have dtype torch.float32 \(as a\)"),
+        (lambda: km.center_loss(x, lab, c.double(), x, lab, c), TypeError, r"centers_real must have dtype torch.float32 \(as x_real\)"),
+    ]
+    for call, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern):
+            call()

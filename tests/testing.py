@@ -43,7 +43,7 @@ def backend_params() -> list:
         for b in _NAMES[device]:
             why = km.available_backends()[b]
             marks = [pytest.mark.skip(reason=f"{b}: {why}")] if why else []
-            if b == "cuda_emulated":
+            if b in ("triton", "cuda_emulated"):  # GPU kernel code run without a GPU
                 marks.append(pytest.mark.emulated_gpu)
             out.append(pytest.param(device, b, id=f"{device}-{b}", marks=marks))
     return out
@@ -62,6 +62,15 @@ def tol(dtype: torch.dtype) -> dict:
         torch.float16: dict(rtol=2e-3, atol=2e-3),
         torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
     }[dtype]
+
+
+def assert_grad_close(got: torch.Tensor, want64: torch.Tensor, dtype: torch.dtype, name: str = "grad") -> None:
+    """A gradient of dtype ``dtype`` equals the float64 one up to the dtype's rounding of its
+    largest entry (values, not only the dtype: a 16-bit backward can be wrong and well typed)."""
+    assert got.dtype == dtype, (name, got.dtype)
+    t = tol(dtype)
+    scale = 1 + float(want64.abs().max()) if want64.numel() else 1
+    torch.testing.assert_close(got.double().cpu(), want64.cpu(), rtol=t["rtol"], atol=t["atol"] * scale, msg=name)
 
 
 def noncontiguous(t: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,21 @@ std::vector<float> pack_panels(const float* cs, int64_t k, int64_t d) {
   return packed;
 }
 
+// The label-deciding distance, exactly as the float64 reference forms it
+// (reference.squared_distances): sum over j in index order of (x_j - c_j)^2, every operation
+// rounded to double (no FMA: -ffp-contract=off; no reordering). Where two centers' float64
+// distances tie only after rounding (a subnormal center next to normal rows), any other
+// order could pick another label than the reference.
+template <typename scalar_t>
+double canonical_dist2(const scalar_t* a, const scalar_t* b, int64_t d) {
+  double s = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double t = static_cast<double>(a[j]) - static_cast<double>(b[j]);
+    s += t * t;
+  }
+  return s;
+}
+
 template <typename scalar_t>
 ShiftedCenters<acc_t<scalar_t>> shift_centers(const scalar_t* c, int64_t k, int64_t d) {
   using acc = acc_t<scalar_t>;
@@ -203,7 +218,7 @@ int64_t resolve_row(const RowState<acc>& st, const scalar_t* xi, const scalar_t*
   double best = std::numeric_limits<double>::infinity();
   for (int64_t c_i = 0; c_i < m; ++c_i) {
     const int64_t q = listed ? st.k[c_i] : c_i;
-    const double t = exact_dist2(xi, c + q * d, d, avx2);
+    const double t = canonical_dist2(xi, c + q * d, d);
     if (std::isnan(t)) {
       dist = t;
       return q;
@@ -230,6 +245,7 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
   const double u = std::numeric_limits<acc>::epsilon() / 2;
   const double tau = 2.0 * (2.0 * static_cast<double>(d) + 8.0) * u;
   const double row_const = 2.0 * sc.cmax * sc.cmax;
+  const double ref_tau = (static_cast<double>(d) + 2.0) * std::ldexp(1.0, -53);
   // Rows whose expansion terms, bounded by (||x'|| + cmax)^2, stay below this cannot overflow.
   const double safe_square = static_cast<double>(std::numeric_limits<acc>::max()) / 16.0;
   const acc* bias = sc.bias.data();
@@ -272,7 +288,11 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
           n2 += xs[j] * xs[j];
         }
         const double xn = std::sqrt(static_cast<double>(n2));
-        const double bound = tau * (xn * sc.cmax + row_const);
+        // Plus the rounding of the reference's own float64 distances, (d + 2) 2^-53 of their
+        // size at most: centers whose float64 distances tie only after that rounding stay
+        // candidates, and canonical_dist2 then decides as the reference does.
+        const double bound = tau * (xn * sc.cmax + row_const) +
+                             ref_tau * (xn + sc.cmax) * (xn + sc.cmax);
         rows[r].best = std::numeric_limits<acc>::infinity();
         rows[r].bound2 = static_cast<acc>(2.0 * bound);
         // NaN-safe: a NaN/Inf row or center fails the comparison and takes the exact path.

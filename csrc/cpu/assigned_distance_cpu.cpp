@@ -23,13 +23,13 @@ Reduction parse_reduction(c10::string_view r) {
   TORCH_CHECK(false, "reduction must be one of ('fro', 'mean', 'sq_sum'), got '", std::string(r), "'");
 }
 
+// ||x_i - c||^2 in double: float32 squares overflow past ~1.8e19 while the norm itself fits.
 template <typename scalar_t>
-acc_t<scalar_t> row_sq(const scalar_t* xi, const scalar_t* ci, int64_t d) {
-  using acc = acc_t<scalar_t>;
-  acc s = 0;
+double row_sq(const scalar_t* xi, const scalar_t* ci, int64_t d) {
+  double s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < d; ++j) {
-    const acc t = static_cast<acc>(xi[j]) - static_cast<acc>(ci[j]);
+    const double t = static_cast<double>(xi[j]) - static_cast<double>(ci[j]);
     s += t * t;
   }
   return s;
@@ -75,7 +75,7 @@ Tensor assigned_distance_native(const Tensor& x_in, const Tensor& labels_in, con
     case Reduction::kMean: out = a.n > 0 ? total / static_cast<double>(a.n) : 0.0; break;
     case Reduction::kSqSum: out = 0.5 * total; break;
   }
-  return at::full({}, out, a.x.options().dtype(out_dtype(a.x)));
+  return scalar_result(out, a.x.options().dtype(out_dtype(a.x)));
 }
 
 std::tuple<Tensor, Tensor> assigned_distance_backward_native(

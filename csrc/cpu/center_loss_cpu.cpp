@@ -71,7 +71,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> center_loss_native(
       dp[j] = static_cast<acc>(dj);
       total += std::abs(dj);
     }
-    loss.fill_(total);
+    loss.fill_(round_to(total, loss.scalar_type()));
   });
   return {loss, diff, counts_tensor(nr), counts_tensor(nf)};
 }

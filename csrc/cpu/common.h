@@ -88,6 +88,16 @@ inline void check_label_values(const char* name, const int64_t* labels, int64_t 
   }
 }
 
+// A 0-d result of dtype `type` (float32 or float64) from a double, rounded as a cast rounds
+// (inf past float32's range, as the reference's .to(float32)): at::full and fill_ refuse a
+// finite double that float32 cannot hold instead.
+inline double round_to(double v, at::ScalarType type) {
+  return type == at::kFloat ? static_cast<double>(static_cast<float>(v)) : v;
+}
+inline Tensor scalar_result(double v, const at::TensorOptions& opts) {
+  return at::full({}, round_to(v, c10::typeMetaToScalarType(opts.dtype())), opts);
+}
+
 // A 0-d (or one-element) gradient as a double.
 inline double scalar_grad(const char* name, const Tensor& g) {
   check_cpu(name, g);
@@ -170,17 +180,44 @@ struct WideSum {
   inline double value(int64_t e) const { return compensated ? sum[e] + comp[e] : sum[e]; }
 };
 
+// AVX2 + runtime check (segment_sums_avx2.cpp, assign_avx2.cpp): sums[l_i, j] += x[i, j] for
+// the columns [j0, j1), in double, rows in index order.
+bool avx2_kernels_available();
+void segment_sums_f32_avx2(const float* x, int64_t n, int64_t d, const int64_t* labels,
+                           double* sums, int64_t j0, int64_t j1);
+
 // S[k, :] = sum of the rows of x labelled k, as a WideSum over (K, d). Labels must be in
 // range. Rows in index order for every (k, column): deterministic for any thread count.
 template <typename scalar_t>
 WideSum<scalar_t> segment_sums(const scalar_t* x, int64_t n, int64_t d, const int64_t* labels,
                                int64_t k) {
   WideSum<scalar_t> sums(k * d);
+  double* sp = sums.sum.data();
+  double* cp = sums.comp.data();
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (avx2_kernels_available()) {
+      for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
+        segment_sums_f32_avx2(x, n, d, labels, sp, j0, j1);
+      });
+      return sums;
+    }
+  }
   for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
     for (int64_t i = 0; i < n; ++i) {
-      const scalar_t* xi = x + i * d;
-      const int64_t base = labels[i] * d;
-      for (int64_t j = j0; j < j1; ++j) sums.add(base + j, static_cast<double>(xi[j]));
+      const scalar_t* __restrict__ xi = x + i * d;
+      double* __restrict__ s = sp + labels[i] * d;
+      if constexpr (WideSum<scalar_t>::compensated) {
+        double* __restrict__ e = cp + labels[i] * d;
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) {
+          const double v = static_cast<double>(xi[j]), t = s[j] + v, bp = t - s[j];
+          e[j] += (s[j] - (t - bp)) + (v - bp);
+          s[j] = t;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) s[j] += static_cast<double>(xi[j]);
+      }
     }
   });
   return sums;

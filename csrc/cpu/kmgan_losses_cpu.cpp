@@ -74,11 +74,11 @@ kmgan_losses_native(const Tensor& f_real_in, const Tensor& f_fake_in, const Tens
   const double pr = pull_r.item<double>(), pf = pull_f.item<double>();
   const auto acc = fr.options().dtype(out_dtype(fr));
   Tensor pulls = at::empty({2}, acc);
-  pulls[0].fill_(pr);
-  pulls[1].fill_(pf);
+  pulls[0].fill_(round_to(pr, pulls.scalar_type()));
+  pulls[1].fill_(round_to(pf, pulls.scalar_type()));
   // In double, then rounded once: the same value as subtracting the float64 reference pulls.
-  Tensor loss_d = at::full({}, pr - pf, acc);
-  Tensor loss_g = at::full({}, pf, acc);
+  Tensor loss_d = scalar_result(pr - pf, acc);
+  Tensor loss_g = scalar_result(pf, acc);
   return {loss_d, loss_g, loss_c, lr, lf, lh, pulls, u_diff, n_r, n_h};
 }
 

@@ -252,7 +252,7 @@ Tensor pairwise_l1_native(const Tensor& a_in, const c10::optional<Tensor>& b_in)
   });
   double total = 0.0;
   for (double v : per_dim) total += v;  // dimension order: independent of the thread count
-  return at::full({}, total, a.options().dtype(out_dtype(a)));
+  return scalar_result(total, a.options().dtype(out_dtype(a)));
 }
 
 std::tuple<Tensor, Tensor> pairwise_l1_backward_native(const Tensor& grad, const Tensor& a_in,

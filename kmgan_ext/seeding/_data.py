@@ -30,10 +30,6 @@ _CPU_CHUNK_BYTES = 256 << 20
 _CUDA_CHUNK_BYTES = 512 << 20
 
 
-# Up to this many elements of x (N * d), CPU loops run on one thread (see cpu_threads).
-SINGLE_THREAD_ELEMS = 1 << 24
-
-
 @functools.lru_cache(maxsize=None)
 def faiss_module():
     """faiss when importable, else None (import kmgan_ext never needs it)."""
@@ -68,6 +64,11 @@ class Rows:
             if x.dtype not in _checks.FLOAT_DTYPES:
                 raise TypeError(
                     f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}"
+                )
+            if x.device.type == "meta":
+                raise ValueError(
+                    f"{name} is a meta tensor (shapes only, no data): seeding reads the data; "
+                    "pass a CPU or CUDA tensor"
                 )
             self.is_numpy = False
             self.device = x.device
@@ -115,11 +116,16 @@ class Rows:
         for s in range(0, self.n, rows):
             yield s, self.chunk(s, min(s + rows, self.n), check=check)
 
-    def check_finite(self) -> None:
-        """Under km.set_debug(True): a pass over the rows looking for NaN/Inf."""
+    def check_finite(self, always: bool = False) -> None:
+        """A pass over the rows looking for NaN/Inf: under km.set_debug(True), or ``always``
+        (for routines that read the data many times anyway, where one more pass is cheap)."""
         if _checks.debug_enabled():
             for _ in self.chunks(self.default_chunk(), check=True):
                 pass
+        elif always:
+            for _, part in self.chunks(self.default_chunk()):
+                if part.numel() and not bool(torch.isfinite(part).all()):
+                    raise ValueError(f"{self.name} contains NaN or Inf")
 
     def take(self, index: Tensor) -> Tensor:
         """The rows at ``index`` (int64 tensor), in the compute dtype, on ``self.device``."""
@@ -159,9 +165,16 @@ def check_positive_int(name: str, v: object, *, allow_none: bool = False) -> int
     return int(v)
 
 
+SEED_LIMIT = 1 << 32
+
+
 def check_seed(seed: object) -> int:
+    """An int in [0, 2**32), as scikit-learn's random_state (torch generators take less than
+    2**64, and kmeans_parallel derives per-rank seeds from it)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise ValueError(f"seed must lie in [0, 2**32), got {seed}")
     return int(seed)
 
 
@@ -174,18 +187,17 @@ def default_trials(k: int) -> int:
 def cpu_threads(rows: Rows, num_threads: int | None, *, faiss_too: bool = False):
     """torch's intra-op threads (and faiss's OpenMP threads) for a CPU loop, restored after.
 
-    None: one thread when N * d <= SINGLE_THREAD_ELEMS (e.g. 70,000 x 100), else unchanged.
-    Seeding and Lloyd run a few parallel regions per center / iteration, of a few ms each at
-    that size; on a busy machine every region waits for a free core (measured on the 2-core
-    CI machine at load 6: k-means++ with K=100 took 10.8 s with 2 threads, 3.1 s with 1).
+    None: the cores the caller gave torch (torch.get_num_threads()), for faiss too, so one
+    setting governs both. (An earlier default of one thread up to N * d = 2**24, chosen on a
+    loaded 2-core machine, ran the library on one core while its peers used all of them.)
     """
     if rows.device.type != "cpu":
         yield
         return
-    if num_threads is None and rows.n * rows.d <= SINGLE_THREAD_ELEMS:
-        num_threads = 1
     faiss = faiss_module() if faiss_too else None
     before = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss else None
+    if num_threads is None and faiss is not None:
+        num_threads = before[0]
     if num_threads is not None:
         torch.set_num_threads(num_threads)
         if faiss:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from .. import _progress
 from ._data import _from_numpy
 
 # A .npy header padded to this many bytes, written once the row count is known. 128 bytes
@@ -134,7 +135,8 @@ def extract_features(
             do not fit in RAM. bfloat16 features are stored as float32 (numpy has no bf16).
         out_device: where the returned tensor lives (default CPU; None = ``device``).
         num_workers: DataLoader workers when ``data`` is a Dataset.
-        progress: show a tqdm progress bar (rows).
+        progress: report progress on stderr: a bar on a terminal (with tqdm installed), a
+            line every 30 s when writing to a file or pipe (see kmgan_ext/_progress.py).
 
     Returns:
         an (N, d) tensor in fn's output dtype, rows in data order; or, with ``memmap_path``,
@@ -148,9 +150,7 @@ def extract_features(
     out_dev = torch.device(out_device) if out_device is not None else dev
     batches, n = _batches(data, batch_size, num_workers)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=n, unit="rows", desc="features", disable=not progress, leave=False)
+    bar = _progress.progress(n, desc="features", unit="rows", enabled=progress, leave=False, summary=False)
     writer = _NpyWriter(memmap_path) if memmap_path is not None else None
     parts: list[Tensor] = []
     out: Tensor | None = None

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _optional
 from ..assign import assign
 from . import _data
 from .kmeans_plusplus import kmeans_plusplus
@@ -33,7 +34,7 @@ def _resolve(backend: str, rows: _data.Rows) -> str:
         return "faiss" if usable else "torch"
     if backend == "faiss" and not usable:
         if faiss is None:
-            raise RuntimeError("backend 'faiss' needs faiss: pip install faiss-cpu (or faiss-gpu)")
+            raise RuntimeError(f"backend 'faiss' needs faiss: {_optional.hint('faiss', 'faiss-cpu')}, or faiss-gpu")
         raise ValueError(
             f"backend 'faiss' got tensors on {rows.device} but this faiss build sees no GPU; "
             "use backend='torch' (or install faiss-gpu)"
@@ -106,7 +107,7 @@ def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int) -> Te
         rows.d,
         k,
         niter=niter,
-        seed=seed,
+        seed=seed & 0x7FFFFFFF,  # faiss's seed is a C int; seeds are < 2**32
         # faiss silently trains on a random k * max_points_per_centroid rows (256 per
         # centroid by default): raise the cap above N so every row takes part.
         max_points_per_centroid=rows.n // k + 1,
@@ -176,7 +177,9 @@ def kmeans(
     seed = _data.check_seed(seed)
     chunk_size = _data.check_positive_int("chunk_size", chunk_size, allow_none=True)
     backend = _resolve(backend, rows)
-    rows.check_finite()
+    # Lloyd reads the data niter times: one more pass to reject NaN/Inf is cheap, and without
+    # it faiss raises from C++ and the torch engine returns NaN centers.
+    rows.check_finite(always=True)
     train = rows
     if subsample is not None:
         m = _data.check_positive_int("subsample", subsample)

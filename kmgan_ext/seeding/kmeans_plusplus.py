@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _optional
 from . import _data
 
 BACKENDS = ("auto", "torch", "faiss")
@@ -89,7 +90,7 @@ def resolve_backend(backend: str, rows: _data.Rows) -> str:
     faiss = _data.faiss_module()
     if backend == "faiss":
         if faiss is None:
-            raise RuntimeError("backend 'faiss' needs faiss: pip install faiss-cpu (or faiss-gpu)")
+            raise RuntimeError(f"backend 'faiss' needs faiss: {_optional.hint('faiss', 'faiss-cpu')}, or faiss-gpu")
         if rows.device.type != "cpu":
             raise ValueError(
                 "backend 'faiss' reads host memory (numpy arrays or CPU tensors); "
@@ -140,10 +141,16 @@ def greedy_kmeans_plusplus(
     c_sq = (c * c).sum(1)
     sq = torch.empty(n, dtype=cdt, device=dev)
     closest = torch.empty(n, 1, dtype=cdt, device=dev)
+    # NaN/Inf rows would silently give duplicate centers: checked on this first pass, with
+    # one host sync after it (not one per chunk).
+    finite = torch.ones((), dtype=torch.bool, device=dev)
     for s, ch in rows.chunks(rows_per_chunk, check=True):
         e = s + ch.shape[0]
+        finite &= torch.isfinite(ch).all()
         torch.sum(ch * ch, 1, out=sq[s:e])
         block(ch, sq[s:e], c, c_sq, closest[s:e])
+    if not bool(finite):
+        raise ValueError(f"{rows.name} contains NaN or Inf")
     closest = closest.view(n).clamp_(min=0)
     zero = torch.zeros((), dtype=cdt, device=dev)
 
@@ -224,9 +231,8 @@ def kmeans_plusplus(
         chunk_size: rows per chunk; None bounds the temporaries of a chunk by 256 MiB on CPU
             and 512 MiB on a GPU.
         num_threads: CPU threads of the loop (torch's intra-op threads, and faiss's OpenMP
-            threads for backend "faiss"), restored afterwards. None: one thread when
-            N * d <= 2**24 (e.g. 70,000 x 100), else the current setting (see
-            ``kmgan_ext.seeding._data.cpu_threads`` for the measurement behind it).
+            threads for backend "faiss"), restored afterwards. None: torch's current
+            setting (torch.get_num_threads()), for faiss too.
         return_indices: also return the chosen row indices.
 
     Returns:

@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run one of the paper's sweeps (Tables 4, 5, 8) into OUT/<key>=<value>; its base config "
                         "is the paper's unless --config names another")  # fmt: skip
     p.add_argument("--list", action="store_true", help="print the config keys, configs and sweeps")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output (same as --set progress=false); the run summary is still printed")  # fmt: skip
     return p
 
 
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides = parse_set(args.sets)
+        if args.quiet:
+            overrides["progress"] = False
         if args.list:
             print("keys (default):")
             for k, v in sorted(DEFAULTS.items()):

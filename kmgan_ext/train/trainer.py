@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 import kmgan_ext as km
+from kmgan_ext import _optional, _progress
 
 from . import centers as cset
 from . import checkpoint as ckpt
@@ -67,6 +68,8 @@ class Trainer:
     ``run()`` seeds the centers, trains, checkpoints and evaluates."""
 
     def __init__(self, cfg: dict, out_dir: str, *, resume: bool = False):
+        # fail before training, not at the first figure or metric an hour in
+        _optional.require_extra("train", "the KM-GAN trainer", ignore=("tqdm",))
         self.cfg = cfg
         self.out = os.path.abspath(out_dir)
         self.info = dist_mod.setup(cfg["device"])
@@ -245,14 +248,11 @@ class Trainer:
         max_steps = cfg["max_steps"]
         while self.epoch < cfg["epochs"]:
             loader, per_epoch = self._loader(self.epoch, self.batch_in_epoch)
-            bar = None
-            if self.info.main and cfg["progress"]:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(
-                    total=per_epoch, initial=self.batch_in_epoch, desc=f"{cfg['model']} epoch {self.epoch + 1}/{cfg['epochs']}",
-                    leave=False, dynamic_ncols=True,
-                )  # fmt: skip
+            # a bar on a terminal, one line per epoch in a log file (kmgan_ext/_progress.py)
+            bar = _progress.progress(
+                per_epoch, initial=self.batch_in_epoch, desc=f"{cfg['model']} epoch {self.epoch + 1}/{cfg['epochs']}",
+                unit="steps", enabled=self.info.main and cfg["progress"], leave=False,
+            )  # fmt: skip
             t_window, n_window = 0.0, 0
             try:
                 for batch in loader:
@@ -266,9 +266,8 @@ class Trainer:
                     self.seconds += dt
                     t_window, n_window = t_window + dt, n_window + 1
                     self.last = out
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix({k: f"{float(out[k]):.3g}" for k in ("L_D", "L_G", "L_center") if k in out})
+                    bar.update(1)
+                    bar.set_postfix({k: out[k] for k in ("L_D", "L_G", "L_center") if k in out})
                     if cfg["log_every"] and self.step % cfg["log_every"] == 0:
                         records.write_log(self, records.log_record(self, out, t_window, n_window))
                         t_window, n_window = 0.0, 0
@@ -277,8 +276,7 @@ class Trainer:
                     if dist_mod.any_rank(self._stop_requested, self.info):
                         return "interrupted"
             finally:
-                if bar is not None:
-                    bar.close()
+                bar.close()
             self.epoch += 1
             self.batch_in_epoch = 0
             records.epoch_figure(self)

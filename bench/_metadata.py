@@ -1,0 +1,172 @@
+"""What a benchmark run records about itself: device, versions, commit, date, threads, load;
+and the one thread setting every provider runs with (``set_threads``)."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+from typing import Any
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20, check=True
+        ).stdout.strip()
+    except Exception:
+        return None
+
+
+def git_commit() -> str:
+    head = _git("rev-parse", "HEAD")
+    if head is None:
+        return "unknown (no git checkout)"
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return head + ("-dirty" if dirty else "")
+
+
+def device_info(device: torch.device) -> dict:
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return {
+            "type": "cuda",
+            "name": torch.cuda.get_device_name(device),
+            "multiprocessors": p.multi_processor_count,
+            "memory_gb": round(p.total_memory / 1e9, 1),
+            "cuda": torch.version.cuda,
+            "host_cpu": _cpu_name(),
+        }
+    mem_gb = None
+    try:
+        mem_gb = round(_meminfo_kb("MemTotal") / 1e6, 1)
+    except OSError:
+        pass
+    return {
+        "type": "cpu",
+        "name": f"{_cpu_name()} ({os.cpu_count()} cores)",
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": mem_gb,
+        "machine": platform.machine(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _meminfo_kb(field: str) -> int:
+    with open("/proc/meminfo") as f:
+        m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
+    if not m:
+        raise OSError(field)
+    return int(m.group(1))
+
+
+def _version(mod: str) -> str | None:
+    try:
+        return getattr(__import__(mod), "__version__", "unknown")
+    except Exception:
+        return None
+
+
+def run_metadata(ctx: Any, args: dict) -> dict:
+    import kmgan_ext as km
+
+    return {
+        "device": device_info(ctx.device),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "faiss": _version("faiss"),
+        "sklearn": _version("sklearn"),
+        "numpy": _version("numpy"),
+        "python": platform.python_version(),
+        "kmgan_ext": km.__version__,
+        "available_backends": km.available_backends(),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "args": args,
+        "timing": (
+            "CUDA events per call, L2 flushed before each; median, p20, p80"
+            if ctx.cuda
+            else "time.perf_counter per call after warm-up; median, p20, p80"
+        ),
+        "roofline": ctx.roof.as_dict() if ctx.roof else None,
+        "threads": thread_settings(),
+        # Other processes on the machine distort CPU timings (OpenMP threads wait for
+        # descheduled peers): the 1-minute load average at the start says how quiet it was.
+        "load_avg_start": _loadavg(),
+    }
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+# The threadpoolctl limiter must stay referenced for its limits to hold for the whole run.
+_POOL_LIMITS: list = []
+
+
+def set_threads(n: int | None) -> dict:
+    """One thread count for every provider, recorded by ``thread_settings``: torch's intra-op
+    pool, faiss's OpenMP, and every BLAS/OpenMP pool loaded in the process (numpy's and
+    scikit-learn's, through threadpoolctl). None: torch's current setting (its default is
+    the machine's cores). The libraries are imported first: threadpoolctl limits the pools
+    that are loaded when it is called."""
+    n = n or torch.get_num_threads()
+    torch.set_num_threads(n)
+    for mod in ("numpy", "sklearn.cluster", "faiss"):
+        try:
+            __import__(mod)
+        except Exception:  # an absent provider: its rows say so
+            pass
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except Exception:
+        pass
+    try:
+        import threadpoolctl
+
+        _POOL_LIMITS.append(threadpoolctl.threadpool_limits(limits=n))
+    except Exception:
+        pass
+    return thread_settings()
+
+
+def thread_settings() -> dict:
+    """The thread count each provider's runtime reports now."""
+    out: dict = {"torch": torch.get_num_threads()}
+    try:
+        import faiss
+
+        out["faiss_omp"] = faiss.omp_get_max_threads()
+    except Exception:
+        out["faiss_omp"] = None
+    try:
+        import threadpoolctl
+
+        out["threadpools"] = [
+            f"{p.get('internal_api')} ({os.path.basename(p.get('filepath', ''))}): {p.get('num_threads')}"
+            for p in threadpoolctl.threadpool_info()
+        ]
+    except Exception as e:
+        out["threadpools"] = f"threadpoolctl unavailable: {type(e).__name__}"
+    return out
