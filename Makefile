@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # torch guesses CUDA_HOME from `which nvcc`, a wrapper script here: point it at the toolkit.
 CUDA_HOME ?= $(shell for d in /usr/local/cuda /usr/local/cuda-*; do [ -x $$d/bin/nvcc ] && echo $$d && break; done)
 export CUDA_HOME
-TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0+PTX
 export TORCH_CUDA_ARCH_LIST
 MAX_JOBS ?= $(shell nproc)
 export MAX_JOBS

@@ -4,7 +4,8 @@ are present (a GPU is not needed to compile; CI compiles them on a CPU-only mach
 Environment:
     KMGAN_EXT_NO_CUDA=1      skip the CUDA sources even when nvcc is found
     CUDA_HOME                the CUDA toolkit (default: found from nvcc, see _cuda_home)
-    TORCH_CUDA_ARCH_LIST     default "8.0;9.0" (A100, H100/H200) when no GPU is visible
+    TORCH_CUDA_ARCH_LIST     default "8.0;9.0+PTX" (A100, H100/H200 SASS, and PTX that newer
+                             GPUs JIT-compile); recorded in _C (kmgan_ext::cuda_archs)
     MAX_JOBS                 parallel compile jobs (ninja)
 """
 from __future__ import annotations
@@ -77,6 +78,19 @@ def _want_cuda() -> tuple[bool, str]:
     return True, home
 
 
+def _arch_token() -> str:
+    """The architectures torch's -gencode flags will target, as one shell-safe token for the
+    KMGAN_EXT_CUDA_ARCHS macro: sm80_sm90_ptx90 = SASS for sm_80 and sm_90, PTX compute_90."""
+    import re
+
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    flags = " ".join(_get_cuda_arch_flags())
+    sass = sorted(set(re.findall(r"code=\[?sm_(\d+[a-z]?)", flags)))
+    ptx = sorted(set(re.findall(r"code=\[?compute_(\d+[a-z]?)", flags)))
+    return "_".join([f"sm{a}" for a in sass] + [f"ptx{a}" for a in ptx]) or "unknown"
+
+
 def extensions():
     want_cuda, why = _want_cuda()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
@@ -92,8 +106,9 @@ def extensions():
     if want_cuda:
         import torch
 
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        macros.append(("KMGAN_EXT_CUDA_ARCHS", _arch_token()))
         sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
         print(
             f"kmgan_ext: compiling CUDA kernels with {why}/bin/nvcc for "

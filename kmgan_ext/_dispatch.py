@@ -19,7 +19,7 @@ import types
 
 import torch
 
-BACKENDS = ("reference", "cpu", "triton", "cuda")
+BACKENDS = ("reference", "cpu", "triton", "cuda", "cuda_emulated")
 
 # backend="auto" on CUDA tensors. One entry per op; the choice must come from a GPU run of
 # bench/ (bench/results/*.json) — see README "Backend selection".
@@ -59,6 +59,49 @@ def native_has_cpu() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("kmgan_ext::assign_native", "CPU")
 
 
+@functools.lru_cache(maxsize=None)
+def compiled_cuda_archs() -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(SASS archs, PTX archs) the CUDA kernels of _C were built for, e.g. (("80", "90"),
+    ("90",)); None when _C has no CUDA kernels or predates the record (kmgan_ext::cuda_archs)."""
+    if not native_has_cuda() or not hasattr(torch.ops.kmgan_ext, "cuda_archs"):
+        return None
+    token = torch.ops.kmgan_ext.cuda_archs()
+    parts = token.split("_")
+    sass = tuple(p[2:] for p in parts if p.startswith("sm"))
+    ptx = tuple(p[3:] for p in parts if p.startswith("ptx"))
+    return (sass, ptx) if sass or ptx else None
+
+
+def _arch_number(arch: str) -> tuple[int, int, bool]:
+    """"90" -> (9, 0, False); "90a" -> (9, 0, True) (arch-specific: that exact GPU only)."""
+    specific = arch.endswith("a")
+    digits = arch.rstrip("a")
+    return int(digits[:-1]), int(digits[-1]), specific
+
+
+def cuda_arch_mismatch(
+    capability: tuple[int, int], sass: tuple[str, ...], ptx: tuple[str, ...]
+) -> str | None:
+    """None when a kernel image of the build runs on a GPU of ``capability`` (major, minor),
+    else the reason. SASS for sm_XY runs on X.Y' with Y' >= Y (same major; an "a" arch only on
+    X.Y itself); PTX for compute_XY is JIT-compiled by the driver for any GPU >= X.Y."""
+    major, minor = capability
+    for a in sass:
+        m, n, specific = _arch_number(a)
+        if m == major and (n == minor if specific else n <= minor):
+            return None
+    for a in ptx:
+        m, n, _ = _arch_number(a)
+        if (m, n) <= (major, minor):
+            return None
+    built = ", ".join([f"sm_{a}" for a in sass] + [f"compute_{a} (PTX)" for a in ptx])
+    return (
+        f"kmgan_ext._C's CUDA kernels were built for {built}, none of which runs on this GPU "
+        f"(sm_{major}{minor}); rebuild with TORCH_CUDA_ARCH_LIST=\"{major}.{minor}\" (or add "
+        f"+PTX to the newest architecture)"
+    )
+
+
 def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -96,6 +139,9 @@ def _why_not(backend: str) -> str | None:
             )
         if not torch.cuda.is_available():
             return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+        archs = compiled_cuda_archs()
+        if archs is not None:
+            return cuda_arch_mismatch(torch.cuda.get_device_capability(), *archs)
         return None
     if backend == "triton":
         err = _load_native()
@@ -110,6 +156,11 @@ def _why_not(backend: str) -> str | None:
                 "to run its kernels on CPU tensors through the interpreter"
             )
         return None
+    if backend == "cuda_emulated":
+        # The CUDA C++ kernels on CPU threads: a test harness, loaded by the tests only.
+        from . import _cuda_emulated
+
+        return _cuda_emulated.why_not()
     raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
 
 
@@ -157,6 +208,8 @@ def _resolve(backend: str, device: torch.device, op: str | None = None) -> str:
         raise ValueError(f"backend 'cpu' runs on CPU tensors, got tensors on {device}")
     if backend == "cuda" and device.type != "cuda":
         raise ValueError(f"backend 'cuda' runs on CUDA tensors, got tensors on {device}")
+    if backend == "cuda_emulated" and device.type != "cpu":
+        raise ValueError(f"backend 'cuda_emulated' runs on CPU tensors, got tensors on {device}")
     if backend == "triton" and device.type == "cpu" and not _triton_interpret():
         raise ValueError(
             "backend 'triton' got CPU tensors: set TRITON_INTERPRET=1 before importing triton, "
@@ -231,6 +284,10 @@ def implementation(backend: str):
         from . import kernels
 
         return kernels
+    if backend == "cuda_emulated":
+        from . import _cuda_emulated
+
+        return _cuda_emulated
     raise ValueError(f"unknown backend {backend!r}")
 
 

@@ -11,6 +11,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import zlib  # noqa: E402
+
 import pytest  # noqa: E402
 
 from testing import DEVICES  # noqa: E402,F401
@@ -20,6 +22,29 @@ def _runs_triton(item) -> bool:
     """A test of the Triton kernels: parametrised with backend "triton" (any parameter)."""
     spec = getattr(item, "callspec", None)
     return spec is not None and any(v == "triton" for v in spec.params.values())
+
+
+@pytest.fixture(autouse=True)
+def _emulated_block_order(request):
+    """Tests on the CUDA-on-CPU harness (backend cuda_emulated) run under forward, reverse or
+    seeded-random block and thread order, a third of them each, chosen by the test's id
+    (reproducible; the order and seed are in the test's report). KMGAN_EMU_ORDER pins one
+    order for all. tests/test_cuda_emulated.py runs every op under all three."""
+    spec = getattr(request.node, "callspec", None)
+    if spec is None or not any(v == "cuda_emulated" for v in spec.params.values()):
+        yield
+        return
+    from kmgan_ext import _cuda_emulated
+
+    if _cuda_emulated.why_not() is not None:  # a skipped parameter
+        yield
+        return
+    h = zlib.crc32(request.node.nodeid.encode())
+    order = os.environ.get("KMGAN_EMU_ORDER") or _cuda_emulated.ORDERS[h % 3]
+    request.node.user_properties.append(("emulated_block_order", f"{order}, seed {h}"))
+    _cuda_emulated.configure(order=order, seed=h)
+    yield
+    _cuda_emulated.configure()
 
 
 def pytest_collection_modifyitems(config, items):

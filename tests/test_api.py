@@ -14,7 +14,7 @@ from testing import backend_params
 
 def test_available_backends_explains_every_missing_one():
     avail = km.available_backends()
-    assert set(avail) == {"reference", "cpu", "triton", "cuda"}
+    assert set(avail) == {"reference", "cpu", "triton", "cuda", "cuda_emulated"}
     assert avail["reference"] is None
     for name, why in avail.items():
         assert why is None or (isinstance(why, str) and len(why) > 10), name

@@ -8,6 +8,7 @@ from testing import (
     DTYPES,
     assert_labels_match,
     backend_params,
+    cuda_kernel_params,
     distances64,
     fast_backend_params,
     noncontiguous,
@@ -189,6 +190,65 @@ def test_opcheck(device, backend):
     torch.library.opcheck(
         torch.ops.kmgan_ext.assign_backward.default, (gd, xg.detach(), cg.detach(), labels, True, backend)
     )
+
+
+# ------------------------------------------------------------------ the label contract, exactly
+# Labels are the float64 argmin of the inputs' values (ties to the lowest k, NaN propagates,
+# exact where float32 squares overflow): docs/ops.md, contracts 1 and 2. Held here for the
+# CUDA kernels (the CPU harness, and CUDA on a GPU); the label tolerance of
+# assert_labels_match would hide a float32 argmin.
+def _near_tie_rows(n=600, d=64, k=24, gap=2e-8, seed=11):
+    """Rows a relative `gap` from the midpoint of two centers: closer than float32 rounding."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(k, d, generator=g)
+    i = torch.randint(0, k, (n,), generator=g)
+    j = (i + 1 + torch.randint(0, k - 1, (n,), generator=g)) % k
+    t = 0.5 + gap * torch.sign(torch.randn(n, 1, generator=g))
+    return c[i] + t * (c[j] - c[i]), c
+
+
+@pytest.mark.parametrize("device,backend", cuda_kernel_params())
+def test_near_tie_labels_are_the_float64_argmin(device, backend):
+    x, c = _near_tie_rows()
+    ref_labels, ref_dist2 = reference.assign(x, c)
+    labels, dist2 = km.assign(x.to(device), c.to(device), backend=backend)
+    assert torch.equal(labels.cpu(), ref_labels), f"{int((labels.cpu() != ref_labels).sum())} rows"
+    torch.testing.assert_close(dist2.cpu(), ref_dist2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,backend", cuda_kernel_params())
+def test_nan_and_inf_follow_the_reference(device, backend):
+    """NaN propagates: the lowest k whose distance is NaN, dist2 NaN; inf - inf is NaN."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(70, 5, generator=g)
+    c = torch.randn(9, 5, generator=g)
+    x[3, 2] = float("nan")  # every distance of row 3 is NaN: label 0
+    x[5, 0] = float("inf")  # inf distances only
+    c[4, 1] = float("nan")  # every row has a NaN distance at k = 4 (and k = 6 below)
+    c[6, 0] = float("inf")  # row 5: inf - inf = NaN at k = 6; inf elsewhere
+    c2 = c.clone()
+    c2[4, 1] = 0.0  # second case: only center 6 is special
+    for cc in (c, c2):
+        ref_labels, ref_dist2 = reference.assign(x, cc)
+        labels, dist2 = km.assign(x.to(device), cc.to(device), backend=backend)
+        assert torch.equal(labels.cpu(), ref_labels)
+        torch.testing.assert_close(dist2.cpu(), ref_dist2, equal_nan=True)
+
+
+@pytest.mark.parametrize("device,backend", cuda_kernel_params())
+def test_overflowing_squares_keep_exact_labels(device, backend):
+    """Squared distances past float32's range: the float64 argmin, dist2 rounded (inf)."""
+    x = torch.tensor([[3e19, 3e19], [3e19, 3e19], [1.0, 2.0]])
+    c = torch.tensor([[-3e19, -3e19], [3e19, 3e19], [0.0, 0.0]])
+    ref_labels, ref_dist2 = reference.assign(x, c)
+    assert ref_labels.tolist() == [1, 1, 2]
+    labels, dist2 = km.assign(x.to(device), c.to(device), backend=backend)
+    assert labels.tolist() == ref_labels.tolist()
+    torch.testing.assert_close(dist2.cpu(), ref_dist2)
+    far = torch.tensor([[3e19, 3e19]])  # both distances exceed float32: label 1, dist2 inf
+    c_far = torch.tensor([[-3e19, -3e19], [-1e19, -1e19]])
+    labels, dist2 = km.assign(far.to(device), c_far.to(device), backend=backend)
+    assert labels.tolist() == [1] and dist2.tolist() == [float("inf")]
 
 
 NAN, INF = float("nan"), float("inf")

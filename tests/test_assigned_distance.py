@@ -105,7 +105,10 @@ def test_gradcheck_float64(device, backend, reduction):
     x.requires_grad_()
     c.requires_grad_()
     f = lambda x, c: km.assigned_distance(x, labels, c, reduction, backend=backend)  # noqa: E731
-    assert torch.autograd.gradcheck(f, (x, c))
+    # The CUDA kernels' centers gradient adds rows with atomics (fast mode): the order, hence
+    # the last bits, may differ between two backward passes.
+    nondet = 1e-12 if backend in ("cuda", "cuda_emulated") else 0.0
+    assert torch.autograd.gradcheck(f, (x, c), nondet_tol=nondet)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())

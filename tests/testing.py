@@ -1,21 +1,38 @@
-"""The device/dtype/backend matrix of the tests (only lists CUDA when a GPU is present)."""
+"""The device/dtype/backend matrix of the tests (only lists CUDA when a GPU is present).
+
+On CPU the matrix includes ``cuda_emulated``: the CUDA C++ kernels of csrc/cuda compiled with
+g++ and run on CPU threads (kmgan_ext/_cuda_emulated.py), marked ``emulated_gpu`` so that
+``pytest -m emulated_gpu`` selects exactly them. The harness is built here, at collection,
+from the source tree (cached by a hash of the sources); KMGAN_EMU=0 leaves it out (a visible
+skip).
+"""
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 import kmgan_ext as km
+from kmgan_ext import _cuda_emulated
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
+if os.environ.get("KMGAN_EMU", "1") != "0":
+    try:
+        _cuda_emulated.load()
+    except Exception:  # the reason is in available_backends()["cuda_emulated"]: a visible skip
+        pass
+
+# The backends each device's tests run on (reference first).
+_NAMES = {"cpu": ["reference", "cpu", "triton", "cuda_emulated"], "cuda": ["reference", "cuda", "triton"]}
+
 
 def backends_for(device: str) -> list[str]:
     """Every backend that runs on ``device`` here, reference included."""
-    if device == "cpu":
-        names = ["reference", "cpu", "triton"]
-    else:
-        names = ["reference", "cuda", "triton"]
+    # Not the CPU harness: it has its own marked matrix (backend_params).
+    names = [b for b in _NAMES[device] if b != "cuda_emulated"]
     return [b for b in names if km.available_backends()[b] is None]
 
 
@@ -23,11 +40,10 @@ def backend_params() -> list:
     """(device, backend) pairs; a backend missing here is a visible skip, not a silent drop."""
     out = []
     for device in DEVICES:
-        names = ["reference", "cpu", "triton"] if device == "cpu" else ["reference", "cuda", "triton"]
-        for b in names:
+        for b in _NAMES[device]:
             why = km.available_backends()[b]
             marks = [pytest.mark.skip(reason=f"{b}: {why}")] if why else []
-            if b == "triton":  # GPU kernel code: emulated without a GPU (tests/conftest.py)
+            if b in ("triton", "cuda_emulated"):  # GPU kernel code run without a GPU
                 marks.append(pytest.mark.emulated_gpu)
             out.append(pytest.param(device, b, id=f"{device}-{b}", marks=marks))
     return out
@@ -101,3 +117,8 @@ def assert_labels_match(x, centers, labels, dist2=None, rtol: float = LABEL_RTOL
         torch.testing.assert_close(
             dist2.cpu().double(), chosen, rtol=rtol, atol=1e-6 * (1 + float(best.mean()))
         )
+
+
+def cuda_kernel_params() -> list:
+    """The backends that run csrc/cuda's kernels here: the CPU harness, and CUDA on a GPU."""
+    return [p for p in backend_params() if p.values[1] in ("cuda", "cuda_emulated")]

@@ -2,15 +2,24 @@
 //
 // Forward: a block owns kRows rows of x and streams tiles of kCenters centers through shared
 // memory, kDims features at a time. Each thread keeps a 4x4 register tile of partial sums of
-// (x - c)^2 (direct differences: no ||x||^2 - 2xc + ||c||^2 cancellation, so the float32 sums
-// are as exact as the reference's formula allows). After a center tile, each row's best
-// (distance, index) is merged across the 16 threads that share the row with shuffles, ordering
-// by distance and then by index, so ties go to the lowest k without atomics and every run
-// gives the same bits. The (N, K) matrix is never written.
+// (x - c)^2 (direct differences: no ||x||^2 - 2xc + ||c||^2 cancellation). After a center
+// tile, each row's best (distance, index) and second-best distance are merged across the 16
+// threads that share the row with shuffles, ordering by distance and then by index, so ties go
+// to the lowest k and every run gives the same bits. The (N, K) matrix is never written.
 //
-// Plain FFMA tiling: exact and simple. Tuning left for a GPU session: a tensor-core (3xTF32 or
-// BF16 + fp32 re-check of the top candidates) path for large K*d, split-K over blocks when
-// N / kRows is below the SM count, and 16-byte vector loads.
+// Exactness (the label contract every backend keeps: the float64 argmin, ties to the lowest k,
+// NaN propagates; docs/ops.md): the float32 sum of d squares of rounded differences is within
+// a relative (d + 2) 2^-24 of the exact distance (all terms are >= 0), plus an absolute
+// d 2^-149 for subnormal terms. When the second-best distance lies within twice that of the
+// best, or any distance of the row is not finite (NaN / inf inputs, or squares that overflow
+// float32: contract 2), the row's 16 threads recompute all K distances in double from the
+// inputs and take the argmin under the reference's rule: the lowest k whose distance is NaN if
+// any, else the lowest k among the minima. Random rows almost never take that path; near-tie
+// rows do, and then cost one extra pass over the centers.
+//
+// Plain FFMA tiling: simple. Tuning left for a GPU session: a tensor-core (3xTF32 or BF16)
+// path for large K*d under the same re-check, split-K over blocks when N / kRows is below the
+// SM count, and 16-byte vector loads.
 #include "common.cuh"
 
 namespace kmgan_cuda {
@@ -44,6 +53,73 @@ __device__ __forceinline__ void load_tile_transposed(A (*tile)[kTileRows + 1],
   }
 }
 
+// Relative rounding bound of a computed distance (sum of d squares of rounded differences,
+// accumulated with fma in A), and the matching absolute bound for subnormal terms.
+template <typename A>
+__device__ __forceinline__ A distance_rel_error(int64_t d);
+template <>
+__device__ __forceinline__ float distance_rel_error<float>(int64_t d) {
+  return static_cast<float>(d + 2) * 5.9604645e-8f;  // 2^-24
+}
+template <>
+__device__ __forceinline__ double distance_rel_error<double>(int64_t d) {
+  return static_cast<double>(d + 2) * 1.1102230246251565e-16;  // 2^-53
+}
+template <typename A>
+__device__ __forceinline__ A distance_abs_error(int64_t d);
+template <>
+__device__ __forceinline__ float distance_abs_error<float>(int64_t d) {
+  return static_cast<float>(d + 1) * 1.4e-45f;  // 2^-149
+}
+template <>
+__device__ __forceinline__ double distance_abs_error<double>(int64_t d) {
+  return static_cast<double>(d + 1) * 4.9406564584124654e-324;  // 2^-1074
+}
+
+// a before b in the reference's order: NaN first (lowest index among NaNs), then smaller
+// distance, then lower index.
+__device__ __forceinline__ bool exact_before(double a, int ia, double b, int ib) {
+  const bool a_nan = isnan(a), b_nan = isnan(b);
+  if (a_nan != b_nan) return a_nan;
+  if (!a_nan && a != b) return a < b;
+  return ia < ib;
+}
+
+// The argmin of row `row` over all k centers in double, by the 16 lanes of this half warp
+// (`mask`), lane `tx` taking centers tx, tx + 16, ...; every lane returns the result.
+template <typename T>
+__device__ void exact_row_argmin(const T* __restrict__ x, const T* __restrict__ centers,
+                                 int64_t row, int k, int64_t d, int tx, unsigned mask,
+                                 double* best_out, int* idx_out) {
+  double best = 0.0;
+  int idx = INT32_MAX;  // none yet
+  const T* xr = x + row * d;
+  for (int kk = tx; kk < k; kk += kLanes) {
+    const T* cr = centers + static_cast<int64_t>(kk) * d;
+    double s = 0.0;
+    for (int64_t j = 0; j < d; ++j) {
+      const double t = static_cast<double>(to_acc(xr[j])) - static_cast<double>(to_acc(cr[j]));
+      s = fma(t, t, s);
+    }
+    if (idx == INT32_MAX || exact_before(s, kk, best, idx)) {
+      best = s;
+      idx = kk;
+    }
+  }
+  for (int offset = kLanes / 2; offset > 0; offset >>= 1) {
+    const double other_best = __shfl_xor_sync(mask, best, offset);
+    const int other_idx = __shfl_xor_sync(mask, idx, offset);
+    const bool other_wins = other_idx != INT32_MAX &&
+                            (idx == INT32_MAX || exact_before(other_best, other_idx, best, idx));
+    if (other_wins) {
+      best = other_best;
+      idx = other_idx;
+    }
+  }
+  *best_out = best;
+  *idx_out = idx;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     assign_kernel(const T* __restrict__ x, const T* __restrict__ centers, int64_t n, int k,
@@ -53,17 +129,21 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ A cs[kDims][kCenters + 1];
 
   const int tx = threadIdx.x % kLanes;  // centers tx + 16 j
-  const int ty = threadIdx.x / kLanes;  // rows ty + 16 i; lanes 0-15 / 16-31 of a warp share ty
+  const int ty = threadIdx.x / kLanes;  // rows ty + 16 i; lanes 0-15 / 16-31 of a warp: 2 ty
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  const A inf = static_cast<A>(INFINITY);
 
-  // Running best per row over the center tiles seen so far. Index 0 with +inf stands for "no
-  // finite distance yet": if every distance is +inf (overflow), label 0 is the lowest tie.
-  A run_best[kPerThread];
+  // Per row over the center tiles seen so far: the best distance and its index, the second
+  // best distance, and whether any distance was not finite.
+  A run_best[kPerThread], run_second[kPerThread];
   int run_idx[kPerThread];
+  bool run_special[kPerThread];
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
-    run_best[i] = static_cast<A>(INFINITY);
+    run_best[i] = inf;
+    run_second[i] = inf;
     run_idx[i] = 0;
+    run_special[i] = false;
   }
 
   for (int k0 = 0; k0 < k; k0 += kCenters) {
@@ -98,48 +178,79 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       // This thread's candidates come in increasing k, so a strict < keeps the lowest on ties.
-      A best = static_cast<A>(INFINITY);
+      A best = inf, second = inf;
       int idx = INT32_MAX;  // no valid candidate in this thread (k0 + tx >= K)
+      int special = 0;
 #pragma unroll
       for (int j = 0; j < kPerThread; ++j) {
         const int kk = k0 + tx + kLanes * j;
-        if (kk < k && (acc[i][j] < best || idx == INT32_MAX)) {
-          best = acc[i][j];
+        if (kk >= k) continue;
+        const A v = acc[i][j];
+        if (!isfinite(v)) special = 1;  // decided by the exact pass; keep the merge total
+        if (idx == INT32_MAX || v < best) {
+          second = best;
+          best = v;
           idx = kk;
+        } else if (v < second) {
+          second = v;
         }
       }
-      // Merge across the half warp: smaller distance wins, the smaller index on equal ones.
-      // The order is total, so all 16 lanes end with the same (best, idx).
+      // Merge across the half warp: smaller distance wins, the smaller index on equal ones;
+      // the loser's best competes for second. The order is total on finite values, so all 16
+      // lanes end with the same (best, idx, second); a non-finite one sets `special`.
 #pragma unroll
       for (int offset = kLanes / 2; offset > 0; offset >>= 1) {
         const A other_best = __shfl_xor_sync(kFullMask, best, offset);
         const int other_idx = __shfl_xor_sync(kFullMask, idx, offset);
-        if (other_best < best || (other_best == best && other_idx < idx)) {
+        const A other_second = __shfl_xor_sync(kFullMask, second, offset);
+        special |= __shfl_xor_sync(kFullMask, special, offset);
+        const bool other_wins =
+            other_idx != INT32_MAX &&
+            (idx == INT32_MAX || other_best < best || (other_best == best && other_idx < idx));
+        const A loser = other_wins ? best : other_best;
+        second = fmin(fmin(second, other_second), loser);
+        if (other_wins) {
           best = other_best;
           idx = other_idx;
         }
       }
       // Every index of this tile exceeds those of earlier tiles: strict < keeps the lowest.
       if (best < run_best[i]) {
+        run_second[i] = fmin(run_best[i], second);
         run_best[i] = best;
         run_idx[i] = idx;
+      } else {
+        run_second[i] = fmin(run_second[i], best);
       }
+      run_special[i] = run_special[i] || special != 0;
     }
   }
 
-  if (tx == 0) {
+  const int half = (threadIdx.x & 31) / kLanes;
+  const unsigned half_mask = 0xffffu << (kLanes * half);
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int64_t row = row0 + ty + kLanes * i;
-      if (row < n) {
-        labels[row] = run_idx[i];
-        dist2[row] = run_best[i] > A(0) ? run_best[i] : A(0);  // a sum of squares; clamp anyway
+  for (int i = 0; i < kPerThread; ++i) {
+    const int64_t row = row0 + ty + kLanes * i;
+    if (row >= n) continue;  // the same for the 16 lanes of the row
+    // Uniform over the half warp too: every lane holds the merged values.
+    const A window = run_best[i] * (A(2) * distance_rel_error<A>(d)) + distance_abs_error<A>(d);
+    const bool recheck = run_special[i] || !(run_second[i] > run_best[i] + window);
+    if (recheck) {
+      double best;
+      int idx;
+      exact_row_argmin(x, centers, row, k, d, tx, half_mask, &best, &idx);
+      if (tx == 0) {
+        labels[row] = idx;
+        dist2[row] = static_cast<A>(best);  // NaN stays NaN; past float32's range: inf
       }
+    } else if (tx == 0) {
+      labels[row] = run_idx[i];
+      dist2[row] = run_best[i] > A(0) ? run_best[i] : A(0);  // a sum of squares; clamp anyway
     }
   }
 }
 
-// grad_x[i, :] = 2 g_i (x_i - c_{l_i}); grad_c[l_i, :] -= the same (float atomics). One warp
+// grad_x[i, :] = 2 g_i (x_i - c_{l_i}); grad_c[l_i, :] -= the same (double atomics). One warp
 // per row, lanes over features (coalesced), rows grid-strided.
 constexpr int kBackwardThreads = 256;
 constexpr int kWarpsPerBlock = kBackwardThreads / 32;
@@ -149,7 +260,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
     assign_backward_kernel(const acc_t<T>* __restrict__ grad_dist2, const T* __restrict__ x,
                            const T* __restrict__ centers, const int64_t* __restrict__ labels,
                            int64_t n, int64_t k, int64_t d, T* __restrict__ grad_x,
-                           acc_t<T>* __restrict__ grad_c) {
+                           double* __restrict__ grad_c) {
   using A = acc_t<T>;
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
@@ -162,7 +273,8 @@ __global__ void __launch_bounds__(kBackwardThreads)
       const A c = label_ok ? to_acc(centers[l * d + j]) : A(0);
       const A g = scale * (to_acc(x[i * d + j]) - c);
       grad_x[i * d + j] = from_acc<T>(g);
-      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -g);
+      // double: the per-cluster sum's error does not grow with N (contract 3)
+      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -static_cast<double>(g));
     }
   }
 }
@@ -178,7 +290,7 @@ cudaError_t assign_launch(Dtype dtype, const void* x, const void* centers, int64
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const unsigned blocks = static_cast<unsigned>(ceil_div(n, kRows));
-    assign_kernel<T><<<blocks, kThreads, 0, stream>>>(
+    KMGAN_LAUNCH(blocks, kThreads, 0, stream, assign_kernel<T>)(
         static_cast<const T*>(x), static_cast<const T*>(centers), n, static_cast<int>(k), d,
         labels, static_cast<acc_t<T>*>(dist2));
     return cudaGetLastError();
@@ -193,15 +305,16 @@ cudaError_t assign_backward_launch(Dtype dtype, const void* grad_dist2, const vo
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
     if (grad_centers_acc != nullptr && k * d > 0) {
-      const cudaError_t err = cudaMemsetAsync(grad_centers_acc, 0, sizeof(A) * k * d, stream);
+      const cudaError_t err =
+          cudaMemsetAsync(grad_centers_acc, 0, sizeof(double) * k * d, stream);
       if (err != cudaSuccess) return err;
     }
     if (n == 0 || d == 0) return cudaSuccess;
     const int blocks = grid_for(n, kWarpsPerBlock);
-    assign_backward_kernel<T><<<blocks, kBackwardThreads, 0, stream>>>(
+    KMGAN_LAUNCH(blocks, kBackwardThreads, 0, stream, assign_backward_kernel<T>)(
         static_cast<const A*>(grad_dist2), static_cast<const T*>(x),
         static_cast<const T*>(centers), labels, n, k, d, static_cast<T*>(grad_x),
-        static_cast<A*>(grad_centers_acc));
+        static_cast<double*>(grad_centers_acc));
     return cudaGetLastError();
   });
 }

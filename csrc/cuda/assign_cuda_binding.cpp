@@ -47,14 +47,14 @@ std::tuple<at::Tensor, at::Tensor> assign_backward_cuda(const at::Tensor& grad_d
 
   at::Tensor grad_x = at::empty({n, d}, x.options());
   at::Tensor grad_c_acc =
-      centers_grad ? at::empty({k, d}, x.options().dtype(acc_dtype(x))) : at::Tensor();
+      centers_grad ? at::empty({k, d}, x.options().dtype(at::kDouble)) : at::Tensor();
   C10_CUDA_CHECK(assign_backward_launch(
       dtype_of(kAssignBackward, x), grad_dist2.const_data_ptr(), x.const_data_ptr(),
       centers.const_data_ptr(), labels.const_data_ptr<int64_t>(), n, k, d,
       grad_x.mutable_data_ptr(), centers_grad ? grad_c_acc.mutable_data_ptr() : nullptr,
       current_stream()));
   if (!centers_grad) return {grad_x, at::empty({0}, centers.options())};
-  return {grad_x, grad_c_acc.to(centers.scalar_type())};  // a no-op for float32 / float64
+  return {grad_x, grad_c_acc.to(centers.scalar_type())};  // summed in double
 }
 
 }  // namespace

@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kThreads)
                                       const int64_t* __restrict__ labels,
                                       const T* __restrict__ centers, int64_t n, int64_t k,
                                       int64_t d, T* __restrict__ grad_x,
-                                      acc_t<T>* __restrict__ grad_c) {
+                                      double* __restrict__ grad_c) {
   using A = acc_t<T>;
   const A g = grad[0];
   // "fro": d/dx sqrt(sum r) = diff / out, 0 where out = 0; "sq_sum": d/dx 0.5 sum r = diff.
@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(kThreads)
       const A diff = to_acc(x[i * d + j]) - (label_ok ? to_acc(centers[l * d + j]) : A(0));
       const A gx = diff * scale;
       grad_x[i * d + j] = from_acc<T>(gx);
-      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -gx);
+      // double: the per-cluster sum's error does not grow with N (contract 3)
+      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -static_cast<double>(gx));
     }
   }
 }
@@ -118,10 +119,10 @@ cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const voi
       constexpr Reduction kReduction = decltype(red)::value;
       const int64_t blocks = assigned_distance_num_partials(n);
       if (blocks > 0) {
-        assigned_distance_kernel<T, kReduction>
-            <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-                static_cast<const T*>(x), labels, static_cast<const T*>(centers), n, k, d,
-                static_cast<A*>(partials));
+        KMGAN_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream,
+                     assigned_distance_kernel<T, kReduction>)(
+            static_cast<const T*>(x), labels, static_cast<const T*>(centers), n, k, d,
+            static_cast<A*>(partials));
         const cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess) return err;
       }
@@ -129,7 +130,7 @@ cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const voi
       const A divisor = kReduction == Reduction::kMean ? static_cast<A>(n > 0 ? n : 1)
                         : kReduction == Reduction::kSqSum ? A(2)
                                                           : A(1);
-      finish_sum_kernel<A><<<1, kFinishThreads, 0, stream>>>(
+      KMGAN_LAUNCH(1, kFinishThreads, 0, stream, finish_sum_kernel<A>)(
           static_cast<const A*>(partials), blocks, kReduction == Reduction::kFro, divisor,
           static_cast<A*>(out));
       return cudaGetLastError();
@@ -148,15 +149,16 @@ cudaError_t assigned_distance_backward_launch(Dtype dtype, Reduction reduction, 
     return dispatch_reduction(reduction, [&](auto red) {
       constexpr Reduction kReduction = decltype(red)::value;
       if (grad_centers_acc != nullptr && k * d > 0) {
-        const cudaError_t err = cudaMemsetAsync(grad_centers_acc, 0, sizeof(A) * k * d, stream);
+        const cudaError_t err =
+            cudaMemsetAsync(grad_centers_acc, 0, sizeof(double) * k * d, stream);
         if (err != cudaSuccess) return err;
       }
       if (n == 0 || d == 0) return cudaSuccess;
-      assigned_distance_backward_kernel<T, kReduction>
-          <<<grid_for(n, kWarpsPerBlock), kThreads, 0, stream>>>(
+      KMGAN_LAUNCH(grid_for(n, kWarpsPerBlock), kThreads, 0, stream,
+                   assigned_distance_backward_kernel<T, kReduction>)(
               static_cast<const A*>(grad), static_cast<const A*>(out), static_cast<const T*>(x),
               labels, static_cast<const T*>(centers), n, k, d, static_cast<T*>(grad_x),
-              static_cast<A*>(grad_centers_acc));
+              static_cast<double*>(grad_centers_acc));
       return cudaGetLastError();
     });
   });

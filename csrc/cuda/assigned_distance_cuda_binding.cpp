@@ -55,14 +55,14 @@ std::tuple<at::Tensor, at::Tensor> assigned_distance_backward_cuda(
   const int64_t n = x.size(0), k = centers.size(0), d = x.size(1);
   at::Tensor grad_x = at::empty({n, d}, x.options());
   at::Tensor grad_c_acc =
-      centers_grad ? at::empty({k, d}, x.options().dtype(acc_dtype(x))) : at::Tensor();
+      centers_grad ? at::empty({k, d}, x.options().dtype(at::kDouble)) : at::Tensor();
   C10_CUDA_CHECK(assigned_distance_backward_launch(
       dtype_of(kBackward, x), red, grad.const_data_ptr(), out.const_data_ptr(),
       x.const_data_ptr(), labels.const_data_ptr<int64_t>(), centers.const_data_ptr(), n, k, d,
       grad_x.mutable_data_ptr(), centers_grad ? grad_c_acc.mutable_data_ptr() : nullptr,
       current_stream()));
   if (!centers_grad) return {grad_x, at::empty({0}, centers.options())};
-  return {grad_x, grad_c_acc.to(centers.scalar_type())};  // a no-op for float32 / float64
+  return {grad_x, grad_c_acc.to(centers.scalar_type())};  // summed in double
 }
 
 }  // namespace

@@ -37,21 +37,22 @@ constexpr int kColsPerBlock = 32;  // one warp's width: lanes read consecutive f
 constexpr int kRowLanes = 8;       // warps per block, each a lane over rows
 constexpr int kUThreads = kColsPerBlock * kRowLanes;
 
-// This thread's share (rows ty, ty + 8, ...; centers likewise) of u_j for one side.
+// This thread's share (rows ty, ty + 8, ...; centers likewise) of u_j for one side, in
+// double: the sum's error does not grow with N (contract 3).
 template <typename T>
-__device__ __forceinline__ acc_t<T> side_partial(const T* __restrict__ x,
+__device__ __forceinline__ double side_partial(const T* __restrict__ x,
                                                  const int64_t* __restrict__ labels,
                                                  const T* __restrict__ centers,
                                                  const int64_t* __restrict__ counts, int64_t n,
                                                  int64_t k, int64_t d, int64_t j, int ty) {
-  using A = acc_t<T>;
-  A s = 0;
+  double s = 0;
   for (int64_t i = ty; i < n; i += kRowLanes) {
     const int64_t l = labels[i];
-    if (l >= 0 && l < k) s += to_acc(x[i * d + j]) / (A(1) + static_cast<A>(counts[l]));
+    if (l >= 0 && l < k)
+      s += static_cast<double>(to_acc(x[i * d + j])) / (1.0 + static_cast<double>(counts[l]));
   }
   for (int64_t m = ty; m < k; m += kRowLanes)
-    s += to_acc(centers[m * d + j]) / (A(1) + static_cast<A>(counts[m]));
+    s += static_cast<double>(to_acc(centers[m * d + j])) / (1.0 + static_cast<double>(counts[m]));
   return s;
 }
 
@@ -65,11 +66,11 @@ __global__ void __launch_bounds__(kUThreads)
                          const int64_t* __restrict__ counts_fake, int64_t n_fake, int64_t k_fake,
                          int64_t d, acc_t<T>* __restrict__ u_diff) {
   using A = acc_t<T>;
-  __shared__ A part_real[kRowLanes][kColsPerBlock];
-  __shared__ A part_fake[kRowLanes][kColsPerBlock];
+  __shared__ double part_real[kRowLanes][kColsPerBlock];
+  __shared__ double part_fake[kRowLanes][kColsPerBlock];
   const int tx = threadIdx.x % kColsPerBlock, ty = threadIdx.x / kColsPerBlock;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kColsPerBlock + tx;
-  A sr = 0, sf = 0;
+  double sr = 0, sf = 0;
   if (j < d) {
     sr = side_partial(x_real, labels_real, centers_real, counts_real, n_real, k_real, d, j, ty);
     sf = side_partial(x_fake, labels_fake, centers_fake, counts_fake, n_fake, k_fake, d, j, ty);
@@ -78,13 +79,13 @@ __global__ void __launch_bounds__(kUThreads)
   part_fake[ty][tx] = sf;
   __syncthreads();
   if (ty == 0 && j < d) {
-    A ur = 0, uf = 0;
+    double ur = 0, uf = 0;
 #pragma unroll
     for (int t = 0; t < kRowLanes; ++t) {
       ur += part_real[t][tx];
       uf += part_fake[t][tx];
     }
-    u_diff[j] = ur - uf;
+    u_diff[j] = static_cast<A>(ur - uf);
   }
 }
 
@@ -151,22 +152,23 @@ cudaError_t center_loss_launch(Dtype dtype, const void* x_real, const int64_t* l
     if ((err = cudaMemsetAsync(counts_fake, 0, sizeof(int64_t) * k_fake, stream)) != cudaSuccess)
       return err;
     if (n_real + n_fake > 0) {
-      count_labels_kernel<<<grid_for(n_real + n_fake, kCountThreads), kCountThreads, 0, stream>>>(
+      KMGAN_LAUNCH(grid_for(n_real + n_fake, kCountThreads), kCountThreads, 0, stream,
+          count_labels_kernel)(
           labels_real, n_real, k_real, counts_real, labels_fake, n_fake, k_fake, counts_fake);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
     if (d > 0) {
       const int64_t blocks = ceil_div(d, kColsPerBlock);
       if (blocks > INT32_MAX) return cudaErrorInvalidValue;
-      center_loss_u_kernel<T><<<static_cast<unsigned>(blocks), kUThreads, 0, stream>>>(
+      KMGAN_LAUNCH(static_cast<unsigned>(blocks), kUThreads, 0, stream, center_loss_u_kernel<T>)(
           static_cast<const T*>(x_real), labels_real, static_cast<const T*>(centers_real),
           counts_real, n_real, k_real, static_cast<const T*>(x_fake), labels_fake,
           static_cast<const T*>(centers_fake), counts_fake, n_fake, k_fake, d,
           static_cast<A*>(u_diff));
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
-    l1_norm_kernel<A><<<1, kFinishThreads, 0, stream>>>(static_cast<const A*>(u_diff), d,
-                                                       static_cast<A*>(loss));
+    KMGAN_LAUNCH(1, kFinishThreads, 0, stream, l1_norm_kernel<A>)(
+        static_cast<const A*>(u_diff), d, static_cast<A*>(loss));
     return cudaGetLastError();
   });
 }
@@ -181,8 +183,8 @@ cudaError_t center_loss_backward_launch(Dtype dtype, const void* grad, const voi
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
-    center_loss_backward_kernel<T>
-        <<<grid_for(n_real + n_fake, kWarpsPerBlock), kBackwardThreads, 0, stream>>>(
+    KMGAN_LAUNCH(grid_for(n_real + n_fake, kWarpsPerBlock), kBackwardThreads, 0, stream,
+        center_loss_backward_kernel<T>)(
             static_cast<const A*>(grad), static_cast<const A*>(u_diff), labels_real, counts_real,
             n_real, k_real, labels_fake, counts_fake, n_fake, k_fake, d, static_cast<T*>(grad_real),
             static_cast<T*>(grad_fake));

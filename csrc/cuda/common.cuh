@@ -11,6 +11,23 @@
 
 #include "launchers.h"
 
+// A kernel launch both compilers accept: KMGAN_LAUNCH(grid, block, shared_bytes, stream,
+// kernel)(args...) is kernel<<<grid, block, shared_bytes, stream>>>(args...) under nvcc, and a
+// run of the CPU block runner under the test harness (emulation/cuda_shim.h, issue 11), which
+// compiles these same sources with the host compiler. The kernel comes last so that template
+// arguments with commas need no extra parentheses.
+#ifdef KMGAN_CUDA_EMULATION
+#define KMGAN_LAUNCH(grid, block, shared_bytes, stream, ...) \
+  ::kmgan_emu::make_launch(grid, block, shared_bytes, stream, &__VA_ARGS__)
+// The block's dynamic shared memory (the launch's shared_bytes) as `type* name`.
+#define KMGAN_DYNAMIC_SHARED(type, name) \
+  type* name = static_cast<type*>(::kmgan_emu::dynamic_shared())
+#else
+#define KMGAN_LAUNCH(grid, block, shared_bytes, stream, ...) \
+  __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
+#define KMGAN_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
+
 namespace kmgan_cuda {
 
 // ------------------------------------------------------------------------------ dtypes

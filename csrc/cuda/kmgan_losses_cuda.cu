@@ -118,12 +118,12 @@ cudaError_t kmgan_pulls_launch(Dtype dtype, Reduction reduction, const void* dis
                                int64_t n_real, const void* dist2_fake, int64_t n_fake,
                                void* pulls, void* loss_d, void* loss_g, cudaStream_t stream) {
   if (dtype == Dtype::kFloat64) {
-    kmgan_pulls_kernel<double><<<1, kThreads, 0, stream>>>(
+    KMGAN_LAUNCH(1, kThreads, 0, stream, kmgan_pulls_kernel<double>)(
         reduction, static_cast<const double*>(dist2_real), n_real,
         static_cast<const double*>(dist2_fake), n_fake, static_cast<double*>(pulls),
         static_cast<double*>(loss_d), static_cast<double*>(loss_g));
   } else {
-    kmgan_pulls_kernel<float><<<1, kThreads, 0, stream>>>(
+    KMGAN_LAUNCH(1, kThreads, 0, stream, kmgan_pulls_kernel<float>)(
         reduction, static_cast<const float*>(dist2_real), n_real,
         static_cast<const float*>(dist2_fake), n_fake, static_cast<float*>(pulls),
         static_cast<float*>(loss_d), static_cast<float*>(loss_g));
@@ -142,8 +142,8 @@ cudaError_t kmgan_losses_backward_launch(
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
-    kmgan_losses_backward_kernel<T>
-        <<<grid_for(n_real + n_fake, kWarpsPerBlock), kThreads, 0, stream>>>(
+    KMGAN_LAUNCH(grid_for(n_real + n_fake, kWarpsPerBlock), kThreads, 0, stream,
+        kmgan_losses_backward_kernel<T>)(
             reduction, static_cast<const A*>(grad_d), static_cast<const A*>(grad_g),
             static_cast<const A*>(grad_center), static_cast<const T*>(f_real),
             static_cast<const T*>(f_fake), static_cast<const T*>(centers_real), k_real,

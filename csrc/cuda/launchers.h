@@ -29,40 +29,53 @@ enum class Dtype : int { kFloat32, kFloat16, kBFloat16, kFloat64 };
 cudaError_t assign_launch(Dtype dtype, const void* x, const void* centers, int64_t n, int64_t k,
                           int64_t d, int64_t* labels, void* dist2, cudaStream_t stream);
 
-// grad_x[i] = 2 grad_dist2[i] (x_i - c_{l_i}) in T; when grad_centers_acc (K, d, acc) is not
-// null it receives the negated segment sum (zeroed here first).
+// grad_x[i] = 2 grad_dist2[i] (x_i - c_{l_i}) in T; when grad_centers_acc (K, d, double) is
+// not null it receives the negated segment sum (zeroed here first; double atomics).
 cudaError_t assign_backward_launch(Dtype dtype, const void* grad_dist2, const void* x,
                                    const void* centers, const int64_t* labels, int64_t n,
                                    int64_t k, int64_t d, void* grad_x, void* grad_centers_acc,
                                    cudaStream_t stream);
 
 // ------------------------------------------------------------------------------ center updates
-enum class UpdateRule : int {
-  kSculley,  // counts_k += m_k; c_k += (S_k - m_k c_k) / counts_k
-  kEma,      // c_k = decay c_k + (1 - decay) S_k / m_k
-};
-
+// Both updates form the batch's per-cluster sums S_k in double (error independent of N:
+// contract 3) and row counts m_k, in one of two modes:
+//   fast (sorted_labels == nullptr): sums (K, d) and batch_counts (K) are zeroed here and
+//     accumulated with atomics: each block sums tiles of kFlushRows rows in float32 shared
+//     memory (float64 for float64 x) and adds each tile's partials to the double sums, or,
+//     when (K, d) does not fit in shared memory, adds every row there directly. The last bits
+//     may vary run to run.
+//   deterministic: sorted_labels / perm are labels sorted stably and the permutation that
+//     sorts them (N each); pieces holds cluster_pieces_elems(n, d) doubles; sums is written
+//     without atomics and summed in a fixed order: bitwise identical run to run.
+//     batch_counts is unused.
 // Rows per chunk of the deterministic segmented sum (see minibatch_update_cuda.cu).
 constexpr int64_t kSortedChunkRows = 32;
 
-// Elements (acc) of the deterministic mode's piece workspace: a first and a last piece of every
-// chunk of kSortedChunkRows sorted rows, each d wide.
+// Elements (double) of the deterministic mode's piece workspace: a first and a last piece of
+// every chunk of kSortedChunkRows sorted rows, each d wide.
 inline int64_t cluster_pieces_elems(int64_t n, int64_t d) {
   return 2 * ((n + kSortedChunkRows - 1) / kSortedChunkRows) * d;
 }
 
-// Per-cluster sums of x's rows and the update `rule`, applied in place to centers (and, for
-// kSculley, counts). Clusters without rows are untouched.
-//   fast mode (sorted_labels == nullptr): float atomics into sums (K, d, acc) and batch_counts
-//     (K, int64), both zeroed here; results may differ run to run in the last bits.
-//   deterministic mode: sorted_labels/perm are labels sorted stably and the permutation that
-//     sorts them (N each); pieces holds cluster_pieces_elems(n, d) acc; sums is written without
-//     atomics and summed in a fixed order: bitwise identical run to run. batch_counts unused.
-cudaError_t cluster_update_launch(Dtype dtype, UpdateRule rule, void* centers, int64_t* counts,
-                                  double decay, const void* x, const int64_t* labels,
-                                  const int64_t* sorted_labels, const int64_t* perm, int64_t n,
-                                  int64_t k, int64_t d, void* sums, int64_t* batch_counts,
-                                  void* pieces, cudaStream_t stream);
+// Sculley's mini-batch k-means (DESIGN.md 4.2), in place: counts_k += m_k;
+// c_k += (S_k - m_k c_k) / counts_k in double for every k with m_k > 0 (others untouched).
+cudaError_t minibatch_update_launch(Dtype dtype, void* centers, int64_t* counts, const void* x,
+                                    const int64_t* labels, const int64_t* sorted_labels,
+                                    const int64_t* perm, int64_t n, int64_t k, int64_t d,
+                                    double* sums, int64_t* batch_counts, double* pieces,
+                                    cudaStream_t stream);
+
+// The VQ-VAE codebook EMA (contract 4), in place, every k (also m_k = 0):
+//   N_k <- decay N_k + (1 - decay) m_k ;  M_k <- decay M_k + (1 - decay) S_k   (stored)
+//   n = sum_k N_k (as stored) ;  N'_k = (N_k + eps) / (n + K eps) n ;  c_k = M_k / N'_k,
+// c_k unchanged where N'_k == 0. cluster_size N (K) and embed_sum M (K, d) are float32
+// (float64 when dtype is float64); arithmetic in double. total: one double of workspace.
+// N = 0 is valid (the state decays).
+cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, void* embed_sum,
+                              double decay, double eps, const void* x, const int64_t* labels,
+                              const int64_t* sorted_labels, const int64_t* perm, int64_t n,
+                              int64_t k, int64_t d, double* sums, int64_t* batch_counts,
+                              double* pieces, double* total, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------ center loss
 // counts_* (int64) = rows per cluster; u_diff (d, acc) = u_real - u_fake with
@@ -98,7 +111,8 @@ cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const voi
                                      int64_t k, int64_t d, void* partials, void* out,
                                      cudaStream_t stream);
 
-// grad and out are acc scalars on the device; grad_centers_acc (K, d, acc) may be null.
+// grad and out are acc scalars on the device; grad_centers_acc (K, d, double; double atomics)
+// may be null.
 cudaError_t assigned_distance_backward_launch(Dtype dtype, Reduction reduction, const void* grad,
                                               const void* out, const void* x,
                                               const int64_t* labels, const void* centers,

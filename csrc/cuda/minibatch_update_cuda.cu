@@ -1,18 +1,21 @@
 // km.minibatch_update_ / minibatch_step_ / ema_update_ on CUDA (DESIGN.md 4.2): one
-// segmented-sum stage (per-cluster sums S_k and row counts m_k of the batch), then one apply
-// kernel with the update rule. Two ways to get the sums:
+// segmented-sum stage (per-cluster sums S_k in double and row counts m_k of the batch), then
+// per-cluster kernels with the update rule, in double. Two ways to get the sums:
 //
-//  * fast (default): float atomics. A block accumulates its rows into shared memory when the
-//    (K, d) sums fit there (32 KB), then adds its partials to global memory: at the paper's
-//    K = 10, d = 100 that is one global atomic per (k, j) per block instead of one per row.
-//    Otherwise each row is added straight to global memory. Last bits may vary run to run.
+//  * fast (default): atomics. A block takes tiles of kFlushRows rows, one warp per row; when
+//    the (K, d) partials fit in shared memory (32 KB) the tile is summed there in float32
+//    (float64 for float64 x) and then added to the double sums, one global atomic per (k, j)
+//    per tile: at the paper's K = 10, d = 100 that is 1000 atomics per 256 rows instead of
+//    25600. Otherwise each row is added to the double sums directly. A float32 partial never
+//    holds more than kFlushRows rows, so the error of S_k does not grow with N (contract 3: a
+//    mean of 10^6 rows at offset 1e4 is within a few ulps). Last bits may vary run to run.
 //
 //  * deterministic: rows sorted stably by label (torch's sort, in the binding), cut into chunks
 //    of kSortedChunkRows sorted positions. One thread per (chunk, feature) walks its chunk in
-//    order; a cluster lying inside one chunk has its sum written directly; for a cluster that
-//    crosses chunk boundaries the chunk's first and last runs are kept as pieces, and the apply
-//    kernel adds them in chunk order. No float atomics, memory O(N d + K d), bitwise identical
-//    run to run, and each S_k is summed in the rows' original order.
+//    order, in double; a cluster lying inside one chunk has its sum written directly; for a
+//    cluster that crosses chunk boundaries the chunk's first and last runs are kept as pieces,
+//    and the update kernels add them in chunk order. No float atomics, memory O(N d + K d),
+//    bitwise identical run to run.
 #include "common.cuh"
 
 namespace kmgan_cuda {
@@ -20,55 +23,68 @@ namespace {
 
 constexpr int kSumThreads = 256;
 constexpr int kSumWarps = kSumThreads / 32;
+// Rows a block sums in shared memory before adding them to the double sums.
+constexpr int64_t kFlushRows = 256;
 // Largest shared-memory footprint of the fast kernel's per-block partials (sums + counts):
 // below the 48 KB a block gets without opting in, leaving room for two blocks per SM.
 constexpr int64_t kSharedPartialsBytes = 32 * 1024;
-// Rows a block should cover before its shared partials pay for their flush.
-constexpr int64_t kRowsPerSharedBlock = 256;
 
-// Fast mode: sums (K, d) and batch_counts (K) must be zero on entry. One warp per row.
+// double -> storage type. float16 / bfloat16 round through float (double rounding: at most
+// one unit in the last place of the 16-bit result, on values exactly between two of them).
+template <typename T>
+__device__ __forceinline__ T from_wide(double v) {
+  return from_acc<T>(static_cast<acc_t<T>>(v));
+}
+
+// Fast mode: sums (K, d) and batch_counts (K) must be zero on entry.
 template <typename T>
 __global__ void __launch_bounds__(kSumThreads)
     cluster_sums_atomic_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
-                               int64_t n, int64_t k, int64_t d, acc_t<T>* __restrict__ sums,
+                               int64_t n, int64_t k, int64_t d, double* __restrict__ sums,
                                int64_t* __restrict__ batch_counts, bool shared_partials) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  A* s_sums = reinterpret_cast<A*>(shared_raw);                // k * d, when shared_partials
+  KMGAN_DYNAMIC_SHARED(unsigned char, shared_raw);
+  A* s_sums = reinterpret_cast<A*>(shared_raw);                      // k * d, when shared
   unsigned* s_counts = reinterpret_cast<unsigned*>(s_sums + k * d);  // k
 
   if (shared_partials) {
     for (int64_t e = threadIdx.x; e < k * d; e += blockDim.x) s_sums[e] = 0;
     for (int64_t e = threadIdx.x; e < k; e += blockDim.x) s_counts[e] = 0;
-    __syncthreads();
   }
-
-  const int lane = threadIdx.x & 31;
-  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kSumWarps + (threadIdx.x >> 5);
-  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kSumWarps;
-  for (int64_t i = warp; i < n; i += warp_stride) {
-    const int64_t l = labels[i];
-    if (l < 0 || l >= k) continue;  // validated upstream; never write out of bounds
-    if (lane == 0) {
-      if (shared_partials)
-        atomicAdd(&s_counts[l], 1u);
-      else
-        atomicAdd(reinterpret_cast<unsigned long long*>(&batch_counts[l]), 1ull);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t tiles = (n + kFlushRows - 1) / kFlushRows;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform in the block
+    if (shared_partials) __syncthreads();  // zeroed (first tile) or flushed (later ones)
+    const int64_t end = (tile + 1) * kFlushRows < n ? (tile + 1) * kFlushRows : n;
+    for (int64_t i = tile * kFlushRows + warp; i < end; i += kSumWarps) {
+      const int64_t l = labels[i];
+      if (l < 0 || l >= k) continue;  // validated upstream; never write out of bounds
+      if (shared_partials) {
+        if (lane == 0) atomicAdd(&s_counts[l], 1u);
+        for (int64_t j = lane; j < d; j += 32) atomicAdd(&s_sums[l * d + j], to_acc(x[i * d + j]));
+      } else {
+        if (lane == 0) atomicAdd(reinterpret_cast<unsigned long long*>(&batch_counts[l]), 1ull);
+        for (int64_t j = lane; j < d; j += 32)
+          atomicAdd(&sums[l * d + j], static_cast<double>(to_acc(x[i * d + j])));
+      }
     }
-    A* dst = shared_partials ? s_sums : sums;
-    for (int64_t j = lane; j < d; j += 32) atomicAdd(&dst[l * d + j], to_acc(x[i * d + j]));
-  }
-
-  if (shared_partials) {
-    __syncthreads();
-    for (int64_t e = threadIdx.x; e < k * d; e += blockDim.x) {
-      const A v = s_sums[e];
-      if (v != A(0)) atomicAdd(&sums[e], v);  // clusters this block never saw stay untouched
-    }
-    for (int64_t e = threadIdx.x; e < k; e += blockDim.x) {
-      const unsigned c = s_counts[e];
-      if (c != 0) atomicAdd(reinterpret_cast<unsigned long long*>(&batch_counts[e]),
-                            static_cast<unsigned long long>(c));
+    if (shared_partials) {
+      __syncthreads();  // the tile's partials are complete
+      for (int64_t e = threadIdx.x; e < k * d; e += blockDim.x) {
+        const A v = s_sums[e];
+        if (v != A(0)) {  // clusters this tile never saw stay untouched
+          atomicAdd(&sums[e], static_cast<double>(v));
+          s_sums[e] = 0;
+        }
+      }
+      for (int64_t e = threadIdx.x; e < k; e += blockDim.x) {
+        const unsigned c = s_counts[e];
+        if (c != 0) {
+          atomicAdd(reinterpret_cast<unsigned long long*>(&batch_counts[e]),
+                    static_cast<unsigned long long>(c));
+          s_counts[e] = 0;
+        }
+      }
     }
   }
 }
@@ -76,28 +92,26 @@ __global__ void __launch_bounds__(kSumThreads)
 constexpr int kPieceThreads = 128;
 
 // Deterministic mode, first pass: thread (chunk, j) sums feature j over the chunk's sorted rows,
-// run by run (a run = consecutive equal labels). A run that is a whole cluster goes to sums;
-// the chunk's first and last runs also go to first_piece / last_piece (chunk, d), which the
-// apply kernel uses for clusters that cross a chunk boundary.
+// run by run (a run = consecutive equal labels), in double. A run that is a whole cluster goes
+// to sums; the chunk's first and last runs also go to first_piece / last_piece (chunk, d),
+// which the update kernels use for clusters that cross a chunk boundary.
 template <typename T>
 __global__ void __launch_bounds__(kPieceThreads)
     sorted_piece_sums_kernel(const T* __restrict__ x, const int64_t* __restrict__ sorted_labels,
                              const int64_t* __restrict__ perm, int64_t n, int64_t k, int64_t d,
-                             int64_t col_blocks, acc_t<T>* __restrict__ sums,
-                             acc_t<T>* __restrict__ first_piece,
-                             acc_t<T>* __restrict__ last_piece) {
-  using A = acc_t<T>;
+                             int64_t col_blocks, double* __restrict__ sums,
+                             double* __restrict__ first_piece, double* __restrict__ last_piece) {
   const int64_t chunk = blockIdx.x / col_blocks;
   const int64_t j = (blockIdx.x % col_blocks) * kPieceThreads + threadIdx.x;
   if (j >= d) return;
   const int64_t begin = chunk * kSortedChunkRows;
   const int64_t end = begin + kSortedChunkRows < n ? begin + kSortedChunkRows : n;
 
-  A acc = 0;
+  double acc = 0;
   int64_t run_start = begin;
   for (int64_t s = begin; s < end; ++s) {
     const int64_t l = sorted_labels[s];
-    acc += to_acc(x[perm[s] * d + j]);
+    acc += static_cast<double>(to_acc(x[perm[s] * d + j]));
     const bool chunk_ends = s + 1 == end;
     if (chunk_ends || sorted_labels[s + 1] != l) {  // the run [run_start, s] ends here
       if (run_start == begin) first_piece[chunk * d + j] = acc;
@@ -125,123 +139,201 @@ __device__ __forceinline__ int64_t lower_bound(const int64_t* __restrict__ a, in
   return lo;
 }
 
+// Where the segmented-sum stage left cluster kk's sum and row count.
+struct ClusterSums {
+  const double* sums;
+  const int64_t* batch_counts;   // fast mode
+  const int64_t* sorted_labels;  // deterministic mode (else null)
+  const double* first_piece;
+  const double* last_piece;
+  int64_t n, d;
+};
+
+struct ClusterSlice {
+  int64_t m = 0;  // rows labelled kk
+  int64_t chunk_first = 0, chunk_last = 0;
+  bool spans_chunks = false;
+};
+
+__device__ __forceinline__ ClusterSlice cluster_slice(const ClusterSums& s, int64_t kk) {
+  ClusterSlice c;
+  if (s.sorted_labels != nullptr) {
+    const int64_t first = lower_bound(s.sorted_labels, s.n, kk);
+    c.m = lower_bound(s.sorted_labels, s.n, kk + 1) - first;
+    if (c.m > 0) {
+      c.chunk_first = first / kSortedChunkRows;
+      c.chunk_last = (first + c.m - 1) / kSortedChunkRows;
+      c.spans_chunks = c.chunk_first != c.chunk_last;
+    }
+  } else if (s.batch_counts != nullptr) {
+    c.m = s.batch_counts[kk];
+  }
+  return c;
+}
+
+// S_kk[j]; 0 for a cluster without rows.
+__device__ __forceinline__ double cluster_sum(const ClusterSums& s, const ClusterSlice& c,
+                                              int64_t kk, int64_t j) {
+  if (c.m == 0) return 0.0;
+  if (!c.spans_chunks) return s.sums[kk * s.d + j];
+  // The cluster's rows: the tail run of chunk_first, whole middle chunks, the head run of
+  // chunk_last (a whole chunk's first run is the chunk). Fixed order: deterministic.
+  double v = s.last_piece[c.chunk_first * s.d + j];
+  for (int64_t ch = c.chunk_first + 1; ch <= c.chunk_last; ++ch) v += s.first_piece[ch * s.d + j];
+  return v;
+}
+
 constexpr int kApplyThreads = 128;
 
-// One block per cluster k. m_k comes from batch_counts (fast) or from the sorted labels
-// (deterministic: m_k = rows between the two binary-search bounds). Clusters with m_k = 0 are
-// left untouched.
-template <typename T, UpdateRule kRule>
+// One block per cluster; clusters without rows are left untouched.
+template <typename T>
 __global__ void __launch_bounds__(kApplyThreads)
-    cluster_apply_kernel(T* __restrict__ centers, int64_t* __restrict__ counts,
-                         acc_t<T> decay, const acc_t<T>* __restrict__ sums,
-                         const int64_t* __restrict__ batch_counts,
-                         const int64_t* __restrict__ sorted_labels,
-                         const acc_t<T>* __restrict__ first_piece,
-                         const acc_t<T>* __restrict__ last_piece, int64_t n, int64_t d) {
-  using A = acc_t<T>;
+    sculley_apply_kernel(T* __restrict__ centers, int64_t* __restrict__ counts, ClusterSums s) {
   const int64_t kk = blockIdx.x;
-  int64_t m, first = 0;
-  if (sorted_labels != nullptr) {
-    first = lower_bound(sorted_labels, n, kk);
-    m = lower_bound(sorted_labels, n, kk + 1) - first;
-  } else {
-    m = batch_counts[kk];
-  }
-  if (m == 0) return;  // the same for the whole block
-
-  int64_t new_count = 0;
-  if (kRule == UpdateRule::kSculley) {
-    new_count = counts[kk] + m;
-    __syncthreads();  // every thread has read counts[kk] before thread 0 overwrites it
-    if (threadIdx.x == 0) counts[kk] = new_count;
-  }
-
-  const int64_t chunk_first = first / kSortedChunkRows;
-  const int64_t chunk_last = (first + m - 1) / kSortedChunkRows;
-  const bool spans_chunks = sorted_labels != nullptr && chunk_first != chunk_last;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    A s;
-    if (spans_chunks) {
-      // The cluster's rows: the tail run of chunk_first, whole middle chunks, the head run of
-      // chunk_last (a whole chunk's first run is the chunk). Fixed order: deterministic.
-      s = last_piece[chunk_first * d + j];
-      for (int64_t c = chunk_first + 1; c <= chunk_last; ++c) s += first_piece[c * d + j];
-    } else {
-      s = sums[kk * d + j];
-    }
-    const A c = to_acc(centers[kk * d + j]);
-    A updated;
-    if (kRule == UpdateRule::kSculley)
-      updated = c + (s - static_cast<A>(m) * c) / static_cast<A>(new_count);
-    else
-      updated = decay * c + (A(1) - decay) * (s / static_cast<A>(m));
-    centers[kk * d + j] = from_acc<T>(updated);
+  const ClusterSlice c = cluster_slice(s, kk);
+  if (c.m == 0) return;  // the same for the whole block
+  const int64_t new_count = counts[kk] + c.m;
+  __syncthreads();  // every thread has read counts[kk] before thread 0 overwrites it
+  if (threadIdx.x == 0) counts[kk] = new_count;
+  const double m = static_cast<double>(c.m), total = static_cast<double>(new_count);
+  for (int64_t j = threadIdx.x; j < s.d; j += blockDim.x) {
+    const double cj = static_cast<double>(to_acc(centers[kk * s.d + j]));
+    centers[kk * s.d + j] = from_wide<T>(cj + (cluster_sum(s, c, kk, j) - m * cj) / total);
   }
 }
 
-template <typename T, UpdateRule kRule>
-cudaError_t launch_apply(void* centers, int64_t* counts, double decay, const void* sums,
-                         const int64_t* batch_counts, const int64_t* sorted_labels,
-                         const void* pieces, int64_t n, int64_t k, int64_t d,
-                         cudaStream_t stream) {
+// EMA, first kernel (one block per cluster): the decayed state, stored.
+template <typename S>
+__global__ void __launch_bounds__(kApplyThreads)
+    ema_state_kernel(S* __restrict__ cluster_size, S* __restrict__ embed_sum, double decay,
+                     ClusterSums s) {
+  const int64_t kk = blockIdx.x;
+  const ClusterSlice c = cluster_slice(s, kk);
+  const double take = 1.0 - decay;
+  if (threadIdx.x == 0) {
+    cluster_size[kk] = static_cast<S>(decay * static_cast<double>(cluster_size[kk]) +
+                                      take * static_cast<double>(c.m));
+  }
+  for (int64_t j = threadIdx.x; j < s.d; j += blockDim.x) {
+    const int64_t e = kk * s.d + j;
+    embed_sum[e] = static_cast<S>(decay * static_cast<double>(embed_sum[e]) +
+                                  take * cluster_sum(s, c, kk, j));
+  }
+}
+
+// EMA, second kernel (one block): total[0] = sum_k cluster_size_k as stored, fixed order.
+template <typename S>
+__global__ void __launch_bounds__(kFinishThreads)
+    ema_total_kernel(const S* __restrict__ cluster_size, int64_t k, double* __restrict__ total) {
+  double v = 0;
+  for (int64_t q = threadIdx.x; q < k; q += blockDim.x) v += static_cast<double>(cluster_size[q]);
+  v = block_sum(v);
+  if (threadIdx.x == 0) total[0] = v;
+}
+
+// EMA, third kernel (one block per cluster): c_k = M_k / N'_k from the stored state.
+template <typename T, typename S>
+__global__ void __launch_bounds__(kApplyThreads)
+    ema_centers_kernel(T* __restrict__ centers, const S* __restrict__ cluster_size,
+                       const S* __restrict__ embed_sum, const double* __restrict__ total,
+                       double eps, int64_t k, int64_t d) {
+  const int64_t kk = blockIdx.x;
+  const double n = total[0];
+  const double smoothed =
+      (static_cast<double>(cluster_size[kk]) + eps) / (n + static_cast<double>(k) * eps) * n;
+  if (smoothed == 0.0) return;  // nothing ever assigned: keep the center (never NaN)
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
+    centers[kk * d + j] = from_wide<T>(static_cast<double>(embed_sum[kk * d + j]) / smoothed);
+}
+
+// The segmented-sum stage of both updates; fills `out` for the update kernels.
+template <typename T>
+cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
+                               const int64_t* sorted_labels, const int64_t* perm, int64_t n,
+                               int64_t k, int64_t d, double* sums, int64_t* batch_counts,
+                               double* pieces, cudaStream_t stream, ClusterSums* out) {
   using A = acc_t<T>;
-  const A* first_piece = static_cast<const A*>(pieces);
-  const A* last_piece =
-      first_piece == nullptr ? nullptr : first_piece + cluster_pieces_elems(n, d) / 2;
-  cluster_apply_kernel<T, kRule><<<static_cast<unsigned>(k), kApplyThreads, 0, stream>>>(
-      static_cast<T*>(centers), counts, static_cast<A>(decay), static_cast<const A*>(sums),
-      batch_counts, sorted_labels, first_piece, last_piece, n, d);
+  cudaError_t err;
+  const bool deterministic = sorted_labels != nullptr && n > 0;
+  *out = ClusterSums{sums, nullptr, nullptr, nullptr, nullptr, n, d};
+  if (deterministic) {
+    if (perm == nullptr) return cudaErrorInvalidValue;
+    out->sorted_labels = sorted_labels;
+    out->first_piece = pieces;
+    out->last_piece = pieces + cluster_pieces_elems(n, d) / 2;
+    const int64_t col_blocks = ceil_div(d, kPieceThreads);
+    const int64_t blocks = ceil_div(n, kSortedChunkRows) * col_blocks;
+    if (blocks > INT32_MAX) return cudaErrorInvalidValue;
+    if (blocks > 0) {  // d = 0: no sums to form; the update kernels still count rows
+      KMGAN_LAUNCH(static_cast<unsigned>(blocks), kPieceThreads, 0, stream,
+                   sorted_piece_sums_kernel<T>)(
+          static_cast<const T*>(x), sorted_labels, perm, n, k, d, col_blocks, sums,
+          pieces, pieces + cluster_pieces_elems(n, d) / 2);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    return cudaSuccess;
+  }
+  out->batch_counts = batch_counts;
+  if (k * d > 0 && (err = cudaMemsetAsync(sums, 0, sizeof(double) * k * d, stream)) != cudaSuccess)
+    return err;
+  if ((err = cudaMemsetAsync(batch_counts, 0, sizeof(int64_t) * k, stream)) != cudaSuccess)
+    return err;
+  if (n == 0) return cudaSuccess;
+  const int64_t shared_bytes = k * d * static_cast<int64_t>(sizeof(A)) + k * 4;
+  const bool shared_partials = shared_bytes <= kSharedPartialsBytes;
+  const int blocks = shared_partials ? grid_for(n, kFlushRows, 2) : grid_for(n, kSumWarps);
+  KMGAN_LAUNCH(blocks, kSumThreads, shared_partials ? static_cast<size_t>(shared_bytes) : 0,
+               stream, cluster_sums_atomic_kernel<T>)(
+      static_cast<const T*>(x), labels, n, k, d, sums, batch_counts, shared_partials);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t cluster_update_launch(Dtype dtype, UpdateRule rule, void* centers, int64_t* counts,
-                                  double decay, const void* x, const int64_t* labels,
-                                  const int64_t* sorted_labels, const int64_t* perm, int64_t n,
-                                  int64_t k, int64_t d, void* sums, int64_t* batch_counts,
-                                  void* pieces, cudaStream_t stream) {
+cudaError_t minibatch_update_launch(Dtype dtype, void* centers, int64_t* counts, const void* x,
+                                    const int64_t* labels, const int64_t* sorted_labels,
+                                    const int64_t* perm, int64_t n, int64_t k, int64_t d,
+                                    double* sums, int64_t* batch_counts, double* pieces,
+                                    cudaStream_t stream) {
   if (n == 0) return cudaSuccess;  // no rows: every cluster is untouched
   if (k <= 0 || k > INT32_MAX) return cudaErrorInvalidValue;
-  const bool deterministic = sorted_labels != nullptr;
-  if (deterministic && perm == nullptr) return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using A = acc_t<T>;
-    cudaError_t err;
-    if (deterministic) {
-      const int64_t col_blocks = ceil_div(d, kPieceThreads);
-      const int64_t blocks = ceil_div(n, kSortedChunkRows) * col_blocks;
-      if (blocks > INT32_MAX) return cudaErrorInvalidValue;
-      if (blocks > 0) {  // d = 0: no sums to form; the apply kernel still updates counts
-        A* first_piece = static_cast<A*>(pieces);
-        A* last_piece = first_piece + cluster_pieces_elems(n, d) / 2;
-        sorted_piece_sums_kernel<T><<<static_cast<unsigned>(blocks), kPieceThreads, 0, stream>>>(
-            static_cast<const T*>(x), sorted_labels, perm, n, k, d, col_blocks,
-            static_cast<A*>(sums), first_piece, last_piece);
-        if ((err = cudaGetLastError()) != cudaSuccess) return err;
-      }
-    } else {
-      if (k * d > 0 && (err = cudaMemsetAsync(sums, 0, sizeof(A) * k * d, stream)) != cudaSuccess)
-        return err;
-      if ((err = cudaMemsetAsync(batch_counts, 0, sizeof(int64_t) * k, stream)) != cudaSuccess)
-        return err;
-      const int64_t shared_bytes = k * d * static_cast<int64_t>(sizeof(A)) + k * 4;
-      const bool shared_partials = shared_bytes <= kSharedPartialsBytes;
-      const int blocks = shared_partials ? grid_for(n, kRowsPerSharedBlock, 2)
-                                         : grid_for(n, kSumWarps);
-      cluster_sums_atomic_kernel<T><<<blocks, kSumThreads,
-                                      shared_partials ? static_cast<size_t>(shared_bytes) : 0,
-                                      stream>>>(static_cast<const T*>(x), labels, n, k, d,
-                                                static_cast<A*>(sums), batch_counts,
-                                                shared_partials);
-      if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    }
-    if (rule == UpdateRule::kSculley)
-      return launch_apply<T, UpdateRule::kSculley>(centers, counts, decay, sums, batch_counts,
-                                                    sorted_labels, pieces, n, k, d, stream);
-    return launch_apply<T, UpdateRule::kEma>(centers, counts, decay, sums, batch_counts,
-                                              sorted_labels, pieces, n, k, d, stream);
+    ClusterSums s;
+    cudaError_t err = cluster_sums_stage<T>(x, labels, sorted_labels, perm, n, k, d, sums,
+                                            batch_counts, pieces, stream, &s);
+    if (err != cudaSuccess) return err;
+    KMGAN_LAUNCH(static_cast<unsigned>(k), kApplyThreads, 0, stream, sculley_apply_kernel<T>)(
+        static_cast<T*>(centers), counts, s);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, void* embed_sum,
+                              double decay, double eps, const void* x, const int64_t* labels,
+                              const int64_t* sorted_labels, const int64_t* perm, int64_t n,
+                              int64_t k, int64_t d, double* sums, int64_t* batch_counts,
+                              double* pieces, double* total, cudaStream_t stream) {
+  if (k <= 0 || k > INT32_MAX) return cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using S = acc_t<T>;  // the state: float32, float64 for float64 centers
+    ClusterSums s;
+    cudaError_t err = cluster_sums_stage<T>(x, labels, sorted_labels, perm, n, k, d, sums,
+                                            batch_counts, pieces, stream, &s);
+    if (err != cudaSuccess) return err;
+    const unsigned blocks = static_cast<unsigned>(k);
+    KMGAN_LAUNCH(blocks, kApplyThreads, 0, stream, ema_state_kernel<S>)(
+        static_cast<S*>(cluster_size), static_cast<S*>(embed_sum), decay, s);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    KMGAN_LAUNCH(1, kFinishThreads, 0, stream, ema_total_kernel<S>)(
+        static_cast<const S*>(cluster_size), k, total);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (d == 0) return cudaSuccess;
+    KMGAN_LAUNCH(blocks, kApplyThreads, 0, stream, ema_centers_kernel<T, S>)(
+        static_cast<T*>(centers), static_cast<const S*>(cluster_size),
+        static_cast<const S*>(embed_sum), total, eps, k, d);
+    return cudaGetLastError();
   });
 }
 

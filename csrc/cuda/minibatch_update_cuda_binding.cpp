@@ -4,6 +4,7 @@
 #include <ATen/ops/sort.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -16,33 +17,46 @@ constexpr const char* kUpdate = "kmgan_ext::minibatch_update_native_";
 constexpr const char* kStep = "kmgan_ext::minibatch_step_native_";
 constexpr const char* kEma = "kmgan_ext::ema_update_native_";
 
-// Segmented sums of x by labels and the rule, in place on centers_work (and counts_work for
-// kSculley), all contiguous. Workspaces come from torch's caching allocator.
-void update_contiguous(const char* op, UpdateRule rule, at::Tensor& centers_work,
-                       at::Tensor* counts_work, double decay, const at::Tensor& x,
-                       const at::Tensor& labels, bool deterministic) {
-  const int64_t n = x.size(0), k = centers_work.size(0), d = x.size(1);
-  if (n == 0) return;
-  const auto acc = x.options().dtype(acc_dtype(x));
-  at::Tensor sums = at::empty({k, d}, acc);
-  at::Tensor batch_counts, sorted_labels, perm, pieces;
-  if (deterministic) {
+// The segmented-sum workspaces of one update (launchers.h): double sums, the batch counts,
+// and in deterministic mode the stable sort of the labels and the chunk pieces.
+struct Workspace {
+  at::Tensor sums, batch_counts, sorted_labels, perm, pieces;
+  const int64_t* sorted() const {
+    return sorted_labels.defined() ? sorted_labels.const_data_ptr<int64_t>() : nullptr;
+  }
+  const int64_t* permutation() const {
+    return perm.defined() ? perm.const_data_ptr<int64_t>() : nullptr;
+  }
+  double* piece_ptr() { return pieces.defined() ? pieces.mutable_data_ptr<double>() : nullptr; }
+};
+
+Workspace workspace(const at::Tensor& x, const at::Tensor& labels, int64_t k,
+                    bool deterministic) {
+  const int64_t n = x.size(0), d = x.size(1);
+  Workspace w;
+  w.sums = at::empty({k, d}, x.options().dtype(at::kDouble));
+  w.batch_counts = at::empty({k}, x.options().dtype(at::kLong));
+  if (deterministic && n > 0) {
     // Stable: rows of one cluster keep their order, so each sum has one fixed order. The
     // std::optional is spelled out: a plain `true` would select sort(self, dim, descending).
-    std::tie(sorted_labels, perm) =
+    std::tie(w.sorted_labels, w.perm) =
         at::sort(labels, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
-    pieces = at::empty({cluster_pieces_elems(n, d)}, acc);
-  } else {
-    batch_counts = at::empty({k}, x.options().dtype(at::kLong));
+    w.pieces = at::empty({cluster_pieces_elems(n, d)}, x.options().dtype(at::kDouble));
   }
-  C10_CUDA_CHECK(cluster_update_launch(
-      dtype_of(op, x), rule, centers_work.mutable_data_ptr(),
-      counts_work ? counts_work->mutable_data_ptr<int64_t>() : nullptr, decay, x.const_data_ptr(),
-      labels.const_data_ptr<int64_t>(),
-      deterministic ? sorted_labels.const_data_ptr<int64_t>() : nullptr,
-      deterministic ? perm.const_data_ptr<int64_t>() : nullptr, n, k, d, sums.mutable_data_ptr(),
-      deterministic ? nullptr : batch_counts.mutable_data_ptr<int64_t>(),
-      deterministic ? pieces.mutable_data_ptr() : nullptr, current_stream()));
+  return w;
+}
+
+// Sculley's update in place on centers_work / counts_work (contiguous).
+void sculley_contiguous(const char* op, at::Tensor& centers_work, at::Tensor& counts_work,
+                        const at::Tensor& x, const at::Tensor& labels, bool deterministic) {
+  const int64_t n = x.size(0), k = centers_work.size(0), d = x.size(1);
+  if (n == 0) return;
+  Workspace w = workspace(x, labels, k, deterministic);
+  C10_CUDA_CHECK(minibatch_update_launch(
+      dtype_of(op, x), centers_work.mutable_data_ptr(), counts_work.mutable_data_ptr<int64_t>(),
+      x.const_data_ptr(), labels.const_data_ptr<int64_t>(), w.sorted(), w.permutation(), n, k,
+      d, w.sums.mutable_data_ptr<double>(), w.batch_counts.mutable_data_ptr<int64_t>(),
+      w.piece_ptr(), current_stream()));
 }
 
 void check_update_args(const char* op, const at::Tensor& centers, const at::Tensor* counts,
@@ -59,8 +73,7 @@ void minibatch_update_cuda(at::Tensor& centers, at::Tensor& counts, const at::Te
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
   at::Tensor centers_work = centers.contiguous(), counts_work = counts.contiguous();
-  update_contiguous(kUpdate, UpdateRule::kSculley, centers_work, &counts_work, 0.0, x, labels,
-                    deterministic);
+  sculley_contiguous(kUpdate, centers_work, counts_work, x, labels, deterministic);
   write_back(centers_work, centers);
   write_back(counts_work, counts);
 }
@@ -80,24 +93,51 @@ at::Tensor minibatch_step_cuda(at::Tensor& centers, at::Tensor& counts, const at
                                centers_work.const_data_ptr(), n, k, d,
                                labels.mutable_data_ptr<int64_t>(), dist2.mutable_data_ptr(),
                                current_stream()));
-  update_contiguous(kStep, UpdateRule::kSculley, centers_work, &counts_work, 0.0, x, labels,
-                    deterministic);
+  sculley_contiguous(kStep, centers_work, counts_work, x, labels, deterministic);
   write_back(centers_work, centers);
   write_back(counts_work, counts);
   return labels;
 }
 
-void ema_update_cuda(at::Tensor& centers, const at::Tensor& x_in, const at::Tensor& labels_in,
-                     double decay, bool deterministic) {
+// The EMA state: float32 (float64 for float64 centers), on the centers' device, of `shape`.
+void check_ema_state(const char* name, const at::Tensor& t, at::IntArrayRef shape,
+                     const at::Tensor& centers) {
+  check_same_device(kEma, name, t, centers, "centers");
+  const at::ScalarType want = acc_dtype(centers);
+  TORCH_CHECK_TYPE(t.scalar_type() == want, kEma, ": ", name, " must be ", want,
+                   " (the EMA state dtype for ", centers.scalar_type(), " centers), got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == shape, kEma, ": ", name, " must have shape ", shape, ", got ",
+                    t.sizes());
+}
+
+void ema_update_cuda(at::Tensor& centers, at::Tensor& cluster_size, at::Tensor& embed_sum,
+                     const at::Tensor& x_in, const at::Tensor& labels_in, double decay,
+                     double eps, bool deterministic) {
   check_update_args(kEma, centers, nullptr, x_in);
-  check_int64_vector(kEma, "labels", labels_in, x_in.size(0), x_in);
-  TORCH_CHECK(decay >= 0.0 && decay <= 1.0, kEma, ": decay must lie in [0, 1], got ", decay);
+  const int64_t n = x_in.size(0), k = centers.size(0), d = x_in.size(1);
+  check_int64_vector(kEma, "labels", labels_in, n, x_in);
+  check_ema_state("cluster_size", cluster_size, {k}, centers);
+  check_ema_state("embed_sum", embed_sum, {k, d}, centers);
+  TORCH_CHECK_VALUE(decay >= 0.0 && decay <= 1.0, kEma, ": decay must lie in [0, 1], got ",
+                    decay);
+  TORCH_CHECK_VALUE(eps >= 0.0 && eps < std::numeric_limits<double>::infinity(), kEma,
+                    ": eps must be a finite float >= 0, got ", eps);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
-  at::Tensor centers_work = centers.contiguous();
-  update_contiguous(kEma, UpdateRule::kEma, centers_work, nullptr, decay, x, labels,
-                    deterministic);
+  at::Tensor centers_work = centers.contiguous(), size_work = cluster_size.contiguous();
+  at::Tensor embed_work = embed_sum.contiguous();
+  Workspace w = workspace(x, labels, k, deterministic);
+  at::Tensor total = at::empty({1}, x.options().dtype(at::kDouble));
+  C10_CUDA_CHECK(ema_update_launch(
+      dtype_of(kEma, x), centers_work.mutable_data_ptr(), size_work.mutable_data_ptr(),
+      embed_work.mutable_data_ptr(), decay, eps, x.const_data_ptr(),
+      labels.const_data_ptr<int64_t>(), w.sorted(), w.permutation(), n, k, d,
+      w.sums.mutable_data_ptr<double>(), w.batch_counts.mutable_data_ptr<int64_t>(),
+      w.piece_ptr(), total.mutable_data_ptr<double>(), current_stream()));
   write_back(centers_work, centers);
+  write_back(size_work, cluster_size);
+  write_back(embed_work, embed_sum);
 }
 
 }  // namespace

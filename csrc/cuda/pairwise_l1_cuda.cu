@@ -132,15 +132,15 @@ cudaError_t pairwise_l1_launch(Dtype dtype, const void* sorted, const int64_t* s
       const T* z = static_cast<const T*>(sorted);
       A* sums = static_cast<A*>(col_sums);
       if (cross)
-        l1_gap_sum_kernel<T, true><<<static_cast<unsigned>(d), kGapThreads, 0, stream>>>(
+        KMGAN_LAUNCH(static_cast<unsigned>(d), kGapThreads, 0, stream, l1_gap_sum_kernel<T, true>)(
             z, source, len, n_a, n_b, sums);
       else
-        l1_gap_sum_kernel<T, false><<<static_cast<unsigned>(d), kGapThreads, 0, stream>>>(
+        KMGAN_LAUNCH(static_cast<unsigned>(d), kGapThreads, 0, stream, l1_gap_sum_kernel<T, false>)(
             z, nullptr, len, n_a, 0, sums);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
-    finish_sum_kernel<A><<<1, kFinishThreads, 0, stream>>>(static_cast<const A*>(col_sums), d,
-                                                           false, A(1), static_cast<A*>(out));
+    KMGAN_LAUNCH(1, kFinishThreads, 0, stream, finish_sum_kernel<A>)(
+        static_cast<const A*>(col_sums), d, false, A(1), static_cast<A*>(out));
     return cudaGetLastError();
   });
 }
@@ -153,7 +153,7 @@ cudaError_t pairwise_l1_rank_grad_launch(Dtype dtype, const void* grad, double f
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
-    rank_grad_kernel<T><<<grid_for(n * d, kRankThreads), kRankThreads, 0, stream>>>(
+    KMGAN_LAUNCH(grid_for(n * d, kRankThreads), kRankThreads, 0, stream, rank_grad_kernel<T>)(
         static_cast<const A*>(grad), static_cast<A>(factor), static_cast<const T*>(values), n,
         d, static_cast<const T*>(sorted), m, static_cast<T*>(out));
     return cudaGetLastError();

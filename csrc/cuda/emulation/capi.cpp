@@ -1,0 +1,130 @@
+// C entry points of the CPU harness: each launcher of launchers.h / kmgan_losses_cuda.h under
+// a plain C name (kmgan_emu_<launcher>), enums as int, so kmgan_ext/_cuda_emulated.py calls them
+// through ctypes with the data pointers of CPU tensors. The stream is always null (the harness
+// runs every launch to completion before returning).
+#include "../kmgan_losses_cuda.h"
+#include "../launchers.h"
+
+#define EMU_API extern "C" __attribute__((visibility("default"))) int
+#define EMU_API_SIZE extern "C" __attribute__((visibility("default"))) int64_t
+
+using namespace kmgan_cuda;
+
+namespace {
+Dtype dt(int d) { return static_cast<Dtype>(d); }
+Reduction red(int r) { return static_cast<Reduction>(r); }
+}  // namespace
+
+EMU_API kmgan_emu_assign_launch(int dtype, const void* x, const void* centers, int64_t n,
+                                int64_t k, int64_t d, int64_t* labels, void* dist2) {
+  return assign_launch(dt(dtype), x, centers, n, k, d, labels, dist2, nullptr);
+}
+
+EMU_API kmgan_emu_assign_backward_launch(int dtype, const void* grad_dist2, const void* x,
+                                         const void* centers, const int64_t* labels, int64_t n,
+                                         int64_t k, int64_t d, void* grad_x,
+                                         void* grad_centers_acc) {
+  return assign_backward_launch(dt(dtype), grad_dist2, x, centers, labels, n, k, d, grad_x,
+                                grad_centers_acc, nullptr);
+}
+
+EMU_API kmgan_emu_minibatch_update_launch(int dtype, void* centers, int64_t* counts,
+                                          const void* x, const int64_t* labels,
+                                          const int64_t* sorted_labels, const int64_t* perm,
+                                          int64_t n, int64_t k, int64_t d, double* sums,
+                                          int64_t* batch_counts, double* pieces) {
+  return minibatch_update_launch(dt(dtype), centers, counts, x, labels, sorted_labels, perm, n,
+                                 k, d, sums, batch_counts, pieces, nullptr);
+}
+
+EMU_API kmgan_emu_ema_update_launch(int dtype, void* centers, void* cluster_size,
+                                    void* embed_sum, double decay, double eps, const void* x,
+                                    const int64_t* labels, const int64_t* sorted_labels,
+                                    const int64_t* perm, int64_t n, int64_t k, int64_t d,
+                                    double* sums, int64_t* batch_counts, double* pieces,
+                                    double* total) {
+  return ema_update_launch(dt(dtype), centers, cluster_size, embed_sum, decay, eps, x, labels,
+                           sorted_labels, perm, n, k, d, sums, batch_counts, pieces, total,
+                           nullptr);
+}
+
+EMU_API_SIZE kmgan_emu_cluster_pieces_elems(int64_t n, int64_t d) {
+  return cluster_pieces_elems(n, d);
+}
+
+EMU_API kmgan_emu_center_loss_launch(int dtype, const void* x_real, const int64_t* labels_real,
+                                     const void* centers_real, int64_t n_real, int64_t k_real,
+                                     const void* x_fake, const int64_t* labels_fake,
+                                     const void* centers_fake, int64_t n_fake, int64_t k_fake,
+                                     int64_t d, void* loss, void* u_diff, int64_t* counts_real,
+                                     int64_t* counts_fake) {
+  return center_loss_launch(dt(dtype), x_real, labels_real, centers_real, n_real, k_real, x_fake,
+                            labels_fake, centers_fake, n_fake, k_fake, d, loss, u_diff,
+                            counts_real, counts_fake, nullptr);
+}
+
+EMU_API kmgan_emu_center_loss_backward_launch(int dtype, const void* grad, const void* u_diff,
+                                              const int64_t* labels_real,
+                                              const int64_t* counts_real, int64_t n_real,
+                                              int64_t k_real, const int64_t* labels_fake,
+                                              const int64_t* counts_fake, int64_t n_fake,
+                                              int64_t k_fake, int64_t d, void* grad_real,
+                                              void* grad_fake) {
+  return center_loss_backward_launch(dt(dtype), grad, u_diff, labels_real, counts_real, n_real,
+                                     k_real, labels_fake, counts_fake, n_fake, k_fake, d,
+                                     grad_real, grad_fake, nullptr);
+}
+
+EMU_API_SIZE kmgan_emu_assigned_distance_num_partials(int64_t n) {
+  return assigned_distance_num_partials(n);
+}
+
+EMU_API kmgan_emu_assigned_distance_launch(int dtype, int reduction, const void* x,
+                                           const int64_t* labels, const void* centers, int64_t n,
+                                           int64_t k, int64_t d, void* partials, void* out) {
+  return assigned_distance_launch(dt(dtype), red(reduction), x, labels, centers, n, k, d,
+                                  partials, out, nullptr);
+}
+
+EMU_API kmgan_emu_assigned_distance_backward_launch(int dtype, int reduction, const void* grad,
+                                                    const void* out, const void* x,
+                                                    const int64_t* labels, const void* centers,
+                                                    int64_t n, int64_t k, int64_t d,
+                                                    void* grad_x, void* grad_centers_acc) {
+  return assigned_distance_backward_launch(dt(dtype), red(reduction), grad, out, x, labels,
+                                           centers, n, k, d, grad_x, grad_centers_acc, nullptr);
+}
+
+EMU_API kmgan_emu_pairwise_l1_launch(int dtype, const void* sorted, const int64_t* source,
+                                     int64_t n_a, int64_t n_b, int64_t d, void* col_sums,
+                                     void* out) {
+  return pairwise_l1_launch(dt(dtype), sorted, source, n_a, n_b, d, col_sums, out, nullptr);
+}
+
+EMU_API kmgan_emu_pairwise_l1_rank_grad_launch(int dtype, const void* grad, double factor,
+                                               const void* values, int64_t n, int64_t d,
+                                               const void* sorted, int64_t m, void* out) {
+  return pairwise_l1_rank_grad_launch(dt(dtype), grad, factor, values, n, d, sorted, m, out,
+                                      nullptr);
+}
+
+EMU_API kmgan_emu_kmgan_pulls_launch(int dtype, int reduction, const void* dist2_real,
+                                     int64_t n_real, const void* dist2_fake, int64_t n_fake,
+                                     void* pulls, void* loss_d, void* loss_g) {
+  return kmgan_pulls_launch(dt(dtype), red(reduction), dist2_real, n_real, dist2_fake, n_fake,
+                            pulls, loss_d, loss_g, nullptr);
+}
+
+EMU_API kmgan_emu_kmgan_losses_backward_launch(
+    int dtype, int reduction, const void* grad_d, const void* grad_g, const void* grad_center,
+    const void* f_real, const void* f_fake, const void* centers_real, int64_t k_real,
+    const int64_t* labels_real, const int64_t* labels_fake, const int64_t* labels_fake_hat,
+    const void* pulls, const void* u_diff, const int64_t* counts_real, const int64_t* counts_fake,
+    int64_t k_fake, int64_t n_real, int64_t n_fake, int64_t d, void* grad_real,
+    void* grad_fake) {
+  return kmgan_losses_backward_launch(dt(dtype), red(reduction), grad_d, grad_g, grad_center,
+                                      f_real, f_fake, centers_real, k_real, labels_real,
+                                      labels_fake, labels_fake_hat, pulls, u_diff, counts_real,
+                                      counts_fake, k_fake, n_real, n_fake, d, grad_real,
+                                      grad_fake, nullptr);
+}

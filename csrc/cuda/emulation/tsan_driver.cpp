@@ -1,0 +1,199 @@
+// ThreadSanitizer run of every CUDA launcher on small grids (tests/test_cuda_emulated.py builds
+// it with KMGAN_EMU_TSAN=1): the kernels and the harness compiled with -fsanitize=thread into
+// one executable, no Python or torch, so TSan sees every access of the kernels. Each launch
+// runs under forward, reverse and random block/thread order with 3 blocks in flight; a race
+// on shared or global memory (between GPU threads of a block, or between blocks) is reported
+// by TSan, which then exits with its error code. Results are checked by the pytest matrix, not
+// here. Argument: the number of repetitions per order (default 1).
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <vector>
+
+extern "C" {
+void kmgan_emu_configure(int order, uint64_t seed, int in_flight, int sms);
+int kmgan_emu_assign_launch(int, const void*, const void*, int64_t, int64_t, int64_t, int64_t*,
+                            void*);
+int kmgan_emu_assign_backward_launch(int, const void*, const void*, const void*, const int64_t*,
+                                     int64_t, int64_t, int64_t, void*, void*);
+int kmgan_emu_minibatch_update_launch(int, void*, int64_t*, const void*, const int64_t*,
+                                      const int64_t*, const int64_t*, int64_t, int64_t, int64_t,
+                                      double*, int64_t*, double*);
+int kmgan_emu_ema_update_launch(int, void*, void*, void*, double, double, const void*,
+                                const int64_t*, const int64_t*, const int64_t*, int64_t, int64_t,
+                                int64_t, double*, int64_t*, double*, double*);
+int64_t kmgan_emu_cluster_pieces_elems(int64_t, int64_t);
+int kmgan_emu_center_loss_launch(int, const void*, const int64_t*, const void*, int64_t, int64_t,
+                                 const void*, const int64_t*, const void*, int64_t, int64_t,
+                                 int64_t, void*, void*, int64_t*, int64_t*);
+int kmgan_emu_center_loss_backward_launch(int, const void*, const void*, const int64_t*,
+                                          const int64_t*, int64_t, int64_t, const int64_t*,
+                                          const int64_t*, int64_t, int64_t, int64_t, void*,
+                                          void*);
+int64_t kmgan_emu_assigned_distance_num_partials(int64_t);
+int kmgan_emu_assigned_distance_launch(int, int, const void*, const int64_t*, const void*,
+                                       int64_t, int64_t, int64_t, void*, void*);
+int kmgan_emu_assigned_distance_backward_launch(int, int, const void*, const void*, const void*,
+                                                const int64_t*, const void*, int64_t, int64_t,
+                                                int64_t, void*, void*);
+int kmgan_emu_pairwise_l1_launch(int, const void*, const int64_t*, int64_t, int64_t, int64_t,
+                                 void*, void*);
+int kmgan_emu_pairwise_l1_rank_grad_launch(int, const void*, double, const void*, int64_t,
+                                           int64_t, const void*, int64_t, void*);
+int kmgan_emu_kmgan_pulls_launch(int, int, const void*, int64_t, const void*, int64_t, void*,
+                                 void*, void*);
+int kmgan_emu_kmgan_losses_backward_launch(int, int, const void*, const void*, const void*,
+                                           const void*, const void*, const void*, int64_t,
+                                           const int64_t*, const int64_t*, const int64_t*,
+                                           const void*, const void*, const int64_t*,
+                                           const int64_t*, int64_t, int64_t, int64_t, int64_t,
+                                           void*, void*);
+}
+
+namespace {
+
+constexpr int kF32 = 0;
+int failures = 0;
+
+void check(int err, const char* what) {
+  if (err != 0) {
+    std::fprintf(stderr, "tsan_driver: %s returned cudaError %d\n", what, err);
+    ++failures;
+  }
+}
+
+// (d, n) columns of the (n, d) matrix x, each sorted ascending; and each value's row index.
+void sorted_columns(const std::vector<float>& x, int64_t n, int64_t d, std::vector<float>* out,
+                    std::vector<int64_t>* source) {
+  out->assign(n * d, 0.f);
+  source->assign(n * d, 0);
+  std::vector<int64_t> idx(n);
+  for (int64_t j = 0; j < d; ++j) {
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(),
+                     [&](int64_t a, int64_t b) { return x[a * d + j] < x[b * d + j]; });
+    for (int64_t t = 0; t < n; ++t) {
+      (*out)[j * n + t] = x[idx[t] * d + j];
+      (*source)[j * n + t] = idx[t];
+    }
+  }
+}
+
+void run_all(std::mt19937& rng) {
+  const int64_t n = 100, m = 40, k = 70, d = 33;  // 2 assign blocks, 2 center tiles, 2 d stages
+  std::normal_distribution<float> normal;
+  auto randn = [&](int64_t count) {
+    std::vector<float> v(count);
+    for (auto& e : v) e = normal(rng);
+    return v;
+  };
+  std::vector<float> x = randn(n * d), y = randn(m * d), c = randn(k * d);
+  std::vector<int64_t> labels(n), labels_y(m);
+  std::vector<float> dist2(n), dist2_y(m);
+  check(kmgan_emu_assign_launch(kF32, x.data(), c.data(), n, k, d, labels.data(), dist2.data()),
+        "assign");
+  check(kmgan_emu_assign_launch(kF32, y.data(), c.data(), m, k, d, labels_y.data(),
+                                dist2_y.data()),
+        "assign");
+  std::vector<float> ones(n, 1.f), grad_x(n * d);
+  std::vector<double> grad_c(k * d);
+  check(kmgan_emu_assign_backward_launch(kF32, ones.data(), x.data(), c.data(), labels.data(), n,
+                                         k, d, grad_x.data(), grad_c.data()),
+        "assign_backward");
+
+  // Updates, fast and deterministic.
+  std::vector<double> sums(k * d), total(1);
+  std::vector<int64_t> batch_counts(k), counts(k, 3), order(n), sorted(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return labels[a] < labels[b]; });
+  for (int64_t i = 0; i < n; ++i) sorted[i] = labels[order[i]];
+  std::vector<double> pieces(kmgan_emu_cluster_pieces_elems(n, d));
+  std::vector<float> centers = c;
+  check(kmgan_emu_minibatch_update_launch(kF32, centers.data(), counts.data(), x.data(),
+                                          labels.data(), nullptr, nullptr, n, k, d, sums.data(),
+                                          batch_counts.data(), nullptr),
+        "minibatch_update fast");
+  check(kmgan_emu_minibatch_update_launch(kF32, centers.data(), counts.data(), x.data(),
+                                          labels.data(), sorted.data(), order.data(), n, k, d,
+                                          sums.data(), batch_counts.data(), pieces.data()),
+        "minibatch_update deterministic");
+  std::vector<float> size(k, 1.f), embed = c;
+  check(kmgan_emu_ema_update_launch(kF32, centers.data(), size.data(), embed.data(), 0.9, 1e-5,
+                                    x.data(), labels.data(), nullptr, nullptr, n, k, d,
+                                    sums.data(), batch_counts.data(), nullptr, total.data()),
+        "ema_update fast");
+  check(kmgan_emu_ema_update_launch(kF32, centers.data(), size.data(), embed.data(), 0.9, 1e-5,
+                                    x.data(), labels.data(), sorted.data(), order.data(), n, k,
+                                    d, sums.data(), batch_counts.data(), pieces.data(),
+                                    total.data()),
+        "ema_update deterministic");
+
+  // Center loss and the KM-GAN loss block.
+  std::vector<float> loss(1), u_diff(d), grad_y(m * d), g1(1, 1.f);
+  std::vector<int64_t> counts_x(k), counts_y(k);
+  check(kmgan_emu_center_loss_launch(kF32, x.data(), labels.data(), c.data(), n, k, y.data(),
+                                     labels_y.data(), c.data(), m, k, d, loss.data(),
+                                     u_diff.data(), counts_x.data(), counts_y.data()),
+        "center_loss");
+  check(kmgan_emu_center_loss_backward_launch(kF32, g1.data(), u_diff.data(), labels.data(),
+                                              counts_x.data(), n, k, labels_y.data(),
+                                              counts_y.data(), m, k, d, grad_x.data(),
+                                              grad_y.data()),
+        "center_loss_backward");
+  std::vector<float> pulls(2), loss_d(1), loss_g(1);
+  for (int reduction = 0; reduction < 3; ++reduction) {
+    std::vector<float> partials(kmgan_emu_assigned_distance_num_partials(n)), out(1);
+    check(kmgan_emu_assigned_distance_launch(kF32, reduction, x.data(), labels.data(), c.data(),
+                                             n, k, d, partials.data(), out.data()),
+          "assigned_distance");
+    check(kmgan_emu_assigned_distance_backward_launch(kF32, reduction, g1.data(), out.data(),
+                                                      x.data(), labels.data(), c.data(), n, k,
+                                                      d, grad_x.data(), grad_c.data()),
+          "assigned_distance_backward");
+    check(kmgan_emu_kmgan_pulls_launch(kF32, reduction, dist2.data(), n, dist2_y.data(), m,
+                                       pulls.data(), loss_d.data(), loss_g.data()),
+          "kmgan_pulls");
+    check(kmgan_emu_kmgan_losses_backward_launch(
+              kF32, reduction, g1.data(), g1.data(), g1.data(), x.data(), y.data(), c.data(), k,
+              labels.data(), labels_y.data(), labels_y.data(), pulls.data(), u_diff.data(),
+              counts_x.data(), counts_y.data(), k, n, m, d, grad_x.data(), grad_y.data()),
+          "kmgan_losses_backward");
+  }
+
+  // Pairwise L1: within x, and between x and y (sorted together).
+  std::vector<float> sorted_x, col_sums(d), out(1);
+  std::vector<int64_t> source;
+  sorted_columns(x, n, d, &sorted_x, &source);
+  check(kmgan_emu_pairwise_l1_launch(kF32, sorted_x.data(), nullptr, n, 0, d, col_sums.data(),
+                                     out.data()),
+        "pairwise_l1");
+  std::vector<float> xy(x);
+  xy.insert(xy.end(), y.begin(), y.end());
+  std::vector<float> sorted_xy;
+  sorted_columns(xy, n + m, d, &sorted_xy, &source);
+  check(kmgan_emu_pairwise_l1_launch(kF32, sorted_xy.data(), source.data(), n, m, d,
+                                     col_sums.data(), out.data()),
+        "pairwise_l1 cross");
+  check(kmgan_emu_pairwise_l1_rank_grad_launch(kF32, g1.data(), 2.0, x.data(), n, d,
+                                               sorted_x.data(), n, grad_x.data()),
+        "pairwise_l1 rank grad");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int reps = argc > 1 ? std::atoi(argv[1]) : 1;
+  std::mt19937 rng(1234);
+  for (int order = 0; order < 3; ++order) {
+    for (int r = 0; r < reps; ++r) {
+      kmgan_emu_configure(order, 17 + r, 3, 2);
+      run_all(rng);
+    }
+  }
+  std::printf("tsan_driver: %d launch errors\n", failures);
+  return failures == 0 ? 0 : 1;
+}
