@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from kmgan_ext._show_config import _cpu_model as _cpu_name  # the one /proc/cpuinfo reader
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -55,17 +57,6 @@ def device_info(device: torch.device) -> dict:
         "memory_gb": mem_gb,
         "machine": platform.machine(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _meminfo_kb(field: str) -> int:
