@@ -110,12 +110,23 @@ def ops() -> None:
     assert c.shape == (4, 8), c.shape
     say("kmeans, kmeans_plusplus, kmeans_parallel (torch backend; faiss is not installed)")
 
-    labels = km.MiniBatchKMeans(4, 8)(x)  # training mode: seeds itself, then updates
+    labels = km.MiniBatchKMeansModule(4, update="always")(x)  # seeds itself, then updates
     assert labels.shape == (500,), labels.shape
+    # the estimators work without scikit-learn (not a dependency of the base install)
+    est = km.KMeans(n_clusters=4, n_init=1, max_iter=5, random_state=0).fit(x.numpy())
+    assert est.cluster_centers_.shape == (4, 8) and est.labels_.shape == (500,), est
+    mbk = km.MiniBatchKMeans(n_clusters=4, batch_size=100, random_state=0).fit(x)
+    assert tuple(mbk.cluster_centers_.shape) == (4, 8), mbk.cluster_centers_.shape
+    vq = km.VectorQuantizer(16, 8)
+    out = vq(torch.randn(2, 10, 8, requires_grad=True))
+    assert out.quantized.shape == (2, 10, 8), out.quantized.shape
+    loss = km.CenterLoss(5, 8)(torch.randn(20, 8), torch.randint(0, 5, (20,)))
+    assert loss.dim() == 0 and bool(torch.isfinite(loss)), loss
+    say("KMeans, MiniBatchKMeans (estimators), MiniBatchKMeansModule, VectorQuantizer, CenterLoss")
     terms = km.KMGANLosses()(torch.randn(n, d), torch.randn(n, d), torch.randn(k, d), torch.randn(k, d))
     floats = [t for t in terms if isinstance(t, torch.Tensor) and t.is_floating_point()]
     assert floats and all(bool(torch.isfinite(t).all()) for t in floats), terms
-    say("MiniBatchKMeans, KMGANLosses")
+    say("KMGANLosses")
 
     net = torch.nn.Linear(8, 3)
     for progress in (False, True):  # tqdm is not a dependency: neither may need it
