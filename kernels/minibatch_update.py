@@ -237,12 +237,17 @@ def _small_update_kernel(
             lab = tl.load(labels_ptr + rows, mask=rm, other=-1)
             xt = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
                          mask=rm[:, None] & dmask[None, :], other=0.0).to(ACC_T)
-            onehot = (lab[None, :] == ks[:, None]).to(ACC_T)
-            part = onehot[:, :, None] * xt[None, :, :]
+            # A select, not a product with the one-hot: NaN * 0 would put a NaN row into
+            # every cluster's sum instead of its own.
+            part = tl.where((lab[None, :] == ks[:, None])[:, :, None], xt[None, :, :], 0.0)
             if BLOCK_N > 64:  # the interpreter's blocks of thousands of rows: float64 sums
                 acc += tl.sum(part.to(tl.float64), axis=1)
             else:
-                acc += tl.sum(part, axis=1).to(tl.float64)
+                blk = tl.sum(part, axis=1).to(tl.float64)
+                # A float32 block total past 3.4e38 is redone in float64 (contract 2).
+                if tl.sum(((blk == float("inf")) | (blk == -float("inf"))).to(tl.int32)) > 0:
+                    blk = tl.sum(part.to(tl.float64), axis=1)
+                acc += blk
         _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, acc, m_f, n_f,
                     decay_hi, decay_lo, MODE)
 
