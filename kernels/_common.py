@@ -192,17 +192,19 @@ def finish(total, div, SQRT: tl.constexpr, MUL: tl.constexpr):
 @triton.jit
 def _finalize_sum_kernel(part_ptr, n, out_ptr, div, SQRT: tl.constexpr, MUL: tl.constexpr,
                          BLOCK: tl.constexpr):
-    """Sum per-program partials in a fixed order, then ``finish``."""
+    """Sum per-program partials in a fixed order in their dtype, then ``finish``, rounded to
+    out's dtype (float64 partials may feed a float32 out)."""
     offs = tl.arange(0, BLOCK)
-    acc = tl.zeros((BLOCK,), out_ptr.dtype.element_ty)
+    acc = tl.zeros((BLOCK,), part_ptr.dtype.element_ty)
     for p0 in range(0, n, BLOCK):
         acc += tl.load(part_ptr + p0 + offs, mask=p0 + offs < n, other=0.0)
-    tl.store(out_ptr, finish(tl.sum(acc, axis=0), div, SQRT, MUL))
+    tl.store(out_ptr, finish(tl.sum(acc, axis=0), div, SQRT, MUL).to(out_ptr.dtype.element_ty))
 
 
 def finalize_sum(parts: torch.Tensor, out: torch.Tensor, div: int = 1, sqrt: bool = False,
                  mul: float = 1.0) -> None:
-    """Reduce per-program partial sums into the 0-d ``out`` (same dtype) deterministically."""
+    """Reduce per-program partial sums into the 0-d ``out`` (same dtype, or float64 partials
+    for a float32 out) deterministically."""
     block = pow2(parts.numel(), 16, 4096 if interpreting(parts) else 1024)
     _finalize_sum_kernel[(1,)](parts, parts.numel(), out, max(1, div), SQRT=sqrt, MUL=mul,
                                BLOCK=block)

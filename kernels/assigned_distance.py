@@ -38,22 +38,36 @@ def _row_sq_dist(xrow, crow, rmask, D, acc_t: tl.constexpr,
 
 
 @triton.jit
+def _row_sq_dist_f64(xrow, crow, rmask, D, acc_t: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """_row_sq_dist as float64, exact where acc_t's squares overflow (contract 2): a block
+    with an infinite float32 distance (squares past ~3.4e38, or inf inputs) is recomputed in
+    float64, so r_i^2 up to ~1e308 and the reductions of r_i stay finite when they fit."""
+    row = _row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D).to(tl.float64)
+    if acc_t != tl.float64:
+        if tl.sum((row == float("inf")).to(tl.int32), axis=0) > 0:
+            row = _row_sq_dist(xrow, crow, rmask, D, tl.float64, BLOCK_N, BLOCK_D)
+    return row
+
+
+@triton.jit
 def _ad_fwd_kernel(x_ptr, l_ptr, c_ptr, out_ptr, N, D, div,
                    MODE: tl.constexpr, SINGLE: tl.constexpr, SQRT: tl.constexpr,
                    MUL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Sum over BLOCK_N rows of r_i^2 ("fro", "sq_sum") or r_i ("mean")."""
+    """Sum over BLOCK_N rows of r_i^2 ("fro", "sq_sum") or r_i ("mean"), in float64 (the
+    partials are float64), the result rounded to out's dtype."""
     acc_t = out_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     crow = c_ptr + lab[:, None] * D
-    row = _row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D)
+    row = _row_sq_dist_f64(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D)
     if MODE == 1:
         row = sqrt_rn(row)
     total = tl.sum(row, axis=0)
     if SINGLE:
-        tl.store(out_ptr, finish(total, div, SQRT, MUL))
+        tl.store(out_ptr, finish(total, div, SQRT, MUL).to(out_ptr.dtype.element_ty))
     else:
         tl.store(out_ptr + tl.program_id(0), total)
 
@@ -114,7 +128,8 @@ def assigned_distance(x, labels, centers, reduction):
     sqrt, mul, by_n = _FINISH[mode]
     div = n if by_n else 1
     with device_guard(x):
-        parts = out if n_prog == 1 else torch.empty(n_prog, dtype=acc, device=x.device)
+        # float64 partials: r_i^2 of a float32 row may pass 3.4e38 while the result fits.
+        parts = out if n_prog == 1 else torch.empty(n_prog, dtype=torch.float64, device=x.device)
         _ad_fwd_kernel[(n_prog,)](x, labels, centers, parts, n, d, div, MODE=mode,
                                   SINGLE=n_prog == 1, SQRT=sqrt, MUL=mul,
                                   BLOCK_N=bn, BLOCK_D=bd, **opts)

@@ -92,12 +92,13 @@ def _argmin_nan(e, K, KP: tl.constexpr):
 @triton.jit
 def _nearest(x_ptr, rows, rmask, c_ptr, K, D, tau, slack, ACC_T: tl.constexpr,
              GUARD: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(label, squared distance) of each row: the float64 argmin, lowest index on ties, and
-    torch.argmin's NaN rule (contract 1: any NaN distance -> the lowest such k, NaN)."""
+    """(label, squared distance as float64) of each row: the float64 argmin, lowest index on
+    ties, and torch.argmin's NaN rule (contract 1: any NaN distance -> the lowest such k, NaN).
+    The distance stays float64: a float32 row's may pass 3.4e38 while its pull fits."""
     ks = tl.arange(0, KP)
     e = _sq_dists(x_ptr, rows, rmask, c_ptr, K, D, ACC_T, KP, BLOCK_N, BLOCK_D)
     lab, best = _argmin_nan(e, K, KP)
-    dist = best
+    dist = best.to(tl.float64)
     if GUARD:
         # Another center whose distance could be <= the best's once rounding is undone.
         hi = best * (1.0 + tau) + slack
@@ -110,7 +111,7 @@ def _nearest(x_ptr, rows, rmask, c_ptr, K, D, tau, slack, ACC_T: tl.constexpr,
             e64 = _sq_dists(x_ptr, rows, amb, c_ptr, K, D, tl.float64, KP, BLOCK_N, BLOCK_D)
             l64, b64 = _argmin_nan(e64, K, KP)
             lab = tl.where(amb, l64, lab)
-            dist = tl.where(amb, b64.to(ACC_T), dist)
+            dist = tl.where(amb, b64, dist)
     # A row with NaN distances matches no minimum: give it a valid label.
     lab = tl.where(lab < K, lab, 0)
     return lab, dist
@@ -171,10 +172,14 @@ def _side_mean(c_ptr, s, n, K, D, ACC_T: tl.constexpr, KP: tl.constexpr, BLOCK_D
 def _store_results(loss_d_ptr, loss_g_ptr, loss_c_ptr, pulls_ptr, cnt_r_ptr, cnt_f_ptr,
                    pr, pf, lc, n_r, n_f, Kr, Kf, KPR: tl.constexpr, KPF: tl.constexpr):
     out_t = pulls_ptr.dtype.element_ty
-    tl.store(pulls_ptr, pr.to(out_t))
-    tl.store(pulls_ptr + 1, pf.to(out_t))
-    tl.store(loss_d_ptr, (pr - pf).to(out_t))
-    tl.store(loss_g_ptr, pf.to(out_t))
+    # L_D is the difference of the pulls as returned (rounded to out_t), as the reference
+    # forms it: a pull past float32's range is inf there, and so is L_D.
+    pr = pr.to(out_t)
+    pf = pf.to(out_t)
+    tl.store(pulls_ptr, pr)
+    tl.store(pulls_ptr + 1, pf)
+    tl.store(loss_d_ptr, (pr.to(tl.float64) - pf.to(tl.float64)).to(out_t))
+    tl.store(loss_g_ptr, pf)
     tl.store(loss_c_ptr, lc.to(out_t))
     ksr = tl.arange(0, KPR)
     ksf = tl.arange(0, KPF)
@@ -236,9 +241,8 @@ def _tile_partials(x_ptr, rows, rmask, lab, dist, K, D, pid, pull_ptr, cnt_ptr, 
                    MODE: tl.constexpr, ACC_T: tl.constexpr, KP: tl.constexpr, KPM: tl.constexpr,
                    BLOCK_D: tl.constexpr):
     """This tile's pull partial, counts and per-cluster sums into slot ``pid``."""
-    # Tile totals summed in float64, stored in ACC_T (the finalize adds them in float64).
-    tl.store(pull_ptr + pid,
-             tl.sum(_pull_term(dist, rmask, MODE).to(tl.float64), axis=0).to(ACC_T))
+    # Tile totals summed and stored in float64 (they may pass float32's range: contract 2).
+    tl.store(pull_ptr + pid, tl.sum(_pull_term(dist, rmask, MODE).to(tl.float64), axis=0))
     ks = tl.arange(0, KP)
     slot = pid.to(tl.int64) * KPM
     tl.store(cnt_ptr + slot + ks, _count(lab, rmask, KP))
@@ -249,7 +253,7 @@ def _tile_partials(x_ptr, rows, rmask, lab, dist, K, D, pid, pull_ptr, cnt_ptr, 
         xt = tl.load(xrow + ds[None, :], mask=rmask[:, None] & dm[None, :], other=0.0).to(ACC_T)
         for k in range(0, K):
             sk = tl.sum(tl.where((rmask & (lab == k))[:, None], xt, 0.0).to(tl.float64), axis=0)
-            tl.store(sum_ptr + (slot + k) * D + ds, sk.to(ACC_T), mask=dm)
+            tl.store(sum_ptr + (slot + k) * D + ds, sk, mask=dm)
 
 
 @triton.jit
@@ -456,9 +460,10 @@ def kmgan_losses(f_real, f_fake, centers_real, centers_fake, reduction):
             bn, bd, opts = 64, pow2(d, 16, 64), dict(num_warps=8)
         tr, tf = triton.cdiv(nr, bn), triton.cdiv(nf, bn)
         kpm = max(kpr, kpf)
-        part_pull = torch.empty(tr + tf, dtype=acc, device=dev)
+        # float64 workspaces: a float32 tile's pull or cluster sum may pass 3.4e38.
+        part_pull = torch.empty(tr + tf, dtype=torch.float64, device=dev)
         part_cnt = torch.empty((tr + tf) * kpm, dtype=torch.int32, device=dev)
-        part_sum = torch.empty((tr + tf) * kpm * d, dtype=acc, device=dev)
+        part_sum = torch.empty((tr + tf) * kpm * d, dtype=torch.float64, device=dev)
         if tr + tf:
             _fwd_tiles_kernel[(tr + tf,)](
                 f_real, f_fake, centers_real, centers_fake, lr, lf, lh, part_pull, part_cnt,

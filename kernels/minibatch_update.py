@@ -50,6 +50,16 @@ _SMALL_MAX_WORK = 1 << 22
 
 
 @triton.jit
+def _block_total(part, axis: tl.constexpr):
+    """tl.sum(part, axis) in part's dtype, as float64; redone in float64 when a float32 total
+    passes 3.4e38 (contract 2: the float64 sum, rounded only at the end)."""
+    blk = tl.sum(part, axis=axis).to(tl.float64)
+    if tl.sum(((blk == float("inf")) | (blk == -float("inf"))).to(tl.int32)) > 0:
+        blk = tl.sum(part.to(tl.float64), axis=axis)
+    return blk
+
+
+@triton.jit
 def _segment_sum_kernel(
     x_ptr, labels_ptr, sums_ptr, m_ptr, N, K, D,
     ONEHOT: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -75,9 +85,15 @@ def _segment_sum_kernel(
         part = tl.dot(onehot, xt.to(tl.float32), input_precision="ieee")
         cnt = tl.sum(onehot, axis=1)
         hit = cnt > 0
-        tl.atomic_add(sums_ptr + ks[:, None] * D + ds[None, :], part.to(tl.float64),
-                      mask=hit[:, None] & dmask[None, :])
         tl.atomic_add(m_ptr + ks, cnt.to(tl.int32), mask=hit & (pid_d == 0))
+        if tl.sum(((part * 0.0) != 0.0).to(tl.int32)) == 0:
+            tl.atomic_add(sums_ptr + ks[:, None] * D + ds[None, :], part.to(tl.float64),
+                          mask=hit[:, None] & dmask[None, :])
+        else:
+            # A NaN row times the one-hot's zeros reaches every cluster's total, and a
+            # float32 total may overflow: this block's rows go in one by one, in float64.
+            tl.atomic_add(sums_ptr + lab[:, None] * D + ds[None, :], xt.to(tl.float64),
+                          mask=rmask[:, None] & dmask[None, :])
     else:
         tl.atomic_add(sums_ptr + lab[:, None] * D + ds[None, :], xt.to(tl.float64),
                       mask=rmask[:, None] & dmask[None, :])
@@ -201,7 +217,7 @@ def _sorted_segment_kernel(
             orig = tl.load(order_ptr + start[:, None] + r[None, :], mask=rm, other=0)
             tile = tl.load(x_ptr + orig[:, :, None] * D + ds[None, None, :],
                            mask=rm[:, :, None] & dmask[None, None, :], other=0.0).to(ACC_T)
-            acc += tl.sum(tile, axis=1).to(tl.float64)
+            acc += _block_total(tile, 1)
         _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, acc, m_f, n_f,
                     decay_hi, decay_lo, MODE)
 
@@ -237,12 +253,13 @@ def _small_update_kernel(
             lab = tl.load(labels_ptr + rows, mask=rm, other=-1)
             xt = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
                          mask=rm[:, None] & dmask[None, :], other=0.0).to(ACC_T)
-            onehot = (lab[None, :] == ks[:, None]).to(ACC_T)
-            part = onehot[:, :, None] * xt[None, :, :]
+            # A select, not a product with the one-hot: NaN * 0 would put a NaN row into
+            # every cluster's sum instead of its own.
+            part = tl.where((lab[None, :] == ks[:, None])[:, :, None], xt[None, :, :], 0.0)
             if BLOCK_N > 64:  # the interpreter's blocks of thousands of rows: float64 sums
                 acc += tl.sum(part.to(tl.float64), axis=1)
             else:
-                acc += tl.sum(part, axis=1).to(tl.float64)
+                acc += _block_total(part, 1)
         _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, acc, m_f, n_f,
                     decay_hi, decay_lo, MODE)
 
