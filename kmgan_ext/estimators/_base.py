@@ -23,6 +23,16 @@ from ..assign import assign
 _METRICS = ("euclidean", "cosine")
 
 
+
+def is_int(value: object) -> bool:
+    """An integer that is not a bool (scikit-learn's Integral check)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> None:
+    if not is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
 class ConvergenceWarning(UserWarning):
     """scikit-learn's ConvergenceWarning when scikit-learn is installed, else this class."""
 
@@ -40,7 +50,7 @@ def check_random_state(seed) -> np.random.RandomState:
     it advances between fits as a RandomState would."""
     if seed is None or seed is np.random:
         return np.random.mtrand._rand
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+    if is_int(seed):
         return np.random.RandomState(int(seed))
     if isinstance(seed, np.random.RandomState):
         return seed
@@ -110,17 +120,13 @@ class EstimatorBase(*_BASES):
 
     # ------------------------------------------------------------------ parameter checks
     def _check_common_params(self) -> None:
-        k = self.n_clusters
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise ValueError(f"n_clusters must be an int >= 1, got {k!r}")
-        it = self.max_iter
-        if isinstance(it, bool) or not isinstance(it, numbers.Integral) or it < 1:
-            raise ValueError(f"max_iter must be an int >= 1, got {it!r}")
+        check_int("n_clusters", self.n_clusters)
+        check_int("max_iter", self.max_iter)
         if not isinstance(self.tol, numbers.Real) or self.tol < 0:
             raise ValueError(f"tol must be a float >= 0, got {self.tol!r}")
         n_init = self.n_init
         if not (n_init == "auto" if isinstance(n_init, str) else
-                isinstance(n_init, numbers.Integral) and not isinstance(n_init, bool) and n_init >= 1):
+                is_int(n_init) and n_init >= 1):
             raise ValueError(f"n_init must be 'auto' or an int >= 1, got {n_init!r}")
         init = self.init
         if isinstance(init, str):

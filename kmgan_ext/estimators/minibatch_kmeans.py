@@ -9,7 +9,15 @@ from torch import Tensor
 
 from ..assign import assign
 from ..minibatch_update import minibatch_update_
-from ._base import EstimatorBase, check_random_state, initial_centers, probabilities, tolerance
+from ._base import (
+    EstimatorBase,
+    check_int,
+    check_random_state,
+    initial_centers,
+    is_int,
+    probabilities,
+    tolerance,
+)
 from ._lloyd import m_step, weighted_rows
 
 
@@ -81,17 +89,15 @@ class MiniBatchKMeans(EstimatorBase):
     # ------------------------------------------------------------------ checks
     def _check_params(self, n: int) -> None:
         self._check_common_params()
-        b = self.batch_size
-        if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {b!r}")
+        check_int("batch_size", self.batch_size)
         if not isinstance(self.reassignment_ratio, numbers.Real) or self.reassignment_ratio < 0:
             raise ValueError(f"reassignment_ratio should be >= 0, got {self.reassignment_ratio!r}")
         m = self.max_no_improvement
-        if m is not None and (isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0):
+        if m is not None and (not is_int(m) or m < 0):
             raise ValueError(f"max_no_improvement must be None or an int >= 0, got {m!r}")
         if n < self.n_clusters:
             raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
-        self._batch_size = min(int(b), n)
+        self._batch_size = min(int(self.batch_size), n)
         init_size = self.init_size
         if init_size is None:
             init_size = 3 * self._batch_size
