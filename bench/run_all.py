@@ -34,6 +34,7 @@ import _harness as H  # noqa: E402
 # minibatch_update and minibatch_step).
 MODULES = {
     "assign": "bench_assign",
+    "assign_batched": "bench_assign_batched",
     "minibatch_update": "bench_minibatch_update",
     "center_loss": "bench_center_loss",
     "assigned_distance": "bench_assigned_distance",

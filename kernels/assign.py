@@ -99,6 +99,11 @@ def _nonfinite(v):
 def _assign_exact_kernel(x_ptr, c_ptr, labels_ptr, dist2_ptr, N, K, D,
                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """Direct float64 differences for BLOCK_N rows (the float64 path)."""
+    pb = tl.program_id(1).to(tl.int64)  # the problem (batched problems: grid axis 1)
+    x_ptr += pb * N * D
+    c_ptr += pb * K * D
+    labels_ptr += pb * N
+    dist2_ptr += pb * N
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     m, k = _exact_scan(x_ptr, c_ptr, rows, rmask, K, D, BLOCK_N, BLOCK_K, BLOCK_D)
@@ -112,8 +117,16 @@ def _prep_centers_kernel(c_ptr, mu_ptr, cs_ptr, hsq_ptr, cpart_ptr, count_ptr, K
     """Per center: c' = c - mu (float32), -||c'||^2/2; per program max ||c'||^2.
 
     Program 0 also zeroes the ambiguous-row counter of the main pass (saves a fill launch).
+    Grid axis 1 is the problem of batched problems (each has its own mu, c', counter).
     """
     pid = tl.program_id(0)
+    pb = tl.program_id(1).to(tl.int64)
+    c_ptr += pb * K * D
+    cs_ptr += pb * K * D
+    mu_ptr += pb * D
+    hsq_ptr += pb * K
+    cpart_ptr += pb * tl.num_programs(0)
+    count_ptr += pb
     ks = pid * BLOCK_K + tl.arange(0, BLOCK_K)
     kmask = ks < K
     dcol = tl.arange(0, BLOCK_D)
@@ -166,9 +179,21 @@ def _assign_tc_kernel(
     launch in all. Otherwise mu, c', -||c'||^2/2 and max ||c'||^2 come from the prep launch.
     ROW_LIST: the rows are rows_ptr[:count] (the 3xTF32 second pass). COMPACT: ambiguous
     rows are appended to rows_ptr for that pass instead of being scanned here.
-    N_BUCKET only keys the autotuner (log2 N).
+    N_BUCKET only keys the autotuner (log2 N). Grid axis 1 is the problem of batched
+    problems: every buffer below is that problem's slice (rows index within the problem).
     """
     pid = tl.program_id(0)
+    pb = tl.program_id(1).to(tl.int64)
+    x_ptr += pb * N * D
+    c_ptr += pb * K * D
+    cs_ptr += pb * K * D
+    mu_ptr += pb * D
+    hsq_ptr += pb * K
+    cpart_ptr += pb * n_cpart
+    rows_ptr += pb * N
+    count_ptr += pb
+    labels_ptr += pb * N
+    dist2_ptr += pb * N
     lane = tl.arange(0, BLOCK_N)
     kl = tl.arange(0, BLOCK_K)
     dcol = tl.arange(0, BLOCK_D)
@@ -416,7 +441,14 @@ def _window_constants(d: int, precision: str) -> tuple[float, float, float]:
 
 
 def assign(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """labels (N,) int64 = argmin_k ||x_i - c_k||^2 (ties to the lowest k), dist2 at it."""
+    """labels (N,) int64 = argmin_k ||x_i - c_k||^2 (ties to the lowest k), dist2 at it.
+
+    Batched problems, x (B, N, d) with centers (B, K, d): (B, N) outputs from the same
+    launches, the problem on grid axis 1 (at most 65535 problems a launch)."""
+    if x.dim() == 3 and x.shape[0] > _MAX_GRID_Y:
+        parts = [_assign(x[s : s + _MAX_GRID_Y], centers[s : s + _MAX_GRID_Y])[:2]
+                 for s in range(0, x.shape[0], _MAX_GRID_Y)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     labels, dist2, _ = _assign(x, centers)
     return labels, dist2
 
@@ -427,15 +459,20 @@ def assign_stats(x: torch.Tensor, centers: torch.Tensor) -> int:
     0 when the call took a single-launch path (float64, or K within one tile).
     """
     _, _, count = _assign(x, centers)
-    return 0 if count is None else int(count.item())
+    return 0 if count is None else int(count.sum().item())
+
+
+# Grid axis 1 (the problem of batched problems) is limited to 65535 on CUDA GPUs.
+_MAX_GRID_Y = 65535
 
 
 def _assign(x, centers):
-    n, d = x.shape
-    k = centers.shape[0]
-    labels = torch.empty(n, dtype=torch.int64, device=x.device)
-    dist2 = torch.empty(n, dtype=acc_dtype(x), device=x.device)
-    if n == 0:
+    n, d = x.shape[-2:]
+    k = centers.shape[-2]
+    batch = x.shape[0] if x.dim() == 3 else 1
+    labels = torch.empty(x.shape[:-1], dtype=torch.int64, device=x.device)
+    dist2 = torch.empty(x.shape[:-1], dtype=acc_dtype(x), device=x.device)
+    if n == 0 or batch == 0:
         return labels, dist2, None
     with device_guard(x):
         if x.dtype == torch.float64:
@@ -444,16 +481,18 @@ def _assign(x, centers):
                 opts = {}
             else:
                 bn, bk, bd, opts = 16, 16, 16, dict(num_warps=4)
-            _assign_exact_kernel[(triton.cdiv(n, bn),)](
+            _assign_exact_kernel[(triton.cdiv(n, bn), batch)](
                 x, centers, labels, dist2, n, k, d, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, **opts)
             return labels, dist2, None
         return labels, dist2, _assign_tc(x, centers, labels, dist2)
 
 
 def _assign_tc(x, centers, labels, dist2):
-    """Launch the tensor-core path; returns the ambiguous-row counter of a two-pass call."""
-    n, d = x.shape
-    k = centers.shape[0]
+    """Launch the tensor-core path; returns the ambiguous-row counters (one per problem) of
+    a two-pass call."""
+    n, d = x.shape[-2:]
+    k = centers.shape[-2]
+    batch = x.shape[0] if x.dim() == 3 else 1
     dev = x.device
     interp = interpreting(x)
     if interp:
@@ -478,19 +517,19 @@ def _assign_tc(x, centers, labels, dist2):
     alpha, beta, gamma = _window_constants(d, "tf32")
     dummy = torch.empty(1, dtype=torch.float32, device=dev)
     # The counter and the list are int64 once row indices pass int32 (row_list_dtype).
-    count = torch.empty(1, dtype=row_list_dtype(n), device=dev)  # zeroed by _prep_centers_kernel
-    rows = torch.empty(1 if small else n, dtype=row_list_dtype(n), device=dev)
+    count = torch.empty(batch, dtype=row_list_dtype(n), device=dev)  # zeroed by _prep_centers_kernel
+    rows = torch.empty(1 if small else batch * n, dtype=row_list_dtype(n), device=dev)
     if small:
         cs = mu = hsq = cpart = dummy
         n_cpart = 0
     else:
         pk = pow2(k, 16, 512 if interp else 64)
         n_cpart = triton.cdiv(k, pk)
-        mu = centers.mean(0, dtype=torch.float32)
-        cs = torch.empty(k, d, dtype=torch.float32, device=dev)
-        hsq = torch.empty(k, dtype=torch.float32, device=dev)
-        cpart = torch.empty(n_cpart, dtype=torch.float32, device=dev)
-        _prep_centers_kernel[(n_cpart,)](
+        mu = centers.mean(-2, dtype=torch.float32)
+        cs = torch.empty(batch * k, d, dtype=torch.float32, device=dev)
+        hsq = torch.empty(batch * k, dtype=torch.float32, device=dev)
+        cpart = torch.empty(batch * n_cpart, dtype=torch.float32, device=dev)
+        _prep_centers_kernel[(n_cpart, batch)](
             centers, mu, cs, hsq, cpart, count, k, d,
             BLOCK_K=pk, BLOCK_D=pow2(d, 16, 512 if interp else 64),
         )
@@ -500,16 +539,16 @@ def _assign_tc(x, centers, labels, dist2):
             n, k, d, min(n.bit_length(), 24), alpha, beta, gamma)
     tune_key = (k, d, main[14], x.dtype)
     if interp or small:
-        _assign_tc_kernel[(triton.cdiv(n, fixed["BLOCK_N"]),)](
+        _assign_tc_kernel[(triton.cdiv(n, fixed["BLOCK_N"]), batch)](
             *main, PRECISION="tf32", ROW_LIST=False, COMPACT=not small, **flags, **fixed)
     elif autotune_allowed(x):
-        _assign_tc_tuned[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](
+        _assign_tc_tuned[lambda m: (triton.cdiv(n, m["BLOCK_N"]), batch)](
             *main, PRECISION="tf32", ROW_LIST=False, COMPACT=True, **flags)
         if getattr(_assign_tc_tuned, "best_config", None) is not None:
             _tc_chosen[tune_key] = _assign_tc_tuned.best_config
     else:
         cfg = config_kwargs(_tc_chosen.get(tune_key, TC_DEFAULT_CONFIG))
-        _assign_tc_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+        _assign_tc_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), batch)](
             *main, PRECISION="tf32", ROW_LIST=False, COMPACT=True, **flags, **cfg)
     if small:
         return None
@@ -518,11 +557,11 @@ def _assign_tc(x, centers, labels, dist2):
     # counter; in the interpreter reading it is free and empty programs are not.
     a3, b3, g3 = _window_constants(d, "tf32x3")
     if interp:
-        refine, listed = fixed, int(count.item())
+        refine, listed = fixed, int(count.max().item())
     else:
         refine, listed = dict(BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2), n
     if listed:
-        _assign_tc_kernel[(triton.cdiv(listed, refine["BLOCK_N"]),)](
+        _assign_tc_kernel[(triton.cdiv(listed, refine["BLOCK_N"]), batch)](
             x, centers, cs, mu, hsq, cpart, n_cpart, rows, count, labels, dist2,
             n, k, d, 0, a3, b3, g3, PRECISION="tf32x3", ROW_LIST=True, COMPACT=False,
             **flags, **refine,

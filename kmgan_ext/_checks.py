@@ -50,7 +50,8 @@ def features(name: str, t: object, *, dtype: torch.dtype | None = None, ref: str
 
 def centers(name: str, c: object, x: Tensor, ref: str = "x") -> Tensor:
     """(K, d) with K >= 1, same d, dtype and device as x (named ``ref`` in messages)."""
-    c = features(name, c, dtype=x.dtype, ref=ref)
+    c = features(name, c)
+    same_dtype(name, c, x, ref)
     if c.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one center (K >= 1), got K = 0")
     if c.shape[1] != x.shape[1]:
@@ -67,14 +68,15 @@ def same_device(name: str, t: Tensor, x: Tensor, ref: str = "x") -> None:
 
 
 def labels(name: str, lab: object, n: int, x: Tensor, ref: str = "x") -> Tensor:
-    """(N,) int64 on x's device. The value range [0, K) is checked by label_range."""
+    """(N,) int64 (or int32, returned as int64) on x's device. The value range [0, K) is
+    checked by label_range."""
     lab = tensor(name, lab)
-    if lab.dtype != torch.int64:
-        raise TypeError(f"{name} must be int64, got {lab.dtype}")
+    if lab.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be int64 or int32, got {lab.dtype}")
     if lab.dim() != 1 or lab.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), got {tuple(lab.shape)}")
     same_device(name, lab, x, ref)
-    return lab
+    return index_labels(name, lab)
 
 
 def counts(name: str, cnt: object, k: int, x: Tensor, ref: str = "x") -> Tensor:
@@ -251,3 +253,101 @@ def ema_state(name: str, t: object, shape: tuple[int, ...], centers: Tensor) -> 
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
     same_device(name, t, centers, "centers")
     return t
+
+
+# ----------------------------------------------------------------------------- input forms
+# The rule between the two multi-dimensional forms (docs/ops.md, "Input forms"): centers
+# (K, d) are one problem, and x may carry any leading dimensions (..., d), flattened to rows;
+# centers (B, K, d) are B independent problems, and x must then be (B, N, d).
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def promote_x(x: Tensor, centers: object) -> Tensor:
+    """The autocast case: float16/bfloat16 features against float32 centers are computed in
+    float32. x is converted (exact); the centers are used as they are, never copied."""
+    if (isinstance(x, Tensor) and isinstance(centers, Tensor) and x.dtype in _HALF_DTYPES
+            and centers.dtype == torch.float32):
+        return x.float()
+    return x
+
+
+def same_dtype(name: str, t: Tensor, x: Tensor, ref: str = "x") -> None:
+    """t (centers) shares x's dtype, or x is 16-bit against float32 t (see promote_x); the
+    message names both arguments with their dtypes."""
+    if t.dtype != x.dtype:
+        raise TypeError(
+            f"{ref} and {name} must share one dtype (or {ref} float16/bfloat16 with float32 "
+            f"{name}): got {ref} {x.dtype}, {name} {t.dtype}"
+        )
+
+
+def flat_rows(name: str, x: object) -> tuple[Tensor, tuple[int, ...]]:
+    """x (..., d) as (M, d) rows (a view where the layout allows), and its leading shape."""
+    x = tensor(name, x)
+    if x.dim() < 1:
+        raise ValueError(f"{name} must have a feature dimension (..., d), got a 0-d tensor")
+    lead = tuple(x.shape[:-1])
+    return (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])), lead
+
+
+def is_batched(centers: object) -> bool:
+    """centers (B, K, d): B independent problems."""
+    return isinstance(centers, Tensor) and centers.dim() == 3
+
+
+def batched(x: object, centers: object, x_name: str = "x", c_name: str = "centers") -> tuple[Tensor, Tensor]:
+    """x (B, N, d) and centers (B, K, d): same B, d, dtype and device, K >= 1."""
+    x = tensor(x_name, x)
+    c = tensor(c_name, centers)
+    if x.dim() != 3:
+        raise ValueError(
+            f"{x_name} must be 3-D (B, N, d) with 3-D {c_name} (B, K, d) (B batched problems), "
+            f"got shape {tuple(x.shape)}; for leading dimensions of one problem pass 2-D {c_name}"
+        )
+    features(x_name, x[0] if x.shape[0] else x.reshape(0, x.shape[-1]))
+    features(c_name, c[0] if c.shape[0] else c.reshape(0, c.shape[-1]))
+    if c.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{c_name} must hold {x.shape[0]} problems ({x_name}.shape[0]), got shape {tuple(c.shape)}"
+        )
+    same_dtype(c_name, c, x, x_name)
+    if c.shape[1] == 0:
+        raise ValueError(f"{c_name} must hold at least one center per problem (K >= 1), got K = 0")
+    if c.shape[2] != x.shape[2]:
+        raise ValueError(
+            f"{c_name} must have {x.shape[2]} features ({x_name}.shape[2]), got shape {tuple(c.shape)}"
+        )
+    same_device(c_name, c, x, x_name)
+    return x, c
+
+
+def index_labels(name: str, lab: object) -> Tensor:
+    """Labels as the kernels read them: int64; int32 accepted (converted: no kernel reads
+    int32 yet). Other dtypes are refused by ``labels``."""
+    lab = tensor(name, lab)
+    return lab.long() if lab.dtype == torch.int32 else lab
+
+
+def batch_offsets(labels: Tensor, k: int) -> Tensor:
+    """Labels (B, N) in [0, K) of B problems as flat labels b * K + l into the (B * K, d) view
+    of the centers. A label outside [0, K) maps to -1 (outside every problem: the GPU kernels
+    skip it and the device-side range check raises), never into a neighbouring problem."""
+    b = labels.shape[0]
+    off = torch.arange(b, device=labels.device, dtype=torch.int64)[:, None] * k
+    ok = (labels >= 0) & (labels < k)
+    return torch.where(ok, labels + off, -1).reshape(-1)
+
+
+def rows_and_labels(x_name: str, x: object, l_name: str, lab: object) -> tuple[object, object]:
+    """x (..., d) with labels (...) as (M, d) rows and (M,) labels; 2-D x (and anything
+    malformed, for the checks that follow to name) passes unchanged."""
+    if not (isinstance(x, Tensor) and x.dim() != 2 and x.dim() >= 1):
+        return x, lab
+    rows, lead = flat_rows(x_name, x)
+    if isinstance(lab, Tensor):
+        if tuple(lab.shape) != lead:
+            raise ValueError(
+                f"{l_name} must have shape {lead} ({x_name}.shape[:-1]), got {tuple(lab.shape)}"
+            )
+        lab = lab.reshape(-1)
+    return rows, lab

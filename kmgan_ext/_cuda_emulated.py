@@ -224,12 +224,14 @@ def _num(name: str, *args) -> int:
 
 # --------------------------------------------------------------------------- backend interface
 def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
-    n, k, d = x.shape[0], centers.shape[0], x.shape[1]
-    labels = torch.empty(n, dtype=torch.int64)
-    dist2 = torch.empty(n, dtype=_acc_dtype(x))
-    if n:
+    """(N,) outputs, or (B, N) for batched problems x (B, N, d), centers (B, K, d): one launch."""
+    (n, d), k = x.shape[-2:], centers.shape[-2]
+    batch = x.shape[0] if x.dim() == 3 else 1
+    labels = torch.empty(x.shape[:-1], dtype=torch.int64)
+    dist2 = torch.empty(x.shape[:-1], dtype=_acc_dtype(x))
+    if n and batch:
         _call("assign_launch", _dt(x), _ptr(x), _ptr(centers), _i(n), _i(k), _i(d), _ptr(labels),
-              _ptr(dist2))
+              _ptr(dist2), _i(batch))
     return labels, dist2
 
 

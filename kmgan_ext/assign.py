@@ -23,8 +23,8 @@ if _registry.registered():
 
     @torch.library.register_fake("kmgan_ext::assign")
     def _(x, centers, backend):
-        n = x.shape[0]
-        return x.new_empty(n, dtype=torch.int64), x.new_empty(n, dtype=_out_dtype(x))
+        lead = x.shape[:-1]  # (N,), or (B, N) for batched problems
+        return x.new_empty(lead, dtype=torch.int64), x.new_empty(lead, dtype=_out_dtype(x))
 
     @torch.library.register_fake("kmgan_ext::assign_backward")
     def _(grad_dist2, x, centers, labels, centers_grad, backend):
@@ -41,18 +41,37 @@ if _registry.registered():
         x, centers, labels = ctx.saved_tensors
         want_c = ctx.needs_input_grad[1]
         be = _dispatch.grad_backend(ctx.backend, want_c)
-        gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, be)
+        if x.dim() == 3:
+            gx, gc = _batched_backward(grad_dist2, x, centers, labels, want_c, be)
+        else:
+            gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, be)
         return (gx if ctx.needs_input_grad[0] else None), (gc if want_c else None), None
 
     _registry.register_autograd("assign", _backward, _setup_context)
+
+
+def _batched_backward(grad_dist2, x, centers, labels, want_c, be):
+    """The gradient of B problems is that of one problem over the (B*K, d) view of the
+    centers with labels b*K + l (exact: each row reads and feeds only its own center)."""
+    b, n, d = x.shape
+    k = centers.shape[1]
+    flat = _checks.batch_offsets(labels, k)
+    gx, gc = _registry.call("assign_backward", grad_dist2.reshape(b * n), x.reshape(b * n, d),
+                            centers.reshape(b * k, d), flat, want_c, be)
+    return gx.view(b, n, d), (gc.view(b, k, d) if want_c else gc)
 
 
 def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Nearest center of every row: ``labels[i] = argmin_k ||x_i - c_k||^2``.
 
     Args:
-        x: (N, d) float32/float16/bfloat16/float64 features (N may be 0).
-        centers: (K, d), K >= 1, same dtype and device as x.
+        x: (N, d) float32/float16/bfloat16/float64 features (N may be 0); any leading
+            dimensions (..., d) with 2-D centers (flattened to rows; the outputs have shape
+            (...)); (B, N, d) with 3-D centers.
+        centers: (K, d), K >= 1, same dtype and device as x (float16/bfloat16 x against
+            float32 centers is computed in float32: x is converted, the centers are not
+            copied). (B, K, d): B independent problems, one kernel launch for all, outputs
+            (B, N) with labels in [0, K) of each problem.
         backend: "auto", "reference", "cpu", "triton" or "cuda".
 
     Returns:
@@ -71,9 +90,19 @@ def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor
     values past ~1.8e19); dist2 is then the float64 minimum rounded, inf past float32's range.
     ``km.set_debug(True)`` rejects NaN/Inf in x and centers instead.
     """
-    x = _checks.features("x", x)
-    centers = _checks.centers("centers", centers, x)
+    x = _checks.promote_x(x, centers)
+    if _checks.is_batched(centers):
+        x, centers = _checks.batched(x, centers)
+        lead = None
+    else:
+        x, lead = _checks.flat_rows("x", x)
+        x = _checks.features("x", x)
+        centers = _checks.centers("centers", centers, x)
     be = _dispatch.resolve(backend, x.device)
     if not _registry.registered():
-        return reference.assign(x, centers)
-    return _registry.call("assign", x, centers, be)
+        labels, dist2 = reference.assign(x, centers)
+    else:
+        labels, dist2 = _registry.call("assign", x, centers, be)
+    if lead is not None and len(lead) != 1:
+        return labels.view(lead), dist2.view(lead)
+    return labels, dist2

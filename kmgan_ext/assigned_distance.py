@@ -63,7 +63,11 @@ def assigned_distance(
     Gradient to x, and to centers when ``centers.requires_grad`` (a segment sum). The
     gradient where the distance is 0 is 0, never NaN. Returns a 0-d float32 tensor
     (float64 for float64 inputs).
+
+    Input forms: x (..., d) with labels (...) (flattened to rows); labels int64 or int32;
+    float16/bfloat16 x with float32 centers is computed in float32 (x converted).
     """
+    x, labels = _checks.rows_and_labels("x", _checks.promote_x(x, centers), "labels", labels)
     x = _checks.features("x", x)
     centers = _checks.centers("centers", centers, x)
     labels = _checks.labels("labels", labels, x.shape[0], x)

@@ -88,10 +88,16 @@ def kmgan_center_loss(
 
     Args:
         x_real, x_fake: (N_r, d), (N_f, d) features, same dtype and device.
-        labels_real, labels_fake: int64 labels in [0, K) of each side.
+        labels_real, labels_fake: int64 (or int32) labels in [0, K) of each side.
+        Leading dimensions: x (..., d) with labels (...) are flattened to rows; float16 /
+        bfloat16 features with float32 centers are computed in float32.
         centers_real, centers_fake: (K_r, d), (K_f, d) center sets.
     Returns a 0-d float32 tensor (float64 for float64 inputs).
     """
+    x_real, labels_real = _checks.rows_and_labels(
+        "x_real", _checks.promote_x(x_real, centers_real), "labels_real", labels_real)
+    x_fake, labels_fake = _checks.rows_and_labels(
+        "x_fake", _checks.promote_x(x_fake, centers_real), "labels_fake", labels_fake)
     x_real = _checks.features("x_real", x_real)
     x_fake = _checks.features("x_fake", x_fake, dtype=x_real.dtype, ref="x_real")
     _checks.same_device("x_fake", x_fake, x_real, "x_real")

@@ -121,7 +121,9 @@ def kmgan_losses(
     """
     _check_options(reduction, lam, pairwise_reduction)
     centers_real = _checks.features("centers_real", centers_real)
-    centers_fake = _checks.features("centers_fake", centers_fake)
+    # The features are cast to centers_real's dtype below: centers_fake must share it.
+    centers_fake = _checks.features("centers_fake", centers_fake, dtype=centers_real.dtype,
+                                    ref="centers_real")
     f_real = _as_centers_dtype("f_real", f_real, centers_real)
     f_fake = _as_centers_dtype("f_fake", f_fake, centers_real)
     if _FUSED:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _dispatch, _registry, reference
+from .assign import assign
 
 
 # The routing kernels' checks (every backend, also for direct torch.ops calls): all of them
@@ -60,6 +61,7 @@ if _registry.registered():
 
 
 def _check_update_args(centers, counts, x, labels=None):
+    x, labels = _checks.rows_and_labels("x", _checks.promote_x(x, centers), "labels", labels)
     x = _checks.features("x", x)
     centers = _checks.centers("centers", centers, x)
     _checks.not_grad_leaf("centers", centers)
@@ -105,6 +107,8 @@ def minibatch_update_(
             under torch.use_deterministic_algorithms(True) the GPU backends are too.
         backend: "auto", "reference", "cpu", "triton" or "cuda".
     """
+    if _checks.is_batched(centers):
+        return _batched_update_(centers, counts, x, labels, deterministic, backend)
     centers, counts, x, labels = _check_update_args(centers, counts, x, labels)
     be = _dispatch.resolve(backend, x.device)
     deterministic = _check_deterministic(deterministic, be)
@@ -127,14 +131,23 @@ def minibatch_step_(
 
     Same arguments and determinism contract as :func:`minibatch_update_`.
     """
+    if _checks.is_batched(centers):
+        x, centers = _checks.batched(x, centers)
+        _batched_state("counts", counts, centers.shape[:2], torch.int64, x)
+        labels, _ = assign(x.detach(), centers.detach(), backend=backend)
+        _batched_update_(centers, counts, x, labels, deterministic, backend)
+        return labels
+    lead = tuple(x.shape[:-1]) if isinstance(x, Tensor) and x.dim() >= 1 else None
     centers, counts, x, _ = _check_update_args(centers, counts, x)
     be = _dispatch.resolve(backend, x.device)
     deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
     if not _registry.registered():
         _step_checks(centers, counts, x, deterministic)
-        return reference.minibatch_step_(centers, counts, x, deterministic)
-    return _registry.call("minibatch_step_", centers, counts, x, deterministic, be)
+        labels = reference.minibatch_step_(centers, counts, x, deterministic)
+    else:
+        labels = _registry.call("minibatch_step_", centers, counts, x, deterministic, be)
+    return labels.view(lead) if lead is not None and len(lead) != 1 else labels
 
 
 def ema_update_(
@@ -173,6 +186,9 @@ def ema_update_(
         decay: in [0, 1]; eps: >= 0.
         deterministic, backend: as in :func:`minibatch_update_`.
     """
+    if _checks.is_batched(centers):
+        return _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps,
+                                    deterministic, backend)
     centers, _, x, labels = _check_update_args(centers, None, x, labels)
     k, d = centers.shape
     cluster_size = _checks.ema_state("cluster_size", cluster_size, (k,), centers)
@@ -188,3 +204,87 @@ def ema_update_(
         _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic)
         return reference.ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic)
     _registry.call("ema_update_", centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, be)
+
+
+# ----------------------------------------------------------------------------- batched problems
+# centers (B, K, d) with x (B, N, d): B independent problems (docs/ops.md, "Input forms").
+
+
+def _batched_state(name: str, t: object, shape: tuple[int, ...], dtype: torch.dtype, x: Tensor) -> Tensor:
+    t = _checks.tensor(name, t)
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    _checks.same_device(name, t, x)
+    return t
+
+
+def _batched_labels(labels: object, x: Tensor, k: int) -> Tensor:
+    labels = _checks.tensor("labels", labels)
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"labels must be int64 or int32, got {labels.dtype}")
+    if tuple(labels.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"labels must have shape {tuple(x.shape[:2])} (B, N), got {tuple(labels.shape)}")
+    _checks.same_device("labels", labels, x)
+    labels = _checks.index_labels("labels", labels)
+    # Each problem's own range, before the offsets (a label K of problem b is not center 0
+    # of problem b + 1).
+    _checks.label_range("labels", labels, k)
+    return labels
+
+
+class _Flat:
+    """The (B*K, ...) view of a batched in-place argument; a contiguous copy written back
+    after a successful update when the layout has no such view."""
+
+    def __init__(self, t: Tensor, shape: tuple[int, ...]):
+        self.t = t
+        self.copied = not t.is_contiguous()
+        self.flat = t.contiguous().view(shape)
+
+    def write_back(self) -> None:
+        if self.copied:
+            self.t.copy_(self.flat.view(self.t.shape))
+
+
+def _batched_update_(centers, counts, x, labels, deterministic, backend) -> None:
+    """The B problems' updates as one update of the flat (B*K, d) centers with labels
+    b*K + l: exact (each cluster's sum and count only see its own problem's rows) and one
+    launch on every backend."""
+    x, centers = _checks.batched(_checks.promote_x(x, centers), centers)
+    b, k, d = centers.shape
+    n = x.shape[1]
+    _checks.not_grad_leaf("centers", centers)
+    counts = _batched_state("counts", counts, (b, k), torch.int64, x)
+    labels = _batched_labels(labels, x, k)
+    flat_c, flat_n = _Flat(centers, (b * k, d)), _Flat(counts, (b * k,))
+    minibatch_update_(flat_c.flat, flat_n.flat, x.reshape(b * n, d),
+                      _checks.batch_offsets(labels, k), deterministic=deterministic,
+                      backend=backend)
+    flat_c.write_back()
+    flat_n.write_back()
+
+
+def _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic,
+                         backend) -> None:
+    """One problem at a time: the Laplace smoothing normalises by each problem's own total
+    (n = sum_k N_k over its K clusters), so the flat (B*K) reuse of the single-problem
+    kernels would not be exact. Everything is checked first, for every problem, so a failed
+    call still writes nothing."""
+    x, centers = _checks.batched(_checks.promote_x(x, centers), centers)
+    b, k, d = centers.shape
+    want = _checks.ema_state_dtype(centers.dtype)
+    cluster_size = _batched_state("cluster_size", cluster_size, (b, k), want, x)
+    embed_sum = _batched_state("embed_sum", embed_sum, (b, k, d), want, x)
+    labels = _batched_labels(labels, x, k)
+    for name, t in (("centers", centers), ("cluster_size", cluster_size), ("embed_sum", embed_sum)):
+        _checks.not_grad_leaf(name, t)
+    decay = _checks.decay(decay)
+    eps = _checks.eps(eps)
+    _checks.writable({"centers": centers, "cluster_size": cluster_size, "embed_sum": embed_sum},
+                     {"x": x, "labels": labels})
+    _check_deterministic(deterministic, _dispatch.resolve(backend, x.device))
+    for i in range(b):
+        ema_update_(centers[i], cluster_size[i], embed_sum[i], x[i], labels[i], decay=decay,
+                    eps=eps, deterministic=deterministic, backend=backend)

@@ -75,7 +75,11 @@ def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
     its range) while the label stays the float64 argmin (contract 2).
 
     Returns ``(labels int64 (N,), dist2 float32 (N,))`` (float64 dist2 for float64 x).
+    Batched problems, x (B, N, d) with centers (B, K, d): (B, N) outputs, one problem at a
+    time (the reference may loop; the kernels take every problem in one launch).
     """
+    if x.dim() == 3:
+        return _per_problem(assign, x, centers)
     n, k = x.shape[0], centers.shape[0]
     labels = torch.empty(n, dtype=torch.int64, device=x.device)
     dist2 = torch.empty(n, dtype=_out_dtype(x), device=x.device)
@@ -86,6 +90,16 @@ def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
         best, idx = d.min(dim=1)
         labels[s : s + rows] = idx
         dist2[s : s + rows] = best.clamp_min(0).to(dist2.dtype)
+    return labels, dist2
+
+
+def _per_problem(fn, x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+    """fn(x[b], centers[b]) -> (labels, dist2) for every problem b, stacked to (B, N)."""
+    b, n = x.shape[0], x.shape[1]
+    labels = torch.empty(b, n, dtype=torch.int64, device=x.device)
+    dist2 = torch.empty(b, n, dtype=_out_dtype(x), device=x.device)
+    for i in range(b):
+        labels[i], dist2[i] = fn(x[i], centers[i])
     return labels, dist2
 
 

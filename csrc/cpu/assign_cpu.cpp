@@ -349,7 +349,40 @@ void assign_single(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
   });
 }
 
+// B independent problems, x (B, N, d) with centers (B, K, d) -> (B, N) outputs, each problem
+// exactly as assign_native computes it alone. With at least as many problems as threads, one
+// parallel region takes the problems (a problem's own row tiles then run inline on the thread
+// that took it: at::parallel_for does not nest); with fewer, each problem's row tiles are
+// spread over every thread in turn, so a few large problems still use the whole CPU.
+std::tuple<Tensor, Tensor> assign_batched_native(const Tensor& x_in, const Tensor& centers_in) {
+  check_cpu("x", x_in);
+  check_cpu("centers", centers_in);
+  TORCH_CHECK_VALUE(x_in.dim() == 3 && centers_in.dim() == 3 && x_in.size(0) == centers_in.size(0),
+                    "batched problems need x (B, N, d) and centers (B, K, d) with the same B, got ",
+                    x_in.sizes(), " and ", centers_in.sizes());
+  const int64_t b = x_in.size(0), n = x_in.size(1), k = centers_in.size(1), d = x_in.size(2);
+  Tensor labels = at::empty({b, n}, x_in.options().dtype(at::kLong));
+  Tensor dist2 = at::empty({b, n}, x_in.options().dtype(out_dtype(x_in)));
+  if (b == 0) return {labels, dist2};
+  check_centers("centers", centers_in[0], "x", x_in[0]);
+  const Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
+  auto one = [&](int64_t p) {
+    assign_into(x[p], centers[p], labels[p], dist2[p]);
+  };
+  if (b >= at::get_num_threads()) {
+    const int64_t work = std::max<int64_t>(1, n * k * std::max<int64_t>(d, 1));
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 22) / work);
+    at::parallel_for(0, b, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) one(p);
+    });
+  } else {
+    for (int64_t p = 0; p < b; ++p) one(p);
+  }
+  return {labels, dist2};
+}
+
 std::tuple<Tensor, Tensor> assign_native(const Tensor& x_in, const Tensor& centers_in) {
+  if (x_in.dim() == 3) return assign_batched_native(x_in, centers_in);
   check_features("x", x_in);
   check_centers("centers", centers_in, "x", x_in);
   const Tensor x = x_in.contiguous();

@@ -128,6 +128,12 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ A xs[kDims][kRows + 1];
   __shared__ A cs[kDims][kCenters + 1];
 
+  // Batched problems: blockIdx.y is the problem, every pointer below its own slice.
+  const int64_t problem = blockIdx.y;
+  x += problem * n * d;
+  centers += problem * k * d;
+  labels += problem * n;
+  dist2 += problem * n;
   const int tx = threadIdx.x % kLanes;  // centers tx + 16 j
   const int ty = threadIdx.x / kLanes;  // rows ty + 16 i; lanes 0-15 / 16-31 of a warp: 2 ty
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
@@ -282,18 +288,27 @@ __global__ void __launch_bounds__(kBackwardThreads)
 }  // namespace
 
 cudaError_t assign_launch(Dtype dtype, const void* x, const void* centers, int64_t n, int64_t k,
-                          int64_t d, int64_t* labels, void* dist2, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
+                          int64_t d, int64_t* labels, void* dist2, cudaStream_t stream,
+                          int64_t batch) {
+  if (n == 0 || batch == 0) return cudaSuccess;
+  if (batch < 0) return cudaErrorInvalidValue;
   // k0 + kCenters must not overflow the kernel's int center index.
   if (k <= 0 || k > INT32_MAX - kCenters || ceil_div(n, kRows) > INT32_MAX)
     return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const unsigned blocks = static_cast<unsigned>(ceil_div(n, kRows));
-    KMGAN_LAUNCH(blocks, kThreads, 0, stream, assign_kernel<T>)(
-        static_cast<const T*>(x), static_cast<const T*>(centers), n, static_cast<int>(k), d,
-        labels, static_cast<acc_t<T>*>(dist2));
-    return cudaGetLastError();
+    // Problems on grid y, at most kMaxGridY a launch (one launch up to that many problems).
+    constexpr int64_t kMaxGridY = 65535;
+    for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridY) {
+      const dim3 grid(blocks, static_cast<unsigned>(batch - b0 < kMaxGridY ? batch - b0 : kMaxGridY));
+      KMGAN_LAUNCH(grid, kThreads, 0, stream, assign_kernel<T>)(
+          static_cast<const T*>(x) + b0 * n * d, static_cast<const T*>(centers) + b0 * k * d, n,
+          static_cast<int>(k), d, labels + b0 * n, static_cast<acc_t<T>*>(dist2) + b0 * n);
+      const cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
+    return cudaSuccess;
   });
 }
 

@@ -12,8 +12,30 @@ namespace {
 constexpr const char* kAssign = "kmgan_ext::assign_native";
 constexpr const char* kAssignBackward = "kmgan_ext::assign_backward_native";
 
+// B independent problems: x (B, N, d), centers (B, K, d) -> (B, N), one launch.
+std::tuple<at::Tensor, at::Tensor> assign_batched_cuda(const at::Tensor& x_in,
+                                                       const at::Tensor& centers_in) {
+  TORCH_CHECK(x_in.dim() == 3 && centers_in.dim() == 3 && x_in.size(0) == centers_in.size(0),
+              kAssign, ": batched problems need x (B, N, d) and centers (B, K, d) with the same B, got ",
+              x_in.sizes(), " and ", centers_in.sizes());
+  const int64_t b = x_in.size(0), n = x_in.size(1), k = centers_in.size(1), d = x_in.size(2);
+  at::Tensor labels = at::empty({b, n}, x_in.options().dtype(at::kLong));
+  if (b == 0) return {labels, at::empty({b, n}, x_in.options().dtype(acc_dtype(x_in)))};
+  check_features(kAssign, "x", x_in[0]);
+  check_centers(kAssign, "centers", centers_in[0], x_in[0]);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
+  at::Tensor dist2 = at::empty({b, n}, x.options().dtype(acc_dtype(x)));
+  if (n == 0) return {labels, dist2};
+  C10_CUDA_CHECK(assign_launch(dtype_of(kAssign, x), x.const_data_ptr(), centers.const_data_ptr(),
+                               n, k, d, labels.mutable_data_ptr<int64_t>(),
+                               dist2.mutable_data_ptr(), current_stream(), b));
+  return {labels, dist2};
+}
+
 std::tuple<at::Tensor, at::Tensor> assign_cuda(const at::Tensor& x_in,
                                                const at::Tensor& centers_in) {
+  if (x_in.dim() == 3) return assign_batched_cuda(x_in, centers_in);
   check_features(kAssign, "x", x_in);
   check_centers(kAssign, "centers", centers_in, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());

@@ -26,8 +26,11 @@ enum class Dtype : int { kFloat32, kFloat16, kBFloat16, kFloat64 };
 
 // ------------------------------------------------------------------------------ assign
 // labels[i] = argmin_k ||x_i - c_k||^2 (ties to the lowest k), dist2[i] (acc) = that minimum.
+// batch > 1: that many independent problems, x (batch, n, d), centers (batch, k, d), labels and
+// dist2 (batch, n), in one launch (the problem is blockIdx.y; 65535 problems a launch).
 cudaError_t assign_launch(Dtype dtype, const void* x, const void* centers, int64_t n, int64_t k,
-                          int64_t d, int64_t* labels, void* dist2, cudaStream_t stream);
+                          int64_t d, int64_t* labels, void* dist2, cudaStream_t stream,
+                          int64_t batch = 1);
 
 // grad_x[i] = 2 grad_dist2[i] (x_i - c_{l_i}) in T; when grad_centers_acc (K, d, double) is
 // not null it receives the negated segment sum (zeroed here first; double atomics).

@@ -145,7 +145,13 @@ def kmeans(
     """k-means: seeding (``init``), then ``niter`` Lloyd iterations over all rows of x.
 
     Args:
-        x: (N, d) floating tensor (any device) or numpy array / np.memmap.
+        x: (N, d) floating tensor (any device) or numpy array / np.memmap; or a (B, N, d)
+            tensor of B independent problems (as fast-pytorch-kmeans' MultiKMeans): every
+            Lloyd iteration assigns all problems in one km.assign launch; problem b is
+            seeded with ``seed + b`` (its result is that of ``km.kmeans(x[b], k,
+            seed=seed + b, backend="torch")``); ``init`` may be a (B, k, d) array; centers
+            (B, k, d), labels (B, N) and inertia a (B,) float64 tensor are returned;
+            backend "torch" only, no subsample.
         k: number of clusters, 1 <= k <= N.
         init: "k-means++" (:func:`kmeans_plusplus` over the training rows, greedy),
             "random" (k distinct rows) or a (k, d) array of initial centers.
@@ -170,6 +176,12 @@ def kmeans(
         clusters are re-seeded (faiss splits a large cluster, torch takes the farthest
         rows), so centers are never NaN.
     """
+    if isinstance(x, Tensor) and x.dim() == 3:
+        from .kmeans_batched import kmeans_batched
+
+        return kmeans_batched(x, k, init=init, niter=niter, seed=seed, backend=backend,
+                              n_local_trials=n_local_trials, chunk_size=chunk_size,
+                              num_threads=num_threads, subsample=subsample)
     rows = _data.Rows("x", x)
     k = _data.check_k("k", k, rows.n)
     if isinstance(niter, bool) or not isinstance(niter, (int, np.integer)) or niter < 0:

@@ -16,8 +16,9 @@ Reduction red(int r) { return static_cast<Reduction>(r); }
 }  // namespace
 
 EMU_API kmgan_emu_assign_launch(int dtype, const void* x, const void* centers, int64_t n,
-                                int64_t k, int64_t d, int64_t* labels, void* dist2) {
-  return assign_launch(dt(dtype), x, centers, n, k, d, labels, dist2, nullptr);
+                                int64_t k, int64_t d, int64_t* labels, void* dist2,
+                                int64_t batch) {
+  return assign_launch(dt(dtype), x, centers, n, k, d, labels, dist2, nullptr, batch);
 }
 
 EMU_API kmgan_emu_assign_backward_launch(int dtype, const void* grad_dist2, const void* x,

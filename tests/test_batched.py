@@ -1,0 +1,253 @@
+"""Batched independent problems: x (B, N, d) with centers (B, K, d), on every backend.
+
+Each batched op must give, problem by problem, what the single-problem op gives (bitwise:
+same backend, same kernels), which the single-problem tests hold to the reference; and it
+must run as one launch for all problems.
+"""
+import pytest
+import torch
+
+import kmgan_ext as km
+from kmgan_ext import _cuda_emulated, _dispatch
+from testing import assert_labels_match, backend_params
+
+# (B, N, K, d): a single-tile case, K past the Triton interpreter's one-tile limit (its
+# two-pass path with per-problem row lists), and empty problems.
+SHAPES = [(3, 70, 5, 4), (2, 300, 600, 8), (4, 0, 3, 4), (0, 5, 3, 4), (5, 33, 1, 3)]
+
+
+def _problems(b, n, k, d, dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed + 97 * b + 13 * n + 7 * k + d)
+    x = torch.randn(b, n, d, generator=g, dtype=torch.float64)
+    # Problems with their own offsets and scales: a kernel reading another problem's centers
+    # or rows gives other labels.
+    shift = torch.randn(b, 1, d, generator=g, dtype=torch.float64) * 5
+    c = torch.randn(b, k, d, generator=g, dtype=torch.float64) + shift
+    return (x + shift).to(dtype).to(device), c.to(dtype).to(device)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_assign_equals_per_problem(device, backend, dtype, shape):
+    if dtype != torch.float32 and shape[2] == 600:
+        pytest.skip("one large shape per dtype is enough for CI's time")
+    b, n, k, d = shape
+    x, c = _problems(b, n, k, d, dtype, device)
+    labels, dist2 = km.assign(x, c, backend=backend)
+    assert labels.shape == (b, n) and dist2.shape == (b, n)
+    assert dist2.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    for i in range(b):
+        one_l, one_d = km.assign(x[i], c[i], backend=backend)
+        assert torch.equal(labels[i], one_l), i
+        assert torch.equal(dist2[i], one_d), i
+        assert_labels_match(x[i], c[i], labels[i], dist2[i])
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_assign_one_launch(device, backend):
+    x, c = _problems(6, 40, 7, 5, device=device)
+    before = _cuda_emulated.launch_count() if backend == "cuda_emulated" else None
+    with _dispatch.recording() as calls:
+        km.assign(x, c, backend=backend)
+    assert [f for f, _ in calls] == ["assign"]  # one routed call, not one per problem
+    if before is not None:
+        assert _cuda_emulated.launch_count() - before == 1
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_assign_gradient_per_problem(device, backend):
+    x, c = _problems(3, 25, 4, 3, device=device)
+    x.requires_grad_(True)
+    c.requires_grad_(True)
+    w = torch.rand(3, 25, generator=torch.Generator().manual_seed(1)).to(device)
+    _, dist2 = km.assign(x, c, backend=backend)
+    gx, gc = torch.autograd.grad((dist2 * w).sum(), (x, c))
+    for i in range(3):
+        xi, ci = x[i].detach().requires_grad_(True), c[i].detach().requires_grad_(True)
+        _, di = km.assign(xi, ci, backend=backend)
+        gxi, gci = torch.autograd.grad((di * w[i]).sum(), (xi, ci))
+        torch.testing.assert_close(gx[i], gxi, rtol=0, atol=0)
+        torch.testing.assert_close(gc[i], gci, rtol=1e-6, atol=1e-6)  # GPU sums: atomics
+
+
+# The GPU kernels sum rows in float32 blocks of up to 64 rows (float64 block totals): in the
+# flat (B*K, d) update a problem's rows fall into other blocks than in its own call, so the
+# last bits of a center may differ from the single-problem call (both within the contract,
+# checked against the reference by test_minibatch_update.py). The CPU kernel and the
+# reference sum each cluster's rows in row order: bitwise equal.
+def _assert_same_update(got, want, backend, what):
+    if backend in ("reference", "cpu"):
+        assert torch.equal(got, want), what
+    else:
+        torch.testing.assert_close(got, want, rtol=2e-7, atol=1e-6, msg=what)
+
+
+def _state(b, k, device):
+    g = torch.Generator().manual_seed(5)
+    return torch.randint(0, 4, (b, k), generator=g).to(device)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_minibatch_update_equals_per_problem(device, backend):
+    x, c = _problems(4, 60, 6, 5, device=device)
+    labels, _ = km.assign(x, c, backend="reference")
+    counts = _state(4, 6, device)
+    cb, nb = c.clone(), counts.clone()
+    km.minibatch_update_(cb, nb, x, labels, deterministic=True, backend=backend)
+    for i in range(4):
+        ci, ni = c[i].clone(), counts[i].clone()
+        km.minibatch_update_(ci, ni, x[i], labels[i], deterministic=True, backend=backend)
+        _assert_same_update(cb[i], ci, backend, i)
+        assert torch.equal(nb[i], ni), i
+    # and the batched reference, which runs the same loop in float64
+    cr, nr = c.clone(), counts.clone()
+    km.minibatch_update_(cr, nr, x, labels, backend="reference")
+    torch.testing.assert_close(cb, cr, rtol=2e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_minibatch_update_one_launch_and_noncontiguous(device, backend):
+    x, c = _problems(3, 20, 4, 3, device=device)
+    labels, _ = km.assign(x, c, backend="reference")
+    want, want_n = c.clone(), torch.zeros(3, 4, dtype=torch.int64, device=device)
+    km.minibatch_update_(want, want_n, x, labels, deterministic=True, backend=backend)
+    # centers (B, K, d) as a transposed view: no flat view exists, the update is written back.
+    got = c.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not got.is_contiguous()
+    got_n = torch.zeros(3, 4, dtype=torch.int64, device=device)
+    with _dispatch.recording() as calls:
+        km.minibatch_update_(got, got_n, x, labels, deterministic=True, backend=backend)
+    assert [f for f, _ in calls] == ["minibatch_update_"]
+    assert torch.equal(got, want) and torch.equal(got_n, want_n)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_minibatch_step_equals_per_problem(device, backend):
+    x, c = _problems(3, 50, 5, 4, device=device)
+    cb, nb = c.clone(), torch.zeros(3, 5, dtype=torch.int64, device=device)
+    lb = km.minibatch_step_(cb, nb, x, deterministic=True, backend=backend)
+    assert lb.shape == (3, 50)
+    for i in range(3):
+        ci, ni = c[i].clone(), torch.zeros(5, dtype=torch.int64, device=device)
+        li = km.minibatch_step_(ci, ni, x[i], deterministic=True, backend=backend)
+        assert torch.equal(lb[i], li)
+        _assert_same_update(cb[i], ci, backend, i)
+        assert torch.equal(nb[i], ni)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_ema_update_equals_per_problem(device, backend):
+    x, c = _problems(3, 40, 5, 4, device=device)
+    labels, _ = km.assign(x, c, backend="reference")
+    g = torch.Generator().manual_seed(3)
+    size = torch.rand(3, 5, generator=g).to(device)
+    size[1] = 0  # a problem with no history: its own total, not its neighbours', decides
+    embed = torch.randn(3, 5, 4, generator=g).to(device)
+    cb, sb, eb = c.clone(), size.clone(), embed.clone()
+    km.ema_update_(cb, sb, eb, x, labels, decay=0.9, eps=1e-3, deterministic=True, backend=backend)
+    for i in range(3):
+        ci, si, ei = c[i].clone(), size[i].clone(), embed[i].clone()
+        km.ema_update_(ci, si, ei, x[i], labels[i], decay=0.9, eps=1e-3, deterministic=True,
+                       backend=backend)
+        assert torch.equal(cb[i], ci) and torch.equal(sb[i], si) and torch.equal(eb[i], ei), i
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_labels_of_another_problem_are_refused(device, backend):
+    if device != "cpu":
+        pytest.skip("on a GPU the range check is a device-side assert")
+    x, c = _problems(2, 10, 3, 2, device=device)
+    labels = torch.zeros(2, 10, dtype=torch.int64, device=device)
+    labels[0, 4] = 3  # center 0 of problem 1 in the flat (B*K, d) view: still out of range
+    cb, nb = c.clone(), torch.zeros(2, 3, dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        km.minibatch_update_(cb, nb, x, labels, backend=backend)
+    assert torch.equal(cb, c) and not nb.any()
+    size, embed = torch.zeros(2, 3, device=device), torch.zeros(2, 3, 2, device=device)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        km.ema_update_(cb, size, embed, x, labels, backend=backend)
+    assert torch.equal(cb, c)
+
+
+def test_bad_batched_shapes():
+    x, c = _problems(2, 5, 3, 4)
+    with pytest.raises(ValueError, match=r"centers must hold 2 problems \(x.shape\[0\]\)"):
+        km.assign(x, c[:1])
+    with pytest.raises(ValueError, match=r"x must be 3-D \(B, N, d\) with 3-D centers"):
+        km.assign(x[0], c)
+    with pytest.raises(ValueError, match=r"centers must have 4 features"):
+        km.assign(x, c[..., :3])
+    with pytest.raises(ValueError, match=r"K >= 1"):
+        km.assign(x, c[:, :0])
+    with pytest.raises(TypeError, match=r"x and centers must share one dtype"):
+        km.assign(x.double(), c)
+    with pytest.raises(ValueError, match=r"counts must have shape \(2, 3\)"):
+        km.minibatch_update_(c.clone(), torch.zeros(3, dtype=torch.int64), x,
+                             torch.zeros(2, 5, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"labels must have shape \(2, 5\) \(B, N\)"):
+        km.minibatch_update_(c.clone(), torch.zeros(2, 3, dtype=torch.int64), x,
+                             torch.zeros(10, dtype=torch.int64))
+
+
+# ------------------------------------------------------------------------------ km.kmeans
+def test_kmeans_equals_per_problem():
+    x, _ = _problems(3, 80, 4, 3, seed=11)
+    got = km.kmeans(x, 4, niter=5, seed=7, backend="torch")
+    assert got.centers.shape == (3, 4, 3) and got.labels.shape == (3, 80)
+    assert got.inertia.shape == (3,) and got.inertia.dtype == torch.float64
+    for i in range(3):
+        one = km.kmeans(x[i], 4, niter=5, seed=7 + i, backend="torch")
+        assert torch.equal(got.centers[i], one.centers), i
+        assert torch.equal(got.labels[i], one.labels), i
+        assert float(got.inertia[i]) == one.inertia
+
+
+def test_kmeans_batched_init_array_and_empty_cluster():
+    x, _ = _problems(2, 30, 3, 2, seed=3)
+    init = x[:, :3].clone()
+    init[1, 2] = 1e3  # far from every row: empty after the first assignment, re-seeded
+    got = km.kmeans(x, 3, init=init, niter=3, backend="torch")
+    for i in range(2):
+        one = km.kmeans(x[i], 3, init=init[i], niter=3, backend="torch")
+        assert torch.equal(got.centers[i], one.centers)
+        assert torch.equal(got.labels[i], one.labels)
+    assert bool(torch.isfinite(got.centers).all())
+
+
+def test_kmeans_batched_refuses_faiss():
+    x, _ = _problems(2, 10, 2, 2)
+    with pytest.raises(ValueError, match="backend 'torch'"):
+        km.kmeans(x, 2, backend="faiss")
+
+
+# ------------------------------------------------------------------------------ the peer
+fpk = pytest.importorskip("fast_pytorch_kmeans")
+
+
+def _separated(b, n, k, d, seed):
+    """Rows near their problem's centers: no near ties, so every exact method agrees."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(b, k, d, generator=g, dtype=torch.float64) * 10
+    pick = torch.randint(0, k, (b, n), generator=g)
+    x = torch.gather(c, 1, pick[:, :, None].expand(b, n, d))
+    return x + 0.3 * torch.randn(b, n, d, generator=g, dtype=torch.float64), c
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_assign_matches_multikmeans_predict(device, backend):
+    x, c = _separated(4, 200, 6, 5, seed=2)
+    peer = fpk.MultiKMeans(n_clusters=6, mode="euclidean")
+    peer.centroids = c
+    want = peer.predict(x)
+    got, _ = km.assign(x.float().to(device), c.float().to(device), backend=backend)
+    assert torch.equal(got.cpu(), want)
+
+
+def test_kmeans_matches_multikmeans_lloyd():
+    x, c = _separated(3, 300, 5, 4, seed=4)
+    init = c + 0.5
+    peer = fpk.MultiKMeans(n_clusters=5, max_iter=4, tol=-1.0, mode="euclidean")
+    peer.fit(x, centroids=init.clone())
+    got = km.kmeans(x, 5, init=init, niter=4, backend="torch")
+    torch.testing.assert_close(got.centers, peer.centroids, rtol=1e-12, atol=1e-12)
