@@ -17,16 +17,18 @@ def _state(device):
 
 def _bad_update_calls(centers, counts, x, labels, size, embed):
     """(description, callable, exception type, message pattern) for every 4.8 case."""
-    f16 = x.half()
+    f16_c = centers.half()
     return [
         ("int x", lambda b: km.minibatch_update_(centers, counts, x.long(), labels, backend=b), TypeError, "x must be float"),
-        ("1-D x", lambda b: km.minibatch_update_(centers, counts, x[0], labels, backend=b), ValueError, "x must be 2-D"),
-        ("dtype mix", lambda b: km.minibatch_update_(centers, counts, f16, labels, backend=b), TypeError, "centers must have dtype"),
+        # x (d,) is one row (leading dimensions ()): labels (6,) do not match it.
+        ("1-D x", lambda b: km.minibatch_update_(centers, counts, x[0], labels, backend=b), ValueError, r"labels must have shape \(\) \(x.shape\[:-1\]\)"),
+        ("dtype mix", lambda b: km.minibatch_update_(centers, counts, x.double(), labels, backend=b), TypeError, "x and centers must share one dtype"),
+        ("f32 x, f16 centers", lambda b: km.minibatch_update_(f16_c, counts, x, labels, backend=b), TypeError, r"got x torch.float32, centers torch.float16"),
         ("d mismatch", lambda b: km.minibatch_update_(centers, counts, x[:, :2], labels, backend=b), ValueError, r"centers must have 2 columns"),
         ("K = 0", lambda b: km.minibatch_update_(centers[:0], counts[:0], x, labels, backend=b), ValueError, "K >= 1"),
         ("label < 0", lambda b: km.minibatch_update_(centers, counts, x, labels - 1, backend=b), ValueError, r"labels must lie in \[0, 4\)"),
         ("label >= K", lambda b: km.minibatch_update_(centers, counts, x, labels + 1, backend=b), ValueError, r"labels must lie in \[0, 4\)"),
-        ("int32 labels", lambda b: km.minibatch_update_(centers, counts, x, labels.int(), backend=b), TypeError, "labels must be int64"),
+        ("int16 labels", lambda b: km.minibatch_update_(centers, counts, x, labels.short(), backend=b), TypeError, "labels must be int64 or int32"),
         ("labels length", lambda b: km.minibatch_update_(centers, counts, x, labels[:3], backend=b), ValueError, r"labels must have shape \(6,\)"),
         ("float counts", lambda b: km.minibatch_update_(centers, counts.float(), x, labels, backend=b), TypeError, "counts must be int64"),
         ("counts shape", lambda b: km.minibatch_update_(centers, counts[:3], x, labels, backend=b), ValueError, r"counts must have shape \(4,\)"),
@@ -61,11 +63,11 @@ def test_bad_updates_leave_state_bitwise_unchanged(device, backend):
 def test_bad_loss_inputs_name_the_argument(device, backend):
     centers, _, x, labels = _state(device)
     cases = [
-        (lambda: km.assign(x, centers.double(), backend=backend), TypeError, "centers must have dtype"),
+        (lambda: km.assign(x, centers.double(), backend=backend), TypeError, r"x and centers must share one dtype .*got x torch.float32, centers torch.float64"),
         (lambda: km.assign(x, centers[:, :2], backend=backend), ValueError, "centers must have 3 columns"),
         (lambda: km.assign(x.int(), centers, backend=backend), TypeError, "x must be float"),
         (lambda: km.assign([[1.0]], centers, backend=backend), TypeError, "x must be a torch.Tensor"),
-        (lambda: km.kmgan_center_loss(x, labels, centers, x.half(), labels, centers, backend=backend), TypeError, "x_fake must have dtype"),
+        (lambda: km.kmgan_center_loss(x, labels, centers, x.double(), labels, centers, backend=backend), TypeError, "x_fake must have dtype"),
         (lambda: km.kmgan_center_loss(x, labels + 9, centers, x, labels, centers, backend=backend), ValueError, "labels_real must lie in"),
         (lambda: km.kmgan_center_loss(x, labels, centers, x, labels[:2], centers, backend=backend), ValueError, "labels_fake must have shape"),
         (lambda: km.assigned_distance(x, labels, centers, "l1", backend=backend), ValueError, "reduction must be one of"),
@@ -208,9 +210,9 @@ def test_error_types_and_names():
         (lambda: km.kmeans(torch.empty(6, 3, device="meta"), 2), ValueError, "x is a meta tensor"),
         (lambda: km.kmeans(torch.tensor([[float("nan"), 0.0], [1.0, 1.0], [2.0, 2.0]]), 2), ValueError, "x contains NaN or Inf"),
         (lambda: km.kmeans_plusplus(torch.tensor([[float("nan"), 0.0], [1.0, 1.0], [2.0, 2.0]]), 2), ValueError, "x contains NaN or Inf"),
-        (lambda: km.center_loss(x, lab, c, x.half(), lab, c), TypeError, r"x_fake must have dtype torch.float32 \(as x_real\)"),
+        (lambda: km.center_loss(x, lab, c, x.double(), lab, c), TypeError, r"x_fake must have dtype torch.float32 \(as x_real\)"),
         (lambda: km.pairwise_l1(x, x.double()), TypeError, r"b must have dtype torch.float32 \(as a\)"),
-        (lambda: km.center_loss(x, lab, c.double(), x, lab, c), TypeError, r"centers_real must have dtype torch.float32 \(as x_real\)"),
+        (lambda: km.center_loss(x, lab, c.double(), x, lab, c), TypeError, r"x_real and centers_real must share one dtype .*: got x_real torch.float32, centers_real torch.float64"),
     ]
     for call, exc, pattern in cases:
         with pytest.raises(exc, match=pattern):
