@@ -83,6 +83,21 @@ def _assert_same_update(got, want, backend, what):
         torch.testing.assert_close(got, want, rtol=2e-7, atol=1e-6, msg=what)
 
 
+# opcheck/gradcheck call the op hundreds of times: minutes in the Triton interpreter. The fake
+# kernel and the autograd formula are the backends' common code; each backend's gradient is
+# held to its own single-problem gradient by test_assign_gradient_per_problem.
+@pytest.mark.parametrize("device,backend", [p for p in backend_params() if p.values[1] in ("reference", "cpu")])
+def test_assign_opcheck_and_gradcheck(device, backend):
+    """The batched form goes through the same op: its fake kernel (shapes (B, N)), autograd
+    registration and float64 gradients hold, as test_assign.py holds them for one problem."""
+    x, c = _problems(3, 9, 4, 5, dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.kmgan_ext.assign.default, (x, c, backend))
+    xg, cg = x.clone().requires_grad_(), c.clone().requires_grad_()
+    torch.library.opcheck(torch.ops.kmgan_ext.assign.default, (xg, cg, backend),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    assert torch.autograd.gradcheck(lambda x, c: km.assign(x, c, backend=backend)[1], (xg, cg))
+
+
 def _state(b, k, device):
     g = torch.Generator().manual_seed(5)
     return torch.randint(0, 4, (b, k), generator=g).to(device)
