@@ -100,7 +100,12 @@ def minibatch_update_(
         centers: (K, d) floating, updated in place.
         counts: (K,) int64 running counts, updated in place (exact past 2**24).
         x: (N, d) same dtype/device as centers; N = 0 is a no-op.
-        labels: (N,) int64 in [0, K).
+        labels: (N,) int64 (or int32) in [0, K).
+
+    Input forms (docs/ops.md): x (..., d) with labels (...) are flattened to rows;
+    float16/bfloat16 x with float32 centers is read in float32. Batched problems: centers
+    (B, K, d), counts (B, K), x (B, N, d), labels (B, N) in [0, K) of each problem, updated
+    in one launch over the flat (B*K, d) view of the centers.
         deterministic: False (default) lets GPU kernels use float atomics for the sums, so
             the last bits may differ run to run; True gives bitwise-identical results run to
             run (fixed-order reduction). The CPU kernels are deterministic either way, and
@@ -129,7 +134,9 @@ def minibatch_step_(
 ) -> Tensor:
     """assign + minibatch_update_ fused: labels against the pre-update centers, returned.
 
-    Same arguments and determinism contract as :func:`minibatch_update_`.
+    Same arguments and determinism contract as :func:`minibatch_update_`. Labels have x's
+    leading shape: (...) for x (..., d), (B, N) for batched problems (one assign launch and
+    one update launch for all problems).
     """
     if _checks.is_batched(centers):
         x, centers = _checks.batched(x, centers)
@@ -184,6 +191,9 @@ def ema_update_(
             state is zeros (or the centers with cluster_size ones).
         x: (N, d) same dtype/device as centers; labels: (N,) int64 in [0, K).
         decay: in [0, 1]; eps: >= 0.
+        Batched problems: centers (B, K, d), cluster_size (B, K), embed_sum (B, K, d), x
+        (B, N, d), labels (B, N); one problem at a time (B launches: the smoothing's total n
+        is each problem's own), everything checked before the first write.
         deterministic, backend: as in :func:`minibatch_update_`.
     """
     if _checks.is_batched(centers):
