@@ -244,3 +244,83 @@ def test_assignment_matches_fast_pytorch_kmeans():
     # float64 in both: the peer's normalise-then-matmul agrees with the exact argmax on data
     # without near ties
     assert torch.equal(peer.predict(x), km.assign(x, c, metric="cosine", backend="cpu")[0])
+
+
+# ------------------------------------------------------------------ spherical k-means
+def _spherical_lloyd(x, c, niter):
+    """Dhillon & Modha's spherical k-means, transcribed in float64 numpy: labels by the
+    largest cosine, centers the renormalised sums of the normalised rows (every cluster is
+    hit in the problems below)."""
+    import numpy as np
+
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    c = c / np.linalg.norm(c, axis=1, keepdims=True)
+    for _ in range(niter):
+        labels = np.argmax(xn @ c.T, axis=1)
+        s = np.stack([xn[labels == j].sum(0) for j in range(c.shape[0])])
+        assert (np.bincount(labels, minlength=c.shape[0]) > 0).all()
+        c = s / np.linalg.norm(s, axis=1, keepdims=True)
+    return np.argmax(xn @ c.T, axis=1), c
+
+
+def _directions_problem(seed=12, n=1500, d=12, k=6, noise=0.35):
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(k, d, generator=g, dtype=torch.float64), dim=1)
+    truth = torch.randint(0, k, (n,), generator=g)
+    scale = 0.5 + 10 * torch.rand(n, 1, generator=g, dtype=torch.float64)  # norms do not matter
+    x = (dirs[truth] + noise * torch.randn(n, d, generator=g, dtype=torch.float64)) * scale
+    init = x[torch.randperm(n, generator=g)[:k]]
+    return x, init, truth
+
+
+def test_kmeans_is_spherical_lloyd():
+    x, init, _ = _directions_problem()
+    want_labels, want_centers = _spherical_lloyd(x.numpy(), init.numpy(), 8)
+    r = km.kmeans(x, 6, init=init, niter=8, metric="cosine")
+    assert torch.equal(r.labels, torch.from_numpy(want_labels))
+    torch.testing.assert_close(r.centers, torch.from_numpy(want_centers), rtol=1e-10, atol=1e-12)
+    want_inertia = float((2 - 2 * (torch.nn.functional.normalize(x, dim=1) * r.centers[r.labels]).sum(1)).sum())
+    assert abs(r.inertia - want_inertia) <= 1e-9 * want_inertia
+
+
+def test_kmeans_plusplus_on_the_sphere_and_quality():
+    from sklearn.metrics import adjusted_rand_score
+
+    x, _, truth = _directions_problem(noise=0.1)
+    c = km.kmeans_plusplus(x, 6, seed=3, metric="cosine")
+    assert c.shape == (6, 12)
+    # The norms vary 20-fold: only the direction carries the cluster, which Euclidean
+    # k-means cannot see and spherical k-means finds.
+    r = km.kmeans(x.float(), 6, metric="cosine", niter=20, seed=3)
+    torch.testing.assert_close(r.centers.norm(dim=1), torch.ones(6))
+    ari = adjusted_rand_score(truth.numpy(), r.labels.numpy())
+    euclid = adjusted_rand_score(truth.numpy(), km.kmeans(x.float(), 6, niter=20, seed=3).labels.numpy())
+    assert ari > 0.99 and euclid < 0.9, (ari, euclid)
+
+
+def test_estimators_with_cosine():
+    x, init, _ = _directions_problem()
+    want_labels, want_centers = _spherical_lloyd(x.numpy(), init.numpy(), 300)
+    est = km.KMeans(n_clusters=6, init=init.numpy(), n_init=1, metric="cosine", tol=0).fit(x.numpy())
+    assert (est.labels_ == want_labels).all()
+    torch.testing.assert_close(torch.from_numpy(est.cluster_centers_), torch.from_numpy(want_centers), rtol=1e-9, atol=1e-12)
+    assert (est.predict(x.numpy()) == want_labels).all()
+    t = est.transform(x.numpy())
+    assert (t.argmin(1) == want_labels).all()
+    mb = km.MiniBatchKMeans(n_clusters=6, init=init.numpy(), n_init=1, metric="cosine", batch_size=256)
+    mb.partial_fit(x[:256].numpy())
+    c, n = init.clone(), torch.zeros(6, dtype=torch.int64)
+    c = torch.nn.functional.normalize(c, dim=1)
+    reference.minibatch_step_(c, n, x[:256], False, True)
+    torch.testing.assert_close(torch.from_numpy(mb.cluster_centers_), c, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="metric"):
+        km.KMeans(n_clusters=2, metric="manhattan").fit(x.numpy())
+
+
+def test_minibatch_kmeans_module_with_cosine():
+    x, init, _ = _directions_problem()
+    mod = km.MiniBatchKMeansModule(6, metric="cosine", update="always")
+    mod.partial_fit(x[:500].float())
+    torch.testing.assert_close(mod.centers.norm(dim=1), torch.ones(6))
+    labels = mod(x[500:600].float(), update=False)
+    assert torch.equal(labels, km.assign(x[500:600].float(), mod.centers, metric="cosine")[0])
