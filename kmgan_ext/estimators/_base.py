@@ -142,14 +142,6 @@ class EstimatorBase(*_BASES):
             )
         if self.metric not in _METRICS:
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {self.metric!r}")
-        if self.metric == "cosine":
-            # The ops assign by Euclidean distance only: spherical k-means needs assignment
-            # by largest cosine similarity fused in the kernels (issue 12), not a wrapper
-            # that writes a normalised copy of x.
-            raise NotImplementedError(
-                "metric='cosine' is not implemented yet: the kmgan_ext ops assign by "
-                "Euclidean distance only; use metric='euclidean'"
-            )
         if not isinstance(self.deterministic, bool):
             raise TypeError(f"deterministic must be a bool, got {type(self.deterministic).__name__}")
         if self.dtype is not None and self.dtype not in (torch.float32, torch.float64):
@@ -256,16 +248,17 @@ class EstimatorBase(*_BASES):
 
     # ------------------------------------------------------------------ shared methods
     def _labels_inertia(self, x: Tensor, w: Tensor | None, centers: Tensor) -> tuple[Tensor, float]:
-        labels, dist2 = assign(x, centers, backend=self.backend)
+        labels, dist2 = assign(x, centers, metric=self.metric, backend=self.backend)
         d2 = dist2.to(torch.float64)
         inertia = float((d2 * w.to(torch.float64)).sum() if w is not None else d2.sum())
         return labels, inertia
 
     def predict(self, X, sample_weight=None):
-        """Index (n_samples,) of the nearest center of each row (ties to the lowest index)."""
+        """Index (n_samples,) of the nearest center of each row (ties to the lowest index;
+        metric="cosine": the largest cosine similarity)."""
         c = self._centers_tensor()
         x = self._as_tensor(X, fitted=True)
-        labels, _ = assign(x, c, backend=self.backend)
+        labels, _ = assign(x, c, metric=self.metric, backend=self.backend)
         return self._labels_out(labels, X)
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -273,11 +266,22 @@ class EstimatorBase(*_BASES):
 
     def transform(self, X):
         """Euclidean distances (n_samples, n_clusters) of every row to every center: the
-        requested output is the full matrix here, formed from differences (no cancellation)."""
+        requested output is the full matrix here, formed from differences (no cancellation).
+        metric="cosine": the distances on the unit sphere, sqrt(2 - 2 cos) (cos 0 for a zero
+        row or center), whose squares are assign's dist2."""
         c = self._centers_tensor()
         x = self._as_tensor(X, fitted=True)
         rows = max(1, (1 << 24) // max(1, c.shape[0] * max(1, x.shape[1])))
         out = torch.empty(x.shape[0], c.shape[0], dtype=x.dtype, device=x.device)
+        if self.metric == "cosine":
+            cd = c.to(torch.float64)
+            cn = torch.linalg.vector_norm(cd, dim=1)
+            for s in range(0, x.shape[0], rows):
+                xd = x[s : s + rows].to(torch.float64)
+                den = torch.linalg.vector_norm(xd, dim=1)[:, None] * cn[None, :]
+                cos = torch.where(den == 0, torch.zeros_like(den), (xd @ cd.t()) / torch.where(den == 0, torch.ones_like(den), den))
+                out[s : s + rows] = (2.0 - 2.0 * cos).clamp_min(0).sqrt().to(x.dtype)
+            return self._out(out, X)
         for s in range(0, x.shape[0], rows):
             out[s : s + rows] = torch.cdist(
                 x[s : s + rows], c, compute_mode="donot_use_mm_for_euclid_dist"
@@ -308,6 +312,17 @@ def _not_fitted(est) -> Exception:
 
 def initial_centers(est, x: Tensor, w: Tensor | None, rs: np.random.RandomState, X_user) -> Tensor:
     """One initialisation as scikit-learn's ``_init_centroids`` (x already subsampled)."""
+    k, n = est.n_clusters, x.shape[0]
+    init = est.init
+    c = _initial_centers(est, x, w, rs, X_user)
+    if est.metric == "cosine":  # spherical k-means: unit centers from the start
+        from ..seeding.kmeans_plusplus import unit
+
+        c = unit(c)
+    return c
+
+
+def _initial_centers(est, x: Tensor, w: Tensor | None, rs: np.random.RandomState, X_user) -> Tensor:
     k, n = est.n_clusters, x.shape[0]
     init = est.init
     if isinstance(init, str) and init == "k-means++":
@@ -341,4 +356,4 @@ def probabilities(w: Tensor | None, x: Tensor) -> np.ndarray:
 def _kpp(x: Tensor, k: int, seed: int, w: Tensor | None, est) -> Tensor:
     from ..seeding import kmeans_plusplus
 
-    return kmeans_plusplus(x, k, seed=seed, sample_weight=w).to(x.dtype)
+    return kmeans_plusplus(x, k, seed=seed, sample_weight=w, metric=est.metric).to(x.dtype)

@@ -15,6 +15,7 @@ from .._cluster_stats import cluster_sums
 from ..assign import assign
 from ..minibatch_update import minibatch_step_
 from ..seeding import kmeans_parallel, kmeans_plusplus
+from ..seeding.kmeans_plusplus import unit
 from ._distributed import world
 
 _INIT_METHODS = ("auto", "k-means++", "k-means||")
@@ -68,6 +69,10 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
             of the batch (drawn from a generator seeded with ``seed``; on rank 0 and
             broadcast under DDP) and their count becomes the smallest remaining one.
         seed: of the reassignment draws.
+        metric: "euclidean" (default) or "cosine": spherical mini-batch k-means (labels by
+            the largest cosine similarity, k-means++ on the sphere, the updates sum the
+            normalised rows and keep the centers at unit length: km.minibatch_step_'s
+            metric="cosine"). Not yet under torch.distributed (NotImplementedError).
     """
 
     centers: Tensor
@@ -87,9 +92,12 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         group=None,
         reassignment_ratio: float = 0.0,
         seed: int = 0,
+        metric: str = "euclidean",
     ):
         super().__init__()
         k = _positive("n_clusters", n_clusters)
+        _checks.metric(metric)
+        self.metric = metric
         if not float(reassignment_ratio) >= 0.0:
             raise ValueError(f"reassignment_ratio must be >= 0, got {reassignment_ratio!r}")
         if dtype not in _checks.FLOAT_DTYPES:
@@ -149,6 +157,7 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
             f"n_clusters={self.n_clusters}, n_features={self.n_features}, "
             f"dtype={self.centers.dtype}, update={self.update!r}, "
             f"deterministic={self.deterministic}"
+            + (f", metric={self.metric!r}" if self.metric != "euclidean" else "")
         )
 
     # ------------------------------------------------------------------ seeding
@@ -183,12 +192,17 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         elif g is not None:
             c = self.centers.new_zeros(self.centers.shape)
             if dist.get_rank(g) == 0:
-                c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials)
+                c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials,
+                                    metric=self.metric)
             c = torch.as_tensor(c).to(self.centers)
             dist.broadcast(c, src=dist.get_global_rank(g, 0), group=g)
         else:
-            c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials)
-        self.centers.copy_(torch.as_tensor(c).to(self.centers))
+            c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials,
+                                metric=self.metric)
+        c = torch.as_tensor(c).to(self.centers)
+        if self.metric == "cosine":  # spherical: unit centers
+            c = unit(c.to(torch.float64)).to(self.centers.dtype)
+        self.centers.copy_(c)
         self.counts.zero_()
         self._seeded = True
         return self
@@ -252,7 +266,8 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         g = world(self.group)
         if g is None or dist.get_rank(g) == 0:
             rows = torch.randperm(x.shape[0], generator=self._gen)[:n].to(x.device)
-            self.centers[to.to(x.device)] = x[rows]
+            new = x[rows]
+            self.centers[to.to(x.device)] = unit(new) if self.metric == "cosine" else new
         if g is not None:
             dist.broadcast(self.centers, src=dist.get_global_rank(g, 0), group=g)
         self.counts[to.to(self.counts.device)] = int(c[~to].min())
@@ -262,8 +277,11 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         g = world(self.group)
         if g is None:
             return minibatch_step_(
-                self.centers, self.counts, x, deterministic=self.deterministic, backend=self.backend
+                self.centers, self.counts, x, deterministic=self.deterministic,
+                metric=self.metric, backend=self.backend,
             )
+        if self.metric == "cosine":
+            raise NotImplementedError("metric='cosine' has no distributed update yet")
         labels, _ = assign(x, self.centers, backend=self.backend)
         sums, m = cluster_sums(x, labels, self.n_clusters,
                                deterministic=self.deterministic, backend=self.backend)
@@ -299,7 +317,7 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
                     "or copy centers into .centers"
                 )
             self._seeded = True  # centers the user set: checked once, then kept
-        labels, _ = assign(rows, self.centers, backend=self.backend)
+        labels, _ = assign(rows, self.centers, metric=self.metric, backend=self.backend)
         return labels
 
     def partial_fit(self, x: Tensor) -> "MiniBatchKMeansModule":
