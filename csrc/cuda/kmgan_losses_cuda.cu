@@ -15,11 +15,6 @@ constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
 
 template <typename A>
-__device__ __forceinline__ A pull_term(A dist2, Reduction reduction) {
-  return reduction == Reduction::kMean ? sqrt(dist2) : dist2;
-}
-
-template <typename A>
 __device__ __forceinline__ A finish_pull(A total, int64_t n, Reduction reduction) {
   switch (reduction) {
     case Reduction::kFro:
@@ -32,22 +27,55 @@ __device__ __forceinline__ A finish_pull(A total, int64_t n, Reduction reduction
   return total;
 }
 
-template <typename A>
+// One side's pull term of row i in double: from assign's dist2, except where that overflowed
+// the float32 range (inf) while the inputs are finite: then ||x_i - c_{l_i}||^2 is recomputed
+// in double here (contract 2; rare, one thread walks the row), as assigned_distance does.
+template <typename T>
+__device__ __forceinline__ double pull_term(const acc_t<T>* __restrict__ dist2, const T* __restrict__ x,
+                                            const int64_t* __restrict__ labels,
+                                            const T* __restrict__ centers, int64_t k, int64_t d,
+                                            int64_t i, Reduction reduction) {
+  double r = static_cast<double>(dist2[i]);
+  if (isinf(r)) {
+    const int64_t l = labels[i];
+    if (l >= 0 && l < k) {
+      r = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        const double diff = static_cast<double>(to_acc(x[i * d + j])) -
+                            static_cast<double>(to_acc(centers[l * d + j]));
+        r = fma(diff, diff, r);
+      }
+    }
+  }
+  return reduction == Reduction::kMean ? sqrt(r) : r;
+}
+
+// Both pulls summed and finished in double, each rounded once to acc; L_D is the difference
+// of the rounded pulls in double, rounded once (as the reference and the CPU kernel).
+template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    kmgan_pulls_kernel(Reduction reduction, const A* __restrict__ dist2_real, int64_t n_real,
-                       const A* __restrict__ dist2_fake, int64_t n_fake, A* __restrict__ pulls,
-                       A* __restrict__ loss_d, A* __restrict__ loss_g) {
-  A s_real = 0, s_fake = 0;
-  for (int64_t i = threadIdx.x; i < n_real; i += blockDim.x) s_real += pull_term(dist2_real[i], reduction);
-  for (int64_t i = threadIdx.x; i < n_fake; i += blockDim.x) s_fake += pull_term(dist2_fake[i], reduction);
+    kmgan_pulls_kernel(Reduction reduction, const T* __restrict__ f_real,
+                       const int64_t* __restrict__ labels_real,
+                       const acc_t<T>* __restrict__ dist2_real, int64_t n_real,
+                       const T* __restrict__ f_fake, const int64_t* __restrict__ labels_fake,
+                       const acc_t<T>* __restrict__ dist2_fake, int64_t n_fake,
+                       const T* __restrict__ centers_real, int64_t k_real, int64_t d,
+                       acc_t<T>* __restrict__ pulls, acc_t<T>* __restrict__ loss_d,
+                       acc_t<T>* __restrict__ loss_g) {
+  using A = acc_t<T>;
+  double s_real = 0, s_fake = 0;
+  for (int64_t i = threadIdx.x; i < n_real; i += blockDim.x)
+    s_real += pull_term(dist2_real, f_real, labels_real, centers_real, k_real, d, i, reduction);
+  for (int64_t i = threadIdx.x; i < n_fake; i += blockDim.x)
+    s_fake += pull_term(dist2_fake, f_fake, labels_fake, centers_real, k_real, d, i, reduction);
   s_real = block_sum(s_real);
   s_fake = block_sum(s_fake);
   if (threadIdx.x == 0) {
-    const A pr = finish_pull(s_real, n_real, reduction);
-    const A pf = finish_pull(s_fake, n_fake, reduction);
+    const A pr = static_cast<A>(finish_pull(s_real, n_real, reduction));
+    const A pf = static_cast<A>(finish_pull(s_fake, n_fake, reduction));
     pulls[0] = pr;
     pulls[1] = pf;
-    *loss_d = pr - pf;
+    *loss_d = static_cast<A>(static_cast<double>(pr) - static_cast<double>(pf));
     *loss_g = pf;
   }
 }
@@ -114,21 +142,22 @@ __global__ void __launch_bounds__(kThreads) kmgan_losses_backward_kernel(
 
 }  // namespace
 
-cudaError_t kmgan_pulls_launch(Dtype dtype, Reduction reduction, const void* dist2_real,
-                               int64_t n_real, const void* dist2_fake, int64_t n_fake,
-                               void* pulls, void* loss_d, void* loss_g, cudaStream_t stream) {
-  if (dtype == Dtype::kFloat64) {
-    KMGAN_LAUNCH(1, kThreads, 0, stream, kmgan_pulls_kernel<double>)(
-        reduction, static_cast<const double*>(dist2_real), n_real,
-        static_cast<const double*>(dist2_fake), n_fake, static_cast<double*>(pulls),
-        static_cast<double*>(loss_d), static_cast<double*>(loss_g));
-  } else {
-    KMGAN_LAUNCH(1, kThreads, 0, stream, kmgan_pulls_kernel<float>)(
-        reduction, static_cast<const float*>(dist2_real), n_real,
-        static_cast<const float*>(dist2_fake), n_fake, static_cast<float*>(pulls),
-        static_cast<float*>(loss_d), static_cast<float*>(loss_g));
-  }
-  return cudaGetLastError();
+cudaError_t kmgan_pulls_launch(Dtype dtype, Reduction reduction, const void* f_real,
+                               const int64_t* labels_real, const void* dist2_real, int64_t n_real,
+                               const void* f_fake, const int64_t* labels_fake,
+                               const void* dist2_fake, int64_t n_fake, const void* centers_real,
+                               int64_t k_real, int64_t d, void* pulls, void* loss_d, void* loss_g,
+                               cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    KMGAN_LAUNCH(1, kThreads, 0, stream, kmgan_pulls_kernel<T>)(
+        reduction, static_cast<const T*>(f_real), labels_real, static_cast<const A*>(dist2_real),
+        n_real, static_cast<const T*>(f_fake), labels_fake, static_cast<const A*>(dist2_fake),
+        n_fake, static_cast<const T*>(centers_real), k_real, d, static_cast<A*>(pulls),
+        static_cast<A*>(loss_d), static_cast<A*>(loss_g));
+    return cudaGetLastError();
+  });
 }
 
 cudaError_t kmgan_losses_backward_launch(
