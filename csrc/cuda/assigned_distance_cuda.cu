@@ -82,12 +82,15 @@ __global__ void __launch_bounds__(kThreads)
                                       int64_t d, T* __restrict__ grad_x,
                                       double* __restrict__ grad_c) {
   using A = acc_t<T>;
-  const A g = grad[0];
+  // Scales, differences and products in double, each gradient rounded once (contract 2): a
+  // float32 difference near float32 max overflows, and 1 / ||.|| of a row past 1e38 is
+  // subnormal in float32 while the product fits.
+  const double g = static_cast<double>(grad[0]);
   // "fro": d/dx sqrt(sum r) = diff / out, 0 where out = 0; "sq_sum": d/dx 0.5 sum r = diff.
-  A scale_all = g;
+  double scale_all = g;
   if (kReduction == Reduction::kFro) {
-    const A o = out[0];
-    scale_all = o > A(0) ? g / o : A(0);
+    const double o = static_cast<double>(out[0]);
+    scale_all = o > 0.0 ? g / o : 0.0;
   }
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
@@ -95,18 +98,19 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = warp; i < n; i += warp_stride) {
     const int64_t l = labels[i];
     const bool label_ok = l >= 0 && l < k;
-    A scale = scale_all;
+    double scale = scale_all;
     if (kReduction == Reduction::kMean) {
       // d/dx mean_i sqrt(r_i) = diff / (N sqrt(r_i)), 0 where r_i = 0.
-      const A norm = sqrt(row_sq_dist(x, centers, i, l, label_ok, d, lane));
-      scale = norm > A(0) ? (g * (A(1) / norm)) / static_cast<A>(n) : A(0);
+      const double norm = sqrt(row_sq_dist_wide(x, centers, i, l, label_ok, d, lane));
+      scale = norm > 0.0 ? g / static_cast<double>(n) / norm : 0.0;
     }
     for (int64_t j = lane; j < d; j += 32) {
-      const A diff = to_acc(x[i * d + j]) - (label_ok ? to_acc(centers[l * d + j]) : A(0));
-      const A gx = diff * scale;
-      grad_x[i * d + j] = from_acc<T>(gx);
+      const double diff = static_cast<double>(to_acc(x[i * d + j])) -
+                          (label_ok ? static_cast<double>(to_acc(centers[l * d + j])) : 0.0);
+      const double gx = diff * scale;
+      grad_x[i * d + j] = from_acc<T>(static_cast<A>(gx));
       // double: the per-cluster sum's error does not grow with N (contract 3)
-      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -static_cast<double>(gx));
+      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -gx);
     }
   }
 }

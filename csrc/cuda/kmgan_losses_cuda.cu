@@ -14,6 +14,27 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
 
+// ||x - c||^2 of one row over the warp's lanes, every lane the same value, as double: float32
+// first, recomputed in double where the float32 squares overflowed (uniform over the warp).
+template <typename T>
+__device__ __forceinline__ double row_sq_dist_wide(const T* __restrict__ x,
+                                                   const T* __restrict__ c, int64_t d, int lane) {
+  using A = acc_t<T>;
+  A s = 0;
+  for (int64_t j = lane; j < d; j += 32) {
+    const A diff = to_acc(x[j]) - to_acc(c[j]);
+    s = fma(diff, diff, s);
+  }
+  s = warp_sum(s);
+  if (!isinf(s)) return static_cast<double>(s);
+  double w = 0;
+  for (int64_t j = lane; j < d; j += 32) {
+    const double diff = static_cast<double>(to_acc(x[j])) - static_cast<double>(to_acc(c[j]));
+    w = fma(diff, diff, w);
+  }
+  return warp_sum(w);
+}
+
 template <typename A>
 __device__ __forceinline__ A finish_pull(A total, int64_t n, Reduction reduction) {
   switch (reduction) {
@@ -110,32 +131,30 @@ __global__ void __launch_bounds__(kThreads) kmgan_losses_backward_kernel(
     const bool l_ok = l >= 0 && l < k_real;
     const bool lc_ok = lc >= 0 && lc < (real ? k_real : k_fake);
     const T* c = centers + (l_ok ? l : 0) * d;
-    const A g_pull = real ? gd : gg - gd;
-    const A pull = pulls[real ? 0 : 1];
-    const A n_side = static_cast<A>(real ? n_real : n_fake);
-    const A count = static_cast<A>(lc_ok ? (real ? counts_real : counts_fake)[lc] : 0);
-    const A w = (real ? gc : -gc) / (A(1) + count);
-    A scale = 0;
+    // In double, each gradient rounded once (contract 2): a float32 difference near float32
+    // max overflows, and a "mean" scale 1 / (N r_i) past 1e38 is subnormal in float32.
+    const double g_pull = real ? static_cast<double>(gd)
+                               : static_cast<double>(gg) - static_cast<double>(gd);
+    const double pull = static_cast<double>(pulls[real ? 0 : 1]);
+    const double n_side = static_cast<double>(real ? n_real : n_fake);
+    const double count = static_cast<double>(lc_ok ? (real ? counts_real : counts_fake)[lc] : 0);
+    const double w = static_cast<double>(real ? gc : -gc) / (1.0 + count);
+    double scale = 0;
     if (reduction == Reduction::kFro) {
-      scale = pull > A(0) ? g_pull / pull : A(0);
+      scale = pull > 0.0 ? g_pull / pull : 0.0;
     } else if (reduction == Reduction::kMean) {
-      A s = 0;
-      for (int64_t j = lane; j < d; j += 32) {
-        const A diff = to_acc(x[j]) - to_acc(c[j]);
-        s = fma(diff, diff, s);
-      }
-      const A rr = sqrt(warp_sum(s));
-      scale = rr > A(0) ? g_pull / (n_side * rr) : A(0);
+      const double rr = sqrt(row_sq_dist_wide(x, c, d, lane));
+      scale = rr > 0.0 ? g_pull / n_side / rr : 0.0;
     } else {
       scale = g_pull;
     }
     if (!l_ok) scale = 0;
     T* out = (real ? grad_real : grad_fake) + i * d;
     for (int64_t j = lane; j < d; j += 32) {
-      const A diff = to_acc(x[j]) - to_acc(c[j]);
+      const double diff = static_cast<double>(to_acc(x[j])) - static_cast<double>(to_acc(c[j]));
       const A u = u_diff[j];
-      const A sign = static_cast<A>((u > A(0)) - (u < A(0)));  // sign(0) = 0
-      out[j] = from_acc<T>(scale * diff + w * sign);
+      const double sign = static_cast<double>((u > A(0)) - (u < A(0)));  // sign(0) = 0
+      out[j] = from_acc<T>(static_cast<A>(scale * diff + w * sign));
     }
   }
 }
