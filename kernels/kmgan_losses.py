@@ -350,11 +350,14 @@ def _bwd_side(g_pull, pull, g_c, x_ptr, c_ptr, l_ptr, lc_ptr, cnt_ptr, udiff_ptr
     """out_i = g_pull d pull / d x_i + g_c sign(u_diff) / (1 + n[lc_i]) for this tile's rows.
     In float64, rounded once (contract 2): a float32 difference near float32 max overflows, and
     a "mean" scale 1 / (N r_i) past 1e38 is subnormal in float32."""
-    g_pull = g_pull.to(tl.float64)
+    # "+ zeros": g_pull and g_c may be the constant 0.0 of a missing upstream gradient
+    zero = tl.zeros((BLOCK_N,), tl.float64)
+    g_pull = g_pull + zero
+    g_c = g_c + zero
     pull = pull.to(tl.float64)
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     labc = tl.load(lc_ptr + rows, mask=rmask, other=0)
-    w = g_c.to(tl.float64) / (1.0 + tl.load(cnt_ptr + labc, mask=rmask, other=0).to(tl.float64))
+    w = g_c / (1.0 + tl.load(cnt_ptr + labc, mask=rmask, other=0).to(tl.float64))
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     crow = c_ptr + lab[:, None] * D
     if MODE == 0:
