@@ -16,25 +16,26 @@ def _data_checks(x: Tensor, centers: Tensor) -> None:
     _checks.finite("centers", centers)
 
 
-_registry.route("assign", _data_checks)
-_registry.route("assign_backward")
+_registry.route("assign", _data_checks, flags=(False,))
+_registry.route("assign_backward", flags=(False,))
 
 if _registry.registered():
 
     @torch.library.register_fake("kmgan_ext::assign")
-    def _(x, centers, backend):
+    def _(x, centers, backend, cosine=False):
         lead = x.shape[:-1]  # (N,), or (B, N) for batched problems
         return x.new_empty(lead, dtype=torch.int64), x.new_empty(lead, dtype=_out_dtype(x))
 
     @torch.library.register_fake("kmgan_ext::assign_backward")
-    def _(grad_dist2, x, centers, labels, centers_grad, backend):
+    def _(grad_dist2, x, centers, labels, centers_grad, backend, cosine=False):
         return torch.empty_like(x), centers.new_empty(centers.shape if centers_grad else (0,))
 
     def _setup_context(ctx, inputs, output):
-        x, centers, backend = inputs
+        x, centers, backend, *flag = inputs
         labels, _ = output
         ctx.save_for_backward(x, centers, labels)
         ctx.backend = backend
+        ctx.cosine = bool(flag and flag[0])
         ctx.mark_non_differentiable(labels)
 
     def _backward(ctx, grad_labels, grad_dist2):
@@ -42,26 +43,28 @@ if _registry.registered():
         want_c = ctx.needs_input_grad[1]
         be = _dispatch.grad_backend(ctx.backend, want_c)
         if x.dim() == 3:
-            gx, gc = _batched_backward(grad_dist2, x, centers, labels, want_c, be)
+            gx, gc = _batched_backward(grad_dist2, x, centers, labels, want_c, be, ctx.cosine)
         else:
-            gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, be)
-        return (gx if ctx.needs_input_grad[0] else None), (gc if want_c else None), None
+            gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, be, ctx.cosine)
+        return (gx if ctx.needs_input_grad[0] else None), (gc if want_c else None), None, None
 
     _registry.register_autograd("assign", _backward, _setup_context)
 
 
-def _batched_backward(grad_dist2, x, centers, labels, want_c, be):
+def _batched_backward(grad_dist2, x, centers, labels, want_c, be, cosine):
     """The gradient of B problems is that of one problem over the (B*K, d) view of the
     centers with labels b*K + l (exact: each row reads and feeds only its own center)."""
     b, n, d = x.shape
     k = centers.shape[1]
     flat = _checks.batch_offsets(labels, k)
     gx, gc = _registry.call("assign_backward", grad_dist2.reshape(b * n), x.reshape(b * n, d),
-                            centers.reshape(b * k, d), flat, want_c, be)
+                            centers.reshape(b * k, d), flat, want_c, be, cosine)
     return gx.view(b, n, d), (gc.view(b, k, d) if want_c else gc)
 
 
-def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
+def assign(
+    x: Tensor, centers: Tensor, *, metric: str = "euclidean", backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
     """Nearest center of every row: ``labels[i] = argmin_k ||x_i - c_k||^2``.
 
     Args:
@@ -72,6 +75,13 @@ def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor
             float32 centers is computed in float32: x is converted, the centers are not
             copied). (B, K, d): B independent problems, one kernel launch for all, outputs
             (B, N) with labels in [0, K) of each problem.
+        metric: "euclidean" (default) or "cosine": ``labels[i] = argmax_k cos(x_i, c_k)``,
+            cos = x.c / (||x|| ||c||) and 0 where ||x|| ||c|| == 0 (a zero row or center is
+            orthogonal to everything: a zero row gets label 0 and dist2 2), ties to the lowest
+            k, exact as the float64 cosine (near ties are re-checked); dist2 is then
+            ``2 - 2 cos = ||x/||x|| - c/||c||||^2`` (clamped at 0), the squared distance of
+            the points on the unit sphere, differentiable in x and centers. The row norms
+            are formed inside the kernels; x is never normalised into a copy.
         backend: "auto", "reference", "cpu", "triton" or "cuda".
 
     Returns:
@@ -98,11 +108,12 @@ def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor
         x, lead = _checks.flat_rows("x", x)
         x = _checks.features("x", x)
         centers = _checks.centers("centers", centers, x)
+    cosine = _checks.metric(metric)
     be = _dispatch.resolve(backend, x.device)
     if not _registry.registered():
-        labels, dist2 = reference.assign(x, centers)
+        labels, dist2 = reference.assign(x, centers, cosine)
     else:
-        labels, dist2 = _registry.call("assign", x, centers, be)
+        labels, dist2 = _registry.call("assign", x, centers, be, cosine)
     if lead is not None and len(lead) != 1:
         return labels.view(lead), dist2.view(lead)
     return labels, dist2

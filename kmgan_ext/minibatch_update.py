@@ -41,22 +41,22 @@ def _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, determi
     _checks.finite("embed_sum", embed_sum)
 
 
-_registry.route("minibatch_update_", _update_checks, mutated=(0, 1))
-_registry.route("minibatch_step_", _step_checks, mutated=(0, 1))
-_registry.route("ema_update_", _ema_checks, mutated=(0, 1, 2))
+_registry.route("minibatch_update_", _update_checks, mutated=(0, 1), flags=(False,))
+_registry.route("minibatch_step_", _step_checks, mutated=(0, 1), flags=(False,))
+_registry.route("ema_update_", _ema_checks, mutated=(0, 1, 2), flags=(False,))
 
 if _registry.registered():
 
     @torch.library.register_fake("kmgan_ext::minibatch_update_")
-    def _(centers, counts, x, labels, deterministic, backend):
+    def _(centers, counts, x, labels, deterministic, backend, cosine=False):
         return None
 
     @torch.library.register_fake("kmgan_ext::minibatch_step_")
-    def _(centers, counts, x, deterministic, backend):
+    def _(centers, counts, x, deterministic, backend, cosine=False):
         return x.new_empty(x.shape[0], dtype=torch.int64)
 
     @torch.library.register_fake("kmgan_ext::ema_update_")
-    def _(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, backend):
+    def _(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, backend, cosine=False):
         return None
 
 
@@ -84,6 +84,7 @@ def minibatch_update_(
     labels: Tensor,
     *,
     deterministic: bool = False,
+    metric: str = "euclidean",
     backend: str = "auto",
 ) -> None:
     """Sculley's mini-batch k-means update, in place, as scikit-learn's MiniBatchKMeans.
@@ -110,18 +111,24 @@ def minibatch_update_(
             the last bits may differ run to run; True gives bitwise-identical results run to
             run (fixed-order reduction). The CPU kernels are deterministic either way, and
             under torch.use_deterministic_algorithms(True) the GPU backends are too.
+        metric: "euclidean" (default) or "cosine": spherical k-means. S_k then sums the
+            normalised rows x_i / ||x_i|| (a zero row adds nothing to S_k but counts in m_k)
+            and every updated center is renormalised to unit length (a zero result stays
+            zero); labels should come from ``assign(..., metric="cosine")``. The norms are
+            formed inside the kernels, never as a normalised copy of x.
         backend: "auto", "reference", "cpu", "triton" or "cuda".
     """
     if _checks.is_batched(centers):
-        return _batched_update_(centers, counts, x, labels, deterministic, backend)
+        return _batched_update_(centers, counts, x, labels, deterministic, backend, metric)
     centers, counts, x, labels = _check_update_args(centers, counts, x, labels)
+    cosine = _checks.metric(metric)
     be = _dispatch.resolve(backend, x.device)
     deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
     if not _registry.registered():
         _update_checks(centers, counts, x, labels, deterministic)
-        return reference.minibatch_update_(centers, counts, x, labels, deterministic)
-    _registry.call("minibatch_update_", centers, counts, x, labels, deterministic, be)
+        return reference.minibatch_update_(centers, counts, x, labels, deterministic, cosine)
+    _registry.call("minibatch_update_", centers, counts, x, labels, deterministic, be, cosine)
 
 
 def minibatch_step_(
@@ -130,30 +137,33 @@ def minibatch_step_(
     x: Tensor,
     *,
     deterministic: bool = False,
+    metric: str = "euclidean",
     backend: str = "auto",
 ) -> Tensor:
     """assign + minibatch_update_ fused: labels against the pre-update centers, returned.
 
-    Same arguments and determinism contract as :func:`minibatch_update_`. Labels have x's
-    leading shape: (...) for x (..., d), (B, N) for batched problems (one assign launch and
-    one update launch for all problems).
+    Same arguments and determinism contract as :func:`minibatch_update_`; with
+    metric="cosine" the labels are assign(..., metric="cosine")'s. Labels have x's leading
+    shape: (...) for x (..., d), (B, N) for batched problems (one assign launch and one
+    update launch for all problems).
     """
     if _checks.is_batched(centers):
         x, centers = _checks.batched(x, centers)
         _batched_state("counts", counts, centers.shape[:2], torch.int64, x)
-        labels, _ = assign(x.detach(), centers.detach(), backend=backend)
-        _batched_update_(centers, counts, x, labels, deterministic, backend)
+        labels, _ = assign(x.detach(), centers.detach(), metric=metric, backend=backend)
+        _batched_update_(centers, counts, x, labels, deterministic, backend, metric)
         return labels
     lead = tuple(x.shape[:-1]) if isinstance(x, Tensor) and x.dim() >= 1 else None
     centers, counts, x, _ = _check_update_args(centers, counts, x)
+    cosine = _checks.metric(metric)
     be = _dispatch.resolve(backend, x.device)
     deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
     if not _registry.registered():
         _step_checks(centers, counts, x, deterministic)
-        labels = reference.minibatch_step_(centers, counts, x, deterministic)
+        labels = reference.minibatch_step_(centers, counts, x, deterministic, cosine)
     else:
-        labels = _registry.call("minibatch_step_", centers, counts, x, deterministic, be)
+        labels = _registry.call("minibatch_step_", centers, counts, x, deterministic, be, cosine)
     return labels.view(lead) if lead is not None and len(lead) != 1 else labels
 
 
@@ -167,6 +177,7 @@ def ema_update_(
     decay: float = 0.99,
     eps: float = 1e-5,
     deterministic: bool = False,
+    metric: str = "euclidean",
     backend: str = "auto",
 ) -> None:
     """The VQ-VAE codebook EMA (van den Oord et al. 2017, appendix A.1), in place.
@@ -194,12 +205,15 @@ def ema_update_(
         Batched problems: centers (B, K, d), cluster_size (B, K), embed_sum (B, K, d), x
         (B, N, d), labels (B, N); one problem at a time (B launches: the smoothing's total n
         is each problem's own), everything checked before the first write.
+        metric: "euclidean" or "cosine": S_k sums x_i / ||x_i|| and c_k = M_k / N'_k is
+            renormalised to unit length, as vector-quantize-pytorch's cosine codebook.
         deterministic, backend: as in :func:`minibatch_update_`.
     """
     if _checks.is_batched(centers):
         return _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps,
-                                    deterministic, backend)
+                                    deterministic, backend, metric)
     centers, _, x, labels = _check_update_args(centers, None, x, labels)
+    cosine = _checks.metric(metric)
     k, d = centers.shape
     cluster_size = _checks.ema_state("cluster_size", cluster_size, (k,), centers)
     embed_sum = _checks.ema_state("embed_sum", embed_sum, (k, d), centers)
@@ -212,8 +226,8 @@ def ema_update_(
     x = x.detach()
     if not _registry.registered():
         _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic)
-        return reference.ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic)
-    _registry.call("ema_update_", centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, be)
+        return reference.ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, cosine)
+    _registry.call("ema_update_", centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, be, cosine)
 
 
 # ----------------------------------------------------------------------------- batched problems
@@ -258,7 +272,7 @@ class _Flat:
             self.t.copy_(self.flat.view(self.t.shape))
 
 
-def _batched_update_(centers, counts, x, labels, deterministic, backend) -> None:
+def _batched_update_(centers, counts, x, labels, deterministic, backend, metric="euclidean") -> None:
     """The B problems' updates as one update of the flat (B*K, d) centers with labels
     b*K + l: exact (each cluster's sum and count only see its own problem's rows) and one
     launch on every backend."""
@@ -270,14 +284,14 @@ def _batched_update_(centers, counts, x, labels, deterministic, backend) -> None
     labels = _batched_labels(labels, x, k)
     flat_c, flat_n = _Flat(centers, (b * k, d)), _Flat(counts, (b * k,))
     minibatch_update_(flat_c.flat, flat_n.flat, x.reshape(b * n, d),
-                      _checks.batch_offsets(labels, k), deterministic=deterministic,
-                      backend=backend)
+                      _checks.batch_offsets(labels, k), metric=metric,
+                      deterministic=deterministic, backend=backend)
     flat_c.write_back()
     flat_n.write_back()
 
 
 def _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic,
-                         backend) -> None:
+                         backend, metric="euclidean") -> None:
     """One problem at a time: the Laplace smoothing normalises by each problem's own total
     (n = sum_k N_k over its K clusters), so the flat (B*K) reuse of the single-problem
     kernels would not be exact. Everything is checked first, for every problem, so a failed
@@ -297,4 +311,4 @@ def _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps
     _check_deterministic(deterministic, _dispatch.resolve(backend, x.device))
     for i in range(b):
         ema_update_(centers[i], cluster_size[i], embed_sum[i], x[i], labels[i], decay=decay,
-                    eps=eps, deterministic=deterministic, backend=backend)
+                    eps=eps, metric=metric, deterministic=deterministic, backend=backend)

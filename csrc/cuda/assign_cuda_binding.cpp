@@ -34,7 +34,8 @@ std::tuple<at::Tensor, at::Tensor> assign_batched_cuda(const at::Tensor& x_in,
 }
 
 std::tuple<at::Tensor, at::Tensor> assign_cuda(const at::Tensor& x_in,
-                                               const at::Tensor& centers_in) {
+                                               const at::Tensor& centers_in, bool cosine) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kAssign, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   if (x_in.dim() == 3) return assign_batched_cuda(x_in, centers_in);
   check_features(kAssign, "x", x_in);
   check_centers(kAssign, "centers", centers_in, x_in);
@@ -54,7 +55,8 @@ std::tuple<at::Tensor, at::Tensor> assign_backward_cuda(const at::Tensor& grad_d
                                                         const at::Tensor& x_in,
                                                         const at::Tensor& centers_in,
                                                         const at::Tensor& labels_in,
-                                                        bool centers_grad) {
+                                                        bool centers_grad, bool cosine) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kAssignBackward, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   check_features(kAssignBackward, "x", x_in);
   check_centers(kAssignBackward, "centers", centers_in, x_in);
   const int64_t n = x_in.size(0), k = centers_in.size(0), d = x_in.size(1);
