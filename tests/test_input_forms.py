@@ -115,9 +115,9 @@ def test_half_features_gradient_and_no_center_copy(monkeypatch):
     seen = []
     real = reference.assign
 
-    def spy(xx, cc):
+    def spy(xx, cc, *flags):
         seen.append(cc)
-        return real(xx, cc)
+        return real(xx, cc, *flags)
 
     monkeypatch.setattr(reference, "assign", spy)
     x.requires_grad_(True)
