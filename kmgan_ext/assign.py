@@ -47,12 +47,19 @@ if _registry.registered():
     _registry.register_autograd("assign", _backward, _setup_context)
 
 
-def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
+def assign(
+    x: Tensor, centers: Tensor, *, k: int | None = None, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
     """Nearest center of every row: ``labels[i] = argmin_k ||x_i - c_k||^2``.
 
     Args:
         x: (N, d) float32/float16/bfloat16/float64 features (N may be 0).
         centers: (K, d), K >= 1, same dtype and device as x.
+        k: None for the nearest center; an int in [1, K] for the k nearest, sorted by
+            distance (ties to the lowest index; NaN distances first, so column 0 is the
+            k=None answer): then labels and dist2 are (N, k), exact as below, and the (N, K)
+            matrix is still never written (a running top-k per row). k outside [1, K] is a
+            ValueError naming k.
         backend: "auto", "reference", "cpu", "triton" or "cuda".
 
     Returns:
@@ -71,6 +78,10 @@ def assign(x: Tensor, centers: Tensor, *, backend: str = "auto") -> tuple[Tensor
     values past ~1.8e19); dist2 is then the float64 minimum rounded, inf past float32's range.
     ``km.set_debug(True)`` rejects NaN/Inf in x and centers instead.
     """
+    if k is not None:
+        from .assign_topk import assign_topk
+
+        return assign_topk(x, centers, k, backend=backend)
     x = _checks.features("x", x)
     centers = _checks.centers("centers", centers, x)
     be = _dispatch.resolve(backend, x.device)
