@@ -87,6 +87,7 @@ def _stream(x_ptr, c_ptr, rows, rmask, K, D, EXACT: tl.constexpr, F64: tl.conste
     li = tl.full((G, L), BIG, tl.int32)
     special = tl.zeros((G,), tl.int32)
     lanes = tl.arange(0, BLOCK_K)
+    cols = tl.arange(0, L)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + lanes
         kmask = ks < K
@@ -102,9 +103,13 @@ def _stream(x_ptr, c_ptr, rows, rmask, K, D, EXACT: tl.constexpr, F64: tl.conste
         for _ in range(MERGE):
             m, mi, t, tk = _pop_min(t, tk, BIG)
             lmax = tl.max(lv, axis=1)
-            lpos = tl.max(tl.where(lv == lmax[:, None], li, -1), axis=1)
-            take = _before(m, mi, lmax, lpos) & (mi < BIG)
-            slot = take[:, None] & (lv == lmax[:, None]) & (li == lpos[:, None])
+            lidx = tl.max(tl.where(lv == lmax[:, None], li, -1), axis=1)
+            take = _before(m, mi, lmax, lidx) & (mi < BIG)
+            # the list's last entry: (lmax, lidx), in one column (empty entries all read
+            # (inf, BIG): the highest such column)
+            last = (lv == lmax[:, None]) & (li == lidx[:, None])
+            col = tl.max(tl.where(last, cols[None, :], -1), axis=1)
+            slot = take[:, None] & (cols[None, :] == col[:, None])
             lv = tl.where(slot, m[:, None], lv)
             li = tl.where(slot, mi[:, None], li)
     return lv, li, special
