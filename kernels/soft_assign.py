@@ -27,7 +27,7 @@ from .assign_topk import _tile_dist
 
 @triton.jit
 def _score(dist, alpha, temperature, STUDENT: tl.constexpr):
-    dist = tl.maximum(dist, 0.0)
+    dist = tl.where(dist < 0.0, 0.0, dist)  # not tl.maximum: it would turn NaN into 0
     if STUDENT:
         return -0.5 * (alpha + 1.0) * tl.log(1.0 + dist / alpha)
     else:
@@ -78,7 +78,8 @@ def _w_tile(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, rmask, ks, kmask, K, D, alpha, 
     g = tl.load(g_ptr + off, mask=msk, other=0.0)
     ds = q * (g - r[:, None])
     if STUDENT:
-        dist = tl.maximum(_tile_dist(x_ptr, c_ptr, rows, rmask, ks, kmask, D, F64, BLOCK_D), 0.0)
+        dist = _tile_dist(x_ptr, c_ptr, rows, rmask, ks, kmask, D, F64, BLOCK_D)
+        dist = tl.where(dist < 0.0, 0.0, dist)
         w = ds * (-0.5 * (alpha + 1.0) / (alpha + dist))
     else:
         w = ds * (-1.0 / temperature)
