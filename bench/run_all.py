@@ -34,6 +34,8 @@ import _harness as H  # noqa: E402
 # minibatch_update and minibatch_step).
 MODULES = {
     "assign": "bench_assign",
+    "assign_topk": "bench_assign_topk",
+    "soft_assign": "bench_soft_assign",
     "minibatch_update": "bench_minibatch_update",
     "center_loss": "bench_center_loss",
     "assigned_distance": "bench_assigned_distance",
