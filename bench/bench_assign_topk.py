@@ -5,8 +5,9 @@ Providers, all on the same x (N, d) and centers (K, d):
   torch-compile    the same under torch.compile
   kmgan_ext-<b>    km.assign(x, c, k=k, backend=b) for every backend usable on the device
 Checked before timing: each row's k labels are the float64 top k up to float32 rounding (the
-chosen distances equal the true k smallest within a relative 2e-5; torch's own GEMM-based
-cdist is held to the same), and dist2 is their squared distance.
+chosen distances equal the true k smallest within a relative 2e-4, what torch's GEMM-based
+cdist resolves here: 1.1e-4 measured at N=50000 d=64 K=1000), and dist2 is their squared
+distance within the same. kmgan_ext's labels are exact (tests/test_assign_topk.py).
 
 Run alone: python bench/bench_assign_topk.py [--quick|--tiny] [--out DIR]
 """
@@ -59,7 +60,7 @@ def _check(x, c, k, out) -> tuple[bool, str]:
         got = dist2[s : s + step].double()
         rel_d = ((got - chosen).abs() / (chosen + 1e-12)).max().item()
         worst = max(worst, rel, rel_d)
-    ok = worst <= 2e-5
+    ok = worst <= 2e-4
     return ok, f"top-{k} distances within rel {worst:.1e} of the float64 top k"
 
 
