@@ -16,39 +16,45 @@ def _data_checks(x: Tensor, centers: Tensor) -> None:
     _checks.finite("centers", centers)
 
 
-_registry.route("assign", _data_checks)
-_registry.route("assign_backward")
+_registry.route("assign", _data_checks, flags=(False,))
+_registry.route("assign_backward", flags=(False,))
 
 if _registry.registered():
 
     @torch.library.register_fake("kmgan_ext::assign")
-    def _(x, centers, backend):
+    def _(x, centers, backend, cosine=False):
         n = x.shape[0]
         return x.new_empty(n, dtype=torch.int64), x.new_empty(n, dtype=_out_dtype(x))
 
     @torch.library.register_fake("kmgan_ext::assign_backward")
-    def _(grad_dist2, x, centers, labels, centers_grad, backend):
+    def _(grad_dist2, x, centers, labels, centers_grad, backend, cosine=False):
         return torch.empty_like(x), centers.new_empty(centers.shape if centers_grad else (0,))
 
     def _setup_context(ctx, inputs, output):
-        x, centers, backend = inputs
+        x, centers, backend, *flag = inputs
         labels, _ = output
         ctx.save_for_backward(x, centers, labels)
         ctx.backend = backend
+        ctx.cosine = bool(flag and flag[0])
         ctx.mark_non_differentiable(labels)
 
     def _backward(ctx, grad_labels, grad_dist2):
         x, centers, labels = ctx.saved_tensors
         want_c = ctx.needs_input_grad[1]
         be = _dispatch.grad_backend(ctx.backend, want_c)
-        gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, be)
-        return (gx if ctx.needs_input_grad[0] else None), (gc if want_c else None), None
+        gx, gc = _registry.call("assign_backward", grad_dist2, x, centers, labels, want_c, be, ctx.cosine)
+        return (gx if ctx.needs_input_grad[0] else None), (gc if want_c else None), None, None
 
     _registry.register_autograd("assign", _backward, _setup_context)
 
 
 def assign(
-    x: Tensor, centers: Tensor, *, k: int | None = None, backend: str = "auto"
+    x: Tensor,
+    centers: Tensor,
+    *,
+    k: int | None = None,
+    metric: str = "euclidean",
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Nearest center of every row: ``labels[i] = argmin_k ||x_i - c_k||^2``.
 
@@ -59,7 +65,14 @@ def assign(
             distance (ties to the lowest index; NaN distances first, so column 0 is the
             k=None answer): then labels and dist2 are (N, k), exact as below, and the (N, K)
             matrix is still never written (a running top-k per row). k outside [1, K] is a
-            ValueError naming k.
+            ValueError naming k. Euclidean only (k with metric="cosine" is refused).
+        metric: "euclidean" (default) or "cosine": ``labels[i] = argmax_k cos(x_i, c_k)``,
+            cos = x.c / (||x|| ||c||) and 0 where ||x|| ||c|| == 0 (a zero row or center is
+            orthogonal to everything: a zero row gets label 0 and dist2 2), ties to the lowest
+            k, exact as the float64 cosine (near ties are re-checked); dist2 is then
+            ``2 - 2 cos = ||x/||x|| - c/||c||||^2`` (clamped at 0), the squared distance of
+            the points on the unit sphere, differentiable in x and centers. The row norms
+            are formed inside the kernels; x is never normalised into a copy.
         backend: "auto", "reference", "cpu", "triton" or "cuda".
 
     Returns:
@@ -78,7 +91,11 @@ def assign(
     values past ~1.8e19); dist2 is then the float64 minimum rounded, inf past float32's range.
     ``km.set_debug(True)`` rejects NaN/Inf in x and centers instead.
     """
+    cosine = _checks.metric(metric)
     if k is not None:
+        if cosine:
+            raise NotImplementedError("assign(k=...) with metric='cosine' is not implemented: "
+                                      "top-k assignment is Euclidean only")
         from .assign_topk import assign_topk
 
         return assign_topk(x, centers, k, backend=backend)
@@ -86,5 +103,5 @@ def assign(
     centers = _checks.centers("centers", centers, x)
     be = _dispatch.resolve(backend, x.device)
     if not _registry.registered():
-        return reference.assign(x, centers)
-    return _registry.call("assign", x, centers, be)
+        return reference.assign(x, centers, cosine)
+    return _registry.call("assign", x, centers, be, cosine)
