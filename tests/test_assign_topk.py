@@ -197,3 +197,8 @@ def test_native_op_checks_k():
     x, c = torch.randn(4, 3), torch.randn(5, 3)
     with pytest.raises(ValueError, match="k must lie in"):
         torch.ops.kmgan_ext.assign_topk_native(x, c, 6)
+
+
+def test_k_with_cosine_is_refused():
+    with pytest.raises(NotImplementedError, match="metric='cosine'"):
+        km.assign(torch.randn(4, 3), torch.randn(5, 3), k=2, metric="cosine")
