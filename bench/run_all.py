@@ -35,6 +35,8 @@ import _harness as H  # noqa: E402
 MODULES = {
     "assign": "bench_assign",
     "assign_batched": "bench_assign_batched",
+    "assign_topk": "bench_assign_topk",
+    "soft_assign": "bench_soft_assign",
     "minibatch_update": "bench_minibatch_update",
     "center_loss": "bench_center_loss",
     "assigned_distance": "bench_assigned_distance",

@@ -28,6 +28,15 @@ PyObject* PyInit__C(void) {
   X("assign_backward",                                                                        \
     "Tensor grad_dist2, Tensor x, Tensor centers, Tensor labels, bool centers_grad",          \
     "(Tensor, Tensor)")                                                                       \
+  /* km.assign(x, centers, k=k): (N, k) labels and dist2, ascending. */                      \
+  X("assign_topk", "Tensor x, Tensor centers, int k", "(Tensor, Tensor)")                     \
+  /* km.soft_assign: (N, K) responsibilities q; kind is "student_t" or "softmax". */          \
+  X("soft_assign", "Tensor x, Tensor centers, str kind, float alpha, float temperature",      \
+    "Tensor")                                                                                 \
+  X("soft_assign_backward",                                                                   \
+    "Tensor grad_q, Tensor q, Tensor x, Tensor centers, str kind, float alpha, "              \
+    "float temperature, bool centers_grad",                                                   \
+    "(Tensor, Tensor)")                                                                       \
   X("minibatch_update_",                                                                      \
     "Tensor(a!) centers, Tensor(b!) counts, Tensor x, Tensor labels, bool deterministic",     \
     "()")                                                                                     \

@@ -20,6 +20,8 @@ default config. ``set_autotune(False)`` makes the launch sequence the same on ev
 """
 from ._common import set_autotune
 from .assign import assign, assign_backward, assign_stats
+from .assign_topk import assign_topk
+from .soft_assign import soft_assign, soft_assign_backward
 from .assigned_distance import assigned_distance, assigned_distance_backward
 from .center_loss import center_loss_backward, center_loss_forward
 from .kmgan_losses import kmgan_losses, kmgan_losses_backward
@@ -31,6 +33,9 @@ __all__ = [
     "assign",
     "assign_backward",
     "assign_stats",
+    "assign_topk",
+    "soft_assign",
+    "soft_assign_backward",
     "minibatch_update_",
     "minibatch_step_",
     "ema_update_",

@@ -17,6 +17,8 @@ from ._show_config import show_config
 from ._version import __version__
 from ._dispatch import BACKENDS, available_backends
 from .assign import assign
+from . import assign_topk as _assign_topk  # noqa: F401  (registers km.assign(k=...)'s op)
+from .soft_assign import soft_assign
 from .assigned_distance import assigned_distance
 from .center_loss import center_loss, kmgan_center_loss
 from .minibatch_update import ema_update_, minibatch_step_, minibatch_update_
@@ -32,6 +34,7 @@ __all__ = [
     "set_debug",
     "show_config",
     "assign",
+    "soft_assign",
     "minibatch_update_",
     "minibatch_step_",
     "ema_update_",

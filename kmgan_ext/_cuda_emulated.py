@@ -149,7 +149,7 @@ def load() -> ctypes.CDLL:
         lib.kmgan_emu_configure.argtypes = [ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
                                             ctypes.c_int]
         lib.kmgan_emu_launch_count.restype = ctypes.c_uint64
-        for name in ("cluster_pieces_elems", "assigned_distance_num_partials"):
+        for name in ("cluster_pieces_elems", "assigned_distance_num_partials", "assign_topk_list_len"):
             getattr(lib, "kmgan_emu_" + name).restype = ctypes.c_int64
         _lib = lib
         _error = None
@@ -250,6 +250,45 @@ def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
     gc = torch.empty(k, d, dtype=torch.float64) if centers_grad else None
     _call("assign_backward_launch", _dt(x), _ptr(g), _ptr(x), _ptr(centers), _ptr(labels), _i(n),
           _i(k), _i(d), _ptr(grad_x), _ptr(gc))
+    if not centers_grad:
+        return grad_x, centers.new_empty(0)
+    return grad_x, gc.to(centers.dtype)
+
+
+def assign_topk(x: Tensor, centers: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    n, kc, d = x.shape[0], centers.shape[0], x.shape[1]
+    labels = torch.empty(n, k, dtype=torch.int64)
+    dist2 = torch.empty(n, k, dtype=_acc_dtype(x))
+    if n:
+        cap = _num("assign_topk_list_len", _i(k), _i(kc))
+        list_val = torch.empty(n, cap, dtype=torch.float64)
+        list_idx = torch.empty(n, cap, dtype=torch.int64)
+        _call("assign_topk_launch", _dt(x), _ptr(x), _ptr(centers), _i(n), _i(kc), _i(d), _i(k),
+              _ptr(list_val), _ptr(list_idx), _ptr(labels), _ptr(dist2))
+    return labels, dist2
+
+
+def soft_assign(x, centers, kind="student_t", alpha=1.0, temperature=1.0):
+    n, kc, d = x.shape[0], centers.shape[0], x.shape[1]
+    q = torch.empty(n, kc, dtype=_acc_dtype(x))
+    if n:
+        _call("soft_assign_launch", _dt(x), _ptr(x), _ptr(centers), _i(n), _i(kc), _i(d),
+              ctypes.c_int(kind == "student_t"), ctypes.c_double(alpha),
+              ctypes.c_double(temperature), _ptr(q))
+    return q
+
+
+def soft_assign_backward(grad_q, q, x, centers, kind, alpha, temperature, centers_grad):
+    n, kc, d = x.shape[0], centers.shape[0], x.shape[1]
+    acc = _acc_dtype(x)
+    g, qq = grad_q.to(acc).contiguous(), q.to(acc).contiguous()
+    grad_x = torch.empty(n, d, dtype=x.dtype)
+    r_work = torch.empty(n, dtype=acc)
+    row_work = torch.empty(n, d, dtype=torch.float64)
+    gc = torch.empty(kc, d, dtype=torch.float64) if centers_grad else None
+    _call("soft_assign_backward_launch", _dt(x), _ptr(g), _ptr(qq), _ptr(x), _ptr(centers), _i(n),
+          _i(kc), _i(d), ctypes.c_int(kind == "student_t"), ctypes.c_double(alpha),
+          ctypes.c_double(temperature), _ptr(r_work), _ptr(row_work), _ptr(grad_x), _ptr(gc))
     if not centers_grad:
         return grad_x, centers.new_empty(0)
     return grad_x, gc.to(centers.dtype)

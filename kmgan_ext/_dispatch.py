@@ -4,7 +4,8 @@ Nothing here runs at import time beyond defining functions: the C++ extension, t
 the GPU are looked at lazily, on the first call that needs them (STYLE.md rule 4).
 
 A backend is a module-like object exposing the backend interface (see
-``kmgan_ext/reference.py``): ``assign``, ``assign_backward``, ``minibatch_update_``,
+``kmgan_ext/reference.py``): ``assign``, ``assign_backward``, ``assign_topk``,
+``soft_assign``, ``soft_assign_backward``, ``minibatch_update_``,
 ``minibatch_step_``, ``ema_update_``, ``center_loss_forward``, ``center_loss_backward``,
 ``assigned_distance``, ``assigned_distance_backward``, ``pairwise_l1``,
 ``pairwise_l1_backward``, ``kmgan_losses``, ``kmgan_losses_backward``, each taking
@@ -245,6 +246,9 @@ def grad_backend(backend: str, centers_grad: bool) -> str:
 _INTERFACE = (
     "assign",
     "assign_backward",
+    "assign_topk",
+    "soft_assign",
+    "soft_assign_backward",
     "minibatch_update_",
     "minibatch_step_",
     "ema_update_",

@@ -63,7 +63,12 @@ def _batched_backward(grad_dist2, x, centers, labels, want_c, be, cosine):
 
 
 def assign(
-    x: Tensor, centers: Tensor, *, metric: str = "euclidean", backend: str = "auto"
+    x: Tensor,
+    centers: Tensor,
+    *,
+    k: int | None = None,
+    metric: str = "euclidean",
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Nearest center of every row: ``labels[i] = argmin_k ||x_i - c_k||^2``.
 
@@ -75,6 +80,11 @@ def assign(
             float32 centers is computed in float32: x is converted, the centers are not
             copied). (B, K, d): B independent problems, one kernel launch for all, outputs
             (B, N) with labels in [0, K) of each problem.
+        k: None for the nearest center; an int in [1, K] for the k nearest, sorted by
+            distance (ties to the lowest index; NaN distances first, so column 0 is the
+            k=None answer): then labels and dist2 are (N, k), exact as below, and the (N, K)
+            matrix is still never written (a running top-k per row). k outside [1, K] is a
+            ValueError naming k. Euclidean only (k with metric="cosine" is refused).
         metric: "euclidean" (default) or "cosine": ``labels[i] = argmax_k cos(x_i, c_k)``,
             cos = x.c / (||x|| ||c||) and 0 where ||x|| ||c|| == 0 (a zero row or center is
             orthogonal to everything: a zero row gets label 0 and dist2 2), ties to the lowest
@@ -100,6 +110,17 @@ def assign(
     values past ~1.8e19); dist2 is then the float64 minimum rounded, inf past float32's range.
     ``km.set_debug(True)`` rejects NaN/Inf in x and centers instead.
     """
+    cosine = _checks.metric(metric)
+    if k is not None:
+        if cosine:
+            raise NotImplementedError("assign(k=...) with metric='cosine' is not implemented: "
+                                      "top-k assignment is Euclidean only")
+        if _checks.is_batched(centers):
+            raise NotImplementedError("assign(k=...) with batched (B, K, d) centers is not implemented: "
+                                      "top-k assignment takes 2-D x and centers")
+        from .assign_topk import assign_topk
+
+        return assign_topk(x, centers, k, backend=backend)
     x = _checks.promote_x(x, centers)
     if _checks.is_batched(centers):
         x, centers = _checks.batched(x, centers)
@@ -108,7 +129,6 @@ def assign(
         x, lead = _checks.flat_rows("x", x)
         x = _checks.features("x", x)
         centers = _checks.centers("centers", centers, x)
-    cosine = _checks.metric(metric)
     be = _dispatch.resolve(backend, x.device)
     if not _registry.registered():
         labels, dist2 = reference.assign(x, centers, cosine)

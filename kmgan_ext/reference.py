@@ -24,6 +24,9 @@ from torch import Tensor
 __all__ = [
     "assign",
     "assign_backward",
+    "assign_topk",
+    "soft_assign",
+    "soft_assign_backward",
     "minibatch_update_",
     "minibatch_step_",
     "ema_update_",
@@ -195,6 +198,62 @@ def assign_backward(
         gc = gc.to(centers.dtype)
     else:
         gc = centers.new_empty(0)
+    return gx.to(x.dtype), gc
+
+
+def assign_topk(x: Tensor, centers: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k nearest centers of every row, ascending: ``(labels int64 (N, k), dist2 (N, k))``.
+
+    Order: by the float64 distance, ties to the lowest index; NaN distances first (lowest
+    index first), so that column 0 is ``assign``'s label and dist2 (torch.argmin's NaN rule).
+    dist2 is rounded to float32 (float64 for float64 x), clamped at 0.
+    """
+    n = x.shape[0]
+    labels = torch.empty(n, k, dtype=torch.int64, device=x.device)
+    dist2 = torch.empty(n, k, dtype=_out_dtype(x), device=x.device)
+    rows = max(1, _CHUNK_ELEMS // max(1, centers.shape[0] * max(1, x.shape[1])))
+    for s in range(0, n, rows):
+        d = squared_distances(x[s : s + rows], centers)
+        # NaN sorts first (key -1 < every distance); a stable sort keeps ties in index order.
+        key = torch.where(torch.isnan(d), torch.full_like(d, -1.0), d)
+        idx = torch.sort(key, dim=1, stable=True).indices[:, :k]
+        labels[s : s + rows] = idx
+        dist2[s : s + rows] = d.gather(1, idx).clamp_min(0).to(dist2.dtype)
+    return labels, dist2
+
+
+# --------------------------------------------------------------------------- soft assignment
+def soft_scores(dist2: Tensor, kind: str, alpha: float, temperature: float) -> Tensor:
+    """The log of the unnormalised responsibility of each distance:
+    student_t: -(alpha + 1) / 2 * log(1 + D / alpha) (DEC, Xie et al. 2016, eq. 1);
+    softmax: -D / temperature."""
+    if kind == "student_t":
+        return -0.5 * (alpha + 1.0) * torch.log1p(dist2 / alpha)
+    return -dist2 / temperature
+
+
+def soft_assign(x: Tensor, centers: Tensor, kind: str = "student_t", alpha: float = 1.0,
+                temperature: float = 1.0) -> Tensor:
+    """(N, K) responsibilities q, rows summing to 1: q_ij = softmax_j(soft_scores(D_ij)), D the
+    float64 squared distances. float32 (float64 for float64 x)."""
+    s = soft_scores(squared_distances(x, centers), kind, alpha, temperature)
+    return torch.softmax(s, dim=1).to(_out_dtype(x))
+
+
+def soft_assign_backward(grad_q: Tensor, q: Tensor, x: Tensor, centers: Tensor, kind: str,
+                         alpha: float, temperature: float, centers_grad: bool
+                         ) -> tuple[Tensor, Tensor]:
+    """With s = soft_scores(D) and W = dL/dD = q (G - rowsum(G q)) * ds/dD:
+    grad_x = 2 (rowsum(W) x - W C), grad_c = 2 (colsum(W) c - W^T X), in float64."""
+    qd, g = _acc(q), _acc(grad_q)
+    ds = qd * (g - (g * qd).sum(1, keepdim=True))
+    if kind == "student_t":
+        w = ds * (-0.5 * (alpha + 1.0) / (alpha + squared_distances(x, centers)))
+    else:
+        w = ds * (-1.0 / temperature)
+    xd, cd = _acc(x), _acc(centers)
+    gx = 2.0 * (w.sum(1, keepdim=True) * xd - w @ cd)
+    gc = (2.0 * (w.sum(0)[:, None] * cd - w.t() @ xd)).to(centers.dtype) if centers_grad else centers.new_empty(0)
     return gx.to(x.dtype), gc
 
 

@@ -60,7 +60,10 @@ def _every_op(device, backend):
     cl = CENTER_LOSS(x, labels, c.detach(), y, labels[:20], c.detach(), backend=backend)
     pl = km.pairwise_l1(x, backend=backend) + km.pairwise_l1(x, y, backend=backend)
     terms = km.kmgan_losses(x, y, c.detach(), c.detach()[:3], backend=backend)
-    (dist2.sum() + pull + cl + pl + terms.loss_d + terms.loss_g + terms.loss_center).backward()
+    _, top_dist2 = km.assign(x, c, k=2, backend=backend)
+    q = km.soft_assign(x, c, backend=backend)
+    (dist2.sum() + pull + cl + pl + terms.loss_d + terms.loss_g + terms.loss_center
+     + top_dist2.sum() + (q * q).sum()).backward()
     buf = c.detach().clone()
     counts = torch.zeros(4, dtype=torch.int64, device=device)
     km.minibatch_update_(buf, counts, x.detach(), labels, backend=backend)

@@ -39,6 +39,31 @@ cudaError_t assign_backward_launch(Dtype dtype, const void* grad_dist2, const vo
                                    int64_t k, int64_t d, void* grad_x, void* grad_centers_acc,
                                    cudaStream_t stream);
 
+// ------------------------------------------------------------------------------ top-k assign
+// Length L of each row's running list (min(K, k + slack)); list_val (N, L) double and
+// list_idx (N, L) int64 are the launcher's workspace. labels (N, k) int64 and dist2 (N, k) acc:
+// the k nearest centers ascending (ties to the lowest index, NaN distances first), exact.
+int64_t assign_topk_list_len(int64_t k, int64_t kc);
+cudaError_t assign_topk_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
+                               int64_t kc, int64_t d, int64_t k, double* list_val,
+                               int64_t* list_idx, int64_t* labels, void* dist2,
+                               cudaStream_t stream);
+
+// ------------------------------------------------------------------------------ soft assign
+// q (N, K) acc = softmax_k(s(D_ik)), s = -(alpha+1)/2 log1p(D/alpha) (student_t) or -D/T.
+cudaError_t soft_assign_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
+                               int64_t kc, int64_t d, bool student_t, double alpha,
+                               double temperature, void* q, cudaStream_t stream);
+
+// grad_q, q: (N, K) acc. Workspaces: r_work (N) acc, row_work (N, d) double. grad_x (N, d) T;
+// grad_centers_acc (K, d) double (may be null: no centers' gradient), written, not added to.
+cudaError_t soft_assign_backward_launch(Dtype dtype, const void* grad_q, const void* q,
+                                        const void* x, const void* centers, int64_t n,
+                                        int64_t kc, int64_t d, bool student_t, double alpha,
+                                        double temperature, void* r_work, double* row_work,
+                                        void* grad_x, double* grad_centers_acc,
+                                        cudaStream_t stream);
+
 // ------------------------------------------------------------------------------ center updates
 // Both updates form the batch's per-cluster sums S_k in double (error independent of N:
 // contract 3) and row counts m_k, in one of two modes:

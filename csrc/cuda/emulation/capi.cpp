@@ -29,6 +29,34 @@ EMU_API kmgan_emu_assign_backward_launch(int dtype, const void* grad_dist2, cons
                                 grad_centers_acc, nullptr);
 }
 
+EMU_API_SIZE kmgan_emu_assign_topk_list_len(int64_t k, int64_t kc) {
+  return assign_topk_list_len(k, kc);
+}
+
+EMU_API kmgan_emu_assign_topk_launch(int dtype, const void* x, const void* centers, int64_t n,
+                                     int64_t kc, int64_t d, int64_t k, double* list_val,
+                                     int64_t* list_idx, int64_t* labels, void* dist2) {
+  return assign_topk_launch(dt(dtype), x, centers, n, kc, d, k, list_val, list_idx, labels, dist2,
+                            nullptr);
+}
+
+EMU_API kmgan_emu_soft_assign_launch(int dtype, const void* x, const void* centers, int64_t n,
+                                     int64_t kc, int64_t d, int student_t, double alpha,
+                                     double temperature, void* q) {
+  return soft_assign_launch(dt(dtype), x, centers, n, kc, d, student_t != 0, alpha, temperature, q,
+                            nullptr);
+}
+
+EMU_API kmgan_emu_soft_assign_backward_launch(int dtype, const void* grad_q, const void* q,
+                                              const void* x, const void* centers, int64_t n,
+                                              int64_t kc, int64_t d, int student_t, double alpha,
+                                              double temperature, void* r_work, double* row_work,
+                                              void* grad_x, double* grad_centers_acc) {
+  return soft_assign_backward_launch(dt(dtype), grad_q, q, x, centers, n, kc, d, student_t != 0,
+                                     alpha, temperature, r_work, row_work, grad_x,
+                                     grad_centers_acc, nullptr);
+}
+
 EMU_API kmgan_emu_minibatch_update_launch(int dtype, void* centers, int64_t* counts,
                                           const void* x, const int64_t* labels,
                                           const int64_t* sorted_labels, const int64_t* perm,

@@ -1,0 +1,175 @@
+// km.assign(x, centers, k=k) on CUDA: the k nearest centers of every row, ascending, exact.
+//
+// One thread per row. A block of kRows threads streams tiles of kCenters centers through
+// shared memory, kDims features at a time; each thread sums (x - c)^2 for its row against the
+// tile's centers in registers (direct differences, float32; float64 for float64 inputs) and
+// folds them into its row's running list of the L = min(K, k + kSlack) smallest (value, index)
+// pairs, kept sorted in a global workspace (N, L) that only its own thread touches. The (N, K)
+// matrix is never written.
+//
+// Exactness (as csrc/cpu/assign_topk_cpu.cpp and kernels/assign_topk.py): a computed distance
+// is within a relative (d + 2) u of the exact one (+ d 2^-149 for subnormal terms). With v_k the
+// k-th smallest computed distance and T = v_k (1 + 4 rel) + abs, no center above T is in the
+// top k; when the list holds every center <= T, those are re-scored in double from the inputs
+// and sorted by (distance, index). Otherwise (more than kSlack near-ties at the k-th place, a
+// non-finite distance in the row), the thread rescans all K in double with the exact order:
+// NaN first (lowest index first: torch.argmin's rule for column 0), then ascending, ties to the
+// lowest index.
+//
+// Correctness first: one thread per row has no data reuse across rows beyond the shared tile
+// and diverges on the insertions. Tuning left for a GPU session: a warp per row-tile with the
+// assign kernel's 4x4 register tiling and a threshold test before the insertion.
+#include "common.cuh"
+
+namespace kmgan_cuda {
+namespace {
+
+constexpr int kRows = 128;    // threads (rows) per block
+constexpr int kCenters = 32;  // centers per tile
+constexpr int kDims = 32;     // features per shared-memory stage
+constexpr int64_t kSlack = 8;
+
+template <typename A>
+__device__ __forceinline__ A unit_roundoff();
+template <>
+__device__ __forceinline__ float unit_roundoff<float>() { return 5.9604645e-8f; }
+template <>
+__device__ __forceinline__ double unit_roundoff<double>() { return 1.1102230246251565e-16; }
+
+// Inserts (v, idx) into the sorted list (vals, idxs) of *count entries, at most cap; keys
+// compare by value, then index (callers pass increasing idx, so a strict < on v suffices).
+__device__ __forceinline__ void list_insert(double* vals, int64_t* idxs, int64_t* count,
+                                            int64_t cap, double v, int64_t idx) {
+  int64_t m = *count;
+  if (m == cap && !(v < vals[cap - 1])) return;
+  int64_t p = m < cap ? m++ : cap - 1;
+  while (p > 0 && v < vals[p - 1]) {
+    vals[p] = vals[p - 1];
+    idxs[p] = idxs[p - 1];
+    --p;
+  }
+  vals[p] = v;
+  idxs[p] = idx;
+  *count = m;
+}
+
+template <typename T>
+__device__ double exact_dist(const T* __restrict__ a, const T* __restrict__ b, int64_t d) {
+  double s = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double t = static_cast<double>(to_acc(a[j])) - static_cast<double>(to_acc(b[j]));
+    s += t * t;
+  }
+  return s;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kRows)
+    assign_topk_kernel(const T* __restrict__ x, const T* __restrict__ centers, int64_t n,
+                       int64_t kc, int64_t d, int64_t k, int64_t cap, double* __restrict__ lv_all,
+                       int64_t* __restrict__ li_all, int64_t* __restrict__ labels,
+                       acc_t<T>* __restrict__ dist2) {
+  using A = acc_t<T>;
+  __shared__ A cs[kCenters][kDims];
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x;
+  const bool active = row < n;
+  double* lv = lv_all + (active ? row : 0) * cap;
+  int64_t* li = li_all + (active ? row : 0) * cap;
+  int64_t count = 0;
+  bool special = false;
+  for (int64_t k0 = 0; k0 < kc; k0 += kCenters) {
+    A acc[kCenters];
+#pragma unroll
+    for (int c = 0; c < kCenters; ++c) acc[c] = A(0);
+    for (int64_t d0 = 0; d0 < d; d0 += kDims) {
+      __syncthreads();  // the previous stage's reads are done
+      for (int e = threadIdx.x; e < kCenters * kDims; e += kRows) {
+        const int c = e / kDims, j = e % kDims;
+        const int64_t cc = k0 + c, jj = d0 + j;
+        cs[c][j] = (cc < kc && jj < d) ? to_acc(centers[cc * d + jj]) : A(0);
+      }
+      __syncthreads();
+      if (active) {
+        const int64_t dn = d - d0 < kDims ? d - d0 : kDims;
+        for (int64_t j = 0; j < dn; ++j) {
+          const A xv = to_acc(x[row * d + d0 + j]);
+#pragma unroll
+          for (int c = 0; c < kCenters; ++c) {
+            const A t = xv - cs[c][j];
+            acc[c] = fma(t, t, acc[c]);
+          }
+        }
+      }
+    }
+    if (active) {
+      for (int c = 0; c < kCenters && k0 + c < kc; ++c) {
+        if (!isfinite(acc[c])) {
+          special = true;
+          continue;
+        }
+        list_insert(lv, li, &count, cap, static_cast<double>(acc[c]), k0 + c);
+      }
+    }
+  }
+  if (!active) return;
+  const T* xr = x + row * d;
+  const double rel = static_cast<double>(d + 2) * (static_cast<double>(unit_roundoff<A>()) + 1.1102230246251565e-16);
+  const double abs_err = static_cast<double>(d + 1) * (sizeof(A) == 8 ? 4.9406564584124654e-324 : 1.4e-45);
+  int64_t m = 0;  // candidates: the list's prefix within T
+  if (!special && count >= k) {
+    const double thr = lv[k - 1] * (1.0 + 4.0 * rel) + abs_err;
+    if (count < cap || cap == kc || lv[cap - 1] > thr) {
+      while (m < count && lv[m] <= thr) ++m;
+    }
+  }
+  if (m > 0) {
+    // re-score the prefix in double and insertion-sort it by (distance, index)
+    for (int64_t j = 0; j < m; ++j) lv[j] = exact_dist(xr, centers + li[j] * d, d);
+    for (int64_t j = 1; j < m; ++j) {
+      const double v = lv[j];
+      const int64_t ix = li[j];
+      int64_t p = j;
+      while (p > 0 && (v < lv[p - 1] || (v == lv[p - 1] && ix < li[p - 1]))) {
+        lv[p] = lv[p - 1];
+        li[p] = li[p - 1];
+        --p;
+      }
+      lv[p] = v;
+      li[p] = ix;
+    }
+  } else {
+    // every center in double; key -1 for NaN (first, lowest index first)
+    count = 0;
+    for (int64_t c = 0; c < kc; ++c) {
+      const double v = exact_dist(xr, centers + c * d, d);
+      list_insert(lv, li, &count, cap, isnan(v) ? -1.0 : v, c);
+    }
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    const double v = lv[j];
+    labels[row * k + j] = li[j];
+    dist2[row * k + j] = static_cast<A>(v < 0.0 ? NAN : v);  // past float32's range: inf
+  }
+}
+
+}  // namespace
+
+int64_t assign_topk_list_len(int64_t k, int64_t kc) { return kc < k + kSlack ? kc : k + kSlack; }
+
+cudaError_t assign_topk_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
+                               int64_t kc, int64_t d, int64_t k, double* list_val,
+                               int64_t* list_idx, int64_t* labels, void* dist2,
+                               cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  if (k < 1 || k > kc || ceil_div(n, kRows) > INT32_MAX) return cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const unsigned blocks = static_cast<unsigned>(ceil_div(n, kRows));
+    KMGAN_LAUNCH(blocks, kRows, 0, stream, assign_topk_kernel<T>)(
+        static_cast<const T*>(x), static_cast<const T*>(centers), n, kc, d, k,
+        assign_topk_list_len(k, kc), list_val, list_idx, labels, static_cast<acc_t<T>*>(dist2));
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace kmgan_cuda

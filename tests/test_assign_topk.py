@@ -1,0 +1,204 @@
+"""km.assign(x, centers, k=k): the k nearest centers, on every backend, against the reference."""
+import pytest
+import torch
+
+import kmgan_ext as km
+from kmgan_ext import reference
+from testing import DTYPES, backend_params, distances64, noncontiguous
+
+
+def _check_exact(x, c, k, labels, dist2):
+    """labels equal the float64 reference's exactly; dist2 is their distance, rounded."""
+    want_l, want_d = reference.assign_topk(x.cpu(), c.cpu(), k)
+    assert labels.dtype == torch.int64 and labels.shape == (x.shape[0], k)
+    assert dist2.dtype == want_d.dtype and dist2.shape == (x.shape[0], k)
+    assert torch.equal(labels.cpu(), want_l), (labels.cpu() != want_l).nonzero()[:5]
+    rtol = 1e-13 if x.dtype == torch.float64 else 2e-7
+    torch.testing.assert_close(dist2.cpu().double(), want_d.double(), rtol=rtol, atol=0, equal_nan=True)
+
+
+def test_reference_known_answer():
+    x = torch.tensor([[0.0, 0.0], [5.0, 0.0], [9.0, 1.0]])
+    c = torch.tensor([[0.0, 0.0], [10.0, 0.0], [5.0, 1.0], [10.0, 0.0]])
+    labels, dist2 = reference.assign_topk(x, c, 3)
+    # row 1: centers 0 and 1 tie at 25 (lowest index first); centers 1 and 3 are copies.
+    assert labels.tolist() == [[0, 2, 1], [2, 0, 1], [1, 3, 2]]
+    assert dist2.tolist() == [[0.0, 26.0, 100.0], [1.0, 25.0, 25.0], [2.0, 2.0, 16.0]]
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_known_answer_every_backend(device, backend):
+    x = torch.tensor([[0.0, 0.0], [5.0, 0.0], [9.0, 1.0]], device=device)
+    c = torch.tensor([[0.0, 0.0], [10.0, 0.0], [5.0, 1.0], [10.0, 0.0]], device=device)
+    labels, dist2 = km.assign(x, c, k=3, backend=backend)
+    assert labels.tolist() == [[0, 2, 1], [2, 0, 1], [1, 3, 2]]
+    assert dist2.tolist() == [[0.0, 26.0, 100.0], [1.0, 25.0, 25.0], [2.0, 2.0, 16.0]]
+
+
+# (n, d, K, k): k = 1, k = K (the list holds every center), several center tiles and blocks,
+# odd sizes, d = 1, N = 0.
+SHAPES = [(0, 3, 5, 2), (1, 1, 1, 1), (7, 3, 10, 10), (200, 37, 70, 5), (129, 1, 300, 4), (65, 40, 300, 1)]
+
+
+@pytest.mark.parametrize("n,d,kc,k", SHAPES)
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_random_matches_reference(device, backend, n, d, kc, k):
+    g = torch.Generator().manual_seed(n + 3 * d + 7 * kc + k)
+    x = torch.randn(n, d, generator=g).to(device)
+    c = torch.randn(kc, d, generator=g).to(device)
+    labels, dist2 = km.assign(x, c, k=k, backend=backend)
+    _check_exact(x, c, k, labels, dist2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_dtypes(device, backend, dtype):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(150, 19, generator=g).to(device, dtype)
+    c = torch.randn(33, 19, generator=g).to(device, dtype)
+    labels, dist2 = km.assign(x, c, k=4, backend=backend)
+    _check_exact(x, c, 4, labels, dist2)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_first_column_is_assign(device, backend):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(120, 9, generator=g).to(device)
+    c = torch.randn(20, 9, generator=g).to(device)
+    c[7] = c[3]  # a tie for some rows' nearest
+    x[:5] = c[3]
+    labels, dist2 = km.assign(x, c, k=3, backend=backend)
+    l1, d1 = km.assign(x, c, backend=backend)
+    assert torch.equal(labels[:, 0], l1)
+    torch.testing.assert_close(dist2[:, 0], d1)
+    assert labels[:5, :2].tolist() == [[3, 7]] * 5  # copies: ascending index
+
+
+# More exact ties at the k-th place than the running list has slack (8): every backend must
+# take its exact path and still give the lowest indices.
+@pytest.mark.parametrize("copies", [2, 12])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_exact_ties_go_to_lowest_index(device, backend, copies):
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 11, generator=g)
+    c = torch.cat([base] * copies).to(device)  # center q is base[q % 6]
+    x = torch.cat([torch.randn(60, 11, generator=g), base]).to(device)
+    labels, dist2 = km.assign(x, c, k=3, backend=backend)
+    _check_exact(x, c, 3, labels, dist2)
+    assert labels[60:, 0].tolist() == list(range(6))
+    assert dist2[60:, 0].abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("tied", [6, 24])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_near_ties_are_the_float64_order(device, backend, tied):
+    """`tied` centers 2^-20 apart in one coordinate, the nearest of every row, plus 18 far
+    ones: their distances differ far below what float32 resolves (rel ~1e-8), so the float32
+    order is noise and only the float64 re-check gives the reference's order. 6 tied centers
+    fit the running list's slack (the candidates' re-check decides), 24 do not (exact path)."""
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(1, 16, generator=g, dtype=torch.float64) * 4
+    c = base.repeat(tied, 1)
+    c[:, 0] += torch.randperm(tied, generator=g).double() * 2.0**-20
+    c = torch.cat([c, base + 10 * torch.randn(18, 16, generator=g, dtype=torch.float64)])
+    x = base + torch.randn(90, 16, generator=g, dtype=torch.float64)
+    x, c = x.float(), c.float()
+    srt = distances64(x, c).sort(dim=1).values
+    assert float(((srt[:, 1:4] - srt[:, :3]) / srt[:, :3]).max()) < 1e-6, "the centers are not near-tied"
+    labels, dist2 = km.assign(x.to(device), c.to(device), k=3, backend=backend)
+    _check_exact(x, c, 3, labels, dist2)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_nan_first_and_overflow_exact(device, backend):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(20, 6, generator=g)
+    c = torch.randn(9, 6, generator=g)
+    x[3, 2] = float("nan")  # every distance of row 3 NaN: labels 0, 1, 2
+    c[5, 1] = float("nan")  # every row's distance to center 5 NaN: center 5 first
+    labels, dist2 = km.assign(x.to(device), c.to(device), k=3, backend=backend)
+    _check_exact(x, c, 3, labels, dist2)
+    assert labels[3].tolist() == [0, 1, 2] and labels[0, 0].item() == 5
+    # float32 squares overflow past ~1.8e19: labels stay the float64 order
+    big = torch.randn(30, 4, generator=g) * 3e19
+    cb = torch.randn(7, 4, generator=g) * 3e19
+    labels, dist2 = km.assign(big.to(device), cb.to(device), k=3, backend=backend)
+    _check_exact(big, cb, 3, labels, dist2)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_noncontiguous(device, backend):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(50, 10, generator=g).to(device)
+    c = torch.randn(12, 10, generator=g).to(device)
+    want = km.assign(x, c, k=3, backend=backend)
+    got = km.assign(noncontiguous(x), noncontiguous(c), k=3, backend=backend)
+    assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_gradient_matches_reference(device, backend):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(40, 6, generator=g).to(device).requires_grad_()
+    c = torch.randn(9, 6, generator=g).to(device).requires_grad_()
+    w = torch.randn(40, 3, generator=g).to(device)
+    _, dist2 = km.assign(x, c, k=3, backend=backend)
+    gx, gc = torch.autograd.grad((dist2 * w).sum(), (x, c))
+    xr, cr = x.detach().double().cpu().requires_grad_(), c.detach().double().cpu().requires_grad_()
+    labels, _ = reference.assign_topk(xr.detach(), cr.detach(), 3)
+    want = ((xr[:, None, :] - cr[labels]) ** 2).sum(-1)  # autograd through the formula
+    wx, wc = torch.autograd.grad((want * w.double().cpu()).sum(), (xr, cr))
+    torch.testing.assert_close(gx.double().cpu(), wx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gc.double().cpu(), wc, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gradcheck_float64(backend):
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(15, 5, generator=g, dtype=torch.float64).requires_grad_()
+    c = torch.randn(6, 5, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, c: km.assign(x, c, k=3, backend=backend)[1], (x, c))
+
+
+def test_opcheck():
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(33, 7, generator=g)
+    c = torch.randn(5, 7, generator=g)
+    torch.library.opcheck(torch.ops.kmgan_ext.assign_topk.default, (x, c, 2, "cpu"))
+    xg, cg = x.double().requires_grad_(), c.double().requires_grad_()
+    torch.library.opcheck(torch.ops.kmgan_ext.assign_topk.default, (xg, cg, 2, "cpu"),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_compile_fullgraph():
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(20, 4, generator=g)
+    c = torch.randn(6, 4, generator=g)
+    f = torch.compile(lambda x, c: km.assign(x, c, k=2, backend="cpu"), fullgraph=True, backend="eager")
+    got, want = f(x, c), km.assign(x, c, k=2, backend="cpu")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("k,err,match", [
+    (6, ValueError, r"k must lie in \[1, K\] = \[1, 5\].*got k = 6"),
+    (0, ValueError, r"k must lie in \[1, K\]"),
+    (-1, ValueError, r"k must lie in"),
+    (True, TypeError, r"k must be an int or None, got bool"),
+    (2.0, TypeError, r"k must be an int or None, got float"),
+])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_bad_k_is_named(backend, k, err, match):
+    x, c = torch.randn(4, 3), torch.randn(5, 3)
+    with pytest.raises(err, match=match):
+        km.assign(x, c, k=k, backend=backend)
+
+
+def test_native_op_checks_k():
+    x, c = torch.randn(4, 3), torch.randn(5, 3)
+    with pytest.raises(ValueError, match="k must lie in"):
+        torch.ops.kmgan_ext.assign_topk_native(x, c, 6)
+
+
+def test_k_with_cosine_is_refused():
+    with pytest.raises(NotImplementedError, match="metric='cosine'"):
+        km.assign(torch.randn(4, 3), torch.randn(5, 3), k=2, metric="cosine")
