@@ -158,6 +158,20 @@ KMGAN_AVX2 void panel_dots_f64_avx2(const double* x, int64_t rows, int64_t d, co
     }
   }
 }
+// ||v||^2 as panel_dots forms x . x in one lane (an FMA chain over j in index order), so that
+// a row equal to a center gets (||x||^2 - 2 x.x) + ||x||^2 = 0 exactly, as the torch loop does.
+template <typename T>
+KMGAN_AVX2 T norm2_fma(const T* v, int64_t d) {
+  T s = 0;
+  for (int64_t j = 0; j < d; ++j) s = __builtin_fma(v[j], v[j], s);
+  return s;
+}
+template <>
+KMGAN_AVX2 float norm2_fma<float>(const float* v, int64_t d) {
+  float s = 0;
+  for (int64_t j = 0; j < d; ++j) s = __builtin_fmaf(v[j], v[j], s);
+  return s;
+}
 #undef KMGAN_AVX2
 #endif
 
@@ -191,9 +205,12 @@ void panel_dots(const T* x, int64_t rows, int64_t d, const T* packed, int64_t pa
   panel_dots_portable(x, rows, d, packed, panels, out);
 }
 
-// ||v||^2 in the compute dtype, one fixed order (the same value every time it is asked for).
+// ||v||^2 in the compute dtype with the arithmetic of panel_dots' lanes (see norm2_fma).
 template <typename T>
 T norm2(const T* v, int64_t d) {
+#ifdef KMGAN_KPP_AVX2
+  if (kpp_use_avx2()) return norm2_fma(v, d);
+#endif
   T s = 0;
   for (int64_t j = 0; j < d; ++j) s += v[j] * v[j];
   return s;
