@@ -76,7 +76,7 @@ def test_every_op_ran(tiny_run):
     rows = tiny_run["result"]["rows"]
     ops = {r["op"] for r in rows}
     expected = {"assign", "minibatch_update", "minibatch_step", "center_loss", "assigned_distance",
-                "pairwise_l1", "kmeans_plusplus", "kmeans", "train_step", "kmgan_loss_block",
+                "pairwise_l1", "kmeans_plusplus", "kmeans", "kmeans_lloyd", "train_step", "kmgan_loss_block",
                 "vector_quantizer", "center_loss_layer", "kmeans_fit", "minibatch_kmeans_fit"}
     assert expected <= ops, expected - ops
     crashed = [r for r in rows if r["provider"] == "(benchmark)"]
