@@ -13,7 +13,7 @@ MAX_JOBS ?= $(shell nproc)
 export MAX_JOBS
 SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: test test-wheel demo bench bench-quick gpu-check install data clean mutants
+.PHONY: test test-wheel demo bench bench-quick bench-sweep gpu-check install data clean mutants
 
 $(VENV)/.requirements: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,12 @@ bench: install
 
 bench-quick: install
 	$(PY) bench/run_all.py --quick --out bench/results/quick
+
+# How each op's time grows with N, K and d against its peers (bench/sweep.py); on a GPU:
+# make bench-sweep SWEEP_ARGS="--device cuda --out gpu-run/sweep"
+SWEEP_ARGS ?= --quick --out bench/results/sweep-cpu
+bench-sweep: install
+	$(PY) bench/sweep.py $(SWEEP_ARGS)
 
 # One command for a lent GPU machine: build, full tests, full benchmarks, into $(OUT_DIR).
 OUT_DIR ?= gpu-run

@@ -17,6 +17,15 @@ op kmeans (k-means++ seeding then 20 Lloyd iterations over all rows):
   faiss-default    faiss.Kmeans(niter=20) with faiss's own defaults (random init, a subsample
                    of 256 points per centroid)
   sklearn          sklearn.cluster.KMeans(init="k-means++", n_init=1, max_iter=20, tol=0)
+op kmeans_lloyd (Lloyd alone, the fair comparison of the engines: the SAME initial centers,
+km.kmeans_plusplus(x, K, seed=0), NITER iterations over every row, tol 0, the run's one thread
+setting for all):
+  torch            NITER iterations of cdist argmin + index_add means from those centers
+  kmgan_ext        km.kmeans(x, K, init=c0, niter=NITER, backend="torch"): its own ops
+  kmgan_ext-auto   the same with backend="auto" (faiss below K=32 on CPU, see kmeans.py)
+  faiss            faiss.Kmeans(niter=NITER, max_points_per_centroid=N) from init_centroids=c0
+  sklearn          sklearn.cluster.KMeans(init=c0, n_init=1, max_iter=NITER, tol=0, "lloyd")
+  Check: the inertia of the final centers within 0.1% of scikit-learn's from the same start.
 The roofline counts the least work of any k-means++ (one pass over x per center). The check
 is quality, since seeds differ between libraries (a provider below the bar is still timed,
 and flagged correct=False): k-means++ centers must be rows of x, and the mean inertia (sum of
@@ -87,8 +96,8 @@ def torch_kmeans_plusplus(x, k, seed=0, step=_kpp_step):
     return x[idx]
 
 
-def torch_kmeans(x, k, niter=NITER, seed=0):
-    c = torch_kmeans_plusplus(x, k, seed)
+def torch_kmeans(x, k, niter=NITER, seed=0, init=None):
+    c = torch_kmeans_plusplus(x, k, seed) if init is None else init.clone()
     for _ in range(niter):
         labels = torch.cdist(x, c).argmin(1)
         sums = torch.zeros_like(c).index_add_(0, labels, x)
@@ -156,6 +165,55 @@ def _faiss_kmeans(ctx, x, k, niter, plusplus, seed=0):
         return torch.from_numpy(km.centroids)
 
     return fn
+
+
+def _lloyd_same_init(ctx: H.Ctx, shape: dict, x: torch.Tensor, KMeans) -> list[dict]:
+    """op kmeans_lloyd: every engine from the same initial centers (see the docstring)."""
+    import kmgan_ext as km
+
+    op, k, n = "kmeans_lloyd", shape["K"], shape["N"]
+    c0 = km.kmeans_plusplus(x, k, seed=0)
+    xs, cs = x.cpu().numpy(), c0.cpu().numpy()
+    s = x.element_size()
+    work = H.Work(bytes=NITER * n * shape["d"] * s * 2, flops=NITER * 2.0 * n * k * shape["d"], items=NITER,
+                  item_unit="Lloyd iterations", flop_kind="tf32" if ctx.cuda else "fp32")  # fmt: skip
+    yard = H.Lazy(lambda: inertia(x, torch.from_numpy(KMeans(k, init=cs, n_init=1, max_iter=NITER, tol=0.0, algorithm="lloyd").fit(xs).cluster_centers_)))
+
+    def check(out):
+        got, want = inertia(x, _as_tensor(out)), yard()
+        ok = abs(got / want - 1) <= 1e-3
+        return ok, f"inertia {got:.7g} vs scikit-learn's {want:.7g} from the same start" + ("" if ok else " (> 0.1% off)")
+
+    def faiss_fn():
+        faiss = H.optional_import("faiss", "faiss-cpu / faiss-gpu")
+        gpu = ctx.cuda and faiss.get_num_gpus() > 0
+
+        def fn():
+            f = faiss.Kmeans(shape["d"], k, niter=NITER, max_points_per_centroid=n, min_points_per_centroid=1, gpu=gpu, verbose=False)
+            f.train(xs, init_centroids=cs)
+            return torch.from_numpy(f.centroids)
+        return fn
+
+    def sk_fn():
+        if KMeans is None:
+            raise H.Absent("scikit-learn not installed")
+        if ctx.cuda and n * k * shape["d"] > 1e10:
+            raise H.Skipped("scikit-learn on the host CPU: too slow for the GPU run's budget")
+        return lambda: KMeans(k, init=cs, n_init=1, max_iter=NITER, tol=0.0, algorithm="lloyd").fit(xs).cluster_centers_
+
+    entries = [
+        ("torch", lambda: (lambda: torch_kmeans(x, k, init=c0))),
+        ("kmgan_ext", lambda: (lambda: km.kmeans(x, k, init=c0, niter=NITER, backend="torch"))),
+        ("kmgan_ext-auto", lambda: (lambda: km.kmeans(x, k, init=c0, niter=NITER))),
+        ("faiss", faiss_fn),
+        ("sklearn", sk_fn),
+    ]
+    if KMeans is None:
+        yard = H.Lazy(lambda: inertia(x, torch_kmeans(x, k, init=c0)))
+    rows = []
+    for name, make in entries:
+        rows += H.run_provider(ctx, op, shape, name, make, check, work=work)
+    return rows
 
 
 def run(ctx: H.Ctx) -> list[dict]:
@@ -285,6 +343,7 @@ def run(ctx: H.Ctx) -> list[dict]:
         ]
         for name, seeded in entries:
             rows += run_one(op, name, seeded, LLOYD_RATIO, False, lloyd_yard, lloyd_work)
+        rows += _lloyd_same_init(ctx, shape, x, KMeans)
     H.add_speedups(rows, BASELINE)
     return rows
 

@@ -98,4 +98,7 @@ TORCH_LIBRARY(kmgan_ext, m) {
   m.def((native_name(name) + "(" args + metric_flag(name) + ") -> " ret).c_str());
   KMGAN_EXT_OPS(KMGAN_EXT_DEFINE)
 #undef KMGAN_EXT_DEFINE
+  // Greedy k-means++ (csrc/cpu/kmeans_plusplus_cpu.cpp), a CPU kernel only: km.kmeans_plusplus
+  // picks it by its own `backend` ("cpu"), so there is no routed public op.
+  m.def("kmeans_plusplus_native(Tensor x, Tensor? weights, Tensor u, int first) -> (Tensor, Tensor, Tensor)");
 }

@@ -75,8 +75,9 @@ def test_rows_schema(tiny_run):
 def test_every_op_ran(tiny_run):
     rows = tiny_run["result"]["rows"]
     ops = {r["op"] for r in rows}
-    expected = {"assign", "assign_topk", "soft_assign", "minibatch_update", "minibatch_step", "center_loss", "assigned_distance",
-                "pairwise_l1", "kmeans_plusplus", "kmeans", "train_step", "kmgan_loss_block",
+    expected = {"assign", "assign_topk", "soft_assign", "assign_batched", "minibatch_update", "minibatch_step",
+                "center_loss", "assigned_distance", "pairwise_l1", "kmeans_plusplus", "kmeans", "kmeans_lloyd",
+                "train_step", "kmgan_loss_block",
                 "vector_quantizer", "center_loss_layer", "kmeans_fit", "minibatch_kmeans_fit"}
     assert expected <= ops, expected - ops
     crashed = [r for r in rows if r["provider"] == "(benchmark)"]

@@ -151,3 +151,60 @@ def test_nan_rejected_in_debug_mode():
         assert torch.equal(m.centers, before)
     finally:
         km.set_debug(False)
+
+
+# --------------------------------------------------------------------------- the own-ops engine
+def _lloyd64(x, init, niter):
+    """Lloyd in float64 plain torch, scikit-learn's relocation of empty clusters (the j-th
+    empty cluster takes the j-th farthest row from its center)."""
+    x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    c = torch.as_tensor(np.asarray(init, dtype=np.float64)).clone()
+    k = c.shape[0]
+    for _ in range(niter):
+        d = torch.cdist(x, c) ** 2
+        dist2, labels = d.min(1)
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        new = sums / counts.clamp(min=1)[:, None]
+        far = torch.topk(dist2, k).indices
+        empty = (counts == 0).nonzero().ravel()
+        new[empty] = x[far[: len(empty)]]
+        c = new
+    return c
+
+
+@pytest.mark.parametrize("kind", ["tensor", "numpy"])  # fused minibatch_step_ / chunked ops
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_torch_engine_is_lloyd(kind, dtype):
+    x = _blobs(n=1500, d=7, k=5, seed=11, dtype=dtype)
+    init = x[[0, 1, 2, 3, 4, 5, 6, 7]]
+    want = _lloyd64(x, init, 6)
+    data = torch.from_numpy(x) if kind == "tensor" else x
+    res = km.kmeans(data, 8, init=torch.from_numpy(init), niter=6, backend="torch", chunk_size=400)
+    got = torch.as_tensor(np.asarray(res.centers, dtype=np.float64))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    _check_result(x, res, 8)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "numpy"])
+def test_torch_engine_relocates_empty_clusters_to_the_farthest_rows(kind):
+    x = _blobs(n=600, d=4, k=3, seed=8, dtype=np.float64)
+    init = np.concatenate([x[:3], np.full((2, 4), 1e3)])  # 2 centers far away: empty at once
+    want = _lloyd64(x, init, 1)
+    data = torch.from_numpy(x) if kind == "tensor" else x
+    res = km.kmeans(data, 5, init=torch.from_numpy(init), niter=1, backend="torch")
+    got = torch.as_tensor(np.asarray(res.centers))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert {tuple(r) for r in got[3:].tolist()} <= {tuple(r) for r in x.tolist()}
+
+
+def test_auto_engine_rule(monkeypatch):
+    import importlib
+
+    kmeans_mod = importlib.import_module("kmgan_ext.seeding.kmeans")
+
+    rows = _data.Rows("x", torch.zeros(100, 3))
+    want_small = "faiss" if HAVE_FAISS else "torch"
+    assert kmeans_mod._resolve("auto", rows, kmeans_mod._FAISS_BELOW_K - 1) == want_small
+    assert kmeans_mod._resolve("auto", rows, kmeans_mod._FAISS_BELOW_K) == "torch"

@@ -20,11 +20,22 @@ from testing import DEVICES
 # The module (the package re-exports a function of the same name).
 kpp_mod = importlib.import_module("kmgan_ext.seeding.kmeans_plusplus")
 
-SEEDING_BACKENDS = ["torch"] + (["faiss"] if kpp_mod._data.faiss_module() is not None else [])
+HAVE_CPU_KERNEL = km.available_backends()["cpu"] is None
+SEEDING_BACKENDS = (
+    ["torch"]
+    + (["cpu"] if HAVE_CPU_KERNEL else [])
+    + (["faiss"] if kpp_mod._data.faiss_module() is not None else [])
+)
+# The backends that compute in float64 for float64 data (faiss is float32 only).
+EXACT_BACKENDS = [b for b in SEEDING_BACKENDS if b != "faiss"]
 
 
-def oracle_kmeans_plusplus(x, k, seed, trials=None, weights=None):
-    """Greedy k-means++ as scikit-learn's _kmeans_plusplus, in float64, on our uniforms."""
+def oracle_kmeans_plusplus(x, k, seed, trials=None, weights=None, exact_ties=False):
+    """Greedy k-means++ as scikit-learn's _kmeans_plusplus, in float64, on our uniforms.
+
+    ``exact_ties``: sum each candidate's potential row by row (np.sum), so that duplicate
+    candidates tie exactly and the first wins; scikit-learn's ``d @ w`` (BLAS) can round
+    the rows of its (trials, N) block differently and break such a tie either way."""
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
     trials = trials or 2 + int(math.log(k))
@@ -42,7 +53,7 @@ def oracle_kmeans_plusplus(x, k, seed, trials=None, weights=None):
         cand = np.minimum(np.searchsorted(cum, u[j] * cum[-1]), n - 1)
         d = ((x[None, :, :] - x[cand][:, None, :]) ** 2).sum(-1)  # (trials, N)
         d = np.minimum(d, closest[None, :])
-        best = int(np.argmin(d @ w))
+        best = int(np.argmin((d * w).sum(1) if exact_ties else d @ w))
         idx.append(int(cand[best]))
         closest = d[best]
     return np.array(idx)
@@ -60,21 +71,23 @@ def _integer_grid(n=400, d=6, seed=0):
 
 
 # --------------------------------------------------------------------------- exact answers
-@pytest.mark.parametrize("trials", [None, 1, 3])
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
+@pytest.mark.parametrize("trials", [None, 1, 3, 12])
 @pytest.mark.parametrize("seed", [0, 1, 7])
-def test_matches_oracle_float64(seed, trials):
+def test_matches_oracle_float64(seed, trials, backend):
     x = _gaussian(500, 5, seed=seed)
     _, idx = km.kmeans_plusplus(
-        torch.from_numpy(x), 9, seed=seed, n_local_trials=trials, backend="torch", return_indices=True
+        torch.from_numpy(x), 9, seed=seed, n_local_trials=trials, backend=backend, return_indices=True
     )
     np.testing.assert_array_equal(idx.numpy(), oracle_kmeans_plusplus(x, 9, seed, trials))
 
 
-def test_matches_oracle_weighted():
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
+def test_matches_oracle_weighted(backend):
     x = _gaussian(300, 4, seed=3)
     w = np.random.default_rng(3).uniform(0.0, 3.0, 300)
     w[::7] = 0.0  # zero-weight rows are never picked
-    _, idx = km.kmeans_plusplus(x, 8, seed=5, sample_weight=w, backend="torch", return_indices=True)
+    _, idx = km.kmeans_plusplus(x, 8, seed=5, sample_weight=w, backend=backend, return_indices=True)
     np.testing.assert_array_equal(idx, oracle_kmeans_plusplus(x, 8, 5, weights=w))
     assert (w[idx] > 0).all()
 
@@ -94,11 +107,12 @@ def test_float32_backends_exact_on_integer_data(backend, trials):
 def test_chunking_and_second_pass_do_not_change_the_answer(chunk_size, monkeypatch):
     x = _gaussian(257, 3, seed=2)
     want = oracle_kmeans_plusplus(x, 6, 4)
-    _, idx = km.kmeans_plusplus(x, 6, seed=4, chunk_size=chunk_size, return_indices=True)
+    kw = dict(seed=4, chunk_size=chunk_size, backend="torch", return_indices=True)  # chunks: torch's
+    _, idx = km.kmeans_plusplus(x, 6, **kw)
     np.testing.assert_array_equal(idx, want)
     # Past the memory budget for the (N, trials) block, the chosen column is recomputed.
     monkeypatch.setattr(kpp_mod, "_KEEP_BYTES", 0)
-    _, idx = km.kmeans_plusplus(x, 6, seed=4, chunk_size=chunk_size, return_indices=True)
+    _, idx = km.kmeans_plusplus(x, 6, **kw)
     np.testing.assert_array_equal(idx, want)
 
 

@@ -10,10 +10,20 @@ from torch import Tensor
 from .. import _optional
 from .._checks import metric as check_metric
 from ..assign import assign
+from ..minibatch_update import minibatch_step_, minibatch_update_
 from . import _data
 from .kmeans_plusplus import kmeans_plusplus, unit
 
 BACKENDS = ("auto", "faiss", "torch")
+
+# backend="auto" on CPU data: faiss.Kmeans below this many clusters, kmgan_ext's own ops from
+# it on. Measured (/tmp/h6_lloyd.py, branch h6-seeding-perf: the same initial centers, 20
+# iterations over all rows, one thread each, CPU time at load ~18 on the 2-core machine):
+#   N=70,000 d=100: K=10 faiss 67 ms vs 261 ms; K=32 407 vs 311; K=64 504 vs 410;
+#   K=100 688 vs 597.   N=200,000 d=32 K=32: 605 vs 415.
+# faiss wins only at the smallest K, where km.assign's kernel is not yet at the bandwidth
+# (issue 15 item 3): revisit with bench/bench_kmeans_plusplus.py's kmeans_lloyd rows when it is.
+_FAISS_BELOW_K = 32
 
 
 class KMeansResult(NamedTuple):
@@ -25,13 +35,15 @@ class KMeansResult(NamedTuple):
     inertia: float
 
 
-def _resolve(backend: str, rows: _data.Rows) -> str:
+def _resolve(backend: str, rows: _data.Rows, k: int) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     faiss = _data.faiss_module()
     faiss_gpus = faiss.get_num_gpus() if faiss is not None else 0
     usable = faiss is not None and (rows.device.type == "cpu" or faiss_gpus > 0)
     if backend == "auto":
+        if rows.device.type == "cpu":
+            return "faiss" if usable and k < _FAISS_BELOW_K else "torch"
         return "faiss" if usable else "torch"
     if backend == "faiss" and not usable:
         if faiss is None:
@@ -71,35 +83,77 @@ def _initial_centers(init, rows: _data.Rows, k, seed, n_local_trials, chunk_size
     return c
 
 
-def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int,
-                 metric: str = "euclidean") -> Tensor:
-    """Lloyd's iterations with km.assign and float64 segment sums on the device.
+def _whole(rows: _data.Rows) -> Tensor | None:
+    """x itself when one op can read it whole (a contiguous compute-dtype tensor), else None."""
+    x = rows.x
+    if rows.is_numpy or x.dtype != rows.compute_dtype or not x.is_contiguous():
+        return None
+    return x
+
+
+def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> Tensor:
+    """Lloyd's iterations on kmgan_ext's own ops, on x's device.
+
+    An iteration is one km.minibatch_step_ (assign + update fused; from zero counts the
+    Sculley update is the mean of the rows assigned, from float64 segment sums) when x can be
+    read whole on CPU, else per chunk km.assign against the iteration's centers and
+    km.minibatch_update_ into the new ones (from zero counts, chunk after chunk, the running
+    mean of every row assigned). Both are deterministic (fixed-order sums), run to run.
 
     A cluster left empty takes the row farthest from its center (the j-th empty cluster the
-    j-th farthest row, as scikit-learn relocates), so no center is ever NaN; done with
-    device ops (topk + where), no host sync. metric="cosine" (spherical k-means, Dhillon &
-    Modha 2001): the sums are of the normalised rows (chunk by chunk), every center is
-    renormalised to unit length, and a moved row is normalised.
+    j-th farthest row, as scikit-learn relocates), so no center is ever NaN. On CUDA that is
+    done with device ops (topk + where) every iteration, no host sync; on CPU only in the
+    iterations that leave a cluster empty (the distances come from one more km.assign then).
+    """
+    k, dev = centers.shape[0], rows.device
+    whole = _whole(rows) if dev.type == "cpu" else None
+    for _ in range(niter):
+        new = centers.clone()
+        counts = torch.zeros(k, dtype=torch.int64, device=dev)
+        dist2 = None
+        if whole is not None:
+            minibatch_step_(new, counts, whole, deterministic=True)
+        else:
+            dist2 = torch.empty(rows.n, dtype=torch.float64, device=dev)
+            for s, ch in rows.chunks(chunk):
+                labels, d2 = assign(ch, centers)
+                minibatch_update_(new, counts, ch, labels, deterministic=True)
+                dist2[s : s + ch.shape[0]] = d2
+        empty = counts == 0
+        if dev.type == "cpu" and not bool(empty.any()):
+            centers = new
+            continue
+        if dist2 is None:
+            dist2 = assign(whole, centers)[1]
+        far = torch.topk(dist2, k).indices
+        rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
+        moved = rows.take(far.index_select(0, rank))
+        centers = torch.where(empty[:, None], moved, new)
+    return centers
+
+
+def _lloyd_cosine(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> Tensor:
+    """Spherical k-means (Dhillon & Modha 2001) with km.assign and float64 segment sums on the
+    device: the sums are of the normalised rows (chunk by chunk), every center is renormalised
+    to unit length, and a moved row is normalised. A cluster left empty takes the row
+    farthest from its center (as _lloyd_torch); device ops (topk + where), no host sync.
     """
     k, n = centers.shape[0], rows.n
     acc = torch.float64
-    cosine = metric == "cosine"
     for _ in range(niter):
         sums = torch.zeros(k, rows.d, dtype=acc, device=rows.device)
         counts = torch.zeros(k, dtype=torch.int64, device=rows.device)
         dist2 = torch.empty(n, dtype=acc, device=rows.device)
         for s, ch in rows.chunks(chunk):
-            labels, d2 = assign(ch, centers, metric=metric)
-            sums.index_add_(0, labels, unit(ch.to(acc)) if cosine else ch.to(acc))
+            labels, d2 = assign(ch, centers, metric="cosine")
+            sums.index_add_(0, labels, unit(ch.to(acc)))
             counts += torch.bincount(labels, minlength=k)
             dist2[s : s + ch.shape[0]] = d2
         empty = counts == 0
         far = torch.topk(dist2, k).indices
         rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
-        moved = rows.take(far.index_select(0, rank))
-        means = sums / counts.clamp(min=1)[:, None]
-        if cosine:
-            moved, means = unit(moved), unit(means)
+        moved = unit(rows.take(far.index_select(0, rank)))
+        means = unit(sums / counts.clamp(min=1)[:, None])
         centers = torch.where(empty[:, None], moved, means.to(rows.compute_dtype))
     return centers
 
@@ -170,10 +224,14 @@ def kmeans(
         subsample: None trains on every row. An int m < N trains (and seeds) on m rows drawn
             at random; labels and inertia still cover every row. Unlike ``faiss.Kmeans``'s
             default, no subsampling ever happens unless asked for here.
-        backend: "auto" = "faiss" when faiss is importable and can reach x (CPU data, or a
-            faiss build that sees a GPU), else "torch"; "faiss" = ``faiss.Kmeans`` (its GPU
-            implementation when faiss sees a GPU; data are copied to host float32); "torch"
-            = km.assign + float64 segment sums on x's device.
+        backend: "auto": on CPU data "faiss" for k < 32 when faiss is importable (measured
+            faster there; see ``_FAISS_BELOW_K``), else "torch"; on a GPU "faiss" when a
+            faiss build sees the GPU, else "torch". "faiss" = ``faiss.Kmeans`` (its GPU
+            implementation when faiss sees a GPU; data are copied to host float32);
+            "torch" = kmgan_ext's own ops on x's device: per iteration one fused
+            km.minibatch_step_ (assign + mean from float64 segment sums) when x is a
+            contiguous float32/float64 CPU tensor, else km.assign + km.minibatch_update_
+            per chunk.
         n_local_trials, chunk_size, num_threads: as in :func:`kmeans_plusplus` (chunk_size
             also sets the rows per km.assign call; num_threads also holds for Lloyd's
             iterations, torch's and faiss's).
@@ -204,7 +262,7 @@ def kmeans(
     cosine = check_metric(metric)
     if cosine and backend == "faiss":
         raise ValueError("metric='cosine' runs on backend 'torch' (or 'auto'), not 'faiss'")
-    backend = "torch" if cosine else _resolve(backend, rows)
+    backend = "torch" if cosine else _resolve(backend, rows, k)
     # Lloyd reads the data niter times: one more pass to reject NaN/Inf is cheap, and without
     # it faiss raises from C++ and the torch engine returns NaN centers.
     rows.check_finite(always=True)
@@ -226,7 +284,9 @@ def kmeans(
         if niter > 0:
             if backend == "faiss":
                 centers = _lloyd_faiss(train, centers, niter, seed)
+            elif cosine:
+                centers = _lloyd_cosine(train, centers, niter, chunk)
             else:
-                centers = _lloyd_torch(train, centers, niter, chunk, metric)
+                centers = _lloyd_torch(train, centers, niter, chunk)
         labels, inertia = _assign_all(rows, centers, chunk, metric)
     return KMeansResult(rows.like_x(centers), rows.index_like_x(labels), inertia)

@@ -12,6 +12,12 @@ Both backends run the same loop on the same random numbers, and differ only in w
   device tensor of uniforms drawn up front, the best candidate an argmin on the device, and
   the chosen index written into a device tensor: the loop never waits on the host, so on a
   GPU k centers cost k rounds of kernel launches and no synchronisation.
+* ``"cpu"``: the whole loop in one C++ kernel (csrc/cpu/kmeans_plusplus_cpu.cpp) for
+  float32/float64 data in host memory: one pass over x per center (the chosen candidate of
+  center j is folded into the running minimum in the pass that evaluates center j + 1's
+  candidates), float64 potentials, no (N, trials) block. The same draws as "torch": it forms
+  the same matmul-form distances and draws from the same cumulative sums, up to the order of
+  rounding (see that file).
 * ``"faiss"``: ``faiss.pairwise_L2sqr`` (BLAS) on CPU, or faiss-gpu's pairwise distances when
   faiss sees a GPU (``faiss.get_num_gpus() > 0``: one code path for both builds).
 """
@@ -24,10 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import _optional
+from .. import _dispatch, _optional
 from . import _data
 
-BACKENDS = ("auto", "torch", "faiss")
+BACKENDS = ("auto", "torch", "cpu", "faiss")
 
 # The (N, trials) block of each candidate's new distances is kept whole when it fits in this
 # many bytes (then the chosen candidate's column becomes the running minimum with no second
@@ -84,9 +90,34 @@ def _loop_settings(rows: _data.Rows, num_threads: int | None, backend: str):
         yield
 
 
+def _cpu_kernel_why_not(rows: _data.Rows) -> str | None:
+    """None when the C++ loop can read x as it is, else why not."""
+    if rows.device.type != "cpu":
+        return f"x is on {rows.device}; the 'cpu' kernel reads host memory"
+    dtype = rows.x.dtype if not rows.is_numpy else torch.from_numpy(np.empty(0, rows.x.dtype)).dtype
+    if dtype not in (torch.float32, torch.float64):
+        return f"x is {dtype}; the 'cpu' kernel reads float32 or float64 rows"
+    err = _dispatch._load_native()
+    if err is not None:
+        return err
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("kmgan_ext::kmeans_plusplus_native", "CPU"):
+        return "kmgan_ext._C has no kmeans_plusplus kernel (an old build); reinstall"
+    return None
+
+
+def _contiguous(rows: _data.Rows) -> bool:
+    x = rows.x
+    return x.flags.c_contiguous if rows.is_numpy else x.is_contiguous()
+
+
 def resolve_backend(backend: str, rows: _data.Rows) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "cpu":
+        why = _cpu_kernel_why_not(rows)
+        if why is not None:
+            raise ValueError(f"backend 'cpu' cannot seed this x: {why}; use backend='torch'")
+        return "cpu"
     faiss = _data.faiss_module()
     if backend == "faiss":
         if faiss is None:
@@ -98,9 +129,13 @@ def resolve_backend(backend: str, rows: _data.Rows) -> str:
             )
         return "faiss"
     if backend == "auto":
-        # CUDA tensors stay on their device. On CPU the torch loop beat the faiss one at
-        # N=70,000, d=100 (2-core CI machine, best of 5): K=10 0.13 s vs 0.22 s, K=100
-        # 2.25 s vs 2.81 s (scikit-learn's kmeans_plusplus: 0.40 s and 5.3 s on float64).
+        # CUDA tensors stay on their device. On CPU the C++ loop for float32/float64 rows laid
+        # out contiguously (a strided view or a half-precision x would need a whole copy: the
+        # torch loop converts it chunk by chunk instead). The torch loop had beaten the faiss
+        # one at N=70,000, d=100 (2-core CI machine, best of 5): K=10 0.13 s vs 0.22 s, K=100
+        # 2.25 s vs 2.81 s.
+        if _cpu_kernel_why_not(rows) is None and _contiguous(rows):
+            return "cpu"
         return "torch"
     return backend
 
@@ -145,6 +180,8 @@ def greedy_kmeans_plusplus(
     ``u`` is :func:`uniforms`' (k, trials) array; ``weights`` (N,) non-negative, in the
     compute dtype on rows.device, or None for unit weights.
     """
+    if backend == "cpu":
+        return _greedy_cpu(rows, u, weights)
     n, dev, cdt = rows.n, rows.device, rows.compute_dtype
     if backend == "faiss":
         block = _faiss_block(_data.faiss_module())
@@ -154,11 +191,7 @@ def greedy_kmeans_plusplus(
     u = u.to(dev)
 
     # First center: uniform over rows (proportional to the weights when given).
-    if weights is None:
-        first = (u[0, :1] * n).to(torch.int64).clamp_(max=n - 1)
-    else:
-        cw = torch.cumsum(weights, 0, dtype=torch.float64)
-        first = torch.searchsorted(cw, u[0, :1] * cw[-1]).clamp_(max=n - 1)
+    first = _first_index(n, u, weights)
     indices = torch.empty(k, dtype=torch.int64, device=dev)
     indices[:1] = first
 
@@ -215,6 +248,26 @@ def greedy_kmeans_plusplus(
     return indices, p.sum(dtype=torch.float64)
 
 
+def _first_index(n: int, u: Tensor, weights: Tensor | None) -> Tensor:
+    """The first center: uniform over rows, or proportional to the weights (u[0, 0])."""
+    if weights is None:
+        return (u[0, :1] * n).to(torch.int64).clamp_(max=n - 1)
+    cw = torch.cumsum(weights, 0, dtype=torch.float64)
+    return torch.searchsorted(cw, u[0, :1].to(cw.device) * cw[-1]).clamp_(max=n - 1)
+
+
+def _greedy_cpu(rows: _data.Rows, u: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The C++ loop: x read in place (a numpy array or memmap without a copy; a strided
+    tensor is copied once)."""
+    x = _data._from_numpy(rows.x) if rows.is_numpy else rows.x
+    x = x.contiguous()
+    first = int(_first_index(rows.n, u, weights))
+    indices, potential, finite = torch.ops.kmgan_ext.kmeans_plusplus_native(x, weights, u, first)
+    if not bool(finite):
+        raise ValueError(f"{rows.name} contains NaN or Inf")
+    return indices, potential
+
+
 def kmeans_plusplus(
     x: Tensor | np.ndarray,
     k: int,
@@ -251,9 +304,12 @@ def kmeans_plusplus(
         seed: the same seed gives the same centers (the random numbers are drawn on the CPU,
             so both backends and every device consume the same ones).
         sample_weight: optional (N,) non-negative weights (as scikit-learn's).
-        backend: "auto" (= "torch": it measured faster than faiss on CPU too),
-            "torch" (device-side loop, no host sync per center) or "faiss" (host data only;
-            faiss-gpu's distances when faiss sees a GPU).
+        backend: "auto" ("cpu" for contiguous float32/float64 data in host memory, else
+            "torch"), "cpu" (the C++ loop: one pass over x per center; float32/float64 host
+            data, a strided tensor is copied once), "torch" (device-side loop, no host sync
+            per center) or "faiss" (host data only; faiss-gpu's distances when faiss sees a
+            GPU). "cpu" and "torch" make the same draws (the same centers for a seed, up to
+            float64 rounding of the cumulative sums).
         chunk_size: rows per chunk; None bounds the temporaries of a chunk by 256 MiB on CPU
             and 512 MiB on a GPU.
         num_threads: CPU threads of the loop (torch's intra-op threads, and faiss's OpenMP
@@ -280,14 +336,22 @@ def kmeans_plusplus(
     seed = _data.check_seed(seed)
     chunk_size = _data.check_positive_int("chunk_size", chunk_size, allow_none=True)
     num_threads = _data.check_positive_int("num_threads", num_threads, allow_none=True)
+    cosine = _metric_is_cosine(metric)
+    asked = backend
     backend = resolve_backend(backend, rows)
+    if cosine and backend == "cpu":
+        # The C++ loop reads x's rows as they are; the sphere's rows are normalised chunk by
+        # chunk by the torch loop (UnitRows).
+        if asked == "cpu":
+            raise ValueError("metric='cosine' runs on backend 'torch' (or 'auto'), not 'cpu'")
+        backend = "torch"
     if backend == "faiss":
         rows.compute_dtype = torch.float32  # faiss computes in float32 only
     weights = None
     if sample_weight is not None:
         weights = check_weights(sample_weight, rows)
     u = uniforms(seed, k, trials)
-    sampled = UnitRows(rows) if _metric_is_cosine(metric) else rows
+    sampled = UnitRows(rows) if cosine else rows
     with _loop_settings(rows, num_threads, backend):
         indices, _ = greedy_kmeans_plusplus(
             sampled, k, trials, u, weights=weights, chunk_size=chunk_size, backend=backend

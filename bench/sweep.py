@@ -1,0 +1,404 @@
+"""Scaling sweep: how each op's time grows with N, K and d, against its peers and the roofline.
+
+    python bench/sweep.py --quick --out bench/results/sweep-cpu    # this CPU, minutes
+    python bench/sweep.py --device cuda --out /tmp/sweep-gpu       # a lent GPU
+    python bench/sweep.py --tiny --out /tmp/s                      # seconds (tests/test_bench_sweep.py)
+    make bench-sweep
+
+The grid is sparse: one factor at a time around a centre point (N, K, d) = (10^5, 100, 128),
+N over 10^4..10^6, K over 10..4,096, d over 32..512 (--quick: fewer and smaller points).
+Cells whose least work would take longer than --cell-s at the roofline (or a provider's
+estimate, for the slow peers) are written as skipped rows with the reason, never dropped.
+
+Providers per op (peers where they exist; absent ones are rows saying why):
+  assign             kmgan_ext (km.assign), torch (matmul form + min), faiss IndexFlatL2 k=1
+  minibatch_update   kmgan_ext fast and deterministic, torch (index_add_ + bincount + Sculley)
+  assigned_distance  kmgan_ext "mean" forward+backward, torch autograd of the same formula
+  center_loss        kmgan_ext (Eq. 4) forward+backward, torch autograd of Eq. 4 in float32
+  kmeans_plusplus    kmgan_ext (km.kmeans_plusplus), scikit-learn kmeans_plusplus
+  kmeans             the same initial centers and NITER Lloyd iterations over every row:
+                     kmgan_ext (km.kmeans backend "torch"), faiss (km.kmeans backend "faiss":
+                     faiss.Kmeans without subsampling), scikit-learn KMeans(n_init=1, lloyd)
+
+Each provider's first call is checked against the torch provider (labels equal except at
+float32 near-ties, values within float32 tolerance; seeding and Lloyd: inertia within 1e-3
+for the same init, and seeding centers are rows of x), and a wrong answer is not timed.
+Timing, thread settings and the roofline (measured copy bandwidth and sgemm rate on CPU,
+datasheet peaks on a known GPU) come from the bench harness (_timing.py, _roofline.py).
+Written: results.json (run metadata, load average at start and end, rows with the work
+model: flops, bytes, and pct_of_roofline), and one <op>.png per op: time against work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import _harness as H  # noqa: E402
+from _timing import measure  # noqa: E402
+
+OPS = ("assign", "minibatch_update", "assigned_distance", "center_loss", "kmeans_plusplus", "kmeans")
+NITER = 5  # Lloyd iterations of the kmeans cells (the sweep is about growth, not totals)
+
+
+def grid(size: str) -> list[dict]:
+    """One factor at a time around a centre point."""
+    if size == "tiny":
+        centre, ns, ks, ds = dict(N=2000, K=8, d=16), [500, 2000], [4, 8], [16]
+    elif size == "quick":
+        centre, ns, ks, ds = dict(N=100_000, K=100, d=128), [10_000, 100_000, 1_000_000], [10, 100, 1024, 4096], [32, 128, 512]
+    else:
+        centre, ns, ks, ds = dict(N=100_000, K=100, d=128), [10_000, 30_000, 100_000, 300_000, 1_000_000], [10, 32, 100, 320, 1024, 4096], [32, 64, 128, 256, 512]
+    shapes = [dict(centre, N=n) for n in ns] + [dict(centre, K=k) for k in ks] + [dict(centre, d=d) for d in ds]
+    out, seen = [], set()
+    for s in shapes:
+        key = (s["N"], s["K"], s["d"])
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
+
+
+def work(op: str, n: int, k: int, d: int, e: int) -> H.Work:
+    """The least bytes and flops of one call (e = element size)."""
+    trials = 2 + int(math.log(k))
+    if op == "assign":
+        return H.Work(bytes=n * d * e + k * d * e + n * 12, flops=2.0 * n * k * d)
+    if op == "minibatch_update":
+        return H.Work(bytes=n * d * e + n * 8 + 2 * k * d * e, flops=float(n * d))
+    if op == "assigned_distance":  # forward reads x, backward reads x and writes grad x
+        return H.Work(bytes=3 * n * d * e + n * 8, flops=6.0 * n * d)
+    if op == "center_loss":  # real and fake sides of N rows each, forward + backward
+        return H.Work(bytes=2 * 3 * n * d * e + 2 * n * 8, flops=4.0 * n * d)
+    if op == "kmeans_plusplus":  # one pass over x per center, the candidates' distances
+        return H.Work(bytes=float(k) * n * d * e, flops=2.0 * n * d * k * trials)
+    if op == "kmeans":  # NITER assign + update passes, and the final assignment
+        return H.Work(bytes=(NITER * 2 + 1) * n * d * e, flops=(NITER + 1) * 2.0 * n * k * d)
+    raise ValueError(op)
+
+
+# Providers known to take far longer than the roofline: an estimated rate (flop/s) used only
+# to skip cells that would not finish within --cell-s.
+_SLOW_RATE = {("kmeans_plusplus", "sklearn"): 5e9, ("kmeans", "sklearn"): 1e10, ("assign", "sklearn"): 3e9}
+
+
+def _data(n, d, k, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    means = 4.0 * torch.randn(min(k, 64), d, generator=g)
+    x = means[torch.randint(len(means), (n,), generator=g)] + torch.randn(n, d, generator=g)
+    c = x[torch.randperm(n, generator=g)[:k]].clone()
+    return x.to(device), c.to(device)
+
+
+def _inertia(x, c):
+    import kmgan_ext as km
+
+    return float(km.assign(x, c.to(x.dtype))[1].double().sum())
+
+
+def providers(op: str, x: torch.Tensor, c: torch.Tensor, ctx: H.Ctx):
+    """[(name, fn or None, why absent)], the reference ("torch") first."""
+    import kmgan_ext as km
+
+    n, d = x.shape
+    k = c.shape[0]
+    dev = x.device
+    out = []
+    if op == "assign":
+        def naive():
+            dist = (x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)
+            return dist.min(1)
+        out.append(("torch", naive, None))
+        out.append(("kmgan_ext", lambda: km.assign(x, c), None))
+        try:
+            faiss = H.optional_import("faiss", "faiss-cpu")
+            xs, cs = x.cpu().numpy(), c.cpu().numpy()
+            index = faiss.IndexFlatL2(d)
+            index.add(cs)
+
+            def fa():
+                dd, ii = index.search(xs, 1)
+                return torch.from_numpy(dd[:, 0]), torch.from_numpy(ii[:, 0])
+            out.append(("faiss", fa, None))
+        except H.Absent as e:
+            out.append(("faiss", None, str(e)))
+    elif op == "minibatch_update":
+        labels = km.assign(x, c)[0]
+
+        def naive():
+            cc, cnt = c.clone(), torch.zeros(k, dtype=torch.int64, device=dev)
+            m = torch.bincount(labels, minlength=k)
+            s = torch.zeros_like(cc).index_add_(0, labels, x)
+            cnt += m
+            upd = (s - m[:, None] * cc) / cnt.clamp(min=1)[:, None]
+            return torch.where((m > 0)[:, None], cc + upd, cc)
+
+        def ours(det):
+            def f():
+                cc, cnt = c.clone(), torch.zeros(k, dtype=torch.int64, device=dev)
+                km.minibatch_update_(cc, cnt, x, labels, deterministic=det)
+                return cc
+            return f
+        out += [("torch", naive, None), ("kmgan_ext", ours(False), None), ("kmgan_ext-deterministic", ours(True), None)]
+    elif op == "assigned_distance":
+        labels = km.assign(x, c)[0]
+        xg = x.clone().requires_grad_(True)
+
+        def naive():
+            v = (xg - c[labels]).norm(dim=1).mean()
+            (g,) = torch.autograd.grad(v, xg)
+            return v.detach(), g
+
+        def ours():
+            v = km.assigned_distance(xg, labels, c, "mean")
+            (g,) = torch.autograd.grad(v, xg)
+            return v.detach(), g
+        out += [("torch", naive, None), ("kmgan_ext", ours, None)]
+    elif op == "center_loss":
+        labels = km.assign(x, c)[0]
+        xf = x.flip(0).contiguous()
+        lf = labels.flip(0).contiguous()
+        cf = c.flip(0).contiguous()
+        xr_g, xf_g = x.clone().requires_grad_(True), xf.clone().requires_grad_(True)
+
+        def eq4(xr, lr, cr, xf_, lf_, cf_):
+            def u(xx, ll, cc):
+                s = torch.zeros_like(cc).index_add(0, ll, xx)
+                m = torch.bincount(ll, minlength=cc.shape[0]).to(xx.dtype)
+                return ((cc + s) / (1 + m)[:, None]).sum(0)
+            return (u(xr, lr, cr) - u(xf_, lf_, cf_)).abs().sum()
+
+        def naive():
+            v = eq4(xr_g, labels, c, xf_g, lf, cf)
+            return (v.detach(), *torch.autograd.grad(v, (xr_g, xf_g)))
+
+        def ours():
+            v = km.kmgan_center_loss(xr_g, labels, c, xf_g, lf, cf)
+            return (v.detach(), *torch.autograd.grad(v, (xr_g, xf_g)))
+        out += [("torch", naive, None), ("kmgan_ext", ours, None)]
+    elif op == "kmeans_plusplus":
+        out.append(("kmgan_ext", lambda: km.kmeans_plusplus(x, k, seed=0), None))
+        try:
+            from sklearn.cluster import kmeans_plusplus
+            xs = x.cpu().numpy()
+            out.append(("sklearn", lambda: torch.from_numpy(kmeans_plusplus(xs, k, random_state=0)[0]), None))
+        except ImportError:
+            out.append(("sklearn", None, "scikit-learn not installed"))
+    elif op == "kmeans":
+        out.append(("kmgan_ext", lambda: km.kmeans(x, k, init=c, niter=NITER, backend="torch").centers, None))
+        from kmgan_ext.seeding import _data as sdata
+
+        faiss = sdata.faiss_module()
+        if faiss is not None and (dev.type == "cpu" or faiss.get_num_gpus() > 0):
+            out.append(("faiss", lambda: km.kmeans(x, k, init=c, niter=NITER, backend="faiss").centers, None))
+        else:
+            out.append(("faiss", None, "faiss not installed" if faiss is None else "faiss sees no GPU"))
+        try:
+            from sklearn.cluster import KMeans
+            xs, cs = x.cpu().numpy(), c.cpu().numpy()
+
+            def sk():
+                km_ = KMeans(k, init=cs, n_init=1, max_iter=NITER, tol=0.0, algorithm="lloyd")
+                return torch.from_numpy(km_.fit(xs).cluster_centers_)
+            out.append(("sklearn", sk, None))
+        except ImportError:
+            out.append(("sklearn", None, "scikit-learn not installed"))
+    return out
+
+
+def check(op, got, want, x, c) -> tuple[bool, str]:
+    """The provider's first answer against the reference provider's (or a bar where the
+    peers' answers legitimately differ)."""
+    if op == "assign":
+        # (values, indices) for torch and faiss, (labels, dist2) for km.assign
+        d2 = (got[1] if got[1].is_floating_point() else got[0]).to(x.device, torch.float64)
+        w2 = want[0].double()
+        scale = float((x * x).sum(1).max()) + float((c * c).sum(1).max())
+        ok = bool(torch.allclose(d2.clamp(min=0), w2.clamp(min=0), rtol=1e-4, atol=1e-5 * scale))
+        return ok, "dist2 within float32 tolerance of the matmul form's" if ok else "dist2 differ"
+    if op == "kmeans_plusplus":
+        g = torch.as_tensor(np.asarray(got)).to(x.device, x.dtype)
+        rows = H.nearest64(g, x)[1] if hasattr(H, "nearest64") else None
+        ok = rows is None or bool((rows == 0).all())
+        return ok, "centers are rows of x" if ok else "centers are not rows of x"
+    if op == "kmeans":
+        gi, wi = _inertia(x, torch.as_tensor(np.asarray(got)).to(x.device)), _inertia(x, torch.as_tensor(np.asarray(want)).to(x.device))
+        ok = abs(gi / wi - 1) <= 1e-3
+        return ok, f"inertia {gi:.6g} vs kmgan_ext's {wi:.6g} (same init, {NITER} iterations)"
+    gs = got if isinstance(got, tuple) else (got,)
+    ws = want if isinstance(want, tuple) else (want,)
+    for i, (a, b) in enumerate(zip(gs, ws)):
+        a, b = a.double(), b.double()
+        scale = float(b.abs().max()) if b.numel() else 1.0
+        close = torch.isclose(a, b, rtol=1e-4, atol=1e-4 * scale + 1e-7)
+        # center_loss's gradient is sign(u - u_hat) / (1 + n): a component of u - u_hat
+        # within float32 torch's own rounding of 0 may take either sign, so up to 1% of the
+        # gradient's elements may differ there (the value itself must agree).
+        bad = float((~close).double().mean()) if close.numel() else 0.0
+        if bad > (0.01 if op == "center_loss" and i > 0 else 0.0):
+            return False, f"output {i}: {bad:.2%} of elements differ, max {float((a - b).abs().max()):.3g} (scale {scale:.3g})"
+    return True, "values and gradients within float32 tolerance of torch's"
+
+
+def run_cell(op: str, shape: dict, ctx: H.Ctx, cell_s: float) -> list[dict]:
+    n, k, d = shape["N"], shape["K"], shape["d"]
+    w = work(op, n, k, d, 4)
+    bound_ms, _ = ctx.roof.bound(w.bytes, w.flops, w.flop_kind)
+    rows = []
+    if bound_ms / 1e3 * 5 > cell_s:
+        for name in ("(all)",):
+            r = H.empty_row(op, shape, name, "full")
+            r["skipped"] = f"least work {bound_ms / 1e3:.2g} s at the roofline, x5 > --cell-s {cell_s}"
+            rows.append(r)
+        return rows
+    x, c = _data(n, d, k, ctx.device)
+    ref_key = "kmgan_ext" if op in ("kmeans", "kmeans_plusplus") else "torch"
+    want = None
+    for name, fn, why in providers(op, x, c, ctx):
+        r = H.empty_row(op, shape, name, "full")
+        r.update(flops=w.flops, bytes=w.bytes)
+        rows.append(r)
+        if fn is None:
+            r["absent"] = why
+            continue
+        rate = _SLOW_RATE.get((op, name))
+        if rate and w.flops / rate > cell_s:
+            r["skipped"] = f"estimated {w.flops / rate:.2g} s at {rate:.2g} flop/s > --cell-s {cell_s}"
+            continue
+        if ctx.time_left() <= 0:
+            r["skipped"] = "out of the run's budget"
+            continue
+        try:
+            t0 = time.perf_counter()
+            out = fn()
+            ctx.sync()
+            slow = time.perf_counter() - t0 > 0.2
+            if name == ref_key:
+                want = out
+                r["correct"], r["check"] = True, "the reference of this cell"
+            elif want is None:
+                r["correct"], r["check"] = False, "no reference answer to check against"
+            else:
+                r["correct"], r["check"] = check(op, out, want, x, c)
+            if not r["correct"]:
+                continue
+            t = measure(fn, ctx, warm=slow)
+            r.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, runs=t.runs)
+            b_ms, what = ctx.roof.bound(w.bytes, w.flops, w.flop_kind)
+            r["roofline"] = what
+            r["pct_of_roofline"] = round(100.0 * b_ms / t.median_ms, 2) if t.median_ms else None
+            r["gflops"] = w.flops / t.median_ms / 1e6
+            r["gbps"] = w.bytes / t.median_ms / 1e6
+        except Exception as e:  # one provider's failure is a row, not a crashed sweep
+            r["error"] = f"{type(e).__name__}: {e}"[:300]
+    return rows
+
+
+def plot(result: dict, op: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["op"] == op and r.get("median_ms")]
+    if not rows:
+        return
+    bandwidth_op = op in ("minibatch_update", "assigned_distance", "center_loss")
+    key, unit = ("bytes", "bytes moved (least)") if bandwidth_op else ("flops", "flops (least)")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for prov in dict.fromkeys(r["provider"] for r in rows):
+        pts = sorted((r[key], r["median_ms"], r["p20_ms"], r["p80_ms"]) for r in rows if r["provider"] == prov)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, lw=1, capsize=2, label=prov, linestyle="none")
+    roof = result["roofline"]
+    xs = sorted({r[key] for r in rows})
+    if roof and xs:
+        from _roofline import Roofline
+
+        rl = Roofline(**roof)
+        lim = [rl.bound(r["bytes"], r["flops"], "fp32")[0] for r in sorted(rows, key=lambda r: r[key])]
+        ax.plot(sorted(r[key] for r in rows), lim, "k:", lw=1, label="roofline (least work)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(unit)
+    ax.set_ylabel("median time (ms)")
+    ax.set_title(f"{op}: time against work ({result['device']['name']}, load {result.get('load_avg_start')})", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true")
+    size.add_argument("--tiny", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None)
+    p.add_argument("--ops", default=",".join(OPS))
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cell-s", type=float, default=None, help="skip cells whose least work exceeds this (s)")
+    p.add_argument("--budget-s", type=float, default=None)
+    a = p.parse_args(argv)
+    a.ops = [o for o in a.ops.split(",") if o]
+    bad = [o for o in a.ops if o not in OPS]
+    if bad:
+        p.error(f"unknown ops {bad}; choose from {OPS}")
+    return a
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    device = torch.device(args.device)
+    size = "tiny" if args.tiny else "quick" if args.quick else "full"
+    cell_s = args.cell_s if args.cell_s is not None else {"tiny": 5.0, "quick": 2.0, "full": 20.0}[size]
+    threads = H.set_threads(args.threads)
+    out = args.out or os.path.join(HERE, "results", f"sweep-{device.type}")
+    os.makedirs(out, exist_ok=True)
+    t0 = time.monotonic()
+    ctx = H.Ctx(device=device, quick=size == "quick", tiny=size == "tiny", compile=False,
+                deadline=None if args.budget_s is None else t0 + args.budget_s, log=H.eprint)  # fmt: skip
+    ctx.roof = H.roofline_for(device, small=args.tiny)
+    meta = H.run_metadata(ctx, dict(vars(args), size=size, cell_s=cell_s, niter=NITER))
+    meta["threads"] = threads
+    rows = []
+    for op in args.ops:
+        for shape in grid(size):
+            H.eprint(f"sweep: {op} {shape}")
+            try:
+                rows += run_cell(op, shape, ctx, cell_s)
+            except Exception as e:
+                H.eprint(traceback.format_exc())
+                r = H.empty_row(op, shape, "(cell)", "full")
+                r["error"] = f"cell crashed: {type(e).__name__}: {e}"[:300]
+                rows.append(r)
+    meta["elapsed_s"] = round(time.monotonic() - t0, 1)
+    meta["load_avg_end"] = H._loadavg()
+    result = {**meta, "rows": rows}
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+        f.write("\n")
+    for op in args.ops:
+        try:
+            plot(result, op, os.path.join(out, f"{op}.png"))
+        except Exception as e:
+            H.eprint(f"sweep: no plot for {op}: {type(e).__name__}: {e}")
+    H.eprint(f"sweep: wrote {out} in {meta['elapsed_s']} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()
