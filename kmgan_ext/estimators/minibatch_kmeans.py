@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..assign import assign
 from ..minibatch_update import minibatch_update_
+from ..reassign_dead import reassign_dead_
 from ._base import (
     EstimatorBase,
     check_int,
@@ -90,8 +91,11 @@ class MiniBatchKMeans(EstimatorBase):
     def _check_params(self, n: int) -> None:
         self._check_common_params()
         check_int("batch_size", self.batch_size)
-        if not isinstance(self.reassignment_ratio, numbers.Real) or self.reassignment_ratio < 0:
-            raise ValueError(f"reassignment_ratio should be >= 0, got {self.reassignment_ratio!r}")
+        r = self.reassignment_ratio
+        # scikit-learn accepts r > 1 and then fails at the first reassignment (every center
+        # is below r * max, none is left to take the reset count from): refused up front
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 <= r <= 1:
+            raise ValueError(f"reassignment_ratio should be in [0, 1], got {r!r}")
         m = self.max_no_improvement
         if m is not None and (not is_int(m) or m < 0):
             raise ValueError(f"max_no_improvement must be None or an int >= 0, got {m!r}")
@@ -147,26 +151,13 @@ class MiniBatchKMeans(EstimatorBase):
         return inertia
 
     def _reassign(self, xb: Tensor, rs) -> None:
-        # The (K,) bookkeeping runs in numpy exactly as scikit-learn's (same argsort, same
-        # RandomState draws), so the sequence matches it.
-        counts = self._counts.cpu().numpy().astype(np.float64)
-        to_reassign = counts < self.reassignment_ratio * counts.max()
-        if to_reassign.sum() > 0.5 * xb.shape[0]:
-            dont = np.argsort(counts)[int(0.5 * xb.shape[0]):]
-            to_reassign[dont] = False
-        n_reassigns = int(to_reassign.sum())
-        if n_reassigns:
-            rows = rs.choice(xb.shape[0], replace=False, size=n_reassigns)
-            if self.verbose:
-                print(f"[MiniBatchKMeans] Reassigning {n_reassigns} cluster centers.")
-            mask = torch.as_tensor(to_reassign, device=xb.device)
-            self._centers[mask] = xb[torch.as_tensor(rows, device=xb.device)]
-        # scikit-learn resets the reassigned counts to the smallest count of the others (not
-        # to 0, which would reassign them again at once)
-        if to_reassign.any():
-            floor = counts[~to_reassign].min()
-            self._counts[torch.as_tensor(to_reassign, device=self._counts.device)] = (
-                int(floor) if self._counts.dtype == torch.int64 else float(floor))
+        # km.reassign_dead_ transcribes scikit-learn's rule and, given this RandomState,
+        # draws the same rows, so the sequence matches scikit-learn's
+        moved = reassign_dead_(self._centers, self._counts, xb,
+                               reassignment_ratio=self.reassignment_ratio, generator=rs)
+        n_reassigns = int(moved.sum())
+        if n_reassigns and self.verbose:
+            print(f"[MiniBatchKMeans] Reassigning {n_reassigns} cluster centers.")
 
     # ------------------------------------------------------------------ convergence
     def _converged(self, step, n_steps, n, shift, batch_inertia) -> bool:

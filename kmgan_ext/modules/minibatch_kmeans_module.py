@@ -14,6 +14,7 @@ from .. import _checks
 from .._cluster_stats import cluster_sums
 from ..assign import assign
 from ..minibatch_update import minibatch_step_
+from ..reassign_dead import reassign_dead_
 from ..seeding import kmeans_parallel, kmeans_plusplus
 from ._distributed import world
 
@@ -65,8 +66,9 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         reassignment_ratio: dead clusters (scikit-learn's rule, 0 = off): after an update,
             when a cluster has count 0 or 10 K rows arrived since the last check, the
             centers whose count is below this fraction of the largest move to random rows
-            of the batch (drawn from a generator seeded with ``seed``; on rank 0 and
-            broadcast under DDP) and their count becomes the smallest remaining one.
+            of the batch (``km.reassign_dead_``, drawn from a generator seeded with
+            ``seed``; on rank 0 and broadcast under DDP) and their count becomes the
+            smallest remaining one. The usage counts are the ``counts`` buffer.
         seed: of the reassignment draws.
     """
 
@@ -90,8 +92,8 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
     ):
         super().__init__()
         k = _positive("n_clusters", n_clusters)
-        if not float(reassignment_ratio) >= 0.0:
-            raise ValueError(f"reassignment_ratio must be >= 0, got {reassignment_ratio!r}")
+        if not 0.0 <= float(reassignment_ratio) <= 1.0:
+            raise ValueError(f"reassignment_ratio must be in [0, 1], got {reassignment_ratio!r}")
         if dtype not in _checks.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
         if not isinstance(deterministic, bool):
@@ -234,28 +236,21 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         return labels
 
     def _reassign(self, x: Tensor) -> None:
-        """scikit-learn's low-count reassignment (``_mini_batch_step``), deterministic given
-        the seed. Decided from the counts alone, which every rank shares."""
-        counts = self.counts.cpu()
-        total = int(counts.sum())
-        if not (bool((counts == 0).any()) or total - self._checked_at >= 10 * self.n_clusters):
+        """scikit-learn's low-count reassignment (km.reassign_dead_), deterministic given the
+        seed. When to look is decided from the counts alone, which every rank shares; the
+        draws happen on rank 0 and are broadcast."""
+        total = int(self.counts.sum())
+        if not (bool((self.counts == 0).any()) or total - self._checked_at >= 10 * self.n_clusters):
             return
         self._checked_at = total
-        c = counts.to(torch.float64)
-        to = c < self.reassignment_ratio * c.max()
-        if int(to.sum()) > 0.5 * x.shape[0]:
-            keep = torch.sort(c, stable=True).indices[int(0.5 * x.shape[0]):]
-            to[keep] = False
-        n = int(to.sum())
-        if n == 0:
-            return
         g = world(self.group)
         if g is None or dist.get_rank(g) == 0:
-            rows = torch.randperm(x.shape[0], generator=self._gen)[:n].to(x.device)
-            self.centers[to.to(x.device)] = x[rows]
+            reassign_dead_(self.centers, self.counts, x,
+                           reassignment_ratio=self.reassignment_ratio, generator=self._gen)
         if g is not None:
-            dist.broadcast(self.centers, src=dist.get_global_rank(g, 0), group=g)
-        self.counts[to.to(self.counts.device)] = int(c[~to].min())
+            src = dist.get_global_rank(g, 0)
+            dist.broadcast(self.centers, src=src, group=g)
+            dist.broadcast(self.counts, src=src, group=g)
 
     def _step(self, x: Tensor) -> Tensor:
         self._ensure_seeded(x)
