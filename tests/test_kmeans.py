@@ -97,9 +97,14 @@ def test_memmap_input(tmp_path):
     mm = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="w+", shape=x.shape)
     mm[:] = x
     mm.flush()
-    a = km.kmeans(np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=x.shape), 6)
-    b = km.kmeans(x, 6)
+    ro = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=x.shape)
+    # "auto" reads a memmap in chunks with the torch engine (faiss would read it whole)
+    a = km.kmeans(ro, 6)
+    b = km.kmeans(x, 6, backend="torch")
     np.testing.assert_array_equal(a.centers, b.centers)
+    if km.seeding._data.faiss_module() is not None:
+        c = km.kmeans(ro, 6, backend="faiss")
+        np.testing.assert_array_equal(c.centers, km.kmeans(x, 6, backend="faiss").centers)
 
 
 def test_bad_input_is_named():

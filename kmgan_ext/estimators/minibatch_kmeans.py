@@ -7,10 +7,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._progress import progress
 from ..assign import assign
 from ..minibatch_update import minibatch_update_
 from ..reassign_dead import reassign_dead_
 from ._base import (
+    Data,
     EstimatorBase,
     check_int,
     check_random_state,
@@ -111,13 +113,13 @@ class MiniBatchKMeans(EstimatorBase):
             init_size = 3 * self.n_clusters
         self._init_size = min(int(init_size), n)
 
-    def _init(self, x, w, rs, X_user) -> Tensor:
+    def _init(self, x: Data, w, rs, X_user) -> Tensor:
         """scikit-learn's ``_init_centroids`` with ``init_size``: a random subset first."""
         n = x.shape[0]
         if self._init_size < n:
             idx = torch.as_tensor(rs.randint(0, n, self._init_size), device=x.device)
-            x, w = x[idx], (w[idx] if w is not None else None)
-        return initial_centers(self, x, w, rs, X_user)
+            return initial_centers(self, x.take(idx), (w[idx] if w is not None else None), rs, X_user)
+        return initial_centers(self, x if x.chunked else x.x, w, rs, X_user)
 
     # ------------------------------------------------------------------ one step
     def _random_reassign(self) -> bool:
@@ -193,8 +195,11 @@ class MiniBatchKMeans(EstimatorBase):
 
     # ------------------------------------------------------------------ public
     def fit(self, X, y=None, sample_weight=None):
-        """Compute the centers over X by mini-batches (scikit-learn's schedule); returns self."""
-        x = self._as_tensor(X)
+        """Compute the centers over X by mini-batches (scikit-learn's schedule); returns self.
+
+        An np.memmap is never read whole: batches, validation and initialisation rows are
+        gathered from it, the tolerance and the final labels computed chunk by chunk."""
+        x = self._data(X)
         n = x.shape[0]
         self._check_params(n)
         w = self._weights(sample_weight, x)
@@ -203,7 +208,7 @@ class MiniBatchKMeans(EstimatorBase):
         n_init = self._n_init_for(default=3)
 
         valid = torch.as_tensor(rs.randint(0, n, self._init_size), device=x.device)
-        x_valid, w_valid = x[valid], (w[valid] if w is not None else None)
+        x_valid, w_valid = x.take(valid), (w[valid] if w is not None else None)
         best = None
         for run in range(n_init):
             if self.verbose:
@@ -226,13 +231,21 @@ class MiniBatchKMeans(EstimatorBase):
         # with unit weights (scikit-learn >= 1.5), so weights are not counted twice.
         p = probabilities(w, x)
         i = 0
-        for i in range(n_steps):
-            idx = torch.as_tensor(rs.choice(n, self._batch_size, p=p, replace=True), device=x.device)
-            old = self._centers.clone() if self._tol > 0 else None
-            batch_inertia = self._step(x[idx], None, rs, self._random_reassign())
-            shift = float(((self._centers.to(torch.float64) - old.to(torch.float64)) ** 2).sum()) if old is not None else 0.0
-            if self._converged(i, n_steps, n, shift, batch_inertia):
-                break
+        # verbose: a progress of the steps on stderr beside scikit-learn's lines (a bar on a
+        # terminal; elsewhere a line every KMGAN_EXT_PROGRESS_INTERVAL seconds)
+        with progress(n_steps, desc="MiniBatchKMeans", unit="step", enabled=bool(self.verbose),
+                      leave=False, summary=False) as bar:
+            for i in range(n_steps):
+                idx = torch.as_tensor(rs.choice(n, self._batch_size, p=p, replace=True), device=x.device)
+                old = self._centers.clone() if self._tol > 0 else None
+                batch_inertia = self._step(x.take(idx), None, rs, self._random_reassign())
+                shift = float(((self._centers.to(torch.float64) - old.to(torch.float64)) ** 2).sum()) if old is not None else 0.0
+                done = self._converged(i, n_steps, n, shift, batch_inertia)
+                bar.update(1)
+                if self.verbose and self._ewa_inertia is not None:
+                    bar.set_postfix({"ewa_inertia": self._ewa_inertia})
+                if done:
+                    break
 
         self._set_fitted(X, x)
         self.n_steps_ = i + 1
@@ -252,7 +265,7 @@ class MiniBatchKMeans(EstimatorBase):
         """
         first = not hasattr(self, "_centers")
         if first:
-            x = self._as_tensor(X)
+            x = self._as_tensor(X)  # a batch: in memory
             self._check_params(x.shape[0])
             if not isinstance(self.init, str) and not callable(self.init):
                 self._n_init_for(default=3)  # the explicit-array warning, as scikit-learn
@@ -266,7 +279,7 @@ class MiniBatchKMeans(EstimatorBase):
         rs = self._random_state
         self.n_steps_ = getattr(self, "n_steps_", 0)
         if first:
-            self._centers = self._init(x, w, rs, X).contiguous()
+            self._centers = self._init(Data(x), w, rs, X).contiguous()
             self._counts = (torch.zeros(self.n_clusters, dtype=torch.int64, device=x.device)
                             if w is None else
                             torch.zeros(self.n_clusters, dtype=torch.float64, device=x.device))

@@ -31,7 +31,8 @@ def _resolve(backend: str, rows: _data.Rows) -> str:
     faiss_gpus = faiss.get_num_gpus() if faiss is not None else 0
     usable = faiss is not None and (rows.device.type == "cpu" or faiss_gpus > 0)
     if backend == "auto":
-        return "faiss" if usable else "torch"
+        # faiss trains on the whole array at once; a memmap is read in row chunks by torch
+        return "faiss" if usable and not isinstance(rows.x, np.memmap) else "torch"
     if backend == "faiss" and not usable:
         if faiss is None:
             raise RuntimeError(f"backend 'faiss' needs faiss: {_optional.hint('faiss', 'faiss-cpu')}, or faiss-gpu")
@@ -155,10 +156,12 @@ def kmeans(
         subsample: None trains on every row. An int m < N trains (and seeds) on m rows drawn
             at random; labels and inertia still cover every row. Unlike ``faiss.Kmeans``'s
             default, no subsampling ever happens unless asked for here.
-        backend: "auto" = "faiss" when faiss is importable and can reach x (CPU data, or a
-            faiss build that sees a GPU), else "torch"; "faiss" = ``faiss.Kmeans`` (its GPU
-            implementation when faiss sees a GPU; data are copied to host float32); "torch"
-            = km.assign + float64 segment sums on x's device.
+        backend: "auto" = "faiss" when faiss is importable and can reach x (CPU data other
+            than a memmap, or a faiss build that sees a GPU), else "torch"; "faiss" =
+            ``faiss.Kmeans`` (its GPU implementation when faiss sees a GPU; data are copied
+            to host float32, a memmap read whole); "torch" = km.assign + float64 segment
+            sums on x's device, a np.memmap read in row chunks (its resident memory stays
+            a few chunks).
         n_local_trials, chunk_size, num_threads: as in :func:`kmeans_plusplus` (chunk_size
             also sets the rows per km.assign call; num_threads also holds for Lloyd's
             iterations, torch's and faiss's).
