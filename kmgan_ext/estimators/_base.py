@@ -142,6 +142,13 @@ class _Protocol:
             setattr(self, key, value)
         return self
 
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """The names of transform's columns, as scikit-learn's: ``kmeans0``, ``kmeans1``..."""
+        if not hasattr(self, "cluster_centers_"):
+            raise _not_fitted(self)
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self._n_features_out)], dtype=object)
+
     def __repr__(self) -> str:
         sig = inspect.signature(type(self).__init__)
         changed = []
@@ -157,9 +164,10 @@ class _Protocol:
 try:  # with scikit-learn installed the estimators are its BaseEstimators (tags, clone,
     # pipelines, check_is_fitted, html repr); without it they keep the same protocol
     from sklearn.base import BaseEstimator as _SkBase
-    from sklearn.base import ClusterMixin, TransformerMixin
+    from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 
-    _BASES: tuple = (ClusterMixin, TransformerMixin, _SkBase)
+    # scikit-learn's own order (_BaseKMeans): get_feature_names_out -> ["kmeans0", ...]
+    _BASES: tuple = (ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, _SkBase)
 except ImportError:  # pragma: no cover - scikit-learn is optional
     _BASES = (_Protocol,)
 

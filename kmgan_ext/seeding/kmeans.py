@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import _optional
 from ..assign import assign
 from . import _data
-from .kmeans_plusplus import kmeans_plusplus
+from .kmeans_plusplus import check_weights, kmeans_plusplus
 
 BACKENDS = ("auto", "faiss", "torch")
 
@@ -43,13 +43,14 @@ def _resolve(backend: str, rows: _data.Rows) -> str:
     return backend
 
 
-def _initial_centers(init, rows: _data.Rows, k, seed, n_local_trials, chunk_size, num_threads):
+def _initial_centers(init, rows: _data.Rows, k, seed, n_local_trials, chunk_size, num_threads,
+                     weights=None):
     """(K, d) compute-dtype tensor on rows.device."""
     if isinstance(init, str):
         if init == "k-means++":
             _, idx = kmeans_plusplus(
                 rows.x, k, seed=seed, n_local_trials=n_local_trials, chunk_size=chunk_size,
-                num_threads=num_threads, return_indices=True,
+                num_threads=num_threads, return_indices=True, sample_weight=weights,
             )
             return rows.take(torch.as_tensor(idx))
         if init == "random":
@@ -70,8 +71,9 @@ def _initial_centers(init, rows: _data.Rows, k, seed, n_local_trials, chunk_size
     return c
 
 
-def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> Tensor:
-    """Lloyd's iterations with km.assign and float64 segment sums on the device.
+def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int, weights=None) -> Tensor:
+    """Lloyd's iterations with km.assign and float64 segment sums on the device (weighted
+    sums and weight totals with ``weights``: the weighted means).
 
     A cluster left empty takes the row farthest from its center (the j-th empty cluster the
     j-th farthest row, as scikit-learn relocates), so no center is ever NaN; done with
@@ -81,23 +83,28 @@ def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> T
     acc = torch.float64
     for _ in range(niter):
         sums = torch.zeros(k, rows.d, dtype=acc, device=rows.device)
-        counts = torch.zeros(k, dtype=torch.int64, device=rows.device)
+        counts = torch.zeros(k, dtype=torch.int64 if weights is None else acc, device=rows.device)
         dist2 = torch.empty(n, dtype=acc, device=rows.device)
         for s, ch in rows.chunks(chunk):
             labels, d2 = assign(ch, centers)
-            sums.index_add_(0, labels, ch.to(acc))
-            counts += torch.bincount(labels, minlength=k)
+            if weights is None:
+                sums.index_add_(0, labels, ch.to(acc))
+                counts += torch.bincount(labels, minlength=k)
+            else:
+                wc = weights[s : s + ch.shape[0]].to(acc)
+                sums.index_add_(0, labels, ch.to(acc) * wc[:, None])
+                counts.index_add_(0, labels, wc)
             dist2[s : s + ch.shape[0]] = d2
         empty = counts == 0
         far = torch.topk(dist2, k).indices
         rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
         moved = rows.take(far.index_select(0, rank))
-        means = (sums / counts.clamp(min=1)[:, None]).to(rows.compute_dtype)
+        means = (sums / torch.where(empty, torch.ones_like(counts), counts)[:, None]).to(rows.compute_dtype)
         centers = torch.where(empty[:, None], moved, means)
     return centers
 
 
-def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int) -> Tensor:
+def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int, weights=None) -> Tensor:
     faiss = _data.faiss_module()
     x = rows.x
     if isinstance(x, Tensor):
@@ -116,17 +123,21 @@ def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int) -> Te
         gpu=faiss.get_num_gpus() > 0,
         verbose=False,
     )
-    km.train(x, init_centroids=np.ascontiguousarray(centers.cpu().numpy(), dtype=np.float32))
+    w = None if weights is None else np.ascontiguousarray(weights.cpu().numpy(), dtype=np.float32)
+    km.train(x, weights=w, init_centroids=np.ascontiguousarray(centers.cpu().numpy(), dtype=np.float32))
     return torch.from_numpy(km.centroids).to(device=rows.device, dtype=rows.compute_dtype)
 
 
-def _assign_all(rows: _data.Rows, centers: Tensor, chunk: int) -> tuple[Tensor, float]:
+def _assign_all(rows: _data.Rows, centers: Tensor, chunk: int, weights=None) -> tuple[Tensor, float]:
     labels = torch.empty(rows.n, dtype=torch.int64, device=rows.device)
     total = torch.zeros((), dtype=torch.float64, device=rows.device)
     for s, ch in rows.chunks(chunk):
         lab, d2 = assign(ch, centers)
         labels[s : s + ch.shape[0]] = lab
-        total += d2.sum(dtype=torch.float64)
+        if weights is None:
+            total += d2.sum(dtype=torch.float64)
+        else:
+            total += (d2.to(torch.float64) * weights[s : s + ch.shape[0]].to(torch.float64)).sum()
     return labels, float(total)
 
 
@@ -142,6 +153,7 @@ def kmeans(
     n_local_trials: int | None = None,
     chunk_size: int | None = None,
     num_threads: int | None = None,
+    sample_weight: Tensor | np.ndarray | None = None,
 ) -> KMeansResult:
     """k-means: seeding (``init``), then ``niter`` Lloyd iterations over all rows of x.
 
@@ -162,6 +174,10 @@ def kmeans(
             to host float32, a memmap read whole); "torch" = km.assign + float64 segment
             sums on x's device, a np.memmap read in row chunks (its resident memory stays
             a few chunks).
+        sample_weight: optional (N,) non-negative weights, as scikit-learn's: k-means++
+            draws with probability proportional to ``w_i D(x_i)^2``, the centers are the
+            weighted means, the inertia the weighted sum (subsampled rows keep their
+            weights; "random" and explicit inits ignore them).
         n_local_trials, chunk_size, num_threads: as in :func:`kmeans_plusplus` (chunk_size
             also sets the rows per km.assign call; num_threads also holds for Lloyd's
             iterations, torch's and faiss's).
@@ -183,7 +199,8 @@ def kmeans(
     # Lloyd reads the data niter times: one more pass to reject NaN/Inf is cheap, and without
     # it faiss raises from C++ and the torch engine returns NaN centers.
     rows.check_finite(always=True)
-    train = rows
+    weights = check_weights(sample_weight, rows) if sample_weight is not None else None
+    train, train_w = rows, weights
     if subsample is not None:
         m = _data.check_positive_int("subsample", subsample)
         if m < k:
@@ -192,14 +209,16 @@ def kmeans(
             g = torch.Generator().manual_seed(seed)
             idx = torch.randperm(rows.n, generator=g)[:m].sort().values
             train = _data.Rows("x", rows.like_x(rows.take(idx.to(rows.device))))
+            train_w = weights[idx.to(weights.device)] if weights is not None else None
     num_threads = _data.check_positive_int("num_threads", num_threads, allow_none=True)
     chunk = chunk_size or rows.default_chunk(k)
-    centers = _initial_centers(init, train, k, seed, n_local_trials, chunk_size, num_threads)
+    centers = _initial_centers(init, train, k, seed, n_local_trials, chunk_size, num_threads,
+                               train_w)
     with _data.cpu_threads(rows, num_threads, faiss_too=backend == "faiss"):
         if niter > 0:
             if backend == "faiss":
-                centers = _lloyd_faiss(train, centers, niter, seed)
+                centers = _lloyd_faiss(train, centers, niter, seed, train_w)
             else:
-                centers = _lloyd_torch(train, centers, niter, chunk)
-        labels, inertia = _assign_all(rows, centers, chunk)
+                centers = _lloyd_torch(train, centers, niter, chunk, train_w)
+        labels, inertia = _assign_all(rows, centers, chunk, weights)
     return KMeansResult(rows.like_x(centers), rows.index_like_x(labels), inertia)
