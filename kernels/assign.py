@@ -346,12 +346,19 @@ def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
         tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], (-gx).to(tl.float64), mask=m2)
 
 
-def assign_backward(grad_dist2, x, centers, labels, centers_grad):
+def _no_cosine(cosine: bool) -> None:
+    if cosine:
+        raise NotImplementedError(
+            'metric="cosine" has no Triton kernel yet (issue 12): use backend="cpu" or "reference"')
+
+
+def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
     """(grad_x in x's dtype, grad_centers in centers' dtype or an empty (0,) tensor).
 
     One launch (plus the zero fill of the float32 center-gradient buffer, and a cast for
     16-bit centers); the segment sum uses float atomics, so its last bits vary run to run.
     """
+    _no_cosine(cosine)
     n, d = x.shape
     gx = torch.empty_like(x)
     gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device) if centers_grad else None
@@ -415,8 +422,9 @@ def _window_constants(d: int, precision: str) -> tuple[float, float, float]:
     return 2.0**-9 + 2.0**-19, 2.0 * (d + 4) * _U, 3.0 * _U
 
 
-def assign(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def assign(x: torch.Tensor, centers: torch.Tensor, cosine: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """labels (N,) int64 = argmin_k ||x_i - c_k||^2 (ties to the lowest k), dist2 at it."""
+    _no_cosine(cosine)
     labels, dist2, _ = _assign(x, centers)
     return labels, dist2
 

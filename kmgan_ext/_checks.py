@@ -251,3 +251,15 @@ def ema_state(name: str, t: object, shape: tuple[int, ...], centers: Tensor) -> 
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
     same_device(name, t, centers, "centers")
     return t
+
+
+METRICS = ("euclidean", "cosine")
+
+
+def metric(value: object) -> bool:
+    """The ``metric`` argument of assign and the updates: True for "cosine"."""
+    if not isinstance(value, str):
+        raise TypeError(f"metric must be a string in {METRICS}, got {type(value).__name__}")
+    if value not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {value!r}")
+    return value == "cosine"

@@ -223,7 +223,14 @@ def _num(name: str, *args) -> int:
 
 
 # --------------------------------------------------------------------------- backend interface
-def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+def _no_cosine(cosine: bool) -> None:
+    if cosine:  # the CUDA bindings refuse it the same way (csrc/cuda/*_binding.cpp)
+        raise NotImplementedError(
+            'metric="cosine" has no CUDA kernel yet (issue 12): use backend="cpu" or "reference"')
+
+
+def assign(x: Tensor, centers: Tensor, cosine: bool = False) -> tuple[Tensor, Tensor]:
+    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     labels = torch.empty(n, dtype=torch.int64)
     dist2 = torch.empty(n, dtype=_acc_dtype(x))
@@ -233,7 +240,8 @@ def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
     return labels, dist2
 
 
-def assign_backward(grad_dist2, x, centers, labels, centers_grad):
+def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
+    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     g = grad_dist2.to(_acc_dtype(x)).contiguous()
     grad_x = torch.empty(n, d, dtype=x.dtype)
@@ -257,7 +265,8 @@ def _workspace(x: Tensor, labels: Tensor, k: int, deterministic: bool):
     return sums, batch_counts, sorted_labels, perm, pieces
 
 
-def minibatch_update_(centers, counts, x, labels, deterministic=False):
+def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=False):
+    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     if n == 0:
         return
@@ -267,13 +276,16 @@ def minibatch_update_(centers, counts, x, labels, deterministic=False):
           _ptr(pieces))
 
 
-def minibatch_step_(centers, counts, x, deterministic=False):
+def minibatch_step_(centers, counts, x, deterministic=False, cosine=False):
+    _no_cosine(cosine)
     labels, _ = assign(x, centers)
     minibatch_update_(centers, counts, x, labels, deterministic)
     return labels
 
 
-def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic=False):
+def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic=False,
+                cosine=False):
+    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     sums, batch_counts, sorted_labels, perm, pieces = _workspace(x, labels, k, deterministic)
     total = torch.empty(1, dtype=torch.float64)

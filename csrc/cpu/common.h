@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -221,6 +222,40 @@ WideSum<scalar_t> segment_sums(const scalar_t* x, int64_t n, int64_t d, const in
     }
   });
   return sums;
+}
+
+// metric="cosine" (issue 12): S[k, :] = sum of x_i / ||x_i|| over the rows labelled k (a zero
+// row adds 0), in the same fixed order as segment_sums; ||x_i|| is formed in double, and the
+// rows are scaled as they are summed (no normalised copy of x).
+template <typename scalar_t>
+WideSum<scalar_t> unit_segment_sums(const scalar_t* x, int64_t n, int64_t d,
+                                    const int64_t* labels, int64_t k) {
+  std::vector<double> norm(n);
+  at::parallel_for(0, n, std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d)),
+                   [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      double s = 0.0;
+      for (int64_t j = 0; j < d; ++j) s += static_cast<double>(x[i * d + j]) * static_cast<double>(x[i * d + j]);
+      norm[i] = std::sqrt(s);
+    }
+  });
+  WideSum<scalar_t> sums(k * d);
+  for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (norm[i] == 0.0) continue;
+      for (int64_t j = j0; j < j1; ++j) sums.add(labels[i] * d + j, static_cast<double>(x[i * d + j]) / norm[i]);
+    }
+  });
+  return sums;
+}
+
+// v / ||v|| in place (double), a zero vector left as it is.
+inline void normalize_in_place(double* v, int64_t d) {
+  double s = 0.0;
+  for (int64_t j = 0; j < d; ++j) s += v[j] * v[j];
+  const double nrm = std::sqrt(s);
+  if (nrm == 0.0) return;
+  for (int64_t j = 0; j < d; ++j) v[j] /= nrm;
 }
 
 // The gradient of sum_i f_i(||x_i - c_{l_i}||) shapes used by assign_backward and

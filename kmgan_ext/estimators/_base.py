@@ -202,14 +202,6 @@ class EstimatorBase(*_BASES):
             )
         if self.metric not in _METRICS:
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {self.metric!r}")
-        if self.metric == "cosine":
-            # The ops assign by Euclidean distance only: spherical k-means needs assignment
-            # by largest cosine similarity fused in the kernels (issue 12), not a wrapper
-            # that writes a normalised copy of x.
-            raise NotImplementedError(
-                "metric='cosine' is not implemented yet: the kmgan_ext ops assign by "
-                "Euclidean distance only; use metric='euclidean'"
-            )
         if not isinstance(self.deterministic, bool):
             raise TypeError(f"deterministic must be a bool, got {type(self.deterministic).__name__}")
         if self.dtype is not None and self.dtype not in (torch.float32, torch.float64):
@@ -343,15 +335,16 @@ class EstimatorBase(*_BASES):
 
     # ------------------------------------------------------------------ shared methods
     def _labels_inertia(self, x: Tensor | Data, w: Tensor | None, centers: Tensor) -> tuple[Tensor, float]:
-        labels, dist2 = assign_all(x, centers, self.backend)
+        labels, dist2 = assign_all(x, centers, self.backend, self.metric)
         d2 = dist2.to(torch.float64)
         inertia = float((d2 * w.to(torch.float64)).sum() if w is not None else d2.sum())
         return labels, inertia
 
     def predict(self, X, sample_weight=None):
-        """Index (n_samples,) of the nearest center of each row (ties to the lowest index)."""
+        """Index (n_samples,) of the nearest center of each row (ties to the lowest index;
+        metric="cosine": the largest cosine similarity)."""
         c = self._centers_tensor()
-        labels, _ = assign_all(self._data(X, fitted=True), c, self.backend)
+        labels, _ = assign_all(self._data(X, fitted=True), c, self.backend, self.metric)
         return self._labels_out(labels, X)
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -359,17 +352,29 @@ class EstimatorBase(*_BASES):
 
     def transform(self, X):
         """Euclidean distances (n_samples, n_clusters) of every row to every center: the
-        requested output is the full matrix here, formed from differences (no cancellation)."""
+        requested output is the full matrix here, formed from differences (no cancellation).
+        metric="cosine": the distances on the unit sphere, sqrt(2 - 2 cos) (cos 0 for a zero
+        row or center), whose squares are assign's dist2."""
         c = self._centers_tensor()
         data = self._data(X, fitted=True)
         rows = max(1, (1 << 24) // max(1, c.shape[0] * max(1, data.shape[1])))
         out = torch.empty(data.shape[0], c.shape[0], dtype=data.dtype, device=data.device)
+        if self.metric == "cosine":
+            cd = c.to(torch.float64)
+            cn = torch.linalg.vector_norm(cd, dim=1)
         for start, x in data.chunks():
             for s in range(0, x.shape[0], rows):
                 part = x[s : s + rows]
-                out[start + s : start + s + part.shape[0]] = torch.cdist(
-                    part, c, compute_mode="donot_use_mm_for_euclid_dist"
-                )
+                e = start + s + part.shape[0]
+                if self.metric == "cosine":
+                    xd = part.to(torch.float64)
+                    den = torch.linalg.vector_norm(xd, dim=1)[:, None] * cn[None, :]
+                    cos = torch.where(den == 0, torch.zeros_like(den), (xd @ cd.t()) / torch.where(den == 0, torch.ones_like(den), den))
+                    out[start + s : e] = (2.0 - 2.0 * cos).clamp_min(0).sqrt().to(x.dtype)
+                else:
+                    out[start + s : e] = torch.cdist(
+                        part, c, compute_mode="donot_use_mm_for_euclid_dist"
+                    )
         return self._out(out, X)
 
     def fit_transform(self, X, y=None, sample_weight=None):
@@ -394,15 +399,16 @@ def _not_fitted(est) -> Exception:
         return AttributeError(msg)
 
 
-def assign_all(x: Tensor | Data, centers: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+def assign_all(x: Tensor | Data, centers: Tensor, backend: str,
+               metric: str = "euclidean") -> tuple[Tensor, Tensor]:
     """km.assign over every row (chunk by chunk for a memmap): (labels (N,), dist2 (N,))."""
     if isinstance(x, Tensor) or not x.chunked:
-        return assign(x if isinstance(x, Tensor) else x.x, centers, backend=backend)
+        return assign(x if isinstance(x, Tensor) else x.x, centers, metric=metric, backend=backend)
     n = x.shape[0]
     labels = torch.empty(n, dtype=torch.int64, device=x.device)
     dist2 = torch.empty(n, dtype=x.dtype, device=x.device)
     for s, ch in x.chunks():
-        lab, d2 = assign(ch, centers, backend=backend)
+        lab, d2 = assign(ch, centers, metric=metric, backend=backend)
         labels[s : s + ch.shape[0]] = lab
         dist2[s : s + ch.shape[0]] = d2
     return labels, dist2
@@ -410,6 +416,17 @@ def assign_all(x: Tensor | Data, centers: Tensor, backend: str) -> tuple[Tensor,
 
 def initial_centers(est, x: Tensor | Data, w: Tensor | None, rs: np.random.RandomState, X_user) -> Tensor:
     """One initialisation as scikit-learn's ``_init_centroids`` (x already subsampled)."""
+    k, n = est.n_clusters, x.shape[0]
+    init = est.init
+    c = _initial_centers(est, x, w, rs, X_user)
+    if est.metric == "cosine":  # spherical k-means: unit centers from the start
+        from ..seeding.kmeans_plusplus import unit
+
+        c = unit(c)
+    return c
+
+
+def _initial_centers(est, x: Tensor, w: Tensor | None, rs: np.random.RandomState, X_user) -> Tensor:
     k, n = est.n_clusters, x.shape[0]
     init = est.init
     if isinstance(init, str) and init == "k-means++":
@@ -449,7 +466,7 @@ def _kpp(x: Tensor | Data, k: int, seed: int, w: Tensor | None, est) -> Tensor:
     from ..seeding import kmeans_plusplus
 
     if isinstance(x, Data) and x.chunked:  # k-means++ reads the memmap in chunks itself
-        c = kmeans_plusplus(x.mm, k, seed=seed, sample_weight=w)
+        c = kmeans_plusplus(x.mm, k, seed=seed, sample_weight=w, metric=est.metric)
         return torch.as_tensor(c).to(device=x.device, dtype=x.dtype)
     x = x.x if isinstance(x, Data) else x
-    return kmeans_plusplus(x, k, seed=seed, sample_weight=w).to(x.dtype)
+    return kmeans_plusplus(x, k, seed=seed, sample_weight=w, metric=est.metric).to(x.dtype)

@@ -22,6 +22,8 @@ from torch import Tensor
 from .._cluster_stats import cluster_means
 from .._progress import progress
 from ..assign import assign
+from ..minibatch_update import minibatch_update_
+from ..seeding.kmeans_plusplus import unit
 from ._base import Data, assign_all
 
 
@@ -45,15 +47,18 @@ def m_step(x, xw, w, labels, k, *, deterministic, backend) -> tuple[Tensor, Tens
     return centers.to(x.dtype), wsum
 
 
-def e_m_step(data: Data, w, xw, centers, *, deterministic, backend):
+def e_m_step(data: Data, w, xw, centers, *, deterministic, backend, metric="euclidean"):
     """(labels (N,), dist2 (N,), new centers (K, d), weight per cluster float64); ``xw`` is
     ``weighted_rows(data.x, w)`` in memory (formed once per fit), None for a memmap."""
     k = centers.shape[0]
+    cosine = metric == "cosine"
     if not data.chunked:
         x = data.x
-        labels, dist2 = assign(x, centers, backend=backend)
-        new, weight = m_step(x, xw, w, labels, k,
-                             deterministic=deterministic, backend=backend)
+        labels, dist2 = assign(x, centers, metric=metric, backend=backend)
+        if cosine:
+            new, weight = spherical_m_step(x, labels, k, deterministic=deterministic, backend=backend)
+        else:
+            new, weight = m_step(x, xw, w, labels, k, deterministic=deterministic, backend=backend)
         return labels, dist2, new, weight
     n = data.shape[0]
     labels = torch.empty(n, dtype=torch.int64, device=data.device)
@@ -62,13 +67,19 @@ def e_m_step(data: Data, w, xw, centers, *, deterministic, backend):
     weight = torch.zeros(k, dtype=torch.float64, device=data.device)
     for s, x in data.chunks():
         e = s + x.shape[0]
-        lab, d2 = assign(x, centers, backend=backend)
+        lab, d2 = assign(x, centers, metric=metric, backend=backend)
         labels[s:e], dist2[s:e] = lab, d2
+        if cosine:  # the sums of the chunk's unit rows (a chunk is a copy already)
+            sums.index_add_(0, lab, unit(x.to(torch.float64)))
+            weight += torch.bincount(lab, minlength=k).to(torch.float64)
+            continue
         wc = w[s:e] if w is not None else None
         means, wk = m_step(x, weighted_rows(x, wc), wc, lab, k,
                            deterministic=deterministic, backend=backend)
         sums += means.to(torch.float64) * wk[:, None]
         weight += wk
+    if cosine:
+        return labels, dist2, unit(sums).to(data.dtype), weight
     new = torch.where((weight > 0)[:, None], sums / weight.clamp_min(1e-300)[:, None], sums)
     return labels, dist2, new.to(data.dtype), weight
 
@@ -96,26 +107,56 @@ def relocate_empty(data: Data, w, labels, dist2, centers_new, weight) -> None:
     centers_new.copy_(c.to(centers_new.dtype))
 
 
-def lloyd(data: Data, w, centers, *, max_iter, tol, verbose, deterministic, backend, desc="KMeans"):
+def spherical_m_step(x, labels, k, *, deterministic, backend) -> tuple[Tensor, Tensor]:
+    """metric="cosine": the renormalised sums of the normalised rows (0 for empty clusters),
+    by the update kernel itself: from zero centers and counts, Sculley's rule with cosine
+    sets every hit c_k to normalise(S_k / m_k) = normalise(S_k) and leaves the others 0."""
+    centers = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
+    counts = torch.zeros(k, dtype=torch.int64, device=x.device)
+    minibatch_update_(centers, counts, x, labels, deterministic=deterministic, metric="cosine",
+                      backend=backend)
+    return centers, counts.to(torch.float64)
+
+
+def relocate_empty_spherical(data: Data, labels, dist2, centers_new, weight) -> None:
+    """The empty clusters take the rows farthest from their center (farthest first),
+    normalised; unlike the Euclidean rule the old clusters keep their directions."""
+    empty = torch.nonzero(weight == 0).flatten()
+    if not empty.numel():
+        return
+    far = torch.sort(dist2.to(torch.float64), descending=True, stable=True).indices[: empty.numel()]
+    rows = data.take(far).to(torch.float64)
+    n = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+    centers_new[empty] = torch.where(n == 0, rows, rows / torch.where(n == 0, torch.ones_like(n), n)).to(centers_new.dtype)
+    weight[empty] = 1.0
+
+
+def lloyd(data: Data, w, centers, *, max_iter, tol, verbose, deterministic, backend,
+          metric="euclidean", desc="KMeans"):
     """Returns (labels int64 (N,), inertia float, centers (K, d), n_iter).
 
     ``verbose``: scikit-learn's per-iteration lines on stdout, and a progress of the
     iterations on stderr (kmgan_ext._progress: a bar on a terminal; elsewhere a line every
     KMGAN_EXT_PROGRESS_INTERVAL seconds, so only long fits print one)."""
+    if metric == "cosine" and w is not None:
+        raise NotImplementedError("metric='cosine' with sample_weight is not supported yet")
     with progress(max_iter, desc=desc, unit="it", enabled=bool(verbose), leave=False,
                   summary=False) as bar:
         return _lloyd(data, w, centers, max_iter=max_iter, tol=tol, verbose=verbose,
-                      deterministic=deterministic, backend=backend, bar=bar)
+                      deterministic=deterministic, backend=backend, metric=metric, bar=bar)
 
 
-def _lloyd(data, w, centers, *, max_iter, tol, verbose, deterministic, backend, bar):
+def _lloyd(data, w, centers, *, max_iter, tol, verbose, deterministic, backend, metric, bar):
     xw = weighted_rows(data.x, w) if not data.chunked else None
     labels_old = None
     i = 0
     for i in range(max_iter):
         labels, dist2, centers_new, weight = e_m_step(
-            data, w, xw, centers, deterministic=deterministic, backend=backend)
-        relocate_empty(data, w, labels, dist2, centers_new, weight)
+            data, w, xw, centers, deterministic=deterministic, backend=backend, metric=metric)
+        if metric == "cosine":
+            relocate_empty_spherical(data, labels, dist2, centers_new, weight)
+        else:
+            relocate_empty(data, w, labels, dist2, centers_new, weight)
         shift = float(((centers_new.to(torch.float64) - centers.to(torch.float64)) ** 2).sum())
         if verbose:
             d2 = dist2.to(torch.float64)
@@ -135,7 +176,7 @@ def _lloyd(data, w, centers, *, max_iter, tol, verbose, deterministic, backend, 
         labels_old = labels
     # After strict convergence the last M-step reproduced the same means, so these labels
     # are the last E-step's (as scikit-learn keeps); otherwise they are its re-run E-step.
-    labels, dist2 = assign_all(data, centers, backend)
+    labels, dist2 = assign_all(data, centers, backend, metric)
     d2 = dist2.to(torch.float64)
     inertia = float((d2 * w.to(torch.float64)).sum() if w is not None else d2.sum())
     return labels, inertia, centers, i + 1

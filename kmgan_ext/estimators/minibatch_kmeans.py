@@ -132,11 +132,13 @@ class MiniBatchKMeans(EstimatorBase):
     def _step(self, xb: Tensor, wb: Tensor | None, rs, reassign: bool) -> float:
         """scikit-learn's ``_mini_batch_step`` on self._centers / self._counts, in place;
         returns the batch inertia (against the centers before the step)."""
-        labels, dist2 = assign(xb, self._centers, backend=self.backend)
+        labels, dist2 = assign(xb, self._centers, metric=self.metric, backend=self.backend)
         d2 = dist2.to(torch.float64)
         inertia = float((d2 * wb.to(torch.float64)).sum() if wb is not None else d2.sum())
+        if self.metric == "cosine" and wb is not None:
+            raise NotImplementedError("metric='cosine' with sample_weight is not supported yet")
         if wb is None:
-            minibatch_update_(self._centers, self._counts, xb, labels,
+            minibatch_update_(self._centers, self._counts, xb, labels, metric=self.metric,
                               deterministic=self.deterministic, backend=self.backend)
         else:
             # c_k <- (c_k W_k + S_k) / (W_k + w_k) for clusters with batch weight w_k > 0
@@ -160,6 +162,10 @@ class MiniBatchKMeans(EstimatorBase):
         n_reassigns = int(moved.sum())
         if n_reassigns and self.verbose:
             print(f"[MiniBatchKMeans] Reassigning {n_reassigns} cluster centers.")
+        if n_reassigns and self.metric == "cosine":  # spherical: unit centers
+            from ..seeding.kmeans_plusplus import unit
+
+            self._centers[moved] = unit(self._centers[moved])
 
     # ------------------------------------------------------------------ convergence
     def _converged(self, step, n_steps, n, shift, batch_inertia) -> bool:

@@ -16,6 +16,7 @@ from ..assign import assign
 from ..minibatch_update import minibatch_step_
 from ..reassign_dead import reassign_dead_
 from ..seeding import kmeans_parallel, kmeans_plusplus
+from ..seeding.kmeans_plusplus import unit
 from ._distributed import world
 
 _INIT_METHODS = ("auto", "k-means++", "k-means||")
@@ -70,6 +71,10 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
             ``seed``; on rank 0 and broadcast under DDP) and their count becomes the
             smallest remaining one. The usage counts are the ``counts`` buffer.
         seed: of the reassignment draws.
+        metric: "euclidean" (default) or "cosine": spherical mini-batch k-means (labels by
+            the largest cosine similarity, k-means++ on the sphere, the updates sum the
+            normalised rows and keep the centers at unit length: km.minibatch_step_'s
+            metric="cosine"). Not yet under torch.distributed (NotImplementedError).
     """
 
     centers: Tensor
@@ -89,9 +94,12 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         group=None,
         reassignment_ratio: float = 0.0,
         seed: int = 0,
+        metric: str = "euclidean",
     ):
         super().__init__()
         k = _positive("n_clusters", n_clusters)
+        _checks.metric(metric)
+        self.metric = metric
         if not 0.0 <= float(reassignment_ratio) <= 1.0:
             raise ValueError(f"reassignment_ratio must be in [0, 1], got {reassignment_ratio!r}")
         if dtype not in _checks.FLOAT_DTYPES:
@@ -151,6 +159,7 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
             f"n_clusters={self.n_clusters}, n_features={self.n_features}, "
             f"dtype={self.centers.dtype}, update={self.update!r}, "
             f"deterministic={self.deterministic}"
+            + (f", metric={self.metric!r}" if self.metric != "euclidean" else "")
         )
 
     # ------------------------------------------------------------------ seeding
@@ -185,12 +194,17 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         elif g is not None:
             c = self.centers.new_zeros(self.centers.shape)
             if dist.get_rank(g) == 0:
-                c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials)
+                c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials,
+                                    metric=self.metric)
             c = torch.as_tensor(c).to(self.centers)
             dist.broadcast(c, src=dist.get_global_rank(g, 0), group=g)
         else:
-            c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials)
-        self.centers.copy_(torch.as_tensor(c).to(self.centers))
+            c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials,
+                                metric=self.metric)
+        c = torch.as_tensor(c).to(self.centers)
+        if self.metric == "cosine":  # spherical: unit centers
+            c = unit(c.to(torch.float64)).to(self.centers.dtype)
+        self.centers.copy_(c)
         self.counts.zero_()
         self._seeded = True
         return self
@@ -245,8 +259,10 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         self._checked_at = total
         g = world(self.group)
         if g is None or dist.get_rank(g) == 0:
-            reassign_dead_(self.centers, self.counts, x,
-                           reassignment_ratio=self.reassignment_ratio, generator=self._gen)
+            moved = reassign_dead_(self.centers, self.counts, x,
+                                   reassignment_ratio=self.reassignment_ratio, generator=self._gen)
+            if self.metric == "cosine" and bool(moved.any()):  # spherical: unit centers
+                self.centers[moved] = unit(self.centers[moved])
         if g is not None:
             src = dist.get_global_rank(g, 0)
             dist.broadcast(self.centers, src=src, group=g)
@@ -257,8 +273,11 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         g = world(self.group)
         if g is None:
             return minibatch_step_(
-                self.centers, self.counts, x, deterministic=self.deterministic, backend=self.backend
+                self.centers, self.counts, x, deterministic=self.deterministic,
+                metric=self.metric, backend=self.backend,
             )
+        if self.metric == "cosine":
+            raise NotImplementedError("metric='cosine' has no distributed update yet")
         labels, _ = assign(x, self.centers, backend=self.backend)
         sums, m = cluster_sums(x, labels, self.n_clusters,
                                deterministic=self.deterministic, backend=self.backend)
@@ -294,7 +313,7 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
                     "or copy centers into .centers"
                 )
             self._seeded = True  # centers the user set: checked once, then kept
-        labels, _ = assign(rows, self.centers, backend=self.backend)
+        labels, _ = assign(rows, self.centers, metric=self.metric, backend=self.backend)
         return labels
 
     def partial_fit(self, x: Tensor) -> "MiniBatchKMeansModule":
