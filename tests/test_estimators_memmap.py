@@ -145,3 +145,16 @@ def test_peak_rss_stays_well_below_a_200mb_memmap(tmp_path):
     assert grown < size / 2, f"peak RSS grew by {grown / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB memmap"
     whole = peak_growth(lambda: float(torch.from_numpy(np.asarray(mm)).sum()))
     assert whole > 0.9 * size  # the measure sees a whole read
+
+
+def test_cosine_kmeans_on_a_memmap_equals_in_memory(tmp_path, small_chunks):
+    """metric="cosine" (spherical Lloyd, with an empty cluster relocated): the per-chunk sums
+    of unit rows give the in-memory answer."""
+    x = _blobs(500, 6)
+    init = np.concatenate([x[:3], -x[3:4] * 100])  # the last center attracts nothing at first
+    mm = _memmap(tmp_path / "x.bin", x)
+    a = km.KMeans(4, init=init, metric="cosine").fit(mm)
+    b = km.KMeans(4, init=init, metric="cosine").fit(x)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.transform(mm), b.transform(x), rtol=1e-5, atol=1e-6)
