@@ -23,6 +23,7 @@ from .assigned_distance import assigned_distance
 from .center_loss import center_loss, kmgan_center_loss
 from .minibatch_update import ema_update_, minibatch_step_, minibatch_update_
 from .pairwise_l1 import pairwise_l1
+from .reassign_dead import reassign_dead_
 from .kmgan_losses import KMGANLosses, KMGANLossTerms, kmgan_losses
 from .seeding import KMeansResult, extract_features, kmeans, kmeans_parallel, kmeans_plusplus
 from .estimators import KMeans, MiniBatchKMeans
@@ -38,6 +39,7 @@ __all__ = [
     "minibatch_update_",
     "minibatch_step_",
     "ema_update_",
+    "reassign_dead_",
     "kmgan_center_loss",
     "center_loss",
     "assigned_distance",

@@ -97,9 +97,14 @@ def test_memmap_input(tmp_path):
     mm = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="w+", shape=x.shape)
     mm[:] = x
     mm.flush()
-    a = km.kmeans(np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=x.shape), 6)
-    b = km.kmeans(x, 6)
+    ro = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=x.shape)
+    # "auto" reads a memmap in chunks with the torch engine (faiss would read it whole)
+    a = km.kmeans(ro, 6)
+    b = km.kmeans(x, 6, backend="torch")
     np.testing.assert_array_equal(a.centers, b.centers)
+    if km.seeding._data.faiss_module() is not None:
+        c = km.kmeans(ro, 6, backend="faiss")
+        np.testing.assert_array_equal(c.centers, km.kmeans(x, 6, backend="faiss").centers)
 
 
 def test_bad_input_is_named():
@@ -208,3 +213,27 @@ def test_auto_engine_rule(monkeypatch):
     want_small = "faiss" if HAVE_FAISS else "torch"
     assert kmeans_mod._resolve("auto", rows, kmeans_mod._FAISS_BELOW_K - 1) == want_small
     assert kmeans_mod._resolve("auto", rows, kmeans_mod._FAISS_BELOW_K) == "torch"
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_sample_weight_matches_sklearn(backend):
+    """Weighted k-means++ draws, weighted means and inertia, as scikit-learn's KMeans given
+    the same initial centers; integer weights = repeated rows."""
+    if backend == "faiss" and km.seeding._data.faiss_module() is None:
+        pytest.skip("needs faiss")
+    sk = pytest.importorskip("sklearn.cluster")
+    x = np.asarray(_blobs(), dtype=np.float64)
+    w = np.random.default_rng(0).integers(0, 4, len(x)).astype(np.float64)
+    init = x[:6].copy()
+    ours = km.kmeans(x.astype(np.float32), 6, init=init.astype(np.float32), niter=50,
+                     sample_weight=w, backend=backend)
+    ref = sk.KMeans(6, init=init, n_init=1, max_iter=50, tol=0).fit(x, sample_weight=w)
+    np.testing.assert_allclose(ours.centers, ref.cluster_centers_, rtol=1e-4, atol=1e-4)
+    assert ours.inertia == pytest.approx(ref.inertia_, rel=1e-4)
+    rep = np.repeat(x, w.astype(int), axis=0).astype(np.float32)
+    dup = km.kmeans(rep, 6, init=init.astype(np.float32), niter=50, backend=backend)
+    np.testing.assert_allclose(ours.centers, dup.centers, rtol=1e-4, atol=1e-4)
+    seeded = km.kmeans(x.astype(np.float32), 6, niter=0, sample_weight=w, seed=3)
+    assert set(map(tuple, seeded.centers)) <= set(map(tuple, x.astype(np.float32)[w > 0]))
+    with pytest.raises(ValueError, match="sample_weight"):
+        km.kmeans(x, 6, sample_weight=w[:-1])

@@ -7,6 +7,8 @@ importing scikit-learn, input/output conversion, and the checks of the common pa
 * numpy in gives numpy out; torch in gives torch out on the input's device. Float64 and
   float32 data are computed in their own precision (as scikit-learn does); integer and
   16-bit inputs in float32 (``dtype`` overrides both).
+* An ``np.memmap`` is read in row chunks (converted chunk by chunk, its mapped pages
+  released after use), never whole: ``Data``.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..assign import assign
+from ..seeding._data import MEMMAP_CHUNK_BYTES, _from_numpy, gather_rows, release_pages
 
 _METRICS = ("euclidean", "cosine")
 
@@ -61,11 +64,60 @@ def check_random_state(seed) -> np.random.RandomState:
     )
 
 
-def tolerance(x: Tensor, tol: float) -> float:
+class Data:
+    """X as an estimator reads it, in the compute dtype on the compute device.
+
+    In memory (a tensor, a numpy array): ``x`` is one tensor, ``chunks()`` yields it once.
+    An ``np.memmap``: ``x`` is None and ``chunks()`` yields row chunks of at most
+    MEMMAP_CHUNK_BYTES (as float64), each converted on its own and its mapped pages
+    released once used, so a memmap larger than memory is never resident at once.
+    ``shape``, ``dtype`` and ``device`` read as a tensor's.
+    """
+
+    def __init__(self, x: Tensor | None, mm: np.ndarray | None = None, dtype=None, device=None):
+        self.x, self.mm = x, mm
+        if x is not None:
+            self.shape, self.dtype, self.device = tuple(x.shape), x.dtype, x.device
+        else:
+            self.shape, self.dtype, self.device = tuple(mm.shape), dtype, device
+        self.chunk_rows = max(1, MEMMAP_CHUNK_BYTES // max(1, 8 * self.shape[1]))
+
+    @property
+    def chunked(self) -> bool:
+        return self.x is None
+
+    def _read(self, part: np.ndarray) -> Tensor:
+        t = _from_numpy(np.ascontiguousarray(part))
+        return t.to(device=self.device, dtype=self.dtype)
+
+    def chunks(self):
+        if self.x is not None:
+            yield 0, self.x
+            return
+        for s in range(0, self.shape[0], self.chunk_rows):
+            e = min(s + self.chunk_rows, self.shape[0])
+            yield s, self._read(self.mm[s:e])
+            release_pages(self.mm, s, e)
+
+    def take(self, idx: Tensor) -> Tensor:
+        """The rows at idx (a copy for a memmap: only those rows are read)."""
+        if self.x is not None:
+            return self.x[idx.to(self.x.device)]
+        return self._read(gather_rows(self.mm, idx.cpu().numpy(), self.chunk_rows))
+
+
+def tolerance(x: Tensor | Data, tol: float) -> float:
     """scikit-learn's tol scaling: tol times the mean over features of the data's variance."""
     if tol == 0 or x.shape[0] == 0:
         return 0.0
-    return float(torch.var(x.to(torch.float64), dim=0, unbiased=False).mean()) * tol
+    if isinstance(x, Tensor) or not x.chunked:
+        x = x if isinstance(x, Tensor) else x.x
+        return float(torch.var(x.to(torch.float64), dim=0, unbiased=False).mean()) * tol
+    # two passes in float64 (mean, then squared deviations): no cancellation
+    n = x.shape[0]
+    mean = sum(ch.to(torch.float64).sum(0) for _, ch in x.chunks()) / n
+    ss = sum(((ch.to(torch.float64) - mean) ** 2).sum(0) for _, ch in x.chunks())
+    return float((ss / n).mean()) * tol
 
 
 class _Protocol:
@@ -90,6 +142,13 @@ class _Protocol:
             setattr(self, key, value)
         return self
 
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """The names of transform's columns, as scikit-learn's: ``kmeans0``, ``kmeans1``..."""
+        if not hasattr(self, "cluster_centers_"):
+            raise _not_fitted(self)
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self._n_features_out)], dtype=object)
+
     def __repr__(self) -> str:
         sig = inspect.signature(type(self).__init__)
         changed = []
@@ -105,9 +164,10 @@ class _Protocol:
 try:  # with scikit-learn installed the estimators are its BaseEstimators (tags, clone,
     # pipelines, check_is_fitted, html repr); without it they keep the same protocol
     from sklearn.base import BaseEstimator as _SkBase
-    from sklearn.base import ClusterMixin, TransformerMixin
+    from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 
-    _BASES: tuple = (ClusterMixin, TransformerMixin, _SkBase)
+    # scikit-learn's own order (_BaseKMeans): get_feature_names_out -> ["kmeans0", ...]
+    _BASES: tuple = (ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, _SkBase)
 except ImportError:  # pragma: no cover - scikit-learn is optional
     _BASES = (_Protocol,)
 
@@ -214,7 +274,34 @@ class EstimatorBase(*_BASES):
             raise ValueError(f"{name} contains NaN or infinity")
         return t
 
-    def _weights(self, sample_weight, x: Tensor) -> Tensor | None:
+    def _data(self, X, *, name: str = "X", fitted: bool = False) -> Data:
+        """X as a Data: an np.memmap stays on disk and is read in row chunks (checked in one
+        chunked pass); anything else is one tensor (``_as_tensor``)."""
+        if not isinstance(X, np.memmap):
+            return Data(self._as_tensor(X, name=name, fitted=fitted))
+        if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+            raise TypeError(f"{name} must be numeric (a numpy array or torch tensor), got {X.dtype}")
+        if np.issubdtype(X.dtype, np.complexfloating):
+            raise TypeError(f"{name} must be real, got {X.dtype}")
+        if X.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}")
+        if fitted:
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"{name} has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+            dtype, device = self._dtype, self._device
+        else:
+            dtype = self._compute_dtype(X)
+            device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        data = Data(None, X, dtype, device)
+        for _, ch in data.chunks():
+            if ch.numel() and not bool(torch.isfinite(ch).all()):
+                raise ValueError(f"{name} contains NaN or infinity")
+        return data
+
+    def _weights(self, sample_weight, x: Tensor | Data) -> Tensor | None:
         """None for unit weights, else an (N,) tensor of x's dtype and device."""
         if sample_weight is None:
             return None
@@ -263,8 +350,8 @@ class EstimatorBase(*_BASES):
         return c.to(device=self._device, dtype=self._dtype)
 
     # ------------------------------------------------------------------ shared methods
-    def _labels_inertia(self, x: Tensor, w: Tensor | None, centers: Tensor) -> tuple[Tensor, float]:
-        labels, dist2 = assign(x, centers, metric=self.metric, backend=self.backend)
+    def _labels_inertia(self, x: Tensor | Data, w: Tensor | None, centers: Tensor) -> tuple[Tensor, float]:
+        labels, dist2 = assign_all(x, centers, self.backend, self.metric)
         d2 = dist2.to(torch.float64)
         inertia = float((d2 * w.to(torch.float64)).sum() if w is not None else d2.sum())
         return labels, inertia
@@ -273,8 +360,7 @@ class EstimatorBase(*_BASES):
         """Index (n_samples,) of the nearest center of each row (ties to the lowest index;
         metric="cosine": the largest cosine similarity)."""
         c = self._centers_tensor()
-        x = self._as_tensor(X, fitted=True)
-        labels, _ = assign(x, c, metric=self.metric, backend=self.backend)
+        labels, _ = assign_all(self._data(X, fitted=True), c, self.backend, self.metric)
         return self._labels_out(labels, X)
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -286,22 +372,25 @@ class EstimatorBase(*_BASES):
         metric="cosine": the distances on the unit sphere, sqrt(2 - 2 cos) (cos 0 for a zero
         row or center), whose squares are assign's dist2."""
         c = self._centers_tensor()
-        x = self._as_tensor(X, fitted=True)
-        rows = max(1, (1 << 24) // max(1, c.shape[0] * max(1, x.shape[1])))
-        out = torch.empty(x.shape[0], c.shape[0], dtype=x.dtype, device=x.device)
+        data = self._data(X, fitted=True)
+        rows = max(1, (1 << 24) // max(1, c.shape[0] * max(1, data.shape[1])))
+        out = torch.empty(data.shape[0], c.shape[0], dtype=data.dtype, device=data.device)
         if self.metric == "cosine":
             cd = c.to(torch.float64)
             cn = torch.linalg.vector_norm(cd, dim=1)
+        for start, x in data.chunks():
             for s in range(0, x.shape[0], rows):
-                xd = x[s : s + rows].to(torch.float64)
-                den = torch.linalg.vector_norm(xd, dim=1)[:, None] * cn[None, :]
-                cos = torch.where(den == 0, torch.zeros_like(den), (xd @ cd.t()) / torch.where(den == 0, torch.ones_like(den), den))
-                out[s : s + rows] = (2.0 - 2.0 * cos).clamp_min(0).sqrt().to(x.dtype)
-            return self._out(out, X)
-        for s in range(0, x.shape[0], rows):
-            out[s : s + rows] = torch.cdist(
-                x[s : s + rows], c, compute_mode="donot_use_mm_for_euclid_dist"
-            )
+                part = x[s : s + rows]
+                e = start + s + part.shape[0]
+                if self.metric == "cosine":
+                    xd = part.to(torch.float64)
+                    den = torch.linalg.vector_norm(xd, dim=1)[:, None] * cn[None, :]
+                    cos = torch.where(den == 0, torch.zeros_like(den), (xd @ cd.t()) / torch.where(den == 0, torch.ones_like(den), den))
+                    out[start + s : e] = (2.0 - 2.0 * cos).clamp_min(0).sqrt().to(x.dtype)
+                else:
+                    out[start + s : e] = torch.cdist(
+                        part, c, compute_mode="donot_use_mm_for_euclid_dist"
+                    )
         return self._out(out, X)
 
     def fit_transform(self, X, y=None, sample_weight=None):
@@ -310,7 +399,7 @@ class EstimatorBase(*_BASES):
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of X's inertia against the fitted centers (scikit-learn's score)."""
         c = self._centers_tensor()
-        x = self._as_tensor(X, fitted=True)
+        x = self._data(X, fitted=True)
         _, inertia = self._labels_inertia(x, self._weights(sample_weight, x), c)
         return -inertia
 
@@ -326,7 +415,22 @@ def _not_fitted(est) -> Exception:
         return AttributeError(msg)
 
 
-def initial_centers(est, x: Tensor, w: Tensor | None, rs: np.random.RandomState, X_user) -> Tensor:
+def assign_all(x: Tensor | Data, centers: Tensor, backend: str,
+               metric: str = "euclidean") -> tuple[Tensor, Tensor]:
+    """km.assign over every row (chunk by chunk for a memmap): (labels (N,), dist2 (N,))."""
+    if isinstance(x, Tensor) or not x.chunked:
+        return assign(x if isinstance(x, Tensor) else x.x, centers, metric=metric, backend=backend)
+    n = x.shape[0]
+    labels = torch.empty(n, dtype=torch.int64, device=x.device)
+    dist2 = torch.empty(n, dtype=x.dtype, device=x.device)
+    for s, ch in x.chunks():
+        lab, d2 = assign(ch, centers, metric=metric, backend=backend)
+        labels[s : s + ch.shape[0]] = lab
+        dist2[s : s + ch.shape[0]] = d2
+    return labels, dist2
+
+
+def initial_centers(est, x: Tensor | Data, w: Tensor | None, rs: np.random.RandomState, X_user) -> Tensor:
     """One initialisation as scikit-learn's ``_init_centroids`` (x already subsampled)."""
     k, n = est.n_clusters, x.shape[0]
     init = est.init
@@ -346,9 +450,14 @@ def _initial_centers(est, x: Tensor, w: Tensor | None, rs: np.random.RandomState
         return _kpp(x, k, seed, w, est)
     if isinstance(init, str) and init == "random":
         seeds = rs.choice(n, size=k, replace=False, p=probabilities(w, x))
-        return x[torch.as_tensor(seeds, device=x.device)].clone()
+        idx = torch.as_tensor(seeds, device=x.device)
+        return x.take(idx) if isinstance(x, Data) else x[idx].clone()
     if callable(init):
-        xu = x if isinstance(X_user, Tensor) else x.cpu().numpy()
+        if isinstance(x, Data) and x.chunked:
+            xu = X_user  # the memmap itself, as scikit-learn passes X
+        else:
+            xu = x.x if isinstance(x, Data) else x
+            xu = xu if isinstance(X_user, Tensor) else xu.cpu().numpy()
         c = init(xu, k, random_state=rs)
     else:
         c = init
@@ -369,7 +478,11 @@ def probabilities(w: Tensor | None, x: Tensor) -> np.ndarray:
     return wn / wn.sum()
 
 
-def _kpp(x: Tensor, k: int, seed: int, w: Tensor | None, est) -> Tensor:
+def _kpp(x: Tensor | Data, k: int, seed: int, w: Tensor | None, est) -> Tensor:
     from ..seeding import kmeans_plusplus
 
+    if isinstance(x, Data) and x.chunked:  # k-means++ reads the memmap in chunks itself
+        c = kmeans_plusplus(x.mm, k, seed=seed, sample_weight=w, metric=est.metric)
+        return torch.as_tensor(c).to(device=x.device, dtype=x.dtype)
+    x = x.x if isinstance(x, Data) else x
     return kmeans_plusplus(x, k, seed=seed, sample_weight=w, metric=est.metric).to(x.dtype)

@@ -10,6 +10,9 @@ centers, so ``labels_`` always matches ``cluster_centers_``.
 
 Sample weights: the sums of ``w_i x_i`` and of ``w_i`` are formed by the same kernels over
 ``[w x, w]`` (one extra column) and divided: the weighted means scikit-learn computes.
+
+A memmap (``Data.chunked``) is read chunk by chunk: per chunk the labels and the per-cluster
+sums (float64), summed over the chunks; in memory the whole of X is one call.
 """
 from __future__ import annotations
 
@@ -17,8 +20,11 @@ import torch
 from torch import Tensor
 
 from .._cluster_stats import cluster_means
+from .._progress import progress
 from ..assign import assign
 from ..minibatch_update import minibatch_update_
+from ..seeding.kmeans_plusplus import unit
+from ._base import Data, assign_all
 
 
 def weighted_rows(x: Tensor, w: Tensor | None) -> Tensor | None:
@@ -41,7 +47,44 @@ def m_step(x, xw, w, labels, k, *, deterministic, backend) -> tuple[Tensor, Tens
     return centers.to(x.dtype), wsum
 
 
-def relocate_empty(x, w, labels, dist2, centers_new, weight) -> None:
+def e_m_step(data: Data, w, xw, centers, *, deterministic, backend, metric="euclidean"):
+    """(labels (N,), dist2 (N,), new centers (K, d), weight per cluster float64); ``xw`` is
+    ``weighted_rows(data.x, w)`` in memory (formed once per fit), None for a memmap."""
+    k = centers.shape[0]
+    cosine = metric == "cosine"
+    if not data.chunked:
+        x = data.x
+        labels, dist2 = assign(x, centers, metric=metric, backend=backend)
+        if cosine:
+            new, weight = spherical_m_step(x, labels, k, deterministic=deterministic, backend=backend)
+        else:
+            new, weight = m_step(x, xw, w, labels, k, deterministic=deterministic, backend=backend)
+        return labels, dist2, new, weight
+    n = data.shape[0]
+    labels = torch.empty(n, dtype=torch.int64, device=data.device)
+    dist2 = torch.empty(n, dtype=data.dtype, device=data.device)
+    sums = torch.zeros(k, data.shape[1], dtype=torch.float64, device=data.device)
+    weight = torch.zeros(k, dtype=torch.float64, device=data.device)
+    for s, x in data.chunks():
+        e = s + x.shape[0]
+        lab, d2 = assign(x, centers, metric=metric, backend=backend)
+        labels[s:e], dist2[s:e] = lab, d2
+        if cosine:  # the sums of the chunk's unit rows (a chunk is a copy already)
+            sums.index_add_(0, lab, unit(x.to(torch.float64)))
+            weight += torch.bincount(lab, minlength=k).to(torch.float64)
+            continue
+        wc = w[s:e] if w is not None else None
+        means, wk = m_step(x, weighted_rows(x, wc), wc, lab, k,
+                           deterministic=deterministic, backend=backend)
+        sums += means.to(torch.float64) * wk[:, None]
+        weight += wk
+    if cosine:
+        return labels, dist2, unit(sums).to(data.dtype), weight
+    new = torch.where((weight > 0)[:, None], sums / weight.clamp_min(1e-300)[:, None], sums)
+    return labels, dist2, new.to(data.dtype), weight
+
+
+def relocate_empty(data: Data, w, labels, dist2, centers_new, weight) -> None:
     """scikit-learn's ``_relocate_empty_clusters_dense``, in place on centers_new / weight.
 
     The rows farthest from their (old) center, farthest first, become the centers of the
@@ -55,7 +98,7 @@ def relocate_empty(x, w, labels, dist2, centers_new, weight) -> None:
     for new_id, p in zip(empty, far.tolist()):
         wp = 1.0 if w is None else float(w[p])
         old = int(labels[p])
-        xp = x[p].to(torch.float64)
+        xp = data.take(torch.tensor([p]))[0].to(torch.float64)
         total = c[old] * weight[old] - wp * xp
         weight[old] -= wp
         c[old] = total / weight[old] if weight[old] > 0 else total
@@ -75,40 +118,52 @@ def spherical_m_step(x, labels, k, *, deterministic, backend) -> tuple[Tensor, T
     return centers, counts.to(torch.float64)
 
 
-def relocate_empty_spherical(x, labels, dist2, centers_new, weight) -> None:
+def relocate_empty_spherical(data: Data, labels, dist2, centers_new, weight) -> None:
     """The empty clusters take the rows farthest from their center (farthest first),
     normalised; unlike the Euclidean rule the old clusters keep their directions."""
     empty = torch.nonzero(weight == 0).flatten()
     if not empty.numel():
         return
     far = torch.sort(dist2.to(torch.float64), descending=True, stable=True).indices[: empty.numel()]
-    rows = x[far].to(torch.float64)
+    rows = data.take(far).to(torch.float64)
     n = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
     centers_new[empty] = torch.where(n == 0, rows, rows / torch.where(n == 0, torch.ones_like(n), n)).to(centers_new.dtype)
     weight[empty] = 1.0
 
 
-def lloyd(x, w, centers, *, max_iter, tol, verbose, deterministic, backend, metric="euclidean"):
-    """Returns (labels int64 (N,), inertia float, centers (K, d), n_iter)."""
-    k = centers.shape[0]
-    cosine = metric == "cosine"
-    if cosine and w is not None:
+def lloyd(data: Data, w, centers, *, max_iter, tol, verbose, deterministic, backend,
+          metric="euclidean", desc="KMeans"):
+    """Returns (labels int64 (N,), inertia float, centers (K, d), n_iter).
+
+    ``verbose``: scikit-learn's per-iteration lines on stdout, and a progress of the
+    iterations on stderr (kmgan_ext._progress: a bar on a terminal; elsewhere a line every
+    KMGAN_EXT_PROGRESS_INTERVAL seconds, so only long fits print one)."""
+    if metric == "cosine" and w is not None:
         raise NotImplementedError("metric='cosine' with sample_weight is not supported yet")
-    xw = weighted_rows(x, w)
+    with progress(max_iter, desc=desc, unit="it", enabled=bool(verbose), leave=False,
+                  summary=False) as bar:
+        return _lloyd(data, w, centers, max_iter=max_iter, tol=tol, verbose=verbose,
+                      deterministic=deterministic, backend=backend, metric=metric, bar=bar)
+
+
+def _lloyd(data, w, centers, *, max_iter, tol, verbose, deterministic, backend, metric, bar):
+    xw = weighted_rows(data.x, w) if not data.chunked else None
     labels_old = None
     i = 0
     for i in range(max_iter):
-        labels, dist2 = assign(x, centers, metric=metric, backend=backend)
-        if cosine:
-            centers_new, weight = spherical_m_step(x, labels, k, deterministic=deterministic, backend=backend)
-            relocate_empty_spherical(x, labels, dist2, centers_new, weight)
+        labels, dist2, centers_new, weight = e_m_step(
+            data, w, xw, centers, deterministic=deterministic, backend=backend, metric=metric)
+        if metric == "cosine":
+            relocate_empty_spherical(data, labels, dist2, centers_new, weight)
         else:
-            centers_new, weight = m_step(x, xw, w, labels, k, deterministic=deterministic, backend=backend)
-            relocate_empty(x, w, labels, dist2, centers_new, weight)
+            relocate_empty(data, w, labels, dist2, centers_new, weight)
+        shift = float(((centers_new.to(torch.float64) - centers.to(torch.float64)) ** 2).sum())
         if verbose:
             d2 = dist2.to(torch.float64)
-            print(f"Iteration {i}, inertia {float((d2 * w).sum() if w is not None else d2.sum())}.")
-        shift = float(((centers_new.to(torch.float64) - centers.to(torch.float64)) ** 2).sum())
+            inertia = float((d2 * w).sum() if w is not None else d2.sum())
+            print(f"Iteration {i}, inertia {inertia}.")
+            bar.set_postfix({"inertia": inertia, "shift": shift})
+        bar.update(1)
         centers = centers_new
         if labels_old is not None and torch.equal(labels, labels_old):
             if verbose:
@@ -121,7 +176,7 @@ def lloyd(x, w, centers, *, max_iter, tol, verbose, deterministic, backend, metr
         labels_old = labels
     # After strict convergence the last M-step reproduced the same means, so these labels
     # are the last E-step's (as scikit-learn keeps); otherwise they are its re-run E-step.
-    labels, dist2 = assign(x, centers, metric=metric, backend=backend)
+    labels, dist2 = assign_all(data, centers, backend, metric)
     d2 = dist2.to(torch.float64)
     inertia = float((d2 * w.to(torch.float64)).sum() if w is not None else d2.sum())
     return labels, inertia, centers, i + 1

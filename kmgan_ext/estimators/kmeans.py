@@ -95,7 +95,7 @@ class KMeans(EstimatorBase):
         self._check_common_params()
         if self.algorithm not in ("lloyd", "elkan"):
             raise ValueError(f"algorithm must be 'lloyd' or 'elkan', got {self.algorithm!r}")
-        x = self._as_tensor(X)
+        x = self._data(X)
         if x.shape[0] < self.n_clusters:
             raise ValueError(f"n_samples={x.shape[0]} should be >= n_clusters={self.n_clusters}.")
         w = self._weights(sample_weight, x)
@@ -105,12 +105,13 @@ class KMeans(EstimatorBase):
 
         best = None
         for run in range(n_init):
-            c0 = initial_centers(self, x, w, rs, X)
+            c0 = initial_centers(self, x if x.chunked else x.x, w, rs, X)
             if self.verbose:
                 print("Initialization complete")
             labels, inertia, centers, n_iter = lloyd(
                 x, w, c0, max_iter=self.max_iter, tol=tol, verbose=self.verbose,
                 deterministic=self.deterministic, backend=self.backend, metric=self.metric,
+                desc=f"KMeans init {run + 1}/{n_init}",
             )
             # scikit-learn's rule: a lower inertia replaces the best run unless it is the
             # same clustering (which guards against float noise between equal solutions)

@@ -7,9 +7,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._progress import progress
 from ..assign import assign
 from ..minibatch_update import minibatch_update_
+from ..reassign_dead import reassign_dead_
 from ._base import (
+    Data,
     EstimatorBase,
     check_int,
     check_random_state,
@@ -90,8 +93,11 @@ class MiniBatchKMeans(EstimatorBase):
     def _check_params(self, n: int) -> None:
         self._check_common_params()
         check_int("batch_size", self.batch_size)
-        if not isinstance(self.reassignment_ratio, numbers.Real) or self.reassignment_ratio < 0:
-            raise ValueError(f"reassignment_ratio should be >= 0, got {self.reassignment_ratio!r}")
+        r = self.reassignment_ratio
+        # scikit-learn accepts r > 1 and then fails at the first reassignment (every center
+        # is below r * max, none is left to take the reset count from): refused up front
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 <= r <= 1:
+            raise ValueError(f"reassignment_ratio should be in [0, 1], got {r!r}")
         m = self.max_no_improvement
         if m is not None and (not is_int(m) or m < 0):
             raise ValueError(f"max_no_improvement must be None or an int >= 0, got {m!r}")
@@ -109,13 +115,13 @@ class MiniBatchKMeans(EstimatorBase):
             init_size = 3 * self.n_clusters
         self._init_size = min(int(init_size), n)
 
-    def _init(self, x, w, rs, X_user) -> Tensor:
+    def _init(self, x: Data, w, rs, X_user) -> Tensor:
         """scikit-learn's ``_init_centroids`` with ``init_size``: a random subset first."""
         n = x.shape[0]
         if self._init_size < n:
             idx = torch.as_tensor(rs.randint(0, n, self._init_size), device=x.device)
-            x, w = x[idx], (w[idx] if w is not None else None)
-        return initial_centers(self, x, w, rs, X_user)
+            return initial_centers(self, x.take(idx), (w[idx] if w is not None else None), rs, X_user)
+        return initial_centers(self, x if x.chunked else x.x, w, rs, X_user)
 
     # ------------------------------------------------------------------ one step
     def _random_reassign(self) -> bool:
@@ -151,31 +157,17 @@ class MiniBatchKMeans(EstimatorBase):
         return inertia
 
     def _reassign(self, xb: Tensor, rs) -> None:
-        # The (K,) bookkeeping runs in numpy exactly as scikit-learn's (same argsort, same
-        # RandomState draws), so the sequence matches it.
-        counts = self._counts.cpu().numpy().astype(np.float64)
-        to_reassign = counts < self.reassignment_ratio * counts.max()
-        if to_reassign.sum() > 0.5 * xb.shape[0]:
-            dont = np.argsort(counts)[int(0.5 * xb.shape[0]):]
-            to_reassign[dont] = False
-        n_reassigns = int(to_reassign.sum())
-        if n_reassigns:
-            rows = rs.choice(xb.shape[0], replace=False, size=n_reassigns)
-            if self.verbose:
-                print(f"[MiniBatchKMeans] Reassigning {n_reassigns} cluster centers.")
-            mask = torch.as_tensor(to_reassign, device=xb.device)
-            new = xb[torch.as_tensor(rows, device=xb.device)]
-            if self.metric == "cosine":  # spherical: unit centers
-                from ..seeding.kmeans_plusplus import unit
+        # km.reassign_dead_ transcribes scikit-learn's rule and, given this RandomState,
+        # draws the same rows, so the sequence matches scikit-learn's
+        moved = reassign_dead_(self._centers, self._counts, xb,
+                               reassignment_ratio=self.reassignment_ratio, generator=rs)
+        n_reassigns = int(moved.sum())
+        if n_reassigns and self.verbose:
+            print(f"[MiniBatchKMeans] Reassigning {n_reassigns} cluster centers.")
+        if n_reassigns and self.metric == "cosine":  # spherical: unit centers
+            from ..seeding.kmeans_plusplus import unit
 
-                new = unit(new)
-            self._centers[mask] = new
-        # scikit-learn resets the reassigned counts to the smallest count of the others (not
-        # to 0, which would reassign them again at once)
-        if to_reassign.any():
-            floor = counts[~to_reassign].min()
-            self._counts[torch.as_tensor(to_reassign, device=self._counts.device)] = (
-                int(floor) if self._counts.dtype == torch.int64 else float(floor))
+            self._centers[moved] = unit(self._centers[moved])
 
     # ------------------------------------------------------------------ convergence
     def _converged(self, step, n_steps, n, shift, batch_inertia) -> bool:
@@ -211,8 +203,11 @@ class MiniBatchKMeans(EstimatorBase):
 
     # ------------------------------------------------------------------ public
     def fit(self, X, y=None, sample_weight=None):
-        """Compute the centers over X by mini-batches (scikit-learn's schedule); returns self."""
-        x = self._as_tensor(X)
+        """Compute the centers over X by mini-batches (scikit-learn's schedule); returns self.
+
+        An np.memmap is never read whole: batches, validation and initialisation rows are
+        gathered from it, the tolerance and the final labels computed chunk by chunk."""
+        x = self._data(X)
         n = x.shape[0]
         w = self._weights(sample_weight, x)  # before _check_params sets anything
         self._check_params(n)
@@ -221,7 +216,7 @@ class MiniBatchKMeans(EstimatorBase):
         n_init = self._n_init_for(default=3)
 
         valid = torch.as_tensor(rs.randint(0, n, self._init_size), device=x.device)
-        x_valid, w_valid = x[valid], (w[valid] if w is not None else None)
+        x_valid, w_valid = x.take(valid), (w[valid] if w is not None else None)
         best = None
         for run in range(n_init):
             if self.verbose:
@@ -244,13 +239,21 @@ class MiniBatchKMeans(EstimatorBase):
         # with unit weights (scikit-learn >= 1.5), so weights are not counted twice.
         p = probabilities(w, x)
         i = 0
-        for i in range(n_steps):
-            idx = torch.as_tensor(rs.choice(n, self._batch_size, p=p, replace=True), device=x.device)
-            old = self._centers.clone() if self._tol > 0 else None
-            batch_inertia = self._step(x[idx], None, rs, self._random_reassign())
-            shift = float(((self._centers.to(torch.float64) - old.to(torch.float64)) ** 2).sum()) if old is not None else 0.0
-            if self._converged(i, n_steps, n, shift, batch_inertia):
-                break
+        # verbose: a progress of the steps on stderr beside scikit-learn's lines (a bar on a
+        # terminal; elsewhere a line every KMGAN_EXT_PROGRESS_INTERVAL seconds)
+        with progress(n_steps, desc="MiniBatchKMeans", unit="step", enabled=bool(self.verbose),
+                      leave=False, summary=False) as bar:
+            for i in range(n_steps):
+                idx = torch.as_tensor(rs.choice(n, self._batch_size, p=p, replace=True), device=x.device)
+                old = self._centers.clone() if self._tol > 0 else None
+                batch_inertia = self._step(x.take(idx), None, rs, self._random_reassign())
+                shift = float(((self._centers.to(torch.float64) - old.to(torch.float64)) ** 2).sum()) if old is not None else 0.0
+                done = self._converged(i, n_steps, n, shift, batch_inertia)
+                bar.update(1)
+                if self.verbose and self._ewa_inertia is not None:
+                    bar.set_postfix({"ewa_inertia": self._ewa_inertia})
+                if done:
+                    break
 
         self._set_fitted(X, x)
         self.n_steps_ = i + 1
@@ -270,7 +273,7 @@ class MiniBatchKMeans(EstimatorBase):
         """
         first = not hasattr(self, "_centers")
         if first:
-            x = self._as_tensor(X)
+            x = self._as_tensor(X)  # a batch: in memory
             self._weights(sample_weight, x)  # checked before _check_params sets anything
             self._check_params(x.shape[0])
             if not isinstance(self.init, str) and not callable(self.init):
@@ -285,7 +288,7 @@ class MiniBatchKMeans(EstimatorBase):
         rs = self._random_state
         self.n_steps_ = getattr(self, "n_steps_", 0)
         if first:
-            self._centers = self._init(x, w, rs, X).contiguous()
+            self._centers = self._init(Data(x), w, rs, X).contiguous()
             self._counts = (torch.zeros(self.n_clusters, dtype=torch.int64, device=x.device)
                             if w is None else
                             torch.zeros(self.n_clusters, dtype=torch.float64, device=x.device))

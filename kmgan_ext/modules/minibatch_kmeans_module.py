@@ -14,6 +14,7 @@ from .. import _checks
 from .._cluster_stats import cluster_sums
 from ..assign import assign
 from ..minibatch_update import minibatch_step_
+from ..reassign_dead import reassign_dead_
 from ..seeding import kmeans_parallel, kmeans_plusplus
 from ..seeding.kmeans_plusplus import unit
 from ._distributed import world
@@ -67,8 +68,9 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         reassignment_ratio: dead clusters (scikit-learn's rule, 0 = off): after an update,
             when a cluster has count 0 or 10 K rows arrived since the last check, the
             centers whose count is below this fraction of the largest move to random rows
-            of the batch (drawn from a generator seeded with ``seed``; on rank 0 and
-            broadcast under DDP) and their count becomes the smallest remaining one.
+            of the batch (``km.reassign_dead_``, drawn from a generator seeded with
+            ``seed``; on rank 0 and broadcast under DDP) and their count becomes the
+            smallest remaining one. The usage counts are the ``counts`` buffer.
         seed: of the reassignment draws.
         metric: "euclidean" (default) or "cosine": spherical mini-batch k-means (labels by
             the largest cosine similarity, k-means++ on the sphere, the updates sum the
@@ -99,7 +101,9 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         k = _positive("n_clusters", n_clusters)
         _checks.metric(metric)
         self.metric = metric
-        reassignment_ratio = _checks.real("reassignment_ratio", reassignment_ratio, minimum=0.0)
+        # <= 1: above it every center can fall below the ratio, leaving no count to reset to
+        reassignment_ratio = _checks.real("reassignment_ratio", reassignment_ratio,
+                                          minimum=0.0, maximum=1.0)
         seed = _checks.integer("seed", seed)
         if dtype not in _checks.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
@@ -262,29 +266,23 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         return labels
 
     def _reassign(self, x: Tensor) -> None:
-        """scikit-learn's low-count reassignment (``_mini_batch_step``), deterministic given
-        the seed. Decided from the counts alone, which every rank shares."""
-        counts = self.counts.cpu()
-        total = int(counts.sum())
-        if not (bool((counts == 0).any()) or total - self._checked_at >= 10 * self.n_clusters):
+        """scikit-learn's low-count reassignment (km.reassign_dead_), deterministic given the
+        seed. When to look is decided from the counts alone, which every rank shares; the
+        draws happen on rank 0 and are broadcast."""
+        total = int(self.counts.sum())
+        if not (bool((self.counts == 0).any()) or total - self._checked_at >= 10 * self.n_clusters):
             return
         self._checked_at = total
-        c = counts.to(torch.float64)
-        to = c < self.reassignment_ratio * c.max()
-        if int(to.sum()) > 0.5 * x.shape[0]:
-            keep = torch.sort(c, stable=True).indices[int(0.5 * x.shape[0]):]
-            to[keep] = False
-        n = int(to.sum())
-        if n == 0:
-            return
         g = world(self.group)
         if g is None or dist.get_rank(g) == 0:
-            rows = torch.randperm(x.shape[0], generator=self._gen)[:n].to(x.device)
-            new = x[rows]
-            self.centers[to.to(x.device)] = unit(new) if self.metric == "cosine" else new
+            moved = reassign_dead_(self.centers, self.counts, x,
+                                   reassignment_ratio=self.reassignment_ratio, generator=self._gen)
+            if self.metric == "cosine" and bool(moved.any()):  # spherical: unit centers
+                self.centers[moved] = unit(self.centers[moved])
         if g is not None:
-            dist.broadcast(self.centers, src=dist.get_global_rank(g, 0), group=g)
-        self.counts[to.to(self.counts.device)] = int(c[~to].min())
+            src = dist.get_global_rank(g, 0)
+            dist.broadcast(self.centers, src=src, group=g)
+            dist.broadcast(self.counts, src=src, group=g)
 
     def _step(self, x: Tensor) -> Tensor:
         self._ensure_seeded(x)

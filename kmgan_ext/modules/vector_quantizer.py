@@ -32,6 +32,7 @@ from .._cluster_stats import cluster_sums
 from ..assign import assign
 from ..assigned_distance import assigned_distance
 from ..minibatch_update import ema_update_
+from ..reassign_dead import reassign_dead_
 from ..seeding import kmeans_plusplus
 from ._distributed import world
 from ._state_dict import check_state_shapes
@@ -61,7 +62,8 @@ class VectorQuantizer(nn.Module):
         threshold_dead_code: after each update, codes whose EMA cluster size is below this are
             replaced by rows of the current batch drawn without replacement from a generator
             seeded with ``seed`` (deterministic), their state reset to ``N = threshold``,
-            ``M = threshold * row``. 0 = off.
+            ``M = threshold * row``; more dead codes than rows: a random subset now, the
+            rest later (``km.reassign_dead_``, vector-quantize-pytorch's rule). 0 = off.
         cosine: inputs and codes are L2-normalised, the code is the largest cosine similarity
             (= the nearest unit vector), and the codebook is renormalised after each update.
         update: when a forward updates the codebook (EMA and dead codes): "never" (default:
@@ -280,25 +282,14 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _replace_dead(self, z: Tensor) -> None:
+        """vector-quantize-pytorch's threshold_ema_dead_code rule (km.reassign_dead_), on
+        rank 0 and broadcast; deterministic given the seed."""
         g = world(self.group)
-        rank0 = g is None or dist.get_rank(g) == 0
-        for h in range(self.heads):
-            dead = self.cluster_size[h] < self.threshold_dead_code
-            n_dead = int(dead.sum())
-            if n_dead == 0 or not rank0:
-                continue
-            n = z.shape[0]
-            # without replacement when the batch has enough rows (vector-quantize-pytorch
-            # samples the same way); the generator makes it reproducible given the seed
-            if n >= n_dead:
-                rows = torch.randperm(n, generator=self._gen)[:n_dead]
-            else:
-                rows = torch.randint(n, (n_dead,), generator=self._gen)
-            new = z[rows.to(z.device), h]
-            idx = torch.nonzero(dead).flatten()
-            self.codebook.data[h, idx] = new
-            self.cluster_size[h, idx] = self.threshold_dead_code
-            self.embed_sum[h, idx] = new * self.threshold_dead_code
+        if g is None or dist.get_rank(g) == 0:
+            for h in range(self.heads):
+                reassign_dead_(self.codebook.data[h], self.cluster_size[h],
+                               z[:, h].to(self.codebook.dtype), threshold=self.threshold_dead_code,
+                               embed_sum=self.embed_sum[h], generator=self._gen)
         if g is not None:
             src = dist.get_global_rank(g, 0)
             for t in (self.codebook.data, self.cluster_size, self.embed_sum):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import mmap
 import warnings
 from typing import Iterator
 
@@ -28,6 +29,9 @@ _NUMPY_FLOATS = (np.float16, np.float32, np.float64)
 _CPU_CHUNK_BYTES = 256 << 20
 # On a GPU the whole array is resident anyway; chunks only bound the temporaries.
 _CUDA_CHUNK_BYTES = 512 << 20
+# A memmap is there because the data should not be resident at once: its chunks (and their
+# float64 copies in Lloyd's sums) stay far below a large file.
+MEMMAP_CHUNK_BYTES = 8 << 20
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,6 +52,64 @@ def _from_numpy(a: np.ndarray) -> Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(a)
+
+
+def _mapping(a: np.ndarray):
+    """(the mmap object, a's first byte's offset in it) for a view of a shared file mapping
+    (np.memmap opened "r", "r+" or "w+"); None for anything else. A copy-on-write memmap
+    ("c") is left alone: dropping its pages would drop the caller's private writes."""
+    mm = getattr(a, "_mmap", None)
+    if mm is None or getattr(a, "mode", "c") == "c" or not hasattr(mm, "madvise"):
+        return None
+    try:
+        base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    except (ValueError, TypeError, BufferError):  # a closed mapping
+        return None
+    return mm, a.__array_interface__["data"][0] - base
+
+
+def release_pages(a: np.ndarray, start: int = 0, stop: int | None = None) -> None:
+    """Drop the resident pages of rows [start, stop) of a memmap from this process
+    (madvise MADV_DONTNEED), once they have been read.
+
+    Pages read through a file mapping count in the process's RSS until the kernel needs the
+    memory: a pass over a 200 MB memmap leaves 200 MB resident, as if it had been loaded.
+    For a shared mapping the data stay in the page cache and in the file, so a later read
+    of the same rows faults them back in, unchanged; a no-op for anything but a memmap."""
+    found = _mapping(a) if a.ndim and a.shape[0] else None
+    if found is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    mm, first = found
+    stop = a.shape[0] if stop is None else stop
+    lo = first + start * a.strides[0]
+    hi = first + (stop - 1) * a.strides[0] + sum((n - 1) * st for n, st in zip(a.shape[1:], a.strides[1:])) + a.itemsize
+    lo, hi = min(lo, hi - a.itemsize), max(hi, lo + a.itemsize)  # negative strides
+    page = mmap.PAGESIZE
+    lo = max(0, lo - lo % page)
+    hi = min(len(mm), hi)
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def gather_rows(a: np.ndarray, index: np.ndarray, block_rows: int) -> np.ndarray:
+    """a[index] (a copy), read block by block of ``block_rows`` rows of a memmap, each
+    block's pages released once read: random rows spread over a large memmap would
+    otherwise map (with the kernel's fault-around) most of the file at once."""
+    if _mapping(a) is None:
+        return np.ascontiguousarray(a[index])
+    index = np.asarray(index, dtype=np.int64)
+    n = a.shape[0]
+    index = np.where(index < 0, index + n, index)
+    order = np.argsort(index, kind="stable")
+    sorted_index = index[order]
+    out = np.empty((len(index),) + a.shape[1:], dtype=a.dtype)
+    edges = np.searchsorted(sorted_index, np.arange(0, n + block_rows, block_rows))
+    for b in range(len(edges) - 1):
+        lo, hi = edges[b], edges[b + 1]
+        if lo < hi:
+            out[order[lo:hi]] = a[sorted_index[lo:hi]]
+            release_pages(a, b * block_rows, min((b + 1) * block_rows, n))
+    return out
 
 
 class Rows:
@@ -96,6 +158,8 @@ class Rows:
     def default_chunk(self, extra_cols: int = 0) -> int:
         """Rows per chunk so that the chunk and an (rows, extra_cols) block fit the budget."""
         budget = _CUDA_CHUNK_BYTES if self.device.type == "cuda" else _CPU_CHUNK_BYTES
+        if isinstance(self.x, np.memmap):
+            budget = MEMMAP_CHUNK_BYTES
         per_row = (self.d + extra_cols) * torch.finfo(self.compute_dtype).bits // 8
         return max(1, budget // per_row)
 
@@ -114,7 +178,10 @@ class Rows:
 
     def chunks(self, rows: int, *, check: bool = False) -> Iterator[tuple[int, Tensor]]:
         for s in range(0, self.n, rows):
-            yield s, self.chunk(s, min(s + rows, self.n), check=check)
+            e = min(s + rows, self.n)
+            yield s, self.chunk(s, e, check=check)
+            if self.is_numpy:  # the chunk has been used: its mapped pages leave the RSS
+                release_pages(self.x, s, e)
 
     def check_finite(self, always: bool = False) -> None:
         """A pass over the rows looking for NaN/Inf: under km.set_debug(True), or ``always``
@@ -135,9 +202,9 @@ class Rows:
     def take(self, index: Tensor) -> Tensor:
         """The rows at ``index`` (int64 tensor), in the compute dtype, on ``self.device``."""
         if self.is_numpy:
-            idx = index.cpu().numpy()
-            # np.memmap fancy indexing reads only those rows.
-            return _from_numpy(np.ascontiguousarray(self.x[idx])).to(self.compute_dtype)
+            # only those rows are read (a copy), a memmap's pages released as it goes
+            part = gather_rows(self.x, index.cpu().numpy(), self.default_chunk())
+            return _from_numpy(part).to(self.compute_dtype)
         return self.x.index_select(0, index.to(self.x.device)).to(self.compute_dtype)
 
     def like_x(self, rows: Tensor) -> Tensor | np.ndarray:

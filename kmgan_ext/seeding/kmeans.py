@@ -12,7 +12,7 @@ from .._checks import metric as check_metric
 from ..assign import assign
 from ..minibatch_update import minibatch_step_, minibatch_update_
 from . import _data
-from .kmeans_plusplus import kmeans_plusplus, unit
+from .kmeans_plusplus import check_weights, kmeans_plusplus, unit
 
 BACKENDS = ("auto", "faiss", "torch")
 
@@ -43,7 +43,9 @@ def _resolve(backend: str, rows: _data.Rows, k: int) -> str:
     usable = faiss is not None and (rows.device.type == "cpu" or faiss_gpus > 0)
     if backend == "auto":
         if rows.device.type == "cpu":
-            return "faiss" if usable and k < _FAISS_BELOW_K else "torch"
+            # faiss trains on the whole array at once; a memmap is read in row chunks by torch
+            memmap = isinstance(rows.x, np.memmap)
+            return "faiss" if usable and k < _FAISS_BELOW_K and not memmap else "torch"
         return "faiss" if usable else "torch"
     if backend == "faiss" and not usable:
         if faiss is None:
@@ -56,13 +58,13 @@ def _resolve(backend: str, rows: _data.Rows, k: int) -> str:
 
 
 def _initial_centers(init, rows: _data.Rows, k, seed, n_local_trials, chunk_size, num_threads,
-                     metric="euclidean"):
+                     metric="euclidean", weights=None):
     """(K, d) compute-dtype tensor on rows.device."""
     if isinstance(init, str):
         if init == "k-means++":
             _, idx = kmeans_plusplus(
                 rows.x, k, seed=seed, n_local_trials=n_local_trials, chunk_size=chunk_size,
-                num_threads=num_threads, return_indices=True, metric=metric,
+                num_threads=num_threads, return_indices=True, metric=metric, sample_weight=weights,
             )
             return rows.take(torch.as_tensor(idx))
         if init == "random":
@@ -132,33 +134,45 @@ def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> T
     return centers
 
 
-def _lloyd_cosine(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> Tensor:
-    """Spherical k-means (Dhillon & Modha 2001) with km.assign and float64 segment sums on the
-    device: the sums are of the normalised rows (chunk by chunk), every center is renormalised
-    to unit length, and a moved row is normalised. A cluster left empty takes the row
-    farthest from its center (as _lloyd_torch); device ops (topk + where), no host sync.
+def _lloyd_segments(rows: _data.Rows, centers: Tensor, niter: int, chunk: int,
+                    metric: str = "euclidean", weights=None) -> Tensor:
+    """Lloyd's iterations with km.assign and float64 segment sums on the device, for what
+    ``_lloyd_torch`` does not take: sample weights (weighted sums and weight totals: the
+    weighted means) and metric="cosine" (spherical k-means, Dhillon & Modha 2001: the sums
+    are of the normalised rows, every center is renormalised to unit length, and a moved row
+    is normalised). A cluster left empty takes the row farthest from its center (as
+    _lloyd_torch); device ops (topk + where), no host sync.
     """
     k, n = centers.shape[0], rows.n
     acc = torch.float64
+    cosine = metric == "cosine"
     for _ in range(niter):
         sums = torch.zeros(k, rows.d, dtype=acc, device=rows.device)
-        counts = torch.zeros(k, dtype=torch.int64, device=rows.device)
+        counts = torch.zeros(k, dtype=torch.int64 if weights is None else acc, device=rows.device)
         dist2 = torch.empty(n, dtype=acc, device=rows.device)
         for s, ch in rows.chunks(chunk):
-            labels, d2 = assign(ch, centers, metric="cosine")
-            sums.index_add_(0, labels, unit(ch.to(acc)))
-            counts += torch.bincount(labels, minlength=k)
+            labels, d2 = assign(ch, centers, metric=metric)
+            xs = unit(ch.to(acc)) if cosine else ch.to(acc)
+            if weights is None:
+                sums.index_add_(0, labels, xs)
+                counts += torch.bincount(labels, minlength=k)
+            else:
+                wc = weights[s : s + ch.shape[0]].to(acc)
+                sums.index_add_(0, labels, xs * wc[:, None])
+                counts.index_add_(0, labels, wc)
             dist2[s : s + ch.shape[0]] = d2
         empty = counts == 0
         far = torch.topk(dist2, k).indices
         rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
-        moved = unit(rows.take(far.index_select(0, rank)))
-        means = unit(sums / counts.clamp(min=1)[:, None])
+        moved = rows.take(far.index_select(0, rank))
+        means = sums / torch.where(empty, torch.ones_like(counts), counts)[:, None]
+        if cosine:
+            moved, means = unit(moved), unit(means)
         centers = torch.where(empty[:, None], moved, means.to(rows.compute_dtype))
     return centers
 
 
-def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int) -> Tensor:
+def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int, weights=None) -> Tensor:
     faiss = _data.faiss_module()
     x = rows.x
     if isinstance(x, Tensor):
@@ -177,17 +191,22 @@ def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int) -> Te
         gpu=faiss.get_num_gpus() > 0,
         verbose=False,
     )
-    km.train(x, init_centroids=np.ascontiguousarray(centers.cpu().numpy(), dtype=np.float32))
+    w = None if weights is None else np.ascontiguousarray(weights.cpu().numpy(), dtype=np.float32)
+    km.train(x, weights=w, init_centroids=np.ascontiguousarray(centers.cpu().numpy(), dtype=np.float32))
     return torch.from_numpy(km.centroids).to(device=rows.device, dtype=rows.compute_dtype)
 
 
-def _assign_all(rows: _data.Rows, centers: Tensor, chunk: int, metric: str = "euclidean") -> tuple[Tensor, float]:
+def _assign_all(rows: _data.Rows, centers: Tensor, chunk: int, metric: str = "euclidean",
+                weights=None) -> tuple[Tensor, float]:
     labels = torch.empty(rows.n, dtype=torch.int64, device=rows.device)
     total = torch.zeros((), dtype=torch.float64, device=rows.device)
     for s, ch in rows.chunks(chunk):
         lab, d2 = assign(ch, centers, metric=metric)
         labels[s : s + ch.shape[0]] = lab
-        total += d2.sum(dtype=torch.float64)
+        if weights is None:
+            total += d2.sum(dtype=torch.float64)
+        else:
+            total += (d2.to(torch.float64) * weights[s : s + ch.shape[0]].to(torch.float64)).sum()
     return labels, float(total)
 
 
@@ -204,6 +223,7 @@ def kmeans(
     chunk_size: int | None = None,
     num_threads: int | None = None,
     metric: str = "euclidean",
+    sample_weight: Tensor | np.ndarray | None = None,
 ) -> KMeansResult:
     """k-means: seeding (``init``), then ``niter`` Lloyd iterations over all rows of x.
 
@@ -224,14 +244,20 @@ def kmeans(
         subsample: None trains on every row. An int m < N trains (and seeds) on m rows drawn
             at random; labels and inertia still cover every row. Unlike ``faiss.Kmeans``'s
             default, no subsampling ever happens unless asked for here.
-        backend: "auto": on CPU data "faiss" for k < 32 when faiss is importable (measured
-            faster there; see ``_FAISS_BELOW_K``), else "torch"; on a GPU "faiss" when a
-            faiss build sees the GPU, else "torch". "faiss" = ``faiss.Kmeans`` (its GPU
-            implementation when faiss sees a GPU; data are copied to host float32);
-            "torch" = kmgan_ext's own ops on x's device: per iteration one fused
-            km.minibatch_step_ (assign + mean from float64 segment sums) when x is a
-            contiguous float32/float64 CPU tensor, else km.assign + km.minibatch_update_
-            per chunk.
+        backend: "auto": on CPU data "faiss" for k < 32 when faiss is importable and x is
+            not a memmap (measured faster there; see ``_FAISS_BELOW_K``), else "torch"; on a
+            GPU "faiss" when a faiss build sees the GPU, else "torch". "faiss" =
+            ``faiss.Kmeans`` (its GPU implementation when faiss sees a GPU; data are copied
+            to host float32, a memmap read whole); "torch" = kmgan_ext's own ops on x's
+            device: per iteration one fused km.minibatch_step_ (assign + mean from float64
+            segment sums) when x is a contiguous float32/float64 CPU tensor, else km.assign
+            + km.minibatch_update_ per chunk (a np.memmap read in row chunks: its resident
+            memory stays a few chunks); with sample_weight or metric="cosine", km.assign +
+            float64 (weighted) segment sums per chunk.
+        sample_weight: optional (N,) non-negative weights, as scikit-learn's: k-means++
+            draws with probability proportional to ``w_i D(x_i)^2``, the centers are the
+            weighted means, the inertia the weighted sum (subsampled rows keep their
+            weights; "random" and explicit inits ignore them).
         n_local_trials, chunk_size, num_threads: as in :func:`kmeans_plusplus` (chunk_size
             also sets the rows per km.assign call; num_threads also holds for Lloyd's
             iterations, torch's and faiss's).
@@ -266,7 +292,8 @@ def kmeans(
     # Lloyd reads the data niter times: one more pass to reject NaN/Inf is cheap, and without
     # it faiss raises from C++ and the torch engine returns NaN centers.
     rows.check_finite(always=True)
-    train = rows
+    weights = check_weights(sample_weight, rows) if sample_weight is not None else None
+    train, train_w = rows, weights
     if subsample is not None:
         m = _data.check_positive_int("subsample", subsample)
         if m < k:
@@ -275,18 +302,20 @@ def kmeans(
             g = torch.Generator().manual_seed(seed)
             idx = torch.randperm(rows.n, generator=g)[:m].sort().values
             train = _data.Rows("x", rows.like_x(rows.take(idx.to(rows.device))))
+            train_w = weights[idx.to(weights.device)] if weights is not None else None
     num_threads = _data.check_positive_int("num_threads", num_threads, allow_none=True)
     chunk = chunk_size or rows.default_chunk(k)
-    centers = _initial_centers(init, train, k, seed, n_local_trials, chunk_size, num_threads, metric)
+    centers = _initial_centers(init, train, k, seed, n_local_trials, chunk_size, num_threads,
+                               metric, train_w)
     if cosine:  # spherical k-means' centers are unit vectors from the start
         centers = unit(centers)
     with _data.cpu_threads(rows, num_threads, faiss_too=backend == "faiss"):
         if niter > 0:
             if backend == "faiss":
-                centers = _lloyd_faiss(train, centers, niter, seed)
-            elif cosine:
-                centers = _lloyd_cosine(train, centers, niter, chunk)
+                centers = _lloyd_faiss(train, centers, niter, seed, train_w)
+            elif cosine or train_w is not None:
+                centers = _lloyd_segments(train, centers, niter, chunk, metric, train_w)
             else:
                 centers = _lloyd_torch(train, centers, niter, chunk)
-        labels, inertia = _assign_all(rows, centers, chunk, metric)
+        labels, inertia = _assign_all(rows, centers, chunk, metric, weights)
     return KMeansResult(rows.like_x(centers), rows.index_like_x(labels), inertia)
