@@ -248,11 +248,23 @@ void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* label
   WideSum<scalar_t> sums(k * d);
   for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
     for (int64_t i = 0; i < n; ++i) {
-      const scalar_t* xi = x + i * d;
-      const scalar_t* ci = c + labels[i] * d;
+      const scalar_t* __restrict__ xi = x + i * d;
+      const scalar_t* __restrict__ ci = c + labels[i] * d;
       const int64_t base = labels[i] * d;
       const acc s = scale[i];
       const double sd = static_cast<double>(s);
+      if constexpr (!WideSum<scalar_t>::compensated) {
+        // Plain double sums through restrict pointers, so the loop vectorises (issue 15: the
+        // method call per element ran at a tenth of the bandwidth).
+        scalar_t* __restrict__ gi = gx + i * d;
+        double* __restrict__ sp = sums.sum.data() + base;
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) {
+          gi[j] = static_cast<scalar_t>(s * (static_cast<acc>(xi[j]) - static_cast<acc>(ci[j])));
+          sp[j] += -sd * (static_cast<double>(xi[j]) - static_cast<double>(ci[j]));
+        }
+        continue;
+      }
       for (int64_t j = j0; j < j1; ++j) {
         gx[i * d + j] = static_cast<scalar_t>(s * (static_cast<acc>(xi[j]) - static_cast<acc>(ci[j])));
         sums.add(base + j, -sd * (static_cast<double>(xi[j]) - static_cast<double>(ci[j])));
