@@ -150,8 +150,8 @@ std::tuple<Tensor, Tensor> center_loss_backward_native(
     const double v = u.data_ptr<double>()[j];
     sgn[j] = v > 0 ? 1.0 : (v < 0 ? -1.0 : 0.0);
   }
-  Tensor gr = at::empty(x_real.sizes(), x_real.options().memory_format(at::MemoryFormat::Contiguous));
-  Tensor gf = at::empty(x_fake.sizes(), x_fake.options().memory_format(at::MemoryFormat::Contiguous));
+  Tensor gr = empty_output(x_real.sizes(), x_real.options());
+  Tensor gf = empty_output(x_fake.sizes(), x_fake.options());
   KMGAN_DISPATCH_FLOATING(x_real.scalar_type(), "center_loss_backward_native", [&] {
     side_grad(gr.data_ptr<scalar_t>(), lr.data_ptr<int64_t>(), lr.size(0), nr.data_ptr<int64_t>(),
               sgn, d, g);
