@@ -136,6 +136,15 @@ def test_near_ties_large_magnitude(device, backend):
     _assert_exact_labels(x.to(device), c.to(device), backend)
 
 
+@pytest.mark.parametrize("k,d", [(2, 64), (5, 37), (10, 100), (12, 41)])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_near_ties_few_centers(device, backend, k, d):
+    """The float32 path for K <= 12 (CPU: one sweep over x, assign_small_k.cpp) re-checks near
+    ties exactly too; d not a multiple of 8 exercises its masked last columns."""
+    x, c = _grid_near_ties(torch.float32, offset=1e4, unit=1.0, spread=64, d=d, k=k)
+    _assert_exact_labels(x.to(device), c.to(device), backend)
+
+
 @pytest.mark.parametrize(
     "dtype,offset,spread,d",
     [(torch.float16, 1024.0, 128, 96), (torch.bfloat16, 192.0, 31, 96)],

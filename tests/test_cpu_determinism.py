@@ -73,3 +73,21 @@ def test_same_bits_for_any_thread_count(deterministic):
     for n in THREADS[1:]:
         for i, (a, b) in enumerate(zip(runs[THREADS[0]], runs[n])):
             assert torch.equal(a, b), f"output {i} differs between 1 and {n} threads"
+
+
+def test_assign_few_centers_same_bits_for_any_thread_count():
+    """K <= 12 takes the one-sweep float32 path (assign_small_k.cpp), split over rows in tasks of
+    ~4M multiply-adds: 30,000 rows x 48 columns x 10 centers is ~3 tasks."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30_000, 48, generator=g) * 3 + 1e3
+    c = x[torch.randperm(30_000, generator=g)[:10]].clone()
+    before = torch.get_num_threads()
+    try:
+        runs = {}
+        for n in THREADS:
+            torch.set_num_threads(n)
+            runs[n] = km.assign(x, c, backend="cpu")
+    finally:
+        torch.set_num_threads(before)
+    for n in THREADS[1:]:
+        assert torch.equal(runs[1][0], runs[n][0]) and torch.equal(runs[1][1], runs[n][1]), f"1 vs {n} threads"

@@ -34,8 +34,8 @@ namespace kmgan_ext {
 namespace cpu {
 namespace {
 
-// A row with more near-tied candidates than this falls back to exact distances to all K.
-constexpr int kMaxCandidates = 8;
+// kMaxCandidates (assign_cpu.h): a row with more near-tied candidates than this falls back to
+// exact distances to all K.
 // Columns of centers per GEMM, and elements of the per-thread dot-product tile (256 KiB of
 // float): tile and x rows stay in L2.
 constexpr int64_t kCenterBlock = 256;
@@ -232,20 +232,27 @@ int64_t resolve_row(const RowState<acc>& st, const scalar_t* xi, const scalar_t*
   return label;
 }
 
+// |computed e_k - exact e_k| <= (2 gamma_d + 6u) ||x'|| ||c'_k|| + 2u ||c'_k||^2: the dot
+// products carry gamma_d = d u / (1 - d u) of sum |x'_j c'_j| <= ||x'|| ||c'|| whatever the
+// summation order (FMA included); the rest is the rounding of x - s, c - s, of the bias
+// and of the subtraction. B_i = tau (||x'_i|| cmax + 2 cmax^2) with tau = 2 (2d + 8) u
+// bounds that with a factor 2 of margin (||x'|| itself is computed in acc). Plus the rounding
+// of the reference's own float64 distances, (d + 2) 2^-53 of their size at most: centers whose
+// float64 distances tie only after that rounding stay candidates, and canonical_dist2 then
+// decides as the reference does. Returns 2 B_i.
+template <typename acc>
+double candidate_bound2(double xn, double cmax, int64_t d) {
+  const double u = std::numeric_limits<acc>::epsilon() / 2;
+  const double tau = 2.0 * (2.0 * static_cast<double>(d) + 8.0) * u;
+  const double ref_tau = (static_cast<double>(d) + 2.0) * std::ldexp(1.0, -53);
+  return 2.0 * (tau * (xn * cmax + 2.0 * cmax * cmax) + ref_tau * (xn + cmax) * (xn + cmax));
+}
+
 template <typename scalar_t>
 void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int64_t k,
                    int64_t* labels, acc_t<scalar_t>* dist2) {
   using acc = acc_t<scalar_t>;
   const auto sc = shift_centers(c, k, d);
-  // |computed e_k - exact e_k| <= (2 gamma_d + 6u) ||x'|| ||c'_k|| + 2u ||c'_k||^2: the dot
-  // products carry gamma_d = d u / (1 - d u) of sum |x'_j c'_j| <= ||x'|| ||c'|| whatever the
-  // summation order (FMA included); the rest is the rounding of x - s, c - s, of the bias
-  // and of the subtraction. B_i = tau (||x'_i|| cmax + 2 cmax^2) with tau = 2 (2d + 8) u
-  // bounds that with a factor 2 of margin (||x'|| itself is computed in acc).
-  const double u = std::numeric_limits<acc>::epsilon() / 2;
-  const double tau = 2.0 * (2.0 * static_cast<double>(d) + 8.0) * u;
-  const double row_const = 2.0 * sc.cmax * sc.cmax;
-  const double ref_tau = (static_cast<double>(d) + 2.0) * std::ldexp(1.0, -53);
   // Rows whose expansion terms, bounded by (||x'|| + cmax)^2, stay below this cannot overflow.
   const double safe_square = static_cast<double>(std::numeric_limits<acc>::max()) / 16.0;
   const acc* bias = sc.bias.data();
@@ -288,13 +295,8 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
           n2 += xs[j] * xs[j];
         }
         const double xn = std::sqrt(static_cast<double>(n2));
-        // Plus the rounding of the reference's own float64 distances, (d + 2) 2^-53 of their
-        // size at most: centers whose float64 distances tie only after that rounding stay
-        // candidates, and canonical_dist2 then decides as the reference does.
-        const double bound = tau * (xn * sc.cmax + row_const) +
-                             ref_tau * (xn + sc.cmax) * (xn + sc.cmax);
         rows[r].best = std::numeric_limits<acc>::infinity();
-        rows[r].bound2 = static_cast<acc>(2.0 * bound);
+        rows[r].bound2 = static_cast<acc>(candidate_bound2<acc>(xn, sc.cmax, d));
         // NaN-safe: a NaN/Inf row or center fails the comparison and takes the exact path.
         const bool safe = sc.finite && (xn + sc.cmax) * (xn + sc.cmax) < safe_square;
         rows[r].count = safe ? 0 : kMaxCandidates + 1;
@@ -442,6 +444,12 @@ std::tuple<Tensor, Tensor> assign_backward_native(const Tensor& grad_dist2, cons
 void assign_into(const Tensor& x, const Tensor& centers, const Tensor& labels, const Tensor& dist2) {
   const int64_t n = x.size(0), d = x.size(1), k = centers.size(0);
   if (n == 0) return;
+  // A few float32 centers: one sweep over x (assign_small_k.cpp).
+  if (x.scalar_type() == at::kFloat && use_avx2() &&
+      assign_small_k_f32(x.data_ptr<float>(), n, d, centers.data_ptr<float>(), k,
+                         labels.data_ptr<int64_t>(), dist2.defined() ? dist2.data_ptr<float>() : nullptr)) {
+    return;
+  }
   KMGAN_DISPATCH_FLOATING(x.scalar_type(), "assign_native", [&] {
     using acc = acc_t<scalar_t>;
     acc* dp = dist2.defined() ? dist2.data_ptr<acc>() : nullptr;
@@ -453,6 +461,30 @@ void assign_into(const Tensor& x, const Tensor& centers, const Tensor& labels, c
                     labels.data_ptr<int64_t>(), dp);
     }
   });
+}
+
+double candidate_bound2_f32(double xn, double cmax, int64_t d) {
+  return candidate_bound2<float>(xn, cmax, d);
+}
+
+bool shifted_centers_f32(const float* c, int64_t k, int64_t d, std::vector<float>& s,
+                         std::vector<float>& cs, std::vector<float>& bias, double& cmax) {
+  const auto sc = shift_centers(c, k, d);
+  if (!sc.finite) return false;
+  s = sc.s;
+  const float* p = sc.cs.template data_ptr<float>();
+  cs.assign(p, p + k * d);
+  bias.assign(sc.bias.begin(), sc.bias.begin() + k);
+  cmax = sc.cmax;
+  return true;
+}
+
+int64_t resolve_candidates_f32(const float* xi, const float* c, int64_t k, int64_t d,
+                               const int64_t* cand, int count, double& dist) {
+  RowState<float> st;
+  st.count = count;
+  for (int q = 0; q < count && q < kMaxCandidates; ++q) st.k[q] = cand[q];
+  return resolve_row(st, xi, c, k, d, use_avx2(), dist);
 }
 
 TORCH_LIBRARY_IMPL(kmgan_ext, CPU, m) {

@@ -36,5 +36,32 @@ void dist_tile_avx2(const float* x, int64_t rows, int64_t d, const float* packed
 // ||a - b||^2 accumulated in double.
 double exact_dist2_avx2(const float* a, const float* b, int64_t d);
 
+// ---- shared with the small-K kernel (assign_small_k.cpp), defined in assign_cpu.cpp
+// Candidates of a row: more near-tied ones than this send the row to exact distances to all K.
+constexpr int kMaxCandidates = 8;
+
+// Twice B_i, the bound on the rounding error of e_k = ||c'_k||^2 - 2 x'.c'_k in float for a
+// row with ||x'|| = xn (assign_cpu.cpp explains it): centers whose computed e_k is within it of
+// the row's minimum stay candidates.
+double candidate_bound2_f32(double xn, double cmax, int64_t d);
+
+// The float32 centers shifted by their mean s, as assign_kernel uses them: s (d,),
+// cs = fl(c - s) (K, d) row-major, bias_k = ||c_k - s||^2 (formed in double, rounded),
+// cmax = max_k ||c_k - s||; false where a center is not finite (the caller falls back).
+bool shifted_centers_f32(const float* c, int64_t k, int64_t d, std::vector<float>& s,
+                         std::vector<float>& cs, std::vector<float>& bias, double& cmax);
+
+// The label of a row from its candidate list cand[0..count) (increasing k), decided by exact
+// float64 distances as the reference forms them; count > kMaxCandidates: exact over all K with
+// torch.argmin's NaN rule. dist receives the winner's exact distance.
+int64_t resolve_candidates_f32(const float* xi, const float* c, int64_t k, int64_t d,
+                               const int64_t* cand, int count, double& dist);
+
+// The small-K path of assign for float32 (assign_small_k.cpp): true where it took the call
+// (AVX2 + FMA, 2 <= K <= kSmallK, finite centers); false leaves everything to assign_kernel.
+constexpr int64_t kSmallK = 12;
+bool assign_small_k_f32(const float* x, int64_t n, int64_t d, const float* c, int64_t k,
+                        int64_t* labels, float* dist2);
+
 }  // namespace cpu
 }  // namespace kmgan_ext

@@ -85,7 +85,7 @@ std::tuple<Tensor, Tensor> assigned_distance_backward_native(
   const Args a = checked_args(x_in, labels_in, centers_in);
   const double g = scalar_grad("grad", grad);
   const double out = scalar_grad("out", out_in);
-  Tensor gx = at::empty({a.n, a.d}, a.x.options());
+  Tensor gx = empty_output({a.n, a.d}, a.x.options());
   Tensor gc = centers_grad ? at::empty({a.k, a.d}, a.centers.options()) : at::empty({0}, a.centers.options());
   KMGAN_DISPATCH_FLOATING(a.x.scalar_type(), "assigned_distance_backward_native", [&] {
     const scalar_t* x = a.x.data_ptr<scalar_t>();

@@ -3,8 +3,7 @@
 // One side's u = sum_m (c_m + S_m) / (1 + n_m) is rewritten as
 //   u = sum_m w_m c_m + sum_i w_{l_i} x_i,   w_m = 1 / (1 + n_m),
 // so a pass over the labels (counts) and one pass over the rows form it with d accumulators
-// instead of a (K, d) table of sums. Columns are split across threads and rows are added in
-// index order: the same bits for any thread count.
+// instead of a (K, d) table of sums, in a fixed order: the same bits for any thread count.
 #include "common.h"
 
 #include <cmath>
@@ -15,6 +14,11 @@ namespace {
 
 // u (d,) for one side, in double (a WideSum: the error does not grow with the rows);
 // counts (K,) int64 given as n.
+//
+// float32/float16/bfloat16 (plain double sums): one pass over x (issue 15). Rows go in fixed
+// chunks of kRowChunk, each summed in index order into its own d doubles, and the chunks are
+// added in chunk order after the centers' term: the same bits for any thread count. float64
+// (compensated sums) keeps the column split, rows in index order.
 template <typename scalar_t>
 std::vector<double> side_mean(const scalar_t* x, const int64_t* labels, int64_t rows,
                               const scalar_t* c, int64_t k, int64_t d,
@@ -22,14 +26,37 @@ std::vector<double> side_mean(const scalar_t* x, const int64_t* labels, int64_t 
   std::vector<double> w(k);
   for (int64_t q = 0; q < k; ++q) w[q] = 1.0 / (1.0 + static_cast<double>(n[q]));
   WideSum<scalar_t> u(d);
-  for_column_blocks(rows + k, d, [&](int64_t j0, int64_t j1) {
+  if constexpr (!WideSum<scalar_t>::compensated) {
+    constexpr int64_t kRowChunk = 1024;
+    const int64_t chunks = (rows + kRowChunk - 1) / kRowChunk;
+    std::vector<double> partial(static_cast<size_t>(chunks * d), 0.0);
+    const int64_t grain = std::max<int64_t>(1, kParallelElems / (kRowChunk * std::max<int64_t>(1, d)));
+    at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        double* __restrict__ acc = partial.data() + ch * d;
+        for (int64_t i = ch * kRowChunk, e = std::min(rows, (ch + 1) * kRowChunk); i < e; ++i) {
+          const double wi = w[labels[i]];
+          const scalar_t* __restrict__ xi = x + i * d;
+#pragma omp simd
+          for (int64_t j = 0; j < d; ++j) acc[j] += wi * static_cast<double>(xi[j]);
+        }
+      }
+    });
+    double* __restrict__ up = u.sum.data();
     for (int64_t q = 0; q < k; ++q)
-      for (int64_t j = j0; j < j1; ++j) u.add(j, w[q] * static_cast<double>(c[q * d + j]));
-    for (int64_t i = 0; i < rows; ++i) {
-      const double wi = w[labels[i]];
-      for (int64_t j = j0; j < j1; ++j) u.add(j, wi * static_cast<double>(x[i * d + j]));
-    }
-  });
+      for (int64_t j = 0; j < d; ++j) up[j] += w[q] * static_cast<double>(c[q * d + j]);
+    for (int64_t ch = 0; ch < chunks; ++ch)
+      for (int64_t j = 0; j < d; ++j) up[j] += partial[ch * d + j];
+  } else {
+    for_column_blocks(rows + k, d, [&](int64_t j0, int64_t j1) {
+      for (int64_t q = 0; q < k; ++q)
+        for (int64_t j = j0; j < j1; ++j) u.add(j, w[q] * static_cast<double>(c[q * d + j]));
+      for (int64_t i = 0; i < rows; ++i) {
+        const double wi = w[labels[i]];
+        for (int64_t j = j0; j < j1; ++j) u.add(j, wi * static_cast<double>(x[i * d + j]));
+      }
+    });
+  }
   std::vector<double> out(d);
   for (int64_t j = 0; j < d; ++j) out[j] = u.value(j);
   return out;
@@ -84,7 +111,10 @@ void side_grad(scalar_t* out, const int64_t* labels, int64_t rows, const int64_t
   at::parallel_for(0, rows, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const double w = g / (1.0 + static_cast<double>(n[labels[i]]));
-      for (int64_t j = 0; j < d; ++j) out[i * d + j] = static_cast<scalar_t>(sgn[j] * w);
+      scalar_t* __restrict__ oi = out + i * d;
+      const double* __restrict__ sg = sgn.data();
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) oi[j] = static_cast<scalar_t>(sg[j] * w);
     }
   });
 }
@@ -120,8 +150,8 @@ std::tuple<Tensor, Tensor> center_loss_backward_native(
     const double v = u.data_ptr<double>()[j];
     sgn[j] = v > 0 ? 1.0 : (v < 0 ? -1.0 : 0.0);
   }
-  Tensor gr = at::empty(x_real.sizes(), x_real.options().memory_format(at::MemoryFormat::Contiguous));
-  Tensor gf = at::empty(x_fake.sizes(), x_fake.options().memory_format(at::MemoryFormat::Contiguous));
+  Tensor gr = empty_output(x_real.sizes(), x_real.options());
+  Tensor gf = empty_output(x_fake.sizes(), x_fake.options());
   KMGAN_DISPATCH_FLOATING(x_real.scalar_type(), "center_loss_backward_native", [&] {
     side_grad(gr.data_ptr<scalar_t>(), lr.data_ptr<int64_t>(), lr.size(0), nr.data_ptr<int64_t>(),
               sgn, d, g);
