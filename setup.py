@@ -152,7 +152,10 @@ def main():
         python_requires=">=3.9",
         install_requires=[_torch_requirement(), "numpy"],
         extras_require=_extras(),
-        entry_points={"console_scripts": ["kmgan-train=kmgan_ext.train.__main__:main"]},
+        entry_points={"console_scripts": [
+            "kmgan-train=kmgan_ext.train.__main__:main",
+            "kmgan-reproduce=kmgan_ext.train.reproduce:main",
+        ]},
         options={"bdist_wheel": {"py_limited_api": "cp39"}},
     )
 

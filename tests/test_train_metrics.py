@@ -26,7 +26,7 @@ def test_cluster_accuracy_matches_clusters_to_classes():
     assert metrics.cluster_accuracy([0, 0, 1, 1], [0, 1, 0, 1]) == 0.5
     # 3 clusters for 2 classes: the best one-to-one matching leaves one cluster unmatched
     assert metrics.cluster_accuracy([0, 0, 0, 1, 1, 1], [0, 0, 2, 1, 1, 1]) == pytest.approx(5 / 6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty labelling"):
         metrics.cluster_accuracy([], [])
 
 

@@ -172,7 +172,8 @@ def optional_messages() -> None:
 
 def commands() -> None:
     bindir = os.path.dirname(sys.executable)
-    for cmd in ([os.path.join(bindir, "kmgan-train"), "--list"], [sys.executable, "-m", "kmgan_ext"]):
+    for cmd in ([os.path.join(bindir, "kmgan-train"), "--list"], [os.path.join(bindir, "kmgan-reproduce"), "--help"],
+                [sys.executable, "-m", "kmgan_ext"]):
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
