@@ -226,7 +226,7 @@ def write_markdown(rep: dict, path: str) -> None:
         "rows, mean ± sd over seeds. The papers trained far longer (GPU command below): the GAN rows "
         "here are a small-budget comparison, not a reproduction of the papers' numbers.",
         subset,
-        "| method | ACC | NMI | paper ACC | paper NMI | paper source | CPU seconds (all seeds) |",
+        "| method | ACC | NMI | paper ACC | paper NMI | paper source | wall seconds (all seeds) |",
         "|---|---|---|---|---|---|---|",
     ]
     for m, s in rep["summary"].items():
