@@ -72,10 +72,21 @@ static std::string native_name(const char* name) {
   return s + "_native";
 }
 
+// metric="cosine" (issue 12): these ops' schemas end in `bool cosine=False`, after `backend`
+// in the public op, so that every call without it (a positional backend included) keeps its
+// meaning.
+static std::string metric_flag(const char* name) {
+  static const char* const ops[] = {"assign", "assign_backward", "minibatch_update_",
+                                    "minibatch_step_", "ema_update_"};
+  for (const char* op : ops)
+    if (std::string(name) == op) return ", bool cosine=False";
+  return "";
+}
+
 TORCH_LIBRARY(kmgan_ext, m) {
 #define KMGAN_EXT_DEFINE(name, args, ret)                                  \
-  m.def((std::string(name) + "(" args ", str backend) -> " ret).c_str());             \
-  m.def((native_name(name) + "(" args ") -> " ret).c_str());
+  m.def((std::string(name) + "(" args ", str backend" + metric_flag(name) + ") -> " ret).c_str()); \
+  m.def((native_name(name) + "(" args + metric_flag(name) + ") -> " ret).c_str());
   KMGAN_EXT_OPS(KMGAN_EXT_DEFINE)
 #undef KMGAN_EXT_DEFINE
 }

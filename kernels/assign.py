@@ -329,7 +329,9 @@ def _assign_tc_kernel(
 def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
                        CENTERS_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """grad_x_i = 2 g_i (x_i - c_{l_i}); grad_c[l_i] -= grad_x_i (float64 atomics: the
-    error of a center's sum does not grow with its number of rows, contract 3)."""
+    error of a center's sum does not grow with its number of rows, contract 3). Differences
+    and products in float64, rounded once: a float32 difference near float32 max overflows
+    where the reference's gradient fits (contract 2)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask = rows < N
@@ -338,20 +340,27 @@ def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
     acc_t = g.dtype
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     offs = rows[:, None].to(tl.int64) * D + ds[None, :]
-    diff = (tl.load(x_ptr + offs, mask=m2, other=0.0).to(acc_t)
-            - tl.load(c_ptr + lab[:, None] * D + ds[None, :], mask=m2, other=0.0).to(acc_t))
-    gx = (2.0 * g)[:, None] * diff
-    tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=m2)
+    diff = (tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float64)
+            - tl.load(c_ptr + lab[:, None] * D + ds[None, :], mask=m2, other=0.0).to(tl.float64))
+    gx = (2.0 * g.to(tl.float64))[:, None] * diff
+    tl.store(gx_ptr + offs, gx.to(acc_t).to(gx_ptr.dtype.element_ty), mask=m2)
     if CENTERS_GRAD:
-        tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], (-gx).to(tl.float64), mask=m2)
+        tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], -gx, mask=m2)
 
 
-def assign_backward(grad_dist2, x, centers, labels, centers_grad):
+def _no_cosine(cosine: bool) -> None:
+    if cosine:
+        raise NotImplementedError(
+            'metric="cosine" has no Triton kernel yet (issue 12): use backend="cpu" or "reference"')
+
+
+def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
     """(grad_x in x's dtype, grad_centers in centers' dtype or an empty (0,) tensor).
 
     One launch (plus the zero fill of the float32 center-gradient buffer, and a cast for
     16-bit centers); the segment sum uses float atomics, so its last bits vary run to run.
     """
+    _no_cosine(cosine)
     n, d = x.shape
     gx = torch.empty_like(x)
     gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device) if centers_grad else None
@@ -415,8 +424,9 @@ def _window_constants(d: int, precision: str) -> tuple[float, float, float]:
     return 2.0**-9 + 2.0**-19, 2.0 * (d + 4) * _U, 3.0 * _U
 
 
-def assign(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def assign(x: torch.Tensor, centers: torch.Tensor, cosine: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """labels (N,) int64 = argmin_k ||x_i - c_k||^2 (ties to the lowest k), dist2 at it."""
+    _no_cosine(cosine)
     labels, dist2, _ = _assign(x, centers)
     return labels, dist2
 

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ._common import acc_dtype, cast_for, device_guard, interpreting, midpoint, pow2, zeros_pair
-from .assign import assign
+from .assign import _no_cosine, assign
 
 SCULLEY = 0
 EMA = 1
@@ -374,21 +374,24 @@ def _ema_centers(centers, cluster_size, embed_sum, eps):
             BLOCK_K=bk, BLOCK_S=bs, BLOCK_D=bd, **opts)
 
 
-def minibatch_update_(centers, counts, x, labels, deterministic=False) -> None:
+def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=False) -> None:
     """Sculley's step in place (module docstring); labels against the pre-update centers."""
+    _no_cosine(cosine)
     _update(centers, counts, None, x, labels, deterministic, SCULLEY, 0.0)
 
 
-def minibatch_step_(centers, counts, x, deterministic=False) -> torch.Tensor:
+def minibatch_step_(centers, counts, x, deterministic=False, cosine=False) -> torch.Tensor:
     """assign against the current centers, then minibatch_update_; returns the labels."""
+    _no_cosine(cosine)
     labels, _ = assign(x, centers)
     _update(centers, counts, None, x, labels, deterministic, SCULLEY, 0.0)
     return labels
 
 
 def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps,
-                deterministic=False) -> None:
+                deterministic=False, cosine=False) -> None:
     """The VQ-VAE EMA in place (module docstring; kmgan_ext/reference.py::ema_update_)."""
+    _no_cosine(cosine)
     if centers.shape[0] == 0:
         return
     _update(centers, cluster_size, embed_sum, x, labels, deterministic, EMA, float(decay))

@@ -223,7 +223,14 @@ def _num(name: str, *args) -> int:
 
 
 # --------------------------------------------------------------------------- backend interface
-def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+def _no_cosine(cosine: bool) -> None:
+    if cosine:  # the CUDA bindings refuse it the same way (csrc/cuda/*_binding.cpp)
+        raise NotImplementedError(
+            'metric="cosine" has no CUDA kernel yet (issue 12): use backend="cpu" or "reference"')
+
+
+def assign(x: Tensor, centers: Tensor, cosine: bool = False) -> tuple[Tensor, Tensor]:
+    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     labels = torch.empty(n, dtype=torch.int64)
     dist2 = torch.empty(n, dtype=_acc_dtype(x))
@@ -233,7 +240,8 @@ def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
     return labels, dist2
 
 
-def assign_backward(grad_dist2, x, centers, labels, centers_grad):
+def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
+    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     g = grad_dist2.to(_acc_dtype(x)).contiguous()
     grad_x = torch.empty(n, d, dtype=x.dtype)
@@ -257,7 +265,8 @@ def _workspace(x: Tensor, labels: Tensor, k: int, deterministic: bool):
     return sums, batch_counts, sorted_labels, perm, pieces
 
 
-def minibatch_update_(centers, counts, x, labels, deterministic=False):
+def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=False):
+    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     if n == 0:
         return
@@ -267,13 +276,16 @@ def minibatch_update_(centers, counts, x, labels, deterministic=False):
           _ptr(pieces))
 
 
-def minibatch_step_(centers, counts, x, deterministic=False):
+def minibatch_step_(centers, counts, x, deterministic=False, cosine=False):
+    _no_cosine(cosine)
     labels, _ = assign(x, centers)
     minibatch_update_(centers, counts, x, labels, deterministic)
     return labels
 
 
-def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic=False):
+def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic=False,
+                cosine=False):
+    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     sums, batch_counts, sorted_labels, perm, pieces = _workspace(x, labels, k, deterministic)
     total = torch.empty(1, dtype=torch.float64)
@@ -313,7 +325,7 @@ def assigned_distance(x, labels, centers, reduction="fro"):
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     acc = _acc_dtype(x)
     out = torch.empty((), dtype=acc)
-    partials = torch.empty(_num("assigned_distance_num_partials", _i(n)), dtype=acc)
+    partials = torch.empty(_num("assigned_distance_num_partials", _i(n)), dtype=torch.float64)
     _call("assigned_distance_launch", _dt(x), _REDUCTIONS[reduction], _ptr(x), _ptr(labels),
           _ptr(centers), _i(n), _i(k), _i(d), _ptr(partials), _ptr(out))
     return out
@@ -385,8 +397,9 @@ def kmgan_losses(f_real, f_fake, centers_real, centers_fake, reduction="fro"):
     lh, _ = assign(f_fake, centers_fake)
     pulls = torch.empty(2, dtype=acc)
     loss_d, loss_g = torch.empty((), dtype=acc), torch.empty((), dtype=acc)
-    _call("kmgan_pulls_launch", _dt(f_real), _REDUCTIONS[reduction], _ptr(dist_r), _i(nr),
-          _ptr(dist_f), _i(nf), _ptr(pulls), _ptr(loss_d), _ptr(loss_g))
+    _call("kmgan_pulls_launch", _dt(f_real), _REDUCTIONS[reduction], _ptr(f_real), _ptr(lr),
+          _ptr(dist_r), _i(nr), _ptr(f_fake), _ptr(lf), _ptr(dist_f), _i(nf), _ptr(centers_real),
+          _i(centers_real.shape[0]), _i(f_real.shape[1]), _ptr(pulls), _ptr(loss_d), _ptr(loss_g))
     loss_c, u_diff, n_r, n_h = center_loss_forward(f_real, lr, centers_real, f_fake, lh, centers_fake)
     return loss_d, loss_g, loss_c, lr, lf, lh, pulls, u_diff, n_r, n_h
 

@@ -49,15 +49,26 @@ def route(
     checks: Callable[..., None] | None = None,
     impl_name: str | None = None,
     mutated: tuple[int, ...] = (),
+    flags: tuple = (),
 ):
     """Register the CPU/CUDA kernel of kmgan_ext::<name> that routes on ``backend``.
 
     ``mutated`` lists the positions of arguments written in place: a non-contiguous one is
     worked on as a contiguous copy that is written back, so the caller's tensor is updated.
+    ``flags`` holds the defaults of the arguments that follow ``backend`` in the schema (the
+    ``cosine`` flag of metric="cosine"); they are passed on to the backend after the others.
     """
     impl_name = impl_name or name
 
+    n_args = len(op(name)._schema.arguments) if flags and registered() else None
+
     def kernel(*args):
+        extra = ()
+        if flags:
+            missing = n_args - len(args) if n_args is not None else 0
+            if missing > 0:  # left to their schema defaults by a torch.ops call
+                args = args + tuple(flags[len(flags) - missing :])
+            args, extra = args[: -len(flags)], args[-len(flags) :]
         *tensors, backend = args
         if checks is not None:
             checks(*tensors)
@@ -65,7 +76,7 @@ def route(
         if _dispatch._RECORD is not None:  # a test asked which code runs (_dispatch.recording)
             _dispatch.record(impl_name, fn)
         work = list(contiguous(*tensors))
-        out = fn(*work)
+        out = fn(*work, *extra)
         for i in mutated:
             if work[i] is not tensors[i]:
                 tensors[i].copy_(work[i])

@@ -40,22 +40,22 @@ def _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, determi
     _checks.finite("embed_sum", embed_sum)
 
 
-_registry.route("minibatch_update_", _update_checks, mutated=(0, 1))
-_registry.route("minibatch_step_", _step_checks, mutated=(0, 1))
-_registry.route("ema_update_", _ema_checks, mutated=(0, 1, 2))
+_registry.route("minibatch_update_", _update_checks, mutated=(0, 1), flags=(False,))
+_registry.route("minibatch_step_", _step_checks, mutated=(0, 1), flags=(False,))
+_registry.route("ema_update_", _ema_checks, mutated=(0, 1, 2), flags=(False,))
 
 if _registry.registered():
 
     @torch.library.register_fake("kmgan_ext::minibatch_update_")
-    def _(centers, counts, x, labels, deterministic, backend):
+    def _(centers, counts, x, labels, deterministic, backend, cosine=False):
         return None
 
     @torch.library.register_fake("kmgan_ext::minibatch_step_")
-    def _(centers, counts, x, deterministic, backend):
+    def _(centers, counts, x, deterministic, backend, cosine=False):
         return x.new_empty(x.shape[0], dtype=torch.int64)
 
     @torch.library.register_fake("kmgan_ext::ema_update_")
-    def _(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, backend):
+    def _(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, backend, cosine=False):
         return None
 
 
@@ -82,6 +82,7 @@ def minibatch_update_(
     labels: Tensor,
     *,
     deterministic: bool = False,
+    metric: str = "euclidean",
     backend: str = "auto",
 ) -> None:
     """Sculley's mini-batch k-means update, in place, as scikit-learn's MiniBatchKMeans.
@@ -103,16 +104,22 @@ def minibatch_update_(
             the last bits may differ run to run; True gives bitwise-identical results run to
             run (fixed-order reduction). The CPU kernels are deterministic either way, and
             under torch.use_deterministic_algorithms(True) the GPU backends are too.
+        metric: "euclidean" (default) or "cosine": spherical k-means. S_k then sums the
+            normalised rows x_i / ||x_i|| (a zero row adds nothing to S_k but counts in m_k)
+            and every updated center is renormalised to unit length (a zero result stays
+            zero); labels should come from ``assign(..., metric="cosine")``. The norms are
+            formed inside the kernels, never as a normalised copy of x.
         backend: "auto", "reference", "cpu", "triton" or "cuda".
     """
     centers, counts, x, labels = _check_update_args(centers, counts, x, labels)
+    cosine = _checks.metric(metric)
     be = _dispatch.resolve(backend, x.device)
     deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
     if not _registry.registered():
         _update_checks(centers, counts, x, labels, deterministic)
-        return reference.minibatch_update_(centers, counts, x, labels, deterministic)
-    _registry.call("minibatch_update_", centers, counts, x, labels, deterministic, be)
+        return reference.minibatch_update_(centers, counts, x, labels, deterministic, cosine)
+    _registry.call("minibatch_update_", centers, counts, x, labels, deterministic, be, cosine)
 
 
 def minibatch_step_(
@@ -121,20 +128,23 @@ def minibatch_step_(
     x: Tensor,
     *,
     deterministic: bool = False,
+    metric: str = "euclidean",
     backend: str = "auto",
 ) -> Tensor:
     """assign + minibatch_update_ fused: labels against the pre-update centers, returned.
 
-    Same arguments and determinism contract as :func:`minibatch_update_`.
+    Same arguments and determinism contract as :func:`minibatch_update_`; with
+    metric="cosine" the labels are assign(..., metric="cosine")'s.
     """
     centers, counts, x, _ = _check_update_args(centers, counts, x)
+    cosine = _checks.metric(metric)
     be = _dispatch.resolve(backend, x.device)
     deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
     if not _registry.registered():
         _step_checks(centers, counts, x, deterministic)
-        return reference.minibatch_step_(centers, counts, x, deterministic)
-    return _registry.call("minibatch_step_", centers, counts, x, deterministic, be)
+        return reference.minibatch_step_(centers, counts, x, deterministic, cosine)
+    return _registry.call("minibatch_step_", centers, counts, x, deterministic, be, cosine)
 
 
 def ema_update_(
@@ -147,6 +157,7 @@ def ema_update_(
     decay: float = 0.99,
     eps: float = 1e-5,
     deterministic: bool = False,
+    metric: str = "euclidean",
     backend: str = "auto",
 ) -> None:
     """The VQ-VAE codebook EMA (van den Oord et al. 2017, appendix A.1), in place.
@@ -171,9 +182,12 @@ def ema_update_(
             state is zeros (or the centers with cluster_size ones).
         x: (N, d) same dtype/device as centers; labels: (N,) int64 in [0, K).
         decay: in [0, 1]; eps: >= 0.
+        metric: "euclidean" or "cosine": S_k sums x_i / ||x_i|| and c_k = M_k / N'_k is
+            renormalised to unit length, as vector-quantize-pytorch's cosine codebook.
         deterministic, backend: as in :func:`minibatch_update_`.
     """
     centers, _, x, labels = _check_update_args(centers, None, x, labels)
+    cosine = _checks.metric(metric)
     k, d = centers.shape
     cluster_size = _checks.ema_state("cluster_size", cluster_size, (k,), centers)
     embed_sum = _checks.ema_state("embed_sum", embed_sum, (k, d), centers)
@@ -186,5 +200,5 @@ def ema_update_(
     x = x.detach()
     if not _registry.registered():
         _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic)
-        return reference.ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic)
-    _registry.call("ema_update_", centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, be)
+        return reference.ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, cosine)
+    _registry.call("ema_update_", centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, be, cosine)

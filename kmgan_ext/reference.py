@@ -66,9 +66,66 @@ def squared_distances(x: Tensor, centers: Tensor) -> Tensor:
     return out
 
 
+def _norms2(t: Tensor) -> Tensor:
+    """sum_j t_j^2 per row in float64, j in index order (the kernels' canonical order)."""
+    td = _acc(t)
+    out = torch.zeros(t.shape[0], dtype=torch.float64, device=t.device)
+    for j in range(t.shape[1]):
+        out += td[:, j] * td[:, j]
+    return out
+
+
+def _norms(t: Tensor) -> Tensor:
+    return _norms2(t).sqrt()
+
+
+def _cosine_parts(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, K) float64 dot products and ||x_i||^2 ||c_k||^2, sums in index order."""
+    xd, cd = _acc(x), _acc(centers)
+    dot = torch.zeros(x.shape[0], centers.shape[0], dtype=torch.float64, device=x.device)
+    for j in range(x.shape[1]):
+        dot += xd[:, None, j] * cd[None, :, j]
+    return dot, _norms2(x)[:, None] * _norms2(centers)[None, :]
+
+
+def cosine_similarities(x: Tensor, centers: Tensor) -> Tensor:
+    """(N, K) float64 cos(x_i, c_k) = x_i . c_k / (||x_i|| ||c_k||), 0 where ||x_i|| ||c_k|| == 0.
+
+    A zero row or zero center is orthogonal to everything (cosine 0), never NaN; NaN and Inf
+    inputs give NaN (inf / inf)."""
+    dot, den2 = _cosine_parts(x, centers)
+    return torch.where(den2 == 0, torch.zeros_like(dot), dot / den2.sqrt())
+
+
+def cosine_keys(x: Tensor, centers: Tensor) -> Tensor:
+    """(N, K) float64 cos |cos| = dot |dot| / (||x||^2 ||c||^2) (0 where the denominator is 0):
+    the value metric="cosine" labels maximise. It orders the centers as cos does, and uses
+    only +, *, / (every sum in index order), which every backend rounds alike; torch.sqrt
+    is not correctly rounded on CPU (SLEEF, measured: one ulp off on sqrt(10.847507024424257)),
+    so a key with a square root could not be reproduced exactly by a kernel."""
+    dot, den2 = _cosine_parts(x, centers)
+    return torch.where(den2 == 0, torch.zeros_like(dot), dot * dot.abs() / den2)
+
+
+def _unit_rows(x: Tensor) -> Tensor:
+    """x_i / ||x_i|| in float64, a zero row left zero (spherical k-means' inputs)."""
+    n = _norms(x)[:, None]
+    return torch.where(n == 0, torch.zeros_like(n), _acc(x) / torch.where(n == 0, torch.ones_like(n), n))
+
+
+def _renormalize(c: Tensor) -> Tensor:
+    """Rows of a float64 (K, d) scaled to unit length; a zero row stays zero."""
+    n = c.norm(dim=1, keepdim=True)
+    return torch.where(n == 0, c, c / torch.where(n == 0, torch.ones_like(n), n))
+
+
 # --------------------------------------------------------------------------- assignment
-def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+def assign(x: Tensor, centers: Tensor, cosine: bool = False) -> tuple[Tensor, Tensor]:
     """labels[i] = argmin_k ||x_i - c_k||^2 (ties to the lowest k); dist2 = that minimum.
+
+    ``cosine=True`` (metric="cosine"): labels[i] = argmax_k cos(x_i, c_k) (decided on
+    ``cosine_keys``; ties to the lowest k, NaN as torch.argmin on -key) and dist2 =
+    2 - 2 cos of that center = ||x_i/||x_i|| - c/||c|| ||^2, clamped at 0.
 
     Distances in float64; torch.min's NaN rule: a row with a NaN distance gets the lowest k
     whose distance is NaN and dist2 NaN (contract 1). dist2 is rounded to float32 (inf past
@@ -81,6 +138,13 @@ def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
     dist2 = torch.empty(n, dtype=_out_dtype(x), device=x.device)
     rows = max(1, _CHUNK_ELEMS // max(1, k * max(1, x.shape[1])))
     for s in range(0, n, rows):
+        if cosine:
+            # torch.min on -key: the lowest k among the maxima, the lowest NaN when any.
+            _, idx = (-cosine_keys(x[s : s + rows], centers)).min(dim=1)
+            labels[s : s + rows] = idx
+            cos = cosine_similarities(x[s : s + rows], centers).gather(1, idx[:, None])[:, 0]
+            dist2[s : s + rows] = (2.0 - 2.0 * cos).clamp_min(0).to(dist2.dtype)
+            continue
         d = squared_distances(x[s : s + rows], centers)
         # torch.min returns the first index of the minimum: ties go to the lowest k.
         best, idx = d.min(dim=1)
@@ -90,14 +154,30 @@ def assign(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def assign_backward(
-    grad_dist2: Tensor, x: Tensor, centers: Tensor, labels: Tensor, centers_grad: bool
+    grad_dist2: Tensor, x: Tensor, centers: Tensor, labels: Tensor, centers_grad: bool,
+    cosine: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """d dist2_i / d x_i = 2 (x_i - c_{l_i}); the centers get the negated segment sum."""
-    diff = _acc(x) - _acc(centers)[labels]
-    gx = 2.0 * _acc(grad_dist2)[:, None] * diff
+    """d dist2_i / d x_i = 2 (x_i - c_{l_i}); the centers get the negated segment sum.
+
+    ``cosine``: dist2 = 2 - 2 cos(x, c), so d/dx = -2 (c / (|x||c|) - cos x / |x|^2) and
+    d/dc = -2 (x / (|x||c|) - cos c / |c|^2), both 0 where |x||c| == 0."""
+    if cosine:
+        xd, cl = _acc(x), _acc(centers)[labels]
+        nx, nc = _norms(x), _norms(centers)[labels]
+        den = nx * nc
+        zero = den == 0
+        safe = lambda t: torch.where(zero, torch.ones_like(t), t)  # noqa: E731
+        cos = torch.where(zero, torch.zeros_like(den), (xd * cl).sum(1) / safe(den))
+        g = torch.where(zero, torch.zeros_like(den), -2.0 * _acc(grad_dist2))
+        gx = g[:, None] * (cl / safe(den)[:, None] - (cos / safe(nx * nx))[:, None] * xd)
+        gcr = g[:, None] * (xd / safe(den)[:, None] - (cos / safe(nc * nc))[:, None] * cl)
+    else:
+        diff = _acc(x) - _acc(centers)[labels]
+        gx = 2.0 * _acc(grad_dist2)[:, None] * diff
+        gcr = -gx
     if centers_grad:
         gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device)
-        gc.index_add_(0, labels, -gx)
+        gc.index_add_(0, labels, gcr)
         gc = gc.to(centers.dtype)
     else:
         gc = centers.new_empty(0)
@@ -114,29 +194,35 @@ def cluster_sums(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def minibatch_update_(
-    centers: Tensor, counts: Tensor, x: Tensor, labels: Tensor, deterministic: bool = False
+    centers: Tensor, counts: Tensor, x: Tensor, labels: Tensor, deterministic: bool = False,
+    cosine: bool = False,
 ) -> None:
     """Sculley's mini-batch k-means step, as scikit-learn's MiniBatchKMeans:
 
     counts_k += m_k;  c_k += (S_k - m_k c_k) / counts_k   for every k with m_k > 0,
     where m_k rows of x carry label k and S_k is their sum. Other centers are untouched.
     The reference is deterministic whatever ``deterministic`` says.
+
+    ``cosine`` (spherical k-means): S_k sums x_i / ||x_i|| (a zero row adds 0) and every
+    updated c_k is then renormalised to unit length (a zero result stays zero).
     """
-    sums, m = cluster_sums(x, labels, centers.shape[0])
+    sums, m = cluster_sums(_unit_rows(x) if cosine else x, labels, centers.shape[0])
     hit = m > 0
     new_counts = counts + m
     c = _acc(centers)
     upd = c + (sums - m[:, None].to(torch.float64) * c) / new_counts.clamp_min(1)[:, None]
+    if cosine:
+        upd = _renormalize(upd)
     centers.copy_(torch.where(hit[:, None], upd, c).to(centers.dtype))
     counts.copy_(new_counts)
 
 
 def minibatch_step_(
-    centers: Tensor, counts: Tensor, x: Tensor, deterministic: bool = False
+    centers: Tensor, counts: Tensor, x: Tensor, deterministic: bool = False, cosine: bool = False
 ) -> Tensor:
     """assign against the current centers, then minibatch_update_; returns the labels."""
-    labels, _ = assign(x, centers)
-    minibatch_update_(centers, counts, x, labels, deterministic)
+    labels, _ = assign(x, centers, cosine)
+    minibatch_update_(centers, counts, x, labels, deterministic, cosine)
     return labels
 
 
@@ -149,6 +235,7 @@ def ema_update_(
     decay: float,
     eps: float,
     deterministic: bool = False,
+    cosine: bool = False,
 ) -> None:
     """The VQ-VAE codebook EMA (van den Oord et al. 2017, appendix A.1), literally:
 
@@ -161,9 +248,12 @@ def ema_update_(
     n_k = number of rows labelled k, S_k their sum. N (cluster_size) and M (embed_sum) are
     stored first; the centers are computed from the stored state (as vector-quantize-pytorch
     does), so they are a function of the state alone. All arithmetic in float64.
+
+    ``cosine`` (as vector-quantize-pytorch's cosine codebook): S_k sums x_i / ||x_i|| and
+    c_k = M_k / N'_k is renormalised to unit length (a zero result stays zero).
     """
     k = centers.shape[0]
-    sums, m = cluster_sums(x, labels, k)
+    sums, m = cluster_sums(_unit_rows(x) if cosine else x, labels, k)
     size = decay * _acc(cluster_size) + (1.0 - decay) * m.to(torch.float64)
     total = decay * _acc(embed_sum) + (1.0 - decay) * sums
     cluster_size.copy_(size.to(cluster_size.dtype))
@@ -174,6 +264,8 @@ def ema_update_(
     c = _acc(centers)
     keep = (smoothed == 0)[:, None]
     new = total / torch.where(keep, torch.ones_like(smoothed[:, None]), smoothed[:, None])
+    if cosine:
+        new = _renormalize(new)
     centers.copy_(torch.where(keep, c, new).to(centers.dtype))
 
 

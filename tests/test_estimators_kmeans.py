@@ -177,8 +177,9 @@ def test_bad_parameters_are_named(digits):
     ]:
         with pytest.raises(ValueError, match=match):
             km.KMeans(**kw).fit(digits)
-    with pytest.raises(NotImplementedError, match="cosine"):
-        km.KMeans(3, metric="cosine").fit(digits)
+    # metric="cosine" is spherical k-means now (tests/test_cosine.py): unit centers
+    c = km.KMeans(3, metric="cosine").fit(digits).cluster_centers_
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="n_samples=2 should be >= n_clusters=3"):
         km.KMeans(3).fit(digits[:2])
     with pytest.raises(ValueError, match=r"shape of the initial centers"):

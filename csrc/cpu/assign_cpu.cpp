@@ -349,20 +349,24 @@ void assign_single(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
   });
 }
 
-std::tuple<Tensor, Tensor> assign_native(const Tensor& x_in, const Tensor& centers_in) {
+std::tuple<Tensor, Tensor> assign_native(const Tensor& x_in, const Tensor& centers_in, bool cosine) {
   check_features("x", x_in);
   check_centers("centers", centers_in, "x", x_in);
   const Tensor x = x_in.contiguous();
   const Tensor centers = centers_in.contiguous();
   Tensor labels = at::empty({x.size(0)}, x.options().dtype(at::kLong));
   Tensor dist2 = at::empty({x.size(0)}, x.options().dtype(out_dtype(x)));
-  assign_into(x, centers, labels, dist2);
+  if (cosine) {
+    assign_cosine_into(x, centers, labels, dist2);
+  } else {
+    assign_into(x, centers, labels, dist2);
+  }
   return {labels, dist2};
 }
 
 std::tuple<Tensor, Tensor> assign_backward_native(const Tensor& grad_dist2, const Tensor& x_in,
                                                   const Tensor& centers_in, const Tensor& labels_in,
-                                                  bool centers_grad) {
+                                                  bool centers_grad, bool cosine) {
   check_features("x", x_in);
   check_centers("centers", centers_in, "x", x_in);
   const int64_t n = x_in.size(0), d = x_in.size(1), k = centers_in.size(0);
@@ -377,13 +381,16 @@ std::tuple<Tensor, Tensor> assign_backward_native(const Tensor& grad_dist2, cons
   check_label_values("labels", labels.data_ptr<int64_t>(), n, k);
   Tensor gx = at::empty_like(x);
   Tensor gc = centers_grad ? at::empty_like(centers) : at::empty({0}, centers.options());
+  if (cosine) {
+    assign_cosine_backward_into(grad_dist2, x, centers, labels, gx, centers_grad ? gc : Tensor());
+    return {gx, gc};
+  }
   KMGAN_DISPATCH_FLOATING(x.scalar_type(), "assign_backward_native", [&] {
-    using acc = acc_t<scalar_t>;
     // d dist2_i / d x_i = 2 (x_i - c_{l_i}).
-    const Tensor g = grad_dist2.to(c10::CppTypeToScalarType<acc>::value).contiguous();
-    std::vector<acc> scale(n);
-    const acc* gp = g.data_ptr<acc>();
-    for (int64_t i = 0; i < n; ++i) scale[i] = acc(2) * gp[i];
+    const Tensor g = grad_dist2.to(at::kDouble).contiguous();
+    std::vector<double> scale(n);
+    const double* gp = g.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i) scale[i] = 2.0 * gp[i];
     scaled_diff_grad<scalar_t>(x.data_ptr<scalar_t>(), centers.data_ptr<scalar_t>(),
                                labels.data_ptr<int64_t>(), n, d, k, scale.data(),
                                gx.data_ptr<scalar_t>(),

@@ -11,6 +11,14 @@ namespace cpu {
 // x (N, d) and centers (K, d) contiguous, same dtype, K >= 1.
 void assign_into(const Tensor& x, const Tensor& centers, const Tensor& labels, const Tensor& dist2);
 
+// metric="cosine" (assign_cosine_cpu.cpp): labels = argmax_k cos(x_i, c_k) (lowest k on exact
+// ties; cos 0 where ||x|| ||c|| == 0), dist2 (when defined) = 2 - 2 cos, clamped at 0.
+void assign_cosine_into(const Tensor& x, const Tensor& centers, const Tensor& labels,
+                        const Tensor& dist2);
+// The gradient of that dist2 (gc undefined: no centers' gradient). Contiguous inputs.
+void assign_cosine_backward_into(const Tensor& grad_dist2, const Tensor& x, const Tensor& centers,
+                                 const Tensor& labels, const Tensor& gx, const Tensor& gc);
+
 // Centers per packed panel of the AVX2 kernel (and per chunk of the argmin scan).
 constexpr int64_t kPanel = 16;
 

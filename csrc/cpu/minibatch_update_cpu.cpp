@@ -38,16 +38,30 @@ void check_counts(const int64_t* counts, const std::vector<int64_t>& m) {
 }
 
 // Sculley / scikit-learn: counts_k += m_k; c_k += (S_k - m_k c_k) / counts_k for m_k > 0.
+// cosine (spherical k-means, issue 12): the rows enter as x_i / ||x_i|| and every updated
+// center is renormalised to unit length (a zero result stays zero).
 template <typename scalar_t>
 void sculley_update(scalar_t* c, int64_t* counts, const scalar_t* x, const int64_t* labels,
-                    int64_t n, int64_t d, int64_t k, const std::vector<int64_t>& m) {
-  const WideSum<scalar_t> sums = segment_sums(x, n, d, labels, k);
+                    int64_t n, int64_t d, int64_t k, const std::vector<int64_t>& m,
+                    bool cosine = false) {
+  const WideSum<scalar_t> sums =
+      cosine ? unit_segment_sums(x, n, d, labels, k) : segment_sums(x, n, d, labels, k);
+  std::vector<double> row(cosine ? d : 0);
   for (int64_t q = 0; q < k; ++q) {
     if (m[q] == 0) continue;
     counts[q] += m[q];
     const double mq = static_cast<double>(m[q]);
     const double total = static_cast<double>(counts[q]);
     scalar_t* cq = c + q * d;
+    if (cosine) {
+      for (int64_t j = 0; j < d; ++j) {
+        const double cj = static_cast<double>(cq[j]);
+        row[j] = cj + (sums.value(q * d + j) - mq * cj) / total;
+      }
+      normalize_in_place(row.data(), d);
+      for (int64_t j = 0; j < d; ++j) cq[j] = static_cast<scalar_t>(row[j]);
+      continue;
+    }
     for (int64_t j = 0; j < d; ++j) {
       const double cj = static_cast<double>(cq[j]);
       cq[j] = static_cast<scalar_t>(cj + (sums.value(q * d + j) - mq * cj) / total);
@@ -56,7 +70,7 @@ void sculley_update(scalar_t* c, int64_t* counts, const scalar_t* x, const int64
 }
 
 void update_contiguous(const Tensor& centers, const Tensor& counts, const Tensor& x,
-                       const Tensor& labels) {
+                       const Tensor& labels, bool cosine = false) {
   const int64_t n = x.size(0), d = x.size(1), k = centers.size(0);
   const int64_t* lp = labels.data_ptr<int64_t>();
   const std::vector<int64_t> m = label_counts("labels", lp, n, k);
@@ -64,32 +78,37 @@ void update_contiguous(const Tensor& centers, const Tensor& counts, const Tensor
   if (n == 0) return;
   KMGAN_DISPATCH_FLOATING(x.scalar_type(), "minibatch_update_native_", [&] {
     sculley_update(centers.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(),
-                   x.data_ptr<scalar_t>(), lp, n, d, k, m);
+                   x.data_ptr<scalar_t>(), lp, n, d, k, m, cosine);
   });
 }
 
 void minibatch_update_native_(Tensor& centers, Tensor& counts, const Tensor& x_in,
-                              const Tensor& labels_in, bool /*deterministic: always*/) {
+                              const Tensor& labels_in, bool /*deterministic: always*/,
+                              bool cosine) {
   check_update_args(centers, x_in);
   check_index("counts", counts, centers.size(0));
   check_index("labels", labels_in, x_in.size(0));
   const Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
   const Tensor c = contiguous_work(centers), cnt = contiguous_work(counts);
-  update_contiguous(c, cnt, x, labels);
+  update_contiguous(c, cnt, x, labels, cosine);
   write_back(c, centers);
   write_back(cnt, counts);
 }
 
 Tensor minibatch_step_native_(Tensor& centers, Tensor& counts, const Tensor& x_in,
-                              bool /*deterministic: always*/) {
+                              bool /*deterministic: always*/, bool cosine) {
   check_update_args(centers, x_in);
   check_index("counts", counts, centers.size(0));
   const Tensor x = x_in.contiguous();
   const Tensor c = contiguous_work(centers), cnt = contiguous_work(counts);
   Tensor labels = at::empty({x.size(0)}, x.options().dtype(at::kLong));
   // Labels against the centers before the update; no distances needed.
-  assign_into(x, c, labels, Tensor());
-  update_contiguous(c, cnt, x, labels);
+  if (cosine) {
+    assign_cosine_into(x, c, labels, Tensor());
+  } else {
+    assign_into(x, c, labels, Tensor());
+  }
+  update_contiguous(c, cnt, x, labels, cosine);
   write_back(c, centers);
   write_back(cnt, counts);
   return labels;
@@ -111,8 +130,10 @@ void check_ema_state(const char* name, const Tensor& t, at::IntArrayRef shape,
 template <typename scalar_t, typename state_t>
 void ema_apply(scalar_t* c, state_t* size, state_t* embed, const scalar_t* x, const int64_t* labels,
                int64_t n, int64_t d, int64_t k, const std::vector<int64_t>& m, double decay,
-               double eps) {
-  const WideSum<scalar_t> sums = segment_sums(x, n, d, labels, k);
+               double eps, bool cosine = false) {
+  const WideSum<scalar_t> sums =
+      cosine ? unit_segment_sums(x, n, d, labels, k) : segment_sums(x, n, d, labels, k);
+  std::vector<double> row(cosine ? d : 0);
   const double take = 1.0 - decay;
   double total = 0.0;
   for (int64_t q = 0; q < k; ++q) {
@@ -128,6 +149,12 @@ void ema_apply(scalar_t* c, state_t* size, state_t* embed, const scalar_t* x, co
   for (int64_t q = 0; q < k; ++q) {
     const double smoothed = (static_cast<double>(size[q]) + eps) / denom * total;
     if (smoothed == 0.0) continue;  // nothing ever assigned: keep the center (never NaN)
+    if (cosine) {  // spherical: the EMA mean renormalised to unit length
+      for (int64_t j = 0; j < d; ++j) row[j] = static_cast<double>(embed[q * d + j]) / smoothed;
+      normalize_in_place(row.data(), d);
+      for (int64_t j = 0; j < d; ++j) c[q * d + j] = static_cast<scalar_t>(row[j]);
+      continue;
+    }
     for (int64_t j = 0; j < d; ++j) {
       c[q * d + j] = static_cast<scalar_t>(static_cast<double>(embed[q * d + j]) / smoothed);
     }
@@ -136,7 +163,7 @@ void ema_apply(scalar_t* c, state_t* size, state_t* embed, const scalar_t* x, co
 
 void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum,
                         const Tensor& x_in, const Tensor& labels_in, double decay, double eps,
-                        bool /*deterministic: always*/) {
+                        bool /*deterministic: always*/, bool cosine) {
   check_update_args(centers, x_in);
   const int64_t n = x_in.size(0), d = x_in.size(1), k = centers.size(0);
   check_ema_state("cluster_size", cluster_size, {k}, centers);
@@ -153,7 +180,7 @@ void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum
   KMGAN_DISPATCH_FLOATING(x.scalar_type(), "ema_update_native_", [&] {
     using state_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
     ema_apply(c.data_ptr<scalar_t>(), size.data_ptr<state_t>(), embed.data_ptr<state_t>(),
-              x.data_ptr<scalar_t>(), lp, n, d, k, m, decay, eps);
+              x.data_ptr<scalar_t>(), lp, n, d, k, m, decay, eps, cosine);
   });
   write_back(c, centers);
   write_back(size, cluster_size);

@@ -13,7 +13,8 @@ constexpr const char* kAssign = "kmgan_ext::assign_native";
 constexpr const char* kAssignBackward = "kmgan_ext::assign_backward_native";
 
 std::tuple<at::Tensor, at::Tensor> assign_cuda(const at::Tensor& x_in,
-                                               const at::Tensor& centers_in) {
+                                               const at::Tensor& centers_in, bool cosine) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kAssign, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   check_features(kAssign, "x", x_in);
   check_centers(kAssign, "centers", centers_in, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -32,7 +33,8 @@ std::tuple<at::Tensor, at::Tensor> assign_backward_cuda(const at::Tensor& grad_d
                                                         const at::Tensor& x_in,
                                                         const at::Tensor& centers_in,
                                                         const at::Tensor& labels_in,
-                                                        bool centers_grad) {
+                                                        bool centers_grad, bool cosine) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kAssignBackward, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   check_features(kAssignBackward, "x", x_in);
   check_centers(kAssignBackward, "centers", centers_in, x_in);
   const int64_t n = x_in.size(0), k = centers_in.size(0), d = x_in.size(1);

@@ -67,7 +67,8 @@ void check_update_args(const char* op, const at::Tensor& centers, const at::Tens
 }
 
 void minibatch_update_cuda(at::Tensor& centers, at::Tensor& counts, const at::Tensor& x_in,
-                           const at::Tensor& labels_in, bool deterministic) {
+                           const at::Tensor& labels_in, bool deterministic, bool cosine) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kUpdate, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   check_update_args(kUpdate, centers, &counts, x_in);
   check_int64_vector(kUpdate, "labels", labels_in, x_in.size(0), x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -79,7 +80,8 @@ void minibatch_update_cuda(at::Tensor& centers, at::Tensor& counts, const at::Te
 }
 
 at::Tensor minibatch_step_cuda(at::Tensor& centers, at::Tensor& counts, const at::Tensor& x_in,
-                               bool deterministic) {
+                               bool deterministic, bool cosine) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kStep, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   check_update_args(kStep, centers, &counts, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
@@ -113,7 +115,8 @@ void check_ema_state(const char* name, const at::Tensor& t, at::IntArrayRef shap
 
 void ema_update_cuda(at::Tensor& centers, at::Tensor& cluster_size, at::Tensor& embed_sum,
                      const at::Tensor& x_in, const at::Tensor& labels_in, double decay,
-                     double eps, bool deterministic) {
+                     double eps, bool deterministic, bool cosine) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kEma, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   check_update_args(kEma, centers, nullptr, x_in);
   const int64_t n = x_in.size(0), k = centers.size(0), d = x_in.size(1);
   check_int64_vector(kEma, "labels", labels_in, n, x_in);

@@ -142,18 +142,19 @@ class EstimatorBase(*_BASES):
             )
         if self.metric not in _METRICS:
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {self.metric!r}")
-        if self.metric == "cosine":
-            # The ops assign by Euclidean distance only: spherical k-means needs assignment
-            # by largest cosine similarity fused in the kernels (issue 12), not a wrapper
-            # that writes a normalised copy of x.
-            raise NotImplementedError(
-                "metric='cosine' is not implemented yet: the kmgan_ext ops assign by "
-                "Euclidean distance only; use metric='euclidean'"
-            )
         if not isinstance(self.deterministic, bool):
             raise TypeError(f"deterministic must be a bool, got {type(self.deterministic).__name__}")
         if self.dtype is not None and self.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be None, torch.float32 or torch.float64, got {self.dtype!r}")
+        self._device_param()
+
+    def _device_param(self) -> torch.device | None:
+        if self.device is None:
+            return None
+        try:
+            return torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device must be None or a torch device, got {self.device!r}") from None
 
     def _n_init_for(self, default: int) -> int:
         """scikit-learn's rule: 'auto' = 1 for k-means++ and an array, ``default`` otherwise;
@@ -187,6 +188,8 @@ class EstimatorBase(*_BASES):
         already is one)."""
         if isinstance(X, Tensor):
             t = X.detach()
+            if t.device.type == "meta":
+                raise ValueError(f"{name} is a meta tensor: it holds no data")
         else:
             arr = np.asarray(X)
             if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
@@ -205,7 +208,7 @@ class EstimatorBase(*_BASES):
                 )
         else:
             dtype = self._compute_dtype(t)
-            device = torch.device(self.device) if self.device is not None else t.device
+            device = self._device_param() or t.device
         t = t.to(device=device, dtype=dtype)
         if t.shape[0] and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} contains NaN or infinity")
@@ -218,8 +221,13 @@ class EstimatorBase(*_BASES):
         if isinstance(sample_weight, numbers.Number):
             w = torch.full((x.shape[0],), float(sample_weight), dtype=x.dtype, device=x.device)
         else:
-            w = torch.as_tensor(np.asarray(sample_weight) if not isinstance(sample_weight, Tensor)
-                                else sample_weight).to(device=x.device, dtype=x.dtype)
+            if not isinstance(sample_weight, Tensor):
+                sample_weight = np.asarray(sample_weight)
+                if not (np.issubdtype(sample_weight.dtype, np.number) or sample_weight.dtype == bool):
+                    raise TypeError(f"sample_weight must be numeric, got {sample_weight.dtype}")
+            elif sample_weight.device.type == "meta" or sample_weight.is_complex():
+                raise TypeError(f"sample_weight must be a real tensor with data, got {sample_weight}")
+            w = torch.as_tensor(sample_weight).to(device=x.device, dtype=x.dtype)
         if w.shape != (x.shape[0],):
             raise ValueError(f"sample_weight must have shape ({x.shape[0]},), got {tuple(w.shape)}")
         if x.shape[0] and (not bool(torch.isfinite(w).all()) or bool((w < 0).any())):
@@ -256,16 +264,17 @@ class EstimatorBase(*_BASES):
 
     # ------------------------------------------------------------------ shared methods
     def _labels_inertia(self, x: Tensor, w: Tensor | None, centers: Tensor) -> tuple[Tensor, float]:
-        labels, dist2 = assign(x, centers, backend=self.backend)
+        labels, dist2 = assign(x, centers, metric=self.metric, backend=self.backend)
         d2 = dist2.to(torch.float64)
         inertia = float((d2 * w.to(torch.float64)).sum() if w is not None else d2.sum())
         return labels, inertia
 
     def predict(self, X, sample_weight=None):
-        """Index (n_samples,) of the nearest center of each row (ties to the lowest index)."""
+        """Index (n_samples,) of the nearest center of each row (ties to the lowest index;
+        metric="cosine": the largest cosine similarity)."""
         c = self._centers_tensor()
         x = self._as_tensor(X, fitted=True)
-        labels, _ = assign(x, c, backend=self.backend)
+        labels, _ = assign(x, c, metric=self.metric, backend=self.backend)
         return self._labels_out(labels, X)
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -273,11 +282,22 @@ class EstimatorBase(*_BASES):
 
     def transform(self, X):
         """Euclidean distances (n_samples, n_clusters) of every row to every center: the
-        requested output is the full matrix here, formed from differences (no cancellation)."""
+        requested output is the full matrix here, formed from differences (no cancellation).
+        metric="cosine": the distances on the unit sphere, sqrt(2 - 2 cos) (cos 0 for a zero
+        row or center), whose squares are assign's dist2."""
         c = self._centers_tensor()
         x = self._as_tensor(X, fitted=True)
         rows = max(1, (1 << 24) // max(1, c.shape[0] * max(1, x.shape[1])))
         out = torch.empty(x.shape[0], c.shape[0], dtype=x.dtype, device=x.device)
+        if self.metric == "cosine":
+            cd = c.to(torch.float64)
+            cn = torch.linalg.vector_norm(cd, dim=1)
+            for s in range(0, x.shape[0], rows):
+                xd = x[s : s + rows].to(torch.float64)
+                den = torch.linalg.vector_norm(xd, dim=1)[:, None] * cn[None, :]
+                cos = torch.where(den == 0, torch.zeros_like(den), (xd @ cd.t()) / torch.where(den == 0, torch.ones_like(den), den))
+                out[s : s + rows] = (2.0 - 2.0 * cos).clamp_min(0).sqrt().to(x.dtype)
+            return self._out(out, X)
         for s in range(0, x.shape[0], rows):
             out[s : s + rows] = torch.cdist(
                 x[s : s + rows], c, compute_mode="donot_use_mm_for_euclid_dist"
@@ -308,6 +328,17 @@ def _not_fitted(est) -> Exception:
 
 def initial_centers(est, x: Tensor, w: Tensor | None, rs: np.random.RandomState, X_user) -> Tensor:
     """One initialisation as scikit-learn's ``_init_centroids`` (x already subsampled)."""
+    k, n = est.n_clusters, x.shape[0]
+    init = est.init
+    c = _initial_centers(est, x, w, rs, X_user)
+    if est.metric == "cosine":  # spherical k-means: unit centers from the start
+        from ..seeding.kmeans_plusplus import unit
+
+        c = unit(c)
+    return c
+
+
+def _initial_centers(est, x: Tensor, w: Tensor | None, rs: np.random.RandomState, X_user) -> Tensor:
     k, n = est.n_clusters, x.shape[0]
     init = est.init
     if isinstance(init, str) and init == "k-means++":
@@ -341,4 +372,4 @@ def probabilities(w: Tensor | None, x: Tensor) -> np.ndarray:
 def _kpp(x: Tensor, k: int, seed: int, w: Tensor | None, est) -> Tensor:
     from ..seeding import kmeans_plusplus
 
-    return kmeans_plusplus(x, k, seed=seed, sample_weight=w).to(x.dtype)
+    return kmeans_plusplus(x, k, seed=seed, sample_weight=w, metric=est.metric).to(x.dtype)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .._cluster_stats import cluster_means
 from ..assign import assign
+from ..minibatch_update import minibatch_update_
 
 
 def weighted_rows(x: Tensor, w: Tensor | None) -> Tensor | None:
@@ -63,16 +64,47 @@ def relocate_empty(x, w, labels, dist2, centers_new, weight) -> None:
     centers_new.copy_(c.to(centers_new.dtype))
 
 
-def lloyd(x, w, centers, *, max_iter, tol, verbose, deterministic, backend):
+def spherical_m_step(x, labels, k, *, deterministic, backend) -> tuple[Tensor, Tensor]:
+    """metric="cosine": the renormalised sums of the normalised rows (0 for empty clusters),
+    by the update kernel itself: from zero centers and counts, Sculley's rule with cosine
+    sets every hit c_k to normalise(S_k / m_k) = normalise(S_k) and leaves the others 0."""
+    centers = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
+    counts = torch.zeros(k, dtype=torch.int64, device=x.device)
+    minibatch_update_(centers, counts, x, labels, deterministic=deterministic, metric="cosine",
+                      backend=backend)
+    return centers, counts.to(torch.float64)
+
+
+def relocate_empty_spherical(x, labels, dist2, centers_new, weight) -> None:
+    """The empty clusters take the rows farthest from their center (farthest first),
+    normalised; unlike the Euclidean rule the old clusters keep their directions."""
+    empty = torch.nonzero(weight == 0).flatten()
+    if not empty.numel():
+        return
+    far = torch.sort(dist2.to(torch.float64), descending=True, stable=True).indices[: empty.numel()]
+    rows = x[far].to(torch.float64)
+    n = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+    centers_new[empty] = torch.where(n == 0, rows, rows / torch.where(n == 0, torch.ones_like(n), n)).to(centers_new.dtype)
+    weight[empty] = 1.0
+
+
+def lloyd(x, w, centers, *, max_iter, tol, verbose, deterministic, backend, metric="euclidean"):
     """Returns (labels int64 (N,), inertia float, centers (K, d), n_iter)."""
     k = centers.shape[0]
+    cosine = metric == "cosine"
+    if cosine and w is not None:
+        raise NotImplementedError("metric='cosine' with sample_weight is not supported yet")
     xw = weighted_rows(x, w)
     labels_old = None
     i = 0
     for i in range(max_iter):
-        labels, dist2 = assign(x, centers, backend=backend)
-        centers_new, weight = m_step(x, xw, w, labels, k, deterministic=deterministic, backend=backend)
-        relocate_empty(x, w, labels, dist2, centers_new, weight)
+        labels, dist2 = assign(x, centers, metric=metric, backend=backend)
+        if cosine:
+            centers_new, weight = spherical_m_step(x, labels, k, deterministic=deterministic, backend=backend)
+            relocate_empty_spherical(x, labels, dist2, centers_new, weight)
+        else:
+            centers_new, weight = m_step(x, xw, w, labels, k, deterministic=deterministic, backend=backend)
+            relocate_empty(x, w, labels, dist2, centers_new, weight)
         if verbose:
             d2 = dist2.to(torch.float64)
             print(f"Iteration {i}, inertia {float((d2 * w).sum() if w is not None else d2.sum())}.")
@@ -89,7 +121,7 @@ def lloyd(x, w, centers, *, max_iter, tol, verbose, deterministic, backend):
         labels_old = labels
     # After strict convergence the last M-step reproduced the same means, so these labels
     # are the last E-step's (as scikit-learn keeps); otherwise they are its re-run E-step.
-    labels, dist2 = assign(x, centers, backend=backend)
+    labels, dist2 = assign(x, centers, metric=metric, backend=backend)
     d2 = dist2.to(torch.float64)
     inertia = float((d2 * w.to(torch.float64)).sum() if w is not None else d2.sum())
     return labels, inertia, centers, i + 1

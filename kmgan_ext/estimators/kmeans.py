@@ -43,8 +43,10 @@ class KMeans(EstimatorBase):
         device: where to compute (None = where X is; numpy data is on the CPU).
         dtype: torch.float32 / torch.float64 (None = float64 for float64 data, else float32).
         backend: of the ops ("auto", "reference", "cpu", "triton", "cuda").
-        metric: "euclidean" ("cosine" raises NotImplementedError: the ops have no cosine
-            assignment yet).
+        metric: "euclidean" or "cosine" (spherical k-means: k-means++ on the sphere, labels
+            by the largest cosine similarity, unit centers = the renormalised sums of the
+            normalised rows, inertia = sum of 2 - 2 cos, ``transform`` = sqrt(2 - 2 cos);
+            sample_weight is not supported with it yet).
         deterministic: bitwise-reproducible sums on a GPU (the CPU always is).
 
     Fitted attributes: ``cluster_centers_`` (K, d), ``labels_`` (N,), ``inertia_``,
@@ -108,7 +110,7 @@ class KMeans(EstimatorBase):
                 print("Initialization complete")
             labels, inertia, centers, n_iter = lloyd(
                 x, w, c0, max_iter=self.max_iter, tol=tol, verbose=self.verbose,
-                deterministic=self.deterministic, backend=self.backend,
+                deterministic=self.deterministic, backend=self.backend, metric=self.metric,
             )
             # scikit-learn's rule: a lower inertia replaces the best run unless it is the
             # same clustering (which guards against float noise between equal solutions)

@@ -99,6 +99,8 @@ class MiniBatchKMeans(EstimatorBase):
             raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
         self._batch_size = min(int(self.batch_size), n)
         init_size = self.init_size
+        if init_size is not None:
+            check_int("init_size", init_size)
         if init_size is None:
             init_size = 3 * self._batch_size
             if init_size < self.n_clusters:
@@ -126,11 +128,13 @@ class MiniBatchKMeans(EstimatorBase):
     def _step(self, xb: Tensor, wb: Tensor | None, rs, reassign: bool) -> float:
         """scikit-learn's ``_mini_batch_step`` on self._centers / self._counts, in place;
         returns the batch inertia (against the centers before the step)."""
-        labels, dist2 = assign(xb, self._centers, backend=self.backend)
+        labels, dist2 = assign(xb, self._centers, metric=self.metric, backend=self.backend)
         d2 = dist2.to(torch.float64)
         inertia = float((d2 * wb.to(torch.float64)).sum() if wb is not None else d2.sum())
+        if self.metric == "cosine" and wb is not None:
+            raise NotImplementedError("metric='cosine' with sample_weight is not supported yet")
         if wb is None:
-            minibatch_update_(self._centers, self._counts, xb, labels,
+            minibatch_update_(self._centers, self._counts, xb, labels, metric=self.metric,
                               deterministic=self.deterministic, backend=self.backend)
         else:
             # c_k <- (c_k W_k + S_k) / (W_k + w_k) for clusters with batch weight w_k > 0
@@ -160,7 +164,12 @@ class MiniBatchKMeans(EstimatorBase):
             if self.verbose:
                 print(f"[MiniBatchKMeans] Reassigning {n_reassigns} cluster centers.")
             mask = torch.as_tensor(to_reassign, device=xb.device)
-            self._centers[mask] = xb[torch.as_tensor(rows, device=xb.device)]
+            new = xb[torch.as_tensor(rows, device=xb.device)]
+            if self.metric == "cosine":  # spherical: unit centers
+                from ..seeding.kmeans_plusplus import unit
+
+                new = unit(new)
+            self._centers[mask] = new
         # scikit-learn resets the reassigned counts to the smallest count of the others (not
         # to 0, which would reassign them again at once)
         if to_reassign.any():
@@ -205,8 +214,8 @@ class MiniBatchKMeans(EstimatorBase):
         """Compute the centers over X by mini-batches (scikit-learn's schedule); returns self."""
         x = self._as_tensor(X)
         n = x.shape[0]
+        w = self._weights(sample_weight, x)  # before _check_params sets anything
         self._check_params(n)
-        w = self._weights(sample_weight, x)
         rs = check_random_state(self.random_state)
         self._tol = tolerance(x, self.tol)
         n_init = self._n_init_for(default=3)
@@ -262,6 +271,7 @@ class MiniBatchKMeans(EstimatorBase):
         first = not hasattr(self, "_centers")
         if first:
             x = self._as_tensor(X)
+            self._weights(sample_weight, x)  # checked before _check_params sets anything
             self._check_params(x.shape[0])
             if not isinstance(self.init, str) and not callable(self.init):
                 self._n_init_for(default=3)  # the explicit-array warning, as scikit-learn

@@ -15,7 +15,9 @@ from .._cluster_stats import cluster_sums
 from ..assign import assign
 from ..minibatch_update import minibatch_step_
 from ..seeding import kmeans_parallel, kmeans_plusplus
+from ..seeding.kmeans_plusplus import unit
 from ._distributed import world
+from ._state_dict import check_state_shapes
 
 _INIT_METHODS = ("auto", "k-means++", "k-means||")
 _UPDATE = ("never", "train", "always")
@@ -68,6 +70,10 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
             of the batch (drawn from a generator seeded with ``seed``; on rank 0 and
             broadcast under DDP) and their count becomes the smallest remaining one.
         seed: of the reassignment draws.
+        metric: "euclidean" (default) or "cosine": spherical mini-batch k-means (labels by
+            the largest cosine similarity, k-means++ on the sphere, the updates sum the
+            normalised rows and keep the centers at unit length: km.minibatch_step_'s
+            metric="cosine"). Not yet under torch.distributed (NotImplementedError).
     """
 
     centers: Tensor
@@ -87,11 +93,14 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         group=None,
         reassignment_ratio: float = 0.0,
         seed: int = 0,
+        metric: str = "euclidean",
     ):
         super().__init__()
         k = _positive("n_clusters", n_clusters)
-        if not float(reassignment_ratio) >= 0.0:
-            raise ValueError(f"reassignment_ratio must be >= 0, got {reassignment_ratio!r}")
+        _checks.metric(metric)
+        self.metric = metric
+        reassignment_ratio = _checks.real("reassignment_ratio", reassignment_ratio, minimum=0.0)
+        seed = _checks.integer("seed", seed)
         if dtype not in _checks.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
         if not isinstance(deterministic, bool):
@@ -117,6 +126,17 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         # Whether the centers hold a seeding; loading a state_dict counts as seeded.
         self._seeded = False
         self.register_load_state_dict_post_hook(MiniBatchKMeansModule._mark_seeded)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # before anything is copied (and before the lazy hook materializes the buffers from
+        # the state_dict's shapes): K must match n_clusters, d the module's n_features, and
+        # counts must be non-negative (they divide the update)
+        k, d = self._k, self.n_features
+        check_state_shapes(state_dict, prefix, {"centers": (k, d), "counts": (k,)})
+        cnt = state_dict.get(prefix + "counts")
+        if isinstance(cnt, Tensor) and cnt.device.type != "meta" and bool((cnt < 0).any()):
+            raise RuntimeError(f"{prefix}counts must be non-negative, got {cnt.tolist()}; nothing was loaded")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
     def _mark_seeded(module, incompatible_keys) -> None:
@@ -149,6 +169,7 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
             f"n_clusters={self.n_clusters}, n_features={self.n_features}, "
             f"dtype={self.centers.dtype}, update={self.update!r}, "
             f"deterministic={self.deterministic}"
+            + (f", metric={self.metric!r}" if self.metric != "euclidean" else "")
         )
 
     # ------------------------------------------------------------------ seeding
@@ -170,6 +191,8 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         """
         if method not in _INIT_METHODS:
             raise ValueError(f"method must be one of {_INIT_METHODS}, got {method!r}")
+        if not isinstance(x, (Tensor, np.ndarray)):
+            raise TypeError(f"x must be a torch.Tensor or a numpy array, got {type(x).__name__}")
         shape = tuple(x.shape)
         if len(shape) != 2:
             raise ValueError(f"x must have shape (N, d), got {shape}")
@@ -183,12 +206,17 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         elif g is not None:
             c = self.centers.new_zeros(self.centers.shape)
             if dist.get_rank(g) == 0:
-                c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials)
+                c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials,
+                                    metric=self.metric)
             c = torch.as_tensor(c).to(self.centers)
             dist.broadcast(c, src=dist.get_global_rank(g, 0), group=g)
         else:
-            c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials)
-        self.centers.copy_(torch.as_tensor(c).to(self.centers))
+            c = kmeans_plusplus(x, self.n_clusters, seed=seed, n_local_trials=n_local_trials,
+                                metric=self.metric)
+        c = torch.as_tensor(c).to(self.centers)
+        if self.metric == "cosine":  # spherical: unit centers
+            c = unit(c.to(torch.float64)).to(self.centers.dtype)
+        self.centers.copy_(c)
         self.counts.zero_()
         self._seeded = True
         return self
@@ -252,7 +280,8 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         g = world(self.group)
         if g is None or dist.get_rank(g) == 0:
             rows = torch.randperm(x.shape[0], generator=self._gen)[:n].to(x.device)
-            self.centers[to.to(x.device)] = x[rows]
+            new = x[rows]
+            self.centers[to.to(x.device)] = unit(new) if self.metric == "cosine" else new
         if g is not None:
             dist.broadcast(self.centers, src=dist.get_global_rank(g, 0), group=g)
         self.counts[to.to(self.counts.device)] = int(c[~to].min())
@@ -262,8 +291,11 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         g = world(self.group)
         if g is None:
             return minibatch_step_(
-                self.centers, self.counts, x, deterministic=self.deterministic, backend=self.backend
+                self.centers, self.counts, x, deterministic=self.deterministic,
+                metric=self.metric, backend=self.backend,
             )
+        if self.metric == "cosine":
+            raise NotImplementedError("metric='cosine' has no distributed update yet")
         labels, _ = assign(x, self.centers, backend=self.backend)
         sums, m = cluster_sums(x, labels, self.n_clusters,
                                deterministic=self.deterministic, backend=self.backend)
@@ -299,7 +331,7 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
                     "or copy centers into .centers"
                 )
             self._seeded = True  # centers the user set: checked once, then kept
-        labels, _ = assign(rows, self.centers, backend=self.backend)
+        labels, _ = assign(rows, self.centers, metric=self.metric, backend=self.backend)
         return labels
 
     def partial_fit(self, x: Tensor) -> "MiniBatchKMeansModule":

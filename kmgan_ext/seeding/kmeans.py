@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from .. import _optional
+from .._checks import metric as check_metric
 from ..assign import assign
 from . import _data
-from .kmeans_plusplus import kmeans_plusplus
+from .kmeans_plusplus import kmeans_plusplus, unit
 
 BACKENDS = ("auto", "faiss", "torch")
 
@@ -42,13 +43,14 @@ def _resolve(backend: str, rows: _data.Rows) -> str:
     return backend
 
 
-def _initial_centers(init, rows: _data.Rows, k, seed, n_local_trials, chunk_size, num_threads):
+def _initial_centers(init, rows: _data.Rows, k, seed, n_local_trials, chunk_size, num_threads,
+                     metric="euclidean"):
     """(K, d) compute-dtype tensor on rows.device."""
     if isinstance(init, str):
         if init == "k-means++":
             _, idx = kmeans_plusplus(
                 rows.x, k, seed=seed, n_local_trials=n_local_trials, chunk_size=chunk_size,
-                num_threads=num_threads, return_indices=True,
+                num_threads=num_threads, return_indices=True, metric=metric,
             )
             return rows.take(torch.as_tensor(idx))
         if init == "random":
@@ -69,30 +71,36 @@ def _initial_centers(init, rows: _data.Rows, k, seed, n_local_trials, chunk_size
     return c
 
 
-def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> Tensor:
+def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int,
+                 metric: str = "euclidean") -> Tensor:
     """Lloyd's iterations with km.assign and float64 segment sums on the device.
 
     A cluster left empty takes the row farthest from its center (the j-th empty cluster the
     j-th farthest row, as scikit-learn relocates), so no center is ever NaN; done with
-    device ops (topk + where), no host sync.
+    device ops (topk + where), no host sync. metric="cosine" (spherical k-means, Dhillon &
+    Modha 2001): the sums are of the normalised rows (chunk by chunk), every center is
+    renormalised to unit length, and a moved row is normalised.
     """
     k, n = centers.shape[0], rows.n
     acc = torch.float64
+    cosine = metric == "cosine"
     for _ in range(niter):
         sums = torch.zeros(k, rows.d, dtype=acc, device=rows.device)
         counts = torch.zeros(k, dtype=torch.int64, device=rows.device)
         dist2 = torch.empty(n, dtype=acc, device=rows.device)
         for s, ch in rows.chunks(chunk):
-            labels, d2 = assign(ch, centers)
-            sums.index_add_(0, labels, ch.to(acc))
+            labels, d2 = assign(ch, centers, metric=metric)
+            sums.index_add_(0, labels, unit(ch.to(acc)) if cosine else ch.to(acc))
             counts += torch.bincount(labels, minlength=k)
             dist2[s : s + ch.shape[0]] = d2
         empty = counts == 0
         far = torch.topk(dist2, k).indices
         rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
         moved = rows.take(far.index_select(0, rank))
-        means = (sums / counts.clamp(min=1)[:, None]).to(rows.compute_dtype)
-        centers = torch.where(empty[:, None], moved, means)
+        means = sums / counts.clamp(min=1)[:, None]
+        if cosine:
+            moved, means = unit(moved), unit(means)
+        centers = torch.where(empty[:, None], moved, means.to(rows.compute_dtype))
     return centers
 
 
@@ -119,11 +127,11 @@ def _lloyd_faiss(rows: _data.Rows, centers: Tensor, niter: int, seed: int) -> Te
     return torch.from_numpy(km.centroids).to(device=rows.device, dtype=rows.compute_dtype)
 
 
-def _assign_all(rows: _data.Rows, centers: Tensor, chunk: int) -> tuple[Tensor, float]:
+def _assign_all(rows: _data.Rows, centers: Tensor, chunk: int, metric: str = "euclidean") -> tuple[Tensor, float]:
     labels = torch.empty(rows.n, dtype=torch.int64, device=rows.device)
     total = torch.zeros((), dtype=torch.float64, device=rows.device)
     for s, ch in rows.chunks(chunk):
-        lab, d2 = assign(ch, centers)
+        lab, d2 = assign(ch, centers, metric=metric)
         labels[s : s + ch.shape[0]] = lab
         total += d2.sum(dtype=torch.float64)
     return labels, float(total)
@@ -141,6 +149,7 @@ def kmeans(
     n_local_trials: int | None = None,
     chunk_size: int | None = None,
     num_threads: int | None = None,
+    metric: str = "euclidean",
 ) -> KMeansResult:
     """k-means: seeding (``init``), then ``niter`` Lloyd iterations over all rows of x.
 
@@ -162,6 +171,10 @@ def kmeans(
         n_local_trials, chunk_size, num_threads: as in :func:`kmeans_plusplus` (chunk_size
             also sets the rows per km.assign call; num_threads also holds for Lloyd's
             iterations, torch's and faiss's).
+        metric: "euclidean" or "cosine" (spherical k-means: k-means++ on the sphere, labels
+            by the largest cosine similarity, centers the renormalised means of the
+            normalised rows, inertia the sum of dist2 = 2 - 2 cos). Cosine runs on the torch
+            engine ("auto" picks it; "faiss" is refused).
 
     Returns:
         :class:`KMeansResult` ``(centers, labels, inertia)``: centers in x's dtype (a tensor
@@ -176,7 +189,10 @@ def kmeans(
         raise ValueError(f"niter must be an int >= 0, got {niter!r}")
     seed = _data.check_seed(seed)
     chunk_size = _data.check_positive_int("chunk_size", chunk_size, allow_none=True)
-    backend = _resolve(backend, rows)
+    cosine = check_metric(metric)
+    if cosine and backend == "faiss":
+        raise ValueError("metric='cosine' runs on backend 'torch' (or 'auto'), not 'faiss'")
+    backend = "torch" if cosine else _resolve(backend, rows)
     # Lloyd reads the data niter times: one more pass to reject NaN/Inf is cheap, and without
     # it faiss raises from C++ and the torch engine returns NaN centers.
     rows.check_finite(always=True)
@@ -191,12 +207,14 @@ def kmeans(
             train = _data.Rows("x", rows.like_x(rows.take(idx.to(rows.device))))
     num_threads = _data.check_positive_int("num_threads", num_threads, allow_none=True)
     chunk = chunk_size or rows.default_chunk(k)
-    centers = _initial_centers(init, train, k, seed, n_local_trials, chunk_size, num_threads)
+    centers = _initial_centers(init, train, k, seed, n_local_trials, chunk_size, num_threads, metric)
+    if cosine:  # spherical k-means' centers are unit vectors from the start
+        centers = unit(centers)
     with _data.cpu_threads(rows, num_threads, faiss_too=backend == "faiss"):
         if niter > 0:
             if backend == "faiss":
                 centers = _lloyd_faiss(train, centers, niter, seed)
             else:
-                centers = _lloyd_torch(train, centers, niter, chunk)
-        labels, inertia = _assign_all(rows, centers, chunk)
+                centers = _lloyd_torch(train, centers, niter, chunk, metric)
+        labels, inertia = _assign_all(rows, centers, chunk, metric)
     return KMeansResult(rows.like_x(centers), rows.index_like_x(labels), inertia)

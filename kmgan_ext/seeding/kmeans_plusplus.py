@@ -105,6 +105,31 @@ def resolve_backend(backend: str, rows: _data.Rows) -> str:
     return backend
 
 
+def unit(t: Tensor) -> Tensor:
+    """Rows scaled to unit length, a zero row left zero (a chunk at a time, never all of x)."""
+    n = torch.linalg.vector_norm(t, dim=1, keepdim=True)
+    return torch.where(n == 0, t, t / torch.where(n == 0, torch.ones_like(n), n))
+
+
+class UnitRows:
+    """A ``_data.Rows`` whose chunks and taken rows are normalised as they are read: D^2
+    sampling on them uses the cosine distance ||x/||x|| - c/||c|| ||^2 = 2 - 2 cos
+    (metric="cosine"; a zero row sits at the origin, at distance 1 from every unit center)."""
+
+    def __init__(self, rows: _data.Rows):
+        self._rows = rows
+
+    def __getattr__(self, name):
+        return getattr(self._rows, name)
+
+    def chunks(self, rows: int, *, check: bool = False):
+        for s, ch in self._rows.chunks(rows, check=check):
+            yield s, unit(ch)
+
+    def take(self, index: Tensor) -> Tensor:
+        return unit(self._rows.take(index))
+
+
 def greedy_kmeans_plusplus(
     rows: _data.Rows,
     k: int,
@@ -201,6 +226,7 @@ def kmeans_plusplus(
     chunk_size: int | None = None,
     num_threads: int | None = None,
     return_indices: bool = False,
+    metric: str = "euclidean",
 ):
     """k-means++ seeding (Arthur & Vassilvitskii 2007) over **all** N rows of ``x``.
 
@@ -234,6 +260,10 @@ def kmeans_plusplus(
             threads for backend "faiss"), restored afterwards. None: torch's current
             setting (torch.get_num_threads()), for faiss too.
         return_indices: also return the chosen row indices.
+        metric: "euclidean" or "cosine": D^2 sampling on the sphere, with the distance
+            ``||x/||x|| - c/||c|| ||^2 = 2 - 2 cos`` (the dist2 of assign's cosine metric;
+            rows are normalised chunk by chunk as they are read). The centers returned are
+            still rows of x as they are (normalise them for spherical k-means).
 
     Returns:
         centers (k, d): rows of x, with x's dtype: a tensor on x's device for a tensor x, a
@@ -257,14 +287,21 @@ def kmeans_plusplus(
     if sample_weight is not None:
         weights = check_weights(sample_weight, rows)
     u = uniforms(seed, k, trials)
+    sampled = UnitRows(rows) if _metric_is_cosine(metric) else rows
     with _loop_settings(rows, num_threads, backend):
         indices, _ = greedy_kmeans_plusplus(
-            rows, k, trials, u, weights=weights, chunk_size=chunk_size, backend=backend
+            sampled, k, trials, u, weights=weights, chunk_size=chunk_size, backend=backend
         )
     centers = rows.like_x(rows.take(indices))
     if return_indices:
         return centers, rows.index_like_x(indices)
     return centers
+
+
+def _metric_is_cosine(metric: object) -> bool:
+    from .._checks import metric as check_metric
+
+    return check_metric(metric)
 
 
 def check_weights(sample_weight: object, rows: _data.Rows) -> Tensor:
