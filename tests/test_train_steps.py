@@ -63,7 +63,9 @@ def _eq4(fr, lr, c, ff, lh, ch):
 class Spy:
     """Replaces iterations.optimizer_step / center_step: check the loss, step, check again."""
 
-    def __init__(self, monkeypatch, formulas):
+    def __init__(self, monkeypatch, formulas, module=iterations):
+        """``module``: where the iteration looks its step functions up (gmgan.py and
+        slcgan.py import optimizer_step themselves)."""
         self.formulas = formulas  # name -> () -> float: the loss under the current parameters
         self.seen = []
         real_opt, real_center = iterations.optimizer_step, iterations.center_step
@@ -74,8 +76,9 @@ class Spy:
         def center_step(tr, loss):
             self._check("L_center", loss, lambda: real_center(tr, loss))
 
-        monkeypatch.setattr(iterations, "optimizer_step", optimizer_step)
-        monkeypatch.setattr(iterations, "center_step", center_step)
+        monkeypatch.setattr(module, "optimizer_step", optimizer_step)
+        if hasattr(module, "center_step"):
+            monkeypatch.setattr(module, "center_step", center_step)
 
     def _check(self, name, loss, step):
         before = self.formulas[name]()

@@ -15,13 +15,13 @@ import json
 import os
 import sys
 
-from .config import CONFIGS, DEFAULTS, SWEEPS, ConfigError, load_config, parse_set
+from .config import CONFIGS, DEFAULTS, MODELS, SWEEPS, ConfigError, load_config, parse_set
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kmgan_ext.train",
-        description="Train KM-GAN (Algorithm 1), reduced KM-GAN, generalized KM-GAN or DCGAN.",
+        description="Train KM-GAN (Algorithm 1), reduced KM-GAN, generalized KM-GAN, DCGAN, GM-GAN or slcGAN.",
         epilog="built-in configs: " + ", ".join(CONFIGS) + "; sweeps: " + ", ".join(SWEEPS) + ". "
         "The paper's claims over several seeds, with a report: python -m kmgan_ext.train.reproduce "
         "{synthetic,fashion,table} --help",
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 def _print_summary(s: dict | None, out: str) -> None:
     if s is None:  # not rank 0
         return
-    keys = ("status", "epochs", "steps", "seconds", "feature_acc", "feature_nmi", "center_acc", "center_nmi",
+    keys = ("status", "epochs", "steps", "seconds", "feature_acc", "feature_nmi", "center_acc", "center_nmi", "cluster_acc", "cluster_nmi",
             "center_rank_max_abs_diff")  # fmt: skip
     print(f"run folder: {os.path.abspath(out)}")
     print("  " + "  ".join(f"{k}={s[k]:.4g}" if isinstance(s[k], float) else f"{k}={s[k]}" for k in keys if k in s))
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             print("keys (default):")
             for k, v in sorted(DEFAULTS.items()):
                 print(f"  {k} = {v!r}")
+            print("models (--set model=NAME):")
+            for name, what in MODELS.items():
+                print(f"  {name}: {what}")
             print("configs:", json.dumps(CONFIGS, indent=2))
             print("sweeps:", json.dumps(SWEEPS))
             return 0

@@ -31,10 +31,10 @@ def broadcast_(t: Tensor, world_size: int) -> Tensor:
 def seed(tr) -> None:
     """The center sets of Trainer ``tr``: real centers by k-means++ over D(X) of the whole
     training set, fake centers over D(G(z)) of a generated pool (``fake_pool``); pixel
-    centers over X for ``reduced``; none for ``dcgan``. Rank 0 seeds, every rank receives
+    centers over X for ``reduced``; none for ``dcgan``, ``gmgan`` and ``slcgan``. Rank 0 seeds, every rank receives
     the same centers."""
     cfg, k = tr.cfg, tr.cfg["k"]
-    if cfg["model"] == "dcgan":
+    if cfg["model"] in ("dcgan", "gmgan", "slcgan"):
         return
     n = len(tr.data)
     if cfg["model"] == "reduced":

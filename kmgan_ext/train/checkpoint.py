@@ -151,6 +151,9 @@ def state(tr) -> dict:
         "opt_D": tr.opt_D.state_dict(),
         "opt_G": tr.opt_G.state_dict(),
         "opt_C": tr.opt_C.state_dict() if tr.opt_C is not None else None,
+        # slcGAN's clustering network and its optimizer
+        "clusterer": tr.clusterer.state_dict() if tr.clusterer is not None else None,
+        "opt_cluster": tr.opt_cluster.state_dict() if tr.opt_cluster is not None else None,
         "centers": {
             "real": tr.C_real,
             "real_counts": tr.n_real,
@@ -202,6 +205,9 @@ def load_state(tr, path: str) -> None:
     tr.opt_G.load_state_dict(st["opt_G"])
     if tr.opt_C is not None:
         tr.opt_C.load_state_dict(st["opt_C"])
+    if tr.clusterer is not None:
+        tr.clusterer.load_state_dict(st["clusterer"])
+        tr.opt_cluster.load_state_dict(st["opt_cluster"])
     c = st["centers"]
 
     def dev(t):

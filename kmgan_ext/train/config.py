@@ -14,7 +14,10 @@ from typing import Any
 
 DEFAULTS: dict[str, Any] = {
     # what to train
-    "model": "kmgan",  # kmgan (Algorithm 1), dcgan, reduced (Algorithm 2), generalized (Eq. 7)
+    # kmgan (Algorithm 1), dcgan, reduced (Algorithm 2), generalized (Eq. 7); the two other
+    # clustering GANs of the seed papers: gmgan (Ben-Yosef & Weinshall 2018, unsupervised,
+    # gmgan.py) and slcgan (Noroozi 2020, slcgan.py)
+    "model": "kmgan",
     "dataset": "synthetic",
     "data_root": "",  # "" = the dataset's default location (see data.py)
     "data_split": "all",  # "all" = train + test as the paper (Table 1: 70,000 MNIST images)
@@ -72,6 +75,23 @@ DEFAULTS: dict[str, Any] = {
     "gm_components": 0,  # 0 = k
     "gm_c": 0.1,  # means ~ U[-c, c]^d
     "gm_sigma": 0.15,  # covariance sigma * I (the GM-GAN paper's defaults c=0.1, sigma=0.15)
+    # Samples drawn for grids, the class histogram and IS/FID come from z | k ~ N(mu_k,
+    # sample_sigma * Sigma_k): GM-GAN's post-training quality-diversity control (their section
+    # 4.3; < 1 = higher quality, lower diversity). Training always uses 1.
+    "sample_sigma": 1.0,
+    # GM-GAN (model gmgan): the generator's batch b_G (0 = batch_size; the paper: b_D = 64,
+    # b_G = 128) and its clustering (section 5.1, Algorithm 2): M generated samples per
+    # Gaussian train a K-way classifier for this many epochs; real rows go to its argmax.
+    "g_batch_size": 0,
+    "gm_cluster_samples": 1000,
+    "gm_cluster_epochs": 5,
+    # slcGAN (model slcgan, Eq. 6): lambda_2 (L_mi) and lambda_3 (L_aug), 1 in the paper;
+    # D steps per G and C step (Algorithm 1 shows 1; the paper's implementation details 2);
+    # spectral normalisation of C and G ("We use spectral normalization in both C and G").
+    "slc_lambda_mi": 1.0,
+    "slc_lambda_aug": 1.0,
+    "d_steps": 1,
+    "spectral_norm": True,
     # engineering
     "backend": "auto",  # kmgan_ext op backend
     "amp": False,  # bf16 autocast (GPU only)
@@ -104,8 +124,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model": ("kmgan", "dcgan", "reduced", "generalized"),
-    "dataset": ("synthetic", "mnist", "fashion", "cifar10", "celeba", "imagefolder"),
+    "model": ("kmgan", "dcgan", "reduced", "generalized", "gmgan", "slcgan"),
+    "dataset": ("synthetic", "mnist", "mnist5k", "fashion", "cifar10", "celeba", "imagefolder"),
     "data_split": ("all", "train"),
     "arch": ("auto", "table2", "dcgan28", "table3", "table7"),
     "device": ("auto", "cpu", "cuda"),
@@ -206,6 +226,20 @@ RESUME_MUTABLE = {
     "inception_samples",
     "interpolation",
     "feature_batch",
+    "sample_sigma",
+    "gm_cluster_samples",
+    "gm_cluster_epochs",
+}
+
+# One line per model for ``--list``.
+MODELS: dict[str, str] = {
+    "kmgan": "KM-GAN, Algorithm 1 (Wang et al. 2019): k-means in D's feature space, Eq. 4-6",
+    "generalized": "generalized KM-GAN, Eq. 7 (+ lambda (L_intra - L_inter))",
+    "reduced": "reduced KM-GAN, Algorithm 2 (k-means in pixel space)",
+    "dcgan": "DCGAN baseline on the same networks",
+    "gmgan": "unsupervised GM-GAN (Ben-Yosef & Weinshall 2018): GAN with a Gaussian-mixture prior "
+    "(prior=gm_static|gm_dynamic); clustering by their Algorithm 2",
+    "slcgan": "slcGAN (Noroozi 2020): clustering network C + conditional G + joint D, Eq. 3-6, Algorithm 1",
 }
 
 
@@ -307,6 +341,14 @@ def check(cfg: dict[str, Any]) -> None:
         raise ConfigError("keep_checkpoints must be >= 1")
     if cfg["dist_timeout"] <= 0:
         raise ConfigError("dist_timeout must be > 0 seconds")
+    if cfg["model"] == "gmgan" and cfg["prior"] == "normal":
+        raise ConfigError("model gmgan needs a mixture prior: add --set prior=gm_static (the paper's) or prior=gm_dynamic")
+    if cfg["model"] == "slcgan" and cfg["prior"] != "normal":
+        raise ConfigError("model slcgan draws z from N(0, I) (its p_z): prior must be normal")
+    if cfg["model"] == "slcgan" and cfg["k"] < 2:
+        raise ConfigError("model slcgan needs k >= 2 clusters")
+    if cfg["d_steps"] < 1:
+        raise ConfigError("d_steps must be >= 1")
 
 
 def resume_overrides(saved: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,9 @@ KM_MODELS = ("kmgan", "generalized")
 
 @torch.no_grad()
 def generate_images(G_raw, cfg: dict, n: int, seed: int, device, batch: int = 500) -> torch.Tensor:
-    """n generated samples in [0, 1] (G in eval mode: running BN statistics), on the CPU."""
+    """n generated samples in [0, 1] (G in eval mode: running BN statistics), on the CPU;
+    z drawn with the prior's covariance times ``sample_sigma`` (GM-GAN's quality-diversity
+    control)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = G_raw.training
     G_raw.eval()
@@ -26,7 +28,7 @@ def generate_images(G_raw, cfg: dict, n: int, seed: int, device, batch: int = 50
     try:
         for i in range(0, n, batch):
             eps, comp = G_raw.prior.sample_noise(min(batch, n - i), gen, device)
-            out.append(data_mod.from_model_output(G_raw(eps, comp), cfg).cpu())
+            out.append(data_mod.from_model_output(G_raw(eps, comp, cfg.get("sample_sigma", 1.0)), cfg).cpu())
     finally:
         G_raw.train(was_training)
     return torch.cat(out)
@@ -60,7 +62,7 @@ def evaluate(tr, ckpt_path: str) -> dict:
         "checkpoint": ckpt_path,
         "center_rank_max_abs_diff": tr.rank_diff,
     }
-    for key in ("L_D", "L_G", "L_center", "L_intra", "L_inter"):
+    for key in ("L_D", "L_G", "L_center", "L_intra", "L_inter", "L_C", "L_mi", "L_aug"):
         if key in tr.last:
             s[f"final_{key}"] = float(tr.last[key])
     figs: dict[str, str] = {}
@@ -88,6 +90,15 @@ def evaluate(tr, ckpt_path: str) -> dict:
             c = metrics.assignment_clustering(pred.cpu(), y)
             s["center_acc"], s["center_nmi"] = c["acc"], c["nmi"]
             s["center_space"] = "pixels"
+    if cfg["model"] in ("gmgan", "slcgan") and finite:
+        # each model's own clustering: GM-GAN's Algorithm 2, slcGAN's C
+        if cfg["model"] == "gmgan":
+            from .gmgan import gmgan_clustering as clustering
+        else:
+            from .slcgan import slcgan_clustering as clustering
+        c = clustering(tr, order)
+        s["cluster_method"] = c.pop("method")
+        s.update({f"cluster_{key}": v for key, v in c.items()})
     if cfg["dataset"] == "synthetic" and finite:
         panels = [
             ("(a) hidden 2-D structure", data.extra["h"][order], data.labels[order]),
@@ -97,7 +108,7 @@ def evaluate(tr, ckpt_path: str) -> dict:
         figs["features"] = figures.feature_scatter(panels, os.path.join(fig_dir, "features.png"))
         s["features_2d"] = os.path.join(fig_dir, "features.pt")
         torch.save({"features": feats.cpu(), "labels": data.labels[order], "h": data.extra["h"][order]}, s["features_2d"])
-    if data.is_image and cfg["interpolation"]:
+    if data.is_image and cfg["interpolation"] and cfg["model"] != "slcgan":  # G(z, c): no plain z line
         figs["interpolation"] = _interpolation(tr, os.path.join(fig_dir, "interpolation.png"))
     if cfg["fashion_hist"]:
         from .fig5c import histogram_for_run

@@ -11,7 +11,8 @@ KM-GAN (``kmgan``, ``generalized``; Algorithm 1):
    parameters (or the step-1 features with ``reuse_features``).
 
 ``reduced`` follows Algorithm 2 (centers in pixel space; center step, D step, G step) and
-``dcgan`` is the usual non-saturating GAN on the same networks (D plus a linear head).
+``dcgan`` is the usual non-saturating GAN on the same networks (D plus a linear head);
+``gmgan`` (GM-GAN, gmgan.py) and ``slcgan`` (slcGAN, slcgan.py) live in their own files.
 
 Each returns the iteration's losses (detached) and, for the clustering models, whether the
 center step ran and the batch's labels (for the log).
@@ -26,6 +27,8 @@ import kmgan_ext as km
 from . import centers as cset
 from . import losses
 from . import penalty
+from .gmgan import gmgan_iteration
+from .slcgan import slcgan_iteration
 from .steps import (
     center_active_by_steps,
     center_floor_reached,
@@ -165,4 +168,6 @@ ITERATIONS = {
     "generalized": kmgan_iteration,
     "reduced": reduced_iteration,
     "dcgan": dcgan_iteration,
+    "gmgan": gmgan_iteration,
+    "slcgan": slcgan_iteration,
 }

@@ -84,8 +84,10 @@ class Generator(nn.Module):
         self.prior = prior
         self.net = net
 
-    def forward(self, eps: Tensor, comp: Tensor) -> Tensor:
-        return self.net(self.prior(eps, comp))
+    def forward(self, eps: Tensor, comp: Tensor, scale: float = 1.0) -> Tensor:
+        """G(z) for z = prior(eps, comp); ``scale`` multiplies the prior's covariance
+        (GM-GAN's quality-diversity control; 1 in training)."""
+        return self.net(self.prior(eps, comp, scale))
 
 
 # --------------------------------------------------------------------------- Table 2

@@ -6,6 +6,11 @@
 
 The randomness (eps ~ N(0, I), component k ~ uniform) is drawn by ``sample_noise`` from the
 caller's generator; ``forward`` is deterministic, so a fixed noise gives a fixed z.
+
+``forward(eps, comp, scale)``: GM-GAN's post-training quality-diversity control (their
+section 4.3): z | k ~ N(mu_k, scale * Sigma_k), i.e. the noise term times sqrt(scale) (for the
+normal prior z ~ N(0, scale * I)). scale < 1 samples nearer the modes (higher quality, lower
+diversity), scale > 1 the opposite; training always uses scale 1.
 """
 from __future__ import annotations
 
@@ -41,7 +46,9 @@ class LatentPrior(nn.Module):
             comp = torch.randint(self.components, (n,), generator=generator, device=device)
         return eps, comp
 
-    def forward(self, eps: Tensor, comp: Tensor) -> Tensor:
+    def forward(self, eps: Tensor, comp: Tensor, scale: float = 1.0) -> Tensor:
+        if scale != 1.0:
+            eps = math.sqrt(scale) * eps  # Sigma_k -> scale * Sigma_k, since Sigma_k = A_k A_k^T
         if self.kind == "normal":
             return eps
         if self.kind == "gm_static":

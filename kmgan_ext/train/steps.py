@@ -46,7 +46,7 @@ def check_finite(tr, name: str, value: Tensor) -> None:
 def clip_weights(tr) -> None:
     """D's parameters clamped to [-clip, clip] (KM-GAN variants only; clip 0 = off)."""
     c = tr.cfg["clip"]
-    if c > 0 and tr.cfg["model"] != "dcgan":
+    if c > 0 and tr.cfg["model"] in ("kmgan", "generalized", "reduced"):
         with torch.no_grad():
             for p in tr.D_raw.parameters():
                 p.clamp_(-c, c)

@@ -38,6 +38,7 @@ from .models import build_models
 from .steps import StopTraining, frozen_bn
 
 SAMPLE_GRID = 64
+CENTER_MODELS = ("kmgan", "generalized", "reduced")  # the models with center sets and a center step
 
 
 @contextlib.contextmanager
@@ -79,8 +80,16 @@ class Trainer:
         self.data = data_mod.load_train_data(cfg)
         self.arch, self.image_size = data_mod.resolve_arch(cfg)
         torch.manual_seed(cfg["seed"])  # parameter init: identical on every rank
-        head = cfg["model"] == "dcgan" and cfg["dcgan_head"] == "linear"
-        self.G_raw, self.D_raw = build_models(cfg, self.arch, self.model_shape(), head=head)
+        # GM-GAN's D is DCGAN's (a linear head on the features); slcGAN has its own three networks
+        head = (cfg["model"] == "dcgan" and cfg["dcgan_head"] == "linear") or cfg["model"] == "gmgan"
+        self.clusterer = self.opt_cluster = None
+        if cfg["model"] == "slcgan":
+            from . import slcgan
+
+            self.G_raw, self.D_raw, self.clusterer = slcgan.build(cfg, self.arch, self.model_shape())
+            self.clusterer.to(self.device)
+        else:
+            self.G_raw, self.D_raw = build_models(cfg, self.arch, self.model_shape(), head=head)
         self.G_raw.to(self.device)
         self.D_raw.to(self.device)
         # Fused Adam: the same update, one kernel; 3x faster than the per-tensor loop for
@@ -88,11 +97,13 @@ class Trainer:
         adam = dict(lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), fused=True)
         self.opt_D = torch.optim.Adam(self.D_raw.parameters(), **adam)
         self.opt_G = torch.optim.Adam(self.G_raw.parameters(), **adam)
+        if self.clusterer is not None:
+            self.opt_cluster = torch.optim.Adam(self.clusterer.parameters(), **adam)
         # The KM-GAN loss block (labels, Eq. 4-7) with this run's options.
         lam = cfg["lambda"] if cfg["model"] == "generalized" else 0.0
         self.losses = km.KMGANLosses(cfg["distance_reduction"], lam, cfg["pairwise_reduction"], cfg["backend"])
         self.opt_C = None
-        if cfg["model"] != "dcgan" and cfg["center_optimizer"] == "separate":
+        if cfg["model"] in CENTER_MODELS and cfg["center_optimizer"] == "separate":
             params = list(self.D_raw.parameters()) + list(self.G_raw.parameters())
             self.opt_C = torch.optim.Adam(params, **adam)
         # Center sets: real/fake feature centers (KM-GAN) or pixel centers (reduced).
@@ -130,8 +141,11 @@ class Trainer:
         if cfg["gp_weight"] > 0 and self.world > 1:
             # the penalty's double backward through DistributedDataParallel is not supported
             raise ValueError("gp_weight > 0 runs on one process only (not under torchrun/DDP)")
-        if cfg["gp_weight"] > 0 and cfg["model"] == "reduced":
-            raise ValueError("gp_weight applies to kmgan, generalized and dcgan, not reduced")
+        if cfg["gp_weight"] > 0 and cfg["model"] not in ("kmgan", "generalized", "dcgan"):
+            raise ValueError(f"gp_weight applies to kmgan, generalized and dcgan, not {cfg['model']}")
+        if cfg["model"] == "slcgan" and self.world > 1:
+            # its steps switch requires_grad of the other players, which DDP does not allow
+            raise ValueError("model slcgan runs on one process only (not under torchrun/DDP)")
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.world > 1:
