@@ -43,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .assign_cosine import assign_cosine, assign_cosine_backward
 from ._common import (acc_dtype, autotune_allowed, config_kwargs, device_guard, div_rn,
                       interpreting, pow2, sqrt_rn)
 
@@ -346,19 +347,14 @@ def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
         tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], (-gx).to(tl.float64), mask=m2)
 
 
-def _no_cosine(cosine: bool) -> None:
-    if cosine:
-        raise NotImplementedError(
-            'metric="cosine" has no Triton kernel yet (issue 12): use backend="cpu" or "reference"')
-
-
 def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
     """(grad_x in x's dtype, grad_centers in centers' dtype or an empty (0,) tensor).
 
     One launch (plus the zero fill of the float32 center-gradient buffer, and a cast for
     16-bit centers); the segment sum uses float atomics, so its last bits vary run to run.
     """
-    _no_cosine(cosine)
+    if cosine:
+        return assign_cosine_backward(grad_dist2, x, centers, labels, centers_grad)
     n, d = x.shape
     gx = torch.empty_like(x)
     gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device) if centers_grad else None
@@ -424,7 +420,8 @@ def _window_constants(d: int, precision: str) -> tuple[float, float, float]:
 
 def assign(x: torch.Tensor, centers: torch.Tensor, cosine: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """labels (N,) int64 = argmin_k ||x_i - c_k||^2 (ties to the lowest k), dist2 at it."""
-    _no_cosine(cosine)
+    if cosine:
+        return assign_cosine(x, centers)
     labels, dist2, _ = _assign(x, centers)
     return labels, dist2
 

@@ -3,7 +3,7 @@
 Every backend against the float64 reference (tests/testing.py matrix): exact labels on near
 ties, zero rows and centers, NaN, 16-bit inputs, gradients, the updates; the assignment
 against a peer (fast-pytorch-kmeans' cosine mode) where installed. A backend without a cosine
-kernel yet (triton, cuda, cuda_emulated) must refuse it with NotImplementedError
+kernel yet (cuda, cuda_emulated) must refuse it with NotImplementedError
 (test_known_answer asserts that, so it fails the day one gains a kernel; the other tests
 xfail there, visibly).
 """
@@ -16,7 +16,7 @@ import kmgan_ext as km
 from kmgan_ext import reference
 from testing import backend_params, fast_backend_params, tol
 
-COSINE_BACKENDS = ("reference", "cpu")
+COSINE_BACKENDS = ("reference", "cpu", "triton")
 
 
 def _require_cosine(backend):
