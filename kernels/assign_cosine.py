@@ -202,11 +202,13 @@ def _assign_cosine_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
 
 
 def unit_centers(centers: torch.Tensor) -> torch.Tensor:
-    """c_k / ||c_k|| in float32 (K x d, once per call; a zero center stays zero; NaN/Inf
-    centers give NaN rows, which send every row to the exact scan)."""
+    """c_k / ||c_k|| in float32 (K x d, once per call; a zero center stays zero; a NaN/Inf
+    center or norm gives a NaN row, which sends every row to the exact scan)."""
     c = centers.double()
     n = c.norm(dim=1, keepdim=True)
-    return torch.where(n == 0, torch.zeros_like(c), c / torch.where(n == 0, torch.ones_like(n), n)).float()
+    u = torch.where(n == 0, torch.zeros_like(c), c / torch.where(n == 0, torch.ones_like(n), n))
+    # A norm past double's range (float64 centers near 1e154) would give u = 0: NaN instead.
+    return torch.where(torch.isfinite(n), u, torch.full_like(u, float("nan"))).float()
 
 
 def error_bounds(d: int, dtype: torch.dtype) -> tuple[float, float]:

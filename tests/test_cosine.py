@@ -137,6 +137,12 @@ def test_nan_and_huge_values_follow_the_reference(device, backend):
     want = [0 if i in (3, 4) else 6 for i in range(64)]
     assert labels.tolist() == reference.assign(x, c, True)[0].tolist() == want
     assert torch.isnan(dist2).all()
+    # float64 centers whose squared norm overflows double: no unit center exists; the exact
+    # key decides (here NaN, inf / inf, at the huge center), as in the reference.
+    xd, cd = x.double(), torch.randn(8, 6, generator=g, dtype=torch.float64)
+    cd[2] *= 1e200
+    labels, _ = _assign(xd.to(device), cd.to(device), backend)
+    assert torch.equal(labels.cpu(), reference.assign(xd, cd, True)[0])
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
