@@ -330,7 +330,9 @@ def _assign_tc_kernel(
 def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
                        CENTERS_GRAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """grad_x_i = 2 g_i (x_i - c_{l_i}); grad_c[l_i] -= grad_x_i (float64 atomics: the
-    error of a center's sum does not grow with its number of rows, contract 3)."""
+    error of a center's sum does not grow with its number of rows, contract 3). Differences
+    and products in float64, rounded once: a float32 difference near float32 max overflows
+    where the reference's gradient fits (contract 2)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask = rows < N
@@ -339,12 +341,12 @@ def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
     acc_t = g.dtype
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     offs = rows[:, None].to(tl.int64) * D + ds[None, :]
-    diff = (tl.load(x_ptr + offs, mask=m2, other=0.0).to(acc_t)
-            - tl.load(c_ptr + lab[:, None] * D + ds[None, :], mask=m2, other=0.0).to(acc_t))
-    gx = (2.0 * g)[:, None] * diff
-    tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=m2)
+    diff = (tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float64)
+            - tl.load(c_ptr + lab[:, None] * D + ds[None, :], mask=m2, other=0.0).to(tl.float64))
+    gx = (2.0 * g.to(tl.float64))[:, None] * diff
+    tl.store(gx_ptr + offs, gx.to(acc_t).to(gx_ptr.dtype.element_ty), mask=m2)
     if CENTERS_GRAD:
-        tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], (-gx).to(tl.float64), mask=m2)
+        tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], -gx, mask=m2)
 
 
 def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (acc_dtype, device_guard, div_rn, finalize_sum, finish, interpreting, pow2,
+from ._common import (acc_dtype, device_guard, finalize_sum, finish, interpreting, pow2,
                       sqrt_rn)
 
 _MODES = {"fro": 0, "mean": 1, "sq_sum": 2}
@@ -76,34 +76,37 @@ def _ad_fwd_kernel(x_ptr, l_ptr, c_ptr, out_ptr, N, D, div,
 def _ad_bwd_kernel(g_ptr, out_ptr, x_ptr, l_ptr, c_ptr, gx_ptr, gc_ptr, N, D,
                    MODE: tl.constexpr, CENTERS_GRAD: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """grad_x = (x - c_l) * scale per row; grad_c[l] -= grad_x (atomics) if CENTERS_GRAD."""
+    """grad_x = (x - c_l) * scale per row; grad_c[l] -= grad_x (atomics) if CENTERS_GRAD.
+    Scales, differences and products in float64, each gradient rounded once (contract 2): a
+    float32 difference near float32 max overflows, and 1 / ||.|| of a row past 1e38 is
+    subnormal in float32, where the float64 product fits."""
     o = tl.load(out_ptr)
     acc_t = o.dtype
-    g = tl.load(g_ptr).to(acc_t)
+    o = o.to(tl.float64)
+    g = tl.load(g_ptr).to(tl.float64)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     crow = c_ptr + lab[:, None] * D
     if MODE == 0:
-        scale = tl.zeros((BLOCK_N,), acc_t) + tl.where(o > 0, div_rn(g, tl.where(o > 0, o, 1.0)), 0.0)
+        scale = tl.zeros((BLOCK_N,), tl.float64) + tl.where(o > 0, g / tl.where(o > 0, o, 1.0), 0.0)
     elif MODE == 1:
-        r = sqrt_rn(_row_sq_dist(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D))
-        scale = tl.where(r > 0, div_rn(div_rn(g, N), tl.where(r > 0, r, 1.0)), 0.0)
+        r = tl.sqrt(_row_sq_dist_f64(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D))
+        scale = tl.where(r > 0, g / N / tl.where(r > 0, r, 1.0), 0.0)
     else:
-        scale = tl.zeros((BLOCK_N,), acc_t) + g
+        scale = tl.zeros((BLOCK_N,), tl.float64) + g
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         m2 = rmask[:, None] & (ds < D)[None, :]
-        diff = (tl.load(xrow + ds[None, :], mask=m2, other=0.0).to(acc_t)
-                - tl.load(crow + ds[None, :], mask=m2, other=0.0).to(acc_t))
+        diff = (tl.load(xrow + ds[None, :], mask=m2, other=0.0).to(tl.float64)
+                - tl.load(crow + ds[None, :], mask=m2, other=0.0).to(tl.float64))
         gx = diff * scale[:, None]
         tl.store(gx_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
-                 gx.to(gx_ptr.dtype.element_ty), mask=m2)
+                 gx.to(acc_t).to(gx_ptr.dtype.element_ty), mask=m2)
         if CENTERS_GRAD:
             # float64 sums: the error does not grow with a center's rows (contract 3).
-            tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], (-gx).to(tl.float64),
-                          mask=m2)
+            tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], -gx, mask=m2)
 
 
 def _blocks(x):

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ._common import acc_dtype, device_guard, div_rn, interpreting, pow2, sqrt_rn
-from .assigned_distance import _row_sq_dist
+from .assigned_distance import _row_sq_dist_f64
 
 _U = 2.0**-24  # float32 unit roundoff
 _SLACK = 2.0**-120  # per dimension: covers squares that underflow (|x - c| < 2^-63)
@@ -347,30 +347,37 @@ def _fwd_finalize_kernel(
 def _bwd_side(g_pull, pull, g_c, x_ptr, c_ptr, l_ptr, lc_ptr, cnt_ptr, udiff_ptr, out_ptr,
               rows, rmask, n_div, D, MODE: tl.constexpr, ACC_T: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out_i = g_pull d pull / d x_i + g_c sign(u_diff) / (1 + n[lc_i]) for this tile's rows."""
+    """out_i = g_pull d pull / d x_i + g_c sign(u_diff) / (1 + n[lc_i]) for this tile's rows.
+    In float64, rounded once (contract 2): a float32 difference near float32 max overflows, and
+    a "mean" scale 1 / (N r_i) past 1e38 is subnormal in float32."""
+    # "+ zeros": g_pull and g_c may be the constant 0.0 of a missing upstream gradient
+    zero = tl.zeros((BLOCK_N,), tl.float64)
+    g_pull = g_pull + zero
+    g_c = g_c + zero
+    pull = pull.to(tl.float64)
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     labc = tl.load(lc_ptr + rows, mask=rmask, other=0)
-    w = div_rn(g_c, 1.0 + tl.load(cnt_ptr + labc, mask=rmask, other=0).to(ACC_T))
+    w = g_c / (1.0 + tl.load(cnt_ptr + labc, mask=rmask, other=0).to(tl.float64))
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
     crow = c_ptr + lab[:, None] * D
     if MODE == 0:
-        scale = tl.zeros((BLOCK_N,), ACC_T) + tl.where(pull > 0, div_rn(g_pull, tl.where(pull > 0, pull, 1.0)), 0.0)
+        scale = tl.zeros((BLOCK_N,), tl.float64) + tl.where(pull > 0, g_pull / tl.where(pull > 0, pull, 1.0), 0.0)
     elif MODE == 1:
-        r = sqrt_rn(_row_sq_dist(xrow, crow, rmask, D, ACC_T, BLOCK_N, BLOCK_D))
-        scale = tl.where(r > 0, div_rn(g_pull, tl.where(r > 0, r, 1.0) * n_div), 0.0)
+        r = tl.sqrt(_row_sq_dist_f64(xrow, crow, rmask, D, ACC_T, BLOCK_N, BLOCK_D))
+        scale = tl.where(r > 0, g_pull / n_div / tl.where(r > 0, r, 1.0), 0.0)
     else:
-        scale = tl.zeros((BLOCK_N,), ACC_T) + g_pull
+        scale = tl.zeros((BLOCK_N,), tl.float64) + g_pull
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         dm = ds < D
         m2 = rmask[:, None] & dm[None, :]
-        diff = (tl.load(xrow + ds[None, :], mask=m2, other=0.0).to(ACC_T)
-                - tl.load(crow + ds[None, :], mask=m2, other=0.0).to(ACC_T))
+        diff = (tl.load(xrow + ds[None, :], mask=m2, other=0.0).to(tl.float64)
+                - tl.load(crow + ds[None, :], mask=m2, other=0.0).to(tl.float64))
         ud = tl.load(udiff_ptr + ds, mask=dm, other=0.0).to(ACC_T)
-        sgn = tl.where(ud > 0, 1.0, tl.where(ud < 0, -1.0, 0.0))
+        sgn = tl.where(ud > 0, 1.0, tl.where(ud < 0, -1.0, 0.0)).to(tl.float64)
         g = diff * scale[:, None] + w[:, None] * sgn[None, :]
         tl.store(out_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
-                 g.to(out_ptr.dtype.element_ty), mask=m2)
+                 g.to(ACC_T).to(out_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit

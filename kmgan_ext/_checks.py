@@ -233,6 +233,36 @@ def eps(value: object) -> float:
     return float(value)
 
 
+def real(name: str, value: object, *, minimum: float | None = None,
+         maximum: float | None = None) -> float:
+    """A finite real number (not a bool) in [minimum, maximum]: a constructor argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")) or (minimum is not None and v < minimum) or (
+            maximum is not None and v > maximum):
+        lo = "" if minimum is None else f" >= {minimum}"
+        hi = "" if maximum is None else f" <= {maximum}"
+        raise ValueError(f"{name} must be a finite number{lo}{' and' if lo and hi else ''}{hi}, got {value!r}")
+    return v
+
+
+def integer(name: str, value: object, *, minimum: int | None = None) -> int:
+    """An int (not a bool; numpy integers too) >= minimum: a constructor argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def boolean(name: str, value: object) -> bool:
+    """A bool (a string such as 'no' is not silently true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def ema_state_dtype(centers_dtype: torch.dtype) -> torch.dtype:
     """The EMA state (cluster_size, embed_sum) is float32, float64 for float64 centers."""
     return torch.float64 if centers_dtype == torch.float64 else torch.float32

@@ -326,7 +326,7 @@ def assigned_distance(x, labels, centers, reduction="fro"):
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     acc = _acc_dtype(x)
     out = torch.empty((), dtype=acc)
-    partials = torch.empty(_num("assigned_distance_num_partials", _i(n)), dtype=acc)
+    partials = torch.empty(_num("assigned_distance_num_partials", _i(n)), dtype=torch.float64)
     _call("assigned_distance_launch", _dt(x), _REDUCTIONS[reduction], _ptr(x), _ptr(labels),
           _ptr(centers), _i(n), _i(k), _i(d), _ptr(partials), _ptr(out))
     return out
@@ -398,8 +398,9 @@ def kmgan_losses(f_real, f_fake, centers_real, centers_fake, reduction="fro"):
     lh, _ = assign(f_fake, centers_fake)
     pulls = torch.empty(2, dtype=acc)
     loss_d, loss_g = torch.empty((), dtype=acc), torch.empty((), dtype=acc)
-    _call("kmgan_pulls_launch", _dt(f_real), _REDUCTIONS[reduction], _ptr(dist_r), _i(nr),
-          _ptr(dist_f), _i(nf), _ptr(pulls), _ptr(loss_d), _ptr(loss_g))
+    _call("kmgan_pulls_launch", _dt(f_real), _REDUCTIONS[reduction], _ptr(f_real), _ptr(lr),
+          _ptr(dist_r), _i(nr), _ptr(f_fake), _ptr(lf), _ptr(dist_f), _i(nf), _ptr(centers_real),
+          _i(centers_real.shape[0]), _i(f_real.shape[1]), _ptr(pulls), _ptr(loss_d), _ptr(loss_g))
     loss_c, u_diff, n_r, n_h = center_loss_forward(f_real, lr, centers_real, f_fake, lh, centers_fake)
     return loss_d, loss_g, loss_c, lr, lf, lh, pulls, u_diff, n_r, n_h
 

@@ -227,28 +227,10 @@ def _run(op, call, kinds, writes, backend, stats, failures):
 
 
 # Silent wrong answers found by this matrix and not fixed yet, by backend: each must still fail
-# (a fix removes its line here), and nothing else may. CUDA (run on CPU threads by the
-# cuda_emulated harness): the pull norms of assigned_distance and of the loss block square in
-# float32 before they scale (inf at 3e19, where the reference's float64 norm is finite), and
-# minibatch_step_'s sums overflow near float32 max -- the defects the Triton kernels had
-# (fixed there by float64 row totals and a float64 rescan of overflowing blocks).
-KNOWN: dict[str, set[str]] = {
-    "cuda_emulated": {
-        "assigned_distance/cuda_emulated: x huge 3e19",
-        "assigned_distance/cuda_emulated: x huge 1e30",
-        "assigned_distance/cuda_emulated: centers huge 3e19",
-        "assigned_distance/cuda_emulated: centers huge 1e30",
-        "kmgan_losses/cuda_emulated: f_real huge 3e19",
-        "kmgan_losses/cuda_emulated: f_real huge 1e30",
-        "kmgan_losses/cuda_emulated: f_fake huge 3e19",
-        "kmgan_losses/cuda_emulated: f_fake huge 1e30",
-        "kmgan_losses/cuda_emulated: f_fake near float32 max",
-        "kmgan_losses/cuda_emulated: centers_real huge 3e19",
-        "kmgan_losses/cuda_emulated: centers_real huge 1e30",
-        "kmgan_losses/cuda_emulated: centers_real near float32 max",
-        "minibatch_step_/cuda_emulated: x near float32 max",
-    },
-}
+# (a fix removes its line here), and nothing else may. Empty: the 13 of the CUDA kernels (float32
+# pull norms and step sums overflowing at 3e19 / near float32 max) take float64 partials and a
+# float64 rescan of overflowing rows or tiles since h1-overflow (tests/test_cuda_overflow.py).
+KNOWN: dict[str, set[str]] = {}
 
 
 @pytest.mark.parametrize(

@@ -386,12 +386,11 @@ std::tuple<Tensor, Tensor> assign_backward_native(const Tensor& grad_dist2, cons
     return {gx, gc};
   }
   KMGAN_DISPATCH_FLOATING(x.scalar_type(), "assign_backward_native", [&] {
-    using acc = acc_t<scalar_t>;
     // d dist2_i / d x_i = 2 (x_i - c_{l_i}).
-    const Tensor g = grad_dist2.to(c10::CppTypeToScalarType<acc>::value).contiguous();
-    std::vector<acc> scale(n);
-    const acc* gp = g.data_ptr<acc>();
-    for (int64_t i = 0; i < n; ++i) scale[i] = acc(2) * gp[i];
+    const Tensor g = grad_dist2.to(at::kDouble).contiguous();
+    std::vector<double> scale(n);
+    const double* gp = g.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i) scale[i] = 2.0 * gp[i];
     scaled_diff_grad<scalar_t>(x.data_ptr<scalar_t>(), centers.data_ptr<scalar_t>(),
                                labels.data_ptr<int64_t>(), n, d, k, scale.data(),
                                gx.data_ptr<scalar_t>(),

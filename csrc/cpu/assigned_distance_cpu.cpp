@@ -88,24 +88,23 @@ std::tuple<Tensor, Tensor> assigned_distance_backward_native(
   Tensor gx = at::empty({a.n, a.d}, a.x.options());
   Tensor gc = centers_grad ? at::empty({a.k, a.d}, a.centers.options()) : at::empty({0}, a.centers.options());
   KMGAN_DISPATCH_FLOATING(a.x.scalar_type(), "assigned_distance_backward_native", [&] {
-    using acc = acc_t<scalar_t>;
     const scalar_t* x = a.x.data_ptr<scalar_t>();
     const scalar_t* c = a.centers.data_ptr<scalar_t>();
     const int64_t* l = a.labels.data_ptr<int64_t>();
     const int64_t d = a.d;
-    std::vector<acc> scale(a.n);
+    std::vector<double> scale(a.n);
     if (red == Reduction::kMean) {
       const double gn = g / static_cast<double>(std::max<int64_t>(1, a.n));
       const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
       at::parallel_for(0, a.n, grain, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
           const double r = std::sqrt(static_cast<double>(row_sq(x + i * d, c + l[i] * d, d)));
-          scale[i] = static_cast<acc>(r > 0.0 ? gn / r : 0.0);
+          scale[i] = r > 0.0 ? gn / r : 0.0;
         }
       });
     } else {
       const double s = red == Reduction::kSqSum ? g : (out > 0.0 ? g / out : 0.0);
-      std::fill(scale.begin(), scale.end(), static_cast<acc>(s));
+      std::fill(scale.begin(), scale.end(), s);
     }
     scaled_diff_grad<scalar_t>(x, c, l, a.n, d, a.k, scale.data(), gx.data_ptr<scalar_t>(),
                                centers_grad ? gc.data_ptr<scalar_t>() : nullptr);

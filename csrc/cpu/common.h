@@ -261,10 +261,12 @@ inline void normalize_in_place(double* v, int64_t d) {
 // The gradient of sum_i f_i(||x_i - c_{l_i}||) shapes used by assign_backward and
 // assigned_distance_backward: gx_i = scale_i (x_i - c_{l_i}) and, when gc is not null,
 // gc_k = -sum_{l_i = k} gx_i (a WideSum of the unrounded terms, rows in index order).
+// Scales, differences and products in double, each gx rounded once: a float32 difference of
+// two values near float32 max overflows, and a scale 1 / ||.|| past 1e38 is subnormal in float32,
+// where the double product fits (contract 2).
 template <typename scalar_t>
 void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* labels, int64_t n,
-                      int64_t d, int64_t k, const acc_t<scalar_t>* scale, scalar_t* gx,
-                      scalar_t* gc) {
+                      int64_t d, int64_t k, const double* scale, scalar_t* gx, scalar_t* gc) {
   using acc = acc_t<scalar_t>;
   if (gc == nullptr) {
     const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
@@ -272,9 +274,10 @@ void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* label
       for (int64_t i = i0; i < i1; ++i) {
         const scalar_t* xi = x + i * d;
         const scalar_t* ci = c + labels[i] * d;
-        const acc s = scale[i];
+        const double s = scale[i];
         for (int64_t j = 0; j < d; ++j) {
-          gx[i * d + j] = static_cast<scalar_t>(s * (static_cast<acc>(xi[j]) - static_cast<acc>(ci[j])));
+          const double g = s * (static_cast<double>(xi[j]) - static_cast<double>(ci[j]));
+          gx[i * d + j] = static_cast<scalar_t>(static_cast<acc>(g));
         }
       }
     });
@@ -286,15 +289,15 @@ void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* label
       const scalar_t* xi = x + i * d;
       const scalar_t* ci = c + labels[i] * d;
       const int64_t base = labels[i] * d;
-      const acc s = scale[i];
-      const double sd = static_cast<double>(s);
+      const double s = scale[i];
       for (int64_t j = j0; j < j1; ++j) {
-        gx[i * d + j] = static_cast<scalar_t>(s * (static_cast<acc>(xi[j]) - static_cast<acc>(ci[j])));
-        sums.add(base + j, -sd * (static_cast<double>(xi[j]) - static_cast<double>(ci[j])));
+        const double g = s * (static_cast<double>(xi[j]) - static_cast<double>(ci[j]));
+        gx[i * d + j] = static_cast<scalar_t>(static_cast<acc>(g));
+        sums.add(base + j, -g);
       }
     }
   });
-  for (int64_t e = 0; e < k * d; ++e) gc[e] = static_cast<scalar_t>(sums.value(e));
+  for (int64_t e = 0; e < k * d; ++e) gc[e] = static_cast<scalar_t>(static_cast<acc>(sums.value(e)));
 }
 
 }  // namespace cpu

@@ -82,7 +82,7 @@ kmgan_losses_native(const Tensor& f_real_in, const Tensor& f_fake_in, const Tens
   return {loss_d, loss_g, loss_c, lr, lf, lh, pulls, u_diff, n_r, n_h};
 }
 
-// One side's rows: out_i = scale_i (x_i - c_{l_i}) + w[lc_i] sgn, in acc, rounded once.
+// One side's rows: out_i = scale_i (x_i - c_{l_i}) + w[lc_i] sgn, in double, rounded once.
 template <typename scalar_t>
 void side_grad(const scalar_t* x, const scalar_t* c, const int64_t* l, const int64_t* lc,
                const int64_t* counts, int64_t n, int64_t d, Reduction red, double g_pull,
@@ -104,11 +104,12 @@ void side_grad(const scalar_t* x, const scalar_t* c, const int64_t* l, const int
         }
         scale = r2 > 0.0 ? mean_g / std::sqrt(r2) : 0.0;
       }
-      const acc s = static_cast<acc>(scale);
-      const acc w = static_cast<acc>(g_center / (1.0 + static_cast<double>(counts[lc[i]])));
+      // In double, rounded once: a float32 difference near float32 max overflows, and a
+      // "mean" scale past 1e38 is subnormal in float32 (contract 2).
+      const double w = g_center / (1.0 + static_cast<double>(counts[lc[i]]));
       for (int64_t j = 0; j < d; ++j) {
-        const acc diff = static_cast<acc>(xi[j]) - static_cast<acc>(ci[j]);
-        out[i * d + j] = static_cast<scalar_t>(s * diff + w * static_cast<acc>(sgn[j]));
+        const double diff = static_cast<double>(xi[j]) - static_cast<double>(ci[j]);
+        out[i * d + j] = static_cast<scalar_t>(static_cast<acc>(scale * diff + w * sgn[j]));
       }
     }
   });

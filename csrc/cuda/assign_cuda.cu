@@ -268,13 +268,14 @@ __global__ void __launch_bounds__(kBackwardThreads)
   for (int64_t i = warp; i < n; i += warp_stride) {
     const int64_t l = labels[i];
     const bool label_ok = l >= 0 && l < k;
-    const A scale = A(2) * grad_dist2[i];
+    const double scale = 2.0 * static_cast<double>(grad_dist2[i]);
     for (int64_t j = lane; j < d; j += 32) {
-      const A c = label_ok ? to_acc(centers[l * d + j]) : A(0);
-      const A g = scale * (to_acc(x[i * d + j]) - c);
-      grad_x[i * d + j] = from_acc<T>(g);
+      // double, rounded once: a float32 difference near float32 max overflows (contract 2)
+      const double c = label_ok ? static_cast<double>(to_acc(centers[l * d + j])) : 0.0;
+      const double g = scale * (static_cast<double>(to_acc(x[i * d + j])) - c);
+      grad_x[i * d + j] = from_acc<T>(static_cast<A>(g));
       // double: the per-cluster sum's error does not grow with N (contract 3)
-      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -static_cast<double>(g));
+      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -g);
     }
   }
 }

@@ -1,8 +1,10 @@
 // km.assigned_distance on CUDA: || x - C[labels] || (KM-GAN Eq. 5/6, DESIGN.md 4.4).
 //
 // Forward, two launches: one warp per row forms r_i = ||x_i - c_{l_i}||^2 (direct differences),
-// each block sums its rows' r_i (or sqrt(r_i) for "mean") into one partial; one block then sums
-// the partials and finishes (sqrt for "fro", / N for "mean", / 2 for "sq_sum"). The block count
+// each block sums its rows' r_i (or sqrt(r_i) for "mean") into one float64 partial; one block
+// then sums the partials in float64, finishes (sqrt for "fro", / N for "mean", / 2 for
+// "sq_sum") and rounds once (contract 2: a float32 r_i past 3.4e38 is recomputed in float64,
+// so the result is finite wherever the float64 reference's is). The block count
 // is a function of N alone, so the summation order, hence the result, is the same run to run
 // and GPU to GPU. Backward, one launch: one warp per row writes grad_x and, when asked, adds
 // -grad_x into the (K, d) centers gradient with float atomics.
@@ -31,22 +33,43 @@ __device__ __forceinline__ acc_t<T> row_sq_dist(const T* __restrict__ x,
   return warp_sum(s);
 }
 
+// row_sq_dist as double: a float32 r_i that overflowed (squares past 3.4e38 while the norm, or
+// the reduction, fits) is recomputed in double; every lane returns the same value, so the
+// branch is uniform across the warp.
+template <typename T>
+__device__ __forceinline__ double row_sq_dist_wide(const T* __restrict__ x,
+                                                   const T* __restrict__ centers, int64_t i,
+                                                   int64_t l, bool label_ok, int64_t d, int lane) {
+  const acc_t<T> r = row_sq_dist(x, centers, i, l, label_ok, d, lane);
+  if constexpr (!std::is_same_v<acc_t<T>, double>) {
+    if (isinf(r)) {
+      double s = 0;
+      for (int64_t j = lane; j < d; j += 32) {
+        const double diff = static_cast<double>(to_acc(x[i * d + j])) -
+                            (label_ok ? static_cast<double>(to_acc(centers[l * d + j])) : 0.0);
+        s = fma(diff, diff, s);
+      }
+      return warp_sum(s);
+    }
+  }
+  return static_cast<double>(r);
+}
+
 template <typename T, Reduction kReduction>
 __global__ void __launch_bounds__(kThreads)
     assigned_distance_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
                              const T* __restrict__ centers, int64_t n, int64_t k, int64_t d,
-                             acc_t<T>* __restrict__ partials) {
-  using A = acc_t<T>;
+                             double* __restrict__ partials) {
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
   const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  A mine = 0;  // this warp's rows, identical on all its lanes
+  double mine = 0;  // this warp's rows, identical on all its lanes
   for (int64_t i = warp; i < n; i += warp_stride) {
     const int64_t l = labels[i];
-    const A r = row_sq_dist(x, centers, i, l, l >= 0 && l < k, d, lane);
+    const double r = row_sq_dist_wide(x, centers, i, l, l >= 0 && l < k, d, lane);
     mine += kReduction == Reduction::kMean ? sqrt(r) : r;
   }
-  const A total = block_sum(lane == 0 ? mine : A(0));
+  const double total = block_sum(lane == 0 ? mine : 0.0);
   if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
@@ -59,12 +82,15 @@ __global__ void __launch_bounds__(kThreads)
                                       int64_t d, T* __restrict__ grad_x,
                                       double* __restrict__ grad_c) {
   using A = acc_t<T>;
-  const A g = grad[0];
+  // Scales, differences and products in double, each gradient rounded once (contract 2): a
+  // float32 difference near float32 max overflows, and 1 / ||.|| of a row past 1e38 is
+  // subnormal in float32 while the product fits.
+  const double g = static_cast<double>(grad[0]);
   // "fro": d/dx sqrt(sum r) = diff / out, 0 where out = 0; "sq_sum": d/dx 0.5 sum r = diff.
-  A scale_all = g;
+  double scale_all = g;
   if (kReduction == Reduction::kFro) {
-    const A o = out[0];
-    scale_all = o > A(0) ? g / o : A(0);
+    const double o = static_cast<double>(out[0]);
+    scale_all = o > 0.0 ? g / o : 0.0;
   }
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
@@ -72,18 +98,19 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = warp; i < n; i += warp_stride) {
     const int64_t l = labels[i];
     const bool label_ok = l >= 0 && l < k;
-    A scale = scale_all;
+    double scale = scale_all;
     if (kReduction == Reduction::kMean) {
       // d/dx mean_i sqrt(r_i) = diff / (N sqrt(r_i)), 0 where r_i = 0.
-      const A norm = sqrt(row_sq_dist(x, centers, i, l, label_ok, d, lane));
-      scale = norm > A(0) ? (g * (A(1) / norm)) / static_cast<A>(n) : A(0);
+      const double norm = sqrt(row_sq_dist_wide(x, centers, i, l, label_ok, d, lane));
+      scale = norm > 0.0 ? g / static_cast<double>(n) / norm : 0.0;
     }
     for (int64_t j = lane; j < d; j += 32) {
-      const A diff = to_acc(x[i * d + j]) - (label_ok ? to_acc(centers[l * d + j]) : A(0));
-      const A gx = diff * scale;
-      grad_x[i * d + j] = from_acc<T>(gx);
+      const double diff = static_cast<double>(to_acc(x[i * d + j])) -
+                          (label_ok ? static_cast<double>(to_acc(centers[l * d + j])) : 0.0);
+      const double gx = diff * scale;
+      grad_x[i * d + j] = from_acc<T>(static_cast<A>(gx));
       // double: the per-cluster sum's error does not grow with N (contract 3)
-      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -static_cast<double>(gx));
+      if (grad_c != nullptr && label_ok) atomicAdd(&grad_c[l * d + j], -gx);
     }
   }
 }
@@ -122,16 +149,16 @@ cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const voi
         KMGAN_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream,
                      assigned_distance_kernel<T, kReduction>)(
             static_cast<const T*>(x), labels, static_cast<const T*>(centers), n, k, d,
-            static_cast<A*>(partials));
+            static_cast<double*>(partials));
         const cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess) return err;
       }
       // N = 0 sums nothing: 0 for every reduction ("mean" divides by 1, as the reference).
-      const A divisor = kReduction == Reduction::kMean ? static_cast<A>(n > 0 ? n : 1)
-                        : kReduction == Reduction::kSqSum ? A(2)
-                                                          : A(1);
-      KMGAN_LAUNCH(1, kFinishThreads, 0, stream, finish_sum_kernel<A>)(
-          static_cast<const A*>(partials), blocks, kReduction == Reduction::kFro, divisor,
+      const double divisor = kReduction == Reduction::kMean ? static_cast<double>(n > 0 ? n : 1)
+                             : kReduction == Reduction::kSqSum ? 2.0
+                                                               : 1.0;
+      KMGAN_LAUNCH(1, kFinishThreads, 0, stream, finish_sum_kernel<double, A>)(
+          static_cast<const double*>(partials), blocks, kReduction == Reduction::kFro, divisor,
           static_cast<A*>(out));
       return cudaGetLastError();
     });

@@ -30,7 +30,7 @@ at::Tensor assigned_distance_cuda(const at::Tensor& x_in, const at::Tensor& labe
   const int64_t n = x.size(0), k = centers.size(0), d = x.size(1);
   const auto acc = x.options().dtype(acc_dtype(x));
   at::Tensor out = at::empty({}, acc);
-  at::Tensor partials = at::empty({assigned_distance_num_partials(n)}, acc);
+  at::Tensor partials = at::empty({assigned_distance_num_partials(n)}, acc.dtype(at::kDouble));
   C10_CUDA_CHECK(assigned_distance_launch(dtype_of(kForward, x), red, x.const_data_ptr(),
                                           labels.const_data_ptr<int64_t>(),
                                           centers.const_data_ptr(), n, k, d,

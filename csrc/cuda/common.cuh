@@ -131,16 +131,17 @@ __device__ A block_sum(A v) {
 
 constexpr int kFinishThreads = 256;
 
-// out[0] = (take_sqrt ? sqrt(sum) : sum) / divisor over n partials, summed in a fixed order.
-// One block of kFinishThreads.
-template <typename A>
+// out[0] = (take_sqrt ? sqrt(sum) : sum) / divisor over n partials, summed in a fixed order
+// in A and rounded once to Out (float64 partials of a float32 result: a sum past 3.4e38 whose
+// finish fits stays finite). One block of kFinishThreads.
+template <typename A, typename Out = A>
 __global__ void __launch_bounds__(kFinishThreads)
     finish_sum_kernel(const A* __restrict__ partials, int64_t n, bool take_sqrt, A divisor,
-                      A* __restrict__ out) {
+                      Out* __restrict__ out) {
   A s = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += partials[i];
   s = block_sum(s);
-  if (threadIdx.x == 0) out[0] = (take_sqrt ? sqrt(s) : s) / divisor;
+  if (threadIdx.x == 0) out[0] = static_cast<Out>((take_sqrt ? sqrt(s) : s) / divisor);
 }
 
 }  // namespace kmgan_cuda

@@ -52,9 +52,11 @@ Outputs kmgan_losses_cuda(const at::Tensor& f_real_in, const at::Tensor& f_fake_
   at::Tensor loss_d = at::empty({}, acc), loss_g = at::empty({}, acc), loss_c = at::empty({}, acc);
   at::Tensor pulls = at::empty({2}, acc), u_diff = at::empty({d}, acc);
   at::Tensor n_r = at::empty({kr}, i64), n_h = at::empty({kf}, i64);
-  C10_CUDA_CHECK(kmgan_pulls_launch(dt, red, dist_r.const_data_ptr(), nr, dist_f.const_data_ptr(),
-                                    nf, pulls.mutable_data_ptr(), loss_d.mutable_data_ptr(),
-                                    loss_g.mutable_data_ptr(), stream));
+  C10_CUDA_CHECK(kmgan_pulls_launch(
+      dt, red, fr.const_data_ptr(), lr.const_data_ptr<int64_t>(), dist_r.const_data_ptr(), nr,
+      ff.const_data_ptr(), lf.const_data_ptr<int64_t>(), dist_f.const_data_ptr(), nf,
+      cr.const_data_ptr(), kr, d, pulls.mutable_data_ptr(), loss_d.mutable_data_ptr(),
+      loss_g.mutable_data_ptr(), stream));
   C10_CUDA_CHECK(center_loss_launch(
       dt, fr.const_data_ptr(), lr.const_data_ptr<int64_t>(), cr.const_data_ptr(), nr, kr,
       ff.const_data_ptr(), lh.const_data_ptr<int64_t>(), cf.const_data_ptr(), nf, kf, d,

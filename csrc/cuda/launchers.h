@@ -120,7 +120,8 @@ enum class Reduction : int {
   kSqSum,  // 0.5 sum_i r_i
 };  // with r_i = ||x_i - c_{l_i}||^2
 
-// Blocks of the forward's first pass, hence the acc elements of its partials workspace.
+// Blocks of the forward's first pass, hence the double elements of its partials workspace
+// (float64 partials: a float32 sum of squares may pass 3.4e38 while the result fits).
 int64_t assigned_distance_num_partials(int64_t n);
 
 cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const void* x,

@@ -69,6 +69,20 @@ __device__ __forceinline__ double summand(const T* x, const double* norms, int64
   return nrm == 0.0 ? 0.0 : v / nrm;
 }
 
+// The tile's rows [begin, end) of cluster e / d, feature e % d, summed in double: the rescan of
+// a float32 tile partial that is not finite (it passed 3.4e38 where the double sum may fit,
+// contract 2; an inf or NaN input gives the same non-finite sum again). Rare: one thread.
+template <typename T>
+__device__ double tile_sum_wide(const T* __restrict__ x, const int64_t* __restrict__ labels,
+                                const double* __restrict__ norms, int64_t begin, int64_t end,
+                                int64_t d, int64_t e) {
+  const int64_t l = e / d, j = e % d;
+  double s = 0;
+  for (int64_t i = begin; i < end; ++i)
+    if (labels[i] == l) s += summand(x, norms, i, d, j);
+  return s;
+}
+
 // Fast mode: sums (K, d) and batch_counts (K) must be zero on entry.
 template <typename T>
 __global__ void __launch_bounds__(kSumThreads)
@@ -108,7 +122,9 @@ __global__ void __launch_bounds__(kSumThreads)
       for (int64_t e = threadIdx.x; e < k * d; e += blockDim.x) {
         const A v = s_sums[e];
         if (v != A(0)) {  // clusters this tile never saw stay untouched
-          atomicAdd(&sums[e], static_cast<double>(v));
+          atomicAdd(&sums[e], isfinite(v) ? static_cast<double>(v)
+                                          : tile_sum_wide(x, labels, norms, tile * kFlushRows, end, d,
+                                                          e));
           s_sums[e] = 0;
         }
       }

@@ -146,6 +146,15 @@ class EstimatorBase(*_BASES):
             raise TypeError(f"deterministic must be a bool, got {type(self.deterministic).__name__}")
         if self.dtype is not None and self.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be None, torch.float32 or torch.float64, got {self.dtype!r}")
+        self._device_param()
+
+    def _device_param(self) -> torch.device | None:
+        if self.device is None:
+            return None
+        try:
+            return torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device must be None or a torch device, got {self.device!r}") from None
 
     def _n_init_for(self, default: int) -> int:
         """scikit-learn's rule: 'auto' = 1 for k-means++ and an array, ``default`` otherwise;
@@ -179,6 +188,8 @@ class EstimatorBase(*_BASES):
         already is one)."""
         if isinstance(X, Tensor):
             t = X.detach()
+            if t.device.type == "meta":
+                raise ValueError(f"{name} is a meta tensor: it holds no data")
         else:
             arr = np.asarray(X)
             if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
@@ -197,7 +208,7 @@ class EstimatorBase(*_BASES):
                 )
         else:
             dtype = self._compute_dtype(t)
-            device = torch.device(self.device) if self.device is not None else t.device
+            device = self._device_param() or t.device
         t = t.to(device=device, dtype=dtype)
         if t.shape[0] and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} contains NaN or infinity")
@@ -210,8 +221,13 @@ class EstimatorBase(*_BASES):
         if isinstance(sample_weight, numbers.Number):
             w = torch.full((x.shape[0],), float(sample_weight), dtype=x.dtype, device=x.device)
         else:
-            w = torch.as_tensor(np.asarray(sample_weight) if not isinstance(sample_weight, Tensor)
-                                else sample_weight).to(device=x.device, dtype=x.dtype)
+            if not isinstance(sample_weight, Tensor):
+                sample_weight = np.asarray(sample_weight)
+                if not (np.issubdtype(sample_weight.dtype, np.number) or sample_weight.dtype == bool):
+                    raise TypeError(f"sample_weight must be numeric, got {sample_weight.dtype}")
+            elif sample_weight.device.type == "meta" or sample_weight.is_complex():
+                raise TypeError(f"sample_weight must be a real tensor with data, got {sample_weight}")
+            w = torch.as_tensor(sample_weight).to(device=x.device, dtype=x.dtype)
         if w.shape != (x.shape[0],):
             raise ValueError(f"sample_weight must have shape ({x.shape[0]},), got {tuple(w.shape)}")
         if x.shape[0] and (not bool(torch.isfinite(w).all()) or bool((w < 0).any())):

@@ -99,6 +99,8 @@ class MiniBatchKMeans(EstimatorBase):
             raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters}.")
         self._batch_size = min(int(self.batch_size), n)
         init_size = self.init_size
+        if init_size is not None:
+            check_int("init_size", init_size)
         if init_size is None:
             init_size = 3 * self._batch_size
             if init_size < self.n_clusters:
@@ -212,8 +214,8 @@ class MiniBatchKMeans(EstimatorBase):
         """Compute the centers over X by mini-batches (scikit-learn's schedule); returns self."""
         x = self._as_tensor(X)
         n = x.shape[0]
+        w = self._weights(sample_weight, x)  # before _check_params sets anything
         self._check_params(n)
-        w = self._weights(sample_weight, x)
         rs = check_random_state(self.random_state)
         self._tol = tolerance(x, self.tol)
         n_init = self._n_init_for(default=3)
@@ -269,6 +271,7 @@ class MiniBatchKMeans(EstimatorBase):
         first = not hasattr(self, "_centers")
         if first:
             x = self._as_tensor(X)
+            self._weights(sample_weight, x)  # checked before _check_params sets anything
             self._check_params(x.shape[0])
             if not isinstance(self.init, str) and not callable(self.init):
                 self._n_init_for(default=3)  # the explicit-array warning, as scikit-learn

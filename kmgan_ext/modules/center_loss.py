@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..assigned_distance import assigned_distance
 from ..minibatch_update import minibatch_update_
 
@@ -74,8 +75,7 @@ class CenterLoss(nn.Module):
             raise ValueError(f"reduction must be one of {sorted(_REDUCTIONS)}, got {reduction!r}")
         if centers not in _CENTERS:
             raise ValueError(f"centers must be one of {_CENTERS}, got {centers!r}")
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        alpha = _checks.real("alpha", alpha, minimum=0.0, maximum=1.0)
         if update not in _UPDATE:
             raise ValueError(f"update must be one of {_UPDATE}, got {update!r}")
         if dtype not in (torch.float32, torch.float64):

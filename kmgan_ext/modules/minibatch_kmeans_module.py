@@ -17,6 +17,7 @@ from ..minibatch_update import minibatch_step_
 from ..seeding import kmeans_parallel, kmeans_plusplus
 from ..seeding.kmeans_plusplus import unit
 from ._distributed import world
+from ._state_dict import check_state_shapes
 
 _INIT_METHODS = ("auto", "k-means++", "k-means||")
 _UPDATE = ("never", "train", "always")
@@ -98,8 +99,8 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         k = _positive("n_clusters", n_clusters)
         _checks.metric(metric)
         self.metric = metric
-        if not float(reassignment_ratio) >= 0.0:
-            raise ValueError(f"reassignment_ratio must be >= 0, got {reassignment_ratio!r}")
+        reassignment_ratio = _checks.real("reassignment_ratio", reassignment_ratio, minimum=0.0)
+        seed = _checks.integer("seed", seed)
         if dtype not in _checks.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
         if not isinstance(deterministic, bool):
@@ -125,6 +126,17 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         # Whether the centers hold a seeding; loading a state_dict counts as seeded.
         self._seeded = False
         self.register_load_state_dict_post_hook(MiniBatchKMeansModule._mark_seeded)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # before anything is copied (and before the lazy hook materializes the buffers from
+        # the state_dict's shapes): K must match n_clusters, d the module's n_features, and
+        # counts must be non-negative (they divide the update)
+        k, d = self._k, self.n_features
+        check_state_shapes(state_dict, prefix, {"centers": (k, d), "counts": (k,)})
+        cnt = state_dict.get(prefix + "counts")
+        if isinstance(cnt, Tensor) and cnt.device.type != "meta" and bool((cnt < 0).any()):
+            raise RuntimeError(f"{prefix}counts must be non-negative, got {cnt.tolist()}; nothing was loaded")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
     def _mark_seeded(module, incompatible_keys) -> None:
@@ -179,6 +191,8 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         """
         if method not in _INIT_METHODS:
             raise ValueError(f"method must be one of {_INIT_METHODS}, got {method!r}")
+        if not isinstance(x, (Tensor, np.ndarray)):
+            raise TypeError(f"x must be a torch.Tensor or a numpy array, got {type(x).__name__}")
         shape = tuple(x.shape)
         if len(shape) != 2:
             raise ValueError(f"x must have shape (N, d), got {shape}")

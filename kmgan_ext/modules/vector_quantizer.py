@@ -27,12 +27,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _checks
 from .._cluster_stats import cluster_sums
 from ..assign import assign
 from ..assigned_distance import assigned_distance
 from ..minibatch_update import ema_update_
 from ..seeding import kmeans_plusplus
 from ._distributed import world
+from ._state_dict import check_state_shapes
 
 _UPDATE = ("never", "train", "always")
 
@@ -102,12 +104,13 @@ class VectorQuantizer(nn.Module):
         for name, v in (("num_codes", num_codes), ("dim", dim), ("heads", heads)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not 0.0 <= float(decay) <= 1.0:
-            raise ValueError(f"decay must be in [0, 1], got {decay!r}")
-        if not float(eps) >= 0.0:
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
-        if not float(threshold_dead_code) >= 0.0:
-            raise ValueError(f"threshold_dead_code must be >= 0, got {threshold_dead_code!r}")
+        decay, eps = _checks.decay(decay), _checks.eps(eps)
+        commitment_weight = _checks.real("commitment_weight", commitment_weight, minimum=0.0)
+        threshold_dead_code = _checks.real("threshold_dead_code", threshold_dead_code, minimum=0.0)
+        for name, v in (("learnable_codebook", learnable_codebook), ("kmeans_init", kmeans_init),
+                        ("cosine", cosine), ("deterministic", deterministic)):
+            _checks.boolean(name, v)
+        seed = _checks.integer("seed", seed, minimum=0)
         if update not in _UPDATE:
             raise ValueError(f"update must be one of {_UPDATE}, got {update!r}")
         if dtype not in (torch.float32, torch.float64):
@@ -138,6 +141,14 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initted", torch.tensor(not self.kmeans_init, device=device))
         self._gen = torch.Generator().manual_seed(self.seed + 1)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # every shape before any copy: torch copies the matching entries and raises after,
+        # which would leave a half-loaded codebook and EMA state
+        h, k, d = self.heads, self.num_codes, self.dim
+        check_state_shapes(state_dict, prefix, {"codebook": (h, k, d), "cluster_size": (h, k),
+                                                "embed_sum": (h, k, d), "initted": ()})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (f"num_codes={self.num_codes}, dim={self.dim}, heads={self.heads}, "
                 f"decay={self.decay}, commitment_weight={self.commitment_weight}, "
@@ -145,18 +156,18 @@ class VectorQuantizer(nn.Module):
                 f"update={self.update!r}")
 
     # ------------------------------------------------------------------ input layout
-    def _split(self, x: Tensor) -> Tensor:
+    def _split(self, x: Tensor, name: str = "x") -> Tensor:
         """(..., H * d) -> (N, H, d) in the codebook's dtype (a copy only for 16-bit x)."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
-            raise TypeError(f"x must be floating, got {x.dtype}")
+            raise TypeError(f"{name} must be floating, got {x.dtype}")
         hd = self.heads * self.dim
         if x.dim() < 1 or x.shape[-1] != hd:
             raise ValueError(
-                f"x must have last dimension heads * dim = {hd}, got shape {tuple(x.shape)}")
+                f"{name} must have last dimension heads * dim = {hd}, got shape {tuple(x.shape)}")
         if x.device != self.codebook.device:
-            raise ValueError(f"x must be on {self.codebook.device} (as the codebook), got {x.device}")
+            raise ValueError(f"{name} must be on {self.codebook.device} (as the codebook), got {x.device}")
         z = x.reshape(-1, self.heads, self.dim).to(self.codebook.dtype)
         return F.normalize(z, dim=-1) if self.cosine else z
 
@@ -165,9 +176,11 @@ class VectorQuantizer(nn.Module):
     def init_(self, data: Tensor) -> "VectorQuantizer":
         """Seed every head's codebook by k-means++ over all rows of ``data`` (..., H * d);
         the EMA state restarts at N = 1, M = E. Under DDP rank 0 seeds and broadcasts."""
-        z = self._split(data.detach())
+        z = self._split(data, "data").detach()
+        if z.numel() and not bool(torch.isfinite(z).all()):
+            raise ValueError("data contains NaN or Inf: k-means++ cannot seed from it")
         if z.shape[0] < self.num_codes:
-            raise ValueError(f"init_ needs at least num_codes = {self.num_codes} rows, got {z.shape[0]}")
+            raise ValueError(f"data must have at least num_codes = {self.num_codes} rows, got {z.shape[0]}")
         g = world(self.group)
         if g is None or dist.get_rank(g) == 0:
             for h in range(self.heads):

@@ -123,10 +123,14 @@ EMU_API kmgan_emu_pairwise_l1_rank_grad_launch(int dtype, const void* grad, doub
                                       nullptr);
 }
 
-EMU_API kmgan_emu_kmgan_pulls_launch(int dtype, int reduction, const void* dist2_real,
-                                     int64_t n_real, const void* dist2_fake, int64_t n_fake,
-                                     void* pulls, void* loss_d, void* loss_g) {
-  return kmgan_pulls_launch(dt(dtype), red(reduction), dist2_real, n_real, dist2_fake, n_fake,
+EMU_API kmgan_emu_kmgan_pulls_launch(int dtype, int reduction, const void* f_real,
+                                     const int64_t* labels_real, const void* dist2_real,
+                                     int64_t n_real, const void* f_fake,
+                                     const int64_t* labels_fake, const void* dist2_fake,
+                                     int64_t n_fake, const void* centers_real, int64_t k_real,
+                                     int64_t d, void* pulls, void* loss_d, void* loss_g) {
+  return kmgan_pulls_launch(dt(dtype), red(reduction), f_real, labels_real, dist2_real, n_real,
+                            f_fake, labels_fake, dist2_fake, n_fake, centers_real, k_real, d,
                             pulls, loss_d, loss_g, nullptr);
 }
 

@@ -48,8 +48,9 @@ int kmgan_emu_pairwise_l1_launch(int, const void*, const int64_t*, int64_t, int6
                                  void*, void*);
 int kmgan_emu_pairwise_l1_rank_grad_launch(int, const void*, double, const void*, int64_t,
                                            int64_t, const void*, int64_t, void*);
-int kmgan_emu_kmgan_pulls_launch(int, int, const void*, int64_t, const void*, int64_t, void*,
-                                 void*, void*);
+int kmgan_emu_kmgan_pulls_launch(int, int, const void*, const int64_t*, const void*, int64_t,
+                                 const void*, const int64_t*, const void*, int64_t, const void*,
+                                 int64_t, int64_t, void*, void*, void*);
 int kmgan_emu_kmgan_losses_backward_launch(int, int, const void*, const void*, const void*,
                                            const void*, const void*, const void*, int64_t,
                                            const int64_t*, const int64_t*, const int64_t*,
@@ -163,7 +164,8 @@ void run_all(std::mt19937& rng) {
         "center_loss_backward");
   std::vector<float> pulls(2), loss_d(1), loss_g(1);
   for (int reduction = 0; reduction < 3; ++reduction) {
-    std::vector<float> partials(kmgan_emu_assigned_distance_num_partials(n)), out(1);
+    std::vector<double> partials(kmgan_emu_assigned_distance_num_partials(n));
+    std::vector<float> out(1);
     check(kmgan_emu_assigned_distance_launch(kF32, reduction, x.data(), labels.data(), c.data(),
                                              n, k, d, partials.data(), out.data()),
           "assigned_distance");
@@ -171,8 +173,9 @@ void run_all(std::mt19937& rng) {
                                                       x.data(), labels.data(), c.data(), n, k,
                                                       d, grad_x.data(), grad_c.data()),
           "assigned_distance_backward");
-    check(kmgan_emu_kmgan_pulls_launch(kF32, reduction, dist2.data(), n, dist2_y.data(), m,
-                                       pulls.data(), loss_d.data(), loss_g.data()),
+    check(kmgan_emu_kmgan_pulls_launch(kF32, reduction, x.data(), labels.data(), dist2.data(), n,
+                                       y.data(), labels_y.data(), dist2_y.data(), m, c.data(), k,
+                                       d, pulls.data(), loss_d.data(), loss_g.data()),
           "kmgan_pulls");
     check(kmgan_emu_kmgan_losses_backward_launch(
               kF32, reduction, g1.data(), g1.data(), g1.data(), x.data(), y.data(), c.data(), k,

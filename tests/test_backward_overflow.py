@@ -1,0 +1,96 @@
+"""The backward passes at huge finite inputs (issue 16, contract 2), on every kernel backend.
+
+tests/test_bad_input.py calls the forwards only. Here the gradients of assigned_distance (x and
+the centers, every reduction), assign's dist2, KM-GAN's center loss and the loss block
+(kmgan_losses: L_D, L_G and L_center together) are taken at 3e19 (float32 squares overflow),
+1e30 and near float32 max (differences overflow too), and compared with the float64 reference's
+gradients rounded to float32. Two shapes: one block / program, and several.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kmgan_ext as km
+from testing import fast_backend_params
+
+SCALES = [3e19, 1e30, 1e38]
+SHAPES = [(6, 3, 4), (40, 33, 5)]  # (N, d, K)
+
+
+def _data(scale, shape, seed=0):
+    n, d, k = shape
+    g = torch.Generator().manual_seed(seed)
+    # |values| <= 3 * scale: finite at 1e38 (3e38 < 3.4e38), differences of two may not be.
+    x = torch.randn(n, d, generator=g).clamp(-3, 3) * scale
+    c = torch.randn(k, d, generator=g).clamp(-3, 3) * scale
+    y = torch.randn(n + 3, d, generator=g).clamp(-3, 3) * scale
+    ch = torch.randn(k + 1, d, generator=g).clamp(-3, 3)
+    return x, c, y, ch
+
+
+def _grads(fn, inputs, backend):
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = fn(*leaves, backend)
+    outs = [o for o in (out if isinstance(out, tuple) else (out,))]
+    ws = [0.7, -1.3, 0.4][: len(outs)]
+    total = sum(w * o for w, o in zip(ws, outs))
+    total.backward()
+    return [out if isinstance(out, torch.Tensor) else torch.stack([o.detach() for o in outs])] + [
+        t.grad for t in leaves]
+
+
+def _compare(fn, inputs, backend):
+    got = _grads(fn, inputs, backend)
+    want = _grads(fn, inputs, "reference")
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g is not None and w is not None, i
+        assert g.dtype == w.dtype, (i, g.dtype, w.dtype)
+        # float32 rounding of the largest finite entry; inf and NaN must match exactly.
+        fin = w[w.isfinite()]
+        scale = 1.0 + (float(fin.abs().max()) if fin.numel() else 0.0)
+        torch.testing.assert_close(g.detach().double(), w.detach().double(), rtol=1e-5,
+                                   atol=1e-5 * scale, equal_nan=True, msg=lambda m: f"output {i}: {m}")
+
+
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("reduction", ["fro", "mean", "sq_sum"])
+def test_assigned_distance_backward(device, backend, reduction, scale, shape):
+    x, c, _, _ = _data(scale, shape)
+    labels = torch.arange(x.shape[0]) % c.shape[0]
+    _compare(lambda x, c, be: km.assigned_distance(x, labels, c, reduction, backend=be), [x, c], backend)
+
+
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("scale", SCALES)
+def test_assign_backward(device, backend, scale, shape):
+    x, c, _, _ = _data(scale, shape)
+    _compare(lambda x, c, be: km.assign(x, c, backend=be)[1].sum(), [x, c], backend)
+
+
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("scale", SCALES)
+def test_center_loss_backward(device, backend, scale, shape):
+    x, c, y, ch = _data(scale, shape)
+    lr = torch.arange(x.shape[0]) % c.shape[0]
+    lf = torch.arange(y.shape[0]) % ch.shape[0]
+    _compare(lambda x, y, be: km.kmgan_center_loss(x, lr, c, y, lf, ch, backend=be), [x, y], backend)
+
+
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("reduction", ["fro", "mean", "sq_sum"])
+def test_kmgan_losses_backward(device, backend, reduction, scale, shape):
+    x, c, y, ch = _data(scale, shape)
+    y = y / scale  # the fake batch near the origin: far from the huge real centers
+
+    def fn(fr, ff, be):
+        out = km.kmgan_losses(fr, ff, c, ch, reduction=reduction, backend=be)
+        return out.loss_d, out.loss_g, out.loss_center
+
+    _compare(fn, [x, y], backend)
