@@ -43,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .assign_cosine import assign_cosine, assign_cosine_backward
 from ._common import (acc_dtype, autotune_allowed, config_kwargs, device_guard, div_rn,
                       interpreting, pow2, sqrt_rn)
 
@@ -373,19 +374,14 @@ def _assign_bwd_kernel(g_ptr, x_ptr, c_ptr, l_ptr, gx_ptr, gc_ptr, N, D,
         tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], -gx, mask=m2)
 
 
-def _no_cosine(cosine: bool) -> None:
-    if cosine:
-        raise NotImplementedError(
-            'metric="cosine" has no Triton kernel yet (issue 12): use backend="cpu" or "reference"')
-
-
 def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
     """(grad_x in x's dtype, grad_centers in centers' dtype or an empty (0,) tensor).
 
     One launch (plus the zero fill of the float32 center-gradient buffer, and a cast for
     16-bit centers); the segment sum uses float atomics, so its last bits vary run to run.
     """
-    _no_cosine(cosine)
+    if cosine:
+        return assign_cosine_backward(grad_dist2, x, centers, labels, centers_grad)
     n, d = x.shape
     gx = torch.empty_like(x)
     gc = torch.zeros(centers.shape, dtype=torch.float64, device=x.device) if centers_grad else None
@@ -454,7 +450,11 @@ def assign(x: torch.Tensor, centers: torch.Tensor, cosine: bool = False) -> tupl
 
     Batched problems, x (B, N, d) with centers (B, K, d): (B, N) outputs from the same
     launches, the problem on grid axis 1 (at most 65535 problems a launch)."""
-    _no_cosine(cosine)
+    if cosine:
+        if x.dim() == 3:
+            raise NotImplementedError('metric="cosine" with batched (B, N, d) problems has no Triton kernel yet: '
+                                      'use backend="cpu" or "reference"')
+        return assign_cosine(x, centers)
     if x.dim() == 3 and x.shape[0] > _MAX_GRID_Y:
         parts = [_assign(x[s : s + _MAX_GRID_Y], centers[s : s + _MAX_GRID_Y])[:2]
                  for s in range(0, x.shape[0], _MAX_GRID_Y)]

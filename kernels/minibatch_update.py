@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from ._common import acc_dtype, cast_for, device_guard, interpreting, midpoint, pow2, zeros_pair
-from .assign import _no_cosine, assign
+from .assign import assign
 
 SCULLEY = 0
 EMA = 1
@@ -60,9 +60,30 @@ def _block_total(part, axis: tl.constexpr):
 
 
 @triton.jit
+def _row_norms(x_ptr, rows, rmask, D, BLOCK_D: tl.constexpr):
+    """||x_row|| in float64 over all D columns (metric="cosine": the rows are normalised as
+    they are summed, never copied)."""
+    dcol = tl.arange(0, BLOCK_D)
+    n2 = tl.zeros(rows.shape, tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + dcol
+        v = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
+                    mask=rmask[:, None] & (ds < D)[None, :], other=0.0).to(tl.float64)
+        n2 += tl.sum(v * v, axis=1)
+    return tl.sqrt(n2)
+
+
+@triton.jit
+def _unit(v, norm):
+    """v / norm in float64 (a zero row adds 0; a NaN row stays NaN)."""
+    return tl.where(norm == 0.0, 0.0, v.to(tl.float64) / tl.where(norm == 0.0, 1.0, norm))
+
+
+@triton.jit
 def _segment_sum_kernel(
     x_ptr, labels_ptr, sums_ptr, m_ptr, N, K, D,
-    ONEHOT: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ONEHOT: tl.constexpr, COSINE: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """sums[l_i] += x_i (float64) and m[l_i] += 1 with atomics (grid: row x column blocks).
 
@@ -95,7 +116,10 @@ def _segment_sum_kernel(
             tl.atomic_add(sums_ptr + lab[:, None] * D + ds[None, :], xt.to(tl.float64),
                           mask=rmask[:, None] & dmask[None, :])
     else:
-        tl.atomic_add(sums_ptr + lab[:, None] * D + ds[None, :], xt.to(tl.float64),
+        xv = xt.to(tl.float64)
+        if COSINE:
+            xv = _unit(xv, _row_norms(x_ptr, rows, rmask, D, BLOCK_D)[:, None])
+        tl.atomic_add(sums_ptr + lab[:, None] * D + ds[None, :], xv,
                       mask=rmask[:, None] & dmask[None, :])
         tl.atomic_add(m_ptr + lab, 1, mask=rmask & (pid_d == 0))
 
@@ -177,7 +201,7 @@ def _apply_kernel(
 @triton.jit
 def _sorted_segment_kernel(
     centers_ptr, counts_ptr, esum_ptr, x_ptr, order_ptr, slab_ptr, N, K, D, n_steps,
-    decay_hi, decay_lo, ACC_T: tl.constexpr, MODE: tl.constexpr,
+    decay_hi, decay_lo, ACC_T: tl.constexpr, MODE: tl.constexpr, COSINE: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Deterministic: segment sums over label-sorted rows in a fixed order, then the update.
@@ -217,6 +241,11 @@ def _sorted_segment_kernel(
             orig = tl.load(order_ptr + start[:, None] + r[None, :], mask=rm, other=0)
             tile = tl.load(x_ptr + orig[:, :, None] * D + ds[None, None, :],
                            mask=rm[:, :, None] & dmask[None, None, :], other=0.0).to(ACC_T)
+            if COSINE:  # ACC_T is float64 then
+                nrm = tl.reshape(_row_norms(x_ptr, tl.reshape(orig, (BLOCK_K * BLOCK_R,)),
+                                            tl.reshape(rm, (BLOCK_K * BLOCK_R,)), D, BLOCK_D),
+                                 (BLOCK_K, BLOCK_R))
+                tile = _unit(tile, nrm[:, :, None])
             acc += _block_total(tile, 1)
         _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, acc, m_f, n_f,
                     decay_hi, decay_lo, MODE)
@@ -225,7 +254,7 @@ def _sorted_segment_kernel(
 @triton.jit
 def _small_update_kernel(
     centers_ptr, counts_ptr, esum_ptr, x_ptr, labels_ptr, N, K, D, decay_hi, decay_lo,
-    ACC_T: tl.constexpr, MODE: tl.constexpr,
+    ACC_T: tl.constexpr, MODE: tl.constexpr, COSINE: tl.constexpr,
     KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Small problems in ONE program: one-hot segment sums in a fixed order, then the update.
@@ -253,6 +282,8 @@ def _small_update_kernel(
             lab = tl.load(labels_ptr + rows, mask=rm, other=-1)
             xt = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
                          mask=rm[:, None] & dmask[None, :], other=0.0).to(ACC_T)
+            if COSINE:  # ACC_T is float64 then
+                xt = _unit(xt, _row_norms(x_ptr, rows, rm, D, BLOCK_D)[:, None])
             # A select, not a product with the one-hot: NaN * 0 would put a NaN row into
             # every cluster's sum instead of its own.
             part = tl.where((lab[None, :] == ks[:, None])[:, :, None], xt[None, :, :], 0.0)
@@ -266,7 +297,7 @@ def _small_update_kernel(
 
 @triton.jit
 def _ema_centers_kernel(centers_ptr, size_ptr, esum_ptr, K, D, eps_hi, eps_lo,
-                        BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                        COSINE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     """c_k = M_k / N'_k, N'_k = (N_k + eps) / (n + K eps) n, n = sum_k N_k (float64).
 
     Every program sums all K sizes itself, in the same fixed order (a bitwise identical n
@@ -284,6 +315,16 @@ def _ema_centers_kernel(centers_ptr, size_ptr, esum_ptr, K, D, eps_hi, eps_lo,
     smoothed = (size + eps) / (n + K * eps) * n
     live = kmask & (smoothed != 0)
     denom = tl.where(live, smoothed, 1.0)
+    if COSINE:  # c_k = M_k / N'_k renormalised (a zero result stays zero): a first pass for ||.||
+        n2 = tl.zeros((BLOCK_K,), tl.float64)
+        for d0 in range(0, D, BLOCK_D):
+            ds = d0 + tl.arange(0, BLOCK_D)
+            mm = live[:, None] & (ds < D)[None, :]
+            M = tl.load(esum_ptr + ks[:, None].to(tl.int64) * D + ds[None, :], mask=mm,
+                        other=0.0).to(tl.float64) / denom[:, None]
+            n2 += tl.sum(M * M, axis=1)
+        nrm = tl.sqrt(n2)
+        denom = tl.where(nrm == 0.0, denom, denom * nrm)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         mm = live[:, None] & (ds < D)[None, :]
@@ -292,13 +333,38 @@ def _ema_centers_kernel(centers_ptr, size_ptr, esum_ptr, K, D, eps_hi, eps_lo,
         tl.store(centers_ptr + offs, cast_for(M / denom[:, None], centers_ptr), mask=mm)
 
 
+@triton.jit
+def _renormalize_kernel(src_ptr, dst_ptr, before_ptr, after_ptr, K, D,
+                        BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Sculley, metric="cosine": dst_k = src_k / ||src_k|| (float64 src; a zero row stays
+    zero) for the clusters the step updated (count changed); the others are not written."""
+    ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    hit = kmask & (tl.load(after_ptr + ks, mask=kmask, other=0)
+                   != tl.load(before_ptr + ks, mask=kmask, other=0))
+    n2 = tl.zeros((BLOCK_K,), tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        v = tl.load(src_ptr + ks[:, None].to(tl.int64) * D + ds[None, :],
+                    mask=hit[:, None] & (ds < D)[None, :], other=0.0)
+        n2 += tl.sum(v * v, axis=1)
+    nrm = tl.sqrt(n2)
+    nrm = tl.where(nrm == 0.0, 1.0, nrm)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        mm = hit[:, None] & (ds < D)[None, :]
+        offs = ks[:, None].to(tl.int64) * D + ds[None, :]
+        v = tl.load(src_ptr + offs, mask=mm, other=0.0)
+        tl.store(dst_ptr + offs, cast_for(v / nrm[:, None], dst_ptr), mask=mm)
+
+
 def _split(v: float) -> tuple[float, float]:
     """v as float32 hi + lo: Triton passes Python floats as float32, float64 needs more."""
     hi = float(torch.tensor(v, dtype=torch.float32))
     return hi, float(torch.tensor(v - hi, dtype=torch.float32))
 
 
-def _update(centers, counts, esum, x, labels, deterministic, mode, decay):
+def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine=False):
     """Segment sums + apply. Sculley: counts is the int64 count state. EMA: counts is the
     cluster-size state and esum the embed-sum state (the centers follow in _ema_centers)."""
     n, d = x.shape
@@ -306,7 +372,8 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay):
     if n == 0 and mode == SCULLEY:
         return
     interp = interpreting(x)
-    acc_t = tl.float64 if acc_dtype(centers) == torch.float64 else tl.float32
+    # metric="cosine": the rows are divided by their norm in float64 as they are summed.
+    acc_t = tl.float64 if cosine or acc_dtype(centers) == torch.float64 else tl.float32
     dec_hi, dec_lo = _split(decay)
     esum = esum if esum is not None else centers  # Sculley: a dummy, never read
     with device_guard(x):
@@ -321,7 +388,7 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay):
                 bn, bd, opts = max(2, 256 // kp), 32, dict(num_warps=4)
             _small_update_kernel[(1,)](
                 centers, counts, esum, x, labels, n, k, d, dec_hi, dec_lo, ACC_T=acc_t,
-                MODE=mode, KP=kp, BLOCK_N=bn, BLOCK_D=bd, **opts)
+                MODE=mode, COSINE=cosine, KP=kp, BLOCK_N=bn, BLOCK_D=bd, **opts)
             return
         if deterministic:
             slab, order = torch.sort(labels, stable=True)
@@ -334,12 +401,12 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay):
                 bk, br, bd, opts = 4, 16, pow2(d, 16, 64), dict(num_warps=4)
             _sorted_segment_kernel[(triton.cdiv(k, bk),)](
                 centers, counts, esum, x, order, slab, n, k, d, n.bit_length() + 1, dec_hi,
-                dec_lo, ACC_T=acc_t, MODE=mode, BLOCK_K=bk, BLOCK_R=br, BLOCK_D=bd, **opts,
+                dec_lo, ACC_T=acc_t, MODE=mode, COSINE=cosine, BLOCK_K=bk, BLOCK_R=br, BLOCK_D=bd, **opts,
             )
             return
         # float64 sums (atomics of float32 block totals, see _segment_sum_kernel).
         sums, m = zeros_pair(k, d, torch.float64, x.device)
-        onehot = k <= _ONEHOT_MAX_K and acc_t == tl.float32
+        onehot = k <= _ONEHOT_MAX_K and acc_t == tl.float32  # never for cosine
         if interp:
             bn, bd, opts = pow2(n, 16, 1024), pow2(d, 16, 512), {}
         else:
@@ -349,7 +416,7 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay):
             # count the rows (a zero-sized grid axis would run no program at all).
             _segment_sum_kernel[(triton.cdiv(n, bn), max(1, triton.cdiv(d, bd)))](
                 x, labels, sums, m, n, k, d,
-                ONEHOT=onehot, KP=pow2(k, 16), BLOCK_N=bn, BLOCK_D=bd, **opts,
+                ONEHOT=onehot, COSINE=cosine, KP=pow2(k, 16), BLOCK_N=bn, BLOCK_D=bd, **opts,
             )
         if interp:
             bk, bd = pow2(k, 1, 1024), pow2(d, 16, 512)
@@ -361,7 +428,7 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay):
         )
 
 
-def _ema_centers(centers, cluster_size, embed_sum, eps):
+def _ema_centers(centers, cluster_size, embed_sum, eps, cosine=False):
     k, d = centers.shape
     if interpreting(centers):
         bk, bs, bd, opts = pow2(k, 1, 1024), pow2(k, 16, 4096), pow2(d, 16, 512), {}
@@ -370,29 +437,44 @@ def _ema_centers(centers, cluster_size, embed_sum, eps):
     eps_hi, eps_lo = _split(eps)
     with device_guard(centers):
         _ema_centers_kernel[(triton.cdiv(k, bk),)](
-            centers, cluster_size, embed_sum, k, d, eps_hi, eps_lo,
+            centers, cluster_size, embed_sum, k, d, eps_hi, eps_lo, COSINE=cosine,
             BLOCK_K=bk, BLOCK_S=bs, BLOCK_D=bd, **opts)
 
 
 def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=False) -> None:
-    """Sculley's step in place (module docstring); labels against the pre-update centers."""
-    _no_cosine(cosine)
-    _update(centers, counts, None, x, labels, deterministic, SCULLEY, 0.0)
+    """Sculley's step in place (module docstring); labels against the pre-update centers.
+
+    metric="cosine": S_k sums x_i / ||x_i||; the step runs on a float64 copy of the centers
+    (K x d) and the updated ones are renormalised from it into ``centers``."""
+    if not cosine:
+        _update(centers, counts, None, x, labels, deterministic, SCULLEY, 0.0)
+        return
+    k, d = centers.shape
+    if x.shape[0] == 0 or k == 0:
+        return
+    work = centers.to(torch.float64)
+    before = counts.clone()
+    _update(work, counts, None, x, labels, deterministic, SCULLEY, 0.0, cosine=True)
+    if interpreting(x):
+        bk, bd, opts = pow2(k, 1, 1024), pow2(d, 16, 512), {}
+    else:
+        bk, bd, opts = 8, pow2(d, 16, 128), dict(num_warps=4)
+    with device_guard(x):
+        _renormalize_kernel[(triton.cdiv(k, bk),)](work, centers, before, counts, k, d,
+                                                   BLOCK_K=bk, BLOCK_D=bd, **opts)
 
 
 def minibatch_step_(centers, counts, x, deterministic=False, cosine=False) -> torch.Tensor:
     """assign against the current centers, then minibatch_update_; returns the labels."""
-    _no_cosine(cosine)
-    labels, _ = assign(x, centers)
-    _update(centers, counts, None, x, labels, deterministic, SCULLEY, 0.0)
+    labels, _ = assign(x, centers, cosine)
+    minibatch_update_(centers, counts, x, labels, deterministic, cosine)
     return labels
 
 
 def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps,
                 deterministic=False, cosine=False) -> None:
     """The VQ-VAE EMA in place (module docstring; kmgan_ext/reference.py::ema_update_)."""
-    _no_cosine(cosine)
     if centers.shape[0] == 0:
         return
-    _update(centers, cluster_size, embed_sum, x, labels, deterministic, EMA, float(decay))
-    _ema_centers(centers, cluster_size, embed_sum, float(eps))
+    _update(centers, cluster_size, embed_sum, x, labels, deterministic, EMA, float(decay), cosine)
+    _ema_centers(centers, cluster_size, embed_sum, float(eps), cosine)

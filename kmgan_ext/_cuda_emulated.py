@@ -223,32 +223,31 @@ def _num(name: str, *args) -> int:
 
 
 # --------------------------------------------------------------------------- backend interface
-def _no_cosine(cosine: bool) -> None:
-    if cosine:  # the CUDA bindings refuse it the same way (csrc/cuda/*_binding.cpp)
-        raise NotImplementedError(
-            'metric="cosine" has no CUDA kernel yet (issue 12): use backend="cpu" or "reference"')
-
-
 def assign(x: Tensor, centers: Tensor, cosine: bool = False) -> tuple[Tensor, Tensor]:
     """(N,) outputs, or (B, N) for batched problems x (B, N, d), centers (B, K, d): one launch."""
-    _no_cosine(cosine)
+    if cosine and x.dim() == 3:  # the CUDA binding refuses it the same way (assign_cuda_binding.cpp)
+        raise NotImplementedError('metric="cosine" with batched (B, N, d) problems has no CUDA kernel yet: '
+                                  'use backend="cpu" or "reference"')
     (n, d), k = x.shape[-2:], centers.shape[-2]
     batch = x.shape[0] if x.dim() == 3 else 1
     labels = torch.empty(x.shape[:-1], dtype=torch.int64)
     dist2 = torch.empty(x.shape[:-1], dtype=_acc_dtype(x))
-    if n and batch:
+    if n and cosine:
+        unit = torch.empty(k, d, dtype=torch.float32)  # the launcher's workspace
+        _call("assign_cosine_launch", _dt(x), _ptr(x), _ptr(centers), _i(n), _i(k), _i(d),
+              _ptr(unit), _ptr(labels), _ptr(dist2))
+    elif n and batch:
         _call("assign_launch", _dt(x), _ptr(x), _ptr(centers), _i(n), _i(k), _i(d), _ptr(labels),
               _ptr(dist2), _i(batch))
     return labels, dist2
 
 
 def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
-    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     g = grad_dist2.to(_acc_dtype(x)).contiguous()
     grad_x = torch.empty(n, d, dtype=x.dtype)
     gc = torch.empty(k, d, dtype=torch.float64) if centers_grad else None
-    _call("assign_backward_launch", _dt(x), _ptr(g), _ptr(x), _ptr(centers), _ptr(labels), _i(n),
+    _call("assign_cosine_backward_launch" if cosine else "assign_backward_launch", _dt(x), _ptr(g), _ptr(x), _ptr(centers), _ptr(labels), _i(n),
           _i(k), _i(d), _ptr(grad_x), _ptr(gc))
     if not centers_grad:
         return grad_x, centers.new_empty(0)
@@ -306,33 +305,38 @@ def _workspace(x: Tensor, labels: Tensor, k: int, deterministic: bool):
     return sums, batch_counts, sorted_labels, perm, pieces
 
 
+def _row_norms(x: Tensor, cosine: bool) -> Tensor | None:
+    """metric="cosine": the launchers' workspace for the rows' norms (N doubles)."""
+    return torch.empty(x.shape[0], dtype=torch.float64) if cosine else None
+
+
 def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=False):
-    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     if n == 0:
         return
     sums, batch_counts, sorted_labels, perm, pieces = _workspace(x, labels, k, deterministic)
+    norms = _row_norms(x, cosine)  # held here: the launcher writes it
     _call("minibatch_update_launch", _dt(x), _ptr(centers), _ptr(counts), _ptr(x), _ptr(labels),
           _ptr(sorted_labels), _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums), _ptr(batch_counts),
-          _ptr(pieces))
+          _ptr(pieces), _ptr(norms))
 
 
 def minibatch_step_(centers, counts, x, deterministic=False, cosine=False):
-    _no_cosine(cosine)
-    labels, _ = assign(x, centers)
-    minibatch_update_(centers, counts, x, labels, deterministic)
+    labels, _ = assign(x, centers, cosine)
+    minibatch_update_(centers, counts, x, labels, deterministic, cosine)
     return labels
 
 
 def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic=False,
                 cosine=False):
-    _no_cosine(cosine)
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     sums, batch_counts, sorted_labels, perm, pieces = _workspace(x, labels, k, deterministic)
     total = torch.empty(1, dtype=torch.float64)
+    norms = _row_norms(x, cosine)  # held here: the launcher writes it
     _call("ema_update_launch", _dt(x), _ptr(centers), _ptr(cluster_size), _ptr(embed_sum),
           ctypes.c_double(decay), ctypes.c_double(eps), _ptr(x), _ptr(labels), _ptr(sorted_labels),
-          _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums), _ptr(batch_counts), _ptr(pieces), _ptr(total))
+          _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums), _ptr(batch_counts), _ptr(pieces), _ptr(total),
+          _ptr(norms))
 
 
 def center_loss_forward(x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake):

@@ -2,10 +2,9 @@
 
 Every backend against the float64 reference (tests/testing.py matrix): exact labels on near
 ties, zero rows and centers, NaN, 16-bit inputs, gradients, the updates; the assignment
-against a peer (fast-pytorch-kmeans' cosine mode) where installed. A backend without a cosine
-kernel yet (triton, cuda, cuda_emulated) must refuse it with NotImplementedError
-(test_known_answer asserts that, so it fails the day one gains a kernel; the other tests
-xfail there, visibly).
+against a peer (fast-pytorch-kmeans' cosine mode) where installed. Every backend has a cosine
+kernel (cuda's runs here as cuda_emulated); a backend without one would have to refuse it with
+NotImplementedError (test_known_answer asserts that; the other tests xfail there, visibly).
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ import kmgan_ext as km
 from kmgan_ext import reference
 from testing import backend_params, fast_backend_params, tol
 
-COSINE_BACKENDS = ("reference", "cpu")
+COSINE_BACKENDS = ("reference", "cpu", "triton", "cuda", "cuda_emulated")
 
 
 def _require_cosine(backend):
@@ -90,6 +89,24 @@ def test_near_ties_are_the_float64_argmax(device, backend):
 
 
 @pytest.mark.parametrize("device,backend", fast_backend_params())
+def test_many_center_tiles(device, backend):
+    """K = 600 spans several center tiles (Triton's interpreter tiles 512, CUDA's lanes 32):
+    copies of each direction far apart in k (another scale, nudged) keep the best candidates
+    in different tiles, so the window's count must carry across tiles."""
+    _require_cosine(backend)
+    g = torch.Generator().manual_seed(13)
+    base = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    c = torch.cat([base, base * 2.5, base + 1e-6 * torch.randn(200, 8, generator=g, dtype=torch.float64)])
+    x = base[torch.randint(0, 200, (96,), generator=g)] + 1e-4 * torch.randn(96, 8, generator=g, dtype=torch.float64)
+    x, c = x.float(), c.float()
+    labels, dist2 = _assign(x.to(device), c.to(device), backend)
+    ref_labels, ref_dist2 = reference.assign(x, c, True)
+    assert torch.equal(labels.cpu(), ref_labels)
+    assert (ref_labels >= 400).any()  # some rows are decided by a copy past the first 512
+    torch.testing.assert_close(dist2.cpu(), ref_dist2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,backend", fast_backend_params())
 def test_exact_ties_go_to_the_lowest_index(device, backend):
     _require_cosine(backend)
     g = torch.Generator().manual_seed(4)
@@ -120,6 +137,12 @@ def test_nan_and_huge_values_follow_the_reference(device, backend):
     want = [0 if i in (3, 4) else 6 for i in range(64)]
     assert labels.tolist() == reference.assign(x, c, True)[0].tolist() == want
     assert torch.isnan(dist2).all()
+    # float64 centers whose squared norm overflows double: no unit center exists; the exact
+    # key decides (here NaN, inf / inf, at the huge center), as in the reference.
+    xd, cd = x.double(), torch.randn(8, 6, generator=g, dtype=torch.float64)
+    cd[2] *= 1e200
+    labels, _ = _assign(xd.to(device), cd.to(device), backend)
+    assert torch.equal(labels.cpu(), reference.assign(xd, cd, True)[0])
 
 
 @pytest.mark.parametrize("device,backend", backend_params())
@@ -213,6 +236,35 @@ def test_minibatch_update_leaves_clusters_without_rows(device, backend):
     xn = torch.nn.functional.normalize(x.double(), dim=1)
     want = torch.nn.functional.normalize(xn[labels == 3].sum(0), dim=0)
     torch.testing.assert_close(cb[3].cpu().double(), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+def test_updates_past_the_small_path(device, backend, deterministic):
+    """K = 100 > 64 and N K d > 2^22: the general segment-sum paths (atomic and sorted), not the
+    single-program one; Sculley and the EMA against the reference."""
+    _require_cosine(backend)
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(4800, 9, generator=g) * 3 + 1
+    x[4] = 0
+    c = torch.nn.functional.normalize(torch.randn(100, 9, generator=g), dim=1)
+    labels = reference.assign(x, c, True)[0]
+    cr, nr = c.clone(), torch.zeros(100, dtype=torch.int64)
+    reference.minibatch_update_(cr, nr, x, labels, False, True)
+    cb, nb = c.clone().to(device), torch.zeros(100, dtype=torch.int64, device=device)
+    km.minibatch_update_(cb, nb, x.to(device), labels.to(device), deterministic=deterministic,
+                         metric="cosine", backend=backend)
+    assert torch.equal(nb.cpu(), nr)
+    torch.testing.assert_close(cb.cpu(), cr, rtol=1e-6, atol=1e-6)
+    states = []
+    for be in ("reference", backend):
+        cc = c.clone().to(device)
+        size, esum = torch.zeros(100, device=device), torch.zeros(100, 9, device=device)
+        km.ema_update_(cc, size, esum, x.to(device), labels.to(device), decay=0.9,
+                       deterministic=deterministic, metric="cosine", backend=be)
+        states.append((cc.cpu(), size.cpu(), esum.cpu()))
+    for a, b in zip(*states):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("device,backend", fast_backend_params())

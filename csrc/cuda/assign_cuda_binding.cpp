@@ -35,8 +35,10 @@ std::tuple<at::Tensor, at::Tensor> assign_batched_cuda(const at::Tensor& x_in,
 
 std::tuple<at::Tensor, at::Tensor> assign_cuda(const at::Tensor& x_in,
                                                const at::Tensor& centers_in, bool cosine) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kAssign, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
-  if (x_in.dim() == 3) return assign_batched_cuda(x_in, centers_in);
+  if (x_in.dim() == 3) {
+    TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kAssign, ": metric=\"cosine\" with batched (B, N, d) problems has no CUDA kernel yet: use backend=\"cpu\" or \"reference\"");
+    return assign_batched_cuda(x_in, centers_in);
+  }
   check_features(kAssign, "x", x_in);
   check_centers(kAssign, "centers", centers_in, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
@@ -45,6 +47,15 @@ std::tuple<at::Tensor, at::Tensor> assign_cuda(const at::Tensor& x_in,
   at::Tensor labels = at::empty({n}, x.options().dtype(at::kLong));
   at::Tensor dist2 = at::empty({n}, x.options().dtype(acc_dtype(x)));
   if (n == 0) return {labels, dist2};
+  if (cosine) {  // metric="cosine" (assign_cosine_cuda.cu): the unit centers' workspace
+    at::Tensor unit = at::empty({k, d}, x.options().dtype(at::kFloat));
+    C10_CUDA_CHECK(assign_cosine_launch(dtype_of(kAssign, x), x.const_data_ptr(),
+                                        centers.const_data_ptr(), n, k, d,
+                                        unit.mutable_data_ptr<float>(),
+                                        labels.mutable_data_ptr<int64_t>(),
+                                        dist2.mutable_data_ptr(), current_stream()));
+    return {labels, dist2};
+  }
   C10_CUDA_CHECK(assign_launch(dtype_of(kAssign, x), x.const_data_ptr(), centers.const_data_ptr(),
                                n, k, d, labels.mutable_data_ptr<int64_t>(),
                                dist2.mutable_data_ptr(), current_stream()));
@@ -56,7 +67,6 @@ std::tuple<at::Tensor, at::Tensor> assign_backward_cuda(const at::Tensor& grad_d
                                                         const at::Tensor& centers_in,
                                                         const at::Tensor& labels_in,
                                                         bool centers_grad, bool cosine) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kAssignBackward, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   check_features(kAssignBackward, "x", x_in);
   check_centers(kAssignBackward, "centers", centers_in, x_in);
   const int64_t n = x_in.size(0), k = centers_in.size(0), d = x_in.size(1);
@@ -72,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor> assign_backward_cuda(const at::Tensor& grad_d
   at::Tensor grad_x = at::empty({n, d}, x.options());
   at::Tensor grad_c_acc =
       centers_grad ? at::empty({k, d}, x.options().dtype(at::kDouble)) : at::Tensor();
-  C10_CUDA_CHECK(assign_backward_launch(
+  C10_CUDA_CHECK((cosine ? assign_cosine_backward_launch : assign_backward_launch)(
       dtype_of(kAssignBackward, x), grad_dist2.const_data_ptr(), x.const_data_ptr(),
       centers.const_data_ptr(), labels.const_data_ptr<int64_t>(), n, k, d,
       grad_x.mutable_data_ptr(), centers_grad ? grad_c_acc.mutable_data_ptr() : nullptr,

@@ -64,6 +64,20 @@ cudaError_t soft_assign_backward_launch(Dtype dtype, const void* grad_q, const v
                                         void* grad_x, double* grad_centers_acc,
                                         cudaStream_t stream);
 
+// metric="cosine" (issue 12, assign_cosine_cuda.cu): labels[i] = argmax_k cos(x_i, c_k) as the
+// float64 reference decides it (ties to the lowest k, NaN as torch.argmin on -key), dist2[i]
+// (acc) = 2 - 2 cos there, clamped at 0. unit: K x d floats of workspace (the unit centers).
+cudaError_t assign_cosine_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
+                                 int64_t k, int64_t d, float* unit, int64_t* labels, void* dist2,
+                                 cudaStream_t stream);
+
+// The cosine backward: grad_x (T) and, when grad_centers_acc (K, d, double) is not null, the
+// centers' segment sum (zeroed here first; double atomics). docs/ops.md gives the formulas.
+cudaError_t assign_cosine_backward_launch(Dtype dtype, const void* grad_dist2, const void* x,
+                                          const void* centers, const int64_t* labels, int64_t n,
+                                          int64_t k, int64_t d, void* grad_x,
+                                          void* grad_centers_acc, cudaStream_t stream);
+
 // ------------------------------------------------------------------------------ center updates
 // Both updates form the batch's per-cluster sums S_k in double (error independent of N:
 // contract 3) and row counts m_k, in one of two modes:
@@ -76,6 +90,8 @@ cudaError_t soft_assign_backward_launch(Dtype dtype, const void* grad_q, const v
 //     sorts them (N each); pieces holds cluster_pieces_elems(n, d) doubles; sums is written
 //     without atomics and summed in a fixed order: bitwise identical run to run.
 //     batch_counts is unused.
+// metric="cosine": row_norms (N doubles of workspace) not null; the sums add x_i / ||x_i|| and
+// the centers the rule writes are renormalised to unit length (a zero one stays zero).
 // Rows per chunk of the deterministic segmented sum (see minibatch_update_cuda.cu).
 constexpr int64_t kSortedChunkRows = 32;
 
@@ -91,7 +107,7 @@ cudaError_t minibatch_update_launch(Dtype dtype, void* centers, int64_t* counts,
                                     const int64_t* labels, const int64_t* sorted_labels,
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
-                                    cudaStream_t stream);
+                                    double* row_norms, cudaStream_t stream);
 
 // The VQ-VAE codebook EMA (contract 4), in place, every k (also m_k = 0):
 //   N_k <- decay N_k + (1 - decay) m_k ;  M_k <- decay M_k + (1 - decay) S_k   (stored)
@@ -103,7 +119,8 @@ cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, vo
                               double decay, double eps, const void* x, const int64_t* labels,
                               const int64_t* sorted_labels, const int64_t* perm, int64_t n,
                               int64_t k, int64_t d, double* sums, int64_t* batch_counts,
-                              double* pieces, double* total, cudaStream_t stream);
+                              double* pieces, double* total, double* row_norms,
+                              cudaStream_t stream);
 
 // ------------------------------------------------------------------------------ center loss
 // counts_* (int64) = rows per cluster; u_diff (d, acc) = u_real - u_fake with

@@ -16,6 +16,11 @@
 //    cluster that crosses chunk boundaries the chunk's first and last runs are kept as pieces,
 //    and the update kernels add them in chunk order. No float atomics, memory O(N d + K d),
 //    bitwise identical run to run.
+//
+// metric="cosine" (issue 12, spherical k-means): a first kernel writes each row's norm ||x_i||
+// (double, N values: never a normalised copy of x), the sums add x_i / ||x_i|| (a zero row
+// adds 0 but counts), and the centers the rule updates are renormalised to unit length (a zero
+// result stays zero) from their double values.
 #include "common.cuh"
 
 namespace kmgan_cuda {
@@ -36,16 +41,45 @@ __device__ __forceinline__ T from_wide(double v) {
   return from_acc<T>(static_cast<acc_t<T>>(v));
 }
 
+// row_norms[i] = ||x_i|| in double, one warp per row (metric="cosine").
+template <typename T>
+__global__ void __launch_bounds__(kSumThreads)
+    row_norms_kernel(const T* __restrict__ x, int64_t n, int64_t d, double* __restrict__ norms) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = static_cast<int64_t>(blockIdx.x) * kSumWarps + (threadIdx.x >> 5);
+  for (int64_t i = warp; i < n; i += static_cast<int64_t>(gridDim.x) * kSumWarps) {
+    double v = 0;
+    for (int64_t j = lane; j < d; j += 32) {
+      const double t = to_acc(x[i * d + j]);
+      v += t * t;
+    }
+    v = warp_sum(v);
+    if (lane == 0) norms[i] = sqrt(v);
+  }
+}
+
+// x[i, j] as summed: divided by the row's norm under metric="cosine" (norms not null; a zero
+// row gives 0, a NaN row NaN), else as is.
+template <typename T>
+__device__ __forceinline__ double summand(const T* x, const double* norms, int64_t i, int64_t d,
+                                          int64_t j) {
+  const double v = to_acc(x[i * d + j]);
+  if (norms == nullptr) return v;
+  const double nrm = norms[i];
+  return nrm == 0.0 ? 0.0 : v / nrm;
+}
+
 // The tile's rows [begin, end) of cluster e / d, feature e % d, summed in double: the rescan of
 // a float32 tile partial that is not finite (it passed 3.4e38 where the double sum may fit,
 // contract 2; an inf or NaN input gives the same non-finite sum again). Rare: one thread.
 template <typename T>
 __device__ double tile_sum_wide(const T* __restrict__ x, const int64_t* __restrict__ labels,
-                                int64_t begin, int64_t end, int64_t d, int64_t e) {
+                                const double* __restrict__ norms, int64_t begin, int64_t end,
+                                int64_t d, int64_t e) {
   const int64_t l = e / d, j = e % d;
   double s = 0;
   for (int64_t i = begin; i < end; ++i)
-    if (labels[i] == l) s += static_cast<double>(to_acc(x[i * d + j]));
+    if (labels[i] == l) s += summand(x, norms, i, d, j);
   return s;
 }
 
@@ -54,7 +88,8 @@ template <typename T>
 __global__ void __launch_bounds__(kSumThreads)
     cluster_sums_atomic_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
                                int64_t n, int64_t k, int64_t d, double* __restrict__ sums,
-                               int64_t* __restrict__ batch_counts, bool shared_partials) {
+                               int64_t* __restrict__ batch_counts, bool shared_partials,
+                               const double* __restrict__ norms) {
   using A = acc_t<T>;
   KMGAN_DYNAMIC_SHARED(unsigned char, shared_raw);
   A* s_sums = reinterpret_cast<A*>(shared_raw);                      // k * d, when shared
@@ -74,11 +109,12 @@ __global__ void __launch_bounds__(kSumThreads)
       if (l < 0 || l >= k) continue;  // validated upstream; never write out of bounds
       if (shared_partials) {
         if (lane == 0) atomicAdd(&s_counts[l], 1u);
-        for (int64_t j = lane; j < d; j += 32) atomicAdd(&s_sums[l * d + j], to_acc(x[i * d + j]));
+        for (int64_t j = lane; j < d; j += 32)
+          atomicAdd(&s_sums[l * d + j], static_cast<A>(summand(x, norms, i, d, j)));
       } else {
         if (lane == 0) atomicAdd(reinterpret_cast<unsigned long long*>(&batch_counts[l]), 1ull);
         for (int64_t j = lane; j < d; j += 32)
-          atomicAdd(&sums[l * d + j], static_cast<double>(to_acc(x[i * d + j])));
+          atomicAdd(&sums[l * d + j], summand(x, norms, i, d, j));
       }
     }
     if (shared_partials) {
@@ -87,7 +123,8 @@ __global__ void __launch_bounds__(kSumThreads)
         const A v = s_sums[e];
         if (v != A(0)) {  // clusters this tile never saw stay untouched
           atomicAdd(&sums[e], isfinite(v) ? static_cast<double>(v)
-                                          : tile_sum_wide(x, labels, tile * kFlushRows, end, d, e));
+                                          : tile_sum_wide(x, labels, norms, tile * kFlushRows, end, d,
+                                                          e));
           s_sums[e] = 0;
         }
       }
@@ -114,7 +151,8 @@ __global__ void __launch_bounds__(kPieceThreads)
     sorted_piece_sums_kernel(const T* __restrict__ x, const int64_t* __restrict__ sorted_labels,
                              const int64_t* __restrict__ perm, int64_t n, int64_t k, int64_t d,
                              int64_t col_blocks, double* __restrict__ sums,
-                             double* __restrict__ first_piece, double* __restrict__ last_piece) {
+                             double* __restrict__ first_piece, double* __restrict__ last_piece,
+                             const double* __restrict__ norms) {
   const int64_t chunk = blockIdx.x / col_blocks;
   const int64_t j = (blockIdx.x % col_blocks) * kPieceThreads + threadIdx.x;
   if (j >= d) return;
@@ -125,7 +163,7 @@ __global__ void __launch_bounds__(kPieceThreads)
   int64_t run_start = begin;
   for (int64_t s = begin; s < end; ++s) {
     const int64_t l = sorted_labels[s];
-    acc += static_cast<double>(to_acc(x[perm[s] * d + j]));
+    acc += summand(x, norms, perm[s], d, j);
     const bool chunk_ends = s + 1 == end;
     if (chunk_ends || sorted_labels[s + 1] != l) {  // the run [run_start, s] ends here
       if (run_start == begin) first_piece[chunk * d + j] = acc;
@@ -199,10 +237,29 @@ __device__ __forceinline__ double cluster_sum(const ClusterSums& s, const Cluste
 
 constexpr int kApplyThreads = 128;
 
+// 1 / ||v|| over v(0..d-1) (a block's threads stride over j; every thread gets it), 1 for a
+// zero v (a zero result stays zero): metric="cosine"'s renormalisation.
+template <typename F>
+__device__ double inverse_norm(F&& v, int64_t d) {
+  __shared__ double norm;
+  double part = 0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const double t = v(j);
+    part += t * t;
+  }
+  const double total = block_sum(part);
+  if (threadIdx.x == 0) norm = sqrt(total);
+  __syncthreads();
+  const double r = norm == 0.0 ? 1.0 : 1.0 / norm;
+  __syncthreads();  // everyone has read `norm` before a later call rewrites it
+  return r;
+}
+
 // One block per cluster; clusters without rows are left untouched.
 template <typename T>
 __global__ void __launch_bounds__(kApplyThreads)
-    sculley_apply_kernel(T* __restrict__ centers, int64_t* __restrict__ counts, ClusterSums s) {
+    sculley_apply_kernel(T* __restrict__ centers, int64_t* __restrict__ counts, ClusterSums s,
+                         bool cosine) {
   const int64_t kk = blockIdx.x;
   const ClusterSlice c = cluster_slice(s, kk);
   if (c.m == 0) return;  // the same for the whole block
@@ -210,9 +267,14 @@ __global__ void __launch_bounds__(kApplyThreads)
   __syncthreads();  // every thread has read counts[kk] before thread 0 overwrites it
   if (threadIdx.x == 0) counts[kk] = new_count;
   const double m = static_cast<double>(c.m), total = static_cast<double>(new_count);
-  for (int64_t j = threadIdx.x; j < s.d; j += blockDim.x) {
+  auto updated = [&](int64_t j) {
     const double cj = static_cast<double>(to_acc(centers[kk * s.d + j]));
-    centers[kk * s.d + j] = from_wide<T>(cj + (cluster_sum(s, c, kk, j) - m * cj) / total);
+    return cj + (cluster_sum(s, c, kk, j) - m * cj) / total;
+  };
+  const double scale = cosine ? inverse_norm(updated, s.d) : 1.0;
+  __syncthreads();  // every thread has read the old center before any overwrites it
+  for (int64_t j = threadIdx.x; j < s.d; j += blockDim.x) {
+    centers[kk * s.d + j] = from_wide<T>(updated(j) * scale);
   }
 }
 
@@ -250,14 +312,15 @@ template <typename T, typename S>
 __global__ void __launch_bounds__(kApplyThreads)
     ema_centers_kernel(T* __restrict__ centers, const S* __restrict__ cluster_size,
                        const S* __restrict__ embed_sum, const double* __restrict__ total,
-                       double eps, int64_t k, int64_t d) {
+                       double eps, int64_t k, int64_t d, bool cosine) {
   const int64_t kk = blockIdx.x;
   const double n = total[0];
   const double smoothed =
       (static_cast<double>(cluster_size[kk]) + eps) / (n + static_cast<double>(k) * eps) * n;
   if (smoothed == 0.0) return;  // nothing ever assigned: keep the center (never NaN)
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
-    centers[kk * d + j] = from_wide<T>(static_cast<double>(embed_sum[kk * d + j]) / smoothed);
+  auto value = [&](int64_t j) { return static_cast<double>(embed_sum[kk * d + j]) / smoothed; };
+  const double scale = cosine ? inverse_norm(value, d) : 1.0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) centers[kk * d + j] = from_wide<T>(value(j) * scale);
 }
 
 // The segmented-sum stage of both updates; fills `out` for the update kernels.
@@ -265,9 +328,15 @@ template <typename T>
 cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
                                const int64_t* sorted_labels, const int64_t* perm, int64_t n,
                                int64_t k, int64_t d, double* sums, int64_t* batch_counts,
-                               double* pieces, cudaStream_t stream, ClusterSums* out) {
+                               double* pieces, double* row_norms, cudaStream_t stream,
+                               ClusterSums* out) {
   using A = acc_t<T>;
   cudaError_t err;
+  if (row_norms != nullptr && n > 0) {  // metric="cosine": the rows' norms first
+    KMGAN_LAUNCH(grid_for(n, kSumWarps), kSumThreads, 0, stream, row_norms_kernel<T>)(
+        static_cast<const T*>(x), n, d, row_norms);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
   const bool deterministic = sorted_labels != nullptr && n > 0;
   *out = ClusterSums{sums, nullptr, nullptr, nullptr, nullptr, n, d};
   if (deterministic) {
@@ -282,7 +351,7 @@ cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
       KMGAN_LAUNCH(static_cast<unsigned>(blocks), kPieceThreads, 0, stream,
                    sorted_piece_sums_kernel<T>)(
           static_cast<const T*>(x), sorted_labels, perm, n, k, d, col_blocks, sums,
-          pieces, pieces + cluster_pieces_elems(n, d) / 2);
+          pieces, pieces + cluster_pieces_elems(n, d) / 2, row_norms);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
     return cudaSuccess;
@@ -298,7 +367,7 @@ cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
   const int blocks = shared_partials ? grid_for(n, kFlushRows, 2) : grid_for(n, kSumWarps);
   KMGAN_LAUNCH(blocks, kSumThreads, shared_partials ? static_cast<size_t>(shared_bytes) : 0,
                stream, cluster_sums_atomic_kernel<T>)(
-      static_cast<const T*>(x), labels, n, k, d, sums, batch_counts, shared_partials);
+      static_cast<const T*>(x), labels, n, k, d, sums, batch_counts, shared_partials, row_norms);
   return cudaGetLastError();
 }
 
@@ -308,17 +377,17 @@ cudaError_t minibatch_update_launch(Dtype dtype, void* centers, int64_t* counts,
                                     const int64_t* labels, const int64_t* sorted_labels,
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
-                                    cudaStream_t stream) {
+                                    double* row_norms, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;  // no rows: every cluster is untouched
   if (k <= 0 || k > INT32_MAX) return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     ClusterSums s;
     cudaError_t err = cluster_sums_stage<T>(x, labels, sorted_labels, perm, n, k, d, sums,
-                                            batch_counts, pieces, stream, &s);
+                                            batch_counts, pieces, row_norms, stream, &s);
     if (err != cudaSuccess) return err;
     KMGAN_LAUNCH(static_cast<unsigned>(k), kApplyThreads, 0, stream, sculley_apply_kernel<T>)(
-        static_cast<T*>(centers), counts, s);
+        static_cast<T*>(centers), counts, s, row_norms != nullptr);
     return cudaGetLastError();
   });
 }
@@ -327,14 +396,15 @@ cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, vo
                               double decay, double eps, const void* x, const int64_t* labels,
                               const int64_t* sorted_labels, const int64_t* perm, int64_t n,
                               int64_t k, int64_t d, double* sums, int64_t* batch_counts,
-                              double* pieces, double* total, cudaStream_t stream) {
+                              double* pieces, double* total, double* row_norms,
+                              cudaStream_t stream) {
   if (k <= 0 || k > INT32_MAX) return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using S = acc_t<T>;  // the state: float32, float64 for float64 centers
     ClusterSums s;
     cudaError_t err = cluster_sums_stage<T>(x, labels, sorted_labels, perm, n, k, d, sums,
-                                            batch_counts, pieces, stream, &s);
+                                            batch_counts, pieces, row_norms, stream, &s);
     if (err != cudaSuccess) return err;
     const unsigned blocks = static_cast<unsigned>(k);
     KMGAN_LAUNCH(blocks, kApplyThreads, 0, stream, ema_state_kernel<S>)(
@@ -346,7 +416,7 @@ cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, vo
     if (d == 0) return cudaSuccess;
     KMGAN_LAUNCH(blocks, kApplyThreads, 0, stream, ema_centers_kernel<T, S>)(
         static_cast<T*>(centers), static_cast<const S*>(cluster_size),
-        static_cast<const S*>(embed_sum), total, eps, k, d);
+        static_cast<const S*>(embed_sum), total, eps, k, d, row_norms != nullptr);
     return cudaGetLastError();
   });
 }

@@ -18,9 +18,10 @@ constexpr const char* kStep = "kmgan_ext::minibatch_step_native_";
 constexpr const char* kEma = "kmgan_ext::ema_update_native_";
 
 // The segmented-sum workspaces of one update (launchers.h): double sums, the batch counts,
-// and in deterministic mode the stable sort of the labels and the chunk pieces.
+// in deterministic mode the stable sort of the labels and the chunk pieces, and under
+// metric="cosine" the rows' norms (N doubles).
 struct Workspace {
-  at::Tensor sums, batch_counts, sorted_labels, perm, pieces;
+  at::Tensor sums, batch_counts, sorted_labels, perm, pieces, row_norms;
   const int64_t* sorted() const {
     return sorted_labels.defined() ? sorted_labels.const_data_ptr<int64_t>() : nullptr;
   }
@@ -28,14 +29,18 @@ struct Workspace {
     return perm.defined() ? perm.const_data_ptr<int64_t>() : nullptr;
   }
   double* piece_ptr() { return pieces.defined() ? pieces.mutable_data_ptr<double>() : nullptr; }
+  double* norms_ptr() {
+    return row_norms.defined() ? row_norms.mutable_data_ptr<double>() : nullptr;
+  }
 };
 
 Workspace workspace(const at::Tensor& x, const at::Tensor& labels, int64_t k,
-                    bool deterministic) {
+                    bool deterministic, bool cosine) {
   const int64_t n = x.size(0), d = x.size(1);
   Workspace w;
   w.sums = at::empty({k, d}, x.options().dtype(at::kDouble));
   w.batch_counts = at::empty({k}, x.options().dtype(at::kLong));
+  if (cosine) w.row_norms = at::empty({n}, x.options().dtype(at::kDouble));
   if (deterministic && n > 0) {
     // Stable: rows of one cluster keep their order, so each sum has one fixed order. The
     // std::optional is spelled out: a plain `true` would select sort(self, dim, descending).
@@ -48,15 +53,16 @@ Workspace workspace(const at::Tensor& x, const at::Tensor& labels, int64_t k,
 
 // Sculley's update in place on centers_work / counts_work (contiguous).
 void sculley_contiguous(const char* op, at::Tensor& centers_work, at::Tensor& counts_work,
-                        const at::Tensor& x, const at::Tensor& labels, bool deterministic) {
+                        const at::Tensor& x, const at::Tensor& labels, bool deterministic,
+                        bool cosine) {
   const int64_t n = x.size(0), k = centers_work.size(0), d = x.size(1);
   if (n == 0) return;
-  Workspace w = workspace(x, labels, k, deterministic);
+  Workspace w = workspace(x, labels, k, deterministic, cosine);
   C10_CUDA_CHECK(minibatch_update_launch(
       dtype_of(op, x), centers_work.mutable_data_ptr(), counts_work.mutable_data_ptr<int64_t>(),
       x.const_data_ptr(), labels.const_data_ptr<int64_t>(), w.sorted(), w.permutation(), n, k,
       d, w.sums.mutable_data_ptr<double>(), w.batch_counts.mutable_data_ptr<int64_t>(),
-      w.piece_ptr(), current_stream()));
+      w.piece_ptr(), w.norms_ptr(), current_stream()));
 }
 
 void check_update_args(const char* op, const at::Tensor& centers, const at::Tensor* counts,
@@ -68,20 +74,18 @@ void check_update_args(const char* op, const at::Tensor& centers, const at::Tens
 
 void minibatch_update_cuda(at::Tensor& centers, at::Tensor& counts, const at::Tensor& x_in,
                            const at::Tensor& labels_in, bool deterministic, bool cosine) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kUpdate, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   check_update_args(kUpdate, centers, &counts, x_in);
   check_int64_vector(kUpdate, "labels", labels_in, x_in.size(0), x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
   at::Tensor centers_work = centers.contiguous(), counts_work = counts.contiguous();
-  sculley_contiguous(kUpdate, centers_work, counts_work, x, labels, deterministic);
+  sculley_contiguous(kUpdate, centers_work, counts_work, x, labels, deterministic, cosine);
   write_back(centers_work, centers);
   write_back(counts_work, counts);
 }
 
 at::Tensor minibatch_step_cuda(at::Tensor& centers, at::Tensor& counts, const at::Tensor& x_in,
                                bool deterministic, bool cosine) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kStep, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   check_update_args(kStep, centers, &counts, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
@@ -91,11 +95,20 @@ at::Tensor minibatch_step_cuda(at::Tensor& centers, at::Tensor& counts, const at
   if (n == 0) return labels;
   // Labels against the centers before the update (same stream: the update runs after).
   at::Tensor dist2 = at::empty({n}, x.options().dtype(acc_dtype(x)));
-  C10_CUDA_CHECK(assign_launch(dtype_of(kStep, x), x.const_data_ptr(),
-                               centers_work.const_data_ptr(), n, k, d,
-                               labels.mutable_data_ptr<int64_t>(), dist2.mutable_data_ptr(),
-                               current_stream()));
-  sculley_contiguous(kStep, centers_work, counts_work, x, labels, deterministic);
+  if (cosine) {
+    at::Tensor unit = at::empty({k, d}, x.options().dtype(at::kFloat));
+    C10_CUDA_CHECK(assign_cosine_launch(dtype_of(kStep, x), x.const_data_ptr(),
+                                        centers_work.const_data_ptr(), n, k, d,
+                                        unit.mutable_data_ptr<float>(),
+                                        labels.mutable_data_ptr<int64_t>(),
+                                        dist2.mutable_data_ptr(), current_stream()));
+  } else {
+    C10_CUDA_CHECK(assign_launch(dtype_of(kStep, x), x.const_data_ptr(),
+                                 centers_work.const_data_ptr(), n, k, d,
+                                 labels.mutable_data_ptr<int64_t>(), dist2.mutable_data_ptr(),
+                                 current_stream()));
+  }
+  sculley_contiguous(kStep, centers_work, counts_work, x, labels, deterministic, cosine);
   write_back(centers_work, centers);
   write_back(counts_work, counts);
   return labels;
@@ -116,7 +129,6 @@ void check_ema_state(const char* name, const at::Tensor& t, at::IntArrayRef shap
 void ema_update_cuda(at::Tensor& centers, at::Tensor& cluster_size, at::Tensor& embed_sum,
                      const at::Tensor& x_in, const at::Tensor& labels_in, double decay,
                      double eps, bool deterministic, bool cosine) {
-  TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kEma, ": metric=\"cosine\" has no CUDA kernel yet (issue 12): use backend=\"cpu\" or \"reference\"");
   check_update_args(kEma, centers, nullptr, x_in);
   const int64_t n = x_in.size(0), k = centers.size(0), d = x_in.size(1);
   check_int64_vector(kEma, "labels", labels_in, n, x_in);
@@ -130,14 +142,14 @@ void ema_update_cuda(at::Tensor& centers, at::Tensor& cluster_size, at::Tensor& 
   const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
   at::Tensor centers_work = centers.contiguous(), size_work = cluster_size.contiguous();
   at::Tensor embed_work = embed_sum.contiguous();
-  Workspace w = workspace(x, labels, k, deterministic);
+  Workspace w = workspace(x, labels, k, deterministic, cosine);
   at::Tensor total = at::empty({1}, x.options().dtype(at::kDouble));
   C10_CUDA_CHECK(ema_update_launch(
       dtype_of(kEma, x), centers_work.mutable_data_ptr(), size_work.mutable_data_ptr(),
       embed_work.mutable_data_ptr(), decay, eps, x.const_data_ptr(),
       labels.const_data_ptr<int64_t>(), w.sorted(), w.permutation(), n, k, d,
       w.sums.mutable_data_ptr<double>(), w.batch_counts.mutable_data_ptr<int64_t>(),
-      w.piece_ptr(), total.mutable_data_ptr<double>(), current_stream()));
+      w.piece_ptr(), total.mutable_data_ptr<double>(), w.norms_ptr(), current_stream()));
   write_back(centers_work, centers);
   write_back(size_work, cluster_size);
   write_back(embed_work, embed_sum);

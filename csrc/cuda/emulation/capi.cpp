@@ -57,13 +57,28 @@ EMU_API kmgan_emu_soft_assign_backward_launch(int dtype, const void* grad_q, con
                                      grad_centers_acc, nullptr);
 }
 
+EMU_API kmgan_emu_assign_cosine_launch(int dtype, const void* x, const void* centers, int64_t n,
+                                       int64_t k, int64_t d, float* unit, int64_t* labels,
+                                       void* dist2) {
+  return assign_cosine_launch(dt(dtype), x, centers, n, k, d, unit, labels, dist2, nullptr);
+}
+
+EMU_API kmgan_emu_assign_cosine_backward_launch(int dtype, const void* grad_dist2, const void* x,
+                                                const void* centers, const int64_t* labels,
+                                                int64_t n, int64_t k, int64_t d, void* grad_x,
+                                                void* grad_centers_acc) {
+  return assign_cosine_backward_launch(dt(dtype), grad_dist2, x, centers, labels, n, k, d, grad_x,
+                                       grad_centers_acc, nullptr);
+}
+
 EMU_API kmgan_emu_minibatch_update_launch(int dtype, void* centers, int64_t* counts,
                                           const void* x, const int64_t* labels,
                                           const int64_t* sorted_labels, const int64_t* perm,
                                           int64_t n, int64_t k, int64_t d, double* sums,
-                                          int64_t* batch_counts, double* pieces) {
+                                          int64_t* batch_counts, double* pieces,
+                                          double* row_norms) {
   return minibatch_update_launch(dt(dtype), centers, counts, x, labels, sorted_labels, perm, n,
-                                 k, d, sums, batch_counts, pieces, nullptr);
+                                 k, d, sums, batch_counts, pieces, row_norms, nullptr);
 }
 
 EMU_API kmgan_emu_ema_update_launch(int dtype, void* centers, void* cluster_size,
@@ -71,10 +86,10 @@ EMU_API kmgan_emu_ema_update_launch(int dtype, void* centers, void* cluster_size
                                     const int64_t* labels, const int64_t* sorted_labels,
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
-                                    double* total) {
+                                    double* total, double* row_norms) {
   return ema_update_launch(dt(dtype), centers, cluster_size, embed_sum, decay, eps, x, labels,
                            sorted_labels, perm, n, k, d, sums, batch_counts, pieces, total,
-                           nullptr);
+                           row_norms, nullptr);
 }
 
 EMU_API_SIZE kmgan_emu_cluster_pieces_elems(int64_t n, int64_t d) {

@@ -19,12 +19,17 @@ int kmgan_emu_assign_launch(int, const void*, const void*, int64_t, int64_t, int
                             void*);
 int kmgan_emu_assign_backward_launch(int, const void*, const void*, const void*, const int64_t*,
                                      int64_t, int64_t, int64_t, void*, void*);
+int kmgan_emu_assign_cosine_launch(int, const void*, const void*, int64_t, int64_t, int64_t,
+                                   float*, int64_t*, void*);
+int kmgan_emu_assign_cosine_backward_launch(int, const void*, const void*, const void*,
+                                            const int64_t*, int64_t, int64_t, int64_t, void*,
+                                            void*);
 int kmgan_emu_minibatch_update_launch(int, void*, int64_t*, const void*, const int64_t*,
                                       const int64_t*, const int64_t*, int64_t, int64_t, int64_t,
-                                      double*, int64_t*, double*);
+                                      double*, int64_t*, double*, double*);
 int kmgan_emu_ema_update_launch(int, void*, void*, void*, double, double, const void*,
                                 const int64_t*, const int64_t*, const int64_t*, int64_t, int64_t,
-                                int64_t, double*, int64_t*, double*, double*);
+                                int64_t, double*, int64_t*, double*, double*, double*);
 int64_t kmgan_emu_cluster_pieces_elems(int64_t, int64_t);
 int kmgan_emu_center_loss_launch(int, const void*, const int64_t*, const void*, int64_t, int64_t,
                                  const void*, const int64_t*, const void*, int64_t, int64_t,
@@ -104,6 +109,15 @@ void run_all(std::mt19937& rng) {
   check(kmgan_emu_assign_backward_launch(kF32, ones.data(), x.data(), c.data(), labels.data(), n,
                                          k, d, grad_x.data(), grad_c.data()),
         "assign_backward");
+  std::vector<float> unit(k * d);
+  std::vector<int64_t> labels_cos(n);
+  check(kmgan_emu_assign_cosine_launch(kF32, x.data(), c.data(), n, k, d, unit.data(),
+                                       labels_cos.data(), dist2.data()),
+        "assign_cosine");
+  check(kmgan_emu_assign_cosine_backward_launch(kF32, ones.data(), x.data(), c.data(),
+                                                labels_cos.data(), n, k, d, grad_x.data(),
+                                                grad_c.data()),
+        "assign_cosine_backward");
 
   // Updates, fast and deterministic.
   std::vector<double> sums(k * d), total(1);
@@ -114,23 +128,26 @@ void run_all(std::mt19937& rng) {
   for (int64_t i = 0; i < n; ++i) sorted[i] = labels[order[i]];
   std::vector<double> pieces(kmgan_emu_cluster_pieces_elems(n, d));
   std::vector<float> centers = c;
+  std::vector<double> norms(n);  // metric="cosine" on the deterministic calls
   check(kmgan_emu_minibatch_update_launch(kF32, centers.data(), counts.data(), x.data(),
                                           labels.data(), nullptr, nullptr, n, k, d, sums.data(),
-                                          batch_counts.data(), nullptr),
+                                          batch_counts.data(), nullptr, nullptr),
         "minibatch_update fast");
   check(kmgan_emu_minibatch_update_launch(kF32, centers.data(), counts.data(), x.data(),
                                           labels.data(), sorted.data(), order.data(), n, k, d,
-                                          sums.data(), batch_counts.data(), pieces.data()),
+                                          sums.data(), batch_counts.data(), pieces.data(),
+                                          norms.data()),
         "minibatch_update deterministic");
   std::vector<float> size(k, 1.f), embed = c;
   check(kmgan_emu_ema_update_launch(kF32, centers.data(), size.data(), embed.data(), 0.9, 1e-5,
                                     x.data(), labels.data(), nullptr, nullptr, n, k, d,
-                                    sums.data(), batch_counts.data(), nullptr, total.data()),
+                                    sums.data(), batch_counts.data(), nullptr, total.data(),
+                                    nullptr),
         "ema_update fast");
   check(kmgan_emu_ema_update_launch(kF32, centers.data(), size.data(), embed.data(), 0.9, 1e-5,
                                     x.data(), labels.data(), sorted.data(), order.data(), n, k,
                                     d, sums.data(), batch_counts.data(), pieces.data(),
-                                    total.data()),
+                                    total.data(), norms.data()),
         "ema_update deterministic");
 
   // Center loss and the KM-GAN loss block.
