@@ -118,6 +118,10 @@ def fashion_row(rep: dict | None, results: str) -> list[str]:
         f"KL {km['kl_to_uniform']:.3f}); DCGAN {100 * dc['min_share']:.1f}%-{100 * dc['max_share']:.1f}% "
         f"(chi-square {dc['chi2_uniform']:.0f}, KL {dc['kl_to_uniform']:.3f})"
     )
+    for other in _smaller_fashion_budgets(results):  # the same command at other budgets: the trend
+        ob, oh = other["budget"]["kmgan"], other["histograms"]
+        measured += (f"; at {ob['steps']:,} steps ({other['folder']}): KL to uniform KM-GAN "
+                     f"{oh['kmgan']['kl_to_uniform']:.3f}, DCGAN {oh['dcgan']['kl_to_uniform']:.3f}")
     budget = (f"{b['epochs']} epoch{'s' if b['epochs'] != 1 else ''}, {b['steps']:,} steps, {b['images_seen']:,} images "
               f"seen, {rep['n_generated']:,} samples, one seed")
     return ["Fashion-MNIST, Fig. 5c (section 4.3)", paper, measured, f"`{rep['command']}`; {budget}", verdict]
@@ -164,6 +168,16 @@ def _pm(mu: float, sd: float) -> str:
     if mu != mu:
         return "—"
     return f"{mu:.4f}" if sd != sd else f"{mu:.4f} ± {sd:.4f}"
+
+
+def _smaller_fashion_budgets(results: str) -> list[dict]:
+    """report.json of every ``<results>/fashion-*`` folder (the command at other budgets)."""
+    found = []
+    for name in sorted(os.listdir(results)) if os.path.isdir(results) else []:
+        rep = _load(os.path.join(results, name, "report.json")) if name.startswith("fashion-") else None
+        if rep is not None:
+            found.append({**rep, "folder": f"{results}/{name}"})
+    return found
 
 
 def static_rows() -> list[list[str]]:
