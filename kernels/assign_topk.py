@@ -98,7 +98,9 @@ def _stream(x_ptr, c_ptr, rows, rmask, K, D, EXACT: tl.constexpr, F64: tl.conste
         else:
             special = special | tl.max((bad & kmask[None, :]).to(tl.int32), axis=1)
             t = tl.where(bad, float("inf"), t)
-        tk = tl.where(kmask[None, :], ks[None, :], BIG)
+        # (G, BLOCK_K), not (1, BLOCK_K): the merge loop below carries it, and the compiler
+        # (not the interpreter) requires a loop-carried value's shape to stay the same
+        tk = tl.where(kmask[None, :], ks[None, :], BIG) + tl.zeros((rows.shape[0], BLOCK_K), tl.int32)
         t = tl.where(kmask[None, :], t, float("inf"))
         for _ in range(MERGE):
             m, mi, t, tk = _pop_min(t, tk, BIG)

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, cast_for, device_guard, interpreting, pow2
+from ._common import acc_dtype, cast_for, device_guard, div_rn, interpreting, pow2
 from .assign_topk import _tile_dist
 
 
@@ -29,9 +29,9 @@ from .assign_topk import _tile_dist
 def _score(dist, alpha, temperature, STUDENT: tl.constexpr):
     dist = tl.where(dist < 0.0, 0.0, dist)  # not tl.maximum: it would turn NaN into 0
     if STUDENT:
-        return -0.5 * (alpha + 1.0) * tl.log(1.0 + dist / alpha)
+        return -0.5 * (alpha + 1.0) * tl.log(1.0 + div_rn(dist, alpha))
     else:
-        return -dist / temperature
+        return -div_rn(dist, temperature)
 
 
 @triton.jit
@@ -65,7 +65,7 @@ def _soft_fwd_kernel(x_ptr, c_ptr, q_ptr, N, K, D, alpha, temperature,
         ks = k0 + lanes
         msk = rmask[:, None] & (ks < K)[None, :]
         s = tl.load(qrow + ks[None, :], mask=msk, other=0.0)
-        tl.store(qrow + ks[None, :], (tl.exp(s - m[:, None]) / z[:, None]).to(q_ptr.dtype.element_ty), mask=msk)
+        tl.store(qrow + ks[None, :], div_rn(tl.exp(s - m[:, None]), z[:, None]).to(q_ptr.dtype.element_ty), mask=msk)
 
 
 @triton.jit
@@ -80,9 +80,9 @@ def _w_tile(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, rmask, ks, kmask, K, D, alpha, 
     if STUDENT:
         dist = _tile_dist(x_ptr, c_ptr, rows, rmask, ks, kmask, D, F64, BLOCK_D)
         dist = tl.where(dist < 0.0, 0.0, dist)
-        w = ds * (-0.5 * (alpha + 1.0) / (alpha + dist))
+        w = ds * div_rn(-0.5 * (alpha + 1.0), alpha + dist)
     else:
-        w = ds * (-1.0 / temperature)
+        w = -div_rn(ds, temperature)
     return tl.where(msk, w, 0.0)
 
 

@@ -119,9 +119,9 @@ def test_update_flag_reaches_the_atomic_backend(deterministic_mode, monkeypatch)
     seen = []
     real = kernels.minibatch_update_
 
-    def spy(centers, counts, x, labels, deterministic):
+    def spy(centers, counts, x, labels, deterministic, *rest):  # rest: the trailing cosine flag
         seen.append(deterministic)
-        return real(centers, counts, x, labels, deterministic)
+        return real(centers, counts, x, labels, deterministic, *rest)
 
     monkeypatch.setattr(kernels, "minibatch_update_", spy)
     c, n, x, lab = _update_args()

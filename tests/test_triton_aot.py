@@ -55,10 +55,13 @@ KERNELS = {
     "assign": ["_assign_exact_kernel", "_prep_centers_kernel", "_assign_tc_kernel",
                "_assign_bwd_kernel"],
     "minibatch_update": ["_segment_sum_kernel", "_apply_kernel", "_sorted_segment_kernel",
-                         "_small_update_kernel", "_ema_centers_kernel"],
+                         "_small_update_kernel", "_ema_centers_kernel", "_renormalize_kernel"],
     "center_loss": ["_center_loss_fwd_kernel", "_count_kernel", "_center_loss_bwd_kernel"],
     "assigned_distance": ["_ad_fwd_kernel", "_ad_bwd_kernel"],
     "pairwise_l1": ["_l1_sorted_kernel", "_l1_rank_grad_kernel"],
+    "assign_cosine": ["_assign_cosine_kernel", "_assign_cosine_bwd_kernel"],
+    "assign_topk": ["_topk_kernel"],
+    "soft_assign": ["_soft_fwd_kernel", "_soft_bwd_rows_kernel", "_soft_bwd_centers_kernel"],
     "kmgan_losses": ["_fwd_single_kernel", "_fwd_tiles_kernel", "_fwd_finalize_kernel",
                      "_bwd_kernel"],
     "_common": ["_finalize_sum_kernel"],
@@ -234,6 +237,38 @@ def _cases(full: bool):
                      "cnt_r_ptr": "*i64", "cnt_f_ptr": "*i64", "gr_ptr": PT[dt], "gf_ptr": PT[dt]},
                     dict(HAS_GD=has_gd, HAS_GG=True, HAS_GC=True, MODE=mode, ACC_T=acc,
                          BLOCK_N=32, BLOCK_D=128), 8, tag=f"{dt} mode={mode} has_gd={has_gd}")
+
+    # ---- metric="cosine" assign and its backward, top-k assign, soft assignment and its two
+    # backward kernels, and the cosine renormalisation of the Sculley step, at the GPU launch
+    # parameters of their modules (assign_cosine.py, assign_topk.py, soft_assign.py,
+    # minibatch_update.py).
+    for i, dt in enumerate(("fp32", "bf16", "fp64") if full else ("fp32", "bf16")):
+        acc = acc_of(dt)
+        f64 = dt == "fp64"
+        if not f64:
+            add("assign_cosine", "_assign_cosine_kernel",
+                {"x_ptr": PT[dt], "u_ptr": "*fp32", "c_ptr": PT[dt], "labels_ptr": "*i64",
+                 "dist2_ptr": PT[acc], "rel_err": "fp32", "abs_err": "fp32"},
+                dict(BLOCK_N=64, BLOCK_K=64, BLOCK_D=32, FB_GROUP=1, FB_BLOCK_K=64), tag=dt, dot=True)
+        add("assign_cosine", "_assign_cosine_bwd_kernel",
+            {"g_ptr": PT[acc], "x_ptr": PT[dt], "c_ptr": PT[dt], "l_ptr": "*i64", "gx_ptr": PT[dt],
+             "gc_ptr": "*fp64"},
+            dict(CENTERS_GRAD=True, BLOCK_N=32, BLOCK_D=64), tag=dt)
+        add("assign_topk", "_topk_kernel",
+            {"x_ptr": PT[dt], "c_ptr": PT[dt], "lab_ptr": "*i64", "d2_ptr": PT[acc], "rel": "fp32",
+             "abs_err": "fp32"},
+            dict(F64=f64, L=16, MERGE=16, G=16, BLOCK_K=32, BLOCK_D=16, BIG=2**31 - 1), tag=dt)
+        soft = dict(STUDENT=i % 2 == 0, F64=f64, G=16, BLOCK_K=32, BLOCK_D=16)
+        add("soft_assign", "_soft_fwd_kernel",
+            {"x_ptr": PT[dt], "c_ptr": PT[dt], "q_ptr": PT[acc], "alpha": "fp32", "temperature": "fp32"},
+            soft, tag=dt)
+        bwd_t = {"g_ptr": PT[acc], "q_ptr": PT[acc], "r_ptr": PT[acc], "x_ptr": PT[dt], "c_ptr": PT[dt],
+                 "alpha": "fp32", "temperature": "fp32"}
+        add("soft_assign", "_soft_bwd_rows_kernel", {**bwd_t, "gx_ptr": PT[dt]}, dict(soft, DP=64), tag=dt)
+        add("soft_assign", "_soft_bwd_centers_kernel", {**bwd_t, "gc_ptr": PT[dt]}, dict(soft, DP=64), tag=dt)
+        add("minibatch_update", "_renormalize_kernel",
+            {"src_ptr": "*fp64", "dst_ptr": PT[dt], "before_ptr": "*i64", "after_ptr": "*i64"},
+            dict(BLOCK_K=8, BLOCK_D=64), tag=dt)
 
     for acc in ("fp32", "fp64") if full else ("fp32",):
         add("_common", "_finalize_sum_kernel", {"part_ptr": PT[acc], "out_ptr": PT[acc]},

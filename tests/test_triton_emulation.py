@@ -278,7 +278,21 @@ def _losses(x, c, backend):
     return t.loss_d, t.loss_g, t.loss_center
 
 
-def _update_case(n, d, k, deterministic, mode="sculley", dtype=torch.float32):
+def _cosine_grad(x, c, backend):
+    return km.assign(x, c, metric="cosine", backend=backend)[1:]
+
+
+def _topk_grad(x, c, backend):
+    return km.assign(x, c, k=3, backend=backend)[1:]
+
+
+def _soft(kind):
+    def op(x, c, backend):
+        return (km.soft_assign(x, c, kind=kind, backend=backend),)
+    return op
+
+
+def _update_case(n, d, k, deterministic, mode="sculley", dtype=torch.float32, metric="euclidean"):
     def run(backend):
         g = _g(n + k + d)
         x = torch.randn(n, d, generator=g).to(dtype)
@@ -286,7 +300,7 @@ def _update_case(n, d, k, deterministic, mode="sculley", dtype=torch.float32):
         labels = torch.randint(0, k - 1, (n,), generator=g)  # cluster k-1 stays empty
         if mode == "sculley":
             counts = torch.randint(0, 5, (k,), generator=g)
-            km.minibatch_update_(c, counts, x, labels, deterministic=deterministic,
+            km.minibatch_update_(c, counts, x, labels, deterministic=deterministic, metric=metric,
                                  backend=backend)
             return c, counts
         size = torch.rand(k, generator=g)
@@ -321,6 +335,11 @@ GPU_CASES = {
     "update-deterministic": _update_case(500, 20, 100, True),
     "ema-fast": _update_case(500, 20, 100, False, "ema"),
     "ema-deterministic-bf16": _update_case(500, 20, 100, True, "ema", torch.bfloat16),
+    "assign-cosine-backward": _grad_case(_cosine_grad, 200, 40, 30),
+    "assign-topk": _grad_case(_topk_grad, 150, 30, 20),
+    "soft-assign-student-t": _grad_case(_soft("student_t"), 150, 30, 20),
+    "soft-assign-softmax": _grad_case(_soft("softmax"), 130, 20, 70),
+    "update-cosine": _update_case(500, 20, 100, True, metric="cosine"),
 }
 _LAUNCHED: set = set()
 _CASES_RUN: set = set()
