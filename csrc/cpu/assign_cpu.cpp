@@ -25,6 +25,7 @@
 // k whose distance is NaN, else the lowest k among the minima), dist2 that distance rounded
 // (inf where it exceeds float32, NaN where it is NaN).
 #include "assign_cpu.h"
+#include "distance_tile.h"  // canonical_dist2: the label-deciding float64 distance
 
 #include <cmath>
 #include <cstdlib>
@@ -87,21 +88,6 @@ std::vector<float> pack_panels(const float* cs, int64_t k, int64_t d) {
     for (int64_t j = 0; j < d; ++j) dst[j * kPanel] = cs[q * d + j];
   }
   return packed;
-}
-
-// The label-deciding distance, exactly as the float64 reference forms it
-// (reference.squared_distances): sum over j in index order of (x_j - c_j)^2, every operation
-// rounded to double (no FMA: -ffp-contract=off; no reordering). Where two centers' float64
-// distances tie only after rounding (a subnormal center next to normal rows), any other
-// order could pick another label than the reference.
-template <typename scalar_t>
-double canonical_dist2(const scalar_t* a, const scalar_t* b, int64_t d) {
-  double s = 0.0;
-  for (int64_t j = 0; j < d; ++j) {
-    const double t = static_cast<double>(a[j]) - static_cast<double>(b[j]);
-    s += t * t;
-  }
-  return s;
 }
 
 template <typename scalar_t>

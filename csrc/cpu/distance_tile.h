@@ -21,7 +21,9 @@ namespace kmgan_ext {
 namespace cpu {
 
 // ||a - b||^2 as the float64 reference forms it (reference.squared_distances): columns in
-// index order, every step rounded to double (-ffp-contract=off: no FMA).
+// index order, every step rounded to double (-ffp-contract=off: no FMA). Where two centers'
+// float64 distances tie only after rounding (a subnormal center next to normal rows), any
+// other order could pick another label than the reference (assign_cpu.cpp decides labels by it).
 template <typename scalar_t>
 inline double canonical_dist2(const scalar_t* a, const scalar_t* b, int64_t d) {
   double s = 0.0;
