@@ -313,21 +313,28 @@ def _named(msg, names):
     return any(n in msg for n in names)
 
 
-def _run_module_call(obj, call, value, names, stats, failures, label):
-    ref = _reference_copy(obj)
-    before = _state(obj)
+def _call_and_judge_error(obj, call, value, names, before, stats, failures, label):
+    """(True, None) after counting an error as rejected (clean, argument named, state
+    unchanged) or unclean; (False, result) when the call returned."""
     try:
-        res = call(obj, value)
+        return False, call(obj, value)
     except CLEAN as e:
         if _named(str(e), names) and _same_state(_state(obj), before):
             stats["rejected"] += 1
         else:
             stats["unclean"] += 1
             failures.append(f"{label}: {type(e).__name__} {'(state changed) ' if _named(str(e), names) else ''}{str(e)[:100]}")
-        return
     except Exception as e:  # noqa: BLE001
         stats["unclean"] += 1
         failures.append(f"{label}: {type(e).__name__} {str(e)[:100]}")
+    return True, None
+
+
+def _run_module_call(obj, call, value, names, stats, failures, label):
+    ref = _reference_copy(obj)
+    before = _state(obj)
+    raised, res = _call_and_judge_error(obj, call, value, names, before, stats, failures, label)
+    if raised:
         return
     try:
         want = call(ref, value)
@@ -347,18 +354,8 @@ def _run_module_call(obj, call, value, names, stats, failures, label):
 def _run_estimator_call(obj, call, value, names, canon, stats, failures, label):
     before = _state(obj)
     twin = copy.deepcopy(obj)
-    try:
-        res = call(obj, value)
-    except CLEAN as e:
-        if _named(str(e), names) and _same_state(_state(obj), before):
-            stats["rejected"] += 1
-        else:
-            stats["unclean"] += 1
-            failures.append(f"{label}: {type(e).__name__} {'(state changed) ' if _named(str(e), names) else ''}{str(e)[:100]}")
-        return
-    except Exception as e:  # noqa: BLE001
-        stats["unclean"] += 1
-        failures.append(f"{label}: {type(e).__name__} {str(e)[:100]}")
+    raised, res = _call_and_judge_error(obj, call, value, names, before, stats, failures, label)
+    if raised:
         return
     if canon is None:
         stats["silent"] += 1
