@@ -83,12 +83,15 @@ static std::string native_name(const char* name) {
 
 // metric="cosine" (issue 12): these ops' schemas end in `bool cosine=False`, after `backend`
 // in the public op, so that every call without it (a positional backend included) keeps its
-// meaning.
+// meaning. The update ops then take `Tensor? sample_weight=None` (issue 12: weighted sums and
+// counts, scikit-learn's _mini_batch_step), last for the same reason.
 static std::string metric_flag(const char* name) {
-  static const char* const ops[] = {"assign", "assign_backward", "minibatch_update_",
-                                    "minibatch_step_", "ema_update_"};
+  static const char* const ops[] = {"assign", "assign_backward"};
+  static const char* const updates[] = {"minibatch_update_", "minibatch_step_", "ema_update_"};
   for (const char* op : ops)
     if (std::string(name) == op) return ", bool cosine=False";
+  for (const char* op : updates)
+    if (std::string(name) == op) return ", bool cosine=False, Tensor? sample_weight=None";
   return "";
 }
 

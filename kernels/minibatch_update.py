@@ -81,15 +81,16 @@ def _unit(v, norm):
 
 @triton.jit
 def _segment_sum_kernel(
-    x_ptr, labels_ptr, sums_ptr, m_ptr, N, K, D,
-    ONEHOT: tl.constexpr, COSINE: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    x_ptr, labels_ptr, w_ptr, sums_ptr, m_ptr, N, K, D,
+    ONEHOT: tl.constexpr, COSINE: tl.constexpr, WEIGHTED: tl.constexpr, KP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """sums[l_i] += x_i (float64) and m[l_i] += 1 with atomics (grid: row x column blocks).
 
     A program's rows are first summed per cluster in float32 (one-hot dot, K <= 64) and the
     block total added in float64, or (K > 64) each row is added in float64: the error of a
-    sum does not grow with the number of rows (contract 3).
+    sum does not grow with the number of rows (contract 3). WEIGHTED (sample_weight; never
+    ONEHOT): sums[l_i] += w_i x_i and m[l_i] += w_i, both float64.
     """
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -119,9 +120,14 @@ def _segment_sum_kernel(
         xv = xt.to(tl.float64)
         if COSINE:
             xv = _unit(xv, _row_norms(x_ptr, rows, rmask, D, BLOCK_D)[:, None])
+        if WEIGHTED:
+            wv = tl.load(w_ptr + rows, mask=rmask, other=0.0).to(tl.float64)
+            xv = xv * wv[:, None]
+            tl.atomic_add(m_ptr + lab, wv, mask=rmask & (pid_d == 0))
+        else:
+            tl.atomic_add(m_ptr + lab, 1, mask=rmask & (pid_d == 0))
         tl.atomic_add(sums_ptr + lab[:, None] * D + ds[None, :], xv,
                       mask=rmask[:, None] & dmask[None, :])
-        tl.atomic_add(m_ptr + lab, 1, mask=rmask & (pid_d == 0))
 
 
 @triton.jit
@@ -135,10 +141,11 @@ def _decay_pair(decay_hi, decay_lo):
 
 @triton.jit
 def _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, S, m_f, n_f,
-                decay_hi, decay_lo, MODE: tl.constexpr):
+                decay_hi, decay_lo, MODE: tl.constexpr, WEIGHTED: tl.constexpr = False):
     """Finish a (ks x ds) chunk from its float64 sums S.
 
-    Sculley (MODE 0): the new centers, clusters without rows untouched. EMA (MODE 1): the
+    Sculley (MODE 0): the new centers, clusters without rows untouched; WEIGHTED: scikit-learn's
+    ``(c W + S) * (1 / W_new)`` with m_f = the old cumulative weight W, n_f = W_new. EMA (MODE 1): the
     state M_k <- decay M_k + (1 - decay) S_k for every cluster (the centers come from
     _ema_centers_kernel once every cluster's size is known).
     """
@@ -146,7 +153,10 @@ def _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, S, m_f, n_f
     if MODE == 0:
         mm = hit[:, None] & dmask[None, :]
         c = tl.load(centers_ptr + offs, mask=mm, other=0.0).to(tl.float64)
-        new = c + (S - m_f[:, None] * c) / n_f[:, None]
+        if WEIGHTED:
+            new = (c * m_f[:, None] + S) * (1.0 / n_f)[:, None]
+        else:
+            new = c + (S - m_f[:, None] * c) / n_f[:, None]
         tl.store(centers_ptr + offs, cast_for(new, centers_ptr), mask=mm)
     else:
         mm = kmask[:, None] & dmask[None, :]
@@ -156,20 +166,30 @@ def _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, S, m_f, n_f
 
 
 @triton.jit
-def _bump_counts(counts_ptr, ks, kmask, m, decay_hi, decay_lo, MODE: tl.constexpr):
+def _bump_counts(counts_ptr, ks, kmask, m, decay_hi, decay_lo, MODE: tl.constexpr,
+                 WEIGHTED: tl.constexpr = False):
     """(hit, m_f, n_f) for clusters ks with m rows each, and the count state.
 
     Sculley: counts += m; hit = clusters with rows (the only ones written), m_f = m and n_f =
-    the new count as float64 (1 where there are no rows, so no lane divides by 0). EMA: the
-    cluster-size state N_k <- decay N_k + (1 - decay) m_k for every cluster.
+    the new count as float64 (1 where there are no rows, so no lane divides by 0). WEIGHTED
+    Sculley: m is the float64 batch weight, counts the float64 cumulative weights W; hit =
+    m > 0, m_f = the old W, n_f = W + m. EMA: the cluster-size state
+    N_k <- decay N_k + (1 - decay) m_k for every cluster.
     """
     hit = kmask & (m > 0)
     m_f = tl.where(hit, m.to(tl.float64), 1.0)
     n_f = m_f
     if MODE == 0:
-        n_new = tl.load(counts_ptr + ks, mask=kmask, other=0) + m
-        tl.store(counts_ptr + ks, n_new, mask=hit)
-        n_f = tl.where(hit, n_new.to(tl.float64), 1.0)
+        if WEIGHTED:
+            old = tl.load(counts_ptr + ks, mask=kmask, other=0.0).to(tl.float64)
+            w_new = old + m.to(tl.float64)
+            tl.store(counts_ptr + ks, w_new, mask=hit)
+            m_f = tl.where(hit, old, 0.0)
+            n_f = tl.where(hit, w_new, 1.0)
+        else:
+            n_new = tl.load(counts_ptr + ks, mask=kmask, other=0) + m
+            tl.store(counts_ptr + ks, n_new, mask=hit)
+            n_f = tl.where(hit, n_new.to(tl.float64), 1.0)
     else:
         decay, one_minus = _decay_pair(decay_hi, decay_lo)
         old = tl.load(counts_ptr + ks, mask=kmask, other=0.0).to(tl.float64)
@@ -182,27 +202,27 @@ def _bump_counts(counts_ptr, ks, kmask, m, decay_hi, decay_lo, MODE: tl.constexp
 @triton.jit
 def _apply_kernel(
     centers_ptr, counts_ptr, esum_ptr, sums_ptr, m_ptr, K, D, decay_hi, decay_lo,
-    MODE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    MODE: tl.constexpr, WEIGHTED: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """The per-cluster update from the float64 sums (fast mode); BLOCK_K whole rows each."""
     ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     kmask = ks < K
     m = tl.load(m_ptr + ks, mask=kmask, other=0)
-    hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, m, decay_hi, decay_lo, MODE)
+    hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, m, decay_hi, decay_lo, MODE, WEIGHTED)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         dmask = ds < D
         S = tl.load(sums_ptr + ks[:, None].to(tl.int64) * D + ds[None, :],
                     mask=kmask[:, None] & dmask[None, :], other=0.0)
         _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, S, m_f, n_f,
-                    decay_hi, decay_lo, MODE)
+                    decay_hi, decay_lo, MODE, WEIGHTED)
 
 
 @triton.jit
 def _sorted_segment_kernel(
-    centers_ptr, counts_ptr, esum_ptr, x_ptr, order_ptr, slab_ptr, N, K, D, n_steps,
+    centers_ptr, counts_ptr, esum_ptr, x_ptr, w_ptr, order_ptr, slab_ptr, N, K, D, n_steps,
     decay_hi, decay_lo, ACC_T: tl.constexpr, MODE: tl.constexpr, COSINE: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    WEIGHTED: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Deterministic: segment sums over label-sorted rows in a fixed order, then the update.
 
@@ -229,8 +249,17 @@ def _sorted_segment_kernel(
     start = lo_s
     m = tl.where(kmask, lo_e - lo_s, 0)
     max_len = tl.max(m, axis=0)
-    hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, m, decay_hi, decay_lo, MODE)
     rl = tl.arange(0, BLOCK_R)
+    if WEIGHTED:  # the segment's weights, summed in sorted order (float64)
+        wk = tl.zeros((BLOCK_K,), tl.float64)
+        for r0 in range(0, max_len, BLOCK_R):
+            r = r0 + rl
+            rm = r[None, :] < m[:, None]
+            orig = tl.load(order_ptr + start[:, None] + r[None, :], mask=rm, other=0)
+            wk += tl.sum(tl.load(w_ptr + orig, mask=rm, other=0.0).to(tl.float64), axis=1)
+        hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, wk, decay_hi, decay_lo, MODE, True)
+    else:
+        hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, m, decay_hi, decay_lo, MODE)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         dmask = ds < D
@@ -246,15 +275,17 @@ def _sorted_segment_kernel(
                                             tl.reshape(rm, (BLOCK_K * BLOCK_R,)), D, BLOCK_D),
                                  (BLOCK_K, BLOCK_R))
                 tile = _unit(tile, nrm[:, :, None])
+            if WEIGHTED:  # ACC_T is float64 then
+                tile = tile * tl.load(w_ptr + orig, mask=rm, other=0.0).to(tl.float64)[:, :, None]
             acc += _block_total(tile, 1)
         _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, acc, m_f, n_f,
-                    decay_hi, decay_lo, MODE)
+                    decay_hi, decay_lo, MODE, WEIGHTED)
 
 
 @triton.jit
 def _small_update_kernel(
-    centers_ptr, counts_ptr, esum_ptr, x_ptr, labels_ptr, N, K, D, decay_hi, decay_lo,
-    ACC_T: tl.constexpr, MODE: tl.constexpr, COSINE: tl.constexpr,
+    centers_ptr, counts_ptr, esum_ptr, x_ptr, labels_ptr, w_ptr, N, K, D, decay_hi, decay_lo,
+    ACC_T: tl.constexpr, MODE: tl.constexpr, COSINE: tl.constexpr, WEIGHTED: tl.constexpr,
     KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Small problems in ONE program: one-hot segment sums in a fixed order, then the update.
@@ -266,12 +297,21 @@ def _small_update_kernel(
     ks = tl.arange(0, KP)
     kmask = ks < K
     rl = tl.arange(0, BLOCK_N)
-    cnt = tl.zeros((KP,), tl.int32)
-    for r0 in range(0, N, BLOCK_N):
-        rows = r0 + rl
-        lab = tl.load(labels_ptr + rows, mask=rows < N, other=-1)
-        cnt += tl.sum((lab[None, :] == ks[:, None]).to(tl.int32), axis=1)
-    hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, cnt, decay_hi, decay_lo, MODE)
+    if WEIGHTED:  # the clusters' weights (float64, rows in index order)
+        wk = tl.zeros((KP,), tl.float64)
+        for r0 in range(0, N, BLOCK_N):
+            rows = r0 + rl
+            lab = tl.load(labels_ptr + rows, mask=rows < N, other=-1)
+            wr = tl.load(w_ptr + rows, mask=rows < N, other=0.0).to(tl.float64)
+            wk += tl.sum(tl.where(lab[None, :] == ks[:, None], wr[None, :], 0.0), axis=1)
+        hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, wk, decay_hi, decay_lo, MODE, True)
+    else:
+        cnt = tl.zeros((KP,), tl.int32)
+        for r0 in range(0, N, BLOCK_N):
+            rows = r0 + rl
+            lab = tl.load(labels_ptr + rows, mask=rows < N, other=-1)
+            cnt += tl.sum((lab[None, :] == ks[:, None]).to(tl.int32), axis=1)
+        hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, cnt, decay_hi, decay_lo, MODE)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         dmask = ds < D
@@ -284,6 +324,8 @@ def _small_update_kernel(
                          mask=rm[:, None] & dmask[None, :], other=0.0).to(ACC_T)
             if COSINE:  # ACC_T is float64 then
                 xt = _unit(xt, _row_norms(x_ptr, rows, rm, D, BLOCK_D)[:, None])
+            if WEIGHTED:  # ACC_T is float64 then
+                xt = xt * tl.load(w_ptr + rows, mask=rm, other=0.0).to(tl.float64)[:, None]
             # A select, not a product with the one-hot: NaN * 0 would put a NaN row into
             # every cluster's sum instead of its own.
             part = tl.where((lab[None, :] == ks[:, None])[:, :, None], xt[None, :, :], 0.0)
@@ -292,7 +334,7 @@ def _small_update_kernel(
             else:
                 acc += _block_total(part, 1)
         _apply_rows(centers_ptr, esum_ptr, ks, ds, hit, kmask, dmask, D, acc, m_f, n_f,
-                    decay_hi, decay_lo, MODE)
+                    decay_hi, decay_lo, MODE, WEIGHTED)
 
 
 @triton.jit
@@ -364,16 +406,21 @@ def _split(v: float) -> tuple[float, float]:
     return hi, float(torch.tensor(v - hi, dtype=torch.float32))
 
 
-def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine=False):
-    """Segment sums + apply. Sculley: counts is the int64 count state. EMA: counts is the
-    cluster-size state and esum the embed-sum state (the centers follow in _ema_centers)."""
+def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine=False, w=None):
+    """Segment sums + apply. Sculley: counts is the int64 count state (float64 cumulative
+    weights with sample_weight w). EMA: counts is the cluster-size state and esum the
+    embed-sum state (the centers follow in _ema_centers)."""
     n, d = x.shape
     k = centers.shape[0]
     if n == 0 and mode == SCULLEY:
         return
     interp = interpreting(x)
-    # metric="cosine": the rows are divided by their norm in float64 as they are summed.
-    acc_t = tl.float64 if cosine or acc_dtype(centers) == torch.float64 else tl.float32
+    weighted = w is not None
+    w = w if weighted else x  # a dummy pointer, never read without WEIGHTED
+    # metric="cosine" / sample_weight: the rows are divided by their norm / multiplied by
+    # their weight in float64 as they are summed.
+    acc_t = (tl.float64 if cosine or weighted or acc_dtype(centers) == torch.float64
+             else tl.float32)
     dec_hi, dec_lo = _split(decay)
     esum = esum if esum is not None else centers  # Sculley: a dummy, never read
     with device_guard(x):
@@ -387,8 +434,9 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine
                 # KP x BLOCK_N x BLOCK_D = 8192 products per step: 64 registers a thread.
                 bn, bd, opts = max(2, 256 // kp), 32, dict(num_warps=4)
             _small_update_kernel[(1,)](
-                centers, counts, esum, x, labels, n, k, d, dec_hi, dec_lo, ACC_T=acc_t,
-                MODE=mode, COSINE=cosine, KP=kp, BLOCK_N=bn, BLOCK_D=bd, **opts)
+                centers, counts, esum, x, labels, w, n, k, d, dec_hi, dec_lo, ACC_T=acc_t,
+                MODE=mode, COSINE=cosine, WEIGHTED=weighted, KP=kp, BLOCK_N=bn, BLOCK_D=bd,
+                **opts)
             return
         if deterministic:
             slab, order = torch.sort(labels, stable=True)
@@ -400,13 +448,18 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine
             else:
                 bk, br, bd, opts = 4, 16, pow2(d, 16, 64), dict(num_warps=4)
             _sorted_segment_kernel[(triton.cdiv(k, bk),)](
-                centers, counts, esum, x, order, slab, n, k, d, n.bit_length() + 1, dec_hi,
-                dec_lo, ACC_T=acc_t, MODE=mode, COSINE=cosine, BLOCK_K=bk, BLOCK_R=br, BLOCK_D=bd, **opts,
+                centers, counts, esum, x, w, order, slab, n, k, d, n.bit_length() + 1, dec_hi,
+                dec_lo, ACC_T=acc_t, MODE=mode, COSINE=cosine, WEIGHTED=weighted, BLOCK_K=bk,
+                BLOCK_R=br, BLOCK_D=bd, **opts,
             )
             return
         # float64 sums (atomics of float32 block totals, see _segment_sum_kernel).
-        sums, m = zeros_pair(k, d, torch.float64, x.device)
-        onehot = k <= _ONEHOT_MAX_K and acc_t == tl.float32  # never for cosine
+        if weighted:  # float64 sums and batch weights, one fill
+            buf = torch.zeros(k * d + k, dtype=torch.float64, device=x.device)
+            sums, m = buf[: k * d].view(k, d), buf[k * d:]
+        else:
+            sums, m = zeros_pair(k, d, torch.float64, x.device)
+        onehot = k <= _ONEHOT_MAX_K and acc_t == tl.float32  # never for cosine or weights
         if interp:
             bn, bd, opts = pow2(n, 16, 1024), pow2(d, 16, 512), {}
         else:
@@ -415,8 +468,8 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine
             # At least one column block: with d = 0 the programs of column block 0 still
             # count the rows (a zero-sized grid axis would run no program at all).
             _segment_sum_kernel[(triton.cdiv(n, bn), max(1, triton.cdiv(d, bd)))](
-                x, labels, sums, m, n, k, d,
-                ONEHOT=onehot, COSINE=cosine, KP=pow2(k, 16), BLOCK_N=bn, BLOCK_D=bd, **opts,
+                x, labels, w, sums, m, n, k, d, ONEHOT=onehot, COSINE=cosine,
+                WEIGHTED=weighted, KP=pow2(k, 16), BLOCK_N=bn, BLOCK_D=bd, **opts,
             )
         if interp:
             bk, bd = pow2(k, 1, 1024), pow2(d, 16, 512)
@@ -424,7 +477,7 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine
             bk, bd = 8, pow2(d, 16, 128)
         _apply_kernel[(triton.cdiv(k, bk),)](
             centers, counts, esum, sums, m, k, d, dec_hi, dec_lo,
-            MODE=mode, BLOCK_K=bk, BLOCK_D=bd, **opts,
+            MODE=mode, WEIGHTED=weighted, BLOCK_K=bk, BLOCK_D=bd, **opts,
         )
 
 
@@ -441,20 +494,25 @@ def _ema_centers(centers, cluster_size, embed_sum, eps, cosine=False):
             BLOCK_K=bk, BLOCK_S=bs, BLOCK_D=bd, **opts)
 
 
-def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=False) -> None:
+def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=False,
+                      sample_weight=None) -> None:
     """Sculley's step in place (module docstring); labels against the pre-update centers.
 
     metric="cosine": S_k sums x_i / ||x_i||; the step runs on a float64 copy of the centers
-    (K x d) and the updated ones are renormalised from it into ``centers``."""
+    (K x d) and the updated ones are renormalised from it into ``centers``.
+    sample_weight: (N,) weights, float64 ``counts`` (scikit-learn's weighted step). With
+    cosine, the updated clusters are those whose cumulative weight changed (a batch weight
+    below 2^-53 of it leaves both the count and, to rounding, the center as they were)."""
     if not cosine:
-        _update(centers, counts, None, x, labels, deterministic, SCULLEY, 0.0)
+        _update(centers, counts, None, x, labels, deterministic, SCULLEY, 0.0, w=sample_weight)
         return
     k, d = centers.shape
     if x.shape[0] == 0 or k == 0:
         return
     work = centers.to(torch.float64)
     before = counts.clone()
-    _update(work, counts, None, x, labels, deterministic, SCULLEY, 0.0, cosine=True)
+    _update(work, counts, None, x, labels, deterministic, SCULLEY, 0.0, cosine=True,
+            w=sample_weight)
     if interpreting(x):
         bk, bd, opts = pow2(k, 1, 1024), pow2(d, 16, 512), {}
     else:
@@ -464,17 +522,19 @@ def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=Fa
                                                    BLOCK_K=bk, BLOCK_D=bd, **opts)
 
 
-def minibatch_step_(centers, counts, x, deterministic=False, cosine=False) -> torch.Tensor:
+def minibatch_step_(centers, counts, x, deterministic=False, cosine=False,
+                    sample_weight=None) -> torch.Tensor:
     """assign against the current centers, then minibatch_update_; returns the labels."""
     labels, _ = assign(x, centers, cosine)
-    minibatch_update_(centers, counts, x, labels, deterministic, cosine)
+    minibatch_update_(centers, counts, x, labels, deterministic, cosine, sample_weight)
     return labels
 
 
 def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps,
-                deterministic=False, cosine=False) -> None:
+                deterministic=False, cosine=False, sample_weight=None) -> None:
     """The VQ-VAE EMA in place (module docstring; kmgan_ext/reference.py::ema_update_)."""
     if centers.shape[0] == 0:
         return
-    _update(centers, cluster_size, embed_sum, x, labels, deterministic, EMA, float(decay), cosine)
+    _update(centers, cluster_size, embed_sum, x, labels, deterministic, EMA, float(decay), cosine,
+            w=sample_weight)
     _ema_centers(centers, cluster_size, embed_sum, float(eps), cosine)

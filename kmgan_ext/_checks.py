@@ -89,6 +89,45 @@ def counts(name: str, cnt: object, k: int, x: Tensor, ref: str = "x") -> Tensor:
     return cnt
 
 
+def weighted_counts(name: str, cnt: object, k: int, x: Tensor, ref: str = "x") -> Tensor:
+    """The running counts of a weighted update: (K,) float64 cumulative weights, as
+    scikit-learn's ``weight_sums`` (an int64 count cannot hold a fractional weight)."""
+    cnt = tensor(name, cnt)
+    if cnt.dtype != torch.float64:
+        raise TypeError(f"{name} must be float64 (cumulative weights) when sample_weight is "
+                        f"given, got {cnt.dtype}")
+    if cnt.dim() != 1 or cnt.shape[0] != k:
+        raise ValueError(f"{name} must have shape ({k},), got {tuple(cnt.shape)}")
+    same_device(name, cnt, x, ref)
+    return cnt
+
+
+def sample_weight(name: str, w: object, n: int, x: Tensor, ref: str = "x") -> Tensor:
+    """(N,) floating on x's device; the values (finite, >= 0) are checked by weight_range."""
+    w = tensor(name, w)
+    if not w.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {w.dtype}")
+    if w.dim() != 1 or w.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(w.shape)}")
+    same_device(name, w, x, ref)
+    return w
+
+
+def weight_range(name: str, w: Tensor) -> None:
+    """Finite and >= 0 (every element, NaN included): a ValueError on CPU before any write; on
+    a GPU a device-side assert (no host sync), as for labels."""
+    if w.numel() == 0:
+        return
+    ok = (w >= 0) & torch.isfinite(w)
+    if _host_checkable(w):
+        if not bool(ok.all()):
+            bad = int(torch.nonzero(~ok)[0, 0])
+            raise ValueError(f"{name} must be finite and non-negative, found {float(w[bad])} "
+                             f"at position {bad}")
+        return
+    torch._assert_async(ok.all(), f"{name} must be finite and non-negative")
+
+
 def _host_checkable(t: Tensor) -> bool:
     """Values can be read without a device sync (CPU); elsewhere checks run on the device."""
     return t.device.type == "cpu"

@@ -310,33 +310,44 @@ def _row_norms(x: Tensor, cosine: bool) -> Tensor | None:
     return torch.empty(x.shape[0], dtype=torch.float64) if cosine else None
 
 
-def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=False):
+def _weights(sample_weight, k: int):
+    """sample_weight as the launchers read it (N doubles) and the K doubles of batch weights."""
+    if sample_weight is None:
+        return None, None
+    return (sample_weight.to(torch.float64).contiguous(),
+            torch.empty(k, dtype=torch.float64))
+
+
+def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=False,
+                      sample_weight=None):
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     if n == 0:
         return
     sums, batch_counts, sorted_labels, perm, pieces = _workspace(x, labels, k, deterministic)
     norms = _row_norms(x, cosine)  # held here: the launcher writes it
+    w, batch_w = _weights(sample_weight, k)
     _call("minibatch_update_launch", _dt(x), _ptr(centers), _ptr(counts), _ptr(x), _ptr(labels),
           _ptr(sorted_labels), _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums), _ptr(batch_counts),
-          _ptr(pieces), _ptr(norms))
+          _ptr(pieces), _ptr(norms), _ptr(w), _ptr(batch_w))
 
 
-def minibatch_step_(centers, counts, x, deterministic=False, cosine=False):
+def minibatch_step_(centers, counts, x, deterministic=False, cosine=False, sample_weight=None):
     labels, _ = assign(x, centers, cosine)
-    minibatch_update_(centers, counts, x, labels, deterministic, cosine)
+    minibatch_update_(centers, counts, x, labels, deterministic, cosine, sample_weight)
     return labels
 
 
 def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic=False,
-                cosine=False):
+                cosine=False, sample_weight=None):
     n, k, d = x.shape[0], centers.shape[0], x.shape[1]
     sums, batch_counts, sorted_labels, perm, pieces = _workspace(x, labels, k, deterministic)
     total = torch.empty(1, dtype=torch.float64)
     norms = _row_norms(x, cosine)  # held here: the launcher writes it
+    w, batch_w = _weights(sample_weight, k)
     _call("ema_update_launch", _dt(x), _ptr(centers), _ptr(cluster_size), _ptr(embed_sum),
           ctypes.c_double(decay), ctypes.c_double(eps), _ptr(x), _ptr(labels), _ptr(sorted_labels),
           _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums), _ptr(batch_counts), _ptr(pieces), _ptr(total),
-          _ptr(norms))
+          _ptr(norms), _ptr(w), _ptr(batch_w))
 
 
 def center_loss_forward(x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake):

@@ -50,13 +50,15 @@ def route(
     impl_name: str | None = None,
     mutated: tuple[int, ...] = (),
     flags: tuple = (),
+    checks_flags: bool = False,
 ):
     """Register the CPU/CUDA kernel of kmgan_ext::<name> that routes on ``backend``.
 
     ``mutated`` lists the positions of arguments written in place: a non-contiguous one is
     worked on as a contiguous copy that is written back, so the caller's tensor is updated.
     ``flags`` holds the defaults of the arguments that follow ``backend`` in the schema (the
-    ``cosine`` flag of metric="cosine"); they are passed on to the backend after the others.
+    ``cosine`` flag of metric="cosine"); they are passed on to the backend after the others
+    (tensors among them made contiguous), and to ``checks`` too when ``checks_flags``.
     """
     impl_name = impl_name or name
 
@@ -71,12 +73,12 @@ def route(
             args, extra = args[: -len(flags)], args[-len(flags) :]
         *tensors, backend = args
         if checks is not None:
-            checks(*tensors)
+            checks(*tensors, *extra) if checks_flags else checks(*tensors)
         fn = getattr(_dispatch.implementation(backend), impl_name)
         if _dispatch._RECORD is not None:  # a test asked which code runs (_dispatch.recording)
             _dispatch.record(impl_name, fn)
         work = list(contiguous(*tensors))
-        out = fn(*work, *extra)
+        out = fn(*work, *contiguous(*extra))
         for i in mutated:
             if work[i] is not tensors[i]:
                 tensors[i].copy_(work[i])

@@ -14,61 +14,100 @@ from .assign import assign
 
 # The routing kernels' checks (every backend, also for direct torch.ops calls): all of them
 # run before the first write, so a failed call leaves every argument bitwise unchanged.
-def _update_checks(centers, counts, x, labels, deterministic):
-    _checks.writable({"centers": centers, "counts": counts}, {"x": x, "labels": labels})
+def _weight_checks(counts, x, sample_weight) -> None:
+    """sample_weight (N,) floating, finite, >= 0; with it the running counts are float64
+    cumulative weights (finite, >= 0), without it int64 counts (below 2**63)."""
+    if sample_weight is None:
+        if counts is not None:
+            if counts.dtype != torch.int64:
+                raise TypeError(f"counts must be int64 without sample_weight, got {counts.dtype}")
+            _checks.counts_range("counts", counts, x.shape[0])
+        return
+    _checks.sample_weight("sample_weight", sample_weight, x.shape[0], x)
+    _checks.weight_range("sample_weight", sample_weight)
+    if counts is not None:
+        if counts.dtype != torch.float64:
+            raise TypeError(f"counts must be float64 (cumulative weights) with sample_weight, "
+                            f"got {counts.dtype}")
+        _checks.weight_range("counts", counts)
+
+
+def _update_checks(centers, counts, x, labels, deterministic, cosine=False, sample_weight=None):
+    inputs = {"x": x, "labels": labels}
+    if sample_weight is not None:
+        inputs["sample_weight"] = sample_weight
+    _checks.writable({"centers": centers, "counts": counts}, inputs)
     _checks.label_range("labels", labels, centers.shape[0])
-    _checks.counts_range("counts", counts, x.shape[0])
+    _weight_checks(counts, x, sample_weight)
     _checks.finite("x", x)
     _checks.finite("centers", centers)
 
 
-def _step_checks(centers, counts, x, deterministic):
-    _checks.writable({"centers": centers, "counts": counts}, {"x": x})
-    _checks.counts_range("counts", counts, x.shape[0])
+def _step_checks(centers, counts, x, deterministic, cosine=False, sample_weight=None):
+    inputs = {"x": x} if sample_weight is None else {"x": x, "sample_weight": sample_weight}
+    _checks.writable({"centers": centers, "counts": counts}, inputs)
+    _weight_checks(counts, x, sample_weight)
     _checks.finite("x", x)
     _checks.finite("centers", centers)
 
 
-def _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic):
+def _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic,
+                cosine=False, sample_weight=None):
+    inputs = {"x": x, "labels": labels}
+    if sample_weight is not None:
+        inputs["sample_weight"] = sample_weight
     _checks.writable(
-        {"centers": centers, "cluster_size": cluster_size, "embed_sum": embed_sum},
-        {"x": x, "labels": labels},
-    )
+        {"centers": centers, "cluster_size": cluster_size, "embed_sum": embed_sum}, inputs)
     _checks.label_range("labels", labels, centers.shape[0])
+    _weight_checks(None, x, sample_weight)
     _checks.finite("x", x)
     _checks.finite("centers", centers)
     _checks.finite("cluster_size", cluster_size)
     _checks.finite("embed_sum", embed_sum)
 
 
-_registry.route("minibatch_update_", _update_checks, mutated=(0, 1), flags=(False,))
-_registry.route("minibatch_step_", _step_checks, mutated=(0, 1), flags=(False,))
-_registry.route("ema_update_", _ema_checks, mutated=(0, 1, 2), flags=(False,))
+# flags: the schema's `bool cosine=False, Tensor? sample_weight=None` after `backend`.
+_registry.route("minibatch_update_", _update_checks, mutated=(0, 1), flags=(False, None),
+                checks_flags=True)
+_registry.route("minibatch_step_", _step_checks, mutated=(0, 1), flags=(False, None),
+                checks_flags=True)
+_registry.route("ema_update_", _ema_checks, mutated=(0, 1, 2), flags=(False, None),
+                checks_flags=True)
 
 if _registry.registered():
 
     @torch.library.register_fake("kmgan_ext::minibatch_update_")
-    def _(centers, counts, x, labels, deterministic, backend, cosine=False):
+    def _(centers, counts, x, labels, deterministic, backend, cosine=False, sample_weight=None):
         return None
 
     @torch.library.register_fake("kmgan_ext::minibatch_step_")
-    def _(centers, counts, x, deterministic, backend, cosine=False):
+    def _(centers, counts, x, deterministic, backend, cosine=False, sample_weight=None):
         return x.new_empty(x.shape[0], dtype=torch.int64)
 
     @torch.library.register_fake("kmgan_ext::ema_update_")
-    def _(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, backend, cosine=False):
+    def _(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, backend,
+          cosine=False, sample_weight=None):
         return None
 
 
-def _check_update_args(centers, counts, x, labels=None):
+def _check_update_args(centers, counts, x, labels=None, sample_weight=None):
+    lead = tuple(x.shape[:-1]) if isinstance(x, Tensor) and x.dim() >= 1 else None
     x, labels = _checks.rows_and_labels("x", _checks.promote_x(x, centers), "labels", labels)
     x = _checks.features("x", x)
     centers = _checks.centers("centers", centers, x)
     _checks.not_grad_leaf("centers", centers)
-    counts = _checks.counts("counts", counts, centers.shape[0], x) if counts is not None else None
+    if sample_weight is not None:
+        # x (..., d) with sample_weight (...): the weights of the flattened rows.
+        sample_weight = _checks.tensor("sample_weight", sample_weight)
+        if lead is not None and tuple(sample_weight.shape) == lead and len(lead) != 1:
+            sample_weight = sample_weight.reshape(-1)
+        sample_weight = _checks.sample_weight("sample_weight", sample_weight, x.shape[0], x)
+    if counts is not None:
+        counts = (_checks.counts("counts", counts, centers.shape[0], x) if sample_weight is None
+                  else _checks.weighted_counts("counts", counts, centers.shape[0], x))
     if labels is not None:
         labels = _checks.labels("labels", labels, x.shape[0], x)
-    return centers, counts, x, labels
+    return centers, counts, x, labels, sample_weight
 
 
 def _check_deterministic(deterministic: object, backend: str) -> bool:
@@ -83,6 +122,7 @@ def minibatch_update_(
     x: Tensor,
     labels: Tensor,
     *,
+    sample_weight: Tensor | None = None,
     deterministic: bool = False,
     metric: str = "euclidean",
     backend: str = "auto",
@@ -99,9 +139,16 @@ def minibatch_update_(
 
     Args:
         centers: (K, d) floating, updated in place.
-        counts: (K,) int64 running counts, updated in place (exact past 2**24).
+        counts: (K,) int64 running counts, updated in place (exact past 2**24); float64
+            cumulative weights when sample_weight is given.
         x: (N, d) same dtype/device as centers; N = 0 is a no-op.
         labels: (N,) int64 (or int32) in [0, K).
+        sample_weight: None, or (N,) floating weights (finite, >= 0; read in float64), as
+            scikit-learn's ``_mini_batch_step``: with w_k the batch weight of cluster k and
+            S_k the weighted sum of its rows, for every k with w_k > 0 (zero-weight rows
+            change nothing)::
+
+                c_k <- (c_k counts_k + S_k) / (counts_k + w_k);  counts_k += w_k
 
     Input forms (docs/ops.md): x (..., d) with labels (...) are flattened to rows;
     float16/bfloat16 x with float32 centers is read in float32. Batched problems: centers
@@ -119,16 +166,18 @@ def minibatch_update_(
         backend: "auto", "reference", "cpu", "triton" or "cuda".
     """
     if _checks.is_batched(centers):
-        return _batched_update_(centers, counts, x, labels, deterministic, backend, metric)
-    centers, counts, x, labels = _check_update_args(centers, counts, x, labels)
+        return _batched_update_(centers, counts, x, labels, deterministic, backend, metric,
+                                sample_weight)
+    centers, counts, x, labels, w = _check_update_args(centers, counts, x, labels, sample_weight)
     cosine = _checks.metric(metric)
     be = _dispatch.resolve(backend, x.device)
     deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
+    w = w.detach() if w is not None else None
     if not _registry.registered():
-        _update_checks(centers, counts, x, labels, deterministic)
-        return reference.minibatch_update_(centers, counts, x, labels, deterministic, cosine)
-    _registry.call("minibatch_update_", centers, counts, x, labels, deterministic, be, cosine)
+        _update_checks(centers, counts, x, labels, deterministic, cosine, w)
+        return reference.minibatch_update_(centers, counts, x, labels, deterministic, cosine, w)
+    _registry.call("minibatch_update_", centers, counts, x, labels, deterministic, be, cosine, w)
 
 
 def minibatch_step_(
@@ -136,34 +185,41 @@ def minibatch_step_(
     counts: Tensor,
     x: Tensor,
     *,
+    sample_weight: Tensor | None = None,
     deterministic: bool = False,
     metric: str = "euclidean",
     backend: str = "auto",
 ) -> Tensor:
     """assign + minibatch_update_ fused: labels against the pre-update centers, returned.
 
-    Same arguments and determinism contract as :func:`minibatch_update_`; with
+    Same arguments (sample_weight included) and determinism contract as
+    :func:`minibatch_update_`; with
     metric="cosine" the labels are assign(..., metric="cosine")'s. Labels have x's leading
     shape: (...) for x (..., d), (B, N) for batched problems (one assign launch and one
     update launch for all problems).
     """
     if _checks.is_batched(centers):
         x, centers = _checks.batched(x, centers)
-        _batched_state("counts", counts, centers.shape[:2], torch.int64, x)
+        _batched_state("counts", counts, centers.shape[:2],
+                       torch.int64 if sample_weight is None else torch.float64, x)
+        if sample_weight is not None:
+            _batched_weights(sample_weight, x)
         labels, _ = assign(x.detach(), centers.detach(), metric=metric, backend=backend)
-        _batched_update_(centers, counts, x, labels, deterministic, backend, metric)
+        _batched_update_(centers, counts, x, labels, deterministic, backend, metric,
+                         sample_weight)
         return labels
     lead = tuple(x.shape[:-1]) if isinstance(x, Tensor) and x.dim() >= 1 else None
-    centers, counts, x, _ = _check_update_args(centers, counts, x)
+    centers, counts, x, _, w = _check_update_args(centers, counts, x, None, sample_weight)
     cosine = _checks.metric(metric)
     be = _dispatch.resolve(backend, x.device)
     deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
+    w = w.detach() if w is not None else None
     if not _registry.registered():
-        _step_checks(centers, counts, x, deterministic)
-        labels = reference.minibatch_step_(centers, counts, x, deterministic, cosine)
+        _step_checks(centers, counts, x, deterministic, cosine, w)
+        labels = reference.minibatch_step_(centers, counts, x, deterministic, cosine, w)
     else:
-        labels = _registry.call("minibatch_step_", centers, counts, x, deterministic, be, cosine)
+        labels = _registry.call("minibatch_step_", centers, counts, x, deterministic, be, cosine, w)
     return labels.view(lead) if lead is not None and len(lead) != 1 else labels
 
 
@@ -174,6 +230,7 @@ def ema_update_(
     x: Tensor,
     labels: Tensor,
     *,
+    sample_weight: Tensor | None = None,
     decay: float = 0.99,
     eps: float = 1e-5,
     deterministic: bool = False,
@@ -201,6 +258,8 @@ def ema_update_(
         embed_sum: (K, d) EMA of the per-cluster sums, same dtype as cluster_size; a fresh
             state is zeros (or the centers with cluster_size ones).
         x: (N, d) same dtype/device as centers; labels: (N,) int64 in [0, K).
+        sample_weight: None, or (N,) floating weights (finite, >= 0; read in float64): n_k
+            becomes the weight of cluster k's rows and S_k their weighted sum.
         decay: in [0, 1]; eps: >= 0.
         Batched problems: centers (B, K, d), cluster_size (B, K), embed_sum (B, K, d), x
         (B, N, d), labels (B, N); one problem at a time (B launches: the smoothing's total n
@@ -211,8 +270,8 @@ def ema_update_(
     """
     if _checks.is_batched(centers):
         return _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps,
-                                    deterministic, backend, metric)
-    centers, _, x, labels = _check_update_args(centers, None, x, labels)
+                                    deterministic, backend, metric, sample_weight)
+    centers, _, x, labels, w = _check_update_args(centers, None, x, labels, sample_weight)
     cosine = _checks.metric(metric)
     k, d = centers.shape
     cluster_size = _checks.ema_state("cluster_size", cluster_size, (k,), centers)
@@ -224,10 +283,13 @@ def ema_update_(
     be = _dispatch.resolve(backend, x.device)
     deterministic = _check_deterministic(deterministic, be)
     x = x.detach()
+    w = w.detach() if w is not None else None
     if not _registry.registered():
-        _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic)
-        return reference.ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, cosine)
-    _registry.call("ema_update_", centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, be, cosine)
+        _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, cosine, w)
+        return reference.ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps,
+                                     deterministic, cosine, w)
+    _registry.call("ema_update_", centers, cluster_size, embed_sum, x, labels, decay, eps,
+                   deterministic, be, cosine, w)
 
 
 # ----------------------------------------------------------------------------- batched problems
@@ -242,6 +304,13 @@ def _batched_state(name: str, t: object, shape: tuple[int, ...], dtype: torch.dt
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
     _checks.same_device(name, t, x)
     return t
+
+
+def _batched_weights(sample_weight: object, x: Tensor) -> Tensor:
+    w = _checks.tensor("sample_weight", sample_weight)
+    if tuple(w.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"sample_weight must have shape {tuple(x.shape[:2])} (B, N), got {tuple(w.shape)}")
+    return _checks.sample_weight("sample_weight", w.reshape(-1), w.numel(), x).view(w.shape)
 
 
 def _batched_labels(labels: object, x: Tensor, k: int) -> Tensor:
@@ -272,7 +341,8 @@ class _Flat:
             self.t.copy_(self.flat.view(self.t.shape))
 
 
-def _batched_update_(centers, counts, x, labels, deterministic, backend, metric="euclidean") -> None:
+def _batched_update_(centers, counts, x, labels, deterministic, backend, metric="euclidean",
+                     sample_weight=None) -> None:
     """The B problems' updates as one update of the flat (B*K, d) centers with labels
     b*K + l: exact (each cluster's sum and count only see its own problem's rows) and one
     launch on every backend."""
@@ -280,18 +350,20 @@ def _batched_update_(centers, counts, x, labels, deterministic, backend, metric=
     b, k, d = centers.shape
     n = x.shape[1]
     _checks.not_grad_leaf("centers", centers)
-    counts = _batched_state("counts", counts, (b, k), torch.int64, x)
+    counts = _batched_state("counts", counts, (b, k),
+                            torch.int64 if sample_weight is None else torch.float64, x)
     labels = _batched_labels(labels, x, k)
+    w = _batched_weights(sample_weight, x).reshape(b * n) if sample_weight is not None else None
     flat_c, flat_n = _Flat(centers, (b * k, d)), _Flat(counts, (b * k,))
     minibatch_update_(flat_c.flat, flat_n.flat, x.reshape(b * n, d),
-                      _checks.batch_offsets(labels, k), metric=metric,
+                      _checks.batch_offsets(labels, k), sample_weight=w, metric=metric,
                       deterministic=deterministic, backend=backend)
     flat_c.write_back()
     flat_n.write_back()
 
 
 def _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic,
-                         backend, metric="euclidean") -> None:
+                         backend, metric="euclidean", sample_weight=None) -> None:
     """One problem at a time: the Laplace smoothing normalises by each problem's own total
     (n = sum_k N_k over its K clusters), so the flat (B*K) reuse of the single-problem
     kernels would not be exact. Everything is checked first, for every problem, so a failed
@@ -302,6 +374,9 @@ def _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps
     cluster_size = _batched_state("cluster_size", cluster_size, (b, k), want, x)
     embed_sum = _batched_state("embed_sum", embed_sum, (b, k, d), want, x)
     labels = _batched_labels(labels, x, k)
+    w = _batched_weights(sample_weight, x) if sample_weight is not None else None
+    if w is not None:
+        _checks.weight_range("sample_weight", w)
     for name, t in (("centers", centers), ("cluster_size", cluster_size), ("embed_sum", embed_sum)):
         _checks.not_grad_leaf(name, t)
     decay = _checks.decay(decay)
@@ -310,5 +385,6 @@ def _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps
                      {"x": x, "labels": labels})
     _check_deterministic(deterministic, _dispatch.resolve(backend, x.device))
     for i in range(b):
-        ema_update_(centers[i], cluster_size[i], embed_sum[i], x[i], labels[i], decay=decay,
+        ema_update_(centers[i], cluster_size[i], embed_sum[i], x[i], labels[i],
+                    sample_weight=w[i] if w is not None else None, decay=decay,
                     eps=eps, metric=metric, deterministic=deterministic, backend=backend)

@@ -258,17 +258,23 @@ def soft_assign_backward(grad_q: Tensor, q: Tensor, x: Tensor, centers: Tensor, 
 
 
 # --------------------------------------------------------------------------- updates
-def cluster_sums(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Per-cluster sums (K, d) float64 and counts (K,) int64 of the rows of x."""
+def cluster_sums(x: Tensor, labels: Tensor, k: int, sample_weight: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor]:
+    """Per-cluster sums (K, d) float64 and counts (K,) int64 of the rows of x; with
+    sample_weight the weighted sums sum_i w_i x_i and the weights (K,) float64."""
     sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
-    sums.index_add_(0, labels, _acc(x))
-    counts = torch.bincount(labels, minlength=k)[:k].to(torch.int64)
-    return sums, counts
+    if sample_weight is None:
+        sums.index_add_(0, labels, _acc(x))
+        return sums, torch.bincount(labels, minlength=k)[:k].to(torch.int64)
+    w = sample_weight.to(torch.float64)
+    sums.index_add_(0, labels, _acc(x) * w[:, None])
+    wsum = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, labels, w)
+    return sums, wsum
 
 
 def minibatch_update_(
     centers: Tensor, counts: Tensor, x: Tensor, labels: Tensor, deterministic: bool = False,
-    cosine: bool = False,
+    cosine: bool = False, sample_weight: Tensor | None = None,
 ) -> None:
     """Sculley's mini-batch k-means step, as scikit-learn's MiniBatchKMeans:
 
@@ -278,7 +284,23 @@ def minibatch_update_(
 
     ``cosine`` (spherical k-means): S_k sums x_i / ||x_i|| (a zero row adds 0) and every
     updated c_k is then renormalised to unit length (a zero result stays zero).
+
+    ``sample_weight`` (float64 counts): scikit-learn's ``_minibatch_update_dense``
+    transcribed, for every k whose batch weight w_k = sum_{l_i = k} w_i is > 0:
+    ``c_k <- (c_k W_k + sum_{l_i = k} w_i x_i) * (1 / (W_k + w_k)); W_k += w_k``.
     """
+    if sample_weight is not None:
+        sums, wsum = cluster_sums(_unit_rows(x) if cosine else x, labels, centers.shape[0],
+                                  sample_weight)
+        hit = wsum > 0
+        total = counts + wsum
+        c = _acc(centers)
+        upd = (c * counts[:, None] + sums) * (1.0 / torch.where(hit, total, 1.0))[:, None]
+        if cosine:
+            upd = _renormalize(upd)
+        centers.copy_(torch.where(hit[:, None], upd, c).to(centers.dtype))
+        counts.copy_(torch.where(hit, total, counts))
+        return
     sums, m = cluster_sums(_unit_rows(x) if cosine else x, labels, centers.shape[0])
     hit = m > 0
     new_counts = counts + m
@@ -291,11 +313,12 @@ def minibatch_update_(
 
 
 def minibatch_step_(
-    centers: Tensor, counts: Tensor, x: Tensor, deterministic: bool = False, cosine: bool = False
+    centers: Tensor, counts: Tensor, x: Tensor, deterministic: bool = False, cosine: bool = False,
+    sample_weight: Tensor | None = None,
 ) -> Tensor:
     """assign against the current centers, then minibatch_update_; returns the labels."""
     labels, _ = assign(x, centers, cosine)
-    minibatch_update_(centers, counts, x, labels, deterministic, cosine)
+    minibatch_update_(centers, counts, x, labels, deterministic, cosine, sample_weight)
     return labels
 
 
@@ -309,6 +332,7 @@ def ema_update_(
     eps: float,
     deterministic: bool = False,
     cosine: bool = False,
+    sample_weight: Tensor | None = None,
 ) -> None:
     """The VQ-VAE codebook EMA (van den Oord et al. 2017, appendix A.1), literally:
 
@@ -324,9 +348,11 @@ def ema_update_(
 
     ``cosine`` (as vector-quantize-pytorch's cosine codebook): S_k sums x_i / ||x_i|| and
     c_k = M_k / N'_k is renormalised to unit length (a zero result stays zero).
+
+    ``sample_weight``: n_k is the weight of the rows labelled k and S_k their weighted sum.
     """
     k = centers.shape[0]
-    sums, m = cluster_sums(_unit_rows(x) if cosine else x, labels, k)
+    sums, m = cluster_sums(_unit_rows(x) if cosine else x, labels, k, sample_weight)
     size = decay * _acc(cluster_size) + (1.0 - decay) * m.to(torch.float64)
     total = decay * _acc(embed_sum) + (1.0 - decay) * sums
     cluster_size.copy_(size.to(cluster_size.dtype))

@@ -251,9 +251,9 @@ WideSum<scalar_t> segment_sums(const scalar_t* x, int64_t n, int64_t d, const in
 // metric="cosine" (issue 12): S[k, :] = sum of x_i / ||x_i|| over the rows labelled k (a zero
 // row adds 0), in the same fixed order as segment_sums; ||x_i|| is formed in double, and the
 // rows are scaled as they are summed (no normalised copy of x).
+// ||x_i|| in double for every row (metric="cosine").
 template <typename scalar_t>
-WideSum<scalar_t> unit_segment_sums(const scalar_t* x, int64_t n, int64_t d,
-                                    const int64_t* labels, int64_t k) {
+std::vector<double> row_norms(const scalar_t* x, int64_t n, int64_t d) {
   std::vector<double> norm(n);
   at::parallel_for(0, n, std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d)),
                    [&](int64_t i0, int64_t i1) {
@@ -263,11 +263,42 @@ WideSum<scalar_t> unit_segment_sums(const scalar_t* x, int64_t n, int64_t d,
       norm[i] = std::sqrt(s);
     }
   });
+  return norm;
+}
+
+template <typename scalar_t>
+WideSum<scalar_t> unit_segment_sums(const scalar_t* x, int64_t n, int64_t d,
+                                    const int64_t* labels, int64_t k) {
+  const std::vector<double> norm = row_norms(x, n, d);
   WideSum<scalar_t> sums(k * d);
   for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
     for (int64_t i = 0; i < n; ++i) {
       if (norm[i] == 0.0) continue;
       for (int64_t j = j0; j < j1; ++j) sums.add(labels[i] * d + j, static_cast<double>(x[i * d + j]) / norm[i]);
+    }
+  });
+  return sums;
+}
+
+// sample_weight (issue 12): S[k, :] = sum of w_i x_i over the rows labelled k, each term formed
+// in double (x_i / ||x_i|| first under cosine, a zero row adding 0), in the same fixed order as
+// segment_sums, and wsum[k] = sum of their w_i (double, index order).
+template <typename scalar_t>
+WideSum<scalar_t> weighted_segment_sums(const scalar_t* x, int64_t n, int64_t d,
+                                        const int64_t* labels, int64_t k, const double* w,
+                                        bool cosine, std::vector<double>& wsum) {
+  const std::vector<double> norm = cosine ? row_norms(x, n, d) : std::vector<double>();
+  wsum.assign(static_cast<size_t>(k), 0.0);
+  for (int64_t i = 0; i < n; ++i) wsum[labels[i]] += w[i];
+  WideSum<scalar_t> sums(k * d);
+  for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (cosine && norm[i] == 0.0) continue;
+      const int64_t base = labels[i] * d;
+      for (int64_t j = j0; j < j1; ++j) {
+        const double v = static_cast<double>(x[i * d + j]);
+        sums.add(base + j, (cosine ? v / norm[i] : v) * w[i]);
+      }
     }
   });
   return sums;

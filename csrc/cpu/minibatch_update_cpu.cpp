@@ -8,6 +8,7 @@
 // anything is written, so a failed call leaves every argument unchanged.
 #include "assign_cpu.h"
 
+#include <cmath>
 #include <limits>
 
 namespace kmgan_ext {
@@ -69,6 +70,77 @@ void sculley_update(scalar_t* c, int64_t* counts, const scalar_t* x, const int64
   }
 }
 
+// sample_weight (issue 12): (N,) floating, finite and >= 0, read in double (N values).
+Tensor checked_weights(const c10::optional<Tensor>& sample_weight, const Tensor& x) {
+  const Tensor& w = *sample_weight;
+  check_cpu("sample_weight", w);
+  TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), "sample_weight must be a floating tensor, got ",
+                   w.scalar_type());
+  TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == x.size(0), "sample_weight must have shape (",
+                    x.size(0), ",), got ", w.sizes());
+  Tensor wd = w.to(at::kDouble).contiguous();
+  const double* wp = wd.data_ptr<double>();
+  for (int64_t i = 0; i < wd.numel(); ++i)
+    TORCH_CHECK_VALUE(std::isfinite(wp[i]) && wp[i] >= 0.0,
+                      "sample_weight must be finite and non-negative, found ", wp[i],
+                      " at position ", i);
+  return wd;
+}
+
+// scikit-learn's _minibatch_update_dense with sample_weight, transcribed: for every k whose
+// batch weight w_k > 0, c_k <- (c_k W_k + sum_{l_i = k} w_i x_i) * (1 / (W_k + w_k)) and
+// W_k += w_k, in double (W = counts, float64 cumulative weights). cosine: the weighted rows
+// enter as w_i x_i / ||x_i|| and each updated center is renormalised.
+template <typename scalar_t>
+void weighted_sculley_update(scalar_t* c, double* counts, const scalar_t* x,
+                             const int64_t* labels, int64_t n, int64_t d, int64_t k,
+                             const double* w, bool cosine) {
+  std::vector<double> wsum;
+  const WideSum<scalar_t> sums = weighted_segment_sums(x, n, d, labels, k, w, cosine, wsum);
+  std::vector<double> row(d);
+  for (int64_t q = 0; q < k; ++q) {
+    if (!(wsum[q] > 0.0)) continue;
+    const double before = counts[q];
+    counts[q] = before + wsum[q];
+    const double alpha = 1.0 / counts[q];
+    scalar_t* cq = c + q * d;
+    for (int64_t j = 0; j < d; ++j)
+      row[j] = (static_cast<double>(cq[j]) * before + sums.value(q * d + j)) * alpha;
+    if (cosine) normalize_in_place(row.data(), d);
+    for (int64_t j = 0; j < d; ++j) cq[j] = static_cast<scalar_t>(row[j]);
+  }
+}
+
+void weighted_update_contiguous(const Tensor& centers, const Tensor& counts, const Tensor& x,
+                                const Tensor& labels, const Tensor& w, bool cosine) {
+  const int64_t n = x.size(0), d = x.size(1), k = centers.size(0);
+  const int64_t* lp = labels.data_ptr<int64_t>();
+  check_label_values("labels", lp, n, k);
+  const double* cp = counts.data_ptr<double>();
+  for (int64_t q = 0; q < k; ++q)
+    TORCH_CHECK_VALUE(std::isfinite(cp[q]) && cp[q] >= 0.0,
+                      "counts must be finite and non-negative, found ", cp[q], " at position ", q);
+  if (n == 0) return;
+  KMGAN_DISPATCH_FLOATING(x.scalar_type(), "minibatch_update_native_", [&] {
+    weighted_sculley_update(centers.data_ptr<scalar_t>(), counts.data_ptr<double>(),
+                            x.data_ptr<scalar_t>(), lp, n, d, k, w.data_ptr<double>(), cosine);
+  });
+}
+
+// counts: int64 row counts, or float64 cumulative weights with sample_weight.
+void check_counts_tensor(const Tensor& counts, int64_t k, bool weighted) {
+  if (!weighted) {
+    check_index("counts", counts, k);
+    return;
+  }
+  check_cpu("counts", counts);
+  TORCH_CHECK_TYPE(counts.scalar_type() == at::kDouble,
+                   "counts must be float64 (cumulative weights) with sample_weight, got ",
+                   counts.scalar_type());
+  TORCH_CHECK_VALUE(counts.dim() == 1 && counts.size(0) == k, "counts must have shape (", k,
+                    ",), got ", counts.sizes());
+}
+
 void update_contiguous(const Tensor& centers, const Tensor& counts, const Tensor& x,
                        const Tensor& labels, bool cosine = false) {
   const int64_t n = x.size(0), d = x.size(1), k = centers.size(0);
@@ -84,22 +156,35 @@ void update_contiguous(const Tensor& centers, const Tensor& counts, const Tensor
 
 void minibatch_update_native_(Tensor& centers, Tensor& counts, const Tensor& x_in,
                               const Tensor& labels_in, bool /*deterministic: always*/,
-                              bool cosine) {
+                              bool cosine, const c10::optional<Tensor>& sample_weight) {
   check_update_args(centers, x_in);
-  check_index("counts", counts, centers.size(0));
+  check_counts_tensor(counts, centers.size(0), sample_weight.has_value());
   check_index("labels", labels_in, x_in.size(0));
   const Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
+  const Tensor w = sample_weight.has_value() ? checked_weights(sample_weight, x) : Tensor();
   const Tensor c = contiguous_work(centers), cnt = contiguous_work(counts);
-  update_contiguous(c, cnt, x, labels, cosine);
+  if (w.defined()) {
+    weighted_update_contiguous(c, cnt, x, labels, w, cosine);
+  } else {
+    update_contiguous(c, cnt, x, labels, cosine);
+  }
   write_back(c, centers);
   write_back(cnt, counts);
 }
 
 Tensor minibatch_step_native_(Tensor& centers, Tensor& counts, const Tensor& x_in,
-                              bool /*deterministic: always*/, bool cosine) {
+                              bool /*deterministic: always*/, bool cosine,
+                              const c10::optional<Tensor>& sample_weight) {
   check_update_args(centers, x_in);
-  check_index("counts", counts, centers.size(0));
+  check_counts_tensor(counts, centers.size(0), sample_weight.has_value());
   const Tensor x = x_in.contiguous();
+  const Tensor w = sample_weight.has_value() ? checked_weights(sample_weight, x) : Tensor();
+  if (w.defined()) {  // the counts' values, before the assign (nothing written on failure)
+    const double* cp = counts.contiguous().data_ptr<double>();
+    for (int64_t q = 0; q < counts.numel(); ++q)
+      TORCH_CHECK_VALUE(std::isfinite(cp[q]) && cp[q] >= 0.0,
+                        "counts must be finite and non-negative, found ", cp[q], " at position ", q);
+  }
   const Tensor c = contiguous_work(centers), cnt = contiguous_work(counts);
   Tensor labels = at::empty({x.size(0)}, x.options().dtype(at::kLong));
   // Labels against the centers before the update; no distances needed.
@@ -108,7 +193,11 @@ Tensor minibatch_step_native_(Tensor& centers, Tensor& counts, const Tensor& x_i
   } else {
     assign_into(x, c, labels, Tensor());
   }
-  update_contiguous(c, cnt, x, labels, cosine);
+  if (w.defined()) {
+    weighted_update_contiguous(c, cnt, x, labels, w, cosine);
+  } else {
+    update_contiguous(c, cnt, x, labels, cosine);
+  }
   write_back(c, centers);
   write_back(cnt, counts);
   return labels;
@@ -127,18 +216,16 @@ void check_ema_state(const char* name, const Tensor& t, at::IntArrayRef shape,
 // N_k = decay N_k + (1 - decay) n_k; M_k = decay M_k + (1 - decay) S_k (every k); then from
 // the stored state n = sum N, N'_k = (N_k + eps) / (n + K eps) n, c_k = M_k / N'_k where
 // N'_k != 0. All in double, rounded once to the state's / centers' dtype.
+// m: the row counts, or with sample_weight the batch weights and sums the weighted sums.
 template <typename scalar_t, typename state_t>
-void ema_apply(scalar_t* c, state_t* size, state_t* embed, const scalar_t* x, const int64_t* labels,
-               int64_t n, int64_t d, int64_t k, const std::vector<int64_t>& m, double decay,
-               double eps, bool cosine = false) {
-  const WideSum<scalar_t> sums =
-      cosine ? unit_segment_sums(x, n, d, labels, k) : segment_sums(x, n, d, labels, k);
+void ema_apply(scalar_t* c, state_t* size, state_t* embed, const WideSum<scalar_t>& sums,
+               int64_t d, int64_t k, const std::vector<double>& m, double decay, double eps,
+               bool cosine = false) {
   std::vector<double> row(cosine ? d : 0);
   const double take = 1.0 - decay;
   double total = 0.0;
   for (int64_t q = 0; q < k; ++q) {
-    size[q] = static_cast<state_t>(decay * static_cast<double>(size[q]) +
-                                   take * static_cast<double>(m[q]));
+    size[q] = static_cast<state_t>(decay * static_cast<double>(size[q]) + take * m[q]);
     total += static_cast<double>(size[q]);
     for (int64_t j = 0; j < d; ++j) {
       const int64_t e = q * d + j;
@@ -163,7 +250,8 @@ void ema_apply(scalar_t* c, state_t* size, state_t* embed, const scalar_t* x, co
 
 void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum,
                         const Tensor& x_in, const Tensor& labels_in, double decay, double eps,
-                        bool /*deterministic: always*/, bool cosine) {
+                        bool /*deterministic: always*/, bool cosine,
+                        const c10::optional<Tensor>& sample_weight) {
   check_update_args(centers, x_in);
   const int64_t n = x_in.size(0), d = x_in.size(1), k = centers.size(0);
   check_ema_state("cluster_size", cluster_size, {k}, centers);
@@ -173,14 +261,21 @@ void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum
   TORCH_CHECK_VALUE(eps >= 0.0 && eps < std::numeric_limits<double>::infinity(),
                     "eps must be a finite float >= 0, got ", eps);
   const Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
+  const Tensor w = sample_weight.has_value() ? checked_weights(sample_weight, x) : Tensor();
   const int64_t* lp = labels.data_ptr<int64_t>();
-  const std::vector<int64_t> m = label_counts("labels", lp, n, k);
+  const std::vector<int64_t> counts = label_counts("labels", lp, n, k);
   const Tensor c = contiguous_work(centers), size = contiguous_work(cluster_size),
                embed = contiguous_work(embed_sum);
   KMGAN_DISPATCH_FLOATING(x.scalar_type(), "ema_update_native_", [&] {
     using state_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    ema_apply(c.data_ptr<scalar_t>(), size.data_ptr<state_t>(), embed.data_ptr<state_t>(),
-              x.data_ptr<scalar_t>(), lp, n, d, k, m, decay, eps, cosine);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    std::vector<double> m(counts.begin(), counts.end());
+    const WideSum<scalar_t> sums =
+        w.defined() ? weighted_segment_sums(xp, n, d, lp, k, w.data_ptr<double>(), cosine, m)
+        : cosine    ? unit_segment_sums(xp, n, d, lp, k)
+                    : segment_sums(xp, n, d, lp, k);
+    ema_apply(c.data_ptr<scalar_t>(), size.data_ptr<state_t>(), embed.data_ptr<state_t>(), sums,
+              d, k, m, decay, eps, cosine);
   });
   write_back(c, centers);
   write_back(size, cluster_size);

@@ -103,11 +103,15 @@ inline int64_t cluster_pieces_elems(int64_t n, int64_t d) {
 
 // Sculley's mini-batch k-means (DESIGN.md 4.2), in place: counts_k += m_k;
 // c_k += (S_k - m_k c_k) / counts_k in double for every k with m_k > 0 (others untouched).
-cudaError_t minibatch_update_launch(Dtype dtype, void* centers, int64_t* counts, const void* x,
+// weights (sample_weight, N doubles) may be null; when given, counts is double (cumulative
+// weights, scikit-learn's weight_sums) instead of int64, and batch_weights is K doubles of
+// workspace (fast mode).
+cudaError_t minibatch_update_launch(Dtype dtype, void* centers, void* counts, const void* x,
                                     const int64_t* labels, const int64_t* sorted_labels,
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
-                                    double* row_norms, cudaStream_t stream);
+                                    double* row_norms, const double* weights,
+                                    double* batch_weights, cudaStream_t stream);
 
 // The VQ-VAE codebook EMA (contract 4), in place, every k (also m_k = 0):
 //   N_k <- decay N_k + (1 - decay) m_k ;  M_k <- decay M_k + (1 - decay) S_k   (stored)
@@ -120,6 +124,7 @@ cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, vo
                               const int64_t* sorted_labels, const int64_t* perm, int64_t n,
                               int64_t k, int64_t d, double* sums, int64_t* batch_counts,
                               double* pieces, double* total, double* row_norms,
+                              const double* weights, double* batch_weights,
                               cudaStream_t stream);
 
 // ------------------------------------------------------------------------------ center loss

@@ -21,6 +21,13 @@
 // (double, N values: never a normalised copy of x), the sums add x_i / ||x_i|| (a zero row
 // adds 0 but counts), and the centers the rule updates are renormalised to unit length (a zero
 // result stays zero) from their double values.
+//
+// sample_weight (issue 12; `weights` not null, N doubles): every summand is multiplied by its
+// row's weight (in double) and each cluster's batch weight w_k replaces its row count: in fast
+// mode summed with double atomics into batch_weights (no float32 shared partials), in
+// deterministic mode by the update kernels over the cluster's sorted rows, in a fixed order.
+// Sculley's rule is then scikit-learn's: for w_k > 0, c_k <- (c_k W_k + S_k) * (1 / (W_k +
+// w_k)) and W_k += w_k, W = counts as float64 cumulative weights.
 #include "common.cuh"
 
 namespace kmgan_cuda {
@@ -60,13 +67,16 @@ __global__ void __launch_bounds__(kSumThreads)
 
 // x[i, j] as summed: divided by the row's norm under metric="cosine" (norms not null; a zero
 // row gives 0, a NaN row NaN), else as is.
+// Times the row's weight when weights are given (sample_weight).
 template <typename T>
 __device__ __forceinline__ double summand(const T* x, const double* norms, int64_t i, int64_t d,
-                                          int64_t j) {
-  const double v = to_acc(x[i * d + j]);
-  if (norms == nullptr) return v;
-  const double nrm = norms[i];
-  return nrm == 0.0 ? 0.0 : v / nrm;
+                                          int64_t j, const double* weights = nullptr) {
+  double v = to_acc(x[i * d + j]);
+  if (norms != nullptr) {
+    const double nrm = norms[i];
+    v = nrm == 0.0 ? 0.0 : v / nrm;
+  }
+  return weights == nullptr ? v : v * weights[i];
 }
 
 // The tile's rows [begin, end) of cluster e / d, feature e % d, summed in double: the rescan of
@@ -89,7 +99,9 @@ __global__ void __launch_bounds__(kSumThreads)
     cluster_sums_atomic_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
                                int64_t n, int64_t k, int64_t d, double* __restrict__ sums,
                                int64_t* __restrict__ batch_counts, bool shared_partials,
-                               const double* __restrict__ norms) {
+                               const double* __restrict__ norms,
+                               const double* __restrict__ weights,
+                               double* __restrict__ batch_weights) {
   using A = acc_t<T>;
   KMGAN_DYNAMIC_SHARED(unsigned char, shared_raw);
   A* s_sums = reinterpret_cast<A*>(shared_raw);                      // k * d, when shared
@@ -111,6 +123,10 @@ __global__ void __launch_bounds__(kSumThreads)
         if (lane == 0) atomicAdd(&s_counts[l], 1u);
         for (int64_t j = lane; j < d; j += 32)
           atomicAdd(&s_sums[l * d + j], static_cast<A>(summand(x, norms, i, d, j)));
+      } else if (weights != nullptr) {  // sample_weight: never shared_partials
+        if (lane == 0) atomicAdd(&batch_weights[l], weights[i]);
+        for (int64_t j = lane; j < d; j += 32)
+          atomicAdd(&sums[l * d + j], summand(x, norms, i, d, j, weights));
       } else {
         if (lane == 0) atomicAdd(reinterpret_cast<unsigned long long*>(&batch_counts[l]), 1ull);
         for (int64_t j = lane; j < d; j += 32)
@@ -152,7 +168,8 @@ __global__ void __launch_bounds__(kPieceThreads)
                              const int64_t* __restrict__ perm, int64_t n, int64_t k, int64_t d,
                              int64_t col_blocks, double* __restrict__ sums,
                              double* __restrict__ first_piece, double* __restrict__ last_piece,
-                             const double* __restrict__ norms) {
+                             const double* __restrict__ norms,
+                             const double* __restrict__ weights) {
   const int64_t chunk = blockIdx.x / col_blocks;
   const int64_t j = (blockIdx.x % col_blocks) * kPieceThreads + threadIdx.x;
   if (j >= d) return;
@@ -163,7 +180,7 @@ __global__ void __launch_bounds__(kPieceThreads)
   int64_t run_start = begin;
   for (int64_t s = begin; s < end; ++s) {
     const int64_t l = sorted_labels[s];
-    acc += summand(x, norms, perm[s], d, j);
+    acc += summand(x, norms, perm[s], d, j, weights);
     const bool chunk_ends = s + 1 == end;
     if (chunk_ends || sorted_labels[s + 1] != l) {  // the run [run_start, s] ends here
       if (run_start == begin) first_piece[chunk * d + j] = acc;
@@ -199,6 +216,9 @@ struct ClusterSums {
   const double* first_piece;
   const double* last_piece;
   int64_t n, d;
+  const double* weights = nullptr;        // sample_weight (N), else null
+  const double* batch_weights = nullptr;  // fast mode with weights: w_k
+  const int64_t* perm = nullptr;          // deterministic mode: sorted position -> row
 };
 
 struct ClusterSlice {
@@ -221,6 +241,26 @@ __device__ __forceinline__ ClusterSlice cluster_slice(const ClusterSums& s, int6
     c.m = s.batch_counts[kk];
   }
   return c;
+}
+
+// sample_weight: the batch weight w_kk of the cluster (every thread of the block gets it; all
+// of them must call). Fast mode: the atomics' total. Deterministic mode: the block sums the
+// weights of the cluster's sorted rows, strided then a fixed tree (block_sum): bitwise
+// repeatable.
+__device__ double cluster_weight(const ClusterSums& s, const ClusterSlice& c, int64_t kk) {
+  if (s.batch_weights != nullptr) return s.batch_weights[kk];
+  __shared__ double shared_w;
+  double part = 0;
+  if (c.m > 0) {
+    const int64_t first = lower_bound(s.sorted_labels, s.n, kk);
+    for (int64_t r = threadIdx.x; r < c.m; r += blockDim.x) part += s.weights[s.perm[first + r]];
+  }
+  const double total = block_sum(part);
+  if (threadIdx.x == 0) shared_w = total;
+  __syncthreads();
+  const double w = shared_w;
+  __syncthreads();  // every thread has read it before a later call rewrites it
+  return w;
 }
 
 // S_kk[j]; 0 for a cluster without rows.
@@ -278,6 +318,30 @@ __global__ void __launch_bounds__(kApplyThreads)
   }
 }
 
+// sample_weight: scikit-learn's weighted rule (counts = float64 cumulative weights W); one
+// block per cluster, clusters whose batch weight is 0 are left untouched.
+template <typename T>
+__global__ void __launch_bounds__(kApplyThreads)
+    weighted_sculley_apply_kernel(T* __restrict__ centers, double* __restrict__ counts,
+                                  ClusterSums s, bool cosine) {
+  const int64_t kk = blockIdx.x;
+  const ClusterSlice c = cluster_slice(s, kk);
+  const double wk = cluster_weight(s, c, kk);
+  if (!(wk > 0.0)) return;  // the same for the whole block
+  const double before = counts[kk], total = before + wk, alpha = 1.0 / total;
+  __syncthreads();  // every thread has read counts[kk] before thread 0 overwrites it
+  if (threadIdx.x == 0) counts[kk] = total;
+  auto updated = [&](int64_t j) {
+    const double cj = static_cast<double>(to_acc(centers[kk * s.d + j]));
+    return (cj * before + cluster_sum(s, c, kk, j)) * alpha;
+  };
+  const double scale = cosine ? inverse_norm(updated, s.d) : 1.0;
+  __syncthreads();  // every thread has read the old center before any overwrites it
+  for (int64_t j = threadIdx.x; j < s.d; j += blockDim.x) {
+    centers[kk * s.d + j] = from_wide<T>(updated(j) * scale);
+  }
+}
+
 // EMA, first kernel (one block per cluster): the decayed state, stored.
 template <typename S>
 __global__ void __launch_bounds__(kApplyThreads)
@@ -286,9 +350,9 @@ __global__ void __launch_bounds__(kApplyThreads)
   const int64_t kk = blockIdx.x;
   const ClusterSlice c = cluster_slice(s, kk);
   const double take = 1.0 - decay;
+  const double mk = s.weights != nullptr ? cluster_weight(s, c, kk) : static_cast<double>(c.m);
   if (threadIdx.x == 0) {
-    cluster_size[kk] = static_cast<S>(decay * static_cast<double>(cluster_size[kk]) +
-                                      take * static_cast<double>(c.m));
+    cluster_size[kk] = static_cast<S>(decay * static_cast<double>(cluster_size[kk]) + take * mk);
   }
   for (int64_t j = threadIdx.x; j < s.d; j += blockDim.x) {
     const int64_t e = kk * s.d + j;
@@ -328,8 +392,8 @@ template <typename T>
 cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
                                const int64_t* sorted_labels, const int64_t* perm, int64_t n,
                                int64_t k, int64_t d, double* sums, int64_t* batch_counts,
-                               double* pieces, double* row_norms, cudaStream_t stream,
-                               ClusterSums* out) {
+                               double* pieces, double* row_norms, const double* weights,
+                               double* batch_weights, cudaStream_t stream, ClusterSums* out) {
   using A = acc_t<T>;
   cudaError_t err;
   if (row_norms != nullptr && n > 0) {  // metric="cosine": the rows' norms first
@@ -339,9 +403,11 @@ cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
   }
   const bool deterministic = sorted_labels != nullptr && n > 0;
   *out = ClusterSums{sums, nullptr, nullptr, nullptr, nullptr, n, d};
+  out->weights = weights;
   if (deterministic) {
     if (perm == nullptr) return cudaErrorInvalidValue;
     out->sorted_labels = sorted_labels;
+    out->perm = perm;
     out->first_piece = pieces;
     out->last_piece = pieces + cluster_pieces_elems(n, d) / 2;
     const int64_t col_blocks = ceil_div(d, kPieceThreads);
@@ -351,43 +417,60 @@ cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
       KMGAN_LAUNCH(static_cast<unsigned>(blocks), kPieceThreads, 0, stream,
                    sorted_piece_sums_kernel<T>)(
           static_cast<const T*>(x), sorted_labels, perm, n, k, d, col_blocks, sums,
-          pieces, pieces + cluster_pieces_elems(n, d) / 2, row_norms);
+          pieces, pieces + cluster_pieces_elems(n, d) / 2, row_norms, weights);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
     return cudaSuccess;
   }
   out->batch_counts = batch_counts;
+  if (weights != nullptr) {
+    if (batch_weights == nullptr) return cudaErrorInvalidValue;
+    out->batch_weights = batch_weights;
+    if ((err = cudaMemsetAsync(batch_weights, 0, sizeof(double) * k, stream)) != cudaSuccess)
+      return err;
+  }
   if (k * d > 0 && (err = cudaMemsetAsync(sums, 0, sizeof(double) * k * d, stream)) != cudaSuccess)
     return err;
   if ((err = cudaMemsetAsync(batch_counts, 0, sizeof(int64_t) * k, stream)) != cudaSuccess)
     return err;
   if (n == 0) return cudaSuccess;
   const int64_t shared_bytes = k * d * static_cast<int64_t>(sizeof(A)) + k * 4;
-  const bool shared_partials = shared_bytes <= kSharedPartialsBytes;
+  // Weighted rows go to the double sums directly: a float32 partial of w_i x_i would round
+  // each product.
+  const bool shared_partials = shared_bytes <= kSharedPartialsBytes && weights == nullptr;
   const int blocks = shared_partials ? grid_for(n, kFlushRows, 2) : grid_for(n, kSumWarps);
   KMGAN_LAUNCH(blocks, kSumThreads, shared_partials ? static_cast<size_t>(shared_bytes) : 0,
                stream, cluster_sums_atomic_kernel<T>)(
-      static_cast<const T*>(x), labels, n, k, d, sums, batch_counts, shared_partials, row_norms);
+      static_cast<const T*>(x), labels, n, k, d, sums, batch_counts, shared_partials, row_norms,
+      weights, batch_weights);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-cudaError_t minibatch_update_launch(Dtype dtype, void* centers, int64_t* counts, const void* x,
+cudaError_t minibatch_update_launch(Dtype dtype, void* centers, void* counts, const void* x,
                                     const int64_t* labels, const int64_t* sorted_labels,
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
-                                    double* row_norms, cudaStream_t stream) {
+                                    double* row_norms, const double* weights,
+                                    double* batch_weights, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;  // no rows: every cluster is untouched
   if (k <= 0 || k > INT32_MAX) return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     ClusterSums s;
     cudaError_t err = cluster_sums_stage<T>(x, labels, sorted_labels, perm, n, k, d, sums,
-                                            batch_counts, pieces, row_norms, stream, &s);
+                                            batch_counts, pieces, row_norms, weights,
+                                            batch_weights, stream, &s);
     if (err != cudaSuccess) return err;
-    KMGAN_LAUNCH(static_cast<unsigned>(k), kApplyThreads, 0, stream, sculley_apply_kernel<T>)(
-        static_cast<T*>(centers), counts, s, row_norms != nullptr);
+    if (weights != nullptr) {
+      KMGAN_LAUNCH(static_cast<unsigned>(k), kApplyThreads, 0, stream,
+                   weighted_sculley_apply_kernel<T>)(
+          static_cast<T*>(centers), static_cast<double*>(counts), s, row_norms != nullptr);
+    } else {
+      KMGAN_LAUNCH(static_cast<unsigned>(k), kApplyThreads, 0, stream, sculley_apply_kernel<T>)(
+          static_cast<T*>(centers), static_cast<int64_t*>(counts), s, row_norms != nullptr);
+    }
     return cudaGetLastError();
   });
 }
@@ -397,14 +480,15 @@ cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, vo
                               const int64_t* sorted_labels, const int64_t* perm, int64_t n,
                               int64_t k, int64_t d, double* sums, int64_t* batch_counts,
                               double* pieces, double* total, double* row_norms,
-                              cudaStream_t stream) {
+                              const double* weights, double* batch_weights, cudaStream_t stream) {
   if (k <= 0 || k > INT32_MAX) return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using S = acc_t<T>;  // the state: float32, float64 for float64 centers
     ClusterSums s;
     cudaError_t err = cluster_sums_stage<T>(x, labels, sorted_labels, perm, n, k, d, sums,
-                                            batch_counts, pieces, row_norms, stream, &s);
+                                            batch_counts, pieces, row_norms, weights,
+                                            batch_weights, stream, &s);
     if (err != cudaSuccess) return err;
     const unsigned blocks = static_cast<unsigned>(k);
     KMGAN_LAUNCH(blocks, kApplyThreads, 0, stream, ema_state_kernel<S>)(

@@ -21,7 +21,7 @@ constexpr const char* kEma = "kmgan_ext::ema_update_native_";
 // in deterministic mode the stable sort of the labels and the chunk pieces, and under
 // metric="cosine" the rows' norms (N doubles).
 struct Workspace {
-  at::Tensor sums, batch_counts, sorted_labels, perm, pieces, row_norms;
+  at::Tensor sums, batch_counts, sorted_labels, perm, pieces, row_norms, weights, batch_weights;
   const int64_t* sorted() const {
     return sorted_labels.defined() ? sorted_labels.const_data_ptr<int64_t>() : nullptr;
   }
@@ -32,12 +32,36 @@ struct Workspace {
   double* norms_ptr() {
     return row_norms.defined() ? row_norms.mutable_data_ptr<double>() : nullptr;
   }
+  const double* weights_ptr() const {
+    return weights.defined() ? weights.const_data_ptr<double>() : nullptr;
+  }
+  double* batch_weights_ptr() {
+    return batch_weights.defined() ? batch_weights.mutable_data_ptr<double>() : nullptr;
+  }
 };
 
+// sample_weight (issue 12): (N,) floating on x's device, read as N doubles. Its values (finite,
+// >= 0) are checked by the Python routing layer with a device-side assert (no host sync).
+at::Tensor checked_weights(const char* op, const c10::optional<at::Tensor>& sample_weight,
+                           const at::Tensor& x) {
+  if (!sample_weight.has_value()) return at::Tensor();
+  const at::Tensor& w = *sample_weight;
+  check_same_device(op, "sample_weight", w, x, "x");
+  TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), op,
+                   ": sample_weight must be a floating tensor, got ", w.scalar_type());
+  TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == x.size(0), op,
+                    ": sample_weight must have shape (", x.size(0), ",), got ", w.sizes());
+  return w.to(at::kDouble).contiguous();
+}
+
 Workspace workspace(const at::Tensor& x, const at::Tensor& labels, int64_t k,
-                    bool deterministic, bool cosine) {
+                    bool deterministic, bool cosine, const at::Tensor& weights) {
   const int64_t n = x.size(0), d = x.size(1);
   Workspace w;
+  if (weights.defined()) {
+    w.weights = weights;
+    w.batch_weights = at::empty({k}, x.options().dtype(at::kDouble));
+  }
   w.sums = at::empty({k, d}, x.options().dtype(at::kDouble));
   w.batch_counts = at::empty({k}, x.options().dtype(at::kLong));
   if (cosine) w.row_norms = at::empty({n}, x.options().dtype(at::kDouble));
@@ -52,41 +76,57 @@ Workspace workspace(const at::Tensor& x, const at::Tensor& labels, int64_t k,
 }
 
 // Sculley's update in place on centers_work / counts_work (contiguous).
+// counts: int64 row counts, or float64 cumulative weights when weights are given.
 void sculley_contiguous(const char* op, at::Tensor& centers_work, at::Tensor& counts_work,
                         const at::Tensor& x, const at::Tensor& labels, bool deterministic,
-                        bool cosine) {
+                        bool cosine, const at::Tensor& weights) {
   const int64_t n = x.size(0), k = centers_work.size(0), d = x.size(1);
   if (n == 0) return;
-  Workspace w = workspace(x, labels, k, deterministic, cosine);
+  Workspace w = workspace(x, labels, k, deterministic, cosine, weights);
   C10_CUDA_CHECK(minibatch_update_launch(
-      dtype_of(op, x), centers_work.mutable_data_ptr(), counts_work.mutable_data_ptr<int64_t>(),
+      dtype_of(op, x), centers_work.mutable_data_ptr(), counts_work.mutable_data_ptr(),
       x.const_data_ptr(), labels.const_data_ptr<int64_t>(), w.sorted(), w.permutation(), n, k,
       d, w.sums.mutable_data_ptr<double>(), w.batch_counts.mutable_data_ptr<int64_t>(),
-      w.piece_ptr(), w.norms_ptr(), current_stream()));
+      w.piece_ptr(), w.norms_ptr(), w.weights_ptr(), w.batch_weights_ptr(), current_stream()));
 }
 
 void check_update_args(const char* op, const at::Tensor& centers, const at::Tensor* counts,
-                       const at::Tensor& x) {
+                       const at::Tensor& x, bool weighted = false) {
   check_features(op, "x", x);
   check_centers(op, "centers", centers, x);
-  if (counts) check_int64_vector(op, "counts", *counts, centers.size(0), x);
+  if (!counts) return;
+  if (!weighted) {
+    check_int64_vector(op, "counts", *counts, centers.size(0), x);
+    return;
+  }
+  check_same_device(op, "counts", *counts, x, "x");
+  TORCH_CHECK_TYPE(counts->scalar_type() == at::kDouble, op,
+                   ": counts must be float64 (cumulative weights) with sample_weight, got ",
+                   counts->scalar_type());
+  TORCH_CHECK_VALUE(counts->dim() == 1 && counts->size(0) == centers.size(0), op,
+                    ": counts must have shape (", centers.size(0), ",), got ", counts->sizes());
 }
 
 void minibatch_update_cuda(at::Tensor& centers, at::Tensor& counts, const at::Tensor& x_in,
-                           const at::Tensor& labels_in, bool deterministic, bool cosine) {
-  check_update_args(kUpdate, centers, &counts, x_in);
+                           const at::Tensor& labels_in, bool deterministic, bool cosine,
+                           const c10::optional<at::Tensor>& sample_weight) {
+  check_update_args(kUpdate, centers, &counts, x_in, sample_weight.has_value());
   check_int64_vector(kUpdate, "labels", labels_in, x_in.size(0), x_in);
+  const at::Tensor weights = checked_weights(kUpdate, sample_weight, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
   at::Tensor centers_work = centers.contiguous(), counts_work = counts.contiguous();
-  sculley_contiguous(kUpdate, centers_work, counts_work, x, labels, deterministic, cosine);
+  sculley_contiguous(kUpdate, centers_work, counts_work, x, labels, deterministic, cosine,
+                     weights);
   write_back(centers_work, centers);
   write_back(counts_work, counts);
 }
 
 at::Tensor minibatch_step_cuda(at::Tensor& centers, at::Tensor& counts, const at::Tensor& x_in,
-                               bool deterministic, bool cosine) {
-  check_update_args(kStep, centers, &counts, x_in);
+                               bool deterministic, bool cosine,
+                               const c10::optional<at::Tensor>& sample_weight) {
+  check_update_args(kStep, centers, &counts, x_in, sample_weight.has_value());
+  const at::Tensor weights = checked_weights(kStep, sample_weight, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   at::Tensor centers_work = centers.contiguous(), counts_work = counts.contiguous();
@@ -108,7 +148,7 @@ at::Tensor minibatch_step_cuda(at::Tensor& centers, at::Tensor& counts, const at
                                  labels.mutable_data_ptr<int64_t>(), dist2.mutable_data_ptr(),
                                  current_stream()));
   }
-  sculley_contiguous(kStep, centers_work, counts_work, x, labels, deterministic, cosine);
+  sculley_contiguous(kStep, centers_work, counts_work, x, labels, deterministic, cosine, weights);
   write_back(centers_work, centers);
   write_back(counts_work, counts);
   return labels;
@@ -128,7 +168,8 @@ void check_ema_state(const char* name, const at::Tensor& t, at::IntArrayRef shap
 
 void ema_update_cuda(at::Tensor& centers, at::Tensor& cluster_size, at::Tensor& embed_sum,
                      const at::Tensor& x_in, const at::Tensor& labels_in, double decay,
-                     double eps, bool deterministic, bool cosine) {
+                     double eps, bool deterministic, bool cosine,
+                     const c10::optional<at::Tensor>& sample_weight) {
   check_update_args(kEma, centers, nullptr, x_in);
   const int64_t n = x_in.size(0), k = centers.size(0), d = x_in.size(1);
   check_int64_vector(kEma, "labels", labels_in, n, x_in);
@@ -138,18 +179,20 @@ void ema_update_cuda(at::Tensor& centers, at::Tensor& cluster_size, at::Tensor& 
                     decay);
   TORCH_CHECK_VALUE(eps >= 0.0 && eps < std::numeric_limits<double>::infinity(), kEma,
                     ": eps must be a finite float >= 0, got ", eps);
+  const at::Tensor weights = checked_weights(kEma, sample_weight, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
   at::Tensor centers_work = centers.contiguous(), size_work = cluster_size.contiguous();
   at::Tensor embed_work = embed_sum.contiguous();
-  Workspace w = workspace(x, labels, k, deterministic, cosine);
+  Workspace w = workspace(x, labels, k, deterministic, cosine, weights);
   at::Tensor total = at::empty({1}, x.options().dtype(at::kDouble));
   C10_CUDA_CHECK(ema_update_launch(
       dtype_of(kEma, x), centers_work.mutable_data_ptr(), size_work.mutable_data_ptr(),
       embed_work.mutable_data_ptr(), decay, eps, x.const_data_ptr(),
       labels.const_data_ptr<int64_t>(), w.sorted(), w.permutation(), n, k, d,
       w.sums.mutable_data_ptr<double>(), w.batch_counts.mutable_data_ptr<int64_t>(),
-      w.piece_ptr(), total.mutable_data_ptr<double>(), w.norms_ptr(), current_stream()));
+      w.piece_ptr(), total.mutable_data_ptr<double>(), w.norms_ptr(), w.weights_ptr(),
+      w.batch_weights_ptr(), current_stream()));
   write_back(centers_work, centers);
   write_back(size_work, cluster_size);
   write_back(embed_work, embed_sum);

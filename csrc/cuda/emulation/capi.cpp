@@ -71,14 +71,16 @@ EMU_API kmgan_emu_assign_cosine_backward_launch(int dtype, const void* grad_dist
                                        grad_centers_acc, nullptr);
 }
 
-EMU_API kmgan_emu_minibatch_update_launch(int dtype, void* centers, int64_t* counts,
+EMU_API kmgan_emu_minibatch_update_launch(int dtype, void* centers, void* counts,
                                           const void* x, const int64_t* labels,
                                           const int64_t* sorted_labels, const int64_t* perm,
                                           int64_t n, int64_t k, int64_t d, double* sums,
                                           int64_t* batch_counts, double* pieces,
-                                          double* row_norms) {
+                                          double* row_norms, const double* weights,
+                                          double* batch_weights) {
   return minibatch_update_launch(dt(dtype), centers, counts, x, labels, sorted_labels, perm, n,
-                                 k, d, sums, batch_counts, pieces, row_norms, nullptr);
+                                 k, d, sums, batch_counts, pieces, row_norms, weights,
+                                 batch_weights, nullptr);
 }
 
 EMU_API kmgan_emu_ema_update_launch(int dtype, void* centers, void* cluster_size,
@@ -86,10 +88,11 @@ EMU_API kmgan_emu_ema_update_launch(int dtype, void* centers, void* cluster_size
                                     const int64_t* labels, const int64_t* sorted_labels,
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
-                                    double* total, double* row_norms) {
+                                    double* total, double* row_norms, const double* weights,
+                                    double* batch_weights) {
   return ema_update_launch(dt(dtype), centers, cluster_size, embed_sum, decay, eps, x, labels,
                            sorted_labels, perm, n, k, d, sums, batch_counts, pieces, total,
-                           row_norms, nullptr);
+                           row_norms, weights, batch_weights, nullptr);
 }
 
 EMU_API_SIZE kmgan_emu_cluster_pieces_elems(int64_t n, int64_t d) {

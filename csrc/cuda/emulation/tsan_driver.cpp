@@ -24,12 +24,14 @@ int kmgan_emu_assign_cosine_launch(int, const void*, const void*, int64_t, int64
 int kmgan_emu_assign_cosine_backward_launch(int, const void*, const void*, const void*,
                                             const int64_t*, int64_t, int64_t, int64_t, void*,
                                             void*);
-int kmgan_emu_minibatch_update_launch(int, void*, int64_t*, const void*, const int64_t*,
+int kmgan_emu_minibatch_update_launch(int, void*, void*, const void*, const int64_t*,
                                       const int64_t*, const int64_t*, int64_t, int64_t, int64_t,
-                                      double*, int64_t*, double*, double*);
+                                      double*, int64_t*, double*, double*, const double*,
+                                      double*);
 int kmgan_emu_ema_update_launch(int, void*, void*, void*, double, double, const void*,
                                 const int64_t*, const int64_t*, const int64_t*, int64_t, int64_t,
-                                int64_t, double*, int64_t*, double*, double*, double*);
+                                int64_t, double*, int64_t*, double*, double*, double*,
+                                const double*, double*);
 int64_t kmgan_emu_cluster_pieces_elems(int64_t, int64_t);
 int kmgan_emu_center_loss_launch(int, const void*, const int64_t*, const void*, int64_t, int64_t,
                                  const void*, const int64_t*, const void*, int64_t, int64_t,
@@ -131,23 +133,35 @@ void run_all(std::mt19937& rng) {
   std::vector<double> norms(n);  // metric="cosine" on the deterministic calls
   check(kmgan_emu_minibatch_update_launch(kF32, centers.data(), counts.data(), x.data(),
                                           labels.data(), nullptr, nullptr, n, k, d, sums.data(),
-                                          batch_counts.data(), nullptr, nullptr),
+                                          batch_counts.data(), nullptr, nullptr, nullptr, nullptr),
         "minibatch_update fast");
   check(kmgan_emu_minibatch_update_launch(kF32, centers.data(), counts.data(), x.data(),
                                           labels.data(), sorted.data(), order.data(), n, k, d,
                                           sums.data(), batch_counts.data(), pieces.data(),
-                                          norms.data()),
+                                          norms.data(), nullptr, nullptr),
         "minibatch_update deterministic");
+  // sample_weight: double atomics (fast) and the block-summed cluster weights (deterministic).
+  std::vector<double> weights(n, 0.5), batch_weights(k), wcounts(k, 1.0);
+  check(kmgan_emu_minibatch_update_launch(kF32, centers.data(), wcounts.data(), x.data(),
+                                          labels.data(), nullptr, nullptr, n, k, d, sums.data(),
+                                          batch_counts.data(), nullptr, nullptr, weights.data(),
+                                          batch_weights.data()),
+        "minibatch_update weighted fast");
+  check(kmgan_emu_minibatch_update_launch(kF32, centers.data(), wcounts.data(), x.data(),
+                                          labels.data(), sorted.data(), order.data(), n, k, d,
+                                          sums.data(), batch_counts.data(), pieces.data(),
+                                          nullptr, weights.data(), nullptr),
+        "minibatch_update weighted deterministic");
   std::vector<float> size(k, 1.f), embed = c;
   check(kmgan_emu_ema_update_launch(kF32, centers.data(), size.data(), embed.data(), 0.9, 1e-5,
                                     x.data(), labels.data(), nullptr, nullptr, n, k, d,
                                     sums.data(), batch_counts.data(), nullptr, total.data(),
-                                    nullptr),
+                                    nullptr, nullptr, nullptr),
         "ema_update fast");
   check(kmgan_emu_ema_update_launch(kF32, centers.data(), size.data(), embed.data(), 0.9, 1e-5,
                                     x.data(), labels.data(), sorted.data(), order.data(), n, k,
                                     d, sums.data(), batch_counts.data(), pieces.data(),
-                                    total.data(), norms.data()),
+                                    total.data(), norms.data(), nullptr, nullptr),
         "ema_update deterministic");
 
   // Center loss and the KM-GAN loss block.
