@@ -241,3 +241,61 @@ def test_batched_weighted_update_is_each_problem():
     km.minibatch_update_(c, cnt, x, labels, sample_weight=w, backend="cpu")
     torch.testing.assert_close(c, want_c)
     torch.testing.assert_close(cnt, want_n)
+
+
+# ----------------------------------------------------------------------------- estimators
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits().data
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_minibatch_kmeans_weighted_partial_fit_follows_sklearn(digits, backend):
+    """MiniBatchKMeans.partial_fit with sample_weight now runs the weighted update op: the
+    same centers and weight sums as scikit-learn's partial_fit sequence (same init)."""
+    if km.available_backends()[backend] is not None:
+        pytest.skip(km.available_backends()[backend])
+    sk = pytest.importorskip("sklearn.cluster")
+    w = np.random.RandomState(0).uniform(0.2, 2.0, len(digits))
+    w[::7] = 0.0
+    init = digits[np.random.RandomState(3).choice(len(digits), 10, replace=False)].copy()
+    a = km.MiniBatchKMeans(10, init=init, random_state=0, batch_size=100, backend=backend)
+    b = sk.MiniBatchKMeans(10, init=init, random_state=0, batch_size=100)
+    for s in range(0, 500, 100):
+        a.partial_fit(digits[s : s + 100], sample_weight=w[s : s + 100])
+        b.partial_fit(digits[s : s + 100], sample_weight=w[s : s + 100])
+        np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(a.counts_, b._counts, rtol=1e-12)
+
+
+def _repeated(x, seed):
+    w = np.random.RandomState(seed).randint(1, 4, len(x)).astype(np.float64)
+    return w, np.repeat(np.arange(len(x)), w.astype(np.int64))
+
+
+def test_kmeans_cosine_with_sample_weight_is_repeated_rows(digits):
+    """metric="cosine" with sample_weight (refused before): integer weights give the fit of
+    the rows repeated that many times."""
+    x = digits[:400]
+    w, rep = _repeated(x, 1)
+    init = x[:6].copy()
+    a = km.KMeans(6, init=init, n_init=1, metric="cosine", backend="cpu").fit(x, sample_weight=w)
+    b = km.KMeans(6, init=init, n_init=1, metric="cosine", backend="cpu").fit(x[rep])
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-10, atol=1e-12)
+    assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-10)
+    assert a.n_iter_ == b.n_iter_
+
+
+def test_minibatch_kmeans_cosine_with_sample_weight_is_repeated_rows(digits):
+    x = digits[:300]
+    w, rep = _repeated(x, 2)
+    init = x[:5].copy()
+    a = km.MiniBatchKMeans(5, init=init, metric="cosine", reassignment_ratio=0.0, backend="cpu")
+    b = km.MiniBatchKMeans(5, init=init, metric="cosine", reassignment_ratio=0.0, backend="cpu")
+    for s in range(0, 300, 100):
+        a.partial_fit(x[s : s + 100], sample_weight=w[s : s + 100])
+        b.partial_fit(x[rep[(rep >= s) & (rep < s + 100)]])
+        np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(a.counts_, b.counts_)

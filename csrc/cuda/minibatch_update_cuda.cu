@@ -124,7 +124,11 @@ __global__ void __launch_bounds__(kSumThreads)
         for (int64_t j = lane; j < d; j += 32)
           atomicAdd(&s_sums[l * d + j], static_cast<A>(summand(x, norms, i, d, j)));
       } else if (weights != nullptr) {  // sample_weight: never shared_partials
-        if (lane == 0) atomicAdd(&batch_weights[l], weights[i]);
+        // The row count too: cluster_sum reads a cluster without rows as 0.
+        if (lane == 0) {
+          atomicAdd(&batch_weights[l], weights[i]);
+          atomicAdd(reinterpret_cast<unsigned long long*>(&batch_counts[l]), 1ull);
+        }
         for (int64_t j = lane; j < d; j += 32)
           atomicAdd(&sums[l * d + j], summand(x, norms, i, d, j, weights));
       } else {

@@ -8,8 +8,10 @@ strict (labels unchanged) or the squared center shift below ``tol`` (already sca
 data's variance). Without strict convergence the labels are recomputed against the final
 centers, so ``labels_`` always matches ``cluster_centers_``.
 
-Sample weights: the sums of ``w_i x_i`` and of ``w_i`` are formed by the same kernels over
-``[w x, w]`` (one extra column) and divided: the weighted means scikit-learn computes.
+Sample weights: ``km.minibatch_update_(..., sample_weight=w)`` from zero centers and zero
+float64 counts leaves ``c_k = sum w_i x_i / w_k`` and ``counts_k = w_k`` (the kernels' weighted
+sums, no weighted copy of x): the weighted means scikit-learn computes; with metric="cosine"
+the renormalised weighted sums of the unit rows.
 
 A memmap (``Data.chunked``) is read chunk by chunk: per chunk the labels and the per-cluster
 sums (float64), summed over the chunks; in memory the whole of X is one call.
@@ -27,38 +29,31 @@ from ..seeding.kmeans_plusplus import unit
 from ._base import Data, assign_all
 
 
-def weighted_rows(x: Tensor, w: Tensor | None) -> Tensor | None:
-    """[w x, w] (N, d + 1), whose per-cluster means give the weighted sums; None for w None."""
+def m_step(x, w, labels, k, *, deterministic, backend) -> tuple[Tensor, Tensor]:
+    """(new centers (K, d) in x.dtype, 0 for empty (zero-weight) clusters; weight per cluster
+    float64)."""
     if w is None:
-        return None
-    return torch.cat([x * w[:, None], w[:, None]], dim=1)
-
-
-def m_step(x, xw, w, labels, k, *, deterministic, backend) -> tuple[Tensor, Tensor]:
-    """(new centers (K, d) in x.dtype, 0 for empty clusters; weight per cluster float64)."""
-    if xw is None:
         means, n = cluster_means(x, labels, k, deterministic=deterministic, backend=backend)
         return means, n.to(torch.float64)
-    means, n = cluster_means(xw, labels, k, deterministic=deterministic, backend=backend)
-    nf = n.to(torch.float64)
-    wsum = means[:, -1].to(torch.float64) * nf
-    sums = means[:, :-1].to(torch.float64) * nf[:, None]
-    centers = torch.where((wsum > 0)[:, None], sums / wsum.clamp_min(1e-300)[:, None], sums)
-    return centers.to(x.dtype), wsum
+    means = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
+    wsum = torch.zeros(k, dtype=torch.float64, device=x.device)
+    minibatch_update_(means, wsum, x, labels, sample_weight=w, deterministic=deterministic,
+                      backend=backend)
+    return means, wsum
 
 
-def e_m_step(data: Data, w, xw, centers, *, deterministic, backend, metric="euclidean"):
-    """(labels (N,), dist2 (N,), new centers (K, d), weight per cluster float64); ``xw`` is
-    ``weighted_rows(data.x, w)`` in memory (formed once per fit), None for a memmap."""
+def e_m_step(data: Data, w, centers, *, deterministic, backend, metric="euclidean"):
+    """(labels (N,), dist2 (N,), new centers (K, d), weight per cluster float64)."""
     k = centers.shape[0]
     cosine = metric == "cosine"
     if not data.chunked:
         x = data.x
         labels, dist2 = assign(x, centers, metric=metric, backend=backend)
         if cosine:
-            new, weight = spherical_m_step(x, labels, k, deterministic=deterministic, backend=backend)
+            new, weight = spherical_m_step(x, labels, k, w, deterministic=deterministic,
+                                           backend=backend)
         else:
-            new, weight = m_step(x, xw, w, labels, k, deterministic=deterministic, backend=backend)
+            new, weight = m_step(x, w, labels, k, deterministic=deterministic, backend=backend)
         return labels, dist2, new, weight
     n = data.shape[0]
     labels = torch.empty(n, dtype=torch.int64, device=data.device)
@@ -69,13 +64,15 @@ def e_m_step(data: Data, w, xw, centers, *, deterministic, backend, metric="eucl
         e = s + x.shape[0]
         lab, d2 = assign(x, centers, metric=metric, backend=backend)
         labels[s:e], dist2[s:e] = lab, d2
-        if cosine:  # the sums of the chunk's unit rows (a chunk is a copy already)
-            sums.index_add_(0, lab, unit(x.to(torch.float64)))
-            weight += torch.bincount(lab, minlength=k).to(torch.float64)
-            continue
         wc = w[s:e] if w is not None else None
-        means, wk = m_step(x, weighted_rows(x, wc), wc, lab, k,
-                           deterministic=deterministic, backend=backend)
+        if cosine:  # the (weighted) sums of the chunk's unit rows (a chunk is a copy already)
+            u = unit(x.to(torch.float64))
+            sums.index_add_(0, lab, u if wc is None else u * wc.to(torch.float64)[:, None])
+            weight += (torch.bincount(lab, minlength=k).to(torch.float64) if wc is None else
+                       torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(
+                           0, lab, wc.to(torch.float64)))
+            continue
+        means, wk = m_step(x, wc, lab, k, deterministic=deterministic, backend=backend)
         sums += means.to(torch.float64) * wk[:, None]
         weight += wk
     if cosine:
@@ -107,14 +104,15 @@ def relocate_empty(data: Data, w, labels, dist2, centers_new, weight) -> None:
     centers_new.copy_(c.to(centers_new.dtype))
 
 
-def spherical_m_step(x, labels, k, *, deterministic, backend) -> tuple[Tensor, Tensor]:
-    """metric="cosine": the renormalised sums of the normalised rows (0 for empty clusters),
-    by the update kernel itself: from zero centers and counts, Sculley's rule with cosine
-    sets every hit c_k to normalise(S_k / m_k) = normalise(S_k) and leaves the others 0."""
+def spherical_m_step(x, labels, k, w=None, *, deterministic, backend) -> tuple[Tensor, Tensor]:
+    """metric="cosine": the renormalised (weighted) sums of the normalised rows (0 for empty
+    clusters), by the update kernel itself: from zero centers and counts, Sculley's rule with
+    cosine sets every hit c_k to normalise(S_k / m_k) = normalise(S_k) and leaves the others
+    0; with sample_weight, S_k = sum w_i x_i / ||x_i|| and the counts are the weights."""
     centers = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
-    counts = torch.zeros(k, dtype=torch.int64, device=x.device)
-    minibatch_update_(centers, counts, x, labels, deterministic=deterministic, metric="cosine",
-                      backend=backend)
+    counts = torch.zeros(k, dtype=torch.int64 if w is None else torch.float64, device=x.device)
+    minibatch_update_(centers, counts, x, labels, sample_weight=w, deterministic=deterministic,
+                      metric="cosine", backend=backend)
     return centers, counts.to(torch.float64)
 
 
@@ -138,8 +136,6 @@ def lloyd(data: Data, w, centers, *, max_iter, tol, verbose, deterministic, back
     ``verbose``: scikit-learn's per-iteration lines on stdout, and a progress of the
     iterations on stderr (kmgan_ext._progress: a bar on a terminal; elsewhere a line every
     KMGAN_EXT_PROGRESS_INTERVAL seconds, so only long fits print one)."""
-    if metric == "cosine" and w is not None:
-        raise NotImplementedError("metric='cosine' with sample_weight is not supported yet")
     with progress(max_iter, desc=desc, unit="it", enabled=bool(verbose), leave=False,
                   summary=False) as bar:
         return _lloyd(data, w, centers, max_iter=max_iter, tol=tol, verbose=verbose,
@@ -147,12 +143,11 @@ def lloyd(data: Data, w, centers, *, max_iter, tol, verbose, deterministic, back
 
 
 def _lloyd(data, w, centers, *, max_iter, tol, verbose, deterministic, backend, metric, bar):
-    xw = weighted_rows(data.x, w) if not data.chunked else None
     labels_old = None
     i = 0
     for i in range(max_iter):
         labels, dist2, centers_new, weight = e_m_step(
-            data, w, xw, centers, deterministic=deterministic, backend=backend, metric=metric)
+            data, w, centers, deterministic=deterministic, backend=backend, metric=metric)
         if metric == "cosine":
             relocate_empty_spherical(data, labels, dist2, centers_new, weight)
         else:

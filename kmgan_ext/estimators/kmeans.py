@@ -46,7 +46,7 @@ class KMeans(EstimatorBase):
         metric: "euclidean" or "cosine" (spherical k-means: k-means++ on the sphere, labels
             by the largest cosine similarity, unit centers = the renormalised sums of the
             normalised rows, inertia = sum of 2 - 2 cos, ``transform`` = sqrt(2 - 2 cos);
-            sample_weight is not supported with it yet).
+            with sample_weight the renormalised weighted sums and the weighted inertia).
         deterministic: bitwise-reproducible sums on a GPU (the CPU always is).
 
     Fitted attributes: ``cluster_centers_`` (K, d), ``labels_`` (N,), ``inertia_``,

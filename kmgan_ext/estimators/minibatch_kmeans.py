@@ -21,7 +21,6 @@ from ._base import (
     probabilities,
     tolerance,
 )
-from ._lloyd import m_step, weighted_rows
 
 
 class MiniBatchKMeans(EstimatorBase):
@@ -137,21 +136,11 @@ class MiniBatchKMeans(EstimatorBase):
         labels, dist2 = assign(xb, self._centers, metric=self.metric, backend=self.backend)
         d2 = dist2.to(torch.float64)
         inertia = float((d2 * wb.to(torch.float64)).sum() if wb is not None else d2.sum())
-        if self.metric == "cosine" and wb is not None:
-            raise NotImplementedError("metric='cosine' with sample_weight is not supported yet")
-        if wb is None:
-            minibatch_update_(self._centers, self._counts, xb, labels, metric=self.metric,
-                              deterministic=self.deterministic, backend=self.backend)
-        else:
-            # c_k <- (c_k W_k + S_k) / (W_k + w_k) for clusters with batch weight w_k > 0
-            sums_mean, wsum = m_step(xb, weighted_rows(xb, wb), wb, labels, self.n_clusters,
-                                     deterministic=self.deterministic, backend=self.backend)
-            hit = wsum > 0
-            total = self._counts + wsum
-            c = self._centers.to(torch.float64)
-            new = (c * self._counts[:, None] + sums_mean.to(torch.float64) * wsum[:, None]) / total.clamp_min(1e-300)[:, None]
-            self._centers.copy_(torch.where(hit[:, None], new, c).to(self._centers.dtype))
-            self._counts.copy_(torch.where(hit, total, self._counts))
+        # weighted (float64 counts): scikit-learn's c_k <- (c_k W_k + S_k) / (W_k + w_k) for
+        # clusters with batch weight w_k > 0, in the update kernels
+        minibatch_update_(self._centers, self._counts, xb, labels, sample_weight=wb,
+                          metric=self.metric, deterministic=self.deterministic,
+                          backend=self.backend)
         if reassign and self.reassignment_ratio > 0:
             self._reassign(xb, rs)
         return inertia
