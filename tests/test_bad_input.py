@@ -21,6 +21,7 @@ from kmgan_ext import reference
 
 N, D, K = 6, 3, 4
 FEAT, LAB, CNT, SIZE, EMBED = "feat", "labels", "counts", "size", "embed"
+WEIGHT, WCNT = "weight", "weighted counts"  # sample_weight and its float64 cumulative counts
 
 
 def _good():
@@ -34,6 +35,7 @@ def _good():
         x_fake=torch.randn(5, D, generator=g), labels_fake=torch.tensor([3, 2, 1, 0, 0]),
         centers_fake=torch.randn(K, D, generator=g), a=x, b=torch.randn(5, D, generator=g),
         f_real=x, f_fake=torch.randn(5, D, generator=g),
+        sample_weight=torch.tensor([0.5, 1.0, 0.0, 2.0, 1.5, 0.25]),
     )
 
 
@@ -67,6 +69,23 @@ OPS = {
     "soft_assign": (lambda a, b: km.soft_assign(a["x"], a["centers"], backend=b), {"x": FEAT, "centers": FEAT}, ()),
     # no backend: one implementation (torch ops on the tensors' device); a fresh seeded
     # generator per call, so the copies' call draws the same rows
+    # sample_weight (issue 12): the weighted updates, counts float64 cumulative weights
+    "minibatch_update_ (weighted)": (
+        lambda a, b: km.minibatch_update_(a["centers"], a["counts"], a["x"], a["labels"],
+                                          sample_weight=a["sample_weight"], backend=b),
+        {"centers": FEAT, "counts": WCNT, "x": FEAT, "labels": LAB, "sample_weight": WEIGHT},
+        ("centers", "counts"), dict(counts=torch.tensor([0.0, 2.5, 1.0, 0.0], dtype=torch.float64))),
+    "minibatch_step_ (weighted)": (
+        lambda a, b: km.minibatch_step_(a["centers"], a["counts"], a["x"],
+                                        sample_weight=a["sample_weight"], backend=b),
+        {"centers": FEAT, "counts": WCNT, "x": FEAT, "sample_weight": WEIGHT},
+        ("centers", "counts"), dict(counts=torch.tensor([0.0, 2.5, 1.0, 0.0], dtype=torch.float64))),
+    "ema_update_ (weighted)": (
+        lambda a, b: km.ema_update_(a["centers"], a["cluster_size"], a["embed_sum"], a["x"], a["labels"],
+                                    sample_weight=a["sample_weight"], decay=0.9, backend=b),
+        {"centers": FEAT, "cluster_size": SIZE, "embed_sum": EMBED, "x": FEAT, "labels": LAB,
+         "sample_weight": WEIGHT},
+        ("centers", "cluster_size", "embed_sum")),
     "reassign_dead_": (
         lambda a, b: km.reassign_dead_(a["centers"], a["counts"], a["x"], reassignment_ratio=0.5,
                                        generator=torch.Generator().manual_seed(0)),
@@ -84,7 +103,7 @@ def _perturbations(name: str, kind: str, t: torch.Tensor, args: dict, writes: tu
     """(case, new value, 'either' (a two-argument mismatch may name the other one), debug)."""
     out = []
     add = lambda case, v, either=False, debug=False: out.append((case, v, either, debug))  # noqa: E731
-    floating = kind in (FEAT, SIZE, EMBED)
+    floating = kind in (FEAT, SIZE, EMBED, WEIGHT, WCNT)
     add("python list", t.tolist())
     add("numpy array", t.numpy())
     add("meta device", t.to("meta"), either=True)
@@ -100,6 +119,9 @@ def _perturbations(name: str, kind: str, t: torch.Tensor, args: dict, writes: tu
         add("near float32 max", t * 1e38)
         add("subnormal", t * 1e-40)
         add("requires-grad leaf", t.clone().requires_grad_())
+        if kind in (WEIGHT, WCNT):
+            add("negative value", _with(t, -1.0))
+            add("inf", _with(t, float("inf")))
     else:
         add("int32 dtype", t.int())
         add("float dtype", t.float())
@@ -183,8 +205,8 @@ def _same(a, b) -> bool:
     return True
 
 
-def _run(op, call, kinds, writes, backend, stats, failures):
-    good = _good()
+def _run(op, call, kinds, writes, backend, stats, failures, overrides=None):
+    good = {**_good(), **(overrides or {})}
     args0 = {k: good[k] for k in kinds}
     for name, kind in kinds.items():
         for case, value, either, debug in _perturbations(name, kind, args0[name], args0, writes):
@@ -267,10 +289,10 @@ def test_bad_input_matrix(backend):
         pytest.skip(km.available_backends()[backend])
     stats = dict(tried=0, rejected=0, answered=0, silent=0, unclean=0)
     failures: list[str] = []
-    for op, (call, kinds, writes) in OPS.items():
+    for op, (call, kinds, writes, *overrides) in OPS.items():
         OPS_ARGS.clear()
         OPS_ARGS.update(kinds)
-        _run(op, call, kinds, writes, backend, stats, failures)
+        _run(op, call, kinds, writes, backend, stats, failures, *overrides)
     print(f"\nbad-input matrix, backend={backend}: {stats}")
     known = KNOWN.get(backend, set())
     silent = {f.split(": accepted")[0] for f in failures if ": accepted with an answer" in f}

@@ -159,6 +159,30 @@ def _cases(full: bool):
         add("minibatch_update", "_ema_centers_kernel",
             {"centers_ptr": PT[dt], "size_ptr": PT[acc], "esum_ptr": PT[acc], "eps_hi": "fp32",
              "eps_lo": "fp32"}, dict(BLOCK_K=8, BLOCK_S=1024, BLOCK_D=128), tag=dt)
+        # sample_weight (WEIGHTED): float64 batch weights in m_ptr, float64 cumulative weights
+        # as Sculley's counts, float64 accumulation; the weights themselves as float32 here.
+        w = {"w_ptr": "*fp32", "labels_ptr": "*i64"}
+        add("minibatch_update", "_segment_sum_kernel",
+            {"x_ptr": PT[dt], **w, "sums_ptr": "*fp64", "m_ptr": "*fp64"},
+            dict(ONEHOT=False, WEIGHTED=True, KP=64, BLOCK_N=64, BLOCK_D=128),
+            tag=f"{dt} weighted")
+        for mode in (0, 1):
+            dec = {"decay_hi": "fp32", "decay_lo": "fp32"}
+            state = {"counts_ptr": "*fp64" if mode == 0 else PT[acc],
+                     "esum_ptr": PT[dt] if mode == 0 else PT[acc]}
+            add("minibatch_update", "_apply_kernel",
+                {"centers_ptr": PT[dt], **state, "sums_ptr": "*fp64", "m_ptr": "*fp64", **dec},
+                dict(MODE=mode, WEIGHTED=True, BLOCK_K=8, BLOCK_D=128),
+                tag=f"{dt} mode={mode} weighted")
+            add("minibatch_update", "_sorted_segment_kernel",
+                {"centers_ptr": PT[dt], **state, "x_ptr": PT[dt], **w, "order_ptr": "*i64",
+                 "slab_ptr": "*i64", **dec},
+                dict(ACC_T="fp64", MODE=mode, WEIGHTED=True, BLOCK_K=4, BLOCK_R=16, BLOCK_D=64),
+                tag=f"{dt} mode={mode} weighted")
+            add("minibatch_update", "_small_update_kernel",
+                {"centers_ptr": PT[dt], **state, "x_ptr": PT[dt], **w, **dec},
+                dict(ACC_T="fp64", MODE=mode, WEIGHTED=True, KP=16, BLOCK_N=16, BLOCK_D=32),
+                tag=f"{dt} mode={mode} weighted")
 
     # ---- center loss (counts in the kernel for K <= 64, from the count launch above).
     for i, dt in enumerate(("fp32", "fp16", "bf16", "fp64") if full else ("fp32", "bf16")):
