@@ -108,7 +108,8 @@ def sample_weight(name: str, w: object, n: int, x: Tensor, ref: str = "x") -> Te
     if not w.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got {w.dtype}")
     if w.dim() != 1 or w.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},), got {tuple(w.shape)}")
+        raise ValueError(f"{name} must have shape ({n},) (a weight per row of {ref}), got "
+                         f"{tuple(w.shape)}")
     same_device(name, w, x, ref)
     return w
 

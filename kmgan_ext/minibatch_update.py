@@ -105,6 +105,7 @@ def _check_update_args(centers, counts, x, labels=None, sample_weight=None):
     if counts is not None:
         counts = (_checks.counts("counts", counts, centers.shape[0], x) if sample_weight is None
                   else _checks.weighted_counts("counts", counts, centers.shape[0], x))
+        _checks.not_grad_leaf("counts", counts)  # float64 counts can require grad
     if labels is not None:
         labels = _checks.labels("labels", labels, x.shape[0], x)
     return centers, counts, x, labels, sample_weight

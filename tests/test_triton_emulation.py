@@ -292,21 +292,25 @@ def _soft(kind):
     return op
 
 
-def _update_case(n, d, k, deterministic, mode="sculley", dtype=torch.float32, metric="euclidean"):
+def _update_case(n, d, k, deterministic, mode="sculley", dtype=torch.float32, metric="euclidean",
+                 weighted=False):
     def run(backend):
         g = _g(n + k + d)
         x = torch.randn(n, d, generator=g).to(dtype)
         c = torch.randn(k, d, generator=g).to(dtype)
         labels = torch.randint(0, k - 1, (n,), generator=g)  # cluster k-1 stays empty
+        # sample_weight: quarters in [0, 2] (some zero), float64 cumulative counts
+        w = torch.randint(0, 9, (n,), generator=g).float() / 4 if weighted else None
         if mode == "sculley":
             counts = torch.randint(0, 5, (k,), generator=g)
-            km.minibatch_update_(c, counts, x, labels, deterministic=deterministic, metric=metric,
-                                 backend=backend)
+            counts = counts.double() * 1.5 if weighted else counts
+            km.minibatch_update_(c, counts, x, labels, sample_weight=w, deterministic=deterministic,
+                                 metric=metric, backend=backend)
             return c, counts
         size = torch.rand(k, generator=g)
         size[1] = 0.0
         esum = torch.randn(k, d, generator=g)
-        km.ema_update_(c, size, esum, x, labels, decay=0.9, eps=1e-5,
+        km.ema_update_(c, size, esum, x, labels, sample_weight=w, decay=0.9, eps=1e-5,
                        deterministic=deterministic, backend=backend)
         return c, size, esum
     return run
@@ -335,6 +339,12 @@ GPU_CASES = {
     "update-deterministic": _update_case(500, 20, 100, True),
     "ema-fast": _update_case(500, 20, 100, False, "ema"),
     "ema-deterministic-bf16": _update_case(500, 20, 100, True, "ema", torch.bfloat16),
+    # sample_weight (issue 12): float64 atomics of the weighted rows and weights; the sorted
+    # path's per-segment weight sums; the single-program path.
+    "update-weighted-atomics": _update_case(500, 20, 100, False, weighted=True),
+    "update-weighted-deterministic": _update_case(500, 20, 100, True, weighted=True),
+    "update-weighted-small-cosine": _update_case(64, 20, 10, False, metric="cosine", weighted=True),
+    "ema-weighted-fast": _update_case(500, 20, 100, False, "ema", weighted=True),
     "assign-cosine-backward": _grad_case(_cosine_grad, 200, 40, 30),
     "assign-topk": _grad_case(_topk_grad, 150, 30, 20),
     "soft-assign-student-t": _grad_case(_soft("student_t"), 150, 30, 20),
@@ -360,8 +370,8 @@ def test_kernel_at_gpu_launch_parameters(case, schedule):
     ref = GPU_CASES[case]("reference")
     with em.gpu_launch_params(), em.emulate(schedule, seed=11) as st:
         out = GPU_CASES[case]("triton")
-    # Every case but the one-program update (by design) has a launch with several programs.
-    assert st.programs > st.launches or case == "update-small", "expected multi-program launches"
+    # Every case but the one-program updates (by design) has a launch with several programs.
+    assert st.programs > st.launches or case.startswith("update-small"), "expected multi-program launches"
     _LAUNCHED.update(st.kernels)
     _CASES_RUN.add(case)
     _close(out, ref)
