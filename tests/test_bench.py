@@ -198,3 +198,56 @@ def test_roofline_holds_each_row_to_the_level_its_data_fits():
     assert "DRAM" in what and t == pytest.approx(280e6 / 20e9 * 1e3)
     t, what = roof.bound(1e5, 0.0, "fp32")  # within L2: no memory bound is claimed
     assert t == 0.0 and "not modelled" in what
+
+
+# --------------------------------------------------------------------------- train_step's check
+def _train_step_case():
+    import torch
+    import bench_train_step as B
+
+    base = B.State(dict(batch=16, d=100, K=10), torch.device("cpu"), dcgan=False, tiny=True)
+    return B, base, B.first_iteration(base, B.TorchOps()), B.truth_iteration(base)
+
+
+def test_train_step_plain_torch_in_float64_is_the_reference_iteration():
+    """The naive torch iteration computes what kmgan_ext.reference's does: in float64 the two
+    agree to float64 rounding (Adam-amplified on the gradients that are 0 before a batch
+    norm: ~1e-10 of lr-sized steps), so their float32 gap is rounding, not a bug."""
+    B, base, _, (w_losses, w) = _train_step_case()
+    losses, s = B.first_iteration(B.float64_copy(base), B.TorchOps())
+    assert float((losses - w_losses).abs().max()) < 1e-12
+    assert float((s.C - w.C).abs().max()) < 1e-12 and float((s.Ch - w.Ch).abs().max()) < 1e-12
+    for net in ("D", "G"):
+        assert float((B._params(s, net) - B._params(w, net)).abs().max()) < 1e-8, net
+
+
+def test_train_step_check_accepts_float32_rounding_and_rejects_planted_bugs():
+    """Every float32 iteration differs from the float64 truth by Adam-amplified rounding (the
+    nets have a bias before a batch norm, whose true gradient is 0); the check allows what
+    plain torch itself shows, and fails a dropped gradient, a flipped one, or a wrong update."""
+    import torch
+
+    B, base, plain, truth = _train_step_case()
+    assert B.iteration_close(plain, truth)[0]
+    for b in ("reference", "cpu"):
+        ok, msg = B.iteration_close(B.first_iteration(base, B.KmOps(b)), truth, plain)
+        assert ok, (b, msg)
+
+    class NoFakeCenterGrad(B.TorchOps):  # L_center's gradient to the fake features dropped
+        def center(self, fr, lr, cr, ff, lf, cf):
+            return super().center(fr, lr, cr, ff.detach(), lf, cf)
+
+    class FlippedPullGrad(B.TorchOps):  # the right value, the negated gradient
+        def pull(self, f, labels, c):
+            v = super().pull(f, labels, c)
+            return 2 * v.detach() - v
+
+    class WrongUpdate(B.TorchOps):  # rows credited to the next center
+        def update_(self, c, n, f, labels):
+            super().update_(c, n, f, (labels + 1) % c.shape[0])
+
+    for planted, part in ((NoFakeCenterGrad, "G parameters"), (FlippedPullGrad, "D parameters"), (WrongUpdate, "centers C")):
+        ok, msg = B.iteration_close(B.first_iteration(base, planted()), truth, plain)
+        assert not ok, (planted.__name__, msg)
+        failed = [p for p in msg.split("; ") if "too far" in p or "values off" in p or "DIFFER" in p]
+        assert any(p.startswith(part) for p in failed), (planted.__name__, msg)
