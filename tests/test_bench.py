@@ -251,3 +251,51 @@ def test_train_step_check_accepts_float32_rounding_and_rejects_planted_bugs():
         assert not ok, (planted.__name__, msg)
         failed = [p for p in msg.split("; ") if "too far" in p or "values off" in p or "DIFFER" in p]
         assert any(p.startswith(part) for p in failed), (planted.__name__, msg)
+
+
+def test_every_check_fails_a_planted_wrong_answer(tmp_path):
+    """tests/planted_bench.py makes every kernel of the cpu backend 1% (+1e-3) off; every
+    benchmark row that runs that backend must then be judged wrong, and the other backends'
+    rows still right. Excepted: k-means++ seeding, whose check is a quality bar (rows of x,
+    inertia within 1.25x of scikit-learn's): D^2 sampling on distances 1% off is still a
+    valid k-means++ (its rows-of-x check: test_kmeans_plusplus_check_rejects_a_non_row)."""
+    import kmgan_ext as km
+
+    if km.available_backends()["cpu"] is not None:
+        pytest.skip("the cpu backend is not built")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "planted_bench.py"), "cpu", "--tiny", "--threads", "1",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    ran = [r for r in rows if r["absent"] is None and r["skipped"] is None and not r["error"]]
+    cpu = [r for r in ran if r["provider"].endswith("kmgan_ext-cpu") or r["provider"].endswith("kmgan_ext-cpu-det")
+           or (r["op"] == "kmeans_lloyd" and r["provider"] == "kmgan_ext")]  # backend "torch": the cpu kernels
+    ops = {r["op"] for r in cpu}
+    assert {"assign", "assign_topk", "assign_batched", "soft_assign", "minibatch_update", "minibatch_step",
+            "center_loss", "assigned_distance", "pairwise_l1", "train_step", "kmgan_loss_block",
+            "vector_quantizer", "center_loss_layer", "kmeans_lloyd"} <= ops, ops
+    passed = [(r["op"], r["provider"], r["mode"], r["check"]) for r in cpu
+              if r["correct"] and r["op"] != "kmeans_plusplus"]
+    assert not passed, passed
+    others = [(r["op"], r["provider"]) for r in ran if r["provider"].endswith("kmgan_ext-reference") and not r["correct"]]
+    assert not others, others
+
+
+def test_kmeans_plusplus_check_rejects_a_non_row():
+    """The seeding checks of bench_kmeans_plusplus.py and sweep.py: rows of x pass, centers
+    1e-3 off the rows fail, whatever their inertia."""
+    import torch
+
+    import bench_kmeans_plusplus as kpp
+    import sweep
+
+    x, c = sweep._data(500, 8, 5, torch.device("cpu"))
+    assert sweep.check("kmeans_plusplus", c, None, None, x, c)[0]
+    assert not sweep.check("kmeans_plusplus", c + 1e-3, None, None, x, c)[0]
+    yard = [kpp.inertia(x, c)]
+    assert kpp._quality(x, [c], 5, yard, 1.25, True)[0]
+    ok, msg, _ = kpp._quality(x, [c + 1e-3], 5, yard, 1.25, True)
+    assert not ok and "not rows of x" in msg
