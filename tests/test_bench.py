@@ -263,9 +263,12 @@ def test_every_check_fails_a_planted_wrong_answer(tmp_path):
 
     if km.available_backends()["cpu"] is not None:
         pytest.skip("the cpu backend is not built")
+    # estimators: quality bars only (inertia within 1.25x of scikit-learn's), by design blind
+    # to a 1% kernel error; its exact parts are the ops' own benchmarks
+    ops = ",".join(op for op in run_all.MODULES if op != "estimators")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tests", "planted_bench.py"), "cpu", "--tiny", "--threads", "1",
-         "--out", str(tmp_path)],
+         "--ops", ops, "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
