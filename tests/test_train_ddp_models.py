@@ -29,7 +29,10 @@ STEPS = 3
 TINY = {"n_train": 128, "batch_size": 16, "feature_batch": 128, "progress": False, "threads": 1, "device": "cpu",
         "tensorboard": False, "max_steps": STEPS, "log_every": 1, "eval_samples": 64, "sample_every": 0,
         "gm_cluster_samples": 32, "gm_cluster_epochs": 1, "interpolation": False}  # fmt: skip
-MODELS = {"slcgan": {"model": "slcgan", "d_steps": 2}, "gmgan": {"model": "gmgan", "prior": "gm_dynamic", "g_batch_size": 24}}
+MODELS = {
+    "slcgan": {"model": "slcgan", "d_steps": 2},
+    "gmgan": {"model": "gmgan", "prior": "gm_dynamic", "g_batch_size": 24},
+}
 
 
 def _params(tr) -> dict:
@@ -99,7 +102,7 @@ def test_two_ranks_keep_identical_networks(ranks, model):
 
 
 # --------------------------------------------------------------------------- autocast
-def _dtypes_seen(monkeypatch, module, tr, nets: dict) -> dict:
+def _dtypes_seen(monkeypatch, module, nets: dict) -> dict:
     """Per optimizer step: the output dtypes of ``nets``' forwards that ran before it."""
     seen, current, hooks = {}, [], []
     for name, m in nets.items():
@@ -127,7 +130,7 @@ def test_autocast_runs_every_forward_in_bfloat16(tmp_path, monkeypatch, model):
     nets = {"G": tr.G_raw.net, "D": tr.D_raw.body}
     if model == "slcgan":
         nets["C"] = tr.clusterer
-    seen = _dtypes_seen(monkeypatch, module, tr, nets)
+    seen = _dtypes_seen(monkeypatch, module, nets)
     before = _params(tr)
     out = tr.iteration(tr.data.dataset[list(range(16))])
     assert all(torch.isfinite(v).all() for k, v in out.items() if k.startswith("L_"))

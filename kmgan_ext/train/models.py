@@ -194,7 +194,9 @@ def build_models(cfg: dict, arch: str, sample_shape: tuple[int, ...], head: bool
     return Generator(prior, g), disc
 
 
-def build_networks(cfg: dict, arch: str, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+def build_networks(
+    cfg: dict, arch: str, sample_shape: tuple[int, ...]
+) -> tuple[nn.Module, nn.Module, nn.Module | None]:
     """(G, D, C) of the model family ``cfg["model"]`` for ``arch``, as the trainer builds them
     (C: slcGAN's clustering network, None for the others); parameters drawn from the global
     RNG. One place, so that whatever rebuilds a run's networks from its config.json
