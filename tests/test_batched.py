@@ -55,17 +55,57 @@ def test_assign_one_launch(device, backend):
         assert _cuda_emulated.launch_count() - before == 1
 
 
+# metric="cosine" (issue 12): one launch for all problems on every backend, each problem's
+# labels and dist2 bitwise those of its own call (held to the reference by test_cosine.py).
+@pytest.mark.parametrize("shape", [(3, 70, 5, 4), (2, 300, 600, 8), (4, 0, 3, 4), (0, 5, 3, 4)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("device,backend", backend_params())
-def test_assign_gradient_per_problem(device, backend):
+def test_cosine_assign_equals_per_problem(device, backend, dtype, shape):
+    if dtype != torch.float32 and shape[2] == 600:
+        pytest.skip("one large shape per dtype is enough for CI's time")
+    b, n, k, d = shape
+    x, c = _problems(b, n, k, d, dtype, device)
+    if b and n:
+        x[-1, 0] = 0  # a zero row: label 0, dist2 2
+        x[0, 1] = c[0, 2] * 3  # exactly center 2's direction
+    labels, dist2 = km.assign(x, c, metric="cosine", backend=backend)
+    assert labels.shape == (b, n) and dist2.shape == (b, n)
+    for i in range(b):
+        one_l, one_d = km.assign(x[i], c[i], metric="cosine", backend=backend)
+        assert torch.equal(labels[i], one_l), i
+        assert torch.equal(dist2[i], one_d), i
+        want_l, want_d = km.assign(x[i].cpu(), c[i].cpu(), metric="cosine", backend="reference")
+        assert torch.equal(labels[i].cpu(), want_l), i
+        torch.testing.assert_close(dist2[i].cpu(), want_d, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_cosine_assign_one_launch(device, backend):
+    x, c = _problems(6, 40, 7, 5, device=device)
+    launches = _cuda_emulated.launch_count if backend == "cuda_emulated" else (lambda: 0)
+    before = launches()
+    km.assign(x[0], c[0], metric="cosine", backend=backend)
+    one = launches() - before
+    before = launches()
+    with _dispatch.recording() as calls:
+        km.assign(x, c, metric="cosine", backend=backend)
+    assert [f for f, _ in calls] == ["assign"]  # one routed call, not one per problem
+    assert launches() - before == one  # as many kernel launches as one problem's (2 on CUDA)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_assign_gradient_per_problem(device, backend, metric):
     x, c = _problems(3, 25, 4, 3, device=device)
     x.requires_grad_(True)
     c.requires_grad_(True)
     w = torch.rand(3, 25, generator=torch.Generator().manual_seed(1)).to(device)
-    _, dist2 = km.assign(x, c, backend=backend)
+    _, dist2 = km.assign(x, c, metric=metric, backend=backend)
     gx, gc = torch.autograd.grad((dist2 * w).sum(), (x, c))
     for i in range(3):
         xi, ci = x[i].detach().requires_grad_(True), c[i].detach().requires_grad_(True)
-        _, di = km.assign(xi, ci, backend=backend)
+        _, di = km.assign(xi, ci, metric=metric, backend=backend)
         gxi, gci = torch.autograd.grad((di * w[i]).sum(), (xi, ci))
         torch.testing.assert_close(gx[i], gxi, rtol=0, atol=0)
         torch.testing.assert_close(gc[i], gci, rtol=1e-6, atol=1e-6)  # GPU sums: atomics
@@ -141,15 +181,18 @@ def test_minibatch_update_one_launch_and_noncontiguous(device, backend):
     assert torch.equal(got, want) and torch.equal(got_n, want_n)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("device,backend", backend_params())
-def test_minibatch_step_equals_per_problem(device, backend):
+def test_minibatch_step_equals_per_problem(device, backend, metric):
     x, c = _problems(3, 50, 5, 4, device=device)
     cb, nb = c.clone(), torch.zeros(3, 5, dtype=torch.int64, device=device)
-    lb = km.minibatch_step_(cb, nb, x, deterministic=True, backend=backend)
+    with _dispatch.recording() as calls:
+        lb = km.minibatch_step_(cb, nb, x, deterministic=True, metric=metric, backend=backend)
+    assert [f for f, _ in calls] == ["assign", "minibatch_update_"]
     assert lb.shape == (3, 50)
     for i in range(3):
         ci, ni = c[i].clone(), torch.zeros(5, dtype=torch.int64, device=device)
-        li = km.minibatch_step_(ci, ni, x[i], deterministic=True, backend=backend)
+        li = km.minibatch_step_(ci, ni, x[i], deterministic=True, metric=metric, backend=backend)
         assert torch.equal(lb[i], li)
         _assert_same_update(cb[i], ci, backend, i)
         assert torch.equal(nb[i], ni)

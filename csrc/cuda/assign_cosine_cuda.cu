@@ -85,6 +85,14 @@ __global__ void __launch_bounds__(kThreads)
                          float abs_err, int64_t* __restrict__ labels,
                          acc_t<T>* __restrict__ dist2) {
   using A = acc_t<T>;
+  // Batched problems: blockIdx.y is the problem, every pointer below its own slice (unit is
+  // the (B*K, d) flat view's).
+  const int64_t problem = blockIdx.y;
+  x += problem * n * d;
+  unit += problem * k * d;
+  centers += problem * k * d;
+  labels += problem * n;
+  dist2 += problem * n;
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kWarps;
@@ -217,22 +225,34 @@ __global__ void __launch_bounds__(kThreads)
 
 cudaError_t assign_cosine_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
                                  int64_t k, int64_t d, float* unit, int64_t* labels, void* dist2,
-                                 cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  if (k <= 0 || k > INT32_MAX - 32) return cudaErrorInvalidValue;
+                                 cudaStream_t stream, int64_t batch) {
+  if (n == 0 || batch == 0) return cudaSuccess;
+  if (batch < 0 || k <= 0 || k > INT32_MAX - 32) return cudaErrorInvalidValue;
   const double u = 5.9604644775390625e-8;  // 2^-24
   const float rel = static_cast<float>(2.0 * (static_cast<double>(d) + 6.0) * u);
   const float absolute = static_cast<float>(static_cast<double>(d) * 1.1754943508222875e-38);
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    KMGAN_LAUNCH(static_cast<unsigned>(ceil_div(k, kThreads)), kThreads, 0, stream,
-                 unit_centers_kernel<T>)(static_cast<const T*>(centers), k, d, unit);
+    // The unit centers of all problems at once: the (batch*k, d) flat view.
+    KMGAN_LAUNCH(static_cast<unsigned>(ceil_div(batch * k, kThreads)), kThreads, 0, stream,
+                 unit_centers_kernel<T>)(static_cast<const T*>(centers), batch * k, d, unit);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    KMGAN_LAUNCH(grid_for(n, kWarps), kThreads, 0, stream, assign_cosine_kernel<T>)(
-        static_cast<const T*>(x), unit, static_cast<const T*>(centers), n, static_cast<int>(k), d,
-        rel, absolute, labels, static_cast<acc_t<T>*>(dist2));
-    return cudaGetLastError();
+    // Problems on grid y, at most kMaxGridY a launch (one launch up to that many problems);
+    // grid x shares the grid-stride budget among them (at least one block per problem).
+    constexpr int64_t kMaxGridY = 65535;
+    for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridY) {
+      const int64_t nb = batch - b0 < kMaxGridY ? batch - b0 : kMaxGridY;
+      const dim3 grid(static_cast<unsigned>(ceil_div(grid_for(n * nb, kWarps), nb)),
+                      static_cast<unsigned>(nb));
+      KMGAN_LAUNCH(grid, kThreads, 0, stream, assign_cosine_kernel<T>)(
+          static_cast<const T*>(x) + b0 * n * d, unit + b0 * k * d,
+          static_cast<const T*>(centers) + b0 * k * d, n, static_cast<int>(k), d, rel, absolute,
+          labels + b0 * n, static_cast<acc_t<T>*>(dist2) + b0 * n);
+      err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
+    return cudaSuccess;
   });
 }
 

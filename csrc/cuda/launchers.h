@@ -66,10 +66,11 @@ cudaError_t soft_assign_backward_launch(Dtype dtype, const void* grad_q, const v
 
 // metric="cosine" (issue 12, assign_cosine_cuda.cu): labels[i] = argmax_k cos(x_i, c_k) as the
 // float64 reference decides it (ties to the lowest k, NaN as torch.argmin on -key), dist2[i]
-// (acc) = 2 - 2 cos there, clamped at 0. unit: K x d floats of workspace (the unit centers).
+// (acc) = 2 - 2 cos there, clamped at 0. unit: batch x K x d floats of workspace (the unit
+// centers). batch > 1: independent problems as assign_launch's, one launch for all.
 cudaError_t assign_cosine_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
                                  int64_t k, int64_t d, float* unit, int64_t* labels, void* dist2,
-                                 cudaStream_t stream);
+                                 cudaStream_t stream, int64_t batch = 1);
 
 // The cosine backward: grad_x (T) and, when grad_centers_acc (K, d, double) is not null, the
 // centers' segment sum (zeroed here first; double atomics). docs/ops.md gives the formulas.

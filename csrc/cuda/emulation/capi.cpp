@@ -59,8 +59,9 @@ EMU_API kmgan_emu_soft_assign_backward_launch(int dtype, const void* grad_q, con
 
 EMU_API kmgan_emu_assign_cosine_launch(int dtype, const void* x, const void* centers, int64_t n,
                                        int64_t k, int64_t d, float* unit, int64_t* labels,
-                                       void* dist2) {
-  return assign_cosine_launch(dt(dtype), x, centers, n, k, d, unit, labels, dist2, nullptr);
+                                       void* dist2, int64_t batch) {
+  return assign_cosine_launch(dt(dtype), x, centers, n, k, d, unit, labels, dist2, nullptr,
+                              batch);
 }
 
 EMU_API kmgan_emu_assign_cosine_backward_launch(int dtype, const void* grad_dist2, const void* x,
