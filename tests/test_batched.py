@@ -277,6 +277,41 @@ def test_kmeans_batched_init_array_and_empty_cluster():
     assert bool(torch.isfinite(got.centers).all())
 
 
+@pytest.mark.parametrize("init", ["k-means++", "array"])
+def test_kmeans_cosine_equals_per_problem(init):
+    """metric="cosine" on (B, N, d): problem b is km.kmeans(x[b], metric="cosine", seed=seed
+    + b), bitwise (spherical k-means, its seeding on the sphere and the batched assign)."""
+    x, _ = _problems(3, 80, 4, 3, seed=11)
+    x[1, :40] *= 50  # norms must not matter, directions do
+    start = x[:, :4].clone() if init == "array" else init
+    got = km.kmeans(x, 4, init=start, niter=5, seed=7, metric="cosine", backend="torch")
+    assert got.centers.shape == (3, 4, 3) and got.labels.shape == (3, 80)
+    torch.testing.assert_close(got.centers.norm(dim=2), torch.ones(3, 4))
+    for i in range(3):
+        one = km.kmeans(x[i], 4, init=start[i] if init == "array" else init, niter=5, seed=7 + i,
+                        metric="cosine", backend="torch")
+        assert torch.equal(got.centers[i], one.centers), i
+        assert torch.equal(got.labels[i], one.labels), i
+        assert float(got.inertia[i]) == one.inertia
+
+
+def test_kmeans_cosine_empty_cluster_takes_a_unit_row():
+    x, _ = _problems(2, 30, 3, 2, seed=3)
+    init = x[:, :3].clone()
+    init[1, 2] = -x[1].sum(0) * 1e3  # opposite every row's mean direction: empties, re-seeded
+    got = km.kmeans(x, 3, init=init, niter=3, metric="cosine", backend="torch")
+    for i in range(2):
+        one = km.kmeans(x[i], 3, init=init[i], niter=3, metric="cosine", backend="torch")
+        assert torch.equal(got.centers[i], one.centers)
+    torch.testing.assert_close(got.centers.norm(dim=2), torch.ones(2, 3))
+
+
+def test_kmeans_batched_refuses_sample_weight():
+    x, _ = _problems(2, 10, 2, 2)
+    with pytest.raises(ValueError, match="sample_weight"):
+        km.kmeans(x, 2, sample_weight=torch.ones(2, 10))
+
+
 def test_kmeans_batched_refuses_faiss():
     x, _ = _problems(2, 10, 2, 2)
     with pytest.raises(ValueError, match="backend 'torch'"):
@@ -303,6 +338,17 @@ def test_assign_matches_multikmeans_predict(device, backend):
     peer.centroids = c
     want = peer.predict(x)
     got, _ = km.assign(x.float().to(device), c.float().to(device), backend=backend)
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_cosine_assign_matches_multikmeans_predict(device, backend):
+    x, c = _separated(4, 200, 6, 5, seed=6)
+    x[:, ::3] *= 7  # norms must not matter
+    peer = fpk.MultiKMeans(n_clusters=6, mode="cosine")
+    peer.centroids = c
+    want = peer.predict(x)
+    got, _ = km.assign(x.float().to(device), c.float().to(device), metric="cosine", backend=backend)
     assert torch.equal(got.cpu(), want)
 
 
