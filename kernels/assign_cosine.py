@@ -144,12 +144,20 @@ def _assign_cosine_kernel(
         hit = unresolved & (rank >= g) & (rank < g + FB_GROUP)
         lab = tl.where(hit, tl.sum(tl.where(sel, kb[:, None], 0), axis=0), lab)
 
-    # ---- dist2 = 2 - 2 cos at the label, float64 from the raw inputs ------------------------
+    dist = cosine_dist2_at(x_ptr, c_ptr, rows, rmask, lab, D)
+    tl.store(labels_ptr + rows, lab.to(tl.int64), mask=rmask)
+    tl.store(dist2_ptr + rows, dist.to(dist2_ptr.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
+def cosine_dist2_at(x_ptr, c_ptr, rows, rmask, lab, D):
+    """dist2 = 2 - 2 cos(x_row, c_lab), float64 from the raw inputs (sums in index order; 0
+    cos where ||x|| ||c|| = 0), clamped at 0 (NaN stays NaN)."""
     cbase = c_ptr + lab.to(tl.int64) * D
-    xbase = x_ptr + rows * D
-    dot = tl.zeros((BLOCK_N,), tl.float64)
-    nx2 = tl.zeros((BLOCK_N,), tl.float64)
-    nc2 = tl.zeros((BLOCK_N,), tl.float64)
+    xbase = x_ptr + rows.to(tl.int64) * D
+    dot = tl.zeros(rows.shape, tl.float64)
+    nx2 = tl.zeros(rows.shape, tl.float64)
+    nc2 = tl.zeros(rows.shape, tl.float64)
     for j in range(0, D):
         xv = tl.load(xbase + j, mask=rmask, other=0.0).to(tl.float64)
         cv = tl.load(cbase + j, mask=rmask, other=0.0).to(tl.float64)
@@ -159,9 +167,7 @@ def _assign_cosine_kernel(
     den = sqrt_rn(nx2) * sqrt_rn(nc2)
     cos = tl.where(den == 0.0, 0.0, dot / tl.where(den == 0.0, 1.0, den))
     dist = 2.0 - 2.0 * cos
-    dist = tl.where(dist > 0.0, dist, tl.where(dist == dist, 0.0, dist))
-    tl.store(labels_ptr + rows, lab.to(tl.int64), mask=rmask)
-    tl.store(dist2_ptr + rows, dist.to(dist2_ptr.dtype.element_ty), mask=rmask)
+    return tl.where(dist > 0.0, dist, tl.where(dist == dist, 0.0, dist))
 
 
 @triton.jit
@@ -219,9 +225,10 @@ def unit_centers(centers: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(n), u, torch.full_like(u, float("nan"))).float()
 
 
-def error_bounds(d: int, dtype: torch.dtype) -> tuple[float, float]:
-    """(relative, absolute) bound on |computed s_k - ||x|| cos_k| (module docstring)."""
-    rel = 2.0**-9 + 2.0**-19 + 2.0 * (d + 6) * _U + (d + 6) * 2.0**-53
+def error_bounds(d: int, dtype: torch.dtype, tf32: bool = True) -> tuple[float, float]:
+    """(relative, absolute) bound on |computed s_k - ||x|| cos_k| (module docstring); tf32=False
+    for scores summed from float32 products (no TF32 truncation of the operands)."""
+    rel = (2.0**-9 + 2.0**-19 if tf32 else 0.0) + 2.0 * (d + 6) * _U + (d + 6) * 2.0**-53
     if dtype == torch.float64:
         rel += _U  # x rounded to float32 for the dot
     return rel, d * 2.0**-126

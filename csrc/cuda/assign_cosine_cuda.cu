@@ -25,32 +25,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-// a * b and a + b each rounded to double, never fused into an FMA.
-__device__ __forceinline__ double mul_rn(double a, double b) {
-#ifdef KMGAN_CUDA_EMULATION
-  return a * b;  // the harness compiles with -ffp-contract=off
-#else
-  return __dmul_rn(a, b);
-#endif
-}
-__device__ __forceinline__ double add_rn(double a, double b) {
-#ifdef KMGAN_CUDA_EMULATION
-  return a + b;
-#else
-  return __dadd_rn(a, b);
-#endif
-}
-
-// sum_j a_j b_j in double, index order, each step rounded (reference._cosine_parts).
-template <typename T>
-__device__ double canonical_dot(const T* a, const T* b, int64_t d) {
-  double s = 0.0;
-  for (int64_t j = 0; j < d; ++j) {
-    s = add_rn(s, mul_rn(static_cast<double>(to_acc(a[j])), static_cast<double>(to_acc(b[j]))));
-  }
-  return s;
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     unit_centers_kernel(const T* __restrict__ centers, int64_t k, int64_t d,
@@ -67,15 +41,6 @@ __global__ void __launch_bounds__(kThreads)
                       : finite    ? static_cast<float>(static_cast<double>(to_acc(c[j])) / norm)
                                   : NAN;
   }
-}
-
-// (key, k) a before (key, k) b in the reference's order: NaN first (lowest k among NaNs),
-// then the larger key, then the lower k.
-__device__ __forceinline__ bool key_before(double a, int ia, double b, int ib) {
-  const bool a_nan = isnan(a), b_nan = isnan(b);
-  if (a_nan != b_nan) return a_nan;
-  if (!a_nan && a != b) return a > b;
-  return ia < ib;
 }
 
 template <typename T>
@@ -149,10 +114,7 @@ __global__ void __launch_bounds__(kThreads)
       double kbest = 0.0;
       int kidx = INT32_MAX;
       for (int kk = lane; kk < k; kk += 32) {
-        const T* c = centers + static_cast<int64_t>(kk) * d;
-        const double dot = canonical_dot(xr, c, d);
-        const double den2 = mul_rn(nx2, canonical_dot(c, c, d));
-        const double key = den2 == 0.0 ? 0.0 : mul_rn(dot, fabs(dot)) / den2;
+        const double key = cosine_key(xr, nx2, centers + static_cast<int64_t>(kk) * d, d);
         if (kidx == INT32_MAX || key_before(key, kk, kbest, kidx)) {
           kbest = key;
           kidx = kk;
@@ -169,12 +131,8 @@ __global__ void __launch_bounds__(kThreads)
       label = kidx;
     }
     if (lane == 0) {
-      const T* c = centers + static_cast<int64_t>(label) * d;
-      const double den = sqrt(canonical_dot(xr, xr, d)) * sqrt(canonical_dot(c, c, d));
-      const double cs = den == 0.0 ? 0.0 : canonical_dot(xr, c, d) / den;
-      const double dist = 2.0 - 2.0 * cs;
       labels[i] = label;
-      dist2[i] = static_cast<A>(dist > 0.0 ? dist : (dist == dist ? 0.0 : dist));
+      dist2[i] = static_cast<A>(cosine_dist2(xr, centers + static_cast<int64_t>(label) * d, d));
     }
   }
 }
@@ -253,6 +211,17 @@ cudaError_t assign_cosine_launch(Dtype dtype, const void* x, const void* centers
       if (err != cudaSuccess) return err;
     }
     return cudaSuccess;
+  });
+}
+
+cudaError_t unit_centers_launch(Dtype dtype, const void* centers, int64_t k, int64_t d,
+                                float* unit, cudaStream_t stream) {
+  if (k == 0) return cudaSuccess;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    KMGAN_LAUNCH(static_cast<unsigned>(ceil_div(k, kThreads)), kThreads, 0, stream,
+                 unit_centers_kernel<T>)(static_cast<const T*>(centers), k, d, unit);
+    return cudaGetLastError();
   });
 }
 
