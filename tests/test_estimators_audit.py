@@ -54,3 +54,60 @@ def test_partial_fit_reassigns_with_sklearns_draws():
         np.testing.assert_allclose(ours.cluster_centers_, theirs.cluster_centers_, rtol=1e-12)
         np.testing.assert_array_equal(ours.counts_, theirs._counts)
     assert not np.any(ours.cluster_centers_ == 50.0)  # the dead center moved
+
+
+# ---------------------------------------------------------------- every method and parameter
+# against scikit-learn on real data (digits; a little noise removes exact distance ties,
+# which scikit-learn breaks by its GEMM's rounding and kmgan_ext by the lowest index)
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data
+    return x + 1e-3 * np.random.RandomState(0).randn(*x.shape)
+
+
+@pytest.mark.parametrize("name,kw", [("KMeans", dict(n_init=1)),
+                                     ("MiniBatchKMeans", dict(batch_size=200, random_state=0))])
+def test_every_method_matches_sklearn_on_digits(digits, name, kw):
+    init = digits[np.random.RandomState(4).choice(len(digits), 10, replace=False)]
+    ours = getattr(km, name)(10, init=init, **kw)
+    theirs = getattr(sk, name)(10, init=init, **kw)
+    np.testing.assert_array_equal(ours.fit_predict(digits), theirs.fit_predict(digits))
+    new = digits[::7] + 0.5
+    np.testing.assert_array_equal(ours.predict(new), theirs.predict(new))
+    np.testing.assert_allclose(ours.transform(new), theirs.transform(new), rtol=1e-10)
+    assert ours.score(new) == pytest.approx(theirs.score(new), rel=1e-10)
+    np.testing.assert_allclose(getattr(km, name)(10, init=init, **kw).fit_transform(digits),
+                               getattr(sk, name)(10, init=init, **kw).fit_transform(digits), rtol=1e-10)
+    assert ours.n_features_in_ == theirs.n_features_in_ and ours.n_iter_ == theirs.n_iter_
+
+
+@pytest.mark.parametrize("kw", [dict(max_iter=3), dict(algorithm="elkan"), dict(copy_x=False),
+                                dict(n_clusters=4)])
+def test_kmeans_parameters_match_sklearn_on_digits(digits, kw):
+    k = kw.get("n_clusters", 10)
+    kw = {key: v for key, v in kw.items() if key != "n_clusters"}
+    init = digits[np.random.RandomState(5).choice(len(digits), k, replace=False)]
+    x_ours, x_theirs = digits.copy(), digits.copy()
+    a = km.KMeans(k, init=init, n_init=1, **kw).fit(x_ours)
+    b = sk.KMeans(k, init=init, n_init=1, **kw).fit(x_theirs)
+    assert a.n_iter_ == b.n_iter_
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-10, atol=1e-10)
+    assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-12)
+    np.testing.assert_array_equal(x_ours, digits)  # copy_x=False too: X is never modified
+
+
+@pytest.mark.parametrize("kw", [dict(init="random", init_size=300), dict(init="random", n_init=2),
+                                dict(compute_labels=False), dict(max_iter=2, max_no_improvement=1)])
+def test_minibatch_parameters_match_sklearn_on_digits(digits, kw):
+    kw.setdefault("init", digits[:10].copy())
+    a = km.MiniBatchKMeans(10, batch_size=150, random_state=1, **kw).fit(digits)
+    b = sk.MiniBatchKMeans(10, batch_size=150, random_state=1, **kw).fit(digits)
+    assert a.n_steps_ == b.n_steps_ and a.n_iter_ == b.n_iter_
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-10, atol=1e-10)
+    assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-10)
+    assert hasattr(a, "labels_") == hasattr(b, "labels_")
+    if hasattr(b, "labels_"):
+        np.testing.assert_array_equal(a.labels_, b.labels_)

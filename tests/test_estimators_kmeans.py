@@ -1,5 +1,4 @@
 """km.KMeans against scikit-learn's KMeans on real data (digits; Fashion-MNIST when installed)."""
-import gzip
 import os
 import warnings
 
@@ -13,7 +12,10 @@ sk = pytest.importorskip("sklearn.cluster")
 from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
-FASHION = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+from kmgan_ext.train.data import FASHION_SYSTEM_DIR, read_idx  # noqa: E402
+
+# Debian's dataset-fashion-mnist; the tests that need it skip (reason shown by -ra) without it
+FASHION = os.path.join(FASHION_SYSTEM_DIR, "t10k-images-idx3-ubyte.gz")
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +199,8 @@ def test_bad_parameters_are_named(digits):
 
 
 def _fashion(n):
-    with gzip.open(FASHION) as f:
-        data = np.frombuffer(f.read(), dtype=np.uint8, offset=16)
-    return data.reshape(-1, 784)[:n].astype(np.float32) / 255.0
+    """The first n Fashion-MNIST test images as float32 rows in [0, 1]."""
+    return read_idx(FASHION)[:n].reshape(n, -1).astype(np.float32) / 255.0
 
 
 @pytest.mark.skipif(not os.path.exists(FASHION), reason=f"Fashion-MNIST not installed ({FASHION})")
