@@ -1,4 +1,5 @@
-"""km.MiniBatchKMeansModule: mini-batch k-means as an nn.Module for training loops (DESIGN.md 4.7)."""
+"""km.MiniBatchKMeansModule: mini-batch k-means as an nn.Module for training loops (README,
+"Modules for training loops")."""
 from __future__ import annotations
 
 import warnings
