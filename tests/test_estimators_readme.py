@@ -86,3 +86,22 @@ def test_sklearns_parameters_are_ours_with_its_defaults(cls):
         assert name in ours, f"scikit-learn's {cls} has {name!r}, ours does not"
         assert ours[name].default == p.default, (cls, name, ours[name].default, p.default)
         assert ours[name].kind == p.kind, (cls, name, "keyword-only as scikit-learn's")
+
+
+def test_quick_start_runs():
+    """The README's estimator quick start, run as written on small data (its GPU line only
+    where a GPU is)."""
+    import numpy as np
+    import torch
+
+    with open(README) as f:
+        section = f.read().split("## Estimators for scikit-learn users", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    if not torch.cuda.is_available():
+        code = "\n".join(ln for ln in code.splitlines() if '"cuda"' not in ln)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5)) + 6 * rng.normal(size=(10, 5))[rng.integers(0, 10, 400)]
+    ns = {"X": x, "X_new": x[:7], "loader": np.array_split(x, 4)}
+    exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - the README's own code
+    assert ns["labels"].shape == (7,) and ns["dists"].shape == (7, 10)
+    assert ns["mbk"].cluster_centers_.shape == (10, 5) and ns["score"] < 0
