@@ -218,3 +218,17 @@ def test_torch_on_a_gpu_in_gives_torch_on_that_gpu_out(name):
     assert (m.labels_.cpu() == cpu.labels_).float().mean() > 0.99
     m = getattr(km, name)(4, device="cuda", **kw).fit(x.numpy())  # numpy in: numpy out
     assert isinstance(m.cluster_centers_, np.ndarray)
+
+
+@pytest.mark.parametrize("name", ["KMeans", "MiniBatchKMeans"])
+def test_random_state_takes_a_torch_generator(name):
+    """A torch.Generator is used and advanced, as a RandomState or np.random.Generator is:
+    two generators seeded alike give the same fit, one generator gives new draws per fit."""
+    x = _blobs()
+    kw = dict(init="random", n_init=1, max_iter=1)
+    if name == "MiniBatchKMeans":
+        kw.update(batch_size=16, max_no_improvement=None)
+    fit = lambda rs: getattr(km, name)(4, random_state=rs, **kw).fit(x).cluster_centers_  # noqa: E731
+    np.testing.assert_array_equal(fit(torch.Generator().manual_seed(3)), fit(torch.Generator().manual_seed(3)))
+    g = torch.Generator().manual_seed(3)
+    assert not np.array_equal(fit(g), fit(g))
