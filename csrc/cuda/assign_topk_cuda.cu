@@ -147,7 +147,8 @@ __global__ void __launch_bounds__(kRows)
   }
   if (!active) return;
   const T* xr = x + row * d;
-  double thr;
+  // T = scale v_k + offset, v_k the k-th smallest computed value
+  double scale, offset;
   double nx2 = 0.0;  // kCosine: ||x||^2 as the reference forms it (the exact keys')
   if (kCosine) {
     double xsq = 0.0;  // of x as float32: what the scores multiply
@@ -158,15 +159,17 @@ __global__ void __launch_bounds__(kRows)
     special = special || !(xsq < 3.0e38) || xsq < 1e-30;  // NaN/Inf, past float32, zero or tiny
     const double rel = 2.0 * (static_cast<double>(d) + 6.0) * 5.9604644775390625e-8;
     const double abs_err = static_cast<double>(d) * 1.1754943508222875e-38;
-    thr = lv[k - 1] + 4.0 * (rel * 1.001 * sqrt(xsq) + abs_err);
+    scale = 1.0;
+    offset = 4.0 * (rel * 1.001 * sqrt(xsq) + abs_err);
     nx2 = canonical_dot(xr, xr, d);
   } else {
     const double rel = static_cast<double>(d + 2) * (static_cast<double>(unit_roundoff<A>()) + 1.1102230246251565e-16);
-    const double abs_err = static_cast<double>(d + 1) * (sizeof(A) == 8 ? 4.9406564584124654e-324 : 1.4e-45);
-    thr = lv[k - 1] * (1.0 + 4.0 * rel) + abs_err;
+    scale = 1.0 + 4.0 * rel;
+    offset = static_cast<double>(d + 1) * (sizeof(A) == 8 ? 4.9406564584124654e-324 : 1.4e-45);
   }
   int64_t m = 0;  // candidates: the list's prefix within T
   if (!special && count >= k) {
+    const double thr = lv[k - 1] * scale + offset;
     if (count < cap || cap == kc || lv[cap - 1] > thr) {
       while (m < count && lv[m] <= thr) ++m;
     }
