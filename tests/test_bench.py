@@ -84,6 +84,33 @@ def test_every_op_ran(tiny_run):
     assert not crashed, crashed
 
 
+# issue 12's peers of the estimator benchmark: every one has a row, absent ones say why
+ESTIMATOR_PEERS = {
+    "kmeans_fit": {"sklearn", "kmgan_ext", "faiss", "fast-pytorch-kmeans", "kmeans-pytorch"},
+    "minibatch_kmeans_fit": {"sklearn", "kmgan_ext", "faiss", "fast-pytorch-kmeans", "kmeans-pytorch"},
+}
+
+
+def test_estimator_rows_name_every_peer_and_check_inertia_first(tiny_run):
+    """KMeans.fit / MiniBatchKMeans.fit against scikit-learn, faiss.Kmeans, fast-pytorch-kmeans
+    and kmeans-pytorch: each peer has a row; each one that ran had its inertia checked
+    against scikit-learn's before it was timed (a ratio, a verdict); kmgan_ext passes."""
+    rows = tiny_run["result"]["rows"]
+    for op, peers in ESTIMATOR_PEERS.items():
+        mine = [r for r in rows if r["op"] == op]
+        assert {r["provider"] for r in mine} == peers, (op, {r["provider"] for r in mine})
+        for r in mine:
+            if r["absent"] or r["skipped"]:
+                assert isinstance(r["absent"] or r["skipped"], str), r
+                continue
+            assert r["error"] is None, r
+            assert r["check"] and "inertia" in r["check"] and r["inertia_ratio"] > 0, r
+            assert r["correct"] == (r["inertia_ratio"] <= 1.25), r
+            assert r["median_ms"] is not None, r
+        ours = [r for r in mine if r["provider"] == "kmgan_ext"]
+        assert ours and all(r["correct"] for r in ours), ours
+
+
 def test_kmgan_ext_backends_correct_and_timed(tiny_run):
     """Each usable backend (reference at least) is checked right and timed on every case."""
     rows = tiny_run["result"]["rows"]
