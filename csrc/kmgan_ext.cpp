@@ -86,7 +86,7 @@ static std::string native_name(const char* name) {
 // meaning. The update ops then take `Tensor? sample_weight=None` (issue 12: weighted sums and
 // counts, scikit-learn's _mini_batch_step), last for the same reason.
 static std::string metric_flag(const char* name) {
-  static const char* const ops[] = {"assign", "assign_backward"};
+  static const char* const ops[] = {"assign", "assign_backward", "assign_topk"};
   static const char* const updates[] = {"minibatch_update_", "minibatch_step_", "ema_update_"};
   for (const char* op : ops)
     if (std::string(name) == op) return ", bool cosine=False";
