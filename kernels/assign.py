@@ -1,4 +1,4 @@
-"""Fused nearest-center assignment, Triton (DESIGN.md 4.1).
+"""Fused nearest-center assignment, Triton (docs/ops.md, Assignment).
 
 ``assign(x, centers) -> (labels, dist2)`` never writes the (N, K) distance matrix: each
 program holds a tile of x rows and streams tiles of centers through ``tl.dot`` (TF32 tensor

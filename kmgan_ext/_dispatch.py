@@ -25,7 +25,7 @@ import torch
 BACKENDS = ("reference", "cpu", "triton", "cuda", "cuda_emulated")
 
 # backend="auto" on CUDA tensors. One entry per op; the choice must come from a GPU run of
-# bench/ (bench/results/*.json) — see README "Backend selection".
+# bench/ (bench/results/*.json) — see README, "Backends".
 # TODO(gpu): no GPU run has been made yet; until one is, auto prefers the CUDA C++ kernels
 # (no JIT warm-up) and falls back to triton, then reference.
 _AUTO_CUDA_ORDER = ("cuda", "triton", "reference")

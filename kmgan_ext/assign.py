@@ -1,4 +1,4 @@
-"""km.assign: fused nearest-center assignment (DESIGN.md 4.1)."""
+"""km.assign: fused nearest-center assignment (docs/ops.md, Assignment)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Plain-torch ground truth for every op of kmgan_ext (DESIGN.md section 4).
+"""Plain-torch ground truth for every op of kmgan_ext (docs/ops.md).
 
 Written for clarity, not speed. Every test and every benchmark imports its expected
 values from here, and ``backend="reference"`` routes the public ops here.
@@ -496,7 +496,7 @@ def _l1_grad_1d(v: Tensor, w: Tensor) -> Tensor:
 
 
 def pairwise_l1_backward(grad: Tensor, a: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Rank-count gradient (DESIGN.md 4.5).
+    """Rank-count gradient (docs/ops.md, KM-GAN losses).
 
     Within a batch the ordered pairs count each unordered pair twice, so the gradient of a_i
     is 2 (#below - #above); between batches a_i gets #b below - #b above and b_j the mirror.

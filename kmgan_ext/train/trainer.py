@@ -1,6 +1,6 @@
 """The KM-GAN trainer's data loop: the Trainer sets up data, networks, optimizers and center
 sets, runs the epochs (batches in a seeded order, resumable mid-epoch), logs, checkpoints,
-and evaluates at the end (DESIGN.md section 5).
+and evaluates at the end (README, The KM-GAN trainer).
 
 Where the rest lives: one iteration of each model in ``iterations`` (its optimizer steps in
 ``steps``), center seeding and updates in ``centers``, the metrics log and per-epoch figures
