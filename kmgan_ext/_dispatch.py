@@ -9,8 +9,8 @@ A backend is a module-like object exposing the backend interface (see
 ``minibatch_step_``, ``ema_update_``, ``center_loss_forward``, ``center_loss_backward``,
 ``assigned_distance``, ``assigned_distance_backward``, ``pairwise_l1``,
 ``pairwise_l1_backward``, ``kmgan_losses``, ``kmgan_losses_backward``, each taking
-validated, contiguous tensors. ``assign``, ``assign_backward`` and the three updates take a
-trailing ``cosine`` flag (metric="cosine"); a backend without a cosine kernel raises
+validated, contiguous tensors. ``assign``, ``assign_backward``, ``assign_topk`` and the three
+updates take a trailing ``cosine`` flag (metric="cosine"); a backend without a cosine kernel raises
 NotImplementedError for it.
 """
 from __future__ import annotations
