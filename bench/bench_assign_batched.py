@@ -3,7 +3,10 @@ loop over the problems and against what peers offer for it.
 
 Providers, all on the same x and centers:
   torch-bmm            ||x||^2 - 2 x c^T + ||c||^2 batched (torch.baddbmm) then min(-1):
-                       the batched GEMM form users write (the baseline)
+                       the batched GEMM form users write
+  torch-cdist          torch.cdist(x, c).min(-1) (cdist takes batches as they are): the
+                       plainest form (float32 only: CPU cdist has no half kernels); the
+                       baseline is the faster of the two plain-torch forms
   kmgan_ext-<b>        km.assign(x, c, backend=b), one launch for all problems
   loop-kmgan_ext-<b>   [km.assign(x[i], c[i], backend=b) for i in range(B)]: what a user
                        without batched problems writes (B launches)
@@ -23,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness as H  # noqa: E402
 
 OP = "assign_batched"
-BASELINE = "torch-bmm"
+BASELINE = ("torch-bmm", "torch-cdist")
 
 
 def shapes(ctx: H.Ctx) -> list[dict]:
@@ -55,6 +58,11 @@ def torch_bmm(x, c):
     d += (x * x).sum(-1, keepdim=True)
     dist2, labels = d.min(-1)
     return labels, dist2.clamp_min(0)
+
+
+def torch_cdist(x, c):
+    dist, labels = torch.cdist(x, c).min(-1)
+    return labels, dist * dist
 
 
 def _multikmeans(ctx, x, c):
@@ -100,7 +108,9 @@ def case(ctx: H.Ctx, i: int, shape: dict) -> list[dict]:
 
         return fn
 
-    providers = [("torch-bmm", H.eager(torch_bmm, x, c), None)]
+    cdist_skip = None if shape["dtype"] == "float32" else "torch.cdist: float32 only here (no half kernels on CPU)"
+    providers = [("torch-bmm", H.eager(torch_bmm, x, c), None),
+                 ("torch-cdist", H.eager(torch_cdist, x, c, skip=cdist_skip), None)]
     providers += H.kmgan_providers(ctx, i, kmgan_make)
     providers += [(f"loop-kmgan_ext-{be}", lambda be=be: loop_make(be), why)
                   for be, why in H.kmgan_backends(ctx, i)]

@@ -25,7 +25,9 @@ setting for all):
   kmgan_ext-auto   the same with backend="auto" (faiss below K=32 on CPU, see kmeans.py)
   faiss            faiss.Kmeans(niter=NITER, max_points_per_centroid=N) from init_centroids=c0
   sklearn          sklearn.cluster.KMeans(init=c0, n_init=1, max_iter=NITER, tol=0, "lloyd")
-  Check: the inertia of the final centers within 0.1% of scikit-learn's from the same start.
+  Check: the final centers those of scikit-learn from the same start (each within 1e-3 of
+  a row's rms distance, 1% of them excepted for float32 near-ties) and their inertia within
+  0.1%.
 The roofline counts the least work of any k-means++ (one pass over x per center). The check
 is quality, since seeds differ between libraries (a provider below the bar is still timed,
 and flagged correct=False): k-means++ centers must be rows of x, and the mean inertia (sum of
@@ -177,12 +179,24 @@ def _lloyd_same_init(ctx: H.Ctx, shape: dict, x: torch.Tensor, KMeans) -> list[d
     s = x.element_size()
     work = H.Work(bytes=NITER * n * shape["d"] * s * 2, flops=NITER * 2.0 * n * k * shape["d"], items=NITER,
                   item_unit="Lloyd iterations", flop_kind="tf32" if ctx.cuda else "fp32")  # fmt: skip
-    yard = H.Lazy(lambda: inertia(x, torch.from_numpy(KMeans(k, init=cs, n_init=1, max_iter=NITER, tol=0.0, algorithm="lloyd").fit(xs).cluster_centers_)))
+    yard = H.Lazy(lambda: torch.from_numpy(KMeans(k, init=cs, n_init=1, max_iter=NITER, tol=0.0, algorithm="lloyd").fit(xs).cluster_centers_))
+    yard_inertia = H.Lazy(lambda: inertia(x, yard()))
 
     def check(out):
-        got, want = inertia(x, _as_tensor(out)), yard()
-        ok = abs(got / want - 1) <= 1e-3
-        return ok, f"inertia {got:.7g} vs scikit-learn's {want:.7g} from the same start" + ("" if ok else " (> 0.1% off)")
+        # The same start and the same iterations give the same centers, up to float32
+        # near-ties: a row changing sides moves its centers by about its distance over the
+        # cluster's size. The inertia alone would not do: it is flat at Lloyd's fixed point
+        # (centers 1% off move it by ~0.06%, tests/test_bench.py's planted kernels).
+        c, ref = _as_tensor(out), yard()
+        got, want = inertia(x, c), yard_inertia()
+        rms = math.sqrt(want / n)  # a row's typical distance to its center
+        err = (c.double().cpu() - ref.double().cpu()).norm(dim=1) if c.shape == ref.shape else None
+        if err is None:
+            return False, f"centers shape {tuple(c.shape)} != {tuple(ref.shape)}"
+        off, allowed = int((err > 1e-3 * rms).sum()), k // 100
+        ok = abs(got / want - 1) <= 1e-3 and off <= allowed
+        return ok, (f"inertia {got:.7g} vs scikit-learn's {want:.7g} from the same start; {off} of {k} centers "
+                    f"farther than 1e-3 of a row's rms distance from scikit-learn's (allowed {allowed}: near-ties)")
 
     def faiss_fn():
         faiss = H.optional_import("faiss", "faiss-cpu / faiss-gpu")
@@ -209,7 +223,7 @@ def _lloyd_same_init(ctx: H.Ctx, shape: dict, x: torch.Tensor, KMeans) -> list[d
         ("sklearn", sk_fn),
     ]
     if KMeans is None:
-        yard = H.Lazy(lambda: inertia(x, torch_kmeans(x, k, init=c0)))
+        yard = H.Lazy(lambda: torch_kmeans(x, k, init=c0))
     rows = []
     for name, make in entries:
         rows += H.run_provider(ctx, op, shape, name, make, check, work=work)

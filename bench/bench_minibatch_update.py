@@ -61,12 +61,13 @@ def make_inputs(shape: dict, device: torch.device):
 # --------------------------------------------------------------------------- naive torch
 def torch_update_(centers, counts, x, labels):
     k = centers.shape[0]
-    sums = torch.zeros(k, x.shape[1], dtype=torch.float32, device=x.device).index_add_(0, labels, x.float())
+    acc = torch.promote_types(centers.dtype, torch.float32)  # float32, float64 for float64 centers
+    sums = torch.zeros(k, x.shape[1], dtype=acc, device=x.device).index_add_(0, labels, x.to(acc))
     m = torch.bincount(labels, minlength=k)
     counts += m
     hit = (m > 0)[:, None]
-    step = (sums - m[:, None] * centers.float()) / counts.clamp_min(1)[:, None]
-    centers.copy_(torch.where(hit, centers.float() + step, centers.float()).to(centers.dtype))
+    step = (sums - m[:, None] * centers.to(acc)) / counts.clamp_min(1)[:, None]
+    centers.copy_(torch.where(hit, centers.to(acc) + step, centers.to(acc)).to(centers.dtype))
     return centers, counts
 
 

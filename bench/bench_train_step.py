@@ -8,8 +8,11 @@ op train_step (batch 64, 28x28x1, z=100, d=100 features, K=10, Adam 2e-4/0.5, cl
                    the clustering ops written in plain torch (cdist argmin, norm, index_add)
   kmgan-kmgan_ext-<b>  the same iteration with km.assign / km.assigned_distance /
                    km.kmgan_center_loss / km.minibatch_update_ on backend b
-Each kmgan row is checked against kmgan-torch's first iteration as a whole: losses, both
-center sets and counts after the updates, and the parameters after every step.
+Each kmgan row is checked as a whole against the same first iteration run in float64 with
+kmgan_ext.reference's ops: losses, both center sets and counts after the updates, and the
+parameters after every step, each at most twice as far from it as plain float32 torch's
+(kmgan-torch, itself held to fixed float32 bounds on its losses and centers; see
+iteration_close for why parameters are judged by distance, not element by element).
 Each row carries ``overhead_vs_dcgan_pct``: what KM-GAN's iteration costs over DCGAN's, all
 of it (its extra network passes by design, and the clustering). The baseline of
 speedup_vs_torch is kmgan-torch.
@@ -30,6 +33,7 @@ Run alone: python bench/bench_train_step.py [--quick|--tiny] [--out DIR]
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 
@@ -55,9 +59,17 @@ def shapes(ctx: H.Ctx) -> list[dict]:
 # --------------------------------------------------------------------------- networks
 def networks(feature_dim: int, tiny: bool = False) -> tuple[nn.Module, nn.Module, str]:
     if tiny:  # --tiny tests the code path; the DCGAN nets' 13M parameters would dominate it
-        g = nn.Sequential(nn.Linear(Z_DIM, 64), nn.ReLU(), nn.Linear(64, 784), nn.Sigmoid(), nn.Unflatten(1, (1, 28, 28)))
-        d = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.LeakyReLU(0.2), nn.Linear(64, feature_dim), nn.Sigmoid())
-        return g, d, "two-layer MLPs (--tiny run only)"
+        # Each with a bias just before a batch norm, as the DCGAN nets: its true gradient is
+        # 0, which Adam turns into +-lr steps on float32 rounding noise (iteration_close).
+        g = nn.Sequential(
+            nn.Linear(Z_DIM, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 784), nn.Sigmoid(),
+            nn.Unflatten(1, (1, 28, 28)),
+        )  # fmt: skip
+        d = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 64), nn.BatchNorm1d(64), nn.LeakyReLU(0.2), nn.Linear(64, feature_dim),
+            nn.Sigmoid(),
+        )  # fmt: skip
+        return g, d, "two-layer MLPs with batch norm (--tiny run only)"
     try:
         from kmgan_ext.train.models import dcgan28
 
@@ -203,27 +215,78 @@ def first_iteration(base: State, ops):
     return kmgan_step(s, ops), s
 
 
-def iteration_close(out, want) -> tuple[bool, str]:
-    """A whole iteration against kmgan-torch's: its three losses, both center sets and their
-    counts after the center updates, and every parameter of D and G after the D, G and joint
-    center steps (a wrong center-loss backward changes the parameters, not the losses the
-    iteration reports). Adam's first step moves a parameter by about lr sign(grad), so a
-    gradient within rounding of 0 may flip between two correct implementations: up to 0.1%
-    of the parameters may differ by up to 2 lr, none by more."""
-    (losses, s), (w_losses, w) = out, want
-    results = [
-        H.close("L_D, L_G, L_center", losses, w_losses, rtol=1e-3, atol=1e-4),
-        H.close("centers C after the update", s.C, w.C, rtol=1e-3, atol=1e-4),
-        H.close("centers C-hat after the update", s.Ch, w.Ch, rtol=1e-3, atol=1e-4),
-        (torch.equal(s.nC.cpu(), w.nC.cpu()) and torch.equal(s.nCh.cpu(), w.nCh.cpu()), "center counts"),
-    ]
+def float64_copy(base: State) -> State:
+    """base in float64: networks, images, noise and centers (and fresh Adams: their state is
+    empty before the first step either way)."""
+    s = base.clone()
+    s.G.double(), s.D.double()
+    s.opt_g = torch.optim.Adam(s.G.parameters(), LR, betas=BETAS)
+    s.opt_d = torch.optim.Adam(s.D.parameters(), LR, betas=BETAS)
+    s.x, s.z, s.C, s.Ch = (t.double() for t in (s.x, s.z, s.C, s.Ch))
+    return s
+
+
+def truth_iteration(base: State):
+    """The first iteration in float64 with kmgan_ext.reference's ops: the truth every row is
+    judged against (tests/test_bench.py: the plain torch ops give the same to ~1e-9)."""
+    return first_iteration(float64_copy(base), KmOps("reference"))
+
+
+def _params(s: State, net: str) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().double().cpu() for p in getattr(s, net).parameters()])
+
+
+def _max_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.detach().double().cpu() - want.detach().double().cpu()).abs().max())
+
+
+def iteration_close(out, truth, plain=None) -> tuple[bool, str]:
+    """A whole iteration against the float64 truth (``truth_iteration``): its three losses,
+    both center sets and their counts after the center updates, and every parameter of D and
+    G after the D, G and joint center steps (a wrong center-loss backward changes the
+    parameters, not the losses the iteration reports).
+
+    The yardstick is plain float32 torch's own distance to the truth (``plain``: kmgan-torch's
+    first iteration), as bench/_correctness.tolerances does for the ops: a row may be at most
+    twice as far. Parameters are compared by the L2 distance of each network's parameter
+    vector, not element by element: Adam's early steps are about lr * sign(grad), so a
+    gradient whose true value is within float32 rounding of 0 (a bias just before a batch
+    norm has exactly 0) moves by +-lr on the sign of its rounding noise; measured on the
+    DCGAN nets, plain float32 torch's G differs from the float64 run beyond 1e-6 in 27% of its
+    parameters, as kmgan_ext's does. ``plain`` None: ``out`` is plain torch itself, whose
+    losses and centers are held to fixed float32 bounds (rtol 1e-3, atol 1e-4) instead."""
+    (losses, s), (w_losses, w) = out, truth
+    if plain is None:
+        results = [
+            H.close("L_D, L_G, L_center", losses, w_losses, rtol=1e-3, atol=1e-4),
+            H.close("centers C after the update", s.C, w.C, rtol=1e-3, atol=1e-4),
+            H.close("centers C-hat after the update", s.Ch, w.Ch, rtol=1e-3, atol=1e-4),
+        ]
+    else:
+        p_losses, ps = plain
+        results = []
+        for name, got, want, pl in (
+            ("L_D, L_G, L_center", losses, w_losses, p_losses),
+            ("centers C after the update", s.C, w.C, ps.C),
+            ("centers C-hat after the update", s.Ch, w.Ch, ps.Ch),
+        ):
+            floor = 1e-5 * (1 + float(want.abs().max()))
+            results.append(H.close(name, got, want, rtol=0.0, atol=max(floor, 2 * _max_err(pl, want))))
+    counts_ok = torch.equal(s.nC.cpu(), w.nC.cpu()) and torch.equal(s.nCh.cpu(), w.nCh.cpu())
+    results.append((counts_ok, "center counts" + ("" if counts_ok else " DIFFER from the float64 run's")))
     for net in ("D", "G"):
-        got = torch.cat([p.detach().flatten().double().cpu() for p in getattr(s, net).parameters()])
-        exp = torch.cat([p.detach().flatten().double().cpu() for p in getattr(w, net).parameters()])
-        off = (got - exp).abs() > 1e-6 + 1e-4 * exp.abs()
-        frac, worst = float(off.double().mean()), float((got - exp).abs().max())
-        ok = frac <= 1e-3 and worst <= 2 * LR * 1.01
-        results.append((ok, f"{net} parameters after the steps: {frac:.2%} off, worst {worst:.2g}"))
+        want = _params(w, net)
+        dist = float((_params(s, net) - want).norm())
+        if plain is None:
+            results.append((math.isfinite(dist), f"{net} parameters {dist:.2g} from the float64 run (plain torch: the yardstick)"))
+            continue
+        # The floor: float32 rounding of the parameters themselves, and one parameter's
+        # Adam step taken on the other sign in each of the (up to) two steps of a network.
+        floor = 4 * LR + 1e-6 * float(want.norm())
+        allowed = max(floor, 2 * float((_params(plain[1], net) - want).norm()))
+        ok = dist <= allowed
+        results.append((ok, f"{net} parameters {dist:.2g} from the float64 run{'' if ok else ', too far'} (allowed "
+                        f"{allowed:.2g}: twice plain float32 torch's distance)"))  # fmt: skip
     return H.all_ok(*results)
 
 
@@ -305,7 +368,8 @@ def run(ctx: H.Ctx) -> list[dict]:
         base_d = State(shape, ctx.device, dcgan=True, tiny=ctx.tiny)
         arch = base_k.arch
         items = H.Work(bytes=0, items=shape["batch"], item_unit="images")
-        want = H.Lazy(lambda: first_iteration(base_k, TorchOps()))
+        plain = H.Lazy(lambda: first_iteration(base_k, TorchOps()))
+        step_truth = H.Lazy(lambda: truth_iteration(base_k))
 
         # ---------------- whole iterations
         def dcgan_make():
@@ -324,13 +388,16 @@ def run(ctx: H.Ctx) -> list[dict]:
 
             return make
 
-        def km_check(out):
-            return iteration_close(out, want())
+        def km_check_for(name):
+            def check(out):
+                return iteration_close(out, step_truth(), None if name == BASELINE else plain())
 
-        entries = [("dcgan", dcgan_make, dcgan_check, None), ("kmgan-torch", km_make(TorchOps), km_check, None)]
+            return check
+
+        entries = [("dcgan", dcgan_make, dcgan_check, None), (BASELINE, km_make(TorchOps), km_check_for(BASELINE), None)]
         backends = H.kmgan_backends(ctx)
         for b, why in backends:
-            entries.append((f"kmgan-kmgan_ext-{b}", km_make(lambda b=b: KmOps(b)), km_check, why))
+            entries.append((f"kmgan-kmgan_ext-{b}", km_make(lambda b=b: KmOps(b)), km_check_for(f"kmgan-kmgan_ext-{b}"), why))
         step_rows = []
         for name, make, chk, why in entries:
             step_rows += H.run_provider(

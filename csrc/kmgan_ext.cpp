@@ -85,8 +85,8 @@ static std::string native_name(const char* name) {
 // in the public op, so that every call without it (a positional backend included) keeps its
 // meaning.
 static std::string metric_flag(const char* name) {
-  static const char* const ops[] = {"assign", "assign_backward", "minibatch_update_",
-                                    "minibatch_step_", "ema_update_"};
+  static const char* const ops[] = {"assign", "assign_backward", "assign_topk",
+                                    "minibatch_update_", "minibatch_step_", "ema_update_"};
   for (const char* op : ops)
     if (std::string(name) == op) return ", bool cosine=False";
   return "";

@@ -103,7 +103,7 @@ def device_guard(t: torch.Tensor):
 
 
 def acc_dtype(t: torch.Tensor) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs, float32 otherwise (DESIGN.md 4)."""
+    """Accumulation dtype: float64 for float64 inputs, float32 otherwise (docs/ops.md)."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 

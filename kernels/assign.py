@@ -1,4 +1,4 @@
-"""Fused nearest-center assignment, Triton (DESIGN.md 4.1).
+"""Fused nearest-center assignment, Triton (docs/ops.md, Assignment).
 
 ``assign(x, centers) -> (labels, dist2)`` never writes the (N, K) distance matrix: each
 program holds a tile of x rows and streams tiles of centers through ``tl.dot`` (TF32 tensor
@@ -451,9 +451,6 @@ def assign(x: torch.Tensor, centers: torch.Tensor, cosine: bool = False) -> tupl
     Batched problems, x (B, N, d) with centers (B, K, d): (B, N) outputs from the same
     launches, the problem on grid axis 1 (at most 65535 problems a launch)."""
     if cosine:
-        if x.dim() == 3:
-            raise NotImplementedError('metric="cosine" with batched (B, N, d) problems has no Triton kernel yet: '
-                                      'use backend="cpu" or "reference"')
         return assign_cosine(x, centers)
     if x.dim() == 3 and x.shape[0] > _MAX_GRID_Y:
         parts = [_assign(x[s : s + _MAX_GRID_Y], centers[s : s + _MAX_GRID_Y])[:2]

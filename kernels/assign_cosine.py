@@ -78,6 +78,14 @@ def _assign_cosine_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     FB_GROUP: tl.constexpr, FB_BLOCK_K: tl.constexpr,
 ):
+    # Batched problems: grid axis 1 is the problem, every pointer below its own slice (the
+    # unit centers are the (B*K, d) flat view's).
+    pb = tl.program_id(1).to(tl.int64)
+    x_ptr += pb * N * D
+    u_ptr += pb * K * D
+    c_ptr += pb * K * D
+    labels_ptr += pb * N
+    dist2_ptr += pb * N
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
@@ -136,12 +144,20 @@ def _assign_cosine_kernel(
         hit = unresolved & (rank >= g) & (rank < g + FB_GROUP)
         lab = tl.where(hit, tl.sum(tl.where(sel, kb[:, None], 0), axis=0), lab)
 
-    # ---- dist2 = 2 - 2 cos at the label, float64 from the raw inputs ------------------------
+    dist = cosine_dist2_at(x_ptr, c_ptr, rows, rmask, lab, D)
+    tl.store(labels_ptr + rows, lab.to(tl.int64), mask=rmask)
+    tl.store(dist2_ptr + rows, dist.to(dist2_ptr.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
+def cosine_dist2_at(x_ptr, c_ptr, rows, rmask, lab, D):
+    """dist2 = 2 - 2 cos(x_row, c_lab), float64 from the raw inputs (sums in index order; 0
+    cos where ||x|| ||c|| = 0), clamped at 0 (NaN stays NaN)."""
     cbase = c_ptr + lab.to(tl.int64) * D
-    xbase = x_ptr + rows * D
-    dot = tl.zeros((BLOCK_N,), tl.float64)
-    nx2 = tl.zeros((BLOCK_N,), tl.float64)
-    nc2 = tl.zeros((BLOCK_N,), tl.float64)
+    xbase = x_ptr + rows.to(tl.int64) * D
+    dot = tl.zeros(rows.shape, tl.float64)
+    nx2 = tl.zeros(rows.shape, tl.float64)
+    nc2 = tl.zeros(rows.shape, tl.float64)
     for j in range(0, D):
         xv = tl.load(xbase + j, mask=rmask, other=0.0).to(tl.float64)
         cv = tl.load(cbase + j, mask=rmask, other=0.0).to(tl.float64)
@@ -151,9 +167,7 @@ def _assign_cosine_kernel(
     den = sqrt_rn(nx2) * sqrt_rn(nc2)
     cos = tl.where(den == 0.0, 0.0, dot / tl.where(den == 0.0, 1.0, den))
     dist = 2.0 - 2.0 * cos
-    dist = tl.where(dist > 0.0, dist, tl.where(dist == dist, 0.0, dist))
-    tl.store(labels_ptr + rows, lab.to(tl.int64), mask=rmask)
-    tl.store(dist2_ptr + rows, dist.to(dist2_ptr.dtype.element_ty), mask=rmask)
+    return tl.where(dist > 0.0, dist, tl.where(dist == dist, 0.0, dist))
 
 
 @triton.jit
@@ -211,22 +225,30 @@ def unit_centers(centers: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(n), u, torch.full_like(u, float("nan"))).float()
 
 
-def error_bounds(d: int, dtype: torch.dtype) -> tuple[float, float]:
-    """(relative, absolute) bound on |computed s_k - ||x|| cos_k| (module docstring)."""
-    rel = 2.0**-9 + 2.0**-19 + 2.0 * (d + 6) * _U + (d + 6) * 2.0**-53
+def error_bounds(d: int, dtype: torch.dtype, tf32: bool = True) -> tuple[float, float]:
+    """(relative, absolute) bound on |computed s_k - ||x|| cos_k| (module docstring); tf32=False
+    for scores summed from float32 products (no TF32 truncation of the operands)."""
+    rel = (2.0**-9 + 2.0**-19 if tf32 else 0.0) + 2.0 * (d + 6) * _U + (d + 6) * 2.0**-53
     if dtype == torch.float64:
         rel += _U  # x rounded to float32 for the dot
     return rel, d * 2.0**-126
 
 
+# Grid axis 1 (the problem of batched problems) is limited to 65535 on CUDA GPUs.
+_MAX_GRID_Y = 65535
+
+
 def assign_cosine(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    n, d = x.shape
-    k = centers.shape[0]
-    labels = torch.empty(n, dtype=torch.int64, device=x.device)
-    dist2 = torch.empty(n, dtype=acc_dtype(x), device=x.device)
-    if n == 0:
+    """(N,) outputs; (B, N) for batched problems x (B, N, d), centers (B, K, d), the problem
+    on grid axis 1 (one launch for up to 65535 problems, after one unit-centers pass)."""
+    n, d = x.shape[-2:]
+    k = centers.shape[-2]
+    batch = x.shape[0] if x.dim() == 3 else 1
+    labels = torch.empty(x.shape[:-1], dtype=torch.int64, device=x.device)
+    dist2 = torch.empty(x.shape[:-1], dtype=acc_dtype(x), device=x.device)
+    if n == 0 or batch == 0:
         return labels, dist2
-    u = unit_centers(centers)
+    u = unit_centers(centers.reshape(batch * k, d))
     rel, absolute = error_bounds(d, x.dtype)
     if interpreting(x):
         bk, bd = pow2(k, 16, 512), pow2(d, 16, 512)
@@ -236,9 +258,10 @@ def assign_cosine(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor,
         bn, bk, bd = 64, 64, 32 if d > 16 else 16
         opts = dict(FB_GROUP=1, FB_BLOCK_K=64, num_warps=4, enable_fp_fusion=False)
     with device_guard(x):
-        _assign_cosine_kernel[(triton.cdiv(n, bn),)](
-            x, u, centers, labels, dist2, n, k, d, rel, absolute,
-            BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, **opts)
+        for b0 in range(0, batch, _MAX_GRID_Y):
+            nb = min(batch - b0, _MAX_GRID_Y)
+            _assign_cosine_kernel[(triton.cdiv(n, bn), nb)](
+                x[b0:], u[b0 * k:], centers[b0:], labels[b0:], dist2[b0:], n, k, d, rel, absolute, BLOCK_N=bn, BLOCK_K=bk, BLOCK_D=bd, **opts)
     return labels, dist2
 
 

@@ -16,6 +16,16 @@ overflowing distance in the row), the program streams all K again in float64 wit
 order: NaN first (lowest index first, torch.argmin's rule), then ascending, ties to the lowest
 index.
 
+metric="cosine" (COSINE): the list ranks -s_k, s_k = x . u_k with u_k = c_k / ||c_k|| (the
+unit centers of assign_cosine.py, float32), summed from float32 products: |computed s_k -
+||x|| cos_k| <= E = rel ||x|| + abs (assign_cosine.error_bounds without TF32). A center whose
+-s exceeds the k-th smallest by more than 4 E (2 E, doubled as assign_cosine's window) is below
+each of the k listed exactly. Candidates are re-keyed with the reference's float64 key
+cos |cos| = dot |dot| / (||x||^2 ||c||^2), sums in index order (reference.cosine_keys; on a GPU
+without FMA contraction, enable_fp_fusion=False), and ordered by it: NaN first, the larger
+key, the lower index. Zero, tiny, non-finite or float32-overflowing rows stream all K on that
+key. dist2 = 2 - 2 cos at each label (assign_cosine.cosine_dist2_at).
+
 Correctness first: the tile merge costs L selection steps per tile, and the distances are not
 on tensor cores; a GPU session should measure and tune (a threshold test before the merge,
 tl.dot with the CPU kernel's expansion bound).
@@ -26,7 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, device_guard, interpreting, pow2
+from ._common import acc_dtype, device_guard, interpreting, pow2, sqrt_rn
+from .assign_cosine import cosine_dist2_at, error_bounds, unit_centers
 
 _BIG = 2**31 - 1  # index of an empty list entry: loses every tie
 _SLACK = 8
@@ -56,6 +67,43 @@ def _tile_dist(x_ptr, c_ptr, rows, rmask, ks, kmask, D, F64: tl.constexpr, BLOCK
 
 
 @triton.jit
+def _tile_neg_score(x_ptr, u_ptr, rows, rmask, ks, kmask, D, BLOCK_D: tl.constexpr):
+    """(G, BLOCK_K) -x . u_k summed from float32 products (the cosine ranking value)."""
+    dcol = tl.arange(0, BLOCK_D)
+    s = tl.zeros((rows.shape[0], ks.shape[0]), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + dcol
+        dmask = ds < D
+        xv = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
+                     mask=rmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+        uv = tl.load(u_ptr + ks[:, None].to(tl.int64) * D + ds[None, :],
+                     mask=kmask[:, None] & dmask[None, :], other=0.0)
+        s += tl.sum(xv[:, None, :] * uv[None, :, :], axis=2)
+    return -s
+
+
+@triton.jit
+def _neg_keys(x_ptr, c_ptr, rows, rmask, cidx, cmask, D):
+    """(G, W) -key for the centers cidx (G, W) of each row, key = dot |dot| / (||x||^2
+    ||c||^2) (0 where the denominator is 0) in float64 with every sum in index order, as
+    reference.cosine_keys forms it; a NaN key reads -inf (first)."""
+    xbase = x_ptr + rows.to(tl.int64) * D
+    cbase = c_ptr + cidx.to(tl.int64) * D
+    dot = tl.zeros(cidx.shape, tl.float64)
+    nc2 = tl.zeros(cidx.shape, tl.float64)
+    nx2 = tl.zeros(rows.shape, tl.float64)
+    for j in range(0, D):  # index order, each step rounded: the reference's sums
+        xv = tl.load(xbase + j, mask=rmask, other=0.0).to(tl.float64)
+        cv = tl.load(cbase + j, mask=cmask, other=0.0).to(tl.float64)
+        dot += xv[:, None] * cv
+        nx2 += xv * xv
+        nc2 += cv * cv
+    den2 = nx2[:, None] * nc2
+    key = tl.where(den2 == 0.0, 0.0, dot * tl.abs(dot) / tl.where(den2 == 0.0, 1.0, den2))
+    return tl.where(key != key, float("-inf"), -key)
+
+
+@triton.jit
 def _before(va, ia, vb, ib):
     """(va, ia) before (vb, ib): smaller value, then smaller index."""
     return (va < vb) | ((va == vb) & (ia < ib))
@@ -71,14 +119,15 @@ def _pop_min(v, ix, BIG: tl.constexpr):
 
 
 @triton.jit
-def _stream(x_ptr, c_ptr, rows, rmask, K, D, EXACT: tl.constexpr, F64: tl.constexpr,
-            L: tl.constexpr, MERGE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-            BIG: tl.constexpr):
+def _stream(x_ptr, c_ptr, u_ptr, rows, rmask, K, D, EXACT: tl.constexpr, F64: tl.constexpr,
+            COSINE: tl.constexpr, L: tl.constexpr, MERGE: tl.constexpr, BLOCK_K: tl.constexpr,
+            BLOCK_D: tl.constexpr, BIG: tl.constexpr):
     """Each row's L first (key, index) over all K, and whether a distance was not finite.
 
     EXACT: key = -1 for NaN (first), else the distance (F64 must be set). Otherwise a
     non-finite distance only sets the flag (the row is redone exactly). F64: float64
-    distances. MERGE = min(L, BLOCK_K) selection steps per tile."""
+    distances. MERGE = min(L, BLOCK_K) selection steps per tile. COSINE: the value is -x . u_k
+    (float32; F64 unset), or with EXACT the exact -key (_neg_keys; F64 set)."""
     G: tl.constexpr = rows.shape[0]
     if F64:
         lv = tl.full((G, L), float("inf"), tl.float64)
@@ -91,10 +140,19 @@ def _stream(x_ptr, c_ptr, rows, rmask, K, D, EXACT: tl.constexpr, F64: tl.conste
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + lanes
         kmask = ks < K
-        t = _tile_dist(x_ptr, c_ptr, rows, rmask, ks, kmask, D, F64, BLOCK_D)
-        bad = (t != t) | (t == float("inf"))
+        if COSINE:
+            if EXACT:
+                t = _neg_keys(x_ptr, c_ptr, rows, rmask, ks[None, :] + tl.zeros((G, BLOCK_K), tl.int32),
+                              rmask[:, None] & kmask[None, :], D)
+            else:
+                t = _tile_neg_score(x_ptr, u_ptr, rows, rmask, ks, kmask, D, BLOCK_D)
+            bad = (t * 0.0) != 0.0  # NaN or +-Inf
+        else:
+            t = _tile_dist(x_ptr, c_ptr, rows, rmask, ks, kmask, D, F64, BLOCK_D)
+            bad = (t != t) | (t == float("inf"))
         if EXACT:
-            t = tl.where(t != t, -1.0, t)
+            if not COSINE:
+                t = tl.where(t != t, -1.0, t)
         else:
             special = special | tl.max((bad & kmask[None, :]).to(tl.int32), axis=1)
             t = tl.where(bad, float("inf"), t)
@@ -137,41 +195,63 @@ def _rescore(x_ptr, c_ptr, rows, rmask, li, keep, D, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _topk_kernel(x_ptr, c_ptr, lab_ptr, d2_ptr, N, K, D, k, rel, abs_err,
-                 F64: tl.constexpr, L: tl.constexpr, MERGE: tl.constexpr, G: tl.constexpr,
-                 BLOCK_K: tl.constexpr,
+def _topk_kernel(x_ptr, c_ptr, u_ptr, lab_ptr, d2_ptr, N, K, D, k, rel, abs_err,
+                 F64: tl.constexpr, COSINE: tl.constexpr, L: tl.constexpr, MERGE: tl.constexpr,
+                 G: tl.constexpr, BLOCK_K: tl.constexpr,
                  BLOCK_D: tl.constexpr, BIG: tl.constexpr):
     rows = tl.program_id(0) * G + tl.arange(0, G)
     rmask = rows < N
-    lv, li, special = _stream(x_ptr, c_ptr, rows, rmask, K, D, False, F64, L, MERGE, BLOCK_K, BLOCK_D, BIG)
+    lv, li, special = _stream(x_ptr, c_ptr, u_ptr, rows, rmask, K, D, False, F64, COSINE, L, MERGE,
+                              BLOCK_K, BLOCK_D, BIG)
     # v_k: the k-th smallest computed distance
     sv = lv
     si = li
     vk = tl.zeros((G,), lv.dtype)
     for _ in range(k):
         vk, _i, sv, si = _pop_min(sv, si, BIG)
-    thr = vk * (1.0 + 4.0 * rel) + abs_err
+    if COSINE:
+        # ||x||^2 in float32 (the scores' scale): zero or tiny rows (products flushed), NaN/Inf
+        # and squares past float32 take the exact stream.
+        dcol = tl.arange(0, BLOCK_D)
+        xsq = tl.zeros((G,), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            ds = d0 + dcol
+            xc = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + ds[None, :],
+                         mask=rmask[:, None] & (ds < D)[None, :], other=0.0).to(tl.float32)
+            xsq += tl.sum(xc * xc, axis=1)
+        special = special | (((xsq * 0.0) != 0.0) | (xsq < 1e-30)).to(tl.int32)
+        # 1.001: the float32 norm itself is a little off; 4: twice the misordering of two scores.
+        thr = vk + 4.0 * (rel * 1.001 * sqrt_rn(xsq) + abs_err)
+    else:
+        thr = vk * (1.0 + 4.0 * rel) + abs_err
     lmax = tl.max(lv, axis=1)
     full = tl.max(li, axis=1) < BIG
     complete = (L >= K) | (~full) | (lmax > thr)
     need = rmask & ((special != 0) | ~complete)
     keep = (lv <= thr[:, None]) & (li < BIG)
-    ev = _rescore(x_ptr, c_ptr, rows, rmask, li, keep, D, BLOCK_D)
+    if COSINE:
+        ev = tl.where(keep, _neg_keys(x_ptr, c_ptr, rows, rmask, li, keep, D), float("inf"))
+    else:
+        ev = _rescore(x_ptr, c_ptr, rows, rmask, li, keep, D, BLOCK_D)
     ei = tl.where(keep, li, BIG)
     if tl.max(need.to(tl.int32), axis=0) > 0:
-        xv, xi, _s = _stream(x_ptr, c_ptr, rows, rmask, K, D, True, True, L, MERGE, BLOCK_K,
-                               BLOCK_D, BIG)
+        xv, xi, _s = _stream(x_ptr, c_ptr, u_ptr, rows, rmask, K, D, True, True, COSINE, L, MERGE,
+                             BLOCK_K, BLOCK_D, BIG)
         ev = tl.where(need[:, None], xv, ev)
         ei = tl.where(need[:, None], xi, ei)
     out = rows.to(tl.int64) * k
     for j in range(k):
         m, mi, ev, ei = _pop_min(ev, ei, BIG)
         tl.store(lab_ptr + out + j, mi.to(tl.int64), mask=rmask)
-        dist = tl.where(m < 0.0, float("nan"), m)  # key -1: a NaN distance
+        if COSINE:
+            dist = cosine_dist2_at(x_ptr, c_ptr, rows, rmask, mi, D)
+        else:
+            dist = tl.where(m < 0.0, float("nan"), m)  # key -1: a NaN distance
         tl.store(d2_ptr + out + j, dist.to(d2_ptr.dtype.element_ty), mask=rmask)
 
 
-def assign_topk(x: torch.Tensor, centers: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def assign_topk(x: torch.Tensor, centers: torch.Tensor, k: int, cosine: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     n, d = x.shape
     kc = centers.shape[0]
     labels = torch.empty(n, k, dtype=torch.int64, device=x.device)
@@ -179,16 +259,24 @@ def assign_topk(x: torch.Tensor, centers: torch.Tensor, k: int) -> tuple[torch.T
     if n == 0:
         return labels, dist2
     f64 = x.dtype == torch.float64
-    u = 2.0**-53 if f64 else 2.0**-24
-    rel = (d + 2) * u + (d + 2) * 2.0**-53  # the kernel's rounding, and the reference's
-    abs_err = (d + 1) * (2.0**-1074 if f64 else 2.0**-149)
+    if cosine:
+        u_centers = unit_centers(centers)
+        rel, abs_err = error_bounds(d, x.dtype, tf32=False)
+    else:
+        u_centers = centers  # unread
+        u = 2.0**-53 if f64 else 2.0**-24
+        rel = (d + 2) * u + (d + 2) * 2.0**-53  # the kernel's rounding, and the reference's
+        abs_err = (d + 1) * (2.0**-1074 if f64 else 2.0**-149)
     big_l = pow2(min(kc, k + _SLACK))
     interp = interpreting(x)
     g = 64 if interp else 16
     block_k = pow2(kc, 16, 128 if interp else 32)
     block_d = pow2(d, 16, 32 if interp else 16)
+    # Cosine keys are compared bitwise with the reference's: no FMA contraction on a GPU.
+    opts = dict(enable_fp_fusion=False) if cosine and not interp else {}
     with device_guard(x):
         _topk_kernel[(triton.cdiv(n, g),)](
-            x, centers, labels, dist2, n, kc, d, k, rel, abs_err,
-            F64=f64, L=big_l, MERGE=min(big_l, block_k), G=g, BLOCK_K=block_k, BLOCK_D=block_d, BIG=_BIG)
+            x, centers, u_centers, labels, dist2, n, kc, d, k, rel, abs_err,
+            F64=f64 and not cosine, COSINE=cosine, L=big_l, MERGE=min(big_l, block_k), G=g,
+            BLOCK_K=block_k, BLOCK_D=block_d, BIG=_BIG, **opts)
     return labels, dist2

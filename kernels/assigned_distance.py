@@ -1,4 +1,4 @@
-"""|| x - C[labels] ||, the pull term of KM-GAN Eq. 5/6, Triton (DESIGN.md 4.4).
+"""|| x - C[labels] ||, the pull term of KM-GAN Eq. 5/6, Triton (docs/ops.md, KM-GAN losses).
 
 Reductions: ``"fro"`` sqrt(sum_i r_i^2), ``"mean"`` mean_i r_i, ``"sq_sum"`` 0.5 sum_i r_i^2,
 with r_i = ||x_i - c_{l_i}||. C[labels] is gathered in-kernel, never materialised.

@@ -1,4 +1,4 @@
-"""KM-GAN center loss (Eq. 4), Triton (DESIGN.md 4.3).
+"""KM-GAN center loss (Eq. 4), Triton (docs/ops.md, KM-GAN losses).
 
 Per side ``u = sum_m (c_m + S_m) / (1 + n_m) = sum_m c_m / (1 + n_m) + sum_i x_i / (1 + n_{l_i})``
 and ``L = ||u_real - u_fake||_1``. Written the second way, u is a weighted column sum of the

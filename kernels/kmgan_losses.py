@@ -1,4 +1,5 @@
-"""The KM-GAN loss block of one iteration, fused, Triton (DESIGN.md 4.3-4.4 and 5; issue 4).
+"""The KM-GAN loss block of one iteration, fused, Triton (docs/ops.md, KM-GAN
+losses; README, The KM-GAN trainer; issue 4).
 
 Forward, for the real batch x (N_r, d), the generated batch y (N_f, d), real centers C (K, d)
 and fake centers C^ (K^, d)::

@@ -1,4 +1,4 @@
-"""Center updates, Triton (DESIGN.md 4.2): Sculley's mini-batch k-means and the VQ-VAE EMA.
+"""Center updates, Triton (docs/ops.md): Sculley's mini-batch k-means and the VQ-VAE EMA.
 
 Both are "per-cluster sums S_k and counts m_k, then a per-cluster apply":
 

@@ -1,4 +1,4 @@
-"""Sum of pairwise L1 distances (KM-GAN Eq. 7) in O(N log N d), Triton (DESIGN.md 4.5).
+"""Sum of pairwise L1 distances (KM-GAN Eq. 7) in O(N log N d), Triton (docs/ops.md, KM-GAN losses).
 
 Per feature column the sum of |differences| follows from the sorted values (``torch.sort``
 along dim 0 outside the kernels):

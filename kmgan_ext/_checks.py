@@ -1,4 +1,4 @@
-"""Input validation shared by every op (DESIGN.md 4.8).
+"""Input validation shared by every op (docs/ops.md, Bad input).
 
 Every check runs before anything is written, so a failed call leaves centers and counts
 bitwise unchanged. Shape/dtype/device checks are static and run in the public wrappers

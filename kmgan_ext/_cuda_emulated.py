@@ -225,17 +225,14 @@ def _num(name: str, *args) -> int:
 # --------------------------------------------------------------------------- backend interface
 def assign(x: Tensor, centers: Tensor, cosine: bool = False) -> tuple[Tensor, Tensor]:
     """(N,) outputs, or (B, N) for batched problems x (B, N, d), centers (B, K, d): one launch."""
-    if cosine and x.dim() == 3:  # the CUDA binding refuses it the same way (assign_cuda_binding.cpp)
-        raise NotImplementedError('metric="cosine" with batched (B, N, d) problems has no CUDA kernel yet: '
-                                  'use backend="cpu" or "reference"')
     (n, d), k = x.shape[-2:], centers.shape[-2]
     batch = x.shape[0] if x.dim() == 3 else 1
     labels = torch.empty(x.shape[:-1], dtype=torch.int64)
     dist2 = torch.empty(x.shape[:-1], dtype=_acc_dtype(x))
-    if n and cosine:
-        unit = torch.empty(k, d, dtype=torch.float32)  # the launcher's workspace
+    if n and batch and cosine:
+        unit = torch.empty(batch * k, d, dtype=torch.float32)  # the launcher's workspace
         _call("assign_cosine_launch", _dt(x), _ptr(x), _ptr(centers), _i(n), _i(k), _i(d),
-              _ptr(unit), _ptr(labels), _ptr(dist2))
+              _ptr(unit), _ptr(labels), _ptr(dist2), _i(batch))
     elif n and batch:
         _call("assign_launch", _dt(x), _ptr(x), _ptr(centers), _i(n), _i(k), _i(d), _ptr(labels),
               _ptr(dist2), _i(batch))
@@ -254,7 +251,7 @@ def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
     return grad_x, gc.to(centers.dtype)
 
 
-def assign_topk(x: Tensor, centers: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def assign_topk(x: Tensor, centers: Tensor, k: int, cosine: bool = False) -> tuple[Tensor, Tensor]:
     n, kc, d = x.shape[0], centers.shape[0], x.shape[1]
     labels = torch.empty(n, k, dtype=torch.int64)
     dist2 = torch.empty(n, k, dtype=_acc_dtype(x))
@@ -262,8 +259,9 @@ def assign_topk(x: Tensor, centers: Tensor, k: int) -> tuple[Tensor, Tensor]:
         cap = _num("assign_topk_list_len", _i(k), _i(kc))
         list_val = torch.empty(n, cap, dtype=torch.float64)
         list_idx = torch.empty(n, cap, dtype=torch.int64)
+        unit = torch.empty(kc, d, dtype=torch.float32) if cosine else None  # the unit centers
         _call("assign_topk_launch", _dt(x), _ptr(x), _ptr(centers), _i(n), _i(kc), _i(d), _i(k),
-              _ptr(list_val), _ptr(list_idx), _ptr(labels), _ptr(dist2))
+              _ptr(list_val), _ptr(list_idx), _ptr(labels), _ptr(dist2), _ptr(unit))
     return labels, dist2
 
 

@@ -9,8 +9,8 @@ A backend is a module-like object exposing the backend interface (see
 ``minibatch_step_``, ``ema_update_``, ``center_loss_forward``, ``center_loss_backward``,
 ``assigned_distance``, ``assigned_distance_backward``, ``pairwise_l1``,
 ``pairwise_l1_backward``, ``kmgan_losses``, ``kmgan_losses_backward``, each taking
-validated, contiguous tensors. ``assign``, ``assign_backward`` and the three updates take a
-trailing ``cosine`` flag (metric="cosine"); a backend without a cosine kernel raises
+validated, contiguous tensors. ``assign``, ``assign_backward``, ``assign_topk`` and the three
+updates take a trailing ``cosine`` flag (metric="cosine"); a backend without a cosine kernel raises
 NotImplementedError for it.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 BACKENDS = ("reference", "cpu", "triton", "cuda", "cuda_emulated")
 
 # backend="auto" on CUDA tensors. One entry per op; the choice must come from a GPU run of
-# bench/ (bench/results/*.json) — see README "Backend selection".
+# bench/ (bench/results/*.json) — see README, "Backends".
 # TODO(gpu): no GPU run has been made yet; until one is, auto prefers the CUDA C++ kernels
 # (no JIT warm-up) and falls back to triton, then reference.
 _AUTO_CUDA_ORDER = ("cuda", "triton", "reference")

@@ -1,4 +1,4 @@
-"""km.assign: fused nearest-center assignment (DESIGN.md 4.1)."""
+"""km.assign: fused nearest-center assignment (docs/ops.md, Assignment)."""
 from __future__ import annotations
 
 import torch
@@ -84,7 +84,9 @@ def assign(
             distance (ties to the lowest index; NaN distances first, so column 0 is the
             k=None answer): then labels and dist2 are (N, k), exact as below, and the (N, K)
             matrix is still never written (a running top-k per row). k outside [1, K] is a
-            ValueError naming k. Euclidean only (k with metric="cosine" is refused).
+            ValueError naming k. With metric="cosine": the k largest cosines, in the order of
+            the exact float64 key (ties to the lowest index, NaN first), dist2 = 2 - 2 cos;
+            column 0 is the k=None answer.
         metric: "euclidean" (default) or "cosine": ``labels[i] = argmax_k cos(x_i, c_k)``,
             cos = x.c / (||x|| ||c||) and 0 where ||x|| ||c|| == 0 (a zero row or center is
             orthogonal to everything: a zero row gets label 0 and dist2 2), ties to the lowest
@@ -112,15 +114,12 @@ def assign(
     """
     cosine = _checks.metric(metric)
     if k is not None:
-        if cosine:
-            raise NotImplementedError("assign(k=...) with metric='cosine' is not implemented: "
-                                      "top-k assignment is Euclidean only")
         if _checks.is_batched(centers):
             raise NotImplementedError("assign(k=...) with batched (B, K, d) centers is not implemented: "
                                       "top-k assignment takes 2-D x and centers")
         from .assign_topk import assign_topk
 
-        return assign_topk(x, centers, k, backend=backend)
+        return assign_topk(x, centers, k, cosine=cosine, backend=backend)
     x = _checks.promote_x(x, centers)
     if _checks.is_batched(centers):
         x, centers = _checks.batched(x, centers)

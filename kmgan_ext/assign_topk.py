@@ -9,26 +9,28 @@ from torch import Tensor
 from . import _checks, _dispatch, _registry, reference
 from .assign import _data_checks, _out_dtype
 
-_registry.route("assign_topk", lambda x, centers, k: _data_checks(x, centers))
+_registry.route("assign_topk", lambda x, centers, k: _data_checks(x, centers), flags=(False,))
 
 if _registry.registered():
 
     @torch.library.register_fake("kmgan_ext::assign_topk")
-    def _(x, centers, k, backend):
+    def _(x, centers, k, backend, cosine=False):
         n = x.shape[0]
         return x.new_empty(n, k, dtype=torch.int64), x.new_empty(n, k, dtype=_out_dtype(x))
 
     def _setup_context(ctx, inputs, output):
-        x, centers, k, backend = inputs
+        x, centers, k, backend, *flag = inputs
         labels, _ = output
         ctx.save_for_backward(x, centers, labels)
         ctx.backend = backend
+        ctx.cosine = bool(flag and flag[0])
         ctx.mark_non_differentiable(labels)
 
     def _backward(ctx, grad_labels, grad_dist2):
-        # dist2[i, j] = ||x_i - c_{l_ij}||^2: column j is assign's dist2 with labels l_:j, so
-        # each column's gradient is assign's fused backward (no (N, k, d) intermediate); the
-        # k columns are summed in float32 (float64 for float64 x), rounded once.
+        # dist2[i, j] = ||x_i - c_{l_ij}||^2 (2 - 2 cos with metric="cosine"): column j is
+        # assign's dist2 with labels l_:j, so each column's gradient is assign's fused backward
+        # (no (N, k, d) intermediate); the k columns are summed in float32 (float64 for
+        # float64 x), rounded once.
         x, centers, labels = ctx.saved_tensors
         want_x, want_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         be = _dispatch.grad_backend(ctx.backend, want_c)
@@ -37,11 +39,11 @@ if _registry.registered():
         gc = torch.zeros(centers.shape, dtype=acc, device=x.device) if want_c else None
         for j in range(labels.shape[1]):
             gxj, gcj = _registry.call("assign_backward", grad_dist2[:, j].contiguous(), x, centers,
-                                      labels[:, j].contiguous(), want_c, be)
+                                      labels[:, j].contiguous(), want_c, be, ctx.cosine)
             gx += gxj
             if want_c:
                 gc += gcj
-        return (gx.to(x.dtype) if want_x else None), (gc.to(centers.dtype) if want_c else None), None, None
+        return (gx.to(x.dtype) if want_x else None), (gc.to(centers.dtype) if want_c else None), None, None, None
 
     _registry.register_autograd("assign_topk", _backward, _setup_context)
 
@@ -55,12 +57,13 @@ def topk_count(k: object, n_centers: int) -> int:
     return int(k)
 
 
-def assign_topk(x: Tensor, centers: Tensor, k: int, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """The public entry is ``km.assign(x, centers, k=k)`` (see its docstring)."""
+def assign_topk(x: Tensor, centers: Tensor, k: int, *, cosine: bool = False,
+                backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """The public entry is ``km.assign(x, centers, k=k, metric=...)`` (see its docstring)."""
     x = _checks.features("x", x)
     centers = _checks.centers("centers", centers, x)
     k = topk_count(k, centers.shape[0])
     be = _dispatch.resolve(backend, x.device)
     if not _registry.registered():
-        return reference.assign_topk(x, centers, k)
-    return _registry.call("assign_topk", x, centers, k, be)
+        return reference.assign_topk(x, centers, k, cosine)
+    return _registry.call("assign_topk", x, centers, k, be, cosine)

@@ -1,4 +1,4 @@
-"""km.assigned_distance: the pull term of KM-GAN Eq. 5/6 and Wen's center loss (DESIGN.md 4.4)."""
+"""km.assigned_distance: the pull term of KM-GAN Eq. 5/6 and Wen's center loss (docs/ops.md)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""km.kmgan_center_loss: KM-GAN Eq. 4, fused forward and backward (DESIGN.md 4.3).
+"""km.kmgan_center_loss: KM-GAN Eq. 4, fused forward and backward (docs/ops.md, KM-GAN losses).
 
 Named for what it is: KM-GAN's loss between the real and fake center sets, not Wen et al.'s
 face-recognition center loss (that one is the module ``km.CenterLoss``). The op keeps its

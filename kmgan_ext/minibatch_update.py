@@ -1,4 +1,4 @@
-"""km.minibatch_update_, km.minibatch_step_, km.ema_update_: center updates (DESIGN.md 4.2).
+"""km.minibatch_update_, km.minibatch_step_, km.ema_update_: center updates (docs/ops.md).
 
 All three share one segmented-sum kernel per backend (per-cluster sums and counts), then a
 per-cluster apply. Centers are buffers: x is detached, no gradient flows through an update.

@@ -1,4 +1,4 @@
-"""km.pairwise_l1: KM-GAN Eq. 7 regularisers in O(N log N d) (DESIGN.md 4.5)."""
+"""km.pairwise_l1: KM-GAN Eq. 7 regularisers in O(N log N d) (docs/ops.md, KM-GAN losses)."""
 from __future__ import annotations
 
 import torch

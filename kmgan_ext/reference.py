@@ -1,4 +1,4 @@
-"""Plain-torch ground truth for every op of kmgan_ext (DESIGN.md section 4).
+"""Plain-torch ground truth for every op of kmgan_ext (docs/ops.md).
 
 Written for clarity, not speed. Every test and every benchmark imports its expected
 values from here, and ``backend="reference"`` routes the public ops here.
@@ -201,18 +201,30 @@ def assign_backward(
     return gx.to(x.dtype), gc
 
 
-def assign_topk(x: Tensor, centers: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def assign_topk(x: Tensor, centers: Tensor, k: int, cosine: bool = False) -> tuple[Tensor, Tensor]:
     """The k nearest centers of every row, ascending: ``(labels int64 (N, k), dist2 (N, k))``.
 
     Order: by the float64 distance, ties to the lowest index; NaN distances first (lowest
     index first), so that column 0 is ``assign``'s label and dist2 (torch.argmin's NaN rule).
     dist2 is rounded to float32 (float64 for float64 x), clamped at 0.
+
+    ``cosine``: the k largest cosines, ordered by ``cosine_keys`` descending (the key assign's
+    cosine label maximises; NaN first, ties to the lowest index), dist2 = 2 - 2 cos of each,
+    clamped at 0: column 0 is ``assign(..., cosine=True)``'s answer.
     """
     n = x.shape[0]
     labels = torch.empty(n, k, dtype=torch.int64, device=x.device)
     dist2 = torch.empty(n, k, dtype=_out_dtype(x), device=x.device)
     rows = max(1, _CHUNK_ELEMS // max(1, centers.shape[0] * max(1, x.shape[1])))
     for s in range(0, n, rows):
+        if cosine:
+            key = -cosine_keys(x[s : s + rows], centers)
+            key = torch.where(torch.isnan(key), torch.full_like(key, float("-inf")), key)
+            idx = torch.sort(key, dim=1, stable=True).indices[:, :k]
+            labels[s : s + rows] = idx
+            cos = cosine_similarities(x[s : s + rows], centers).gather(1, idx)
+            dist2[s : s + rows] = (2.0 - 2.0 * cos).clamp_min(0).to(dist2.dtype)
+            continue
         d = squared_distances(x[s : s + rows], centers)
         # NaN sorts first (key -1 < every distance); a stable sort keeps ties in index order.
         key = torch.where(torch.isnan(d), torch.full_like(d, -1.0), d)
@@ -496,7 +508,7 @@ def _l1_grad_1d(v: Tensor, w: Tensor) -> Tensor:
 
 
 def pairwise_l1_backward(grad: Tensor, a: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Rank-count gradient (DESIGN.md 4.5).
+    """Rank-count gradient (docs/ops.md, KM-GAN losses).
 
     Within a batch the ordered pairs count each unordered pair twice, so the gradient of a_i
     is 2 (#below - #above); between batches a_i gets #b below - #b above and b_j the mirror.

@@ -199,6 +199,151 @@ def test_native_op_checks_k():
         torch.ops.kmgan_ext.assign_topk_native(x, c, 6)
 
 
-def test_k_with_cosine_is_refused():
-    with pytest.raises(NotImplementedError, match="metric='cosine'"):
-        km.assign(torch.randn(4, 3), torch.randn(5, 3), k=2, metric="cosine")
+# ------------------------------------------------------------------ metric="cosine"
+# The k largest cosines, ordered by the reference's float64 key (ties to the lowest index, NaN
+# first), dist2 = 2 - 2 cos: column 0 is assign(..., metric="cosine").
+def _check_cosine(x, c, k, labels, dist2):
+    want_l, want_d = reference.assign_topk(x.cpu(), c.cpu(), k, True)
+    assert labels.dtype == torch.int64 and labels.shape == (x.shape[0], k)
+    assert dist2.dtype == want_d.dtype and dist2.shape == (x.shape[0], k)
+    assert torch.equal(labels.cpu(), want_l), (labels.cpu() != want_l).nonzero()[:5]
+    # the kernels' cos divides by ||x|| ||c||, the reference by sqrt(||x||^2 ||c||^2): ulps
+    tol = 1e-12 if x.dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(dist2.cpu().double(), want_d.double(), rtol=tol, atol=tol, equal_nan=True)
+
+
+def test_cosine_reference_known_answer():
+    x = torch.tensor([[1.0, 0.0], [0.0, 0.0], [-1.0, 1.0]])
+    c = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0], [4.0, 0.0]])
+    labels, dist2 = reference.assign_topk(x, c, 3, True)
+    # row 0: centers 0 and 3 are the same direction (lowest index first); row 1 is zero:
+    # every cosine 0, index order, dist2 2.
+    assert labels.tolist() == [[0, 3, 2], [0, 1, 2], [1, 2, 0]]
+    h = 2 - 2 ** 0.5
+    torch.testing.assert_close(dist2, torch.tensor([[0.0, 0.0, h], [2.0, 2.0, 2.0], [h, 2.0, 2 + 2 ** 0.5]]))
+
+
+@pytest.mark.parametrize("n,d,kc,k", SHAPES)
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_cosine_random_matches_reference(device, backend, n, d, kc, k):
+    g = torch.Generator().manual_seed(n + 3 * d + 7 * kc + k)
+    x = (torch.randn(n, d, generator=g) * torch.rand(n, 1, generator=g) * 10).to(device)
+    c = torch.randn(kc, d, generator=g).to(device)
+    labels, dist2 = km.assign(x, c, k=k, metric="cosine", backend=backend)
+    _check_cosine(x, c, k, labels, dist2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_cosine_dtypes(device, backend, dtype):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(150, 19, generator=g).to(device, dtype)
+    c = torch.randn(33, 19, generator=g).to(device, dtype)
+    labels, dist2 = km.assign(x, c, k=4, metric="cosine", backend=backend)
+    _check_cosine(x, c, 4, labels, dist2)
+
+
+@pytest.mark.parametrize("copies", [2, 12])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_cosine_first_column_and_exact_ties(device, backend, copies):
+    """Centers q and q + 6j are scaled copies (factors 2^j: the same float64 key, bitwise):
+    ties to the lowest index, with more tied centers than the running lists' slack (8) when
+    copies = 12. Column 0 is assign's answer; a zero row gets 0, 1, 2 and dist2 2."""
+    g = torch.Generator().manual_seed(12)
+    base = torch.randn(6, 11, generator=g)
+    c = torch.cat([base * 2.0**j for j in range(copies)]).to(device)
+    x = torch.cat([torch.randn(60, 11, generator=g), base * 3, torch.zeros(1, 11)]).to(device)
+    labels, dist2 = km.assign(x, c, k=3, metric="cosine", backend=backend)
+    _check_cosine(x, c, 3, labels, dist2)
+    l1, d1 = km.assign(x, c, metric="cosine", backend=backend)
+    assert torch.equal(labels[:, 0], l1)
+    torch.testing.assert_close(dist2[:, 0], d1)
+    assert labels[60:66, :2].tolist() == [[q, q + 6] for q in range(6)]
+    assert labels[66].tolist() == [0, 1, 2] and dist2[66].tolist() == [2.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("tied", [6, 24])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_cosine_near_ties_are_the_float64_order(device, backend, tied):
+    """`tied` center directions 2^-22 apart in one coordinate, the most similar of every row:
+    their cosines differ below float32's resolution, so only the float64 re-keying gives the
+    reference's order (6 fit the lists' slack, 24 do not)."""
+    g = torch.Generator().manual_seed(13)
+    base = torch.randn(1, 16, generator=g, dtype=torch.float64)
+    c = base.repeat(tied, 1)
+    c[:, 0] += torch.randperm(tied, generator=g).double() * 2.0**-22
+    c = torch.cat([c, torch.randn(18, 16, generator=g, dtype=torch.float64)])
+    x = base + 0.05 * torch.randn(90, 16, generator=g, dtype=torch.float64)
+    x, c = x.float(), c.float()
+    cos = reference.cosine_similarities(x, c).sort(dim=1, descending=True).values
+    assert float((cos[:, :3] - cos[:, 1:4]).max()) < 1e-6, "the centers are not near-tied"
+    labels, dist2 = km.assign(x.to(device), c.to(device), k=3, metric="cosine", backend=backend)
+    _check_cosine(x, c, 3, labels, dist2)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_cosine_nan_first_and_huge_exact(device, backend):
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(20, 6, generator=g)
+    c = torch.randn(9, 6, generator=g)
+    x[3, 2] = float("nan")  # every key of row 3 NaN: labels 0, 1, 2
+    c[5, 1] = float("nan")  # every row's key for center 5 NaN: center 5 first
+    labels, dist2 = km.assign(x.to(device), c.to(device), k=3, metric="cosine", backend=backend)
+    _check_cosine(x, c, 3, labels, dist2)
+    assert labels[3].tolist() == [0, 1, 2] and labels[0, 0].item() == 5
+    # ||x||^2 past float32 (and tiny rows): the exact keys decide
+    big = torch.randn(30, 4, generator=g) * 3e19
+    big[:10] *= 1e-40
+    cb = torch.randn(7, 4, generator=g) * 3e19
+    labels, dist2 = km.assign(big.to(device), cb.to(device), k=3, metric="cosine", backend=backend)
+    _check_cosine(big, cb, 3, labels, dist2)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_cosine_gradient_matches_reference(device, backend):
+    g = torch.Generator().manual_seed(15)
+    x = torch.randn(40, 6, generator=g).to(device).requires_grad_()
+    c = torch.randn(9, 6, generator=g).to(device).requires_grad_()
+    w = torch.randn(40, 3, generator=g).to(device)
+    _, dist2 = km.assign(x, c, k=3, metric="cosine", backend=backend)
+    gx, gc = torch.autograd.grad((dist2 * w).sum(), (x, c))
+    xr, cr = x.detach().double().cpu().requires_grad_(), c.detach().double().cpu().requires_grad_()
+    labels, _ = reference.assign_topk(xr.detach(), cr.detach(), 3, True)
+    cl = cr[labels]
+    want = 2 - 2 * (xr[:, None, :] * cl).sum(-1) / (xr.norm(dim=1)[:, None] * cl.norm(dim=2))
+    wx, wc = torch.autograd.grad((want * w.double().cpu()).sum(), (xr, cr))
+    torch.testing.assert_close(gx.double().cpu(), wx, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gc.double().cpu(), wc, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_cosine_gradcheck_float64(backend):
+    g = torch.Generator().manual_seed(16)
+    x = torch.randn(15, 5, generator=g, dtype=torch.float64).requires_grad_()
+    c = torch.randn(6, 5, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, c: km.assign(x, c, k=3, metric="cosine", backend=backend)[1], (x, c))
+
+
+def test_cosine_opcheck():
+    g = torch.Generator().manual_seed(17)
+    x, c = torch.randn(33, 7, generator=g), torch.randn(5, 7, generator=g)
+    torch.library.opcheck(torch.ops.kmgan_ext.assign_topk.default, (x, c, 2, "cpu", True))
+    xg, cg = x.double().requires_grad_(), c.double().requires_grad_()
+    torch.library.opcheck(torch.ops.kmgan_ext.assign_topk.default, (xg, cg, 2, "cpu", True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_cosine_matches_faiss_inner_product_search():
+    """The peer: faiss's exact inner-product search on normalised vectors (IndexFlatIP) ranks
+    by cosine; on data without near ties it gives the same k centers in the same order."""
+    faiss = pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(18)
+    x = torch.randn(300, 12, generator=g) * 5
+    c = torch.randn(40, 12, generator=g)
+    xn = torch.nn.functional.normalize(x, dim=1).numpy()
+    index = faiss.IndexFlatIP(12)
+    index.add(torch.nn.functional.normalize(c, dim=1).numpy())
+    sim, want = index.search(xn, 4)
+    labels, dist2 = km.assign(x, c, k=4, metric="cosine", backend="cpu")
+    assert torch.equal(labels, torch.from_numpy(want).long())
+    torch.testing.assert_close(dist2, torch.from_numpy(2 - 2 * sim), rtol=1e-5, atol=1e-5)

@@ -55,17 +55,57 @@ def test_assign_one_launch(device, backend):
         assert _cuda_emulated.launch_count() - before == 1
 
 
+# metric="cosine" (issue 12): one launch for all problems on every backend, each problem's
+# labels and dist2 bitwise those of its own call (held to the reference by test_cosine.py).
+@pytest.mark.parametrize("shape", [(3, 70, 5, 4), (2, 300, 600, 8), (4, 0, 3, 4), (0, 5, 3, 4)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("device,backend", backend_params())
-def test_assign_gradient_per_problem(device, backend):
+def test_cosine_assign_equals_per_problem(device, backend, dtype, shape):
+    if dtype != torch.float32 and shape[2] == 600:
+        pytest.skip("one large shape per dtype is enough for CI's time")
+    b, n, k, d = shape
+    x, c = _problems(b, n, k, d, dtype, device)
+    if b and n:
+        x[-1, 0] = 0  # a zero row: label 0, dist2 2
+        x[0, 1] = c[0, 2] * 3  # exactly center 2's direction
+    labels, dist2 = km.assign(x, c, metric="cosine", backend=backend)
+    assert labels.shape == (b, n) and dist2.shape == (b, n)
+    for i in range(b):
+        one_l, one_d = km.assign(x[i], c[i], metric="cosine", backend=backend)
+        assert torch.equal(labels[i], one_l), i
+        assert torch.equal(dist2[i], one_d), i
+        want_l, want_d = km.assign(x[i].cpu(), c[i].cpu(), metric="cosine", backend="reference")
+        assert torch.equal(labels[i].cpu(), want_l), i
+        torch.testing.assert_close(dist2[i].cpu(), want_d, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_cosine_assign_one_launch(device, backend):
+    x, c = _problems(6, 40, 7, 5, device=device)
+    launches = _cuda_emulated.launch_count if backend == "cuda_emulated" else (lambda: 0)
+    before = launches()
+    km.assign(x[0], c[0], metric="cosine", backend=backend)
+    one = launches() - before
+    before = launches()
+    with _dispatch.recording() as calls:
+        km.assign(x, c, metric="cosine", backend=backend)
+    assert [f for f, _ in calls] == ["assign"]  # one routed call, not one per problem
+    assert launches() - before == one  # as many kernel launches as one problem's (2 on CUDA)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_assign_gradient_per_problem(device, backend, metric):
     x, c = _problems(3, 25, 4, 3, device=device)
     x.requires_grad_(True)
     c.requires_grad_(True)
     w = torch.rand(3, 25, generator=torch.Generator().manual_seed(1)).to(device)
-    _, dist2 = km.assign(x, c, backend=backend)
+    _, dist2 = km.assign(x, c, metric=metric, backend=backend)
     gx, gc = torch.autograd.grad((dist2 * w).sum(), (x, c))
     for i in range(3):
         xi, ci = x[i].detach().requires_grad_(True), c[i].detach().requires_grad_(True)
-        _, di = km.assign(xi, ci, backend=backend)
+        _, di = km.assign(xi, ci, metric=metric, backend=backend)
         gxi, gci = torch.autograd.grad((di * w[i]).sum(), (xi, ci))
         torch.testing.assert_close(gx[i], gxi, rtol=0, atol=0)
         torch.testing.assert_close(gc[i], gci, rtol=1e-6, atol=1e-6)  # GPU sums: atomics
@@ -141,15 +181,18 @@ def test_minibatch_update_one_launch_and_noncontiguous(device, backend):
     assert torch.equal(got, want) and torch.equal(got_n, want_n)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("device,backend", backend_params())
-def test_minibatch_step_equals_per_problem(device, backend):
+def test_minibatch_step_equals_per_problem(device, backend, metric):
     x, c = _problems(3, 50, 5, 4, device=device)
     cb, nb = c.clone(), torch.zeros(3, 5, dtype=torch.int64, device=device)
-    lb = km.minibatch_step_(cb, nb, x, deterministic=True, backend=backend)
+    with _dispatch.recording() as calls:
+        lb = km.minibatch_step_(cb, nb, x, deterministic=True, metric=metric, backend=backend)
+    assert [f for f, _ in calls] == ["assign", "minibatch_update_"]
     assert lb.shape == (3, 50)
     for i in range(3):
         ci, ni = c[i].clone(), torch.zeros(5, dtype=torch.int64, device=device)
-        li = km.minibatch_step_(ci, ni, x[i], deterministic=True, backend=backend)
+        li = km.minibatch_step_(ci, ni, x[i], deterministic=True, metric=metric, backend=backend)
         assert torch.equal(lb[i], li)
         _assert_same_update(cb[i], ci, backend, i)
         assert torch.equal(nb[i], ni)
@@ -234,6 +277,41 @@ def test_kmeans_batched_init_array_and_empty_cluster():
     assert bool(torch.isfinite(got.centers).all())
 
 
+@pytest.mark.parametrize("init", ["k-means++", "array"])
+def test_kmeans_cosine_equals_per_problem(init):
+    """metric="cosine" on (B, N, d): problem b is km.kmeans(x[b], metric="cosine", seed=seed
+    + b), bitwise (spherical k-means, its seeding on the sphere and the batched assign)."""
+    x, _ = _problems(3, 80, 4, 3, seed=11)
+    x[1, :40] *= 50  # norms must not matter, directions do
+    start = x[:, :4].clone() if init == "array" else init
+    got = km.kmeans(x, 4, init=start, niter=5, seed=7, metric="cosine", backend="torch")
+    assert got.centers.shape == (3, 4, 3) and got.labels.shape == (3, 80)
+    torch.testing.assert_close(got.centers.norm(dim=2), torch.ones(3, 4))
+    for i in range(3):
+        one = km.kmeans(x[i], 4, init=start[i] if init == "array" else init, niter=5, seed=7 + i,
+                        metric="cosine", backend="torch")
+        assert torch.equal(got.centers[i], one.centers), i
+        assert torch.equal(got.labels[i], one.labels), i
+        assert float(got.inertia[i]) == one.inertia
+
+
+def test_kmeans_cosine_empty_cluster_takes_a_unit_row():
+    x, _ = _problems(2, 30, 3, 2, seed=3)
+    init = x[:, :3].clone()
+    init[1, 2] = -x[1].sum(0) * 1e3  # opposite every row's mean direction: empties, re-seeded
+    got = km.kmeans(x, 3, init=init, niter=3, metric="cosine", backend="torch")
+    for i in range(2):
+        one = km.kmeans(x[i], 3, init=init[i], niter=3, metric="cosine", backend="torch")
+        assert torch.equal(got.centers[i], one.centers)
+    torch.testing.assert_close(got.centers.norm(dim=2), torch.ones(2, 3))
+
+
+def test_kmeans_batched_refuses_sample_weight():
+    x, _ = _problems(2, 10, 2, 2)
+    with pytest.raises(ValueError, match="sample_weight"):
+        km.kmeans(x, 2, sample_weight=torch.ones(2, 10))
+
+
 def test_kmeans_batched_refuses_faiss():
     x, _ = _problems(2, 10, 2, 2)
     with pytest.raises(ValueError, match="backend 'torch'"):
@@ -260,6 +338,17 @@ def test_assign_matches_multikmeans_predict(device, backend):
     peer.centroids = c
     want = peer.predict(x)
     got, _ = km.assign(x.float().to(device), c.float().to(device), backend=backend)
+    assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_cosine_assign_matches_multikmeans_predict(device, backend):
+    x, c = _separated(4, 200, 6, 5, seed=6)
+    x[:, ::3] *= 7  # norms must not matter
+    peer = fpk.MultiKMeans(n_clusters=6, mode="cosine")
+    peer.centroids = c
+    want = peer.predict(x)
+    got, _ = km.assign(x.float().to(device), c.float().to(device), metric="cosine", backend=backend)
     assert torch.equal(got.cpu(), want)
 
 

@@ -84,6 +84,33 @@ def test_every_op_ran(tiny_run):
     assert not crashed, crashed
 
 
+# issue 12's peers of the estimator benchmark: every one has a row, absent ones say why
+ESTIMATOR_PEERS = {
+    "kmeans_fit": {"sklearn", "kmgan_ext", "faiss", "fast-pytorch-kmeans", "kmeans-pytorch"},
+    "minibatch_kmeans_fit": {"sklearn", "kmgan_ext", "faiss", "fast-pytorch-kmeans", "kmeans-pytorch"},
+}
+
+
+def test_estimator_rows_name_every_peer_and_check_inertia_first(tiny_run):
+    """KMeans.fit / MiniBatchKMeans.fit against scikit-learn, faiss.Kmeans, fast-pytorch-kmeans
+    and kmeans-pytorch: each peer has a row; each one that ran had its inertia checked
+    against scikit-learn's before it was timed (a ratio, a verdict); kmgan_ext passes."""
+    rows = tiny_run["result"]["rows"]
+    for op, peers in ESTIMATOR_PEERS.items():
+        mine = [r for r in rows if r["op"] == op]
+        assert {r["provider"] for r in mine} == peers, (op, {r["provider"] for r in mine})
+        for r in mine:
+            if r["absent"] or r["skipped"]:
+                assert isinstance(r["absent"] or r["skipped"], str), r
+                continue
+            assert r["error"] is None, r
+            assert r["check"] and "inertia" in r["check"] and r["inertia_ratio"] > 0, r
+            assert r["correct"] == (r["inertia_ratio"] <= 1.25), r
+            assert r["median_ms"] is not None, r
+        ours = [r for r in mine if r["provider"] == "kmgan_ext"]
+        assert ours and all(r["correct"] for r in ours), ours
+
+
 def test_kmgan_ext_backends_correct_and_timed(tiny_run):
     """Each usable backend (reference at least) is checked right and timed on every case."""
     rows = tiny_run["result"]["rows"]
@@ -198,3 +225,107 @@ def test_roofline_holds_each_row_to_the_level_its_data_fits():
     assert "DRAM" in what and t == pytest.approx(280e6 / 20e9 * 1e3)
     t, what = roof.bound(1e5, 0.0, "fp32")  # within L2: no memory bound is claimed
     assert t == 0.0 and "not modelled" in what
+
+
+# --------------------------------------------------------------------------- train_step's check
+def _train_step_case():
+    import torch
+    import bench_train_step as B
+
+    base = B.State(dict(batch=16, d=100, K=10), torch.device("cpu"), dcgan=False, tiny=True)
+    return B, base, B.first_iteration(base, B.TorchOps()), B.truth_iteration(base)
+
+
+def test_train_step_plain_torch_in_float64_is_the_reference_iteration():
+    """The naive torch iteration computes what kmgan_ext.reference's does: in float64 the two
+    agree to float64 rounding (Adam-amplified on the gradients that are 0 before a batch
+    norm: ~1e-10 of lr-sized steps), so their float32 gap is rounding, not a bug."""
+    B, base, _, (w_losses, w) = _train_step_case()
+    losses, s = B.first_iteration(B.float64_copy(base), B.TorchOps())
+    assert float((losses - w_losses).abs().max()) < 1e-12
+    assert float((s.C - w.C).abs().max()) < 1e-12 and float((s.Ch - w.Ch).abs().max()) < 1e-12
+    for net in ("D", "G"):
+        assert float((B._params(s, net) - B._params(w, net)).abs().max()) < 1e-8, net
+
+
+def test_train_step_check_accepts_float32_rounding_and_rejects_planted_bugs():
+    """Every float32 iteration differs from the float64 truth by Adam-amplified rounding (the
+    nets have a bias before a batch norm, whose true gradient is 0); the check allows what
+    plain torch itself shows, and fails a dropped gradient, a flipped one, or a wrong update."""
+    import torch
+
+    B, base, plain, truth = _train_step_case()
+    assert B.iteration_close(plain, truth)[0]
+    for b in ("reference", "cpu"):
+        ok, msg = B.iteration_close(B.first_iteration(base, B.KmOps(b)), truth, plain)
+        assert ok, (b, msg)
+
+    class NoFakeCenterGrad(B.TorchOps):  # L_center's gradient to the fake features dropped
+        def center(self, fr, lr, cr, ff, lf, cf):
+            return super().center(fr, lr, cr, ff.detach(), lf, cf)
+
+    class FlippedPullGrad(B.TorchOps):  # the right value, the negated gradient
+        def pull(self, f, labels, c):
+            v = super().pull(f, labels, c)
+            return 2 * v.detach() - v
+
+    class WrongUpdate(B.TorchOps):  # rows credited to the next center
+        def update_(self, c, n, f, labels):
+            super().update_(c, n, f, (labels + 1) % c.shape[0])
+
+    for planted, part in ((NoFakeCenterGrad, "G parameters"), (FlippedPullGrad, "D parameters"), (WrongUpdate, "centers C")):
+        ok, msg = B.iteration_close(B.first_iteration(base, planted()), truth, plain)
+        assert not ok, (planted.__name__, msg)
+        failed = [p for p in msg.split("; ") if "too far" in p or "values off" in p or "DIFFER" in p]
+        assert any(p.startswith(part) for p in failed), (planted.__name__, msg)
+
+
+def test_every_check_fails_a_planted_wrong_answer(tmp_path):
+    """tests/planted_bench.py makes every kernel of the cpu backend 1% (+1e-3) off; every
+    benchmark row that runs that backend must then be judged wrong, and the other backends'
+    rows still right. Excepted: k-means++ seeding, whose check is a quality bar (rows of x,
+    inertia within 1.25x of scikit-learn's): D^2 sampling on distances 1% off is still a
+    valid k-means++ (its rows-of-x check: test_kmeans_plusplus_check_rejects_a_non_row)."""
+    import kmgan_ext as km
+
+    if km.available_backends()["cpu"] is not None:
+        pytest.skip("the cpu backend is not built")
+    # estimators: quality bars only (inertia within 1.25x of scikit-learn's), by design blind
+    # to a 1% kernel error; its exact parts are the ops' own benchmarks
+    ops = ",".join(op for op in run_all.MODULES if op != "estimators")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "planted_bench.py"), "cpu", "--tiny", "--threads", "1",
+         "--ops", ops, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    ran = [r for r in rows if r["absent"] is None and r["skipped"] is None and not r["error"]]
+    cpu = [r for r in ran if r["provider"].endswith("kmgan_ext-cpu") or r["provider"].endswith("kmgan_ext-cpu-det")
+           or (r["op"] == "kmeans_lloyd" and r["provider"] == "kmgan_ext")]  # backend "torch": the cpu kernels
+    ops = {r["op"] for r in cpu}
+    assert {"assign", "assign_topk", "assign_batched", "soft_assign", "minibatch_update", "minibatch_step",
+            "center_loss", "assigned_distance", "pairwise_l1", "train_step", "kmgan_loss_block",
+            "vector_quantizer", "center_loss_layer", "kmeans_lloyd"} <= ops, ops
+    passed = [(r["op"], r["provider"], r["mode"], r["check"]) for r in cpu
+              if r["correct"] and r["op"] != "kmeans_plusplus"]
+    assert not passed, passed
+    others = [(r["op"], r["provider"]) for r in ran if r["provider"].endswith("kmgan_ext-reference") and not r["correct"]]
+    assert not others, others
+
+
+def test_kmeans_plusplus_check_rejects_a_non_row():
+    """The seeding checks of bench_kmeans_plusplus.py and sweep.py: rows of x pass, centers
+    1e-3 off the rows fail, whatever their inertia."""
+    import torch
+
+    import bench_kmeans_plusplus as kpp
+    import sweep
+
+    x, c = sweep._data(500, 8, 5, torch.device("cpu"))
+    assert sweep.check("kmeans_plusplus", c, None, None, x, c)[0]
+    assert not sweep.check("kmeans_plusplus", c + 1e-3, None, None, x, c)[0]
+    yard = [kpp.inertia(x, c)]
+    assert kpp._quality(x, [c], 5, yard, 1.25, True)[0]
+    ok, msg, _ = kpp._quality(x, [c + 1e-3], 5, yard, 1.25, True)
+    assert not ok and "not rows of x" in msg

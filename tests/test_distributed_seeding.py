@@ -29,6 +29,13 @@ def all_data() -> torch.Tensor:
     return means[torch.randint(K, (n,), generator=g)] + torch.randn(n, D, generator=g)
 
 
+def cosine_data() -> torch.Tensor:
+    """all_data with a zero row in rank 0's first batch (it counts, and adds nothing to S_k)."""
+    x = all_data().clone()
+    x[3] = 0
+    return x
+
+
 def shard(x: torch.Tensor, rank: int) -> torch.Tensor:
     start = sum(SHARD_ROWS[:rank])
     return x[start : start + SHARD_ROWS[rank]]
@@ -76,6 +83,11 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         for s in range(STEPS):
             m3.partial_fit(batch(x, s, rank))
         res["mb_reassigned"] = (m3.centers.clone(), m3.counts.clone())
+        xc = cosine_data()
+        mc = km.MiniBatchKMeansModule(K, metric="cosine").init_(shard(xc, rank), seed=5)
+        res["cos_init"] = mc.centers.clone()
+        res["cos_labels"] = [mc(batch(xc, s, rank), update=True) for s in range(STEPS)]
+        res["cos_centers"], res["cos_counts"] = mc.centers.clone(), mc.counts.clone()
         for name, dead in (("vq", 0.0), ("vq_dead", 0.3)):
             vq = _vq(dead)
             for s in range(STEPS):
@@ -204,3 +216,27 @@ def test_minibatch_kmeans_reassignment_identical_on_every_rank(ranks):
     (c0, n0), (c1, n1) = ranks[0]["mb_reassigned"], ranks[1]["mb_reassigned"]
     assert torch.equal(c0, c1) and torch.equal(n0, n1)
     assert not bool((c0[-1] == 1e3).all())  # the dead center moved
+
+
+def test_cosine_minibatch_kmeans_ranks_identical_and_equal_one_process(ranks):
+    """metric="cosine" under DDP: k-means|| on the sphere seeds one set of unit centers, and
+    each update all-reduces the sums of the unit rows, so both ranks keep one codebook: the
+    one a single process computes from the concatenated batches (its own fused kernel)."""
+    r0, r1 = ranks
+    for key in ("cos_init", "cos_centers", "cos_counts"):
+        assert torch.equal(r0[key], r1[key]), key
+    xc = cosine_data()
+    for key in ("cos_init", "cos_centers"):
+        torch.testing.assert_close(torch.linalg.vector_norm(r0[key].double(), dim=1),
+                                   torch.ones(K, dtype=torch.float64), rtol=0, atol=1e-6)
+    unit_rows = xc[xc.norm(dim=1) > 0] / xc[xc.norm(dim=1) > 0].norm(dim=1, keepdim=True)
+    assert bool((torch.cdist(r0["cos_init"].double(), unit_rows.double()).min(1).values < 1e-6).all())
+    one = km.MiniBatchKMeansModule(K, D, metric="cosine")
+    one.centers.copy_(r0["cos_init"])  # centers set by the user are kept at the first update
+    for s in range(STEPS):
+        labels = one(torch.cat([batch(xc, s, r) for r in range(WORLD)]), update=True)
+        want = torch.cat([r0["cos_labels"][s], r1["cos_labels"][s]])
+        assert torch.equal(labels, want), f"step {s}"
+    assert torch.equal(one.counts, r0["cos_counts"])
+    assert int(one.counts.sum()) == STEPS * sum(BATCH_ROWS)
+    torch.testing.assert_close(r0["cos_centers"], one.centers, rtol=1e-6, atol=1e-6)

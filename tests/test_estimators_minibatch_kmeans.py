@@ -1,4 +1,7 @@
-"""km.MiniBatchKMeans against scikit-learn's MiniBatchKMeans: the same random sequence."""
+"""km.MiniBatchKMeans against scikit-learn's MiniBatchKMeans: the same random sequence
+(digits; Fashion-MNIST when installed)."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,11 @@ import kmgan_ext as km
 sk = pytest.importorskip("sklearn.cluster")
 from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
+
+from kmgan_ext.train.data import FASHION_SYSTEM_DIR, read_idx  # noqa: E402
+
+# Debian's dataset-fashion-mnist; the test that needs it skips (reason shown by -ra) without it
+FASHION = os.path.join(FASHION_SYSTEM_DIR, "t10k-images-idx3-ubyte.gz")
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +95,25 @@ def test_protocol_and_torch_io(digits):
         km.MiniBatchKMeans(3, batch_size=0).fit(digits)
     with pytest.raises(ValueError, match="64 features"):
         km.MiniBatchKMeans(3).fit(digits).partial_fit(digits[:, :5])
+
+
+@pytest.mark.skipif(not os.path.exists(FASHION), reason=f"Fashion-MNIST not installed ({FASHION})")
+def test_fashion_mnist_follows_sklearns_sequence():
+    """fit and partial_fit on 3,000 Fashion-MNIST images (784 float32 pixels): scikit-learn's
+    batches and steps, so the same centers to float32 tolerance and the same step count."""
+    x = read_idx(FASHION)[:3000].reshape(3000, -1).astype(np.float32) / 255.0
+    init = _init(x, 10, 0)
+    kw = dict(init=init, random_state=0, batch_size=256, max_iter=2)
+    a = km.MiniBatchKMeans(10, **kw).fit(x)
+    b = sk.MiniBatchKMeans(10, **kw).fit(x)
+    assert a.n_steps_ == b.n_steps_ and a.cluster_centers_.dtype == np.float32
+    np.testing.assert_array_equal(a.counts_, b._counts)
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-4, atol=1e-5)
+    assert (a.labels_ == b.labels_).mean() > 0.995  # float32: near-ties may differ
+    assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-4)
+    a, b = km.MiniBatchKMeans(10, init=init, random_state=0), sk.MiniBatchKMeans(10, init=init, random_state=0)
+    for s in range(0, 3000, 500):
+        a.partial_fit(x[s : s + 500])
+        b.partial_fit(x[s : s + 500])
+    np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(a.counts_, b._counts)

@@ -180,15 +180,18 @@ def test_old_module_name_warns_and_keeps_training_mode_updates():
     assert int(m.counts.sum()) == 40
 
 
-def test_distributed_update_uses_the_segmented_sums_not_bincount_or_onehot(monkeypatch):
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_distributed_update_uses_the_segmented_sums_not_bincount_or_onehot(monkeypatch, metric):
     """Issue 11 3.8: the all-reduced update formed its sums with a one-hot matmul (CUDA,
     deterministic) or index_add_ + bincount (a host sync on CUDA). With a one-rank "group"
     (all_reduce the identity) the distributed path must equal minibatch_step_ and call
-    neither bincount nor a matmul."""
+    neither bincount nor a matmul. metric="cosine": the all-reduced sums are those of the
+    unit rows, and the renormalised centers are minibatch_step_'s."""
     from kmgan_ext.modules import minibatch_kmeans_module as mod
 
     x = _data()
-    m = km.MiniBatchKMeansModule(4, 6, deterministic=True).init_(x)
+    x[7] = 0  # a zero row: counted, adds nothing
+    m = km.MiniBatchKMeansModule(4, 6, deterministic=True, metric=metric).init_(x)
     c, n = m.centers.clone(), m.counts.clone()
     monkeypatch.setattr(mod, "world", lambda group: "group")
     monkeypatch.setattr(mod.dist, "all_reduce", lambda t, group=None: None)
@@ -200,7 +203,7 @@ def test_distributed_update_uses_the_segmented_sums_not_bincount_or_onehot(monke
     monkeypatch.setattr(torch.Tensor, "__matmul__", forbidden)
     for s in range(0, 600, 150):
         got = m.partial_fit(x[s : s + 150])
-        want = km.minibatch_step_(c, n, x[s : s + 150])
+        want = km.minibatch_step_(c, n, x[s : s + 150], metric=metric)
     assert torch.equal(m.counts, n)
     torch.testing.assert_close(m.centers, c, rtol=1e-6, atol=1e-6)
 

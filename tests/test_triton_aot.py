@@ -271,10 +271,12 @@ def _cases(full: bool):
             {"g_ptr": PT[acc], "x_ptr": PT[dt], "c_ptr": PT[dt], "l_ptr": "*i64", "gx_ptr": PT[dt],
              "gc_ptr": "*fp64"},
             dict(CENTERS_GRAD=True, BLOCK_N=32, BLOCK_D=64), tag=dt)
-        add("assign_topk", "_topk_kernel",
-            {"x_ptr": PT[dt], "c_ptr": PT[dt], "lab_ptr": "*i64", "d2_ptr": PT[acc], "rel": "fp32",
-             "abs_err": "fp32"},
-            dict(F64=f64, L=16, MERGE=16, G=16, BLOCK_K=32, BLOCK_D=16, BIG=2**31 - 1), tag=dt)
+        for cosine in (False, True):  # metric="cosine": -x.u scores, float64 keys (F64 unset)
+            add("assign_topk", "_topk_kernel",
+                {"x_ptr": PT[dt], "c_ptr": PT[dt], "u_ptr": "*fp32", "lab_ptr": "*i64",
+                 "d2_ptr": PT[acc], "rel": "fp32", "abs_err": "fp32"},
+                dict(F64=f64 and not cosine, COSINE=cosine, L=16, MERGE=16, G=16, BLOCK_K=32,
+                     BLOCK_D=16, BIG=2**31 - 1), tag=f"{dt} cosine={cosine}")
         soft = dict(STUDENT=i % 2 == 0, F64=f64, G=16, BLOCK_K=32, BLOCK_D=16)
         add("soft_assign", "_soft_fwd_kernel",
             {"x_ptr": PT[dt], "c_ptr": PT[dt], "q_ptr": PT[acc], "alpha": "fp32", "temperature": "fp32"},

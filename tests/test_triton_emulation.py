@@ -282,8 +282,18 @@ def _cosine_grad(x, c, backend):
     return km.assign(x, c, metric="cosine", backend=backend)[1:]
 
 
+def _cosine_batched_grad(x, c, backend):
+    """Two problems (the rows split in halves; the centers and their reverse): grid axis 1."""
+    xb = x.view(2, x.shape[0] // 2, x.shape[1])
+    return km.assign(xb, torch.stack([c, c.flip(0)]), metric="cosine", backend=backend)
+
+
 def _topk_grad(x, c, backend):
     return km.assign(x, c, k=3, backend=backend)[1:]
+
+
+def _topk_cosine_grad(x, c, backend):
+    return km.assign(x, c, k=3, metric="cosine", backend=backend)
 
 
 def _soft(kind):
@@ -336,7 +346,9 @@ GPU_CASES = {
     "ema-fast": _update_case(500, 20, 100, False, "ema"),
     "ema-deterministic-bf16": _update_case(500, 20, 100, True, "ema", torch.bfloat16),
     "assign-cosine-backward": _grad_case(_cosine_grad, 200, 40, 30),
+    "assign-cosine-batched": _grad_case(_cosine_batched_grad, 200, 40, 30),
     "assign-topk": _grad_case(_topk_grad, 150, 30, 20),
+    "assign-topk-cosine": _grad_case(_topk_cosine_grad, 150, 30, 20),
     "soft-assign-student-t": _grad_case(_soft("student_t"), 150, 30, 20),
     "soft-assign-softmax": _grad_case(_soft("softmax"), 130, 20, 70),
     "update-cosine": _update_case(500, 20, 100, True, metric="cosine"),

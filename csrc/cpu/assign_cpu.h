@@ -15,6 +15,11 @@ void assign_into(const Tensor& x, const Tensor& centers, const Tensor& labels, c
 // ties; cos 0 where ||x|| ||c|| == 0), dist2 (when defined) = 2 - 2 cos, clamped at 0.
 void assign_cosine_into(const Tensor& x, const Tensor& centers, const Tensor& labels,
                         const Tensor& dist2);
+// The k largest cosines of every row (assign(k=...) with metric="cosine"): labels (N, k)
+// int64 and dist2 (N, k) = 2 - 2 cos, ordered as reference.assign_topk(cosine=True) orders
+// them (the exact float64 key descending, NaN first, ties to the lowest index).
+void assign_cosine_topk_into(const Tensor& x, const Tensor& centers, int64_t k,
+                             const Tensor& labels, const Tensor& dist2);
 // The gradient of that dist2 (gc undefined: no centers' gradient). Contiguous inputs.
 void assign_cosine_backward_into(const Tensor& grad_dist2, const Tensor& x, const Tensor& centers,
                                  const Tensor& labels, const Tensor& gx, const Tensor& gc);

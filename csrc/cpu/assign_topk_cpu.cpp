@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "assign_cpu.h"
 #include "distance_tile.h"
 
 namespace kmgan_ext {
@@ -123,7 +124,8 @@ void topk_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int
   });
 }
 
-std::tuple<Tensor, Tensor> assign_topk_native(const Tensor& x_in, const Tensor& centers_in, int64_t k) {
+std::tuple<Tensor, Tensor> assign_topk_native(const Tensor& x_in, const Tensor& centers_in, int64_t k,
+                                              bool cosine) {
   check_features("x", x_in);
   check_centers("centers", centers_in, "x", x_in);
   TORCH_CHECK_VALUE(k >= 1 && k <= centers_in.size(0), "k must lie in [1, K] = [1, ",
@@ -133,6 +135,10 @@ std::tuple<Tensor, Tensor> assign_topk_native(const Tensor& x_in, const Tensor& 
   Tensor labels = at::empty({n, k}, x.options().dtype(at::kLong));
   Tensor dist2 = at::empty({n, k}, x.options().dtype(out_dtype(x)));
   if (n == 0) return {labels, dist2};
+  if (cosine) {  // metric="cosine" (assign_cosine_cpu.cpp)
+    assign_cosine_topk_into(x, centers, k, labels, dist2);
+    return {labels, dist2};
+  }
   KMGAN_DISPATCH_FLOATING(x.scalar_type(), "assign_topk_native", [&] {
     topk_kernel(x.data_ptr<scalar_t>(), n, x.size(1), centers.data_ptr<scalar_t>(), centers.size(0),
                 k, labels.data_ptr<int64_t>(), dist2.data_ptr<acc_t<scalar_t>>());

@@ -25,32 +25,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-// a * b and a + b each rounded to double, never fused into an FMA.
-__device__ __forceinline__ double mul_rn(double a, double b) {
-#ifdef KMGAN_CUDA_EMULATION
-  return a * b;  // the harness compiles with -ffp-contract=off
-#else
-  return __dmul_rn(a, b);
-#endif
-}
-__device__ __forceinline__ double add_rn(double a, double b) {
-#ifdef KMGAN_CUDA_EMULATION
-  return a + b;
-#else
-  return __dadd_rn(a, b);
-#endif
-}
-
-// sum_j a_j b_j in double, index order, each step rounded (reference._cosine_parts).
-template <typename T>
-__device__ double canonical_dot(const T* a, const T* b, int64_t d) {
-  double s = 0.0;
-  for (int64_t j = 0; j < d; ++j) {
-    s = add_rn(s, mul_rn(static_cast<double>(to_acc(a[j])), static_cast<double>(to_acc(b[j]))));
-  }
-  return s;
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     unit_centers_kernel(const T* __restrict__ centers, int64_t k, int64_t d,
@@ -69,15 +43,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// (key, k) a before (key, k) b in the reference's order: NaN first (lowest k among NaNs),
-// then the larger key, then the lower k.
-__device__ __forceinline__ bool key_before(double a, int ia, double b, int ib) {
-  const bool a_nan = isnan(a), b_nan = isnan(b);
-  if (a_nan != b_nan) return a_nan;
-  if (!a_nan && a != b) return a > b;
-  return ia < ib;
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     assign_cosine_kernel(const T* __restrict__ x, const float* __restrict__ unit,
@@ -85,6 +50,14 @@ __global__ void __launch_bounds__(kThreads)
                          float abs_err, int64_t* __restrict__ labels,
                          acc_t<T>* __restrict__ dist2) {
   using A = acc_t<T>;
+  // Batched problems: blockIdx.y is the problem, every pointer below its own slice (unit is
+  // the (B*K, d) flat view's).
+  const int64_t problem = blockIdx.y;
+  x += problem * n * d;
+  unit += problem * k * d;
+  centers += problem * k * d;
+  labels += problem * n;
+  dist2 += problem * n;
   const int lane = threadIdx.x & 31;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * kWarps;
@@ -141,10 +114,7 @@ __global__ void __launch_bounds__(kThreads)
       double kbest = 0.0;
       int kidx = INT32_MAX;
       for (int kk = lane; kk < k; kk += 32) {
-        const T* c = centers + static_cast<int64_t>(kk) * d;
-        const double dot = canonical_dot(xr, c, d);
-        const double den2 = mul_rn(nx2, canonical_dot(c, c, d));
-        const double key = den2 == 0.0 ? 0.0 : mul_rn(dot, fabs(dot)) / den2;
+        const double key = cosine_key(xr, nx2, centers + static_cast<int64_t>(kk) * d, d);
         if (kidx == INT32_MAX || key_before(key, kk, kbest, kidx)) {
           kbest = key;
           kidx = kk;
@@ -161,12 +131,8 @@ __global__ void __launch_bounds__(kThreads)
       label = kidx;
     }
     if (lane == 0) {
-      const T* c = centers + static_cast<int64_t>(label) * d;
-      const double den = sqrt(canonical_dot(xr, xr, d)) * sqrt(canonical_dot(c, c, d));
-      const double cs = den == 0.0 ? 0.0 : canonical_dot(xr, c, d) / den;
-      const double dist = 2.0 - 2.0 * cs;
       labels[i] = label;
-      dist2[i] = static_cast<A>(dist > 0.0 ? dist : (dist == dist ? 0.0 : dist));
+      dist2[i] = static_cast<A>(cosine_dist2(xr, centers + static_cast<int64_t>(label) * d, d));
     }
   }
 }
@@ -217,21 +183,44 @@ __global__ void __launch_bounds__(kThreads)
 
 cudaError_t assign_cosine_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
                                  int64_t k, int64_t d, float* unit, int64_t* labels, void* dist2,
-                                 cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  if (k <= 0 || k > INT32_MAX - 32) return cudaErrorInvalidValue;
+                                 cudaStream_t stream, int64_t batch) {
+  if (n == 0 || batch == 0) return cudaSuccess;
+  if (batch < 0 || k <= 0 || k > INT32_MAX - 32) return cudaErrorInvalidValue;
   const double u = 5.9604644775390625e-8;  // 2^-24
   const float rel = static_cast<float>(2.0 * (static_cast<double>(d) + 6.0) * u);
   const float absolute = static_cast<float>(static_cast<double>(d) * 1.1754943508222875e-38);
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    KMGAN_LAUNCH(static_cast<unsigned>(ceil_div(k, kThreads)), kThreads, 0, stream,
-                 unit_centers_kernel<T>)(static_cast<const T*>(centers), k, d, unit);
+    // The unit centers of all problems at once: the (batch*k, d) flat view.
+    KMGAN_LAUNCH(static_cast<unsigned>(ceil_div(batch * k, kThreads)), kThreads, 0, stream,
+                 unit_centers_kernel<T>)(static_cast<const T*>(centers), batch * k, d, unit);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
-    KMGAN_LAUNCH(grid_for(n, kWarps), kThreads, 0, stream, assign_cosine_kernel<T>)(
-        static_cast<const T*>(x), unit, static_cast<const T*>(centers), n, static_cast<int>(k), d,
-        rel, absolute, labels, static_cast<acc_t<T>*>(dist2));
+    // Problems on grid y, at most kMaxGridY a launch (one launch up to that many problems);
+    // grid x shares the grid-stride budget among them (at least one block per problem).
+    constexpr int64_t kMaxGridY = 65535;
+    for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridY) {
+      const int64_t nb = batch - b0 < kMaxGridY ? batch - b0 : kMaxGridY;
+      const dim3 grid(static_cast<unsigned>(ceil_div(grid_for(n * nb, kWarps), nb)),
+                      static_cast<unsigned>(nb));
+      KMGAN_LAUNCH(grid, kThreads, 0, stream, assign_cosine_kernel<T>)(
+          static_cast<const T*>(x) + b0 * n * d, unit + b0 * k * d,
+          static_cast<const T*>(centers) + b0 * k * d, n, static_cast<int>(k), d, rel, absolute,
+          labels + b0 * n, static_cast<acc_t<T>*>(dist2) + b0 * n);
+      err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
+    return cudaSuccess;
+  });
+}
+
+cudaError_t unit_centers_launch(Dtype dtype, const void* centers, int64_t k, int64_t d,
+                                float* unit, cudaStream_t stream) {
+  if (k == 0) return cudaSuccess;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    KMGAN_LAUNCH(static_cast<unsigned>(ceil_div(k, kThreads)), kThreads, 0, stream,
+                 unit_centers_kernel<T>)(static_cast<const T*>(centers), k, d, unit);
     return cudaGetLastError();
   });
 }

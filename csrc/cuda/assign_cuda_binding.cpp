@@ -14,7 +14,7 @@ constexpr const char* kAssignBackward = "kmgan_ext::assign_backward_native";
 
 // B independent problems: x (B, N, d), centers (B, K, d) -> (B, N), one launch.
 std::tuple<at::Tensor, at::Tensor> assign_batched_cuda(const at::Tensor& x_in,
-                                                       const at::Tensor& centers_in) {
+                                                       const at::Tensor& centers_in, bool cosine) {
   TORCH_CHECK(x_in.dim() == 3 && centers_in.dim() == 3 && x_in.size(0) == centers_in.size(0),
               kAssign, ": batched problems need x (B, N, d) and centers (B, K, d) with the same B, got ",
               x_in.sizes(), " and ", centers_in.sizes());
@@ -27,6 +27,15 @@ std::tuple<at::Tensor, at::Tensor> assign_batched_cuda(const at::Tensor& x_in,
   const at::Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
   at::Tensor dist2 = at::empty({b, n}, x.options().dtype(acc_dtype(x)));
   if (n == 0) return {labels, dist2};
+  if (cosine) {  // metric="cosine": the unit centers of every problem (assign_cosine_cuda.cu)
+    at::Tensor unit = at::empty({b * k, d}, x.options().dtype(at::kFloat));
+    C10_CUDA_CHECK(assign_cosine_launch(dtype_of(kAssign, x), x.const_data_ptr(),
+                                        centers.const_data_ptr(), n, k, d,
+                                        unit.mutable_data_ptr<float>(),
+                                        labels.mutable_data_ptr<int64_t>(),
+                                        dist2.mutable_data_ptr(), current_stream(), b));
+    return {labels, dist2};
+  }
   C10_CUDA_CHECK(assign_launch(dtype_of(kAssign, x), x.const_data_ptr(), centers.const_data_ptr(),
                                n, k, d, labels.mutable_data_ptr<int64_t>(),
                                dist2.mutable_data_ptr(), current_stream(), b));
@@ -35,10 +44,7 @@ std::tuple<at::Tensor, at::Tensor> assign_batched_cuda(const at::Tensor& x_in,
 
 std::tuple<at::Tensor, at::Tensor> assign_cuda(const at::Tensor& x_in,
                                                const at::Tensor& centers_in, bool cosine) {
-  if (x_in.dim() == 3) {
-    TORCH_CHECK_NOT_IMPLEMENTED(!cosine, kAssign, ": metric=\"cosine\" with batched (B, N, d) problems has no CUDA kernel yet: use backend=\"cpu\" or \"reference\"");
-    return assign_batched_cuda(x_in, centers_in);
-  }
+  if (x_in.dim() == 3) return assign_batched_cuda(x_in, centers_in, cosine);
   check_features(kAssign, "x", x_in);
   check_centers(kAssign, "centers", centers_in, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());

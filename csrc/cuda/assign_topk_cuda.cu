@@ -16,9 +16,20 @@
 // NaN first (lowest index first: torch.argmin's rule for column 0), then ascending, ties to the
 // lowest index.
 //
+// metric="cosine" (kCosine): the tiles hold the unit centers u_k = c_k / ||c_k|| (float32,
+// unit_centers_launch) and the list ranks -s_k, s_k = x . u_k summed with fmaf in index order:
+// |computed s_k - ||x|| cos_k| <= E = 2 (d + 6) 2^-24 ||x|| + d 2^-126 (assign_cosine_cuda.cu's
+// bound). With T = (k-th smallest -s) + 4 E (2 E, doubled as assign_cosine's window), no center
+// above T is in the top k; the prefix within T is re-keyed with the reference's float64 key
+// cos |cos| (cosine_key, common.cuh) and sorted by -key, then index (NaN first as -inf). Rows
+// that are zero, tiny, non-finite or past float32 (||x||^2), or with more than kSlack
+// near-ties, are keyed over all K. dist2 = 2 - 2 cos at each label (cosine_dist2).
+//
 // Correctness first: one thread per row has no data reuse across rows beyond the shared tile
 // and diverges on the insertions. Tuning left for a GPU session: a warp per row-tile with the
 // assign kernel's 4x4 register tiling and a threshold test before the insertion.
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace kmgan_cuda {
@@ -63,13 +74,28 @@ __device__ double exact_dist(const T* __restrict__ a, const T* __restrict__ b, i
   return s;
 }
 
-template <typename T>
+// The value a center is ranked by on the exact paths: the distance (NaN first as -1), or with
+// kCosine the negated key (NaN first as -inf).
+template <bool kCosine, typename T>
+__device__ double exact_value(const T* __restrict__ xr, double nx2, const T* __restrict__ c,
+                              int64_t d) {
+  if (kCosine) {
+    const double key = cosine_key(xr, nx2, c, d);
+    return isnan(key) ? -INFINITY : -key;
+  }
+  const double v = exact_dist(xr, c, d);
+  return isnan(v) ? -1.0 : v;
+}
+
+// kCosine: `unit` holds the unit centers (float32); otherwise it is unread.
+template <typename T, bool kCosine>
 __global__ void __launch_bounds__(kRows)
-    assign_topk_kernel(const T* __restrict__ x, const T* __restrict__ centers, int64_t n,
-                       int64_t kc, int64_t d, int64_t k, int64_t cap, double* __restrict__ lv_all,
+    assign_topk_kernel(const T* __restrict__ x, const T* __restrict__ centers,
+                       const float* __restrict__ unit, int64_t n, int64_t kc, int64_t d,
+                       int64_t k, int64_t cap, double* __restrict__ lv_all,
                        int64_t* __restrict__ li_all, int64_t* __restrict__ labels,
                        acc_t<T>* __restrict__ dist2) {
-  using A = acc_t<T>;
+  using A = std::conditional_t<kCosine, float, acc_t<T>>;  // the streamed values' type
   __shared__ A cs[kCenters][kDims];
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x;
   const bool active = row < n;
@@ -86,17 +112,25 @@ __global__ void __launch_bounds__(kRows)
       for (int e = threadIdx.x; e < kCenters * kDims; e += kRows) {
         const int c = e / kDims, j = e % kDims;
         const int64_t cc = k0 + c, jj = d0 + j;
-        cs[c][j] = (cc < kc && jj < d) ? to_acc(centers[cc * d + jj]) : A(0);
+        if (kCosine) {
+          cs[c][j] = (cc < kc && jj < d) ? static_cast<A>(unit[cc * d + jj]) : A(0);
+        } else {
+          cs[c][j] = (cc < kc && jj < d) ? static_cast<A>(to_acc(centers[cc * d + jj])) : A(0);
+        }
       }
       __syncthreads();
       if (active) {
         const int64_t dn = d - d0 < kDims ? d - d0 : kDims;
         for (int64_t j = 0; j < dn; ++j) {
-          const A xv = to_acc(x[row * d + d0 + j]);
+          const A xv = static_cast<A>(to_acc(x[row * d + d0 + j]));
 #pragma unroll
           for (int c = 0; c < kCenters; ++c) {
-            const A t = xv - cs[c][j];
-            acc[c] = fma(t, t, acc[c]);
+            if (kCosine) {
+              acc[c] = fma(xv, cs[c][j], acc[c]);  // s_k; ranked by -s_k below
+            } else {
+              const A t = xv - cs[c][j];
+              acc[c] = fma(t, t, acc[c]);
+            }
           }
         }
       }
@@ -107,24 +141,42 @@ __global__ void __launch_bounds__(kRows)
           special = true;
           continue;
         }
-        list_insert(lv, li, &count, cap, static_cast<double>(acc[c]), k0 + c);
+        list_insert(lv, li, &count, cap, static_cast<double>(kCosine ? -acc[c] : acc[c]), k0 + c);
       }
     }
   }
   if (!active) return;
   const T* xr = x + row * d;
-  const double rel = static_cast<double>(d + 2) * (static_cast<double>(unit_roundoff<A>()) + 1.1102230246251565e-16);
-  const double abs_err = static_cast<double>(d + 1) * (sizeof(A) == 8 ? 4.9406564584124654e-324 : 1.4e-45);
+  // T = scale v_k + offset, v_k the k-th smallest computed value
+  double scale, offset;
+  double nx2 = 0.0;  // kCosine: ||x||^2 as the reference forms it (the exact keys')
+  if (kCosine) {
+    double xsq = 0.0;  // of x as float32: what the scores multiply
+    for (int64_t j = 0; j < d; ++j) {
+      const double v = static_cast<double>(static_cast<float>(to_acc(xr[j])));
+      xsq += v * v;
+    }
+    special = special || !(xsq < 3.0e38) || xsq < 1e-30;  // NaN/Inf, past float32, zero or tiny
+    const double rel = 2.0 * (static_cast<double>(d) + 6.0) * 5.9604644775390625e-8;
+    const double abs_err = static_cast<double>(d) * 1.1754943508222875e-38;
+    scale = 1.0;
+    offset = 4.0 * (rel * 1.001 * sqrt(xsq) + abs_err);
+    nx2 = canonical_dot(xr, xr, d);
+  } else {
+    const double rel = static_cast<double>(d + 2) * (static_cast<double>(unit_roundoff<A>()) + 1.1102230246251565e-16);
+    scale = 1.0 + 4.0 * rel;
+    offset = static_cast<double>(d + 1) * (sizeof(A) == 8 ? 4.9406564584124654e-324 : 1.4e-45);
+  }
   int64_t m = 0;  // candidates: the list's prefix within T
   if (!special && count >= k) {
-    const double thr = lv[k - 1] * (1.0 + 4.0 * rel) + abs_err;
+    const double thr = lv[k - 1] * scale + offset;
     if (count < cap || cap == kc || lv[cap - 1] > thr) {
       while (m < count && lv[m] <= thr) ++m;
     }
   }
   if (m > 0) {
-    // re-score the prefix in double and insertion-sort it by (distance, index)
-    for (int64_t j = 0; j < m; ++j) lv[j] = exact_dist(xr, centers + li[j] * d, d);
+    // re-score the prefix in double and insertion-sort it by (value, index)
+    for (int64_t j = 0; j < m; ++j) lv[j] = exact_value<kCosine>(xr, nx2, centers + li[j] * d, d);
     for (int64_t j = 1; j < m; ++j) {
       const double v = lv[j];
       const int64_t ix = li[j];
@@ -138,17 +190,21 @@ __global__ void __launch_bounds__(kRows)
       li[p] = ix;
     }
   } else {
-    // every center in double; key -1 for NaN (first, lowest index first)
+    // every center in double; NaN first (lowest index first)
     count = 0;
     for (int64_t c = 0; c < kc; ++c) {
-      const double v = exact_dist(xr, centers + c * d, d);
-      list_insert(lv, li, &count, cap, isnan(v) ? -1.0 : v, c);
+      list_insert(lv, li, &count, cap, exact_value<kCosine>(xr, nx2, centers + c * d, d), c);
     }
   }
+  using Out = acc_t<T>;
   for (int64_t j = 0; j < k; ++j) {
     const double v = lv[j];
     labels[row * k + j] = li[j];
-    dist2[row * k + j] = static_cast<A>(v < 0.0 ? NAN : v);  // past float32's range: inf
+    if (kCosine) {
+      dist2[row * k + j] = static_cast<Out>(cosine_dist2(xr, centers + li[j] * d, d));
+    } else {
+      dist2[row * k + j] = static_cast<Out>(v < 0.0 ? NAN : v);  // past float32's range: inf
+    }
   }
 }
 
@@ -159,15 +215,25 @@ int64_t assign_topk_list_len(int64_t k, int64_t kc) { return kc < k + kSlack ? k
 cudaError_t assign_topk_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
                                int64_t kc, int64_t d, int64_t k, double* list_val,
                                int64_t* list_idx, int64_t* labels, void* dist2,
-                               cudaStream_t stream) {
+                               cudaStream_t stream, float* unit) {
   if (n == 0) return cudaSuccess;
   if (k < 1 || k > kc || ceil_div(n, kRows) > INT32_MAX) return cudaErrorInvalidValue;
+  if (unit != nullptr) {  // metric="cosine"
+    const cudaError_t err = unit_centers_launch(dtype, centers, kc, d, unit, stream);
+    if (err != cudaSuccess) return err;
+  }
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const unsigned blocks = static_cast<unsigned>(ceil_div(n, kRows));
-    KMGAN_LAUNCH(blocks, kRows, 0, stream, assign_topk_kernel<T>)(
-        static_cast<const T*>(x), static_cast<const T*>(centers), n, kc, d, k,
-        assign_topk_list_len(k, kc), list_val, list_idx, labels, static_cast<acc_t<T>*>(dist2));
+    if (unit != nullptr) {
+      KMGAN_LAUNCH(blocks, kRows, 0, stream, assign_topk_kernel<T, true>)(
+          static_cast<const T*>(x), static_cast<const T*>(centers), unit, n, kc, d, k,
+          assign_topk_list_len(k, kc), list_val, list_idx, labels, static_cast<acc_t<T>*>(dist2));
+    } else {
+      KMGAN_LAUNCH(blocks, kRows, 0, stream, assign_topk_kernel<T, false>)(
+          static_cast<const T*>(x), static_cast<const T*>(centers), unit, n, kc, d, k,
+          assign_topk_list_len(k, kc), list_val, list_idx, labels, static_cast<acc_t<T>*>(dist2));
+    }
     return cudaGetLastError();
   });
 }

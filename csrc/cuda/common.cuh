@@ -144,4 +144,61 @@ __global__ void __launch_bounds__(kFinishThreads)
   if (threadIdx.x == 0) out[0] = static_cast<Out>((take_sqrt ? sqrt(s) : s) / divisor);
 }
 
+// ------------------------------------------------------------------------------ cosine keys
+// metric="cosine" (assign_cosine_cuda.cu, assign_topk_cuda.cu): the label-deciding key is the
+// float64 reference's (reference.cosine_keys), reproduced bitwise: every product and sum
+// rounded on its own, in index order.
+
+// a * b and a + b each rounded to double, never fused into an FMA.
+__device__ __forceinline__ double mul_rn(double a, double b) {
+#ifdef KMGAN_CUDA_EMULATION
+  return a * b;  // the harness compiles with -ffp-contract=off
+#else
+  return __dmul_rn(a, b);
+#endif
+}
+__device__ __forceinline__ double add_rn(double a, double b) {
+#ifdef KMGAN_CUDA_EMULATION
+  return a + b;
+#else
+  return __dadd_rn(a, b);
+#endif
+}
+
+// sum_j a_j b_j in double, index order, each step rounded (reference._cosine_parts).
+template <typename T>
+__device__ double canonical_dot(const T* a, const T* b, int64_t d) {
+  double s = 0.0;
+  for (int64_t j = 0; j < d; ++j) {
+    s = add_rn(s, mul_rn(static_cast<double>(to_acc(a[j])), static_cast<double>(to_acc(b[j]))));
+  }
+  return s;
+}
+
+// dot |dot| / (||x||^2 ||c||^2), 0 where the denominator is 0; nx2 = canonical_dot(x, x, d).
+template <typename T>
+__device__ double cosine_key(const T* x, double nx2, const T* c, int64_t d) {
+  const double dot = canonical_dot(x, c, d);
+  const double den2 = mul_rn(nx2, canonical_dot(c, c, d));
+  return den2 == 0.0 ? 0.0 : mul_rn(dot, fabs(dot)) / den2;
+}
+
+// 2 - 2 cos(x, c) (0 cos where ||x|| ||c|| = 0), clamped at 0, NaN kept: dist2 of the cosine ops.
+template <typename T>
+__device__ double cosine_dist2(const T* x, const T* c, int64_t d) {
+  const double den = sqrt(canonical_dot(x, x, d)) * sqrt(canonical_dot(c, c, d));
+  const double cs = den == 0.0 ? 0.0 : canonical_dot(x, c, d) / den;
+  const double dist = 2.0 - 2.0 * cs;
+  return dist > 0.0 ? dist : (dist == dist ? 0.0 : dist);
+}
+
+// (key, k) a before (key, k) b in the reference's order: NaN first (lowest k among NaNs),
+// then the larger key, then the lower k.
+__device__ __forceinline__ bool key_before(double a, int64_t ia, double b, int64_t ib) {
+  const bool a_nan = isnan(a), b_nan = isnan(b);
+  if (a_nan != b_nan) return a_nan;
+  if (!a_nan && a != b) return a > b;
+  return ia < ib;
+}
+
 }  // namespace kmgan_cuda

@@ -43,11 +43,13 @@ cudaError_t assign_backward_launch(Dtype dtype, const void* grad_dist2, const vo
 // Length L of each row's running list (min(K, k + slack)); list_val (N, L) double and
 // list_idx (N, L) int64 are the launcher's workspace. labels (N, k) int64 and dist2 (N, k) acc:
 // the k nearest centers ascending (ties to the lowest index, NaN distances first), exact.
+// unit not null: metric="cosine", the k largest cosines (reference.assign_topk's order) with
+// dist2 = 2 - 2 cos; unit is a K x d float workspace (the unit centers).
 int64_t assign_topk_list_len(int64_t k, int64_t kc);
 cudaError_t assign_topk_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
                                int64_t kc, int64_t d, int64_t k, double* list_val,
                                int64_t* list_idx, int64_t* labels, void* dist2,
-                               cudaStream_t stream);
+                               cudaStream_t stream, float* unit = nullptr);
 
 // ------------------------------------------------------------------------------ soft assign
 // q (N, K) acc = softmax_k(s(D_ik)), s = -(alpha+1)/2 log1p(D/alpha) (student_t) or -D/T.
@@ -66,10 +68,16 @@ cudaError_t soft_assign_backward_launch(Dtype dtype, const void* grad_q, const v
 
 // metric="cosine" (issue 12, assign_cosine_cuda.cu): labels[i] = argmax_k cos(x_i, c_k) as the
 // float64 reference decides it (ties to the lowest k, NaN as torch.argmin on -key), dist2[i]
-// (acc) = 2 - 2 cos there, clamped at 0. unit: K x d floats of workspace (the unit centers).
+// (acc) = 2 - 2 cos there, clamped at 0. unit: batch x K x d floats of workspace (the unit
+// centers). batch > 1: independent problems as assign_launch's, one launch for all.
 cudaError_t assign_cosine_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
                                  int64_t k, int64_t d, float* unit, int64_t* labels, void* dist2,
-                                 cudaStream_t stream);
+                                 cudaStream_t stream, int64_t batch = 1);
+
+// unit (k x d floats) = c / ||c|| per center, 0 for a zero center, NaN for a NaN/Inf one or a
+// norm past double's range (assign_cosine_cuda.cu; also used by the cosine top-k).
+cudaError_t unit_centers_launch(Dtype dtype, const void* centers, int64_t k, int64_t d,
+                                float* unit, cudaStream_t stream);
 
 // The cosine backward: grad_x (T) and, when grad_centers_acc (K, d, double) is not null, the
 // centers' segment sum (zeroed here first; double atomics). docs/ops.md gives the formulas.

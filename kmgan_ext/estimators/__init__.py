@@ -1,4 +1,5 @@
-"""scikit-learn-compatible estimators computed by the library's ops (DESIGN.md 4.7).
+"""scikit-learn-compatible estimators computed by the library's ops (README,
+"Estimators for scikit-learn users").
 
 ``km.KMeans`` and ``km.MiniBatchKMeans`` take scikit-learn's parameters and give its
 attributes and results, so a scikit-learn user changes one import. They call the public ops

@@ -50,7 +50,8 @@ def check_random_state(seed) -> np.random.RandomState:
     """scikit-learn's meaning: None = numpy's global RandomState (fresh randomness), an int
     = a new RandomState(seed) (each fit reproducible), a RandomState is used (and advanced)
     as is. A ``np.random.Generator`` is accepted too: it seeds a RandomState from itself, so
-    it advances between fits as a RandomState would."""
+    it advances between fits as a RandomState would; so does a ``torch.Generator`` (the
+    PyTorch user's generator, on any device)."""
     if seed is None or seed is np.random:
         return np.random.mtrand._rand
     if is_int(seed):
@@ -59,8 +60,12 @@ def check_random_state(seed) -> np.random.RandomState:
         return seed
     if isinstance(seed, np.random.Generator):
         return np.random.RandomState(int(seed.integers(0, 2**32 - 1)))
+    if isinstance(seed, torch.Generator):
+        return np.random.RandomState(int(torch.randint(0, 2**32 - 1, (1,), generator=seed,
+                                                       device=seed.device)))
     raise ValueError(
-        f"random_state must be None, an int, a numpy RandomState or Generator, got {seed!r}"
+        "random_state must be None, an int, a numpy RandomState or Generator, or a "
+        f"torch.Generator, got {seed!r}"
     )
 
 

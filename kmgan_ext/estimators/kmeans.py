@@ -36,9 +36,9 @@ class KMeans(EstimatorBase):
             "k-means++" and arrays, 10 for "random" and callables.
         max_iter, tol: Lloyd stops when the squared shift of all centers is <= tol times the
             mean variance of the features, or when no label changes.
-        verbose, random_state (None = fresh randomness, int = reproducible, RandomState or
-            np.random.Generator = used and advanced), copy_x (X is never modified here),
-            algorithm ("lloyd" or "elkan").
+        verbose, random_state (None = fresh randomness, int = reproducible, RandomState,
+            np.random.Generator or torch.Generator = used and advanced), copy_x (X is never
+            modified here), algorithm ("lloyd" or "elkan").
     Args (ours):
         device: where to compute (None = where X is; numpy data is on the CPU).
         dtype: torch.float32 / torch.float64 (None = float64 for float64 data, else float32).

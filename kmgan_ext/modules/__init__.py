@@ -1,4 +1,5 @@
-"""nn.Modules for training loops, one floor above the ops (DESIGN.md 4.7).
+"""nn.Modules for training loops, one floor above the ops (README,
+"Modules for training loops").
 
 * :class:`MiniBatchKMeansModule` -- mini-batch k-means centers as buffers (DDP-synchronised);
 * :class:`VectorQuantizer` -- the VQ-VAE codebook (straight-through, commitment, EMA);

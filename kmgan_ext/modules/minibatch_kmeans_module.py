@@ -1,4 +1,5 @@
-"""km.MiniBatchKMeansModule: mini-batch k-means as an nn.Module for training loops (DESIGN.md 4.7)."""
+"""km.MiniBatchKMeansModule: mini-batch k-means as an nn.Module for training loops (README,
+"Modules for training loops")."""
 from __future__ import annotations
 
 import warnings
@@ -11,7 +12,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer
 
 from .. import _checks
-from .._cluster_stats import cluster_sums
+from .._cluster_stats import cluster_sums, cluster_unit_sums
 from ..assign import assign
 from ..minibatch_update import minibatch_step_
 from ..reassign_dead import reassign_dead_
@@ -75,7 +76,9 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
         metric: "euclidean" (default) or "cosine": spherical mini-batch k-means (labels by
             the largest cosine similarity, k-means++ on the sphere, the updates sum the
             normalised rows and keep the centers at unit length: km.minibatch_step_'s
-            metric="cosine"). Not yet under torch.distributed (NotImplementedError).
+            metric="cosine"); under torch.distributed the sums of the unit rows are
+            all-reduced (the ranks keep one codebook, that of one process fed the
+            concatenated batch) and init_'s k-means|| runs on the unit rows.
     """
 
     centers: Tensor
@@ -205,6 +208,11 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
             raise ValueError(f"x must have shape (N, {self.n_features}), got {shape}")
         g = world(self.group)
         if g is not None and method in ("auto", "k-means||"):
+            xt = torch.as_tensor(x)
+            if self.metric == "cosine" and xt.is_floating_point():
+                # k-means|| on the sphere: on unit rows its D^2 is 2 - 2 cos, k-means++'s
+                # cosine distance, and the centers it returns are unit rows
+                x = unit(xt.to(torch.float64)).to(xt.dtype)
             c = kmeans_parallel(x, self.n_clusters, seed=seed, group=g,
                                 n_local_trials=n_local_trials)
         elif g is not None:
@@ -292,16 +300,19 @@ class MiniBatchKMeansModule(LazyModuleMixin, nn.Module):
                 self.centers, self.counts, x, deterministic=self.deterministic,
                 metric=self.metric, backend=self.backend,
             )
-        if self.metric == "cosine":
-            raise NotImplementedError("metric='cosine' has no distributed update yet")
-        labels, _ = assign(x, self.centers, backend=self.backend)
-        sums, m = cluster_sums(x, labels, self.n_clusters,
-                               deterministic=self.deterministic, backend=self.backend)
+        cosine = self.metric == "cosine"
+        labels, _ = assign(x, self.centers, metric=self.metric, backend=self.backend)
+        # spherical: S_k sums the unit rows (normalised inside the kernels)
+        stats = cluster_unit_sums if cosine else cluster_sums
+        sums, m = stats(x, labels, self.n_clusters, deterministic=self.deterministic,
+                        backend=self.backend)
         dist.all_reduce(sums, group=g)
         dist.all_reduce(m, group=g)
         new_counts = self.counts + m
         c = self.centers.to(torch.float64)
         upd = c + (sums - m[:, None].to(torch.float64) * c) / new_counts.clamp_min(1)[:, None]
+        if cosine:  # km.minibatch_update_'s metric="cosine": unit centers (zero stays zero)
+            upd = unit(upd)
         self.centers.copy_(torch.where((m > 0)[:, None], upd, c))
         self.counts.copy_(new_counts)
         return labels

@@ -1,4 +1,4 @@
-"""Seeding over full datasets (DESIGN.md 4.6).
+"""Seeding over full datasets (docs/ops.md, Seeding).
 
 * :func:`extract_features` — a model over a whole dataset, in chunks, into (N, d) or a memmap;
 * :func:`kmeans_plusplus` — greedy k-means++ over all N rows (torch or faiss distances);

@@ -232,9 +232,9 @@ def kmeans(
             tensor of B independent problems (as fast-pytorch-kmeans' MultiKMeans): every
             Lloyd iteration assigns all problems in one km.assign launch; problem b is
             seeded with ``seed + b`` (its result is that of ``km.kmeans(x[b], k,
-            seed=seed + b, backend="torch")``); ``init`` may be a (B, k, d) array; centers
-            (B, k, d), labels (B, N) and inertia a (B,) float64 tensor are returned;
-            backend "torch" only, no subsample.
+            seed=seed + b, backend="torch")``, metric="cosine" included); ``init`` may be
+            a (B, k, d) array; centers (B, k, d), labels (B, N) and inertia a (B,) float64
+            tensor are returned; backend "torch" only, no subsample, no sample_weight.
         k: number of clusters, 1 <= k <= N.
         init: "k-means++" (:func:`kmeans_plusplus` over the training rows, greedy),
             "random" (k distinct rows) or a (k, d) array of initial centers.
@@ -278,7 +278,8 @@ def kmeans(
 
         return kmeans_batched(x, k, init=init, niter=niter, seed=seed, backend=backend,
                               n_local_trials=n_local_trials, chunk_size=chunk_size,
-                              num_threads=num_threads, subsample=subsample)
+                              num_threads=num_threads, subsample=subsample, metric=metric,
+                              sample_weight=sample_weight)
     rows = _data.Rows("x", x)
     k = _data.check_k("k", k, rows.n)
     if isinstance(niter, bool) or not isinstance(niter, (int, np.integer)) or niter < 0:

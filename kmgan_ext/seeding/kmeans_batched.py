@@ -4,7 +4,9 @@ Each Lloyd iteration is one batched km.assign (one kernel launch for all problem
 float64 segment sum over the flat (B*K, d) centers with labels b*K + l; the problems never
 mix. Seeding is per problem (k-means++ is sequential over centers): problem b is seeded with
 ``seed + b``, so problem b gets the centers ``km.kmeans(x[b], k, seed=seed + b,
-backend="torch")`` gets.
+backend="torch")`` gets (metric="cosine" included: spherical k-means as kmeans.py's
+_lloyd_segments, per problem: sums of the normalised rows, renormalised means, a moved row
+normalised).
 """
 from __future__ import annotations
 
@@ -12,19 +14,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _checks
 from ..assign import assign
 from . import _data
+from .kmeans_plusplus import unit
 
 
 def _initial_centers_batched(init, x: Tensor, k: int, seed: int, n_local_trials, chunk_size,
-                             num_threads) -> Tensor:
+                             num_threads, metric: str) -> Tensor:
     from .kmeans import _initial_centers  # the single-problem rule, problem by problem
 
     b, _, d = x.shape
     if isinstance(init, str):
         return torch.stack([
             _initial_centers(init, _data.Rows("x", x[i]), k, seed + i, n_local_trials, chunk_size,
-                             num_threads)
+                             num_threads, metric)
             for i in range(b)
         ]) if b else x.new_empty(0, k, d)
     c = torch.tensor(init) if isinstance(init, np.ndarray) else init
@@ -40,16 +44,20 @@ def _initial_centers_batched(init, x: Tensor, k: int, seed: int, n_local_trials,
     return c
 
 
-def _lloyd_batched(x: Tensor, centers: Tensor, niter: int) -> Tensor:
+def _lloyd_batched(x: Tensor, centers: Tensor, niter: int, metric: str = "euclidean") -> Tensor:
     """_lloyd_torch (kmeans.py) for B problems at once, with the same empty-cluster rule per
-    problem (the j-th empty cluster takes the j-th farthest row of its own problem)."""
+    problem (the j-th empty cluster takes the j-th farthest row of its own problem); with
+    metric="cosine" _lloyd_segments' spherical rule."""
     b, n, d = x.shape
     k = centers.shape[1]
     acc = torch.float64
+    cosine = metric == "cosine"
     off = torch.arange(b, device=x.device)[:, None] * k
     rows64 = x.reshape(b * n, d).to(acc)
+    if cosine:
+        rows64 = unit(rows64)
     for _ in range(niter):
-        labels, d2 = assign(x, centers)
+        labels, d2 = assign(x, centers, metric=metric)
         flat = (labels + off).reshape(-1)
         sums = torch.zeros(b * k, d, dtype=acc, device=x.device).index_add_(0, flat, rows64)
         counts = torch.bincount(flat, minlength=b * k).view(b, k)
@@ -57,13 +65,17 @@ def _lloyd_batched(x: Tensor, centers: Tensor, niter: int) -> Tensor:
         far = torch.topk(d2.to(acc), k, dim=1).indices
         rank = (torch.cumsum(empty, 1) - 1).clamp_(min=0)
         moved = torch.gather(x, 1, far.gather(1, rank)[:, :, None].expand(b, k, d))
-        means = (sums.view(b, k, d) / counts.clamp(min=1)[:, :, None]).to(x.dtype)
-        centers = torch.where(empty[:, :, None], moved, means)
+        means = sums.view(b, k, d) / counts.clamp(min=1)[:, :, None]
+        if cosine:
+            moved = unit(moved.reshape(b * k, d)).view(b, k, d)
+            means = unit(means.reshape(b * k, d)).view(b, k, d)
+        centers = torch.where(empty[:, :, None], moved, means.to(x.dtype))
     return centers
 
 
 def kmeans_batched(x: Tensor, k: int, *, init, niter: int, seed: int, backend: str,
-                   n_local_trials, chunk_size, num_threads, subsample):
+                   n_local_trials, chunk_size, num_threads, subsample, metric="euclidean",
+                   sample_weight=None):
     """See km.kmeans (x 3-D). Returns KMeansResult with centers (B, K, d), labels (B, N) and
     inertia a (B,) float64 tensor on x's device."""
     from .kmeans import KMeansResult
@@ -72,6 +84,9 @@ def kmeans_batched(x: Tensor, k: int, *, init, niter: int, seed: int, backend: s
         raise ValueError(f"batched problems (x 3-D) run on backend 'torch' (km.assign), got {backend!r}")
     if subsample is not None:
         raise ValueError("subsample is not supported for batched problems (x 3-D)")
+    if sample_weight is not None:
+        raise ValueError("sample_weight is not supported for batched problems (x 3-D)")
+    cosine = _checks.metric(metric)
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
     b, n, d = x.shape
@@ -82,8 +97,11 @@ def kmeans_batched(x: Tensor, k: int, *, init, niter: int, seed: int, backend: s
     xc = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     if not bool(torch.isfinite(xc).all()):
         raise ValueError("x contains NaN or Inf")
-    centers = _initial_centers_batched(init, xc, k, seed, n_local_trials, chunk_size, num_threads)
+    centers = _initial_centers_batched(init, xc, k, seed, n_local_trials, chunk_size, num_threads,
+                                       metric)
+    if cosine and b:  # spherical k-means' centers are unit vectors from the start
+        centers = unit(centers.reshape(b * k, d)).view(b, k, d)
     if niter > 0:
-        centers = _lloyd_batched(xc, centers, niter)
-    labels, d2 = assign(xc, centers)
+        centers = _lloyd_batched(xc, centers, niter, metric)
+    labels, d2 = assign(xc, centers, metric=metric)
     return KMeansResult(centers.to(x.dtype), labels, d2.sum(1, dtype=torch.float64))

@@ -1,4 +1,4 @@
-"""The KM-GAN trainer (paper: Wang, Chen, Shang, Wu 2019; DESIGN.md section 5).
+"""The KM-GAN trainer (paper: Wang, Chen, Shang, Wu 2019; README, The KM-GAN trainer).
 
     python -m kmgan_ext.train --config synthetic --out runs/syn [--set model=dcgan ...]
     python -m kmgan_ext.train --resume runs/syn --set epochs=30

@@ -80,7 +80,7 @@ def update_(centers: Tensor, counts: Tensor, x: Tensor, cfg: dict, world_size: i
     sums, m = _cluster_sums(x, labels, centers.shape[0])
     dist.all_reduce(sums)
     dist.all_reduce(m)
-    # The update of DESIGN.md 4.2 on the all-reduced numbers (float64 as the reference does);
+    # docs/ops.md's center update on the all-reduced numbers (float64 as the reference does);
     # km.minibatch_update_ cannot be fed sums, only rows.
     hit = m > 0
     new_counts = counts + m

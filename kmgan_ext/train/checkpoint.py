@@ -169,6 +169,7 @@ def state(tr) -> dict:
         "fixed_noise": [t.cpu() for t in tr.fixed_noise],
         "rank_states": dist_mod.all_gather_object(per_rank, tr.info),
         "world_size": tr.world,
+        "model_shape": list(tr.model_shape()),  # what the networks were built for (fig5c.load_generator)
     }
 
 

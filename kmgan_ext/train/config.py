@@ -39,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
     # KM-GAN
     "k": 10,
     "d_round": 10000,
-    # How d_round is read (every built-in config uses "steps"; DESIGN.md section 5):
+    # How d_round is read (every built-in config uses "steps"; README, The KM-GAN trainer):
     # steps: the center-loss step runs for the first d_round iterations (0 = never);
     # floor: it runs whenever L_center >= d_round (0 = always).
     # Why steps: Eq. 4's L_center is an L1 norm of differences of sums of K sigmoid features,

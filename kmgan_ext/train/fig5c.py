@@ -20,7 +20,8 @@ from . import checkpoint as ckpt
 from . import data as data_mod
 from . import figures, metrics
 from .evaluate import generate_images
-from .models import build_models
+from .config import DEFAULTS
+from .models import build_networks
 
 PAPER = {"per_class": 0.10, "shirt": 0.070, "classifier_test_acc": 0.91}
 
@@ -98,13 +99,17 @@ def histogram_for_run(tr, fig_dir: str) -> dict:
 
 
 def load_generator(run_dir: str, device):
-    """G of a run folder, from its config.json and newest intact checkpoint."""
+    """(G, config) of a run folder of any model family the trainer trains (KM-GAN, DCGAN,
+    GM-GAN, slcGAN...: its config.json says which), from its newest intact checkpoint."""
     with open(os.path.join(run_dir, "config.json")) as f:
-        cfg = json.load(f)
+        cfg = {**DEFAULTS, **json.load(f)}  # keys a run older than them did not write
     arch, size = data_mod.resolve_arch(cfg)
     state = ckpt.load(ckpt.newest_good(os.path.join(run_dir, "checkpoints")))
-    shape = (1, size, size)
-    G, _ = build_models(cfg, arch, shape, head=cfg["model"] == "dcgan" and cfg.get("dcgan_head", "linear") == "linear")
+    # the shape the trainer built G for (checkpoints before it was saved: 1-channel images,
+    # the Fashion-MNIST runs this module was written for)
+    shape = tuple(state.get("model_shape") or (1, size, size))
+    with torch.random.fork_rng(devices=[]):  # the initial draw is overwritten by the checkpoint
+        G, _, _ = build_networks(cfg, arch, shape)
     G.load_state_dict(state["G"])
     return G.to(device), cfg
 

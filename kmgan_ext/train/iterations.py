@@ -1,4 +1,4 @@
-"""One training iteration of each model (DESIGN.md section 5); ``ITERATIONS[model](tr, x)``.
+"""One training iteration of each model (README, The KM-GAN trainer); ``ITERATIONS[model](tr, x)``.
 
 KM-GAN (``kmgan``, ``generalized``; Algorithm 1):
 

@@ -192,3 +192,20 @@ def build_models(cfg: dict, arch: str, sample_shape: tuple[int, ...], head: bool
     if head and arch != "table2":
         dcgan_init_(disc.head)
     return Generator(prior, g), disc
+
+
+def build_networks(
+    cfg: dict, arch: str, sample_shape: tuple[int, ...]
+) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+    """(G, D, C) of the model family ``cfg["model"]`` for ``arch``, as the trainer builds them
+    (C: slcGAN's clustering network, None for the others); parameters drawn from the global
+    RNG. One place, so that whatever rebuilds a run's networks from its config.json
+    (``fig5c.load_generator``) builds the trainer's."""
+    if cfg["model"] == "slcgan":
+        from . import slcgan  # imports this module
+
+        return slcgan.build(cfg, arch, sample_shape)
+    # GM-GAN's D is DCGAN's (a linear head on the features)
+    head = (cfg["model"] == "dcgan" and cfg.get("dcgan_head", "linear") == "linear") or cfg["model"] == "gmgan"
+    G, D = build_models(cfg, arch, sample_shape, head=head)
+    return G, D, None

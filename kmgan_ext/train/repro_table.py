@@ -1,6 +1,6 @@
 """``python -m kmgan_ext.train.reproduce table``: REPRODUCTION.md from the result files.
 
-One row per claim of the paper (DESIGN.md's table: synthetic, Fashion-MNIST, CIFAR-10 IS,
+One row per claim of the paper (REPRODUCTION.md's table: synthetic, Fashion-MNIST, CIFAR-10 IS,
 CelebA FID, the sweeps of Tables 4, 5 and 8): what the paper reports, what was measured, by
 which command with which seeds and budget, and the verdict. Every number comes from
 ``<results>/synthetic/report.json`` and ``<results>/fashion/report.json``; a claim without a
@@ -181,7 +181,7 @@ def _smaller_fashion_budgets(results: str) -> list[dict]:
 
 
 def static_rows() -> list[list[str]]:
-    """Claims that need data or weights this machine does not have offline (DESIGN.md section 7)."""
+    """Claims that need data or weights this machine does not have offline."""
     why_c10 = "CIFAR-10 is not available offline here and no Inception weights exist offline (IS needs them)"
     why_celeba = "CelebA is not available offline here and no Inception weights exist offline (FID needs them)"
     return [

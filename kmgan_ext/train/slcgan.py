@@ -212,34 +212,45 @@ def grads_off(*modules: nn.Module):
 def slcgan_iteration(tr, x: Tensor) -> dict:
     """Algorithm 1: ``d_steps`` D steps, one G step (adversarial + L_mi), one C step
     (adversarial + L_aug), all on the iteration's real batch x (the paper samples a fresh real
-    batch for C's step; here every real row is seen once per epoch, as in the other models)."""
-    cfg, prior, C = tr.cfg, tr.G_raw.prior, tr.clusterer
+    batch for C's step; here every real row is seen once per epoch, as in the other models).
+
+    Under torchrun each step runs the player it updates through its DDP wrapper (``tr.D``,
+    ``tr.G``, ``tr.C``: its gradient is averaged over the ranks) and the frozen players
+    through their raw modules: a wrapper whose parameters do not require grad would wait for
+    gradients that never come. With one process the wrappers are the raw modules. Forward
+    passes run under ``tr.autocast()`` (config ``amp``), the losses in float32."""
+    cfg, prior = tr.cfg, tr.G_raw.prior
     k = prior.components
     n = x.shape[0]
     for _ in range(cfg["d_steps"]):  # lines 11-15
         eps, c = prior.sample_noise(n, tr.z_gen, tr.device)
-        with torch.no_grad():
-            fake = tr.G(eps, c)
-            p_real = torch.softmax(C(x).float(), 1)
-        u_r, s_r = tr.D(x, p_real)
-        u_f, s_f = tr.D(fake, F.one_hot(c, k).float())
+        with tr.autocast():
+            with torch.no_grad():
+                fake = tr.G(eps, c)
+                p_real = torch.softmax(tr.C(x).float(), 1)
+            u_r, s_r = tr.D(x, p_real)
+            u_f, s_f = tr.D(fake, F.one_hot(c, k).float())
         loss_d = d_loss(u_r.float(), s_r.float(), u_f.float(), s_f.float())
         optimizer_step(tr, tr.opt_D, "L_D", loss_d)
     eps, c = prior.sample_noise(n, tr.z_gen, tr.device)  # lines 16-21
-    with grads_off(tr.D_raw, C):
-        fake = tr.G(eps, c)
-        u_f, s_f = tr.D(fake, F.one_hot(c, k).float())
+    with grads_off(tr.D_raw, tr.clusterer):
+        with tr.autocast():
+            fake = tr.G(eps, c)
+            u_f, s_f = tr.D_raw(fake, F.one_hot(c, k).float())
+            logits_fake = tr.clusterer(fake)
         l_adv_g = g_adv_loss(u_f.float(), s_f.float())
-        l_mi = mi_loss(C(fake), c)
+        l_mi = mi_loss(logits_fake, c)
         loss_g = l_adv_g + cfg["slc_lambda_mi"] * l_mi
         optimizer_step(tr, tr.opt_G, "L_G", loss_g)
     lo, hi = data_mod.ARCH_RANGE.get(tr.arch, (0.0, 1.0))  # lines 22-28
     x_t = augment(x, tr.z_gen, lo, hi, cfg["dataset"] not in NO_FLIP)
     with grads_off(tr.D_raw, tr.G_raw):
-        logits = C(x)
-        _, s_r = tr.D(x, torch.softmax(logits.float(), 1))
+        with tr.autocast():
+            logits = tr.C(x)
+            _, s_r = tr.D_raw(x, torch.softmax(logits.float(), 1))
+            logits_t = tr.C(x_t)
         l_adv_c = c_adv_loss(s_r.float())
-        l_aug = aug_loss(logits, C(x_t))
+        l_aug = aug_loss(logits, logits_t)
         loss_c = l_adv_c + cfg["slc_lambda_aug"] * l_aug
         optimizer_step(tr, tr.opt_cluster, "L_C", loss_c)
     return {

@@ -1,6 +1,6 @@
 """The optimizer-step mechanics every model's iteration shares: the non-finite stop, weight
 clipping of D, one Adam step on a loss, the joint D+G center step and when it runs
-(``d_round``, DESIGN.md section 5), and feature passes that leave the BN statistics alone.
+(``d_round``, README, The KM-GAN trainer), and feature passes that leave the BN statistics alone.
 
 Each function takes the Trainer ``tr`` (its config, networks, optimizers and rank info).
 """

@@ -1,6 +1,6 @@
 """The KM-GAN trainer's data loop: the Trainer sets up data, networks, optimizers and center
 sets, runs the epochs (batches in a seeded order, resumable mid-epoch), logs, checkpoints,
-and evaluates at the end (DESIGN.md section 5).
+and evaluates at the end (README, The KM-GAN trainer).
 
 Where the rest lives: one iteration of each model in ``iterations`` (its optimizer steps in
 ``steps``), center seeding and updates in ``centers``, the metrics log and per-epoch figures
@@ -34,7 +34,7 @@ from . import dist as dist_mod
 from . import records
 from .config import DEFAULTS, check, coerce, load_config, resume_overrides
 from .iterations import ITERATIONS
-from .models import build_models
+from .models import build_networks
 from .steps import StopTraining, frozen_bn
 
 SAMPLE_GRID = 64
@@ -80,16 +80,11 @@ class Trainer:
         self.data = data_mod.load_train_data(cfg)
         self.arch, self.image_size = data_mod.resolve_arch(cfg)
         torch.manual_seed(cfg["seed"])  # parameter init: identical on every rank
-        # GM-GAN's D is DCGAN's (a linear head on the features); slcGAN has its own three networks
-        head = (cfg["model"] == "dcgan" and cfg["dcgan_head"] == "linear") or cfg["model"] == "gmgan"
-        self.clusterer = self.opt_cluster = None
-        if cfg["model"] == "slcgan":
-            from . import slcgan
-
-            self.G_raw, self.D_raw, self.clusterer = slcgan.build(cfg, self.arch, self.model_shape())
+        # slcGAN has a third network, its clustering network C (self.clusterer)
+        self.opt_cluster = None
+        self.G_raw, self.D_raw, self.clusterer = build_networks(cfg, self.arch, self.model_shape())
+        if self.clusterer is not None:
             self.clusterer.to(self.device)
-        else:
-            self.G_raw, self.D_raw = build_models(cfg, self.arch, self.model_shape(), head=head)
         self.G_raw.to(self.device)
         self.D_raw.to(self.device)
         # Fused Adam: the same update, one kernel; 3x faster than the per-tensor loop for
@@ -120,6 +115,7 @@ class Trainer:
         if resume:
             ckpt.load_state(self, ckpt.newest_good(os.path.join(self.out, "checkpoints")))
         self.D, self.G = self._wrap(self.D_raw), self._wrap(self.G_raw)
+        self.C = self._wrap(self.clusterer) if self.clusterer is not None else None
         self._stop_requested = False
         self.writer = None
 
@@ -143,9 +139,6 @@ class Trainer:
             raise ValueError("gp_weight > 0 runs on one process only (not under torchrun/DDP)")
         if cfg["gp_weight"] > 0 and cfg["model"] not in ("kmgan", "generalized", "dcgan"):
             raise ValueError(f"gp_weight applies to kmgan, generalized and dcgan, not {cfg['model']}")
-        if cfg["model"] == "slcgan" and self.world > 1:
-            # its steps switch requires_grad of the other players, which DDP does not allow
-            raise ValueError("model slcgan runs on one process only (not under torchrun/DDP)")
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.world > 1:
@@ -158,7 +151,9 @@ class Trainer:
 
     def autocast(self):
         if self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            # the device's type, not "cuda": amp is only switched on on a GPU (see
+            # _check_engineering_options), but tests run the same autocast regions on CPU
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ features over sets

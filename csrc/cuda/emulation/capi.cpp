@@ -35,9 +35,10 @@ EMU_API_SIZE kmgan_emu_assign_topk_list_len(int64_t k, int64_t kc) {
 
 EMU_API kmgan_emu_assign_topk_launch(int dtype, const void* x, const void* centers, int64_t n,
                                      int64_t kc, int64_t d, int64_t k, double* list_val,
-                                     int64_t* list_idx, int64_t* labels, void* dist2) {
+                                     int64_t* list_idx, int64_t* labels, void* dist2,
+                                     float* unit) {
   return assign_topk_launch(dt(dtype), x, centers, n, kc, d, k, list_val, list_idx, labels, dist2,
-                            nullptr);
+                            nullptr, unit);
 }
 
 EMU_API kmgan_emu_soft_assign_launch(int dtype, const void* x, const void* centers, int64_t n,
@@ -59,8 +60,9 @@ EMU_API kmgan_emu_soft_assign_backward_launch(int dtype, const void* grad_q, con
 
 EMU_API kmgan_emu_assign_cosine_launch(int dtype, const void* x, const void* centers, int64_t n,
                                        int64_t k, int64_t d, float* unit, int64_t* labels,
-                                       void* dist2) {
-  return assign_cosine_launch(dt(dtype), x, centers, n, k, d, unit, labels, dist2, nullptr);
+                                       void* dist2, int64_t batch) {
+  return assign_cosine_launch(dt(dtype), x, centers, n, k, d, unit, labels, dist2, nullptr,
+                              batch);
 }
 
 EMU_API kmgan_emu_assign_cosine_backward_launch(int dtype, const void* grad_dist2, const void* x,

@@ -16,11 +16,11 @@
 extern "C" {
 void kmgan_emu_configure(int order, uint64_t seed, int in_flight, int sms);
 int kmgan_emu_assign_launch(int, const void*, const void*, int64_t, int64_t, int64_t, int64_t*,
-                            void*);
+                            void*, int64_t);
 int kmgan_emu_assign_backward_launch(int, const void*, const void*, const void*, const int64_t*,
                                      int64_t, int64_t, int64_t, void*, void*);
 int kmgan_emu_assign_cosine_launch(int, const void*, const void*, int64_t, int64_t, int64_t,
-                                   float*, int64_t*, void*);
+                                   float*, int64_t*, void*, int64_t);
 int kmgan_emu_assign_cosine_backward_launch(int, const void*, const void*, const void*,
                                             const int64_t*, int64_t, int64_t, int64_t, void*,
                                             void*);
@@ -99,10 +99,10 @@ void run_all(std::mt19937& rng) {
   std::vector<float> x = randn(n * d), y = randn(m * d), c = randn(k * d);
   std::vector<int64_t> labels(n), labels_y(m);
   std::vector<float> dist2(n), dist2_y(m);
-  check(kmgan_emu_assign_launch(kF32, x.data(), c.data(), n, k, d, labels.data(), dist2.data()),
+  check(kmgan_emu_assign_launch(kF32, x.data(), c.data(), n, k, d, labels.data(), dist2.data(), 1),
         "assign");
   check(kmgan_emu_assign_launch(kF32, y.data(), c.data(), m, k, d, labels_y.data(),
-                                dist2_y.data()),
+                                dist2_y.data(), 1),
         "assign");
   std::vector<float> ones(n, 1.f), grad_x(n * d);
   std::vector<double> grad_c(k * d);
@@ -112,7 +112,7 @@ void run_all(std::mt19937& rng) {
   std::vector<float> unit(k * d);
   std::vector<int64_t> labels_cos(n);
   check(kmgan_emu_assign_cosine_launch(kF32, x.data(), c.data(), n, k, d, unit.data(),
-                                       labels_cos.data(), dist2.data()),
+                                       labels_cos.data(), dist2.data(), 1),
         "assign_cosine");
   check(kmgan_emu_assign_cosine_backward_launch(kF32, ones.data(), x.data(), c.data(),
                                                 labels_cos.data(), n, k, d, grad_x.data(),

@@ -1,0 +1,61 @@
+"""Run bench/run_all.py with a planted wrong answer in every kernel of one backend.
+
+    python tests/planted_bench.py BACKEND run_all-args...
+
+Every function of BACKEND's backend interface (kmgan_ext/_dispatch.py) is wrapped: float
+outputs come back scaled by 1.01 and shifted by 1e-3 (so zeros change too), in-place updates
+leave their first argument likewise off, integer outputs (labels) are left alone (the label
+checks are tested apart: test_check_labels_rejects_a_wrong_label). A benchmark whose check
+passes such a backend cannot tell a wrong kernel from a right one
+(tests/test_bench.py::test_every_check_fails_a_planted_wrong_answer).
+"""
+import os
+import sys
+import types
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+
+def _off(t):
+    if isinstance(t, torch.Tensor) and t.is_floating_point():
+        return t * 1.01 + 1e-3
+    if isinstance(t, (tuple, list)):
+        return type(t)(_off(v) for v in t) if not hasattr(t, "_fields") else type(t)(*(_off(v) for v in t))
+    return t
+
+
+def _planted(fn, name):
+    def wrong(*args, **kw):
+        out = fn(*args, **kw)
+        if name.endswith("_"):
+            with torch.no_grad():
+                args[0].mul_(1.01).add_(1e-3)
+            return out
+        return _off(out)
+
+    return wrong
+
+
+def plant(backend: str) -> None:
+    from kmgan_ext import _dispatch
+
+    right = _dispatch.implementation
+
+    def implementation(b):
+        impl = right(b)
+        if b != backend:
+            return impl
+        return types.SimpleNamespace(**{n: _planted(getattr(impl, n), n) for n in dir(impl)
+                                        if not n.startswith("__") and callable(getattr(impl, n))})
+
+    _dispatch.implementation = implementation
+
+
+if __name__ == "__main__":
+    plant(sys.argv[1])
+    import run_all
+
+    run_all.main(sys.argv[2:])
