@@ -105,9 +105,11 @@ template <typename Randn>
 void run_topk_and_soft(Randn randn) {
   const int64_t n = 300, kc = 150, d = 33;
   std::vector<float> x = randn(n * d), c = randn(kc * d);
-  // The full rescan in double besides the list path: a NaN row, and (tied) every center the
-  // same, more than kSlack near-ties at the k-th place in every row.
+  // The paths in double besides the float32 one: a NaN row, a row whose distances overflow
+  // float32 (top-k's full rescan, soft assign's row redone in double), and (tied) every center
+  // the same, more than kSlack near-ties at the k-th place in every row.
   x[5 * d + 7] = std::nanf("");
+  std::fill(x.begin() + 9 * d, x.begin() + 10 * d, 3e19f);
   std::vector<float> tied = c;
   for (int64_t j = 0; j < kc; ++j)
     std::copy(c.begin(), c.begin() + d, tied.begin() + j * d);
