@@ -12,6 +12,13 @@ grad_x = 2 (rowsum(W) x - W C) by row programs; grad_c = 2 (colsum(W) c - W^T X)
 programs that visit all rows in index order (deterministic, no atomics). W is recomputed a
 tile at a time (D re-formed for Student-t), never stored.
 
+Past float32's range (contract 2): a forward row whose float32 score is not finite (its
+distance overflowed, |x|, |c| past ~1e19) is redone in float64 from the inputs (pass 1 again
+for its max and sum, then pass 2 re-forms its scores), never read back from q's float32. The
+backward redoes in float64 the rows (grad_x) and row tiles (grad_c) with a distance past 2^64
+(Student-t's W ~ 1 / D would reach float32's subnormals) or a float32 sum that overflowed.
+Other rows and programs keep the float32 path and pay one flag test.
+
 Correctness first: distances are not on tensor cores and the backward holds a (G, d) and a
 (BLOCK_K, d) accumulator with d rounded up to a power of 2; a GPU session should tune.
 """
@@ -35,6 +42,39 @@ def _score(dist, alpha, temperature, STUDENT: tl.constexpr):
 
 
 @triton.jit
+def _row_stats(x_ptr, c_ptr, qrow, rows, rmask, K, D, alpha, temperature, STORE: tl.constexpr,
+               STUDENT: tl.constexpr, F64: tl.constexpr, BLOCK_K: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Pass 1 over all K: each row's max m and z = sum exp(s - m) (online softmax), in float64
+    when F64, and a flag of rows with a score that is not finite; STORE: the scores into q."""
+    G: tl.constexpr = rows.shape[0]
+    lanes = tl.arange(0, BLOCK_K)
+    if F64:
+        m = tl.full((G,), float("-inf"), tl.float64)
+        z = tl.zeros((G,), tl.float64)
+    else:
+        m = tl.full((G,), float("-inf"), tl.float32)
+        z = tl.zeros((G,), tl.float32)
+    bad = tl.zeros((G,), tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + lanes
+        kmask = ks < K
+        s = _score(_tile_dist(x_ptr, c_ptr, rows, rmask, ks, kmask, D, F64, BLOCK_D),
+                   alpha, temperature, STUDENT)
+        # scores are <= 0: -inf (an overflowed distance) or NaN are the non-finite ones
+        bad = bad | tl.max((kmask[None, :] & ((s != s) | (s == float("-inf")))).to(tl.int32), axis=1)
+        s = tl.where(kmask[None, :], s, float("-inf"))
+        if STORE:
+            tl.store(qrow + ks[None, :], s.to(qrow.dtype.element_ty), mask=rmask[:, None] & kmask[None, :])
+        nm = tl.maximum(m, tl.max(s, axis=1))
+        # nm == -inf only while every score so far is -inf: keep z at 0 (no -inf - -inf)
+        safe = tl.where(nm == float("-inf"), 0.0, nm)
+        z = z * tl.exp(m - safe) + tl.sum(tl.exp(s - safe[:, None]), axis=1)
+        m = nm
+    return m, z, bad
+
+
+@triton.jit
 def _soft_fwd_kernel(x_ptr, c_ptr, q_ptr, N, K, D, alpha, temperature,
                      STUDENT: tl.constexpr, F64: tl.constexpr, G: tl.constexpr,
                      BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -42,28 +82,30 @@ def _soft_fwd_kernel(x_ptr, c_ptr, q_ptr, N, K, D, alpha, temperature,
     rmask = rows < N
     lanes = tl.arange(0, BLOCK_K)
     qrow = q_ptr + rows[:, None].to(tl.int64) * K
-    if F64:
-        m = tl.full((G,), float("-inf"), tl.float64)
-        z = tl.zeros((G,), tl.float64)
-    else:
-        m = tl.full((G,), float("-inf"), tl.float32)
-        z = tl.zeros((G,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + lanes
-        kmask = ks < K
-        s = _score(_tile_dist(x_ptr, c_ptr, rows, rmask, ks, kmask, D, F64, BLOCK_D),
-                   alpha, temperature, STUDENT)
-        s = tl.where(kmask[None, :], s, float("-inf"))
-        tl.store(qrow + ks[None, :], s.to(q_ptr.dtype.element_ty), mask=rmask[:, None] & kmask[None, :])
-        nm = tl.maximum(m, tl.max(s, axis=1))
-        # nm == -inf only while every score so far is -inf: keep z at 0 (no -inf - -inf)
-        safe = tl.where(nm == float("-inf"), 0.0, nm)
-        z = z * tl.exp(m - safe) + tl.sum(tl.exp(s - safe[:, None]), axis=1)
-        m = nm
+    m, z, bad = _row_stats(x_ptr, c_ptr, qrow, rows, rmask, K, D, alpha, temperature, True,
+                           STUDENT, F64, BLOCK_K, BLOCK_D)
     tl.debug_barrier()  # pass 2 reads what other threads of this program wrote
+    keep = rmask
+    if not F64:
+        # A row with a score that is not finite in float32 (its float32 distance overflowed,
+        # or a NaN): the float64 reference may still be finite there (|x|, |c| past ~1e19),
+        # so the row is redone in float64 from the inputs (contract 2). Such rows only cost
+        # the programs that hold one.
+        redo = rmask & (bad != 0)
+        keep = rmask & (bad == 0)
+        if tl.max(redo.to(tl.int32), axis=0) > 0:
+            m64, z64, _b = _row_stats(x_ptr, c_ptr, qrow, rows, redo, K, D, alpha, temperature,
+                                      False, STUDENT, True, BLOCK_K, BLOCK_D)
+            for k0 in range(0, K, BLOCK_K):
+                ks = k0 + lanes
+                kmask = ks < K
+                s = _score(_tile_dist(x_ptr, c_ptr, rows, redo, ks, kmask, D, True, BLOCK_D),
+                           alpha, temperature, STUDENT)
+                tl.store(qrow + ks[None, :], (tl.exp(s - m64[:, None]) / z64[:, None]).to(q_ptr.dtype.element_ty),
+                         mask=redo[:, None] & kmask[None, :])
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + lanes
-        msk = rmask[:, None] & (ks < K)[None, :]
+        msk = keep[:, None] & (ks < K)[None, :]
         s = tl.load(qrow + ks[None, :], mask=msk, other=0.0)
         tl.store(qrow + ks[None, :], div_rn(tl.exp(s - m[:, None]), z[:, None]).to(q_ptr.dtype.element_ty), mask=msk)
 
@@ -71,19 +113,65 @@ def _soft_fwd_kernel(x_ptr, c_ptr, q_ptr, N, K, D, alpha, temperature,
 @triton.jit
 def _w_tile(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, rmask, ks, kmask, K, D, alpha, temperature,
             STUDENT: tl.constexpr, F64: tl.constexpr, BLOCK_D: tl.constexpr):
-    """W = q (G - r) s'(D) for rows x ks (0 outside the masks), in the accumulation dtype."""
+    """W = q (G - r) s'(D) for rows x ks (0 outside the masks), in float64 when F64 (else
+    float32), and a flag of rows whose float32 W is not to be trusted: a distance past 2^64
+    (Student-t's W ~ 1 / D then reaches float32's subnormals, or 0) or not finite."""
     msk = rmask[:, None] & kmask[None, :]
     off = rows[:, None].to(tl.int64) * K + ks[None, :]
     q = tl.load(q_ptr + off, mask=msk, other=0.0)
     g = tl.load(g_ptr + off, mask=msk, other=0.0)
+    if F64:
+        q = q.to(tl.float64)
+        g = g.to(tl.float64)
+        r = r.to(tl.float64)
     ds = q * (g - r[:, None])
+    huge = tl.zeros((rows.shape[0],), tl.int32)
     if STUDENT:
         dist = _tile_dist(x_ptr, c_ptr, rows, rmask, ks, kmask, D, F64, BLOCK_D)
+        huge = tl.max((msk & ~(dist <= 1.8446744073709552e19)).to(tl.int32), axis=1)
         dist = tl.where(dist < 0.0, 0.0, dist)
         w = ds * div_rn(-0.5 * (alpha + 1.0), alpha + dist)
     else:
         w = -div_rn(ds, temperature)
-    return tl.where(msk, w, 0.0)
+    return tl.where(msk, w, 0.0), huge
+
+
+@triton.jit
+def _nonfinite_rows(v):
+    """Per row of v: 1 where an entry is NaN or +-Inf (float32 overflow, or such an input)."""
+    return tl.max(((v != v) | (tl.abs(v) == float("inf"))).to(tl.int32), axis=1)
+
+
+@triton.jit
+def _grad_x_rows(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, rmask, K, D, alpha, temperature,
+                 STUDENT: tl.constexpr, F64: tl.constexpr, BLOCK_K: tl.constexpr,
+                 BLOCK_D: tl.constexpr, DP: tl.constexpr):
+    """(G, DP) grad_x = 2 (rowsum(W) x - W C) in float64 when F64 (else float32), and
+    _w_tile's flag of rows with huge distances."""
+    G: tl.constexpr = rows.shape[0]
+    lanes = tl.arange(0, BLOCK_K)
+    dcol = tl.arange(0, DP)
+    dmask = dcol < D
+    if F64:
+        rw = tl.zeros((G,), tl.float64)
+        wc = tl.zeros((G, DP), tl.float64)
+    else:
+        rw = tl.zeros((G,), tl.float32)
+        wc = tl.zeros((G, DP), tl.float32)
+    huge = tl.zeros((G,), tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + lanes
+        kmask = ks < K
+        w, h = _w_tile(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, rmask, ks, kmask, K, D, alpha,
+                       temperature, STUDENT, F64, BLOCK_D)
+        huge = huge | h
+        rw += tl.sum(w, axis=1)
+        cv = tl.load(c_ptr + ks[:, None].to(tl.int64) * D + dcol[None, :],
+                     mask=kmask[:, None] & dmask[None, :], other=0.0).to(w.dtype)
+        wc += tl.sum(w[:, :, None] * cv[None, :, :], axis=1)
+    xv = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + dcol[None, :],
+                 mask=rmask[:, None] & dmask[None, :], other=0.0).to(wc.dtype)
+    return 2.0 * (rw[:, None] * xv - wc), huge
 
 
 @triton.jit
@@ -103,22 +191,21 @@ def _soft_bwd_rows_kernel(g_ptr, q_ptr, r_ptr, x_ptr, c_ptr, gx_ptr, N, K, D, al
         msk = rmask[:, None] & (ks < K)[None, :]
         r += tl.sum(tl.load(q_ptr + off, mask=msk, other=0.0) * tl.load(g_ptr + off, mask=msk, other=0.0), axis=1)
     tl.store(r_ptr + rows, r, mask=rmask)
-    rw = tl.zeros((G,), q0.dtype)
-    wc = tl.zeros((G, DP), q0.dtype)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + lanes
-        kmask = ks < K
-        w = _w_tile(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, rmask, ks, kmask, K, D, alpha,
-                    temperature, STUDENT, F64, BLOCK_D)
-        rw += tl.sum(w, axis=1)
-        cv = tl.load(c_ptr + ks[:, None].to(tl.int64) * D + dcol[None, :],
-                     mask=kmask[:, None] & dmask[None, :], other=0.0).to(q0.dtype)
-        wc += tl.sum(w[:, :, None] * cv[None, :, :], axis=1)
-    xv = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + dcol[None, :],
-                 mask=rmask[:, None] & dmask[None, :], other=0.0).to(q0.dtype)
-    gx = 2.0 * (rw[:, None] * xv - wc)
+    gx, huge = _grad_x_rows(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, rmask, K, D, alpha, temperature,
+                            STUDENT, F64, BLOCK_K, BLOCK_D, DP)
+    keep = rmask
+    if not F64:
+        # Rows whose float32 W or sums are not to be trusted (huge distances, an overflow) are
+        # redone in float64 from the inputs: only the programs that hold one pay (contract 2).
+        redo = rmask & ((huge | _nonfinite_rows(gx)) != 0)
+        keep = rmask & ~redo
+        if tl.max(redo.to(tl.int32), axis=0) > 0:
+            gx64, _h = _grad_x_rows(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, redo, K, D, alpha,
+                                    temperature, STUDENT, True, BLOCK_K, BLOCK_D, DP)
+            tl.store(gx_ptr + rows[:, None].to(tl.int64) * D + dcol[None, :],
+                     cast_for(gx64, gx_ptr), mask=redo[:, None] & dmask[None, :])
     tl.store(gx_ptr + rows[:, None].to(tl.int64) * D + dcol[None, :],
-             cast_for(gx, gx_ptr), mask=rmask[:, None] & dmask[None, :])
+             cast_for(gx, gx_ptr), mask=keep[:, None] & dmask[None, :])
 
 
 @triton.jit
@@ -138,12 +225,25 @@ def _soft_bwd_centers_kernel(g_ptr, q_ptr, r_ptr, x_ptr, c_ptr, gc_ptr, N, K, D,
         rows = n0 + lanes
         rmask = rows < N
         r = tl.load(r_ptr + rows, mask=rmask, other=0.0)
-        w = _w_tile(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, rmask, ks, kmask, K, D, alpha,
-                    temperature, STUDENT, F64, BLOCK_D)
-        cw += tl.sum(w, axis=0).to(tl.float64)
+        w, huge = _w_tile(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, rmask, ks, kmask, K, D, alpha,
+                          temperature, STUDENT, F64, BLOCK_D)
         xv = tl.load(x_ptr + rows[:, None].to(tl.int64) * D + dcol[None, :],
-                     mask=rmask[:, None] & dmask[None, :], other=0.0).to(w.dtype)
-        sx += tl.sum(w[:, :, None] * xv[:, None, :], axis=0).to(tl.float64)
+                     mask=rmask[:, None] & dmask[None, :], other=0.0)
+        pw = tl.sum(w, axis=0)
+        px = tl.sum(w[:, :, None] * xv.to(w.dtype)[:, None, :], axis=0)
+        redo = 0
+        if not F64:
+            # a tile with huge distances, or whose float32 sums overflowed: float64 (contract 2)
+            redo = tl.max(huge, axis=0) | tl.max(_nonfinite_rows(px), axis=0) | tl.max(
+                _nonfinite_rows(pw[:, None]), axis=0)
+        if redo != 0:
+            w64, _h = _w_tile(g_ptr, q_ptr, r, x_ptr, c_ptr, rows, rmask, ks, kmask, K, D, alpha,
+                              temperature, STUDENT, True, BLOCK_D)
+            cw += tl.sum(w64, axis=0)
+            sx += tl.sum(w64[:, :, None] * xv.to(tl.float64)[:, None, :], axis=0)
+        else:
+            cw += pw.to(tl.float64)
+            sx += px.to(tl.float64)
     cv = tl.load(c_ptr + ks[:, None].to(tl.int64) * D + dcol[None, :],
                  mask=kmask[:, None] & dmask[None, :], other=0.0).to(tl.float64)
     gc = 2.0 * (cw[:, None] * cv - sx)

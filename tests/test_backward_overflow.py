@@ -94,3 +94,46 @@ def test_kmgan_losses_backward(device, backend, reduction, scale, shape):
         return out.loss_d, out.loss_g, out.loss_center
 
     _compare(fn, [x, y], backend)
+
+
+def _compare_own_scale(fn, inputs, backend):
+    """As _compare, but each output's tolerance follows its own size, not 1 + its size:
+    soft_assign's Student-t gradients at these scales are ~1 / scale (W ~ 1 / D), and a
+    kernel whose float32 W underflows to 0 must not pass under an absolute 1e-5."""
+    got = _grads(fn, inputs, backend)
+    want = _grads(fn, inputs, "reference")
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype, (i, g.dtype, w.dtype)
+        fin = w[w.isfinite()]
+        scale = float(fin.abs().max()) if fin.numel() else 0.0
+        torch.testing.assert_close(g.detach().double(), w.detach().double(), rtol=1e-4,
+                                   atol=1e-5 * scale, equal_nan=True, msg=lambda m: f"output {i}: {m}")
+
+
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("kind", ["student_t", "softmax"])
+def test_soft_assign_backward(device, backend, kind, scale, shape):
+    x, c, _, _ = _data(scale, shape)
+    # Row 0 ties between its two nearest centers (x_0 = 0, c_2 = -c_0, c_0 the nearest to 0):
+    # elsewhere softmax's q is one-hot at these scales, and a one-hot q has a zero gradient.
+    norms = c.double().norm(dim=1)
+    c[0] *= 0.5 * float(norms[1:].min() / norms[0])
+    c[2] = -c[0]
+    x[0] = 0.0
+    q0 = km.soft_assign(x[:1], c, kind="softmax", backend="reference")[0]
+    assert q0[0] == q0[2] == 0.5, q0
+    # a weighted sum: q's rows sum to 1, so q.sum() has a zero gradient
+    wq = torch.randn(x.shape[0], c.shape[0], generator=torch.Generator().manual_seed(3))
+    _compare_own_scale(lambda x, c, be: (km.soft_assign(x, c, kind=kind, temperature=2.0, backend=be)
+                                         * wq).sum(), [x, c], backend)
+
+
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("scale", SCALES)
+def test_assign_topk_backward(device, backend, scale, shape):
+    x, c, _, _ = _data(scale, shape)
+    wd = torch.tensor([0.7, -1.3])
+    _compare(lambda x, c, be: (km.assign(x, c, k=2, backend=be)[1] * wd).sum(), [x, c], backend)

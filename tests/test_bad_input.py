@@ -257,28 +257,11 @@ def _run(op, call, kinds, writes, backend, stats, failures, overrides=None):
 
 
 # Silent wrong answers found by this matrix and not fixed yet, by backend: each must still fail
-# (a fix removes its line here), and nothing else may. The 13 of the CUDA kernels (float32 pull
-# norms and step sums overflowing at 3e19 / near float32 max) are fixed (tests/test_cuda_overflow.py).
-# Left: Triton's and CUDA's soft_assign form the distances and keep the scores in float32, so
-# past ~1e19 they overflow where the float64 reference stays finite.
-KNOWN: dict[str, set[str]] = {
-    "triton": {
-        "soft_assign/triton: x huge 3e19",
-        "soft_assign/triton: x huge 1e30",
-        "soft_assign/triton: x near float32 max",
-        "soft_assign/triton: centers huge 3e19",
-        "soft_assign/triton: centers huge 1e30",
-        "soft_assign/triton: centers near float32 max",
-    },
-    "cuda_emulated": {
-        "soft_assign/cuda_emulated: x huge 3e19",
-        "soft_assign/cuda_emulated: x huge 1e30",
-        "soft_assign/cuda_emulated: x near float32 max",
-        "soft_assign/cuda_emulated: centers huge 3e19",
-        "soft_assign/cuda_emulated: centers huge 1e30",
-        "soft_assign/cuda_emulated: centers near float32 max",
-    },
-}
+# (a fix removes its line here), and nothing else may. None left: the 13 of the CUDA kernels
+# (float32 pull norms and step sums overflowing at 3e19 / near float32 max) are fixed
+# (tests/test_cuda_overflow.py), and the 12 of Triton's and CUDA's soft_assign (float32
+# distances and scores past ~1e19) too (tests/test_soft_assign_overflow.py).
+KNOWN: dict[str, set[str]] = {}
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,23 @@ KERNELS = {
 # sqrt.approx.ftz.f32 and float32 `/` to div.full.f32 on sm_80/sm_90 (the interpreter computes
 # both exactly), so a kernel must use the _rn forms (kernels/_common.py sqrt_rn, div_rn).
 APPROX = re.compile(r"\b(?:sqrt|div|rcp|rsqrt)\.(?:approx|full)[.\w]*")
+
+
+def _approx_ops(ptx: str) -> list[str]:
+    """APPROX's instructions in ptx, less libdevice's refined reciprocal seeds: its float64 log
+    (tl.log of float64, soft_assign's Student-t rows redone in float64) starts from
+    rcp.approx.ftz.f64 of its mantissa + 1, in [1.7, 2.5] (never subnormal), and refines it
+    by Newton steps (fma.rn.f64 on the seed) before use. A float64 `/` is div.rn.f64."""
+    lines = ptx.splitlines()
+    found = set()
+    for i, line in enumerate(lines):
+        for op in APPROX.findall(line):
+            if op == "rcp.approx.ftz.f64":
+                seed = re.escape(line.split()[1].rstrip(",")) + r"\b"
+                if any("fma.rn.f64" in nxt and re.search(seed, nxt) for nxt in lines[i + 1:i + 5]):
+                    continue
+            found.add(op)
+    return sorted(found)
 PT = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "fp64": "*fp64"}
 
 
@@ -369,7 +386,7 @@ def _child(out_path: str, archs: list[int], worker: int, workers: int, full: boo
             cubin = compiled.asm.get("cubin", b"")
             shared = int(compiled.metadata.shared)
             # Approximate float math (issue 11, 3.5): what the interpreter cannot show.
-            row["approx"] = sorted(set(APPROX.findall(compiled.asm.get("ptx", ""))))
+            row["approx"] = _approx_ops(compiled.asm.get("ptx", ""))
             limit = MAX_SHARED.get(arch)
             if not cubin:
                 row["error"] = "no cubin produced"

@@ -17,9 +17,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 #include <type_traits>
 #include <vector>
 
@@ -102,26 +99,12 @@ inline Tensor scalar_result(double v, const at::TensorOptions& opts) {
   return at::full({}, round_to(v, c10::typeMetaToScalarType(opts.dtype())), opts);
 }
 
-// A fresh contiguous tensor for a large output written once (the gradients of x): on Linux
-// its 2 MB-aligned interior is advised as transparent huge pages before the first write
-// (as torch's THP_MEM_ALLOC_ENABLE=1 does for every allocation). Writing 64 MB into fresh
-// 4 KB pages cost ~30 ms of page faults per call here against ~8 ms with huge pages and 3 ms
-// into memory already mapped (issue 15: center_loss / assigned_distance backward). Advice
-// only: the values and the layout are those of at::empty, and where the kernel refuses it
-// nothing changes.
-inline Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  Tensor t = at::empty(sizes, opts.memory_format(at::MemoryFormat::Contiguous));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const size_t bytes = t.nbytes();
-  if (bytes >= 4 * kHuge) {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t start = (p + kHuge - 1) & ~(kHuge - 1), end = (p + bytes) & ~(kHuge - 1);
-    if (end > start) madvise(reinterpret_cast<void*>(start), end - start, MADV_HUGEPAGE);
-  }
-#endif
-  return t;
-}
+// A contiguous tensor, uninitialised as at::empty, for a large output written once in full
+// (the gradients of x of center_loss / assigned_distance backward). Outputs of 8 MB and more
+// come from a small cache of 2 MB-aligned huge-page blocks (output_pool.cpp) that a freed
+// output returns to, so a training loop's next backward reuses mapped memory instead of
+// faulting in fresh pages the kernel must zero first (issue 15).
+Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& opts);
 
 // A 0-d (or one-element) gradient as a double.
 inline double scalar_grad(const char* name, const Tensor& g) {

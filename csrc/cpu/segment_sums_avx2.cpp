@@ -19,9 +19,19 @@ namespace cpu {
 __attribute__((target("avx2"))) void segment_sums_f32_avx2(const float* x, int64_t n, int64_t d,
                                                            const int64_t* labels, double* sums,
                                                            int64_t j0, int64_t j1) {
+  // The row kPrefetchRows ahead is requested now: with the accumulator updates in flight
+  // the core issued the row loads too late to keep x streaming (issue 15: 9.7 -> 8.2 ms for
+  // 200,000 x 100 rows on one core, where reading them alone takes 3.9 ms).
+  constexpr int64_t kPrefetchRows = 4;
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * d;
     double* s = sums + labels[i] * d;
+    if (i + kPrefetchRows < n) {
+      const char* p = reinterpret_cast<const char*>(xi + kPrefetchRows * d + j0);
+      const char* e = reinterpret_cast<const char*>(xi + kPrefetchRows * d + j1);
+      for (; p < e; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+      _mm_prefetch(e - 1, _MM_HINT_T0);
+    }
     int64_t j = j0;
     for (; j + 8 <= j1; j += 8) {
       const __m256 v = _mm256_loadu_ps(xi + j);

@@ -16,7 +16,9 @@
 // grad_x = 2 (rowsum(W) x' - W c') and grad_c = -2 (W^T x' - colsum(W) c') (x' = x - shift,
 // c' = c - shift: the same differences). W is formed a tile at a time (D recomputed by the
 // GEMM for Student-t, not stored); grad_x by row tiles, grad_c by blocks of centers over all
-// rows in index order into double sums: bitwise the same for any thread count.
+// rows in index order into double sums: bitwise the same for any thread count. Rows whose
+// expansion may overflow (not dt.safe, as in the forward) are done in float64 by direct
+// differences from the inputs.
 #include "distance_tile.h"
 
 #include <string_view>
@@ -171,17 +173,30 @@ void soft_backward(const acc_t<scalar_t>* g, const acc_t<scalar_t>* q, const sca
       rsum[i] = s;
     }
   });
-  // W for rows [r0, r0 + nr) and centers [k0, k0 + kb) into w (nr, kb).
+  // W for rows [r0, r0 + nr) and centers [k0, k0 + kb) into w (nr, kb); 0 for the rows that
+  // are not dt.safe (their expanded D may overflow): those take direct_w below.
   auto form_w = [&](const acc* xt, const acc* xn2, int64_t r0, int64_t nr, int64_t k0, int64_t kb, acc* w) {
     if (p.student_t) dt.block(xt, xn2, nr, k0, kb, w);
     for (int64_t r = 0; r < nr; ++r) {
       const int64_t i = r0 + r;
+      if (!dt.safe(xn2[r])) {
+        std::fill(w + r * kb, w + (r + 1) * kb, acc(0));
+        continue;
+      }
       for (int64_t j = 0; j < kb; ++j) {
         const int64_t e = i * kc + k0 + j;
         const double ds = static_cast<double>(q[e]) * (static_cast<double>(g[e]) - rsum[i]);
         w[r * kb + j] = static_cast<acc>(ds * static_cast<double>(p.slope(p.student_t ? w[r * kb + j] : acc(0))));
       }
     }
+  };
+  // W_ij in float64 from the inputs' own values (D by direct differences), for a row that is
+  // not dt.safe: its float32 D overflows (or holds NaN/Inf), and W ~ 1 / D (Student-t) then
+  // underflows float32 where the float64 reference's gradient, ~ W (x - c), is finite.
+  auto direct_w = [&](int64_t i, int64_t j) {
+    const int64_t e = i * kc + j;
+    const double ds = static_cast<double>(q[e]) * (static_cast<double>(g[e]) - rsum[i]);
+    return ds * p.slope(p.student_t ? canonical_dist2(x + i * d, c + j * d, d) : 0.0);
   };
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     c10::InferenceMode no_autograd;
@@ -203,10 +218,22 @@ void soft_backward(const acc_t<scalar_t>* g, const acc_t<scalar_t>* q, const sca
           for (int64_t e = 0; e < nr * d; ++e) acc_wc[e] += static_cast<double>(wc[e]);
         }
       }
-      for (int64_t r = 0; r < nr; ++r)
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t i = r0 + r;
+        if (!dt.safe(xn2[r])) {  // grad_x_i = 2 sum_j W_ij (x_i - c_j), all in float64
+          std::vector<double> acc_gx(d, 0.0);
+          for (int64_t j = 0; j < kc; ++j) {
+            const double w_ij = direct_w(i, j);
+            for (int64_t l = 0; l < d; ++l)
+              acc_gx[l] += w_ij * (static_cast<double>(x[i * d + l]) - static_cast<double>(c[j * d + l]));
+          }
+          for (int64_t l = 0; l < d; ++l) gx[i * d + l] = static_cast<scalar_t>(2.0 * acc_gx[l]);
+          continue;
+        }
         for (int64_t j = 0; j < d; ++j)
-          gx[(r0 + r) * d + j] = static_cast<scalar_t>(
+          gx[i * d + j] = static_cast<scalar_t>(
               2.0 * (rw[r] * static_cast<double>(xt[r * d + j]) - acc_wc[r * d + j]));
+      }
     }
   });
   if (gc == nullptr) return;
@@ -219,23 +246,41 @@ void soft_backward(const acc_t<scalar_t>* g, const acc_t<scalar_t>* q, const sca
     std::vector<acc> xt(tile_rows * d), xn2(tile_rows), w(tile_rows * gb), wx(gb * d);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t k0 = b * gb, kb = std::min(gb, kc - k0);
-      std::vector<double> sx(kb * d, 0.0), cw(kb, 0.0);
+      // direct: sum over the rows that are not dt.safe of W_ij (c_j - x_i), in float64
+      std::vector<double> sx(kb * d, 0.0), cw(kb, 0.0), direct(kb * d, 0.0);
       for (int64_t t = 0; t < tiles; ++t) {  // rows in index order: deterministic
         const int64_t r0 = t * tile_rows, nr = std::min(tile_rows, n - r0);
         dt.shift_rows(x + r0 * d, nr, xt.data(), xn2.data());
         form_w(xt.data(), xn2.data(), r0, nr, k0, kb, w.data());
-        for (int64_t r = 0; r < nr; ++r)
+        for (int64_t r = 0; r < nr; ++r) {
+          if (!dt.safe(xn2[r])) {
+            const int64_t i = r0 + r;
+            for (int64_t j = 0; j < kb; ++j) {
+              const double w_ij = direct_w(i, k0 + j);
+              for (int64_t l = 0; l < d; ++l)
+                direct[j * d + l] += w_ij * (static_cast<double>(c[(k0 + j) * d + l]) -
+                                             static_cast<double>(x[i * d + l]));
+            }
+            // its x' may be Inf, and its W of 0 would make the GEMM's 0 * Inf NaN
+            std::fill(xt.begin() + r * d, xt.begin() + (r + 1) * d, acc(0));
+            continue;
+          }
           for (int64_t j = 0; j < kb; ++j) cw[j] += static_cast<double>(w[r * kb + j]);
+        }
         if (d > 0) {
           Tensor out = at::from_blob(wx.data(), {kb, d}, opts);
           at::mm_out(out, at::from_blob(w.data(), {nr, kb}, opts).t(), at::from_blob(xt.data(), {nr, d}, opts));
           for (int64_t e = 0; e < kb * d; ++e) sx[e] += static_cast<double>(wx[e]);
         }
       }
+      // cw = 0 where no row was dt.safe, and then c' may be Inf (every row is unsafe when a
+      // center's c' overflows): 0 * Inf would be NaN.
       for (int64_t j = 0; j < kb; ++j)
-        for (int64_t l = 0; l < d; ++l)
-          gc[(k0 + j) * d + l] = static_cast<scalar_t>(
-              2.0 * (cw[j] * static_cast<double>(cs[(k0 + j) * d + l]) - sx[j * d + l]));
+        for (int64_t l = 0; l < d; ++l) {
+          const double safe_part = cw[j] == 0.0 ? -sx[j * d + l]
+                                                : cw[j] * static_cast<double>(cs[(k0 + j) * d + l]) - sx[j * d + l];
+          gc[(k0 + j) * d + l] = static_cast<scalar_t>(2.0 * (safe_part + direct[j * d + l]));
+        }
     }
   });
 }

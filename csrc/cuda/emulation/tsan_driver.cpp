@@ -6,6 +6,7 @@
 // by TSan, which then exits with its error code. Results are checked by the pytest matrix, not
 // here. Argument: the number of repetitions per order (default 1).
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -24,6 +25,14 @@ int kmgan_emu_assign_cosine_launch(int, const void*, const void*, int64_t, int64
 int kmgan_emu_assign_cosine_backward_launch(int, const void*, const void*, const void*,
                                             const int64_t*, int64_t, int64_t, int64_t, void*,
                                             void*);
+int64_t kmgan_emu_assign_topk_list_len(int64_t, int64_t);
+int kmgan_emu_assign_topk_launch(int, const void*, const void*, int64_t, int64_t, int64_t, int64_t,
+                                 double*, int64_t*, int64_t*, void*, float*);
+int kmgan_emu_soft_assign_launch(int, const void*, const void*, int64_t, int64_t, int64_t, int,
+                                 double, double, void*);
+int kmgan_emu_soft_assign_backward_launch(int, const void*, const void*, const void*, const void*,
+                                          int64_t, int64_t, int64_t, int, double, double, void*,
+                                          double*, void*, double*);
 int kmgan_emu_minibatch_update_launch(int, void*, void*, const void*, const int64_t*,
                                       const int64_t*, const int64_t*, int64_t, int64_t, int64_t,
                                       double*, int64_t*, double*, double*, const double*,
@@ -90,6 +99,51 @@ void sorted_columns(const std::vector<float>& x, int64_t n, int64_t d, std::vect
   }
 }
 
+// Top-k (euclidean and cosine; k = 1, 3 and K - 2, where the list holds every center) and soft
+// assign with its backward (Student-t and softmax). These kernels give a thread per row
+// (128-thread blocks), so n = 300 rows make 3 blocks, K = 150 centers 5 tiles of 32 (and 2
+// blocks of the backward's thread-per-center kernel), d = 33 two feature stages.
+template <typename Randn>
+void run_topk_and_soft(Randn randn) {
+  const int64_t n = 300, kc = 150, d = 33;
+  std::vector<float> x = randn(n * d), c = randn(kc * d);
+  // The paths in double besides the float32 one: a NaN row, a row whose distances overflow
+  // float32 (top-k's full rescan, soft assign's row redone in double), and (tied) every center
+  // the same, more than kSlack near-ties at the k-th place in every row.
+  x[5 * d + 7] = std::nanf("");
+  std::fill(x.begin() + 9 * d, x.begin() + 10 * d, 3e19f);
+  std::vector<float> tied = c;
+  for (int64_t j = 0; j < kc; ++j)
+    std::copy(c.begin(), c.begin() + d, tied.begin() + j * d);
+  std::vector<float> unit(kc * d);
+  for (int64_t k : {int64_t{1}, int64_t{3}, kc - 2}) {
+    const int64_t len = kmgan_emu_assign_topk_list_len(k, kc);
+    std::vector<double> list_val(n * len);
+    std::vector<int64_t> list_idx(n * len), labels(n * k);
+    std::vector<float> dist2(n * k);
+    for (int cosine = 0; cosine < 2; ++cosine) {
+      for (const std::vector<float>* centers : {&c, &tied}) {
+        check(kmgan_emu_assign_topk_launch(kF32, x.data(), centers->data(), n, kc, d, k,
+                                           list_val.data(), list_idx.data(), labels.data(),
+                                           dist2.data(), cosine ? unit.data() : nullptr),
+              cosine ? "assign_topk cosine" : "assign_topk");
+      }
+    }
+  }
+  std::vector<float> q(n * kc), grad_q = randn(n * kc), r_work(n), grad_x(n * d);
+  std::vector<double> row_work(n * d), grad_c(kc * d);
+  for (int student_t = 0; student_t < 2; ++student_t) {
+    check(kmgan_emu_soft_assign_launch(kF32, x.data(), c.data(), n, kc, d, student_t, 1.0, 0.5,
+                                       q.data()),
+          "soft_assign");
+    check(kmgan_emu_soft_assign_backward_launch(kF32, grad_q.data(), q.data(), x.data(),
+                                                c.data(), n, kc, d, student_t, 1.0, 0.5,
+                                                r_work.data(), row_work.data(), grad_x.data(),
+                                                grad_c.data()),
+          "soft_assign_backward");
+  }
+}
+
 void run_all(std::mt19937& rng) {
   const int64_t n = 100, m = 40, k = 70, d = 33;  // 2 assign blocks, 2 center tiles, 2 d stages
   std::normal_distribution<float> normal;
@@ -120,6 +174,20 @@ void run_all(std::mt19937& rng) {
                                                 labels_cos.data(), n, k, d, grad_x.data(),
                                                 grad_c.data()),
         "assign_cosine_backward");
+
+  // Batched (3 independent problems in one launch: blockIdx.y), cosine and euclidean.
+  const int64_t batch = 3;
+  std::vector<float> xb = randn(batch * n * d), cb = randn(batch * k * d);
+  std::vector<float> unit_b(batch * k * d), dist2_b(batch * n);
+  std::vector<int64_t> labels_b(batch * n);
+  check(kmgan_emu_assign_cosine_launch(kF32, xb.data(), cb.data(), n, k, d, unit_b.data(),
+                                       labels_b.data(), dist2_b.data(), batch),
+        "assign_cosine batched");
+  check(kmgan_emu_assign_launch(kF32, xb.data(), cb.data(), n, k, d, labels_b.data(),
+                                dist2_b.data(), batch),
+        "assign batched");
+
+  run_topk_and_soft(randn);
 
   // Updates, fast and deterministic.
   std::vector<double> sums(k * d), total(1);

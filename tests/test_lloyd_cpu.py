@@ -1,0 +1,109 @@
+"""km.kmeans' bounded Lloyd kernel (csrc/cpu/lloyd_cpu.cpp, float32 CPU rows): the same
+labels, sums and update as the per-iteration path (km.minibatch_step_ per iteration, then
+km.assign), so bitwise the same centers and labels; the bounds may only skip work."""
+import importlib
+
+import pytest
+import torch
+
+import kmgan_ext as km
+from kmgan_ext.seeding import _data
+
+kmeans_mod = importlib.import_module("kmgan_ext.seeding.kmeans")  # the package exports the function
+
+pytestmark = pytest.mark.skipif(
+    not torch._C._dispatch_has_kernel_for_dispatch_key("kmgan_ext::lloyd_native", "CPU"),
+    reason="kmgan_ext._C without lloyd_native",
+)
+
+
+def _blobs(n, d, blobs, seed, spread=4.0, offset=0.0):
+    g = torch.Generator().manual_seed(seed)
+    means = spread * torch.randn(blobs, d, generator=g) + offset
+    return (means[torch.randint(blobs, (n,), generator=g)] + torch.randn(n, d, generator=g)).float()
+
+
+def _per_iteration(x, init, niter):
+    """The path the kernel replaces: km.minibatch_step_ per iteration (with the relocation of
+    empty clusters), then km.assign against the final centers."""
+    rows = _data.Rows("x", x)
+    c = kmeans_mod._lloyd_torch(rows, init.clone(), niter, chunk=x.shape[0])
+    labels, dist2 = km.assign(x, c)
+    return c, labels, dist2
+
+
+def _bounded(x, init, niter):
+    out = kmeans_mod._lloyd_bounded(_data.Rows("x", x), init.clone(), niter, chunk=x.shape[0])
+    assert out is not None, "the kernel did not run on a float32 CPU tensor"
+    return out
+
+
+CASES = {
+    # many centers per blob: the bounds skip most rows and panels after a few iterations
+    "blobs K=100": (lambda: _blobs(4000, 20, 8, 0), 100, 15),
+    # K not a multiple of the 16-center panel, one partial panel
+    "K=37": (lambda: _blobs(3000, 9, 5, 1), 37, 10),
+    "K=17": (lambda: _blobs(2000, 33, 4, 2), 17, 8),
+    "K=1": (lambda: _blobs(500, 5, 2, 3), 1, 3),
+    # far from the origin: the expansion cancels, near-ties are frequent
+    "offset 1e4": (lambda: _blobs(3000, 16, 6, 4, spread=0.5, offset=1e4), 24, 10),
+    # integer grid with duplicated rows: exact ties everywhere (lowest index wins)
+    "ties": (lambda: torch.randint(0, 4, (3000, 3), generator=torch.Generator().manual_seed(5)).float(), 20, 8),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_centers_and_labels_as_the_per_iteration_path(case, threads):
+    make, k, niter = CASES[case]
+    x = make()
+    g = torch.Generator().manual_seed(7)
+    init = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        want_c, want_l, want_d = _per_iteration(x, init, niter)
+        got_c, got_l, got_d = _bounded(x, init, niter)
+    finally:
+        torch.set_num_threads(prev)
+    assert torch.equal(got_c, want_c)
+    assert torch.equal(got_l, want_l)
+    torch.testing.assert_close(got_d, want_d, rtol=2e-7, atol=0)
+
+
+def test_empty_cluster_is_relocated_as_the_per_iteration_path():
+    x = _blobs(1500, 6, 3, 8)
+    # two centers far away: empty at once, relocated to the farthest rows; then a duplicate
+    # center (ties go to the lower index: the copy stays empty)
+    init = torch.cat([x[:4], torch.full((2, 6), 1e3), x[:1]])
+    for niter in (1, 2, 6):
+        want = _per_iteration(x, init, niter)
+        got = _bounded(x, init, niter)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_kmeans_uses_it_and_matches_scikit_learn(monkeypatch):
+    sk = pytest.importorskip("sklearn.cluster")
+    x = _blobs(3000, 10, 6, 9)
+    init = x[:12].clone()  # K <= kmeans_mod._BOUNDED_MAX_K: km.kmeans runs the kernel
+    calls = []
+    orig = kmeans_mod._lloyd_bounded
+    monkeypatch.setattr(kmeans_mod, "_lloyd_bounded", lambda *a: calls.append(1) or orig(*a))
+    res = km.kmeans(x, 12, init=init, niter=12, backend="torch")
+    assert calls
+    ref = sk.KMeans(12, init=init.double().numpy(), n_init=1, max_iter=12, tol=0.0, algorithm="lloyd")
+    ref.fit(x.double().numpy())
+    torch.testing.assert_close(res.centers.double(), torch.from_numpy(ref.cluster_centers_), rtol=1e-5, atol=1e-5)
+    want_l, want_d = km.assign(x, res.centers)
+    assert torch.equal(res.labels, want_l)
+    assert res.inertia == pytest.approx(float(want_d.double().sum()), rel=1e-9)
+
+
+def test_bad_input_is_named():
+    x = torch.randn(50, 3)
+    with pytest.raises(TypeError, match="x must be float32"):
+        torch.ops.kmgan_ext.lloyd_native(x.double(), x[:4].double(), 2)
+    with pytest.raises(ValueError, match="niter"):
+        torch.ops.kmgan_ext.lloyd_native(x, x[:4].clone(), -1)
+    with pytest.raises((ValueError, TypeError), match="centers"):
+        torch.ops.kmgan_ext.lloyd_native(x, torch.randn(4, 5), 2)
