@@ -1,4 +1,4 @@
-"""km.assign (DESIGN.md 4.1): nearest center of every row, against what people use instead.
+"""km.assign (docs/ops.md): nearest center of every row, against what people use instead.
 
 Providers, all on the same x (N, d) and centers (K, d):
   torch-cdist      torch.cdist(x, c).min(1), the one-liner

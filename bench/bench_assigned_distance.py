@@ -1,4 +1,4 @@
-"""km.assigned_distance (DESIGN.md 4.4, KM-GAN Eq. 5/6 and Wen et al.'s center loss).
+"""km.assigned_distance (docs/ops.md, KM-GAN losses, KM-GAN Eq. 5/6 and Wen et al.'s center loss).
 
 Reductions: "fro" (the paper's ||D(x) - C[l]||_2 of the batch), "mean" (mean row norm),
 "sq_sum" (0.5 sum ||x_i - c_{l_i}||^2, with learnable centers as in face recognition).

@@ -1,4 +1,4 @@
-"""km.kmgan_center_loss (DESIGN.md 4.3, KM-GAN Eq. 4), forward, backward and both.
+"""km.kmgan_center_loss (docs/ops.md, KM-GAN losses, KM-GAN Eq. 4), forward, backward and both.
 
 Providers on the same features, labels and centers:
   torch            the formula in float32 with index_add + bincount, by autograd (baseline)

@@ -1,4 +1,4 @@
-"""Seeding over a whole dataset (DESIGN.md 4.6): km.kmeans_plusplus and km.kmeans.
+"""Seeding over a whole dataset (docs/ops.md, Seeding): km.kmeans_plusplus and km.kmeans.
 
 KM-GAN seeds its real centers by k-means++ over the discriminator features of the whole
 training set (70,000 x 100 for MNIST / Fashion-MNIST, K=10; K=100 for the larger runs).
@@ -186,6 +186,12 @@ def _lloyd_same_init(ctx: H.Ctx, shape: dict, x: torch.Tensor, KMeans) -> list[d
     yard = H.Lazy(lambda: torch.from_numpy(KMeans(k, init=cs, n_init=1, max_iter=NITER, tol=0.0, algorithm="lloyd").fit(xs).cluster_centers_))
     yard_inertia = H.Lazy(lambda: inertia(x, yard()))
 
+    def _torch_off():
+        ref, c = yard().double().cpu(), torch_kmeans(x, k, init=c0).double().cpu()
+        return int(((c - ref).norm(dim=1) > 1e-3 * math.sqrt(yard_inertia() / n)).sum())
+
+    torch_off = H.Lazy(_torch_off)
+
     def check(out):
         # The same start and the same iterations give the same centers, up to float32
         # near-ties: a row changing sides moves its centers by about its distance over the
@@ -197,10 +203,16 @@ def _lloyd_same_init(ctx: H.Ctx, shape: dict, x: torch.Tensor, KMeans) -> list[d
         err = (c.double().cpu() - ref.double().cpu()).norm(dim=1) if c.shape == ref.shape else None
         if err is None:
             return False, f"centers shape {tuple(c.shape)} != {tuple(ref.shape)}"
-        off, allowed = int((err > 1e-3 * rms).sum()), k // 100
+        off = int((err > 1e-3 * rms).sum())
+        # Lloyd is chaotic where many rows sit near a boundary (K = 100 on the quick shape):
+        # one float32 near-tie flipped early changes later iterations, and plain float32 torch
+        # itself then ends with most centers off scikit-learn's. A provider may be off in as
+        # many centers as twice plain torch's own count, never fewer than 1% of K.
+        allowed = max(k // 100, 2 * torch_off())
         ok = abs(got / want - 1) <= 1e-3 and off <= allowed
         return ok, (f"inertia {got:.7g} vs scikit-learn's {want:.7g} from the same start; {off} of {k} centers "
-                    f"farther than 1e-3 of a row's rms distance from scikit-learn's (allowed {allowed}: near-ties)")
+                    f"farther than 1e-3 of a row's rms distance from scikit-learn's (allowed {allowed}: "
+                    f"near-ties; plain torch: {torch_off()})")
 
     def faiss_fn():
         faiss = H.optional_import("faiss", "faiss-cpu / faiss-gpu")

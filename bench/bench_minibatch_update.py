@@ -1,4 +1,4 @@
-"""km.minibatch_update_ and km.minibatch_step_ (DESIGN.md 4.2): Sculley's mini-batch k-means.
+"""km.minibatch_update_ and km.minibatch_step_ (docs/ops.md): Sculley's mini-batch k-means.
 
 op minibatch_update (labels given):
   torch            index_add_ + bincount + the Sculley formula, as a user writes it (baseline)

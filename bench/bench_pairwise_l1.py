@@ -1,4 +1,4 @@
-"""km.pairwise_l1 (DESIGN.md 4.5, KM-GAN Eq. 7): sum of L1 distances over all pairs.
+"""km.pairwise_l1 (docs/ops.md, KM-GAN losses, KM-GAN Eq. 7): sum of L1 distances over all pairs.
 
 pairs="inter": sum_{i,j} ||a_i - b_j||_1 (L_inter); pairs="intra": sum_{i != j} ||a_i - a_j||_1
 over ordered pairs of one batch (L_intra). Providers on the same a (and b):

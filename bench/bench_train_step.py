@@ -2,7 +2,7 @@
 
 op train_step (batch 64, 28x28x1, z=100, d=100 features, K=10, Adam 2e-4/0.5, clip 1):
   dcgan            DCGAN: D step (BCE on real/fake logits), G step (non-saturating BCE)
-  kmgan-torch      KM-GAN (DESIGN.md 5, Algorithm 1): D step on L_D = ||D(x) - C[l]|| -
+  kmgan-torch      KM-GAN (REPRODUCTION.md, Algorithm 1): D step on L_D = ||D(x) - C[l]|| -
                    ||D(G(z)) - C[l_g]|| and weight clipping, G step on L_G, joint step on
                    L_center (Eq. 4), then both center sets updated with recomputed features;
                    the clustering ops written in plain torch (cdist argmin, norm, index_add)

@@ -42,7 +42,7 @@ PyObject* PyInit__C(void) {
     "()")                                                                                     \
   X("minibatch_step_", "Tensor(a!) centers, Tensor(b!) counts, Tensor x, bool deterministic", \
     "Tensor")                                                                                 \
-  /* VQ-VAE EMA (DESIGN.md 4.2): cluster_size (K,) and embed_sum (K, d) are the EMA state. */ \
+  /* VQ-VAE EMA (docs/ops.md): cluster_size (K,) and embed_sum (K, d) are the EMA state. */ \
   X("ema_update_",                                                                            \
     "Tensor(a!) centers, Tensor(b!) cluster_size, Tensor(c!) embed_sum, Tensor x, "           \
     "Tensor labels, float decay, float eps, bool deterministic",                              \

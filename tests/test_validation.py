@@ -1,4 +1,4 @@
-"""Bad input (DESIGN.md 4.8): a clear error naming the argument, raised before any write."""
+"""Bad input (docs/ops.md): a clear error naming the argument, raised before any write."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-// km.assign on CPU (DESIGN.md 4.1): blocked GEMM + fused argmin, with an exactness guard.
+// km.assign on CPU (docs/ops.md, Assignment): blocked GEMM + fused argmin, with an exactness guard.
 //
 // Each thread takes tiles of rows; per tile and block of 256 centers, a GEMM forms x . c'_k
 // into a per-thread buffer, and the argmin runs over that buffer while it is hot. The (N, K)
@@ -17,7 +17,7 @@
 // exact tie). The result is the exact argmin for any rounding of the GEMM, and dist2 is
 // computed directly from the differences, never from the expansion.
 //
-// Overflow and non-finite values (DESIGN.md 4.8, contracts 1 and 2): every term of the
+// Overflow and non-finite values (docs/ops.md, Bad input, contracts 1 and 2): every term of the
 // expansion is bounded by (||x'|| + cmax)^2. A row where that bound is not safely below the
 // largest acc value (large finite inputs: float32 squares overflow past ~1.8e19), or where x
 // or any center holds NaN/Inf, skips the candidates and takes the exact path over all K:

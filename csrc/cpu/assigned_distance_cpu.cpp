@@ -1,4 +1,4 @@
-// ||x - C[labels]|| on CPU (DESIGN.md 4.4): the pull term of KM-GAN Eq. 5/6 ("fro", "mean")
+// ||x - C[labels]|| on CPU (docs/ops.md): the pull term of KM-GAN Eq. 5/6 ("fro", "mean")
 // and Wen et al.'s center loss ("sq_sum").
 //
 // Forward: per-row squared distances in acc, reduced over rows in double through fixed

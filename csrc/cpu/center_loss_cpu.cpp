@@ -1,4 +1,4 @@
-// KM-GAN's center loss (Eq. 4) on CPU (DESIGN.md 4.3).
+// KM-GAN's center loss (Eq. 4) on CPU (docs/ops.md, KM-GAN losses).
 //
 // One side's u = sum_m (c_m + S_m) / (1 + n_m) is rewritten as
 //   u = sum_m w_m c_m + sum_i w_{l_i} x_i,   w_m = 1 / (1 + n_m),

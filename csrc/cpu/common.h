@@ -25,7 +25,7 @@ namespace cpu {
 
 using at::Tensor;
 
-// float for float32/float16/bfloat16, double for float64 (DESIGN.md 4: accumulation dtype).
+// float for float32/float16/bfloat16, double for float64 (docs/ops.md: accumulation dtype).
 template <typename scalar_t>
 using acc_t = at::opmath_type<scalar_t>;
 
@@ -81,7 +81,7 @@ inline void check_index(const char* name, const Tensor& t, int64_t n) {
               t.sizes());
 }
 
-// Labels in [0, K): checked before any output is written (DESIGN.md 4.8).
+// Labels in [0, K): checked before any output is written (docs/ops.md, Bad input).
 inline void check_label_values(const char* name, const int64_t* labels, int64_t n, int64_t k) {
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK_VALUE(labels[i] >= 0 && labels[i] < k, name, " must lie in [0, ", k, ") (K), found ",
@@ -162,7 +162,7 @@ inline std::vector<int64_t> label_counts(const char* name, const int64_t* labels
   return m;
 }
 
-// Per-cluster sums whose error does not grow with N (DESIGN.md 4.2, issue 16 item 1): a
+// Per-cluster sums whose error does not grow with N (docs/ops.md, issue 16 item 1): a
 // float32 running sum of 10^5 rows at offset 1e4 drifts by ~7 standard deviations.
 // WideSum accumulates in double; for float32/float16/bfloat16 terms (24 significant bits) the
 // double rounding error, at most N 2^-53 of sum |x|, stays below a float32 ulp of the result

@@ -1,4 +1,4 @@
-// Greedy k-means++ on CPU (km.kmeans_plusplus, backend "cpu"; DESIGN.md 4.6): the same draws
+// Greedy k-means++ on CPU (km.kmeans_plusplus, backend "cpu"; docs/ops.md, Seeding): the same draws
 // as the torch loop (kmgan_ext/seeding/kmeans_plusplus.py), one pass over x per center.
 //
 // The torch loop reads x twice per center, or keeps an (N, trials) block of the candidates'

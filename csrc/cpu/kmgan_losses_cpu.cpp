@@ -1,4 +1,4 @@
-// The KM-GAN loss block on CPU (kmgan_ext::kmgan_losses_native, DESIGN.md 4.3-4.4 and 5).
+// The KM-GAN loss block on CPU (kmgan_ext::kmgan_losses_native, docs/ops.md; REPRODUCTION.md).
 //
 // Forward: a composition of the CPU kernels of the single ops, called through the dispatcher
 // from C++ (no Python in between): three assignments (assign_into, the exact argmin of

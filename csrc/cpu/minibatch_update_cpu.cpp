@@ -1,4 +1,4 @@
-// Center updates on CPU (DESIGN.md 4.2): minibatch_update_, minibatch_step_, ema_update_.
+// Center updates on CPU (docs/ops.md): minibatch_update_, minibatch_step_, ema_update_.
 //
 // All three form the per-cluster sums S_k (segment_sums, common.h: double accumulation, so the
 // error does not grow with N) and counts m_k, then apply the update per cluster in double.
@@ -246,7 +246,7 @@ Tensor minibatch_step_native_(Tensor& centers, Tensor& counts, const Tensor& x_i
   return labels;
 }
 
-// The EMA state: float32, float64 for float64 centers (DESIGN.md 4.2).
+// The EMA state: float32, float64 for float64 centers (docs/ops.md, Center updates).
 void check_ema_state(const char* name, const Tensor& t, at::IntArrayRef shape,
                      const Tensor& centers) {
   check_cpu(name, t);

@@ -1,4 +1,4 @@
-// KM-GAN Eq. 7 regularisers on CPU (DESIGN.md 4.5): sum of |a_i - a_j| over ordered pairs
+// KM-GAN Eq. 7 regularisers on CPU (docs/ops.md): sum of |a_i - a_j| over ordered pairs
 // (b None) or |a_i - b_j| over all pairs, exact, in O((N + M) log(N + M) d).
 //
 // Per dimension the values are sorted once. The sum is taken over the gaps between

@@ -1,4 +1,4 @@
-// km.assign on CUDA (DESIGN.md 4.1): fused squared distance + argmin, and its backward.
+// km.assign on CUDA (docs/ops.md, Assignment): fused squared distance + argmin, and its backward.
 //
 // Forward: a block owns kRows rows of x and streams tiles of kCenters centers through shared
 // memory, kDims features at a time. Each thread keeps a 4x4 register tile of partial sums of

@@ -1,4 +1,4 @@
-// km.assigned_distance on CUDA: || x - C[labels] || (KM-GAN Eq. 5/6, DESIGN.md 4.4).
+// km.assigned_distance on CUDA: || x - C[labels] || (KM-GAN Eq. 5/6, docs/ops.md, KM-GAN losses).
 //
 // Forward, two launches: one warp per row forms r_i = ||x_i - c_{l_i}||^2 (direct differences),
 // each block sums its rows' r_i (or sqrt(r_i) for "mean") into one float64 partial; one block

@@ -34,7 +34,7 @@ inline Dtype dtype_of(const char* op, const at::Tensor& t) {
   return Dtype::kFloat32;  // not reached
 }
 
-// dist2, losses and u_diff: float32, float64 for float64 inputs (DESIGN.md 4).
+// dist2, losses and u_diff: float32, float64 for float64 inputs (docs/ops.md, Conventions).
 inline at::ScalarType acc_dtype(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }

@@ -1,4 +1,4 @@
-// km.center_loss on CUDA (KM-GAN Eq. 4, DESIGN.md 4.3).
+// km.center_loss on CUDA (KM-GAN Eq. 4, docs/ops.md, KM-GAN losses).
 //
 // u = sum_m (c_m + S_m) / (1 + n_m) is computed as sum_m c_m / (1 + n_m) + sum_i x_i / (1 +
 // n_{l_i}): no (K, d) workspace, and the counts are the only dependency between rows.

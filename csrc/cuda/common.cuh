@@ -31,7 +31,7 @@
 namespace kmgan_cuda {
 
 // ------------------------------------------------------------------------------ dtypes
-// Accumulate in float32, in float64 for float64 storage (DESIGN.md 4).
+// Accumulate in float32, in float64 for float64 storage (docs/ops.md, Conventions).
 template <typename T>
 struct AccOf {
   using type = float;

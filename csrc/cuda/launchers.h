@@ -109,7 +109,7 @@ inline int64_t cluster_pieces_elems(int64_t n, int64_t d) {
   return 2 * ((n + kSortedChunkRows - 1) / kSortedChunkRows) * d;
 }
 
-// Sculley's mini-batch k-means (DESIGN.md 4.2), in place: counts_k += m_k;
+// Sculley's mini-batch k-means (docs/ops.md, Center updates), in place: counts_k += m_k;
 // c_k += (S_k - m_k c_k) / counts_k in double for every k with m_k > 0 (others untouched).
 // weights (sample_weight, N doubles) may be null; when given, counts is double (cumulative
 // weights, scikit-learn's weight_sums) instead of int64, and batch_weights is K doubles of

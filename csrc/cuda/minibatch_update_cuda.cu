@@ -1,4 +1,4 @@
-// km.minibatch_update_ / minibatch_step_ / ema_update_ on CUDA (DESIGN.md 4.2): one
+// km.minibatch_update_ / minibatch_step_ / ema_update_ on CUDA (docs/ops.md, Center updates): one
 // segmented-sum stage (per-cluster sums S_k in double and row counts m_k of the batch), then
 // per-cluster kernels with the update rule, in double. Two ways to get the sums:
 //

@@ -1,4 +1,4 @@
-// km.pairwise_l1 on CUDA (KM-GAN Eq. 7, DESIGN.md 4.5): O(N log N d) through sorting. The
+// km.pairwise_l1 on CUDA (KM-GAN Eq. 7, docs/ops.md): O(N log N d) through sorting. The
 // binding sorts each feature column with torch's sort; the kernels here take the sorted columns.
 //
 // Forward, one block per feature column, as a sum over the gaps between consecutive sorted
