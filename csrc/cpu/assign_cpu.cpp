@@ -45,16 +45,6 @@ constexpr int64_t kTileElems = 1 << 16;
 // for candidates only revisits chunks whose minimum is within the bound (usually one).
 constexpr int64_t kChunks = kCenterBlock / kPanel;
 
-// The AVX2 kernels run on CPUs that have them, unless KMGAN_EXT_CPU_NO_AVX2=1 asks for the
-// portable path (to test that path on such CPUs).
-bool use_avx2() {
-  static const bool use = avx2_kernels_available() && [] {
-    const char* off = std::getenv("KMGAN_EXT_CPU_NO_AVX2");
-    return off == nullptr || off[0] == '\0' || off[0] == '0';
-  }();
-  return use;
-}
-
 // ||a - b||^2 in double, from the inputs' own values.
 template <typename scalar_t>
 double exact_dist2(const scalar_t* a, const scalar_t* b, int64_t d, bool avx2) {
@@ -426,6 +416,16 @@ std::tuple<Tensor, Tensor> assign_backward_native(const Tensor& grad_dist2, cons
 }
 
 }  // namespace
+
+// The AVX2 kernels run on CPUs that have them, unless KMGAN_EXT_CPU_NO_AVX2=1 asks for the
+// portable path (to test that path on such CPUs). One choice per process.
+bool use_avx2() {
+  static const bool use = avx2_kernels_available() && [] {
+    const char* off = std::getenv("KMGAN_EXT_CPU_NO_AVX2");
+    return off == nullptr || off[0] == '\0' || off[0] == '0';
+  }();
+  return use;
+}
 
 void assign_into(const Tensor& x, const Tensor& centers, const Tensor& labels, const Tensor& dist2) {
   const int64_t n = x.size(0), d = x.size(1), k = centers.size(0);

@@ -191,6 +191,9 @@ struct WideSum {
 // AVX2 + runtime check (segment_sums_avx2.cpp, assign_avx2.cpp): sums[l_i, j] += x[i, j] for
 // the columns [j0, j1), in double, rows in index order.
 bool avx2_kernels_available();
+// avx2_kernels_available() unless KMGAN_EXT_CPU_NO_AVX2=1 asks for the portable paths
+// (assign_cpu.cpp); every kernel with a portable twin decides through it.
+bool use_avx2();
 void segment_sums_f32_avx2(const float* x, int64_t n, int64_t d, const int64_t* labels,
                            double* sums, int64_t j0, int64_t j1);
 

@@ -22,7 +22,6 @@
 #include "common.h"
 
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -179,11 +178,7 @@ KMGAN_AVX2 float norm2_fma<float>(const float* v, int64_t d) {
 // run the same code. KMGAN_EXT_CPU_NO_AVX2=1 asks for the portable path, as in assign.
 bool kpp_use_avx2() {
 #ifdef KMGAN_KPP_AVX2
-  static const bool use = avx2_kernels_available() && [] {
-    const char* off = std::getenv("KMGAN_EXT_CPU_NO_AVX2");
-    return off == nullptr || off[0] == '\0' || off[0] == '0';
-  }();
-  return use;
+  return use_avx2();
 #else
   return false;
 #endif

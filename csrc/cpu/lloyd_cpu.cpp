@@ -31,7 +31,6 @@
 #include "assign_cpu.h"
 
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -118,11 +117,7 @@ KMGAN_AVX2 void panel_e_rows(const float* const* rows, const int64_t* slots, int
 
 bool lloyd_avx2() {
 #ifdef KMGAN_LLOYD_AVX2
-  static const bool use = avx2_kernels_available() && [] {
-    const char* off = std::getenv("KMGAN_EXT_CPU_NO_AVX2");
-    return off == nullptr || off[0] == '\0' || off[0] == '0';
-  }();
-  return use;
+  return use_avx2();
 #else
   return false;
 #endif
