@@ -5,15 +5,14 @@ results; the tests below compare them with each other and with one process fed t
 concatenated data.
 """
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import kmgan_ext as km
+from testing import run_ranks
 
 WORLD = 2
 K, D = 6, 5
@@ -98,26 +97,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     out = str(tmp_path_factory.mktemp("dist_seeding"))
-    # fork, not spawn: spawned children re-import torch and kmgan_ext, and the first call of a
-    # torch.library op imports ~900 more modules (measured 39 s for the spawn vs 12 s forked at
-    # load 8 on 2 cores). Warm up here so that the forked children inherit it. The workers run
-    # CPU tensors only, on one thread, so nothing of the parent's CUDA or OpenMP state is used.
-    km.assign(torch.zeros(2, D), torch.zeros(1, D))
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_worker, args=(_free_port(), out), nprocs=WORLD, join=True,
-                       start_method=method)
-    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+    return run_ranks(_worker, out, WORLD)
 
 
 def _rows_of(c: torch.Tensor, x: torch.Tensor) -> bool:

@@ -11,18 +11,16 @@ its parameters after the run.
 """
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-import kmgan_ext as km
 from kmgan_ext.train import Trainer, load_config
 from kmgan_ext.train import centers as cset
 from kmgan_ext.train import gmgan, slcgan
 from kmgan_ext.train.checkpoint import newest_good
+from testing import run_ranks
 
 WORLD = 2
 STEPS = 3
@@ -57,23 +55,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     out = str(tmp_path_factory.mktemp("ddp_models"))
-    # fork, not spawn (as test_distributed_seeding.py: a spawned child re-imports torch and
-    # the op library); warm the op library up here so that the children inherit it
-    km.assign(torch.zeros(2, 3), torch.zeros(1, 3))
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_worker, args=(_free_port(), out), nprocs=WORLD, join=True, start_method=method)
-    return out, [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+    return out, run_ranks(_worker, out, WORLD)
 
 
 @pytest.mark.parametrize("model", list(MODELS))
