@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._common import (acc_dtype, device_guard, finalize_sum, finish, interpreting, pow2,
-                      sqrt_rn)
+                      row_offset, sqrt_rn)
 
 _MODES = {"fro": 0, "mean": 1, "sq_sum": 2}
 # (SQRT, MUL, divide by N) of the last step, per mode.
@@ -61,7 +61,7 @@ def _ad_fwd_kernel(x_ptr, l_ptr, c_ptr, out_ptr, N, D, div,
     rmask = rows < N
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
-    crow = c_ptr + lab[:, None] * D
+    crow = c_ptr + row_offset(lab[:, None], D)  # int32 labels: lab * D in int64
     row = _row_sq_dist_f64(xrow, crow, rmask, D, acc_t, BLOCK_N, BLOCK_D)
     if MODE == 1:
         row = sqrt_rn(row)
@@ -88,7 +88,7 @@ def _ad_bwd_kernel(g_ptr, out_ptr, x_ptr, l_ptr, c_ptr, gx_ptr, gc_ptr, N, D,
     rmask = rows < N
     lab = tl.load(l_ptr + rows, mask=rmask, other=0)
     xrow = x_ptr + rows[:, None].to(tl.int64) * D
-    crow = c_ptr + lab[:, None] * D
+    crow = c_ptr + row_offset(lab[:, None], D)  # int32 labels: lab * D in int64
     if MODE == 0:
         scale = tl.zeros((BLOCK_N,), tl.float64) + tl.where(o > 0, g / tl.where(o > 0, o, 1.0), 0.0)
     elif MODE == 1:
@@ -106,7 +106,7 @@ def _ad_bwd_kernel(g_ptr, out_ptr, x_ptr, l_ptr, c_ptr, gx_ptr, gc_ptr, N, D,
                  gx.to(acc_t).to(gx_ptr.dtype.element_ty), mask=m2)
         if CENTERS_GRAD:
             # float64 sums: the error does not grow with a center's rows (contract 3).
-            tl.atomic_add(gc_ptr + lab[:, None] * D + ds[None, :], -gx, mask=m2)
+            tl.atomic_add(gc_ptr + row_offset(lab[:, None], D) + ds[None, :], -gx, mask=m2)
 
 
 def _blocks(x):

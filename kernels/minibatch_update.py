@@ -36,7 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, cast_for, device_guard, interpreting, midpoint, pow2, zeros_pair
+from ._common import (acc_dtype, cast_for, device_guard, interpreting, midpoint, pow2,
+                      row_offset, zeros_pair)
 from .assign import assign
 
 SCULLEY = 0
@@ -114,7 +115,7 @@ def _segment_sum_kernel(
         else:
             # A NaN row times the one-hot's zeros reaches every cluster's total, and a
             # float32 total may overflow: this block's rows go in one by one, in float64.
-            tl.atomic_add(sums_ptr + lab[:, None] * D + ds[None, :], xt.to(tl.float64),
+            tl.atomic_add(sums_ptr + row_offset(lab[:, None], D) + ds[None, :], xt.to(tl.float64),
                           mask=rmask[:, None] & dmask[None, :])
     else:
         xv = xt.to(tl.float64)
@@ -126,7 +127,7 @@ def _segment_sum_kernel(
             tl.atomic_add(m_ptr + lab, wv, mask=rmask & (pid_d == 0))
         else:
             tl.atomic_add(m_ptr + lab, 1, mask=rmask & (pid_d == 0))
-        tl.atomic_add(sums_ptr + lab[:, None] * D + ds[None, :], xv,
+        tl.atomic_add(sums_ptr + row_offset(lab[:, None], D) + ds[None, :], xv,
                       mask=rmask[:, None] & dmask[None, :])
 
 

@@ -68,7 +68,8 @@ def same_device(name: str, t: Tensor, x: Tensor, ref: str = "x") -> None:
 
 
 def labels(name: str, lab: object, n: int, x: Tensor, ref: str = "x") -> Tensor:
-    """(N,) int64 (or int32, returned as int64) on x's device. The value range [0, K) is
+    """(N,) int64 or int32 on x's device, returned as it is: every backend reads int32 labels
+    directly (docs/ops.md), so they are never copied to int64. The value range [0, K) is
     checked by label_range."""
     lab = tensor(name, lab)
     if lab.dtype not in (torch.int64, torch.int32):
@@ -76,7 +77,7 @@ def labels(name: str, lab: object, n: int, x: Tensor, ref: str = "x") -> Tensor:
     if lab.dim() != 1 or lab.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), got {tuple(lab.shape)}")
     same_device(name, lab, x, ref)
-    return index_labels(name, lab)
+    return lab
 
 
 def counts(name: str, cnt: object, k: int, x: Tensor, ref: str = "x") -> Tensor:
@@ -401,13 +402,6 @@ def batched(x: object, centers: object, x_name: str = "x", c_name: str = "center
         )
     same_device(c_name, c, x, x_name)
     return x, c
-
-
-def index_labels(name: str, lab: object) -> Tensor:
-    """Labels as the kernels read them: int64; int32 accepted (converted: no kernel reads
-    int32 yet). Other dtypes are refused by ``labels``."""
-    lab = tensor(name, lab)
-    return lab.long() if lab.dtype == torch.int32 else lab
 
 
 def batch_offsets(labels: Tensor, k: int) -> Tensor:

@@ -321,7 +321,6 @@ def _batched_labels(labels: object, x: Tensor, k: int) -> Tensor:
     if tuple(labels.shape) != tuple(x.shape[:2]):
         raise ValueError(f"labels must have shape {tuple(x.shape[:2])} (B, N), got {tuple(labels.shape)}")
     _checks.same_device("labels", labels, x)
-    labels = _checks.index_labels("labels", labels)
     # Each problem's own range, before the offsets (a label K of problem b is not center 0
     # of problem b + 1).
     _checks.label_range("labels", labels, k)

@@ -43,9 +43,9 @@ struct Args {
 Args checked_args(const Tensor& x, const Tensor& labels, const Tensor& centers) {
   check_features("x", x);
   check_centers("centers", centers, "x", x);
-  check_index("labels", labels, x.size(0));
+  check_labels("labels", labels, x.size(0));
   Args a{x.contiguous(), labels.contiguous(), centers.contiguous(), x.size(0), x.size(1), centers.size(0)};
-  check_label_values("labels", a.labels.data_ptr<int64_t>(), a.n, a.k);
+  check_label_values("labels", a.labels, a.k);
   return a;
 }
 
@@ -55,9 +55,10 @@ Tensor assigned_distance_native(const Tensor& x_in, const Tensor& labels_in, con
   const Args a = checked_args(x_in, labels_in, centers_in);
   double total = 0.0;
   KMGAN_DISPATCH_FLOATING(a.x.scalar_type(), "assigned_distance_native", [&] {
+  KMGAN_DISPATCH_LABELS(a.labels.scalar_type(), "assigned_distance_native", [&] {
     const scalar_t* x = a.x.data_ptr<scalar_t>();
     const scalar_t* c = a.centers.data_ptr<scalar_t>();
-    const int64_t* l = a.labels.data_ptr<int64_t>();
+    const index_t* l = a.labels.data_ptr<index_t>();
     const int64_t d = a.d;
     if (red == Reduction::kMean) {
       total = ordered_row_sum(a.n, d, [&](int64_t i) {
@@ -68,6 +69,7 @@ Tensor assigned_distance_native(const Tensor& x_in, const Tensor& labels_in, con
         return static_cast<double>(row_sq(x + i * d, c + l[i] * d, d));
       });
     }
+  });
   });
   double out = 0.0;
   switch (red) {
@@ -88,9 +90,10 @@ std::tuple<Tensor, Tensor> assigned_distance_backward_native(
   Tensor gx = empty_output({a.n, a.d}, a.x.options());
   Tensor gc = centers_grad ? at::empty({a.k, a.d}, a.centers.options()) : at::empty({0}, a.centers.options());
   KMGAN_DISPATCH_FLOATING(a.x.scalar_type(), "assigned_distance_backward_native", [&] {
+  KMGAN_DISPATCH_LABELS(a.labels.scalar_type(), "assigned_distance_backward_native", [&] {
     const scalar_t* x = a.x.data_ptr<scalar_t>();
     const scalar_t* c = a.centers.data_ptr<scalar_t>();
-    const int64_t* l = a.labels.data_ptr<int64_t>();
+    const index_t* l = a.labels.data_ptr<index_t>();
     const int64_t d = a.d;
     std::vector<double> scale(a.n);
     if (red == Reduction::kMean) {
@@ -108,6 +111,7 @@ std::tuple<Tensor, Tensor> assigned_distance_backward_native(
     }
     scaled_diff_grad<scalar_t>(x, c, l, a.n, d, a.k, scale.data(), gx.data_ptr<scalar_t>(),
                                centers_grad ? gc.data_ptr<scalar_t>() : nullptr);
+  });
   });
   return {gx, gc};
 }

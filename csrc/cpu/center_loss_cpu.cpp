@@ -19,8 +19,8 @@ namespace {
 // chunks of kRowChunk, each summed in index order into its own d doubles, and the chunks are
 // added in chunk order after the centers' term: the same bits for any thread count. float64
 // (compensated sums) keeps the column split, rows in index order.
-template <typename scalar_t>
-std::vector<double> side_mean(const scalar_t* x, const int64_t* labels, int64_t rows,
+template <typename scalar_t, typename index_t>
+std::vector<double> side_mean(const scalar_t* x, const index_t* labels, int64_t rows,
                               const scalar_t* c, int64_t k, int64_t d,
                               const std::vector<int64_t>& n) {
   std::vector<double> w(k);
@@ -75,22 +75,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> center_loss_native(
   check_like("x_fake", x_fake_in, "x_real", x_real_in);
   check_centers("centers_real", centers_real_in, "x_real", x_real_in);
   check_centers("centers_fake", centers_fake_in, "x_real", x_real_in);
-  check_index("labels_real", labels_real_in, x_real_in.size(0));
-  check_index("labels_fake", labels_fake_in, x_fake_in.size(0));
+  check_labels("labels_real", labels_real_in, x_real_in.size(0));
+  check_labels("labels_fake", labels_fake_in, x_fake_in.size(0));
   const Tensor xr = x_real_in.contiguous(), xf = x_fake_in.contiguous();
   const Tensor lr = labels_real_in.contiguous(), lf = labels_fake_in.contiguous();
   const Tensor cr = centers_real_in.contiguous(), cf = centers_fake_in.contiguous();
   const int64_t d = xr.size(1), kr = cr.size(0), kf = cf.size(0);
-  const std::vector<int64_t> nr = label_counts("labels_real", lr.data_ptr<int64_t>(), xr.size(0), kr);
-  const std::vector<int64_t> nf = label_counts("labels_fake", lf.data_ptr<int64_t>(), xf.size(0), kf);
+  const std::vector<int64_t> nr = label_counts("labels_real", lr, kr);
+  const std::vector<int64_t> nf = label_counts("labels_fake", lf, kf);
   Tensor loss = at::empty({}, xr.options().dtype(out_dtype(xr)));
   Tensor diff = at::empty({d}, xr.options().dtype(out_dtype(xr)));
   KMGAN_DISPATCH_FLOATING(xr.scalar_type(), "center_loss_native", [&] {
     using acc = acc_t<scalar_t>;
-    const auto ur = side_mean(xr.data_ptr<scalar_t>(), lr.data_ptr<int64_t>(), xr.size(0),
-                              cr.data_ptr<scalar_t>(), kr, d, nr);
-    const auto uf = side_mean(xf.data_ptr<scalar_t>(), lf.data_ptr<int64_t>(), xf.size(0),
-                              cf.data_ptr<scalar_t>(), kf, d, nf);
+    // Each side's labels in their own dtype (int64 or int32, read as they are).
+    std::vector<double> ur, uf;
+    KMGAN_DISPATCH_LABELS(lr.scalar_type(), "center_loss_native", [&] {
+      ur = side_mean(xr.data_ptr<scalar_t>(), lr.data_ptr<index_t>(), xr.size(0),
+                     cr.data_ptr<scalar_t>(), kr, d, nr);
+    });
+    KMGAN_DISPATCH_LABELS(lf.scalar_type(), "center_loss_native", [&] {
+      uf = side_mean(xf.data_ptr<scalar_t>(), lf.data_ptr<index_t>(), xf.size(0),
+                     cf.data_ptr<scalar_t>(), kf, d, nf);
+    });
     acc* dp = diff.data_ptr<acc>();
     double total = 0;
     for (int64_t j = 0; j < d; ++j) {
@@ -104,8 +110,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> center_loss_native(
 }
 
 // grad_i = sign * g s_j / (1 + n[l_i]) for one side (sign -1 on the fake side); sign(0) = 0.
-template <typename scalar_t>
-void side_grad(scalar_t* out, const int64_t* labels, int64_t rows, const int64_t* n,
+template <typename scalar_t, typename index_t>
+void side_grad(scalar_t* out, const index_t* labels, int64_t rows, const int64_t* n,
                const std::vector<double>& sgn, int64_t d, double g) {
   const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
   at::parallel_for(0, rows, grain, [&](int64_t i0, int64_t i1) {
@@ -129,8 +135,8 @@ std::tuple<Tensor, Tensor> center_loss_backward_native(
   check_cpu("u_diff", u_diff_in);
   TORCH_CHECK(u_diff_in.dim() == 1 && u_diff_in.size(0) == d, "u_diff must have shape (", d,
               ",), got ", u_diff_in.sizes());
-  check_index("labels_real", labels_real_in, x_real.size(0));
-  check_index("labels_fake", labels_fake_in, x_fake.size(0));
+  check_labels("labels_real", labels_real_in, x_real.size(0));
+  check_labels("labels_fake", labels_fake_in, x_fake.size(0));
   check_cpu("counts_real", counts_real_in);
   check_cpu("counts_fake", counts_fake_in);
   TORCH_CHECK(counts_real_in.dim() == 1 && counts_real_in.scalar_type() == at::kLong,
@@ -142,8 +148,8 @@ std::tuple<Tensor, Tensor> center_loss_backward_native(
   const double g = scalar_grad("grad", grad);
   const Tensor lr = labels_real_in.contiguous(), lf = labels_fake_in.contiguous();
   const Tensor nr = counts_real_in.contiguous(), nf = counts_fake_in.contiguous();
-  check_label_values("labels_real", lr.data_ptr<int64_t>(), lr.size(0), nr.size(0));
-  check_label_values("labels_fake", lf.data_ptr<int64_t>(), lf.size(0), nf.size(0));
+  check_label_values("labels_real", lr, nr.size(0));
+  check_label_values("labels_fake", lf, nf.size(0));
   const Tensor u = u_diff_in.to(at::kDouble).contiguous();
   std::vector<double> sgn(d);
   for (int64_t j = 0; j < d; ++j) {
@@ -153,10 +159,14 @@ std::tuple<Tensor, Tensor> center_loss_backward_native(
   Tensor gr = empty_output(x_real.sizes(), x_real.options());
   Tensor gf = empty_output(x_fake.sizes(), x_fake.options());
   KMGAN_DISPATCH_FLOATING(x_real.scalar_type(), "center_loss_backward_native", [&] {
-    side_grad(gr.data_ptr<scalar_t>(), lr.data_ptr<int64_t>(), lr.size(0), nr.data_ptr<int64_t>(),
-              sgn, d, g);
-    side_grad(gf.data_ptr<scalar_t>(), lf.data_ptr<int64_t>(), lf.size(0), nf.data_ptr<int64_t>(),
-              sgn, d, -g);
+    KMGAN_DISPATCH_LABELS(lr.scalar_type(), "center_loss_backward_native", [&] {
+      side_grad(gr.data_ptr<scalar_t>(), lr.data_ptr<index_t>(), lr.size(0),
+                nr.data_ptr<int64_t>(), sgn, d, g);
+    });
+    KMGAN_DISPATCH_LABELS(lf.scalar_type(), "center_loss_backward_native", [&] {
+      side_grad(gf.data_ptr<scalar_t>(), lf.data_ptr<index_t>(), lf.size(0),
+                nf.data_ptr<int64_t>(), sgn, d, -g);
+    });
   });
   return {gr, gf};
 }

@@ -37,6 +37,11 @@ inline at::ScalarType out_dtype(const Tensor& x) {
 #define KMGAN_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+// Labels given as input are int64 or int32 (docs/ops.md: int32 read as they are, never
+// copied to int64); the body sees their C type as index_t. Offsets such as labels[i] * d
+// promote to int64_t with d, so an int32 label never overflows them.
+#define KMGAN_DISPATCH_LABELS(TYPE, NAME, ...) AT_DISPATCH_INDEX_TYPES(TYPE, NAME, __VA_ARGS__)
+
 // ----------------------------------------------------------------------------- checks
 // The Python layer validates everything before calling a native op; these repeat the
 // shape/dtype/device checks because the native ops are public (torch.ops.kmgan_ext.*_native)
@@ -81,8 +86,18 @@ inline void check_index(const char* name, const Tensor& t, int64_t n) {
               t.sizes());
 }
 
+// Labels as input: 1-D int64 or int32 of length n.
+inline void check_labels(const char* name, const Tensor& t, int64_t n) {
+  check_cpu(name, t);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, name,
+                   " must be int64 or int32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == n, name, " must have shape (", n, ",), got ",
+              t.sizes());
+}
+
 // Labels in [0, K): checked before any output is written (docs/ops.md, Bad input).
-inline void check_label_values(const char* name, const int64_t* labels, int64_t n, int64_t k) {
+template <typename index_t>
+inline void check_label_values(const char* name, const index_t* labels, int64_t n, int64_t k) {
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK_VALUE(labels[i] >= 0 && labels[i] < k, name, " must lie in [0, ", k, ") (K), found ",
                 labels[i], " at position ", i);
@@ -154,12 +169,29 @@ inline double ordered_row_sum(int64_t n, int64_t d, const F& term) {
 
 // ----------------------------------------------------------------------------- segment sums
 // m[k] = number of rows labelled k (k < K), with the label range checked first.
-inline std::vector<int64_t> label_counts(const char* name, const int64_t* labels, int64_t n,
+template <typename index_t>
+inline std::vector<int64_t> label_counts(const char* name, const index_t* labels, int64_t n,
                                          int64_t k) {
   check_label_values(name, labels, n, k);
   std::vector<int64_t> m(k, 0);
   for (int64_t i = 0; i < n; ++i) ++m[labels[i]];
   return m;
+}
+
+// label_counts of a contiguous int64 or int32 labels tensor.
+inline std::vector<int64_t> label_counts(const char* name, const Tensor& labels, int64_t k) {
+  std::vector<int64_t> m;
+  KMGAN_DISPATCH_LABELS(labels.scalar_type(), "label_counts", [&] {
+    m = label_counts(name, labels.data_ptr<index_t>(), labels.numel(), k);
+  });
+  return m;
+}
+
+// check_label_values of a contiguous int64 or int32 labels tensor.
+inline void check_label_values(const char* name, const Tensor& labels, int64_t k) {
+  KMGAN_DISPATCH_LABELS(labels.scalar_type(), "check_label_values", [&] {
+    check_label_values(name, labels.data_ptr<index_t>(), labels.numel(), k);
+  });
 }
 
 // Per-cluster sums whose error does not grow with N (docs/ops.md, issue 16 item 1): a
@@ -196,11 +228,13 @@ bool avx2_kernels_available();
 bool use_avx2();
 void segment_sums_f32_avx2(const float* x, int64_t n, int64_t d, const int64_t* labels,
                            double* sums, int64_t j0, int64_t j1);
+void segment_sums_f32_avx2(const float* x, int64_t n, int64_t d, const int32_t* labels,
+                           double* sums, int64_t j0, int64_t j1);
 
 // S[k, :] = sum of the rows of x labelled k, as a WideSum over (K, d). Labels must be in
 // range. Rows in index order for every (k, column): deterministic for any thread count.
-template <typename scalar_t>
-WideSum<scalar_t> segment_sums(const scalar_t* x, int64_t n, int64_t d, const int64_t* labels,
+template <typename scalar_t, typename index_t>
+WideSum<scalar_t> segment_sums(const scalar_t* x, int64_t n, int64_t d, const index_t* labels,
                                int64_t k) {
   WideSum<scalar_t> sums(k * d);
   double* sp = sums.sum.data();
@@ -252,9 +286,9 @@ std::vector<double> row_norms(const scalar_t* x, int64_t n, int64_t d) {
   return norm;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 WideSum<scalar_t> unit_segment_sums(const scalar_t* x, int64_t n, int64_t d,
-                                    const int64_t* labels, int64_t k) {
+                                    const index_t* labels, int64_t k) {
   const std::vector<double> norm = row_norms(x, n, d);
   WideSum<scalar_t> sums(k * d);
   for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
@@ -281,8 +315,8 @@ inline void normalize_in_place(double* v, int64_t d) {
 // Scales, differences and products in double, each gx rounded once: a float32 difference of
 // two values near float32 max overflows, and a scale 1 / ||.|| past 1e38 is subnormal in float32,
 // where the double product fits (contract 2).
-template <typename scalar_t>
-void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* labels, int64_t n,
+template <typename scalar_t, typename index_t>
+void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const index_t* labels, int64_t n,
                       int64_t d, int64_t k, const double* scale, scalar_t* gx, scalar_t* gc) {
   using acc = acc_t<scalar_t>;
   if (gc == nullptr) {

@@ -108,7 +108,12 @@ class CenterLoss(nn.Module):
             raise ValueError(f"labels must have shape {tuple(x.shape[:-1])}, got {tuple(labels.shape)}")
         # 16-bit features against float32 centers: the loss is computed in the centers'
         # precision (a cast of x, differentiable back to x's dtype; the centers are not copied)
-        return x.reshape(-1, self.feat_dim).to(self.centers.dtype), labels.reshape(-1).to(torch.int64)
+        # int64 and int32 labels go to the kernels as they are (read natively); narrower ones
+        # are widened
+        lab = labels.reshape(-1)
+        if lab.dtype not in (torch.int64, torch.int32):
+            lab = lab.to(torch.int64)
+        return x.reshape(-1, self.feat_dim).to(self.centers.dtype), lab
 
     def forward(self, x: Tensor, labels: Tensor, *, update: bool | None = None) -> Tensor:
         """The loss (0-d, centers' dtype) of features x (N, d) -- or (..., d) -- with classes
