@@ -55,9 +55,9 @@ __device__ __forceinline__ double row_sq_dist_wide(const T* __restrict__ x,
   return static_cast<double>(r);
 }
 
-template <typename T, Reduction kReduction>
+template <typename T, Reduction kReduction, typename L>
 __global__ void __launch_bounds__(kThreads)
-    assigned_distance_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
+    assigned_distance_kernel(const T* __restrict__ x, const L* __restrict__ labels,
                              const T* __restrict__ centers, int64_t n, int64_t k, int64_t d,
                              double* __restrict__ partials) {
   const int lane = threadIdx.x & 31;
@@ -73,11 +73,11 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
-template <typename T, Reduction kReduction>
+template <typename T, Reduction kReduction, typename L>
 __global__ void __launch_bounds__(kThreads)
     assigned_distance_backward_kernel(const acc_t<T>* __restrict__ grad,
                                       const acc_t<T>* __restrict__ out, const T* __restrict__ x,
-                                      const int64_t* __restrict__ labels,
+                                      const L* __restrict__ labels,
                                       const T* __restrict__ centers, int64_t n, int64_t k,
                                       int64_t d, T* __restrict__ grad_x,
                                       double* __restrict__ grad_c) {
@@ -135,8 +135,9 @@ int64_t assigned_distance_num_partials(int64_t n) {
   return blocks < kMaxPartials ? blocks : kMaxPartials;
 }
 
+template <typename L>
 cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const void* x,
-                                     const int64_t* labels, const void* centers, int64_t n,
+                                     const L* labels, const void* centers, int64_t n,
                                      int64_t k, int64_t d, void* partials, void* out,
                                      cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
@@ -147,7 +148,7 @@ cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const voi
       const int64_t blocks = assigned_distance_num_partials(n);
       if (blocks > 0) {
         KMGAN_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream,
-                     assigned_distance_kernel<T, kReduction>)(
+                     assigned_distance_kernel<T, kReduction, L>)(
             static_cast<const T*>(x), labels, static_cast<const T*>(centers), n, k, d,
             static_cast<double*>(partials));
         const cudaError_t err = cudaGetLastError();
@@ -165,9 +166,10 @@ cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const voi
   });
 }
 
+template <typename L>
 cudaError_t assigned_distance_backward_launch(Dtype dtype, Reduction reduction, const void* grad,
                                               const void* out, const void* x,
-                                              const int64_t* labels, const void* centers,
+                                              const L* labels, const void* centers,
                                               int64_t n, int64_t k, int64_t d, void* grad_x,
                                               void* grad_centers_acc, cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
@@ -182,7 +184,7 @@ cudaError_t assigned_distance_backward_launch(Dtype dtype, Reduction reduction, 
       }
       if (n == 0 || d == 0) return cudaSuccess;
       KMGAN_LAUNCH(grid_for(n, kWarpsPerBlock), kThreads, 0, stream,
-                   assigned_distance_backward_kernel<T, kReduction>)(
+                   assigned_distance_backward_kernel<T, kReduction, L>)(
               static_cast<const A*>(grad), static_cast<const A*>(out), static_cast<const T*>(x),
               labels, static_cast<const T*>(centers), n, k, d, static_cast<T*>(grad_x),
               static_cast<double*>(grad_centers_acc));
@@ -190,5 +192,17 @@ cudaError_t assigned_distance_backward_launch(Dtype dtype, Reduction reduction, 
     });
   });
 }
+
+// int64 and int32 labels (launchers.h).
+#define KMGAN_INSTANTIATE(L)                                                                  \
+  template cudaError_t assigned_distance_launch<L>(Dtype, Reduction, const void*, const L*,    \
+                                                   const void*, int64_t, int64_t, int64_t,     \
+                                                   void*, void*, cudaStream_t);                \
+  template cudaError_t assigned_distance_backward_launch<L>(                                   \
+      Dtype, Reduction, const void*, const void*, const void*, const L*, const void*, int64_t, \
+      int64_t, int64_t, void*, void*, cudaStream_t);
+KMGAN_INSTANTIATE(int64_t)
+KMGAN_INSTANTIATE(int32_t)
+#undef KMGAN_INSTANTIATE
 
 }  // namespace kmgan_cuda

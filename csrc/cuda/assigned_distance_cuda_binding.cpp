@@ -17,7 +17,7 @@ void check_args(const char* op, const at::Tensor& x, const at::Tensor& labels,
                 const at::Tensor& centers) {
   check_features(op, "x", x);
   check_centers(op, "centers", centers, x);
-  check_int64_vector(op, "labels", labels, x.size(0), x);
+  check_labels(op, "labels", labels, x.size(0), x);
 }
 
 at::Tensor assigned_distance_cuda(const at::Tensor& x_in, const at::Tensor& labels_in,
@@ -31,11 +31,12 @@ at::Tensor assigned_distance_cuda(const at::Tensor& x_in, const at::Tensor& labe
   const auto acc = x.options().dtype(acc_dtype(x));
   at::Tensor out = at::empty({}, acc);
   at::Tensor partials = at::empty({assigned_distance_num_partials(n)}, acc.dtype(at::kDouble));
-  C10_CUDA_CHECK(assigned_distance_launch(dtype_of(kForward, x), red, x.const_data_ptr(),
-                                          labels.const_data_ptr<int64_t>(),
-                                          centers.const_data_ptr(), n, k, d,
-                                          partials.mutable_data_ptr(), out.mutable_data_ptr(),
-                                          current_stream()));
+  with_labels(labels, [&](auto lp) {
+    C10_CUDA_CHECK(assigned_distance_launch(dtype_of(kForward, x), red, x.const_data_ptr(), lp,
+                                            centers.const_data_ptr(), n, k, d,
+                                            partials.mutable_data_ptr(), out.mutable_data_ptr(),
+                                            current_stream()));
+  });
   return out;
 }
 
@@ -56,11 +57,12 @@ std::tuple<at::Tensor, at::Tensor> assigned_distance_backward_cuda(
   at::Tensor grad_x = at::empty({n, d}, x.options());
   at::Tensor grad_c_acc =
       centers_grad ? at::empty({k, d}, x.options().dtype(at::kDouble)) : at::Tensor();
-  C10_CUDA_CHECK(assigned_distance_backward_launch(
-      dtype_of(kBackward, x), red, grad.const_data_ptr(), out.const_data_ptr(),
-      x.const_data_ptr(), labels.const_data_ptr<int64_t>(), centers.const_data_ptr(), n, k, d,
-      grad_x.mutable_data_ptr(), centers_grad ? grad_c_acc.mutable_data_ptr() : nullptr,
-      current_stream()));
+  with_labels(labels, [&](auto lp) {
+    C10_CUDA_CHECK(assigned_distance_backward_launch(
+        dtype_of(kBackward, x), red, grad.const_data_ptr(), out.const_data_ptr(),
+        x.const_data_ptr(), lp, centers.const_data_ptr(), n, k, d, grad_x.mutable_data_ptr(),
+        centers_grad ? grad_c_acc.mutable_data_ptr() : nullptr, current_stream()));
+  });
   if (!centers_grad) return {grad_x, at::empty({0}, centers.options())};
   return {grad_x, grad_c_acc.to(centers.scalar_type())};  // summed in double
 }

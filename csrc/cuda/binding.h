@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <type_traits>
 
 #include "launchers.h"
 
@@ -87,6 +88,28 @@ inline void check_int64_vector(const char* op, const char* name, const at::Tenso
   TORCH_CHECK(t.dim() == 1 && t.size(0) == len, op, ": ", name, " must have shape (", len,
               ",), got ", t.sizes());
 }
+
+// Labels as input: 1-D int64 or int32 of length len (docs/ops.md: int32 read as they are).
+inline void check_labels(const char* op, const char* name, const at::Tensor& t, int64_t len,
+                         const at::Tensor& x, const char* x_name = "x") {
+  check_same_device(op, name, t, x, x_name);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op, ": ", name,
+                   " must be int64 or int32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == len, op, ": ", name, " must have shape (", len,
+                    ",), got ", t.sizes());
+}
+
+// f(p) with p the data pointer of contiguous int64 or int32 labels in their own type
+// (const int64_t* or const int32_t*): the launchers are templates on it (launchers.h).
+template <typename F>
+decltype(auto) with_labels(const at::Tensor& labels, F&& f) {
+  if (labels.scalar_type() == at::kInt) return f(labels.const_data_ptr<int32_t>());
+  return f(labels.const_data_ptr<int64_t>());
+}
+
+// The label type L of a `const L*` that with_labels passes.
+template <typename P>
+using label_t = std::remove_cv_t<std::remove_pointer_t<P>>;
 
 // A gradient or saved output that must be a single value (0-d or one element).
 inline void check_scalar(const char* op, const char* name, const at::Tensor& t,

@@ -17,16 +17,19 @@ namespace {
 
 constexpr int kCountThreads = 256;
 
+// LR, LF: each side's label type (int64_t or int32_t, launchers.h).
+template <typename LR, typename LF>
 __global__ void __launch_bounds__(kCountThreads)
-    count_labels_kernel(const int64_t* __restrict__ labels_real, int64_t n_real, int64_t k_real,
+    count_labels_kernel(const LR* __restrict__ labels_real, int64_t n_real, int64_t k_real,
                         int64_t* __restrict__ counts_real,
-                        const int64_t* __restrict__ labels_fake, int64_t n_fake, int64_t k_fake,
+                        const LF* __restrict__ labels_fake, int64_t n_fake, int64_t k_fake,
                         int64_t* __restrict__ counts_fake) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        t < n_real + n_fake; t += stride) {
     const bool real = t < n_real;
-    const int64_t l = real ? labels_real[t] : labels_fake[t - n_real];
+    const int64_t l = real ? static_cast<int64_t>(labels_real[t])
+                           : static_cast<int64_t>(labels_fake[t - n_real]);
     const int64_t k = real ? k_real : k_fake;
     int64_t* counts = real ? counts_real : counts_fake;
     if (l >= 0 && l < k) atomicAdd(reinterpret_cast<unsigned long long*>(&counts[l]), 1ull);
@@ -39,9 +42,9 @@ constexpr int kUThreads = kColsPerBlock * kRowLanes;
 
 // This thread's share (rows ty, ty + 8, ...; centers likewise) of u_j for one side, in
 // double: the sum's error does not grow with N (contract 3).
-template <typename T>
+template <typename T, typename L>
 __device__ __forceinline__ double side_partial(const T* __restrict__ x,
-                                                 const int64_t* __restrict__ labels,
+                                                 const L* __restrict__ labels,
                                                  const T* __restrict__ centers,
                                                  const int64_t* __restrict__ counts, int64_t n,
                                                  int64_t k, int64_t d, int64_t j, int ty) {
@@ -56,12 +59,12 @@ __device__ __forceinline__ double side_partial(const T* __restrict__ x,
   return s;
 }
 
-template <typename T>
+template <typename T, typename LR, typename LF>
 __global__ void __launch_bounds__(kUThreads)
-    center_loss_u_kernel(const T* __restrict__ x_real, const int64_t* __restrict__ labels_real,
+    center_loss_u_kernel(const T* __restrict__ x_real, const LR* __restrict__ labels_real,
                          const T* __restrict__ centers_real,
                          const int64_t* __restrict__ counts_real, int64_t n_real, int64_t k_real,
-                         const T* __restrict__ x_fake, const int64_t* __restrict__ labels_fake,
+                         const T* __restrict__ x_fake, const LF* __restrict__ labels_fake,
                          const T* __restrict__ centers_fake,
                          const int64_t* __restrict__ counts_fake, int64_t n_fake, int64_t k_fake,
                          int64_t d, acc_t<T>* __restrict__ u_diff) {
@@ -102,13 +105,13 @@ constexpr int kBackwardThreads = 256;
 constexpr int kWarpsPerBlock = kBackwardThreads / 32;
 
 // Rows [0, n_real) are the real side, [n_real, n_real + n_fake) the fake side; one warp per row.
-template <typename T>
+template <typename T, typename LR, typename LF>
 __global__ void __launch_bounds__(kBackwardThreads)
     center_loss_backward_kernel(const acc_t<T>* __restrict__ grad,
                                 const acc_t<T>* __restrict__ u_diff,
-                                const int64_t* __restrict__ labels_real,
+                                const LR* __restrict__ labels_real,
                                 const int64_t* __restrict__ counts_real, int64_t n_real,
-                                int64_t k_real, const int64_t* __restrict__ labels_fake,
+                                int64_t k_real, const LF* __restrict__ labels_fake,
                                 const int64_t* __restrict__ counts_fake, int64_t n_fake,
                                 int64_t k_fake, int64_t d, T* __restrict__ grad_real,
                                 T* __restrict__ grad_fake) {
@@ -120,7 +123,8 @@ __global__ void __launch_bounds__(kBackwardThreads)
   for (int64_t r = warp; r < n_real + n_fake; r += warp_stride) {
     const bool real = r < n_real;
     const int64_t i = real ? r : r - n_real;
-    const int64_t l = real ? labels_real[i] : labels_fake[i];
+    const int64_t l = real ? static_cast<int64_t>(labels_real[i])
+                           : static_cast<int64_t>(labels_fake[i]);
     const int64_t* counts = real ? counts_real : counts_fake;
     // l was validated upstream; an invalid one would count 0 rows, never read out of bounds.
     const bool label_ok = l >= 0 && l < (real ? k_real : k_fake);
@@ -137,9 +141,10 @@ __global__ void __launch_bounds__(kBackwardThreads)
 
 }  // namespace
 
-cudaError_t center_loss_launch(Dtype dtype, const void* x_real, const int64_t* labels_real,
+template <typename LR, typename LF>
+cudaError_t center_loss_launch(Dtype dtype, const void* x_real, const LR* labels_real,
                                const void* centers_real, int64_t n_real, int64_t k_real,
-                               const void* x_fake, const int64_t* labels_fake,
+                               const void* x_fake, const LF* labels_fake,
                                const void* centers_fake, int64_t n_fake, int64_t k_fake, int64_t d,
                                void* loss, void* u_diff, int64_t* counts_real,
                                int64_t* counts_fake, cudaStream_t stream) {
@@ -153,14 +158,14 @@ cudaError_t center_loss_launch(Dtype dtype, const void* x_real, const int64_t* l
       return err;
     if (n_real + n_fake > 0) {
       KMGAN_LAUNCH(grid_for(n_real + n_fake, kCountThreads), kCountThreads, 0, stream,
-          count_labels_kernel)(
+          count_labels_kernel<LR, LF>)(
           labels_real, n_real, k_real, counts_real, labels_fake, n_fake, k_fake, counts_fake);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
     if (d > 0) {
       const int64_t blocks = ceil_div(d, kColsPerBlock);
       if (blocks > INT32_MAX) return cudaErrorInvalidValue;
-      KMGAN_LAUNCH(static_cast<unsigned>(blocks), kUThreads, 0, stream, center_loss_u_kernel<T>)(
+      KMGAN_LAUNCH(static_cast<unsigned>(blocks), kUThreads, 0, stream, center_loss_u_kernel<T, LR, LF>)(
           static_cast<const T*>(x_real), labels_real, static_cast<const T*>(centers_real),
           counts_real, n_real, k_real, static_cast<const T*>(x_fake), labels_fake,
           static_cast<const T*>(centers_fake), counts_fake, n_fake, k_fake, d,
@@ -173,10 +178,11 @@ cudaError_t center_loss_launch(Dtype dtype, const void* x_real, const int64_t* l
   });
 }
 
+template <typename LR, typename LF>
 cudaError_t center_loss_backward_launch(Dtype dtype, const void* grad, const void* u_diff,
-                                        const int64_t* labels_real, const int64_t* counts_real,
+                                        const LR* labels_real, const int64_t* counts_real,
                                         int64_t n_real, int64_t k_real,
-                                        const int64_t* labels_fake, const int64_t* counts_fake,
+                                        const LF* labels_fake, const int64_t* counts_fake,
                                         int64_t n_fake, int64_t k_fake, int64_t d, void* grad_real,
                                         void* grad_fake, cudaStream_t stream) {
   if (n_real + n_fake == 0 || d == 0) return cudaSuccess;
@@ -184,12 +190,26 @@ cudaError_t center_loss_backward_launch(Dtype dtype, const void* grad, const voi
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
     KMGAN_LAUNCH(grid_for(n_real + n_fake, kWarpsPerBlock), kBackwardThreads, 0, stream,
-        center_loss_backward_kernel<T>)(
+        center_loss_backward_kernel<T, LR, LF>)(
             static_cast<const A*>(grad), static_cast<const A*>(u_diff), labels_real, counts_real,
             n_real, k_real, labels_fake, counts_fake, n_fake, k_fake, d, static_cast<T*>(grad_real),
             static_cast<T*>(grad_fake));
     return cudaGetLastError();
   });
 }
+
+// Each side's labels int64 or int32 (launchers.h).
+#define KMGAN_INSTANTIATE(LR, LF)                                                             \
+  template cudaError_t center_loss_launch<LR, LF>(                                            \
+      Dtype, const void*, const LR*, const void*, int64_t, int64_t, const void*, const LF*,   \
+      const void*, int64_t, int64_t, int64_t, void*, void*, int64_t*, int64_t*, cudaStream_t); \
+  template cudaError_t center_loss_backward_launch<LR, LF>(                                   \
+      Dtype, const void*, const void*, const LR*, const int64_t*, int64_t, int64_t, const LF*, \
+      const int64_t*, int64_t, int64_t, int64_t, void*, void*, cudaStream_t);
+KMGAN_INSTANTIATE(int64_t, int64_t)
+KMGAN_INSTANTIATE(int64_t, int32_t)
+KMGAN_INSTANTIATE(int32_t, int64_t)
+KMGAN_INSTANTIATE(int32_t, int32_t)
+#undef KMGAN_INSTANTIATE
 
 }  // namespace kmgan_cuda

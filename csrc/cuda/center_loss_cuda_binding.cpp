@@ -23,8 +23,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> center_loss_cuda(
   check_centers(kForward, "centers_fake", centers_fake_in, x_real_in, "x_real");
   const int64_t n_real = x_real_in.size(0), n_fake = x_fake_in.size(0), d = x_real_in.size(1);
   const int64_t k_real = centers_real_in.size(0), k_fake = centers_fake_in.size(0);
-  check_int64_vector(kForward, "labels_real", labels_real_in, n_real, x_real_in, "x_real");
-  check_int64_vector(kForward, "labels_fake", labels_fake_in, n_fake, x_real_in, "x_real");
+  check_labels(kForward, "labels_real", labels_real_in, n_real, x_real_in, "x_real");
+  check_labels(kForward, "labels_fake", labels_fake_in, n_fake, x_real_in, "x_real");
 
   const c10::cuda::CUDAGuard guard(x_real_in.device());
   const at::Tensor x_real = x_real_in.contiguous(), x_fake = x_fake_in.contiguous();
@@ -39,12 +39,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> center_loss_cuda(
   at::Tensor u_diff = at::empty({d}, acc);
   at::Tensor counts_real = at::empty({k_real}, i64);
   at::Tensor counts_fake = at::empty({k_fake}, i64);
-  C10_CUDA_CHECK(center_loss_launch(
-      dtype_of(kForward, x_real), x_real.const_data_ptr(), labels_real.const_data_ptr<int64_t>(),
-      centers_real.const_data_ptr(), n_real, k_real, x_fake.const_data_ptr(),
-      labels_fake.const_data_ptr<int64_t>(), centers_fake.const_data_ptr(), n_fake, k_fake, d,
-      loss.mutable_data_ptr(), u_diff.mutable_data_ptr(), counts_real.mutable_data_ptr<int64_t>(),
-      counts_fake.mutable_data_ptr<int64_t>(), current_stream()));
+  with_labels(labels_real, [&](auto lr) {
+    with_labels(labels_fake, [&](auto lf) {
+      C10_CUDA_CHECK(center_loss_launch(
+          dtype_of(kForward, x_real), x_real.const_data_ptr(), lr, centers_real.const_data_ptr(),
+          n_real, k_real, x_fake.const_data_ptr(), lf, centers_fake.const_data_ptr(), n_fake,
+          k_fake, d, loss.mutable_data_ptr(), u_diff.mutable_data_ptr(),
+          counts_real.mutable_data_ptr<int64_t>(), counts_fake.mutable_data_ptr<int64_t>(),
+          current_stream()));
+    });
+  });
   return {loss, u_diff, counts_real, counts_fake};
 }
 
@@ -59,8 +63,8 @@ std::tuple<at::Tensor, at::Tensor> center_loss_backward_cuda(
   check_same_device(kBackward, "u_diff", u_diff_in, x_real, "x_real");
   TORCH_CHECK(u_diff_in.dim() == 1 && u_diff_in.size(0) == d, kBackward,
               ": u_diff must have shape (", d, ",), got ", u_diff_in.sizes());
-  check_int64_vector(kBackward, "labels_real", labels_real_in, n_real, x_real, "x_real");
-  check_int64_vector(kBackward, "labels_fake", labels_fake_in, n_fake, x_real, "x_real");
+  check_labels(kBackward, "labels_real", labels_real_in, n_real, x_real, "x_real");
+  check_labels(kBackward, "labels_fake", labels_fake_in, n_fake, x_real, "x_real");
   for (const auto* c : {&counts_real_in, &counts_fake_in}) {
     const char* name = c == &counts_real_in ? "counts_real" : "counts_fake";
     check_same_device(kBackward, name, *c, x_real, "x_real");
@@ -78,12 +82,15 @@ std::tuple<at::Tensor, at::Tensor> center_loss_backward_cuda(
   const at::Tensor counts_fake = counts_fake_in.contiguous();
   at::Tensor grad_real = at::empty({n_real, d}, x_real.options());
   at::Tensor grad_fake = at::empty({n_fake, d}, x_fake.options());
-  C10_CUDA_CHECK(center_loss_backward_launch(
-      dtype_of(kBackward, x_real), grad.const_data_ptr(), u_diff.const_data_ptr(),
-      labels_real.const_data_ptr<int64_t>(), counts_real.const_data_ptr<int64_t>(), n_real,
-      counts_real.size(0), labels_fake.const_data_ptr<int64_t>(),
-      counts_fake.const_data_ptr<int64_t>(), n_fake, counts_fake.size(0), d,
-      grad_real.mutable_data_ptr(), grad_fake.mutable_data_ptr(), current_stream()));
+  with_labels(labels_real, [&](auto lr) {
+    with_labels(labels_fake, [&](auto lf) {
+      C10_CUDA_CHECK(center_loss_backward_launch(
+          dtype_of(kBackward, x_real), grad.const_data_ptr(), u_diff.const_data_ptr(), lr,
+          counts_real.const_data_ptr<int64_t>(), n_real, counts_real.size(0), lf,
+          counts_fake.const_data_ptr<int64_t>(), n_fake, counts_fake.size(0), d,
+          grad_real.mutable_data_ptr(), grad_fake.mutable_data_ptr(), current_stream()));
+    });
+  });
   return {grad_real, grad_fake};
 }
 

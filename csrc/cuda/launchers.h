@@ -10,7 +10,10 @@
 //    losses and of u_diff).
 //  * Tensors are contiguous, row-major, on the current device; labels are int64 in [0, K)
 //    (validated by the Python layer; a kernel skips an out-of-range label rather than write
-//    out of bounds).
+//    out of bounds). Launchers whose labels are an input (the updates, center loss, assigned
+//    distance) are templates on the label type L, instantiated for int64_t and int32_t in
+//    their .cu (docs/ops.md: int32 labels are read as they are, never copied to int64); a
+//    kernel widens each label to int64 as it loads it, so l * d cannot overflow.
 //  * Everything is enqueued on `stream`; nothing synchronises. The return value is the first
 //    CUDA error met (cudaSuccess otherwise); the binding turns it into an exception.
 //  * A launcher with no work (N = 0, d = 0) returns without launching.
@@ -114,8 +117,9 @@ inline int64_t cluster_pieces_elems(int64_t n, int64_t d) {
 // weights (sample_weight, N doubles) may be null; when given, counts is double (cumulative
 // weights, scikit-learn's weight_sums) instead of int64, and batch_weights is K doubles of
 // workspace (fast mode).
+template <typename L>
 cudaError_t minibatch_update_launch(Dtype dtype, void* centers, void* counts, const void* x,
-                                    const int64_t* labels, const int64_t* sorted_labels,
+                                    const L* labels, const L* sorted_labels,
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
                                     double* row_norms, const double* weights,
@@ -127,9 +131,10 @@ cudaError_t minibatch_update_launch(Dtype dtype, void* centers, void* counts, co
 // c_k unchanged where N'_k == 0. cluster_size N (K) and embed_sum M (K, d) are float32
 // (float64 when dtype is float64); arithmetic in double. total: one double of workspace.
 // N = 0 is valid (the state decays).
+template <typename L>
 cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, void* embed_sum,
-                              double decay, double eps, const void* x, const int64_t* labels,
-                              const int64_t* sorted_labels, const int64_t* perm, int64_t n,
+                              double decay, double eps, const void* x, const L* labels,
+                              const L* sorted_labels, const int64_t* perm, int64_t n,
                               int64_t k, int64_t d, double* sums, int64_t* batch_counts,
                               double* pieces, double* total, double* row_norms,
                               const double* weights, double* batch_weights,
@@ -138,19 +143,22 @@ cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, vo
 // ------------------------------------------------------------------------------ center loss
 // counts_* (int64) = rows per cluster; u_diff (d, acc) = u_real - u_fake with
 // u = sum_m c_m / (1 + n_m) + sum_i x_i / (1 + n_{l_i}); loss (acc scalar) = ||u_diff||_1.
-cudaError_t center_loss_launch(Dtype dtype, const void* x_real, const int64_t* labels_real,
+// LR, LF: each side's label type.
+template <typename LR, typename LF>
+cudaError_t center_loss_launch(Dtype dtype, const void* x_real, const LR* labels_real,
                                const void* centers_real, int64_t n_real, int64_t k_real,
-                               const void* x_fake, const int64_t* labels_fake,
+                               const void* x_fake, const LF* labels_fake,
                                const void* centers_fake, int64_t n_fake, int64_t k_fake, int64_t d,
                                void* loss, void* u_diff, int64_t* counts_real,
                                int64_t* counts_fake, cudaStream_t stream);
 
 // grad_real[i, j] = g sign(u_diff_j) / (1 + counts_real[l_i]); grad_fake the negation with the
 // fake side's counts. grad (acc scalar) and u_diff (acc) are read on the device.
+template <typename LR, typename LF>
 cudaError_t center_loss_backward_launch(Dtype dtype, const void* grad, const void* u_diff,
-                                        const int64_t* labels_real, const int64_t* counts_real,
+                                        const LR* labels_real, const int64_t* counts_real,
                                         int64_t n_real, int64_t k_real,
-                                        const int64_t* labels_fake, const int64_t* counts_fake,
+                                        const LF* labels_fake, const int64_t* counts_fake,
                                         int64_t n_fake, int64_t k_fake, int64_t d, void* grad_real,
                                         void* grad_fake, cudaStream_t stream);
 
@@ -165,16 +173,18 @@ enum class Reduction : int {
 // (float64 partials: a float32 sum of squares may pass 3.4e38 while the result fits).
 int64_t assigned_distance_num_partials(int64_t n);
 
+template <typename L>
 cudaError_t assigned_distance_launch(Dtype dtype, Reduction reduction, const void* x,
-                                     const int64_t* labels, const void* centers, int64_t n,
+                                     const L* labels, const void* centers, int64_t n,
                                      int64_t k, int64_t d, void* partials, void* out,
                                      cudaStream_t stream);
 
 // grad and out are acc scalars on the device; grad_centers_acc (K, d, double; double atomics)
 // may be null.
+template <typename L>
 cudaError_t assigned_distance_backward_launch(Dtype dtype, Reduction reduction, const void* grad,
                                               const void* out, const void* x,
-                                              const int64_t* labels, const void* centers,
+                                              const L* labels, const void* centers,
                                               int64_t n, int64_t k, int64_t d, void* grad_x,
                                               void* grad_centers_acc, cudaStream_t stream);
 

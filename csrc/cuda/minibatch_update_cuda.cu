@@ -28,6 +28,8 @@
 // deterministic mode by the update kernels over the cluster's sorted rows, in a fixed order.
 // Sculley's rule is then scikit-learn's: for w_k > 0, c_k <- (c_k W_k + S_k) * (1 / (W_k +
 // w_k)) and W_k += w_k, W = counts as float64 cumulative weights.
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace kmgan_cuda {
@@ -82,8 +84,8 @@ __device__ __forceinline__ double summand(const T* x, const double* norms, int64
 // The tile's rows [begin, end) of cluster e / d, feature e % d, summed in double: the rescan of
 // a float32 tile partial that is not finite (it passed 3.4e38 where the double sum may fit,
 // contract 2; an inf or NaN input gives the same non-finite sum again). Rare: one thread.
-template <typename T>
-__device__ double tile_sum_wide(const T* __restrict__ x, const int64_t* __restrict__ labels,
+template <typename T, typename L>
+__device__ double tile_sum_wide(const T* __restrict__ x, const L* __restrict__ labels,
                                 const double* __restrict__ norms, int64_t begin, int64_t end,
                                 int64_t d, int64_t e) {
   const int64_t l = e / d, j = e % d;
@@ -94,9 +96,9 @@ __device__ double tile_sum_wide(const T* __restrict__ x, const int64_t* __restri
 }
 
 // Fast mode: sums (K, d) and batch_counts (K) must be zero on entry.
-template <typename T>
+template <typename T, typename L>
 __global__ void __launch_bounds__(kSumThreads)
-    cluster_sums_atomic_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
+    cluster_sums_atomic_kernel(const T* __restrict__ x, const L* __restrict__ labels,
                                int64_t n, int64_t k, int64_t d, double* __restrict__ sums,
                                int64_t* __restrict__ batch_counts, bool shared_partials,
                                const double* __restrict__ norms,
@@ -166,9 +168,9 @@ constexpr int kPieceThreads = 128;
 // run by run (a run = consecutive equal labels), in double. A run that is a whole cluster goes
 // to sums; the chunk's first and last runs also go to first_piece / last_piece (chunk, d),
 // which the update kernels use for clusters that cross a chunk boundary.
-template <typename T>
+template <typename T, typename L>
 __global__ void __launch_bounds__(kPieceThreads)
-    sorted_piece_sums_kernel(const T* __restrict__ x, const int64_t* __restrict__ sorted_labels,
+    sorted_piece_sums_kernel(const T* __restrict__ x, const L* __restrict__ sorted_labels,
                              const int64_t* __restrict__ perm, int64_t n, int64_t k, int64_t d,
                              int64_t col_blocks, double* __restrict__ sums,
                              double* __restrict__ first_piece, double* __restrict__ last_piece,
@@ -199,8 +201,8 @@ __global__ void __launch_bounds__(kPieceThreads)
 }
 
 // First position of a value >= v in the ascending a[0, n).
-__device__ __forceinline__ int64_t lower_bound(const int64_t* __restrict__ a, int64_t n,
-                                               int64_t v) {
+template <typename L>
+__device__ __forceinline__ int64_t lower_bound(const L* __restrict__ a, int64_t n, int64_t v) {
   int64_t lo = 0, hi = n;
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
@@ -216,13 +218,14 @@ __device__ __forceinline__ int64_t lower_bound(const int64_t* __restrict__ a, in
 struct ClusterSums {
   const double* sums;
   const int64_t* batch_counts;   // fast mode
-  const int64_t* sorted_labels;  // deterministic mode (else null)
+  const void* sorted_labels;  // deterministic mode (else null): int64, int32 if sorted_int32
   const double* first_piece;
   const double* last_piece;
   int64_t n, d;
   const double* weights = nullptr;        // sample_weight (N), else null
   const double* batch_weights = nullptr;  // fast mode with weights: w_k
   const int64_t* perm = nullptr;          // deterministic mode: sorted position -> row
+  bool sorted_int32 = false;  // int32 labels, read in the caller's dtype (launchers.h)
 };
 
 struct ClusterSlice {
@@ -231,11 +234,17 @@ struct ClusterSlice {
   bool spans_chunks = false;
 };
 
+// lower_bound in the deterministic mode's sorted labels, in their dtype.
+__device__ __forceinline__ int64_t sorted_lower_bound(const ClusterSums& s, int64_t v) {
+  return s.sorted_int32 ? lower_bound(static_cast<const int32_t*>(s.sorted_labels), s.n, v)
+                        : lower_bound(static_cast<const int64_t*>(s.sorted_labels), s.n, v);
+}
+
 __device__ __forceinline__ ClusterSlice cluster_slice(const ClusterSums& s, int64_t kk) {
   ClusterSlice c;
   if (s.sorted_labels != nullptr) {
-    const int64_t first = lower_bound(s.sorted_labels, s.n, kk);
-    c.m = lower_bound(s.sorted_labels, s.n, kk + 1) - first;
+    const int64_t first = sorted_lower_bound(s, kk);
+    c.m = sorted_lower_bound(s, kk + 1) - first;
     if (c.m > 0) {
       c.chunk_first = first / kSortedChunkRows;
       c.chunk_last = (first + c.m - 1) / kSortedChunkRows;
@@ -256,7 +265,7 @@ __device__ double cluster_weight(const ClusterSums& s, const ClusterSlice& c, in
   __shared__ double shared_w;
   double part = 0;
   if (c.m > 0) {
-    const int64_t first = lower_bound(s.sorted_labels, s.n, kk);
+    const int64_t first = sorted_lower_bound(s, kk);
     for (int64_t r = threadIdx.x; r < c.m; r += blockDim.x) part += s.weights[s.perm[first + r]];
   }
   const double total = block_sum(part);
@@ -392,9 +401,9 @@ __global__ void __launch_bounds__(kApplyThreads)
 }
 
 // The segmented-sum stage of both updates; fills `out` for the update kernels.
-template <typename T>
-cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
-                               const int64_t* sorted_labels, const int64_t* perm, int64_t n,
+template <typename T, typename L>
+cudaError_t cluster_sums_stage(const void* x, const L* labels,
+                               const L* sorted_labels, const int64_t* perm, int64_t n,
                                int64_t k, int64_t d, double* sums, int64_t* batch_counts,
                                double* pieces, double* row_norms, const double* weights,
                                double* batch_weights, cudaStream_t stream, ClusterSums* out) {
@@ -411,6 +420,7 @@ cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
   if (deterministic) {
     if (perm == nullptr) return cudaErrorInvalidValue;
     out->sorted_labels = sorted_labels;
+    out->sorted_int32 = std::is_same_v<L, int32_t>;
     out->perm = perm;
     out->first_piece = pieces;
     out->last_piece = pieces + cluster_pieces_elems(n, d) / 2;
@@ -419,7 +429,7 @@ cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
     if (blocks > INT32_MAX) return cudaErrorInvalidValue;
     if (blocks > 0) {  // d = 0: no sums to form; the update kernels still count rows
       KMGAN_LAUNCH(static_cast<unsigned>(blocks), kPieceThreads, 0, stream,
-                   sorted_piece_sums_kernel<T>)(
+                   sorted_piece_sums_kernel<T, L>)(
           static_cast<const T*>(x), sorted_labels, perm, n, k, d, col_blocks, sums,
           pieces, pieces + cluster_pieces_elems(n, d) / 2, row_norms, weights);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
@@ -444,7 +454,7 @@ cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
   const bool shared_partials = shared_bytes <= kSharedPartialsBytes && weights == nullptr;
   const int blocks = shared_partials ? grid_for(n, kFlushRows, 2) : grid_for(n, kSumWarps);
   KMGAN_LAUNCH(blocks, kSumThreads, shared_partials ? static_cast<size_t>(shared_bytes) : 0,
-               stream, cluster_sums_atomic_kernel<T>)(
+               stream, cluster_sums_atomic_kernel<T, L>)(
       static_cast<const T*>(x), labels, n, k, d, sums, batch_counts, shared_partials, row_norms,
       weights, batch_weights);
   return cudaGetLastError();
@@ -452,8 +462,9 @@ cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
 
 }  // namespace
 
+template <typename L>
 cudaError_t minibatch_update_launch(Dtype dtype, void* centers, void* counts, const void* x,
-                                    const int64_t* labels, const int64_t* sorted_labels,
+                                    const L* labels, const L* sorted_labels,
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
                                     double* row_norms, const double* weights,
@@ -463,7 +474,7 @@ cudaError_t minibatch_update_launch(Dtype dtype, void* centers, void* counts, co
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     ClusterSums s;
-    cudaError_t err = cluster_sums_stage<T>(x, labels, sorted_labels, perm, n, k, d, sums,
+    cudaError_t err = cluster_sums_stage<T, L>(x, labels, sorted_labels, perm, n, k, d, sums,
                                             batch_counts, pieces, row_norms, weights,
                                             batch_weights, stream, &s);
     if (err != cudaSuccess) return err;
@@ -479,9 +490,10 @@ cudaError_t minibatch_update_launch(Dtype dtype, void* centers, void* counts, co
   });
 }
 
+template <typename L>
 cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, void* embed_sum,
-                              double decay, double eps, const void* x, const int64_t* labels,
-                              const int64_t* sorted_labels, const int64_t* perm, int64_t n,
+                              double decay, double eps, const void* x, const L* labels,
+                              const L* sorted_labels, const int64_t* perm, int64_t n,
                               int64_t k, int64_t d, double* sums, int64_t* batch_counts,
                               double* pieces, double* total, double* row_norms,
                               const double* weights, double* batch_weights, cudaStream_t stream) {
@@ -490,7 +502,7 @@ cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, vo
     using T = typename decltype(tag)::type;
     using S = acc_t<T>;  // the state: float32, float64 for float64 centers
     ClusterSums s;
-    cudaError_t err = cluster_sums_stage<T>(x, labels, sorted_labels, perm, n, k, d, sums,
+    cudaError_t err = cluster_sums_stage<T, L>(x, labels, sorted_labels, perm, n, k, d, sums,
                                             batch_counts, pieces, row_norms, weights,
                                             batch_weights, stream, &s);
     if (err != cudaSuccess) return err;
@@ -508,5 +520,18 @@ cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, vo
     return cudaGetLastError();
   });
 }
+
+// int64 and int32 labels (launchers.h).
+#define KMGAN_INSTANTIATE(L)                                                                   \
+  template cudaError_t minibatch_update_launch<L>(                                             \
+      Dtype, void*, void*, const void*, const L*, const L*, const int64_t*, int64_t, int64_t,  \
+      int64_t, double*, int64_t*, double*, double*, const double*, double*, cudaStream_t);     \
+  template cudaError_t ema_update_launch<L>(                                                   \
+      Dtype, void*, void*, void*, double, double, const void*, const L*, const L*,             \
+      const int64_t*, int64_t, int64_t, int64_t, double*, int64_t*, double*, double*, double*, \
+      const double*, double*, cudaStream_t);
+KMGAN_INSTANTIATE(int64_t)
+KMGAN_INSTANTIATE(int32_t)
+#undef KMGAN_INSTANTIATE
 
 }  // namespace kmgan_cuda

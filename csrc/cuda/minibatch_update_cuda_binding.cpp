@@ -22,8 +22,10 @@ constexpr const char* kEma = "kmgan_ext::ema_update_native_";
 // metric="cosine" the rows' norms (N doubles).
 struct Workspace {
   at::Tensor sums, batch_counts, sorted_labels, perm, pieces, row_norms, weights, batch_weights;
-  const int64_t* sorted() const {
-    return sorted_labels.defined() ? sorted_labels.const_data_ptr<int64_t>() : nullptr;
+  // The sorted labels keep the labels' type L (int64 or int32).
+  template <typename L>
+  const L* sorted() const {
+    return sorted_labels.defined() ? sorted_labels.const_data_ptr<L>() : nullptr;
   }
   const int64_t* permutation() const {
     return perm.defined() ? perm.const_data_ptr<int64_t>() : nullptr;
@@ -83,11 +85,14 @@ void sculley_contiguous(const char* op, at::Tensor& centers_work, at::Tensor& co
   const int64_t n = x.size(0), k = centers_work.size(0), d = x.size(1);
   if (n == 0) return;
   Workspace w = workspace(x, labels, k, deterministic, cosine, weights);
-  C10_CUDA_CHECK(minibatch_update_launch(
-      dtype_of(op, x), centers_work.mutable_data_ptr(), counts_work.mutable_data_ptr(),
-      x.const_data_ptr(), labels.const_data_ptr<int64_t>(), w.sorted(), w.permutation(), n, k,
-      d, w.sums.mutable_data_ptr<double>(), w.batch_counts.mutable_data_ptr<int64_t>(),
-      w.piece_ptr(), w.norms_ptr(), w.weights_ptr(), w.batch_weights_ptr(), current_stream()));
+  with_labels(labels, [&](auto lp) {
+    using L = label_t<decltype(lp)>;
+    C10_CUDA_CHECK(minibatch_update_launch(
+        dtype_of(op, x), centers_work.mutable_data_ptr(), counts_work.mutable_data_ptr(),
+        x.const_data_ptr(), lp, w.sorted<L>(), w.permutation(), n, k, d,
+        w.sums.mutable_data_ptr<double>(), w.batch_counts.mutable_data_ptr<int64_t>(),
+        w.piece_ptr(), w.norms_ptr(), w.weights_ptr(), w.batch_weights_ptr(), current_stream()));
+  });
 }
 
 void check_update_args(const char* op, const at::Tensor& centers, const at::Tensor* counts,
@@ -111,7 +116,7 @@ void minibatch_update_cuda(at::Tensor& centers, at::Tensor& counts, const at::Te
                            const at::Tensor& labels_in, bool deterministic, bool cosine,
                            const c10::optional<at::Tensor>& sample_weight) {
   check_update_args(kUpdate, centers, &counts, x_in, sample_weight.has_value());
-  check_int64_vector(kUpdate, "labels", labels_in, x_in.size(0), x_in);
+  check_labels(kUpdate, "labels", labels_in, x_in.size(0), x_in);
   const at::Tensor weights = checked_weights(kUpdate, sample_weight, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
@@ -172,7 +177,7 @@ void ema_update_cuda(at::Tensor& centers, at::Tensor& cluster_size, at::Tensor& 
                      const c10::optional<at::Tensor>& sample_weight) {
   check_update_args(kEma, centers, nullptr, x_in);
   const int64_t n = x_in.size(0), k = centers.size(0), d = x_in.size(1);
-  check_int64_vector(kEma, "labels", labels_in, n, x_in);
+  check_labels(kEma, "labels", labels_in, n, x_in);
   check_ema_state("cluster_size", cluster_size, {k}, centers);
   check_ema_state("embed_sum", embed_sum, {k, d}, centers);
   TORCH_CHECK_VALUE(decay >= 0.0 && decay <= 1.0, kEma, ": decay must lie in [0, 1], got ",
@@ -186,13 +191,16 @@ void ema_update_cuda(at::Tensor& centers, at::Tensor& cluster_size, at::Tensor& 
   at::Tensor embed_work = embed_sum.contiguous();
   Workspace w = workspace(x, labels, k, deterministic, cosine, weights);
   at::Tensor total = at::empty({1}, x.options().dtype(at::kDouble));
-  C10_CUDA_CHECK(ema_update_launch(
-      dtype_of(kEma, x), centers_work.mutable_data_ptr(), size_work.mutable_data_ptr(),
-      embed_work.mutable_data_ptr(), decay, eps, x.const_data_ptr(),
-      labels.const_data_ptr<int64_t>(), w.sorted(), w.permutation(), n, k, d,
-      w.sums.mutable_data_ptr<double>(), w.batch_counts.mutable_data_ptr<int64_t>(),
-      w.piece_ptr(), total.mutable_data_ptr<double>(), w.norms_ptr(), w.weights_ptr(),
-      w.batch_weights_ptr(), current_stream()));
+  with_labels(labels, [&](auto lp) {
+    using L = label_t<decltype(lp)>;
+    C10_CUDA_CHECK(ema_update_launch(
+        dtype_of(kEma, x), centers_work.mutable_data_ptr(), size_work.mutable_data_ptr(),
+        embed_work.mutable_data_ptr(), decay, eps, x.const_data_ptr(), lp, w.sorted<L>(),
+        w.permutation(), n, k, d, w.sums.mutable_data_ptr<double>(),
+        w.batch_counts.mutable_data_ptr<int64_t>(), w.piece_ptr(),
+        total.mutable_data_ptr<double>(), w.norms_ptr(), w.weights_ptr(), w.batch_weights_ptr(),
+        current_stream()));
+  });
   write_back(centers_work, centers);
   write_back(size_work, cluster_size);
   write_back(embed_work, embed_sum);
