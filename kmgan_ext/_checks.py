@@ -409,7 +409,10 @@ def batch_offsets(labels: Tensor, k: int) -> Tensor:
     of the centers. A label outside [0, K) maps to -1 (outside every problem: the GPU kernels
     skip it and the device-side range check raises), never into a neighbouring problem."""
     b = labels.shape[0]
-    off = torch.arange(b, device=labels.device, dtype=torch.int64)[:, None] * k
+    # int32 labels stay int32 while every flat label b * K + l fits (read natively, no int64
+    # tensor of B * N labels).
+    dtype = torch.int32 if labels.dtype == torch.int32 and b * k <= 2**31 - 1 else torch.int64
+    off = torch.arange(b, device=labels.device, dtype=dtype)[:, None] * k
     ok = (labels >= 0) & (labels < k)
     return torch.where(ok, labels + off, -1).reshape(-1)
 
