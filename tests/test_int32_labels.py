@@ -270,3 +270,23 @@ def test_triton_label_offsets_in_int64():
                                         name).fn)
         assert "lab[:, None] * D" not in src, (mod, name)
         assert "row_offset(lab[:, None], D)" in src, (mod, name)
+
+
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_opcheck_int32(device, backend):
+    """The registered schemas take int32 labels: fake kernels, autograd and the routed kernels
+    agree (torch.library.opcheck), forward and backward."""
+    x, c, l64 = _data(device, dtype=torch.float64)
+    lab = l64.int()
+    ops = torch.ops.kmgan_ext
+    torch.library.opcheck(ops.assigned_distance.default,
+                          (x.clone().requires_grad_(), lab, c.clone().requires_grad_(), "mean", backend))
+    torch.library.opcheck(ops.center_loss.default,
+                          (x.clone().requires_grad_(), lab, c, x.flip(0).clone().requires_grad_(),
+                           l64, c, backend))
+    torch.library.opcheck(ops.minibatch_update_.default,
+                          (c.clone(), torch.zeros(K, dtype=torch.int64, device=device), x, lab, True,
+                           backend))
+    torch.library.opcheck(ops.ema_update_.default,
+                          (c.clone(), torch.ones(K, dtype=torch.float64, device=device), c.clone(), x,
+                           lab, 0.9, 1e-5, True, backend))
