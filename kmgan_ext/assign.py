@@ -114,9 +114,6 @@ def assign(
     """
     cosine = _checks.metric(metric)
     if k is not None:
-        if _checks.is_batched(centers):
-            raise NotImplementedError("assign(k=...) with batched (B, K, d) centers is not implemented: "
-                                      "top-k assignment takes 2-D x and centers")
         from .assign_topk import assign_topk
 
         return assign_topk(x, centers, k, cosine=cosine, backend=backend)
