@@ -252,16 +252,19 @@ def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
 
 
 def assign_topk(x: Tensor, centers: Tensor, k: int, cosine: bool = False) -> tuple[Tensor, Tensor]:
-    n, kc, d = x.shape[0], centers.shape[0], x.shape[1]
-    labels = torch.empty(n, k, dtype=torch.int64)
-    dist2 = torch.empty(n, k, dtype=_acc_dtype(x))
-    if n:
+    """(N, k) outputs, or (B, N, k) for batched problems x (B, N, d), centers (B, K, d): one
+    launch (two with cosine: the unit centers, then the problems)."""
+    (n, d), kc = x.shape[-2:], centers.shape[-2]
+    batch = x.shape[0] if x.dim() == 3 else 1
+    labels = torch.empty(*x.shape[:-1], k, dtype=torch.int64)
+    dist2 = torch.empty(*x.shape[:-1], k, dtype=_acc_dtype(x))
+    if n and batch:
         cap = _num("assign_topk_list_len", _i(k), _i(kc))
-        list_val = torch.empty(n, cap, dtype=torch.float64)
-        list_idx = torch.empty(n, cap, dtype=torch.int64)
-        unit = torch.empty(kc, d, dtype=torch.float32) if cosine else None  # the unit centers
+        list_val = torch.empty(batch * n, cap, dtype=torch.float64)
+        list_idx = torch.empty(batch * n, cap, dtype=torch.int64)
+        unit = torch.empty(batch * kc, d, dtype=torch.float32) if cosine else None  # the unit centers
         _call("assign_topk_launch", _dt(x), _ptr(x), _ptr(centers), _i(n), _i(kc), _i(d), _i(k),
-              _ptr(list_val), _ptr(list_idx), _ptr(labels), _ptr(dist2), _ptr(unit))
+              _ptr(list_val), _ptr(list_idx), _ptr(labels), _ptr(dist2), _ptr(unit), _i(batch))
     return labels, dist2
 
 

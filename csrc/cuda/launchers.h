@@ -45,11 +45,14 @@ cudaError_t assign_backward_launch(Dtype dtype, const void* grad_dist2, const vo
 // the k nearest centers ascending (ties to the lowest index, NaN distances first), exact.
 // unit not null: metric="cosine", the k largest cosines (reference.assign_topk's order) with
 // dist2 = 2 - 2 cos; unit is a K x d float workspace (the unit centers).
+// batch > 1: that many independent problems, x (batch, n, d), centers (batch, kc, d), labels
+// and dist2 (batch, n, k), workspaces (batch * n, L) and unit (batch * kc, d), in one launch
+// (two with cosine: the unit centers, then the problems on blockIdx.y; 65535 problems a launch).
 int64_t assign_topk_list_len(int64_t k, int64_t kc);
 cudaError_t assign_topk_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
                                int64_t kc, int64_t d, int64_t k, double* list_val,
                                int64_t* list_idx, int64_t* labels, void* dist2,
-                               cudaStream_t stream, float* unit = nullptr);
+                               cudaStream_t stream, float* unit = nullptr, int64_t batch = 1);
 
 // ------------------------------------------------------------------------------ soft assign
 // q (N, K) acc = softmax_k(s(D_ik)), s = -(alpha+1)/2 log1p(D/alpha) (student_t) or -D/T.

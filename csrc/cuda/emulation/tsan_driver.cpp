@@ -27,7 +27,7 @@ int kmgan_emu_assign_cosine_backward_launch(int, const void*, const void*, const
                                             void*);
 int64_t kmgan_emu_assign_topk_list_len(int64_t, int64_t);
 int kmgan_emu_assign_topk_launch(int, const void*, const void*, int64_t, int64_t, int64_t, int64_t,
-                                 double*, int64_t*, int64_t*, void*, float*);
+                                 double*, int64_t*, int64_t*, void*, float*, int64_t);
 int kmgan_emu_soft_assign_launch(int, const void*, const void*, int64_t, int64_t, int64_t, int,
                                  double, double, void*);
 int kmgan_emu_soft_assign_backward_launch(int, const void*, const void*, const void*, const void*,
@@ -125,7 +125,7 @@ void run_topk_and_soft(Randn randn) {
       for (const std::vector<float>* centers : {&c, &tied}) {
         check(kmgan_emu_assign_topk_launch(kF32, x.data(), centers->data(), n, kc, d, k,
                                            list_val.data(), list_idx.data(), labels.data(),
-                                           dist2.data(), cosine ? unit.data() : nullptr),
+                                           dist2.data(), cosine ? unit.data() : nullptr, 1),
               cosine ? "assign_topk cosine" : "assign_topk");
       }
     }
