@@ -86,7 +86,9 @@ def assign(
             matrix is still never written (a running top-k per row). k outside [1, K] is a
             ValueError naming k. With metric="cosine": the k largest cosines, in the order of
             the exact float64 key (ties to the lowest index, NaN first), dist2 = 2 - 2 cos;
-            column 0 is the k=None answer.
+            column 0 is the k=None answer. Batched problems (x (B, N, d), centers (B, K, d)):
+            (B, N, k) outputs, k in [1, K] of each problem, every problem exactly as its own
+            2-D call (one launch for all).
         metric: "euclidean" (default) or "cosine": ``labels[i] = argmax_k cos(x_i, c_k)``,
             cos = x.c / (||x|| ||c||) and 0 where ||x|| ||c|| == 0 (a zero row or center is
             orthogonal to everything: a zero row gets label 0 and dist2 2), ties to the lowest
