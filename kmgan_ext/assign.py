@@ -75,7 +75,7 @@ def assign(
     Args:
         x: (N, d) float32/float16/bfloat16/float64 features (N may be 0); any leading
             dimensions (..., d) with 2-D centers (flattened to rows; the outputs have shape
-            (...)); (B, N, d) with 3-D centers.
+            (...), (..., k) with k); (B, N, d) with 3-D centers.
         centers: (K, d), K >= 1, same dtype and device as x (float16/bfloat16 x against
             float32 centers is computed in float32: x is converted, the centers are not
             copied). (B, K, d): B independent problems, one kernel launch for all, outputs
@@ -115,10 +115,6 @@ def assign(
     ``km.set_debug(True)`` rejects NaN/Inf in x and centers instead.
     """
     cosine = _checks.metric(metric)
-    if k is not None:
-        from .assign_topk import assign_topk
-
-        return assign_topk(x, centers, k, cosine=cosine, backend=backend)
     x = _checks.promote_x(x, centers)
     if _checks.is_batched(centers):
         x, centers = _checks.batched(x, centers)
@@ -127,6 +123,13 @@ def assign(
         x, lead = _checks.flat_rows("x", x)
         x = _checks.features("x", x)
         centers = _checks.centers("centers", centers, x)
+    if k is not None:  # the same input forms: (..., d) rows, or B problems
+        from .assign_topk import assign_topk
+
+        labels, dist2 = assign_topk(x, centers, k, cosine=cosine, backend=backend)
+        if lead is not None and len(lead) != 1:
+            return labels.view(*lead, -1), dist2.view(*lead, -1)
+        return labels, dist2
     be = _dispatch.resolve(backend, x.device)
     if not _registry.registered():
         labels, dist2 = reference.assign(x, centers, cosine)

@@ -70,16 +70,14 @@ def topk_count(k: object, n_centers: int, where: str = "centers.shape[0]") -> in
 
 def assign_topk(x: Tensor, centers: Tensor, k: int, *, cosine: bool = False,
                 backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """The public entry is ``km.assign(x, centers, k=k, metric=...)`` (see its docstring).
+    """The public entry is ``km.assign(x, centers, k=k, metric=...)`` (see its docstring),
+    which has checked x and centers (its input forms).
 
     x (N, d) with centers (K, d) -> (N, k) outputs; x (B, N, d) with centers (B, K, d): B
     independent problems -> (B, N, k), one kernel launch for all."""
     if _checks.is_batched(centers):
-        x, centers = _checks.batched(x, centers)
         k = topk_count(k, centers.shape[1], "centers.shape[1]")
     else:
-        x = _checks.features("x", x)
-        centers = _checks.centers("centers", centers, x)
         k = topk_count(k, centers.shape[0])
     be = _dispatch.resolve(backend, x.device)
     if not _registry.registered():

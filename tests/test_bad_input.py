@@ -67,6 +67,11 @@ OPS = {
         ("centers", "cluster_size", "embed_sum")),
     "assign_topk": (lambda a, b: km.assign(a["x"], a["centers"], k=2, backend=b), {"x": FEAT, "centers": FEAT}, ()),
     "soft_assign": (lambda a, b: km.soft_assign(a["x"], a["centers"], backend=b), {"x": FEAT, "centers": FEAT}, ()),
+    # batched problems (issue 12): x (B, N, d) with centers (B, K, d), the k nearest of each
+    "assign_topk (batched)": (
+        lambda a, b: km.assign(a["x"], a["centers"], k=2, backend=b), {"x": FEAT, "centers": FEAT}, (),
+        dict(x=torch.randn(2, N, D, generator=torch.Generator().manual_seed(8)),
+             centers=torch.randn(2, K, D, generator=torch.Generator().manual_seed(9)))),
     # no backend: one implementation (torch ops on the tensors' device); a fresh seeded
     # generator per call, so the copies' call draws the same rows
     # sample_weight (issue 12): the weighted updates, counts float64 cumulative weights
