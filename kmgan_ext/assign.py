@@ -56,6 +56,8 @@ def _batched_backward(grad_dist2, x, centers, labels, want_c, be, cosine):
     centers with labels b*K + l (exact: each row reads and feeds only its own center)."""
     b, n, d = x.shape
     k = centers.shape[1]
+    if b == 0:  # no problems: the flat (0, d) centers are no valid kernel input (K >= 1)
+        return torch.zeros_like(x), (torch.zeros_like(centers) if want_c else centers.new_empty(0))
     flat = _checks.batch_offsets(labels, k)
     gx, gc = _registry.call("assign_backward", grad_dist2.reshape(b * n), x.reshape(b * n, d),
                             centers.reshape(b * k, d), flat, want_c, be, cosine)

@@ -46,7 +46,7 @@ if _registry.registered():
             grad_dist2 = grad_dist2.reshape(b * n, k)
         gx = torch.zeros(xf.shape, dtype=acc, device=x.device)
         gc = torch.zeros(cf.shape, dtype=acc, device=x.device) if want_c else None
-        for j in range(k):
+        for j in range(k if xf.shape[0] else 0):  # no rows (B or N = 0): zero gradients
             gxj, gcj = _registry.call("assign_backward", grad_dist2[:, j].contiguous(), xf, cf,
                                       labels[:, j].contiguous(), want_c, be, ctx.cosine)
             gx += gxj

@@ -496,6 +496,21 @@ def test_batched_gradient(device, backend, metric):
     torch.testing.assert_close(gc.cpu(), wc, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(0, 4, 3), (2, 0, 3)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_batched_gradient_of_empty_problems(device, backend, shape):
+    """No problems, or problems without rows: zero gradients of the inputs' shapes (the flat
+    (B*K, d) view of no problems holds no center, which no kernel accepts)."""
+    b, n, kc = shape
+    x = torch.randn(b, n, 5, device=device, requires_grad=True)
+    c = torch.randn(b, kc, 5, device=device, requires_grad=True)
+    for k in (None, 2):  # assign too: its batched backward takes the same flat view
+        _, dist2 = km.assign(x, c, k=k, backend=backend)
+        gx, gc = torch.autograd.grad(dist2.sum(), (x, c))
+        assert gx.shape == x.shape and gc.shape == c.shape
+        assert not gc.any()
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_batched_gradcheck_float64(backend, metric):

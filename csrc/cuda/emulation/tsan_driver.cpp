@@ -130,6 +130,18 @@ void run_topk_and_soft(Randn randn) {
       }
     }
   }
+  {  // batched top-k (issue 12): two problems on blockIdx.y in one launch, both metrics
+    const int64_t b = 2, k = 3, len = kmgan_emu_assign_topk_list_len(k, kc);
+    std::vector<float> xb = randn(b * n * d), cb = randn(b * kc * d), ub(b * kc * d), d2(b * n * k);
+    std::vector<double> lv(b * n * len);
+    std::vector<int64_t> li(b * n * len), lab(b * n * k);
+    for (int cosine = 0; cosine < 2; ++cosine) {
+      check(kmgan_emu_assign_topk_launch(kF32, xb.data(), cb.data(), n, kc, d, k, lv.data(),
+                                         li.data(), lab.data(), d2.data(),
+                                         cosine ? ub.data() : nullptr, b),
+            cosine ? "assign_topk batched cosine" : "assign_topk batched");
+    }
+  }
   std::vector<float> q(n * kc), grad_q = randn(n * kc), r_work(n), grad_x(n * d);
   std::vector<double> row_work(n * d), grad_c(kc * d);
   for (int student_t = 0; student_t < 2; ++student_t) {
