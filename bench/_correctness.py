@@ -7,6 +7,7 @@ and gradient by gradient, so that errors cannot cancel in a sum.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -160,3 +161,78 @@ def check_loss(out, want, tols: Sequence[float], names: Sequence[str]) -> tuple[
 
 def all_ok(*results: tuple[bool, str]) -> tuple[bool, str]:
     return all(r[0] for r in results), "; ".join(r[1] for r in results)
+
+
+def lloyd(x: torch.Tensor, c: torch.Tensor, niter: int, dtype=torch.float64) -> tuple[torch.Tensor, list[float]]:
+    """Lloyd's iterations from the centers c, computed in ``dtype``, with scikit-learn's rule
+    for a cluster left empty (it takes the farthest row, the j-th empty cluster the j-th
+    farthest, which leaves its old cluster); the final centers and the inertia (float64, from
+    differences) of the centers before each iteration and after the last.
+
+    In float64 it is the truth of every Lloyd check (``check_lloyd``); in float32 it is plain
+    torch's Lloyd as a user writes it (the matmul form's argmin, index_add means), the
+    yardstick of the tolerances.
+    """
+    xs, cen = x.to(dtype), c.to(dtype)
+    n, k = x.shape[0], c.shape[0]
+    xx = (xs * xs).sum(1, keepdim=True)
+    objs = []
+    for it in range(niter + 1):
+        # the argmin of the expanded form (in float64 its rounding is ~1e-16 of the norms, far
+        # below float32's near-ties), then the chosen distances from differences
+        labels = (xx - 2.0 * xs @ cen.T + (cen * cen).sum(1)).argmin(1)
+        d2 = row_dist64(x, cen, labels)
+        objs.append(float(d2.sum()))
+        if it == niter:
+            break
+        sums = torch.zeros_like(cen).index_add_(0, labels, xs)
+        counts = torch.bincount(labels, minlength=k)
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            for j, row in zip(empty, torch.topk(d2, len(empty)).indices.tolist()):
+                old = int(labels[row])
+                sums[old] -= xs[row]
+                counts[old] -= 1
+                sums[j], counts[j] = xs[row], 1
+        cen = torch.where((counts > 0)[:, None], sums / counts.clamp(min=1)[:, None], cen)
+    return cen, objs
+
+
+def lloyd_errors(x: torch.Tensor, centers: torch.Tensor, truth: tuple[torch.Tensor, list[float]]) -> tuple[float, int]:
+    """(relative inertia error, number of centers farther than 1e-3 of a row's rms distance)
+    of final ``centers`` against the float64 Lloyd ``truth`` (``lloyd``)."""
+    centers64, objs = truth
+    g = torch.as_tensor(centers).detach().to("cpu", torch.float64)
+    if tuple(g.shape) != tuple(centers64.shape) or not torch.isfinite(g).all():
+        return math.inf, int(centers64.shape[0])
+    inertia = float(nearest64(x, g.to(x.device, x.dtype))[1].sum())
+    rms = math.sqrt(objs[-1] / max(1, x.shape[0]))  # a row's typical distance to its center
+    off = int(((g - centers64.cpu()).norm(dim=1) > 1e-3 * rms).sum())
+    return abs(inertia / objs[-1] - 1) if objs[-1] else abs(inertia), off
+
+
+def check_lloyd(x, centers, truth, plain=None, inertia_floor: float = 1e-4) -> tuple[bool, str]:
+    """Final Lloyd centers from the same start and iterations against the float64 Lloyd
+    ``truth``, within twice plain float32 torch's own errors (``plain``: its final centers):
+
+    * the inertia, relatively, within max(``inertia_floor``, twice plain torch's);
+    * the centers themselves (the inertia is flat at Lloyd's fixed point: centers 1% off move
+      it by ~0.06%): as many may be off (farther than 1e-3 of a row's rms distance) as twice
+      plain torch's count, never fewer than 1% of K. Lloyd is chaotic where many rows sit near
+      a boundary: one float32 near-tie flipped early changes later iterations, and plain torch
+      then ends with most centers off the float64 run's while its inertia agrees to ~1e-7.
+    ``plain`` None: ``centers`` is plain torch itself, the yardstick: its inertia is held to
+    the floor, its count of centers off is what the others are allowed twice of.
+    """
+    k = int(truth[0].shape[0])
+    err, off = lloyd_errors(x, centers, truth)
+    if plain is None:
+        ok = err <= inertia_floor
+        return ok, (f"inertia {err:.1e} from the float64 Lloyd's (allowed {inertia_floor:.0e}); {off} of {k} "
+                    "centers off it by more than 1e-3 of a row's rms distance (plain float32 torch: the yardstick)")
+    p_err, p_off = lloyd_errors(x, plain, truth)
+    tol, allowed = max(inertia_floor, 2 * p_err), max(k // 100, 2 * p_off)
+    ok = err <= tol and off <= allowed
+    return ok, (f"inertia {err:.1e} from the float64 Lloyd's (allowed {tol:.1e}); {off} of {k} centers off it "
+                f"by more than 1e-3 of a row's rms distance (allowed {allowed}; plain float32 torch: "
+                f"{p_err:.1e} and {p_off})")
