@@ -163,16 +163,22 @@ def all_ok(*results: tuple[bool, str]) -> tuple[bool, str]:
     return all(r[0] for r in results), "; ".join(r[1] for r in results)
 
 
-def lloyd(x: torch.Tensor, c: torch.Tensor, niter: int, dtype=torch.float64) -> tuple[torch.Tensor, list[float]]:
-    """Lloyd's iterations from the centers c, computed in ``dtype``, with scikit-learn's rule
-    for a cluster left empty (it takes the farthest row, the j-th empty cluster the j-th
-    farthest, which leaves its old cluster); the final centers and the inertia (float64, from
-    differences) of the centers before each iteration and after the last.
+def lloyd(x: torch.Tensor, c: torch.Tensor, niter: int, dtype=torch.float64,
+          empty_rule: str = "farthest") -> tuple[torch.Tensor, list[float]]:
+    """Lloyd's iterations from the centers c, computed in ``dtype``; the final centers and the
+    inertia (float64, from differences) of the centers before each iteration and after the
+    last. A cluster left empty is refilled by ``empty_rule``:
+
+    * "farthest", scikit-learn's: it takes the farthest row (the j-th empty cluster the j-th
+      farthest), which leaves its old cluster;
+    * "faiss", faiss's (``faiss_split``): a large cluster is split in two.
 
     In float64 it is the truth of every Lloyd check (``check_lloyd``); in float32 it is plain
     torch's Lloyd as a user writes it (the matmul form's argmin, index_add means), the
     yardstick of the tolerances.
     """
+    if empty_rule not in ("farthest", "faiss"):
+        raise ValueError(f"empty_rule must be 'farthest' or 'faiss', not {empty_rule!r}")
     xs, cen = x.to(dtype), c.to(dtype)
     n, k = x.shape[0], c.shape[0]
     xx = (xs * xs).sum(1, keepdim=True)
@@ -188,6 +194,9 @@ def lloyd(x: torch.Tensor, c: torch.Tensor, niter: int, dtype=torch.float64) -> 
         sums = torch.zeros_like(cen).index_add_(0, labels, xs)
         counts = torch.bincount(labels, minlength=k)
         empty = (counts == 0).nonzero().flatten().tolist()
+        if empty and empty_rule == "faiss":
+            cen = faiss_split(sums / counts.clamp(min=1)[:, None], counts, n)
+            continue
         if empty:
             for j, row in zip(empty, torch.topk(d2, len(empty)).indices.tolist()):
                 old = int(labels[row])
@@ -196,6 +205,48 @@ def lloyd(x: torch.Tensor, c: torch.Tensor, niter: int, dtype=torch.float64) -> 
                 sums[j], counts[j] = xs[row], 1
         cen = torch.where((counts > 0)[:, None], sums / counts.clamp(min=1)[:, None], cen)
     return cen, objs
+
+
+def faiss_split(centers: torch.Tensor, counts: torch.Tensor, n: int) -> torch.Tensor:
+    """faiss's ``split_clusters`` (faiss/Clustering.cpp, 1.15) transcribed: for each empty
+    cluster ci in order, a donor cj is drawn with probability (size - 1) / (n - K), walking
+    the clusters cyclically from 0 with one draw of ``RandomGenerator(1234).rand_float()``
+    per step (a fresh generator per call; after 10 K draws, the largest cluster); ci takes
+    cj's center, the two moved apart by a factor 1 +- 1/1024 alternating over the features,
+    and cj's size is shared between them. faiss's generator is MT19937 seeded 1234 with
+    rand_float = next 32 bits / (2^32 - 1) in float32, which numpy's legacy RandomState(1234)
+    reproduces draw for draw (checked against faiss.RandomGenerator in tests/test_bench_sweep.py).
+    """
+    import numpy as np
+
+    k = centers.shape[0]
+    cen = centers.clone()
+    size = counts.to(torch.float32).tolist()  # faiss keeps the sizes in float ("hassign")
+    rng = np.random.RandomState(1234)
+    draws: list[float] = []
+    eps = 1.0 / 1024
+    plus = torch.tensor([1 + eps if j % 2 == 0 else 1 - eps for j in range(cen.shape[1])], dtype=cen.dtype,
+                        device=cen.device)  # fmt: skip
+    minus = 2.0 - plus
+    for ci in range(k):
+        if size[ci] != 0:
+            continue
+        cj, found = 0, False
+        for tries in range(10 * k):
+            if not draws:  # the next 32-bit outputs, as faiss's float(mt()) / float(mt.max())
+                raw = rng.randint(0, 2**32, size=4096, dtype=np.uint64).astype(np.float32)
+                draws = (raw / np.float32(4294967295.0)).tolist()[::-1]
+            cj = tries % k
+            if draws.pop() < (size[cj] - 1.0) / float(np.float32(n - k)):
+                found = True
+                break
+        if not found:
+            cj = max(range(k), key=lambda j: (size[j], -j))
+        cen[ci] = cen[cj] * plus
+        cen[cj] = cen[cj] * minus
+        size[ci] = float(np.float32(size[cj]) / np.float32(2))
+        size[cj] = float(np.float32(size[cj]) - np.float32(size[ci]))
+    return cen
 
 
 def lloyd_errors(x: torch.Tensor, centers: torch.Tensor, truth: tuple[torch.Tensor, list[float]]) -> tuple[float, int]:
