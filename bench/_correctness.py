@@ -287,3 +287,18 @@ def check_lloyd(x, centers, truth, plain=None, inertia_floor: float = 1e-4) -> t
     return ok, (f"inertia {err:.1e} from the float64 Lloyd's (allowed {tol:.1e}); {off} of {k} centers off it "
                 f"by more than 1e-3 of a row's rms distance (allowed {allowed}; plain float32 torch: "
                 f"{p_err:.1e} and {p_off})")
+
+
+def check_faiss_lloyd(x, c0, niter: int, centers, nsplit: int, truth, plain) -> tuple[bool, str]:
+    """faiss's Lloyd (``faiss.Kmeans`` from the centers c0, ``niter`` iterations, every row)
+    like for like: where it split no cluster (``nsplit`` from its iteration_stats), by
+    ``check_lloyd`` against the common ``truth`` and ``plain``; where it did, against a
+    float64 Lloyd with faiss's own split rule and plain float32 torch's run of the same
+    (``faiss_split``), since scikit-learn and kmgan_ext move the farthest row instead."""
+    if nsplit == 0:
+        ok, msg = check_lloyd(x, centers, truth, plain)
+        return ok, f"{msg}; faiss split no cluster"
+    truth_f = lloyd(x, c0, niter, empty_rule="faiss")
+    plain_f = lloyd(x, c0, niter, torch.float32, empty_rule="faiss")[0]
+    ok, msg = check_lloyd(x, centers, truth_f, plain_f)
+    return ok, f"{msg}; {nsplit} splits in {niter} iterations, judged by faiss's split rule"

@@ -26,6 +26,7 @@ import torch
 from _correctness import (  # noqa: F401  (re-exported for the benchmarks)
     Lazy,
     all_ok,
+    check_faiss_lloyd,
     check_labels,
     check_lloyd,
     check_loss,

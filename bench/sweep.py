@@ -268,14 +268,9 @@ def truth(op: str, x, c, labels):
     return None
 
 
-def faiss_truth(x, c):
-    """faiss's Lloyd in float64 and in plain float32 torch, with faiss's split rule."""
-    return H.lloyd(x, c, NITER, empty_rule="faiss"), H.lloyd(x, c, NITER, torch.float32, empty_rule="faiss")[0]
-
-
 FAISS_SPLIT = ("faiss splits a large cluster in two for each cluster left empty, where scikit-learn and "
                "kmgan_ext move the farthest row into it: judged against a float64 Lloyd with faiss's own "
-               "split rule (bench/_correctness.faiss_split)")
+               "split rule (bench/_correctness.check_faiss_lloyd)")
 
 
 YARDSTICK_RTOL = 1e-3  # plain torch's own rows: float32 rounding is far below, a bug far above
@@ -306,13 +301,7 @@ def check(op, got, want, plain, x, c, yardstick: bool = False) -> tuple[bool, st
         nsplit = sum(st["nsplit"] for st in stats or [])
         if stats is None:
             return H.check_lloyd(x, got, want, None if yardstick else plain)
-        if nsplit == 0:  # faiss refilled no cluster: the common truth
-            ok, msg = H.check_lloyd(x, got, want, plain)
-            return ok, f"{msg}; faiss split no cluster"
-        # faiss, by its own rule: the float64 Lloyd and plain float32 torch's with its splits
-        truth_f, plain_f = faiss_truth(x, c)
-        ok, msg = H.check_lloyd(x, got, truth_f, plain_f)
-        return ok, f"{msg}; {nsplit} splits in {NITER} iterations, judged by faiss's split rule"
+        return H.check_faiss_lloyd(x, c, NITER, got, nsplit, want, plain)
     outs, extra = (want, None) if op != "center_loss" else want
     gs = got if isinstance(got, tuple) else (got,)
     ps = plain if isinstance(plain, tuple) else (plain,)
