@@ -13,6 +13,23 @@ from typing import Any, Callable, Sequence
 import torch
 
 
+# Plain float32 torch's own rows (the providers named here) are the yardstick of
+# ``tolerances``: twice their own error cannot fail their own answer, so check_loss holds them
+# to YARDSTICK_RTOL of each output's scale instead (float32 rounding is far below it, a bug
+# far above). bench/_harness.run_provider names the provider being checked in ``checking``.
+YARDSTICKS = ("torch", "kmgan-torch")
+YARDSTICK_RTOL = 1e-3
+checking = {"provider": None}
+
+
+def yardstick_tols(want_outputs: Sequence[torch.Tensor]) -> list[float] | None:
+    """YARDSTICK_RTOL of each output's scale when the provider being checked is plain torch
+    itself (``checking``), else None."""
+    if checking["provider"] not in YARDSTICKS:
+        return None
+    return [YARDSTICK_RTOL * (1 + (float(w.detach().abs().max()) if w.numel() else 0.0)) for w in want_outputs]
+
+
 class Lazy:
     """A value computed on first use: a case whose rows are all skipped never pays for it."""
 
@@ -156,6 +173,10 @@ def check_loss(out, want, tols: Sequence[float], names: Sequence[str]) -> tuple[
     (loss, grads), (wl, wg) = out, want
     got = [loss] + list(grads)
     exp = [wl] + list(wg)
+    own = yardstick_tols(exp)
+    if own is not None:
+        ok, msg = all_ok(*(close(nm, g, w, rtol=0.0, atol=t) for nm, g, w, t in zip(names, got, exp, own)))
+        return ok, msg + f" (plain torch, the yardstick: within {YARDSTICK_RTOL:g} of each scale)"
     return all_ok(*(close(nm, g, w, rtol=0.0, atol=t) for nm, g, w, t in zip(names, got, exp, tols)))
 
 

@@ -273,15 +273,13 @@ FAISS_SPLIT = ("faiss splits a large cluster in two for each cluster left empty,
                "split rule (bench/_correctness.check_faiss_lloyd)")
 
 
-YARDSTICK_RTOL = 1e-3  # plain torch's own rows: float32 rounding is far below, a bug far above
-
-
 def check(op, got, want, plain, x, c, yardstick: bool = False) -> tuple[bool, str]:
     """A provider's first answer against the float64 truth ``want``: labels and seeding by
     their own bars, values and gradients within twice plain float32 torch's (``plain``)
     error against the truth, or a floor (bench/_correctness.tolerances). ``yardstick``: got
     is plain torch's own answer (``plain``), which twice its own error cannot fail; it is
-    held to YARDSTICK_RTOL of the values' scale instead (Lloyd: its inertia to 1e-4)."""
+    held to _correctness.YARDSTICK_RTOL of the values' scale instead (Lloyd: its inertia to
+    1e-4)."""
     if op == "assign":
         # (values, indices) for torch and faiss, (labels, dist2) for km.assign
         d2, lab = (got[1], got[0]) if got[1].is_floating_point() else (got[0], got[1])
@@ -324,7 +322,7 @@ def check(op, got, want, plain, x, c, yardstick: bool = False) -> tuple[bool, st
         floor = 1e-6 * (1 + float(w.abs().max())) if w.numel() else 1e-6
         tol = max(floor, 2 * float(((pl - w).abs() * keep).max())) if w.numel() else floor
         if yardstick:
-            tol = YARDSTICK_RTOL * (1 + float(w.abs().max())) if w.numel() else floor
+            tol = H.YARDSTICK_RTOL * (1 + float(w.abs().max())) if w.numel() else floor
             note += " (plain torch: the yardstick, held to 1e-3 of the scale)"
         ok, msg = H.close(name, torch.where(keep, g, w), w, rtol=0.0, atol=tol)
         results.append((ok, msg + note))
