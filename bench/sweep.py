@@ -59,16 +59,23 @@ from _timing import measure  # noqa: E402
 
 OPS = ("assign", "minibatch_update", "assigned_distance", "center_loss", "kmeans_plusplus", "kmeans")
 NITER = 5  # Lloyd iterations of the kmeans cells (the sweep is about growth, not totals)
+# --quick's budget: no cell starts after it; the cell running then, the plots and the
+# roofline measurement fit in the rest of 10 minutes on the 2-core machine (Makefile)
+QUICK_BUDGET_S = 480.0
+
+
+CENTRE = {"tiny": dict(N=2000, K=8, d=16), "quick": dict(N=100_000, K=100, d=128), "full": dict(N=100_000, K=100, d=128)}
 
 
 def grid(size: str) -> list[dict]:
-    """One factor at a time around a centre point."""
+    """One factor at a time around a centre point (CENTRE)."""
+    centre = CENTRE[size]
     if size == "tiny":
-        centre, ns, ks, ds = dict(N=2000, K=8, d=16), [500, 2000], [4, 8], [16]
+        ns, ks, ds = [500, 2000], [4, 8], [16]
     elif size == "quick":
-        centre, ns, ks, ds = dict(N=100_000, K=100, d=128), [10_000, 100_000, 1_000_000], [10, 100, 1024, 4096], [32, 128, 512]
+        ns, ks, ds = [10_000, 100_000, 1_000_000], [10, 100, 1024, 4096], [32, 128, 512]
     else:
-        centre, ns, ks, ds = dict(N=100_000, K=100, d=128), [10_000, 30_000, 100_000, 300_000, 1_000_000], [10, 32, 100, 320, 1024, 4096], [32, 64, 128, 256, 512]
+        ns, ks, ds = [10_000, 30_000, 100_000, 300_000, 1_000_000], [10, 32, 100, 320, 1024, 4096], [32, 64, 128, 256, 512]
     shapes = [dict(centre, N=n) for n in ns] + [dict(centre, K=k) for k in ks] + [dict(centre, d=d) for d in ds]
     out, seen = [], set()
     for s in shapes:
@@ -329,6 +336,18 @@ def check(op, got, want, plain, x, c, yardstick: bool = False) -> tuple[bool, st
     return H.all_ok(*results)
 
 
+def plan(ops, size: str, roof) -> list[tuple[str, dict, float]]:
+    """Every (op, shape) cell with its least work in seconds at the roofline, cheapest first
+    across the ops: a run short of its --budget-s loses the costliest cells, each listed as
+    skipped, rather than every cell of the last ops."""
+    cells = []
+    for op in ops:
+        for shape in grid(size):
+            w = work(op, shape["N"], shape["K"], shape["d"], 4)
+            cells.append((op, shape, roof.bound(w.bytes, w.flops, w.flop_kind)[0] / 1e3))
+    return sorted(cells, key=lambda cell: cell[2])
+
+
 def run_cell(op: str, shape: dict, ctx: H.Ctx, cell_s: float) -> list[dict]:
     n, k, d = shape["N"], shape["K"], shape["d"]
     w = work(op, n, k, d, 4)
@@ -385,38 +404,74 @@ def run_cell(op: str, shape: dict, ctx: H.Ctx, cell_s: float) -> list[dict]:
     return rows
 
 
+SERIES_MARKERS = {"N": "o", "K": "s", "d": "^"}
+
+
+def series(shape: dict, centre: dict) -> list[str]:
+    """The factors whose one-at-a-time series hold this shape (the centre is in all three)."""
+    varying = [f for f in ("N", "K", "d") if shape[f] != centre[f]]
+    return varying or ["N", "K", "d"]
+
+
 def plot(result: dict, op: str, path: str) -> None:
+    """Top: median time against the least work, one colour per provider, one line per
+    one-factor series (marker: which of N, K, d varies), the roofline's time as black dashes.
+    Bottom: each peer's time over kmgan_ext's at the same shape; where a line crosses 1 the
+    faster one changes (the crossover), below 1 the peer is faster."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     rows = [r for r in result["rows"] if r["op"] == op and r.get("median_ms")]
     if not rows:
         return
+    centre = CENTRE[result.get("args", {}).get("size", "quick")]
     bandwidth_op = op in ("minibatch_update", "assigned_distance", "center_loss")
     key, unit = ("bytes", "bytes moved (least)") if bandwidth_op else ("flops", "flops (least)")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for prov in dict.fromkeys(r["provider"] for r in rows):
-        pts = sorted((r[key], r["median_ms"], r["p20_ms"], r["p80_ms"]) for r in rows if r["provider"] == prov)
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, lw=1, capsize=2, label=prov, linestyle="none")
+    fig, (ax, rx) = plt.subplots(2, 1, figsize=(7.5, 7.5), sharex=True, gridspec_kw=dict(height_ratios=[3, 2]))
+    provs = list(dict.fromkeys(r["provider"] for r in rows))
+    colour = {p: f"C{i}" for i, p in enumerate(provs)}
+    shape_key = lambda r: (r["shape"]["N"], r["shape"]["K"], r["shape"]["d"])  # noqa: E731
+    ours = {shape_key(r): r["median_ms"] for r in rows if r["provider"] == "kmgan_ext"}
+    for fac, mk in SERIES_MARKERS.items():
+        part = [r for r in rows if fac in series(r["shape"], centre)]
+        for prov in provs:
+            pts = sorted((r[key], r["median_ms"], r["p20_ms"], r["p80_ms"], shape_key(r)) for r in part if r["provider"] == prov)
+            if not pts:
+                continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+            ax.errorbar(xs, ys, yerr=err, marker=mk, ms=4, lw=1, capsize=2, color=colour[prov])
+            if prov != "kmgan_ext" and not prov.startswith("kmgan_ext"):
+                rel = [(p[0], p[1] / ours[p[4]]) for p in pts if p[4] in ours]
+                if rel:
+                    rx.plot([q[0] for q in rel], [q[1] for q in rel], marker=mk, ms=4, lw=1, color=colour[prov])
     roof = result["roofline"]
-    xs = sorted({r[key] for r in rows})
-    if roof and xs:
+    if roof:
         from _roofline import Roofline
 
         rl = Roofline(**roof)
-        lim = [rl.bound(r["bytes"], r["flops"], "fp32")[0] for r in sorted(rows, key=lambda r: r[key])]
-        ax.plot(sorted(r[key] for r in rows), lim, "k:", lw=1, label="roofline (least work)")
+        ax.plot([r[key] for r in rows], [rl.bound(r["bytes"], r["flops"], "fp32")[0] for r in rows], "k_", ms=9)
+    handles = [Line2D([], [], color=colour[p], lw=2, label=p) for p in provs]
+    handles += [Line2D([], [], color="grey", marker=mk, ls="none", label=f"{fac} varies") for fac, mk in SERIES_MARKERS.items()]
+    handles.append(Line2D([], [], color="k", marker="_", ms=9, ls="none", label="roofline (least work)"))
+    ax.legend(handles=handles, fontsize=7, ncol=2)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(unit)
     ax.set_ylabel("median time (ms)")
-    ax.set_title(f"{op}: time against work ({result['device']['name']}, load {result.get('load_avg_start')})", fontsize=9)
-    ax.legend(fontsize=7)
+    c = ", ".join(f"{f}={v:g}" for f, v in centre.items())
+    ax.set_title(f"{op}: time against work, one factor at a time around {c}\n"
+                 f"({result['device']['name']}, load {result.get('load_avg_start')} at start, "
+                 f"{result.get('load_avg_end')} at end)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
+    rx.axhline(1.0, color="k", lw=1)
+    rx.set_yscale("log")
+    rx.set_xlabel(unit)
+    rx.set_ylabel("peer time / kmgan_ext time")
+    rx.set_title("above 1: kmgan_ext is faster; a line crossing 1 is a crossover", fontsize=8)
+    rx.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -432,7 +487,9 @@ def parse(argv):
     p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cell-s", type=float, default=None, help="skip cells whose least work exceeds this (s)")
-    p.add_argument("--budget-s", type=float, default=None)
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting cells after this many seconds (the rest are listed as skipped); "
+                        "--quick: 480 unless given, so that the quick sweep ends within 10 minutes")
     a = p.parse_args(argv)
     a.ops = [o for o in a.ops.split(",") if o]
     bad = [o for o in a.ops if o not in OPS]
@@ -446,6 +503,8 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     cell_s = args.cell_s if args.cell_s is not None else {"tiny": 5.0, "quick": 2.0, "full": 20.0}[size]
+    if args.budget_s is None and size == "quick":
+        args.budget_s = QUICK_BUDGET_S
     threads = H.set_threads(args.threads)
     out = args.out or os.path.join(HERE, "results", f"sweep-{device.type}")
     os.makedirs(out, exist_ok=True)
@@ -456,16 +515,25 @@ def main(argv=None) -> dict:
     meta = H.run_metadata(ctx, dict(vars(args), size=size, cell_s=cell_s, niter=NITER))
     meta["threads"] = threads
     rows = []
-    for op in args.ops:
-        for shape in grid(size):
-            H.eprint(f"sweep: {op} {shape}")
-            try:
-                rows += run_cell(op, shape, ctx, cell_s)
-            except Exception as e:
-                H.eprint(traceback.format_exc())
-                r = H.empty_row(op, shape, "(cell)", "full")
-                r["error"] = f"cell crashed: {type(e).__name__}: {e}"[:300]
-                rows.append(r)
+    for op, shape, bound_s in plan(args.ops, size, ctx.roof):
+        if ctx.time_left() <= 0:
+            r = H.empty_row(op, shape, "(all)", "full")
+            r["skipped"] = (f"the run's budget (--budget-s {args.budget_s:g}) was spent before this cell: least work "
+                            f"{bound_s:.2g} s at the roofline (cells run cheapest first)")
+            rows.append(r)
+            continue
+        H.eprint(f"sweep: {op} {shape} ({time.monotonic() - t0:.0f} s)")
+        try:
+            rows += run_cell(op, shape, ctx, cell_s)
+        except Exception as e:
+            H.eprint(traceback.format_exc())
+            r = H.empty_row(op, shape, "(cell)", "full")
+            r["error"] = f"cell crashed: {type(e).__name__}: {e}"[:300]
+            rows.append(r)
+    # back in the grid's order: op by op, shape by shape
+    order = {(op, json.dumps(sh, sort_keys=True)): i for i, (op, sh) in
+             enumerate((op, sh) for op in args.ops for sh in grid(size))}  # fmt: skip
+    rows.sort(key=lambda r: order[(r["op"], json.dumps(r["shape"], sort_keys=True))])
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     meta["load_avg_end"] = H._loadavg()
     result = {**meta, "rows": rows}
