@@ -42,6 +42,29 @@ def test_tiny_sweep(tmp_path):
         assert (tmp_path / f"{op}.png").exists(), op
 
 
+def test_cells_past_the_budget_are_listed_as_skipped(tmp_path):
+    """No cell starts after --budget-s: every cell of the grid still has a row, saying why."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "sweep.py"), "--tiny", "--threads", "1", "--budget-s", "0",
+         "--ops", "assign,kmeans", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    cells = [(op, (s["N"], s["K"], s["d"])) for op in ("assign", "kmeans") for s in sweep.grid("tiny")]
+    assert [(r["op"], (r["shape"]["N"], r["shape"]["K"], r["shape"]["d"])) for r in rows] == cells
+    assert all("budget" in r["skipped"] and r["median_ms"] is None for r in rows), rows
+
+
+def test_plan_runs_the_cheapest_cells_first():
+    from _roofline import Roofline
+
+    roof = Roofline(20.0, {"fp32": 100.0}, "test")
+    cells = sweep.plan(sweep.OPS, "quick", roof)
+    assert len(cells) == len(sweep.OPS) * len(sweep.grid("quick"))
+    assert [c[2] for c in cells] == sorted(c[2] for c in cells)
+
+
 def _cell(op, n=2000, k=4, d=16):
     import torch
 
