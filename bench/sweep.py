@@ -104,9 +104,18 @@ def work(op: str, n: int, k: int, d: int, e: int) -> H.Work:
     raise ValueError(op)
 
 
-# Providers known to take far longer than the roofline: an estimated rate (flop/s) used only
-# to skip cells that would not finish within --cell-s.
-_SLOW_RATE = {("kmeans_plusplus", "sklearn"): 5e9, ("kmeans", "sklearn"): 1e10, ("assign", "sklearn"): 3e9}
+# Providers known to take far longer than the roofline: an estimated rate (flop/s of the
+# least work) used to skip a provider whose one call would take over 5 x --cell-s (the
+# roofline's rule for a cell), and to order the cells (``plan``). Measured in the quick sweep
+# on the 2-core machine at load 7-8: scikit-learn's kmeans_plusplus 1.5e9 flops in 17 s
+# (the idle machine is some 3x faster), its KMeans 1.5e9 in 0.39 s.
+_SLOW_RATE = {("kmeans_plusplus", "sklearn"): 3e8, ("kmeans", "sklearn"): 4e9, ("assign", "sklearn"): 3e9}
+
+
+def slow_estimate_s(op: str, name: str, flops: float) -> float | None:
+    """The estimated seconds of one call of a slow provider (``_SLOW_RATE``), or None."""
+    rate = _SLOW_RATE.get((op, name))
+    return None if rate is None else flops / rate
 
 
 def _data(n, d, k, device, seed=0):
@@ -336,16 +345,20 @@ def check(op, got, want, plain, x, c, yardstick: bool = False) -> tuple[bool, st
     return H.all_ok(*results)
 
 
-def plan(ops, size: str, roof) -> list[tuple[str, dict, float]]:
-    """Every (op, shape) cell with its least work in seconds at the roofline, cheapest first
+def plan(ops, size: str, roof) -> list[tuple[str, dict, float, float]]:
+    """Every (op, shape) cell with its least work in seconds at the roofline and its
+    estimated cost (the slowest peer's call, ``_SLOW_RATE``, where larger), cheapest first
     across the ops: a run short of its --budget-s loses the costliest cells, each listed as
     skipped, rather than every cell of the last ops."""
     cells = []
     for op in ops:
         for shape in grid(size):
             w = work(op, shape["N"], shape["K"], shape["d"], 4)
-            cells.append((op, shape, roof.bound(w.bytes, w.flops, w.flop_kind)[0] / 1e3))
-    return sorted(cells, key=lambda cell: cell[2])
+            bound_s = roof.bound(w.bytes, w.flops, w.flop_kind)[0] / 1e3
+            # the slow peers' calls where they will run (estimate: _SLOW_RATE), else the roofline
+            slow = [e for name in ("sklearn",) if (e := slow_estimate_s(op, name, w.flops)) is not None]
+            cells.append((op, shape, bound_s, max([bound_s] + slow)))
+    return sorted(cells, key=lambda cell: cell[3])
 
 
 def run_cell(op: str, shape: dict, ctx: H.Ctx, cell_s: float) -> list[dict]:
@@ -370,9 +383,10 @@ def run_cell(op: str, shape: dict, ctx: H.Ctx, cell_s: float) -> list[dict]:
         if fn is None:
             r["absent"] = why
             continue
-        rate = _SLOW_RATE.get((op, name))
-        if rate and w.flops / rate > cell_s:
-            r["skipped"] = f"estimated {w.flops / rate:.2g} s at {rate:.2g} flop/s > --cell-s {cell_s}"
+        est = slow_estimate_s(op, name, w.flops)
+        if est is not None and est > 5 * cell_s:
+            r["skipped"] = (f"estimated {est:.2g} s a call at {_SLOW_RATE[(op, name)]:.2g} flop/s, "
+                            f"x1 > 5 x --cell-s {cell_s}")
             continue
         if ctx.time_left() <= 0:
             r["skipped"] = "out of the run's budget"
@@ -515,7 +529,7 @@ def main(argv=None) -> dict:
     meta = H.run_metadata(ctx, dict(vars(args), size=size, cell_s=cell_s, niter=NITER))
     meta["threads"] = threads
     rows = []
-    for op, shape, bound_s in plan(args.ops, size, ctx.roof):
+    for op, shape, bound_s, _ in plan(args.ops, size, ctx.roof):
         if ctx.time_left() <= 0:
             r = H.empty_row(op, shape, "(all)", "full")
             r["skipped"] = (f"the run's budget (--budget-s {args.budget_s:g}) was spent before this cell: least work "

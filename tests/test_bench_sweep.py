@@ -61,8 +61,13 @@ def test_plan_runs_the_cheapest_cells_first():
 
     roof = Roofline(20.0, {"fp32": 100.0}, "test")
     cells = sweep.plan(sweep.OPS, "quick", roof)
-    assert len(cells) == len(sweep.OPS) * len(sweep.grid("quick"))
-    assert [c[2] for c in cells] == sorted(c[2] for c in cells)
+    assert sorted((op, tuple(s.values())) for op, s, _, _ in cells) == sorted(
+        (op, tuple(s.values())) for op in sweep.OPS for s in sweep.grid("quick"))
+    est = [e for *_, e in cells]
+    assert est == sorted(est) and all(e >= b for _, _, b, e in cells)
+    # scikit-learn's k-means++ (far slower than the roofline) counts in the estimate
+    kpp = next(e for op, s, b, e in cells if op == "kmeans_plusplus" and s == sweep.CENTRE["quick"])
+    assert kpp == sweep.slow_estimate_s("kmeans_plusplus", "sklearn", sweep.work("kmeans_plusplus", 100_000, 100, 128, 4).flops)
 
 
 def _cell(op, n=2000, k=4, d=16):
