@@ -347,18 +347,21 @@ def check(op, got, want, plain, x, c, yardstick: bool = False) -> tuple[bool, st
 
 def plan(ops, size: str, roof) -> list[tuple[str, dict, float, float]]:
     """Every (op, shape) cell with its least work in seconds at the roofline and its
-    estimated cost (the slowest peer's call, ``_SLOW_RATE``, where larger), cheapest first
-    across the ops: a run short of its --budget-s loses the costliest cells, each listed as
-    skipped, rather than every cell of the last ops."""
+    estimated cost (the slowest peer's call, ``_SLOW_RATE``, where larger), in rounds: each
+    op's cheapest cell, then each op's second cheapest, and so on. A run short of its
+    --budget-s loses the costliest cells of every op, each listed as skipped, rather than
+    every cell of the slow ops: each op's plot keeps its cheapest points."""
     cells = []
     for op in ops:
+        mine = []
         for shape in grid(size):
             w = work(op, shape["N"], shape["K"], shape["d"], 4)
             bound_s = roof.bound(w.bytes, w.flops, w.flop_kind)[0] / 1e3
             # the slow peers' calls where they will run (estimate: _SLOW_RATE), else the roofline
             slow = [e for name in ("sklearn",) if (e := slow_estimate_s(op, name, w.flops)) is not None]
-            cells.append((op, shape, bound_s, max([bound_s] + slow)))
-    return sorted(cells, key=lambda cell: cell[3])
+            mine.append((op, shape, bound_s, max([bound_s] + slow)))
+        cells += [(rank, cell) for rank, cell in enumerate(sorted(mine, key=lambda cell: cell[3]))]
+    return [cell for _, cell in sorted(cells, key=lambda rc: (rc[0], rc[1][3]))]
 
 
 def run_cell(op: str, shape: dict, ctx: H.Ctx, cell_s: float) -> list[dict]:

@@ -56,15 +56,18 @@ def test_cells_past_the_budget_are_listed_as_skipped(tmp_path):
     assert all("budget" in r["skipped"] and r["median_ms"] is None for r in rows), rows
 
 
-def test_plan_runs_the_cheapest_cells_first():
+def test_plan_runs_each_ops_cheapest_cells_first():
     from _roofline import Roofline
 
     roof = Roofline(20.0, {"fp32": 100.0}, "test")
     cells = sweep.plan(sweep.OPS, "quick", roof)
     assert sorted((op, tuple(s.values())) for op, s, _, _ in cells) == sorted(
         (op, tuple(s.values())) for op in sweep.OPS for s in sweep.grid("quick"))
-    est = [e for *_, e in cells]
-    assert est == sorted(est) and all(e >= b for _, _, b, e in cells)
+    assert all(e >= b for _, _, b, e in cells)
+    for op in sweep.OPS:  # each op's cells cheapest first, and every op's cheapest in the first round
+        est = [e for o, _, _, e in cells if o == op]
+        assert est == sorted(est), op
+    assert {o for o, *_ in cells[: len(sweep.OPS)]} == set(sweep.OPS)
     # scikit-learn's k-means++ (far slower than the roofline) counts in the estimate
     kpp = next(e for op, s, b, e in cells if op == "kmeans_plusplus" and s == sweep.CENTRE["quick"])
     assert kpp == sweep.slow_estimate_s("kmeans_plusplus", "sklearn", sweep.work("kmeans_plusplus", 100_000, 100, 128, 4).flops)
