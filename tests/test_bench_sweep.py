@@ -200,3 +200,20 @@ def test_every_sweep_check_fails_a_planted_wrong_answer(tmp_path):
     others = [(r["op"], r["provider"], r["check"]) for r in ran if not r["provider"].startswith("kmgan_ext")
               and not r["correct"]]
     assert not others, others
+
+
+def test_faiss_rows_say_they_split_in_their_note():
+    """The sweep's faiss row on a cell that empties clusters: right by faiss's own rule, timed,
+    and its note tells why it ends elsewhere than scikit-learn and kmgan_ext."""
+    import torch
+    from _roofline import Roofline
+
+    pytest = __import__("pytest")
+    pytest.importorskip("faiss")
+    ctx = sweep.H.Ctx(device=torch.device("cpu"), quick=False, tiny=True, compile=False, deadline=None,
+                      log=lambda *a: None)  # fmt: skip
+    ctx.roof = Roofline(20.0, {"fp32": 100.0}, "test")
+    rows = {r["provider"]: r for r in sweep.run_cell("kmeans", dict(N=5000, K=100, d=64), ctx, 60.0)}
+    fa = rows["faiss"]
+    assert fa["correct"] and fa["median_ms"] and fa["note"] == sweep.FAISS_SPLIT, fa
+    assert all(r["correct"] and not r["note"] for p, r in rows.items() if p != "faiss"), rows
