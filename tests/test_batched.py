@@ -297,6 +297,35 @@ def test_ema_update_one_launch_sequence(device, backend, deterministic):
         assert one > 0 and count() - before == one, (one, count() - before)
 
 
+@pytest.mark.emulated_gpu
+def test_ema_update_triton_past_the_grid_limit(monkeypatch):
+    """More problems than a grid axis holds (65535 on a GPU; 2 here) run in slices."""
+    if km.available_backends()["triton"]:
+        pytest.skip(km.available_backends()["triton"])
+    from kmgan_ext.kernels import minibatch_update as triton_updates
+
+    monkeypatch.setattr(triton_updates, "_MAX_PROBLEMS", 2)
+    x, c, labels, size, embed, w = _ema_case(5, 30, 4, 3, "cpu", weighted=True)
+    cb, sb, eb = c.clone(), size.clone(), embed.clone()
+    km.ema_update_(cb, sb, eb, x, labels, sample_weight=w, decay=0.9, deterministic=True,
+                   backend="triton")
+    for i in range(5):
+        ci, si, ei = c[i].clone(), size[i].clone(), embed[i].clone()
+        km.ema_update_(ci, si, ei, x[i], labels[i], sample_weight=w[i], decay=0.9,
+                       deterministic=True, backend="triton")
+        assert torch.equal(cb[i], ci) and torch.equal(sb[i], si) and torch.equal(eb[i], ei), i
+
+
+@pytest.mark.parametrize("device,backend", [p for p in backend_params() if p.values[1] in ("reference", "cpu")])
+def test_ema_update_opcheck(device, backend):
+    """The batched form goes through the op itself: schema (mutated arguments), fake kernel."""
+    x, c, labels, size, embed, w = _ema_case(3, 20, 4, 5, device, weighted=True)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.kmgan_ext.ema_update_.default,
+                          (c.clone(), size.clone(), embed.clone(), x, labels, 0.9, 1e-5, True,
+                           backend, True, w), test_utils=utils)
+
+
 @pytest.mark.parametrize("device,backend", backend_params())
 def test_labels_of_another_problem_are_refused(device, backend):
     if device != "cpu":
