@@ -205,22 +205,24 @@ def test_minibatch_step_equals_per_problem(device, backend, metric):
 # problem is a grid axis on triton and cuda, a loop inside the one cpu call), each problem
 # bitwise its own 2-D call: the Laplace smoothing's total n is each problem's own. Shapes: the
 # one-program Triton path, K past it (the sorted / atomic paths), and empty problems.
-EMA_SHAPES = [(3, 40, 5, 4), (2, 150, 70, 6), (3, 0, 4, 3)]
+EMA_SHAPES = [(3, 40, 5, 4), (2, 150, 70, 6), (3, 0, 4, 3), (0, 5, 3, 4)]
 
 
 def _ema_case(b, n, k, d, device, weighted):
     x, c = _problems(b, n, k, d, device=device)
     labels, _ = km.assign(x, c, backend="reference")
-    labels[0][labels[0] == k - 1] = 0  # an empty cluster in problem 0
+    if b:
+        labels[0][labels[0] == k - 1] = 0  # an empty cluster in problem 0
     g = torch.Generator().manual_seed(3)
     size = torch.rand(b, k, generator=g).to(device)
-    size[1] = 0  # a problem with no history: its own total, not its neighbours', decides
     embed = torch.randn(b, k, d, generator=g).to(device)
-    embed[1] = 0  # with no rows, N'_k == 0: its centers are kept
+    if b > 1:
+        size[1] = 0  # a problem with no history: its own total, not its neighbours', decides
+        embed[1] = 0  # with no rows, N'_k == 0: its centers are kept
     w = None
     if weighted:
         w = torch.rand(b, n, generator=g, dtype=torch.float64).to(device)
-        if n:
+        if b and n:
             w[0, :3] = 0  # zero-weight rows count for nothing
     return x, c, labels, size, embed, w
 

@@ -346,7 +346,7 @@ void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum
     check_update_args(centers, x_in);
     check_index("labels", labels_in, x_in.size(0));
   }
-  const int64_t d = x_in.size(-1), k = centers.size(-2);
+  const int64_t d = x_in.size(-1), k = centers.size(-2), n = x_in.size(-2);
   const int64_t b = batched ? centers.size(0) : 1;
   check_ema_state("cluster_size", cluster_size,
                   batched ? std::vector<int64_t>{b, k} : std::vector<int64_t>{k}, centers);
@@ -356,7 +356,7 @@ void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum
   TORCH_CHECK_VALUE(eps >= 0.0 && eps < std::numeric_limits<double>::infinity(),
                     "eps must be a finite float >= 0, got ", eps);
   // The B problems' rows and labels as (B*N, d) and (B*N,): the checks read them flat.
-  const Tensor x = x_in.contiguous().view({-1, d}), labels = labels_in.contiguous().view({-1});
+  const Tensor x = x_in.contiguous().view({b * n, d}), labels = labels_in.contiguous().view({b * n});
   Tensor w;
   if (sample_weight.has_value()) {
     const Tensor& sw = *sample_weight;
@@ -367,7 +367,6 @@ void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum
   check_label_values("labels", labels.data_ptr<int64_t>(), labels.numel(), k);
   const Tensor c = contiguous_work(centers), size = contiguous_work(cluster_size),
                embed = contiguous_work(embed_sum);
-  const int64_t n = x.size(0) / (b > 0 ? b : 1);
   for (int64_t p = 0; p < b; ++p) {
     const int64_t r0 = p * n;
     ema_problem(batched ? c[p] : c, batched ? size[p] : size, batched ? embed[p] : embed,
