@@ -269,8 +269,9 @@ def ema_update_(
         Batched problems: centers (B, K, d), cluster_size (B, K), embed_sum (B, K, d), x
         (B, N, d), labels (B, N) in [0, K) of each problem, sample_weight (B, N): one call
         of the op and one launch sequence for all problems (the smoothing's total n is each
-        problem's own), each problem bitwise its own 2-D call; everything is checked before
-        the first write.
+        problem's own), each problem bitwise its own 2-D call (on GPU backends with
+        deterministic=True: float atomics may add in another order); everything is checked
+        before the first write.
         metric: "euclidean" or "cosine": S_k sums x_i / ||x_i|| and c_k = M_k / N'_k is
             renormalised to unit length, as vector-quantize-pytorch's cosine codebook.
         deterministic, backend: as in :func:`minibatch_update_`.
