@@ -367,7 +367,17 @@ def ema_update_(
     c_k = M_k / N'_k is renormalised to unit length (a zero result stays zero).
 
     ``sample_weight``: n_k is the weight of the rows labelled k and S_k their weighted sum.
+
+    Batched problems (centers (B, K, d), cluster_size (B, K), embed_sum (B, K, d), x
+    (B, N, d), labels (B, N) in [0, K), sample_weight (B, N)): problem by problem, each with
+    its own total n.
     """
+    if centers.dim() == 3:
+        for b in range(centers.shape[0]):
+            ema_update_(centers[b], cluster_size[b], embed_sum[b], x[b], labels[b], decay, eps,
+                        deterministic, cosine,
+                        sample_weight[b] if sample_weight is not None else None)
+        return
     k = centers.shape[0]
     sums, m = cluster_sums(_unit_rows(x) if cosine else x, labels, k, sample_weight)
     size = decay * _acc(cluster_size) + (1.0 - decay) * m.to(torch.float64)

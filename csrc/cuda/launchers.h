@@ -130,13 +130,17 @@ cudaError_t minibatch_update_launch(Dtype dtype, void* centers, void* counts, co
 // c_k unchanged where N'_k == 0. cluster_size N (K) and embed_sum M (K, d) are float32
 // (float64 when dtype is float64); arithmetic in double. total: one double of workspace.
 // N = 0 is valid (the state decays).
+// problems P > 1: P independent problems, each of n rows and k clusters (labels in [0, k) of
+// each problem), every buffer P times one problem's and laid out problem after problem;
+// sorted_labels / perm are each problem's own stable sort (positions within the problem);
+// total is P doubles. Each problem gets its own total n; the launches are one problem's.
 cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, void* embed_sum,
                               double decay, double eps, const void* x, const int64_t* labels,
                               const int64_t* sorted_labels, const int64_t* perm, int64_t n,
                               int64_t k, int64_t d, double* sums, int64_t* batch_counts,
                               double* pieces, double* total, double* row_norms,
                               const double* weights, double* batch_weights,
-                              cudaStream_t stream);
+                              cudaStream_t stream, int64_t problems = 1);
 
 // ------------------------------------------------------------------------------ center loss
 // counts_* (int64) = rows per cluster; u_diff (d, acc) = u_real - u_fake with

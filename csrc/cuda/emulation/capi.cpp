@@ -91,10 +91,10 @@ EMU_API kmgan_emu_ema_update_launch(int dtype, void* centers, void* cluster_size
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
                                     double* total, double* row_norms, const double* weights,
-                                    double* batch_weights) {
+                                    double* batch_weights, int64_t problems) {
   return ema_update_launch(dt(dtype), centers, cluster_size, embed_sum, decay, eps, x, labels,
                            sorted_labels, perm, n, k, d, sums, batch_counts, pieces, total,
-                           row_norms, weights, batch_weights, nullptr);
+                           row_norms, weights, batch_weights, nullptr, problems);
 }
 
 EMU_API_SIZE kmgan_emu_cluster_pieces_elems(int64_t n, int64_t d) {
