@@ -284,15 +284,19 @@ inline void normalize_in_place(double* v, int64_t d) {
 // two values near float32 max overflows, and a scale 1 / ||.|| past 1e38 is subnormal in float32,
 // where the double product fits (contract 2).
 
-// AVX2 + runtime check (scaled_diff_grad_avx2.cpp): scaled_diff_rows for float32, same bits.
+// AVX2 + runtime check (scaled_diff_grad_avx2.cpp): scaled_diff_rows for float32, same bits;
+// int64 or int32 labels.
 void scaled_diff_rows_f32_avx2(const float* x, const float* c, const int64_t* labels, int64_t d,
+                               const double* scale, int64_t i0, int64_t i1, float* gx,
+                               double* sums);
+void scaled_diff_rows_f32_avx2(const float* x, const float* c, const int32_t* labels, int64_t d,
                                const double* scale, int64_t i0, int64_t i1, float* gx,
                                double* sums);
 
 // Rows [i0, i1) in index order, all columns: gx_i when gx is not null, and -g added to the
 // rows of sums when sums is not null.
-template <typename scalar_t>
-void scaled_diff_rows(const scalar_t* x, const scalar_t* c, const int64_t* labels, int64_t d,
+template <typename scalar_t, typename index_t>
+void scaled_diff_rows(const scalar_t* x, const scalar_t* c, const index_t* labels, int64_t d,
                       const double* scale, int64_t i0, int64_t i1, scalar_t* gx,
                       WideSum<scalar_t>* sums) {
   using acc = acc_t<scalar_t>;
@@ -316,7 +320,7 @@ void scaled_diff_rows(const scalar_t* x, const scalar_t* c, const int64_t* label
       }
       continue;
     }
-    const int64_t base = labels[i] * d;
+    const int64_t base = static_cast<int64_t>(labels[i]) * d;
     if constexpr (!WideSum<scalar_t>::compensated) {
       // Plain double sums through restrict pointers, so the loop vectorises (issue 15: the
       // method call per element ran at a tenth of the bandwidth).
@@ -352,14 +356,14 @@ void scaled_diff_rows(const scalar_t* x, const scalar_t* c, const int64_t* label
 // thread reading part of every row) ran 4x slower than this on the 2-core machine: at
 // N = 65,536, d = 256, K = 1,024 each of the 2 threads spent 17 ms of CPU time where one
 // thread does the whole fused pass in 9-10 ms (csrc/cpu microbenchmark, load ~7).
-template <typename scalar_t>
-void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* labels, int64_t n,
+template <typename scalar_t, typename index_t>
+void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const index_t* labels, int64_t n,
                       int64_t d, int64_t k, const double* scale, scalar_t* gx, scalar_t* gc) {
   using acc = acc_t<scalar_t>;
   const int64_t chunk = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
   if (gc == nullptr) {
     at::parallel_for(0, n, chunk, [&](int64_t i0, int64_t i1) {
-      scaled_diff_rows<scalar_t>(x, c, labels, d, scale, i0, i1, gx, nullptr);
+      scaled_diff_rows<scalar_t, index_t>(x, c, labels, d, scale, i0, i1, gx, nullptr);
     });
     return;
   }
@@ -375,7 +379,7 @@ void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* label
       if (t == 0) {
         for (int64_t ch = 0; ch < chunks; ++ch) {
           const bool write_gx = !taken[ch].exchange(true, std::memory_order_relaxed);
-          scaled_diff_rows<scalar_t>(x, c, labels, d, scale, ch * chunk, std::min(n, (ch + 1) * chunk),
+          scaled_diff_rows<scalar_t, index_t>(x, c, labels, d, scale, ch * chunk, std::min(n, (ch + 1) * chunk),
                                      write_gx ? gx : nullptr, &sums);
         }
         continue;
@@ -384,7 +388,7 @@ void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const int64_t* label
         // Chunks are taken from the end down; once one is the owner's, so are all below it.
         const int64_t ch = next_from_end.fetch_sub(1, std::memory_order_relaxed) - 1;
         if (ch < 0 || taken[ch].exchange(true, std::memory_order_relaxed)) break;
-        scaled_diff_rows<scalar_t>(x, c, labels, d, scale, ch * chunk, std::min(n, (ch + 1) * chunk),
+        scaled_diff_rows<scalar_t, index_t>(x, c, labels, d, scale, ch * chunk, std::min(n, (ch + 1) * chunk),
                                    gx, nullptr);
       }
     }

@@ -19,8 +19,8 @@ namespace cpu {
 namespace {
 
 // kGx: write gx_i; kSums: subtract the unrounded gradient from the centre's row of sums.
-template <bool kGx, bool kSums>
-__attribute__((target("avx2"))) void rows(const float* x, const float* c, const int64_t* labels,
+template <bool kGx, bool kSums, typename index_t>
+__attribute__((target("avx2"))) void rows(const float* x, const float* c, const index_t* labels,
                                           int64_t d, const double* scale, int64_t i0, int64_t i1,
                                           float* gx, double* sums) {
   for (int64_t i = i0; i < i1; ++i) {
@@ -56,11 +56,9 @@ __attribute__((target("avx2"))) void rows(const float* x, const float* c, const 
   }
 }
 
-}  // namespace
-
-void scaled_diff_rows_f32_avx2(const float* x, const float* c, const int64_t* labels, int64_t d,
-                               const double* scale, int64_t i0, int64_t i1, float* gx,
-                               double* sums) {
+template <typename index_t>
+void dispatch(const float* x, const float* c, const index_t* labels, int64_t d,
+              const double* scale, int64_t i0, int64_t i1, float* gx, double* sums) {
   if (gx != nullptr && sums != nullptr) {
     rows<true, true>(x, c, labels, d, scale, i0, i1, gx, sums);
   } else if (gx != nullptr) {
@@ -70,9 +68,26 @@ void scaled_diff_rows_f32_avx2(const float* x, const float* c, const int64_t* la
   }
 }
 
+}  // namespace
+
+void scaled_diff_rows_f32_avx2(const float* x, const float* c, const int64_t* labels, int64_t d,
+                               const double* scale, int64_t i0, int64_t i1, float* gx,
+                               double* sums) {
+  dispatch(x, c, labels, d, scale, i0, i1, gx, sums);
+}
+void scaled_diff_rows_f32_avx2(const float* x, const float* c, const int32_t* labels, int64_t d,
+                               const double* scale, int64_t i0, int64_t i1, float* gx,
+                               double* sums) {
+  dispatch(x, c, labels, d, scale, i0, i1, gx, sums);
+}
+
 #else
 
 void scaled_diff_rows_f32_avx2(const float*, const float*, const int64_t*, int64_t,
+                               const double*, int64_t, int64_t, float*, double*) {
+  TORCH_CHECK(false, "scaled_diff_rows_f32_avx2 is not compiled on this platform");
+}
+void scaled_diff_rows_f32_avx2(const float*, const float*, const int32_t*, int64_t,
                                const double*, int64_t, int64_t, float*, double*) {
   TORCH_CHECK(false, "scaled_diff_rows_f32_avx2 is not compiled on this platform");
 }
