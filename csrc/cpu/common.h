@@ -3,8 +3,9 @@
 // ema_update and the centre gradients of assign/assigned_distance all use.
 //
 // Determinism: every reduction here has a fixed order that does not depend on the number
-// of threads (column blocks are split across threads, rows are always visited in index
-// order; totals over rows go through fixed-size chunks combined in chunk order), so the CPU
+// of threads (column blocks are split across threads, or one task sums every row, and rows
+// are always visited in index order; totals over rows go through fixed-size chunks combined
+// in chunk order), so the CPU
 // results are bitwise reproducible run to run and across torch.set_num_threads.
 #pragma once
 
@@ -352,10 +353,12 @@ void scaled_diff_rows(const scalar_t* x, const scalar_t* c, const index_t* label
 // Work split (issue 15): with gc, one task (the owner) adds every row's terms to the sums, in
 // index order, so each (centre, column) sum has the same bits for any thread count; the
 // other tasks write gx for whole chunks of rows taken from the end, and the owner writes gx
-// only for the chunks it reaches first. Splitting the columns across threads instead (each
-// thread reading part of every row) ran 4x slower than this on the 2-core machine: at
-// N = 65,536, d = 256, K = 1,024 each of the 2 threads spent 17 ms of CPU time where one
-// thread does the whole fused pass in 9-10 ms (csrc/cpu microbenchmark, load ~7).
+// only for the chunks it reaches first (which task writes a chunk changes no bit). Splitting
+// the columns across threads instead (each thread reading and writing part of every row, as
+// this did before) was slow on the 2-core machine: at N = 65,536, d = 256, K = 1,024 each of
+// the 2 threads spent ~17 ms of CPU time where one thread does the whole fused pass in
+// 9-10 ms (a standalone copy of both loops, per-thread CPU time, load ~7). The cost: the
+// pass is bounded by how fast one core reads x (not measured on more than 2 cores).
 template <typename scalar_t, typename index_t>
 void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const index_t* labels, int64_t n,
                       int64_t d, int64_t k, const double* scale, scalar_t* gx, scalar_t* gc) {
