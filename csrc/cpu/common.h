@@ -5,8 +5,8 @@
 // Determinism: every reduction here has a fixed order that does not depend on the number
 // of threads (column blocks are split across threads, or one task sums every row, and rows
 // are always visited in index order; totals over rows go through fixed-size chunks combined
-// in chunk order), so the CPU
-// results are bitwise reproducible run to run and across torch.set_num_threads.
+// in chunk order), so the CPU results are bitwise reproducible run to run and across
+// torch.set_num_threads.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -278,13 +278,6 @@ inline void normalize_in_place(double* v, int64_t d) {
   for (int64_t j = 0; j < d; ++j) v[j] /= nrm;
 }
 
-// The gradient of sum_i f_i(||x_i - c_{l_i}||) shapes used by assign_backward and
-// assigned_distance_backward: gx_i = scale_i (x_i - c_{l_i}) and, when gc is not null,
-// gc_k = -sum_{l_i = k} gx_i (a WideSum of the unrounded terms, rows in index order).
-// Scales, differences and products in double, each gx rounded once: a float32 difference of
-// two values near float32 max overflows, and a scale 1 / ||.|| past 1e38 is subnormal in float32,
-// where the double product fits (contract 2).
-
 // AVX2 + runtime check (scaled_diff_grad_avx2.cpp): scaled_diff_rows for float32, same bits;
 // int64 or int32 labels.
 void scaled_diff_rows_f32_avx2(const float* x, const float* c, const int64_t* labels, int64_t d,
@@ -350,6 +343,13 @@ void scaled_diff_rows(const scalar_t* x, const scalar_t* c, const index_t* label
   }
 }
 
+// The gradient of sum_i f_i(||x_i - c_{l_i}||) shapes used by assign_backward and
+// assigned_distance_backward: gx_i = scale_i (x_i - c_{l_i}) and, when gc is not null,
+// gc_k = -sum_{l_i = k} gx_i (a WideSum of the unrounded terms, rows in index order).
+// Scales, differences and products in double, each gx rounded once: a float32 difference of
+// two values near float32 max overflows, and a scale 1 / ||.|| past 1e38 is subnormal in float32,
+// where the double product fits (contract 2).
+//
 // Work split (issue 15): with gc, one task (the owner) adds every row's terms to the sums, in
 // index order, so each (centre, column) sum has the same bits for any thread count; the
 // other tasks write gx for whole chunks of rows taken from the end, and the owner writes gx
@@ -373,7 +373,8 @@ void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const index_t* label
   WideSum<scalar_t> sums(k * d);
   const int64_t chunks = (n + chunk - 1) / chunk;
   // taken[ch]: chunk ch's gx is written (or being written) by the task that set it.
-  std::unique_ptr<std::atomic<bool>[]> taken(new std::atomic<bool>[std::max<int64_t>(1, chunks)]);
+  std::unique_ptr<std::atomic<bool>[]> taken(
+      new std::atomic<bool>[static_cast<size_t>(std::max<int64_t>(1, chunks))]);
   for (int64_t ch = 0; ch < chunks; ++ch) taken[ch].store(false, std::memory_order_relaxed);
   std::atomic<int64_t> next_from_end{chunks};
   const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks));
@@ -382,8 +383,9 @@ void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const index_t* label
       if (t == 0) {
         for (int64_t ch = 0; ch < chunks; ++ch) {
           const bool write_gx = !taken[ch].exchange(true, std::memory_order_relaxed);
-          scaled_diff_rows<scalar_t, index_t>(x, c, labels, d, scale, ch * chunk, std::min(n, (ch + 1) * chunk),
-                                     write_gx ? gx : nullptr, &sums);
+          scaled_diff_rows<scalar_t, index_t>(x, c, labels, d, scale, ch * chunk,
+                                              std::min(n, (ch + 1) * chunk),
+                                              write_gx ? gx : nullptr, &sums);
         }
         continue;
       }
@@ -391,13 +393,15 @@ void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const index_t* label
         // Chunks are taken from the end down; once one is the owner's, so are all below it.
         const int64_t ch = next_from_end.fetch_sub(1, std::memory_order_relaxed) - 1;
         if (ch < 0 || taken[ch].exchange(true, std::memory_order_relaxed)) break;
-        scaled_diff_rows<scalar_t, index_t>(x, c, labels, d, scale, ch * chunk, std::min(n, (ch + 1) * chunk),
-                                   gx, nullptr);
+        scaled_diff_rows<scalar_t, index_t>(x, c, labels, d, scale, ch * chunk,
+                                            std::min(n, (ch + 1) * chunk), gx, nullptr);
       }
     }
   });
   at::parallel_for(0, k * d, kParallelElems, [&](int64_t e0, int64_t e1) {
-    for (int64_t e = e0; e < e1; ++e) gc[e] = static_cast<scalar_t>(static_cast<acc>(sums.value(e)));
+    for (int64_t e = e0; e < e1; ++e) {
+      gc[e] = static_cast<scalar_t>(static_cast<acc>(sums.value(e)));
+    }
   });
 }
 
