@@ -124,3 +124,41 @@ def test_opcheck(device, backend):
         torch.ops.kmgan_ext.assigned_distance_backward.default,
         (torch.ones((), dtype=torch.float64, device=device), out, x, labels, c, "fro", True, backend),
     )
+
+
+def _row_order_grads(x, labels, c, s):
+    """gx_i = s (x_i - c_{l_i}) rounded once to float32, and gc_k = -sum_{l_i = k} of the
+    unrounded float64 terms added row after row in index order (csrc/cpu/common.h,
+    scaled_diff_grad: the bits the cpu backend gives for any thread count)."""
+    x64, c64 = x.double(), c.double()
+    terms = s * (x64 - c64[labels])
+    sums = torch.zeros_like(c64)
+    for i in range(x.shape[0]):
+        sums[labels[i]] += -terms[i]
+    return terms.float(), sums.float()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("reduction", ["sq_sum", "fro"])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_cpu_centers_gradient_is_the_row_order_sum(threads, reduction, offset):
+    """The cpu backward with the centers' gradient splits rows into chunks of 2**15 / d among
+    threads (issue 15): 4,100 rows of 64 columns are 9 chunks. Every chunk's grad_x must be
+    written once and every row added once, in index order, to its center's float64 sum."""
+    if km.available_backends()["cpu"] is not None:
+        pytest.skip(str(km.available_backends()["cpu"]))
+    x, labels, c = _problem(4100, 64, 7, "cpu", seed=5)
+    x, c = x + offset, c + offset
+    labels[1000:2500] = 3  # a long run of one label across chunk boundaries
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        xg, cg = x.clone().requires_grad_(), c.clone().requires_grad_()
+        loss = km.assigned_distance(xg, labels, cg, reduction, backend="cpu")
+        gx, gc = torch.autograd.grad(loss, [xg, cg])
+    finally:
+        torch.set_num_threads(before)
+    s = 1.0 if reduction == "sq_sum" else 1.0 / float(loss)
+    want_gx, want_gc = _row_order_grads(x, labels, c, s)
+    assert torch.equal(gx, want_gx)
+    assert torch.equal(gc, want_gc)

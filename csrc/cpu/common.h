@@ -3,9 +3,10 @@
 // ema_update and the centre gradients of assign/assigned_distance all use.
 //
 // Determinism: every reduction here has a fixed order that does not depend on the number
-// of threads (column blocks are split across threads, rows are always visited in index
-// order; totals over rows go through fixed-size chunks combined in chunk order), so the CPU
-// results are bitwise reproducible run to run and across torch.set_num_threads.
+// of threads (column blocks are split across threads, or one task sums every row, and rows
+// are always visited in index order; totals over rows go through fixed-size chunks combined
+// in chunk order), so the CPU results are bitwise reproducible run to run and across
+// torch.set_num_threads.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,8 +16,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -309,59 +312,131 @@ inline void normalize_in_place(double* v, int64_t d) {
   for (int64_t j = 0; j < d; ++j) v[j] /= nrm;
 }
 
+// AVX2 + runtime check (scaled_diff_grad_avx2.cpp): scaled_diff_rows for float32, same bits;
+// int64 or int32 labels.
+void scaled_diff_rows_f32_avx2(const float* x, const float* c, const int64_t* labels, int64_t d,
+                               const double* scale, int64_t i0, int64_t i1, float* gx,
+                               double* sums);
+void scaled_diff_rows_f32_avx2(const float* x, const float* c, const int32_t* labels, int64_t d,
+                               const double* scale, int64_t i0, int64_t i1, float* gx,
+                               double* sums);
+
+// Rows [i0, i1) in index order, all columns: gx_i when gx is not null, and -g added to the
+// rows of sums when sums is not null.
+template <typename scalar_t, typename index_t>
+void scaled_diff_rows(const scalar_t* x, const scalar_t* c, const index_t* labels, int64_t d,
+                      const double* scale, int64_t i0, int64_t i1, scalar_t* gx,
+                      WideSum<scalar_t>* sums) {
+  using acc = acc_t<scalar_t>;
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (use_avx2()) {
+      scaled_diff_rows_f32_avx2(x, c, labels, d, scale, i0, i1, gx,
+                                sums != nullptr ? sums->sum.data() : nullptr);
+      return;
+    }
+  }
+  for (int64_t i = i0; i < i1; ++i) {
+    const scalar_t* __restrict__ xi = x + i * d;
+    const scalar_t* __restrict__ ci = c + labels[i] * d;
+    const double s = scale[i];
+    if (sums == nullptr) {
+      scalar_t* __restrict__ gi = gx + i * d;
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) {
+        const double g = s * (static_cast<double>(xi[j]) - static_cast<double>(ci[j]));
+        gi[j] = static_cast<scalar_t>(static_cast<acc>(g));
+      }
+      continue;
+    }
+    const int64_t base = static_cast<int64_t>(labels[i]) * d;
+    if constexpr (!WideSum<scalar_t>::compensated) {
+      // Plain double sums through restrict pointers, so the loop vectorises (issue 15: the
+      // method call per element ran at a tenth of the bandwidth).
+      double* __restrict__ sp = sums->sum.data() + base;
+      if (gx != nullptr) {
+        scalar_t* __restrict__ gi = gx + i * d;
+#pragma omp simd
+        for (int64_t j = 0; j < d; ++j) {
+          const double g = s * (static_cast<double>(xi[j]) - static_cast<double>(ci[j]));
+          gi[j] = static_cast<scalar_t>(static_cast<acc>(g));
+          sp[j] += -g;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < d; ++j) {
+          sp[j] += -(s * (static_cast<double>(xi[j]) - static_cast<double>(ci[j])));
+        }
+      }
+    } else {
+      for (int64_t j = 0; j < d; ++j) {
+        const double g = s * (static_cast<double>(xi[j]) - static_cast<double>(ci[j]));
+        if (gx != nullptr) gx[i * d + j] = static_cast<scalar_t>(static_cast<acc>(g));
+        sums->add(base + j, -g);
+      }
+    }
+  }
+}
+
 // The gradient of sum_i f_i(||x_i - c_{l_i}||) shapes used by assign_backward and
 // assigned_distance_backward: gx_i = scale_i (x_i - c_{l_i}) and, when gc is not null,
 // gc_k = -sum_{l_i = k} gx_i (a WideSum of the unrounded terms, rows in index order).
 // Scales, differences and products in double, each gx rounded once: a float32 difference of
 // two values near float32 max overflows, and a scale 1 / ||.|| past 1e38 is subnormal in float32,
 // where the double product fits (contract 2).
+//
+// Work split (issue 15): with gc, one task (the owner) adds every row's terms to the sums, in
+// index order, so each (centre, column) sum has the same bits for any thread count; the
+// other tasks write gx for whole chunks of rows taken from the end, and the owner writes gx
+// only for the chunks it reaches first (which task writes a chunk changes no bit). Splitting
+// the columns across threads instead (each thread reading and writing part of every row, as
+// this did before) was slow on the 2-core machine: at N = 65,536, d = 256, K = 1,024 each of
+// the 2 threads spent ~17 ms of CPU time where one thread does the whole fused pass in
+// 9-10 ms (a standalone copy of both loops, per-thread CPU time, load ~7). The cost: the
+// pass is bounded by how fast one core reads x (not measured on more than 2 cores).
 template <typename scalar_t, typename index_t>
 void scaled_diff_grad(const scalar_t* x, const scalar_t* c, const index_t* labels, int64_t n,
                       int64_t d, int64_t k, const double* scale, scalar_t* gx, scalar_t* gc) {
   using acc = acc_t<scalar_t>;
+  const int64_t chunk = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
   if (gc == nullptr) {
-    const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
-    at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const scalar_t* xi = x + i * d;
-        const scalar_t* ci = c + labels[i] * d;
-        const double s = scale[i];
-        for (int64_t j = 0; j < d; ++j) {
-          const double g = s * (static_cast<double>(xi[j]) - static_cast<double>(ci[j]));
-          gx[i * d + j] = static_cast<scalar_t>(static_cast<acc>(g));
-        }
-      }
+    at::parallel_for(0, n, chunk, [&](int64_t i0, int64_t i1) {
+      scaled_diff_rows<scalar_t, index_t>(x, c, labels, d, scale, i0, i1, gx, nullptr);
     });
     return;
   }
   WideSum<scalar_t> sums(k * d);
-  for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar_t* __restrict__ xi = x + i * d;
-      const scalar_t* __restrict__ ci = c + labels[i] * d;
-      const int64_t base = labels[i] * d;
-      const double s = scale[i];
-      if constexpr (!WideSum<scalar_t>::compensated) {
-        // Plain double sums through restrict pointers, so the loop vectorises (issue 15: the
-        // method call per element ran at a tenth of the bandwidth).
-        scalar_t* __restrict__ gi = gx + i * d;
-        double* __restrict__ sp = sums.sum.data() + base;
-#pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) {
-          const double g = s * (static_cast<double>(xi[j]) - static_cast<double>(ci[j]));
-          gi[j] = static_cast<scalar_t>(static_cast<acc>(g));
-          sp[j] += -g;
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  // taken[ch]: chunk ch's gx is written (or being written) by the task that set it.
+  std::unique_ptr<std::atomic<bool>[]> taken(
+      new std::atomic<bool>[static_cast<size_t>(std::max<int64_t>(1, chunks))]);
+  for (int64_t ch = 0; ch < chunks; ++ch) taken[ch].store(false, std::memory_order_relaxed);
+  std::atomic<int64_t> next_from_end{chunks};
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), chunks));
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      if (t == 0) {
+        for (int64_t ch = 0; ch < chunks; ++ch) {
+          const bool write_gx = !taken[ch].exchange(true, std::memory_order_relaxed);
+          scaled_diff_rows<scalar_t, index_t>(x, c, labels, d, scale, ch * chunk,
+                                              std::min(n, (ch + 1) * chunk),
+                                              write_gx ? gx : nullptr, &sums);
         }
         continue;
       }
-      for (int64_t j = j0; j < j1; ++j) {
-        const double g = s * (static_cast<double>(xi[j]) - static_cast<double>(ci[j]));
-        gx[i * d + j] = static_cast<scalar_t>(static_cast<acc>(g));
-        sums.add(base + j, -g);
+      for (;;) {
+        // Chunks are taken from the end down; once one is the owner's, so are all below it.
+        const int64_t ch = next_from_end.fetch_sub(1, std::memory_order_relaxed) - 1;
+        if (ch < 0 || taken[ch].exchange(true, std::memory_order_relaxed)) break;
+        scaled_diff_rows<scalar_t, index_t>(x, c, labels, d, scale, ch * chunk,
+                                            std::min(n, (ch + 1) * chunk), gx, nullptr);
       }
     }
   });
-  for (int64_t e = 0; e < k * d; ++e) gc[e] = static_cast<scalar_t>(static_cast<acc>(sums.value(e)));
+  at::parallel_for(0, k * d, kParallelElems, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) {
+      gc[e] = static_cast<scalar_t>(static_cast<acc>(sums.value(e)));
+    }
+  });
 }
 
 }  // namespace cpu
