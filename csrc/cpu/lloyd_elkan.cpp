@@ -1,0 +1,432 @@
+// Elkan's bounds for lloyd_native (lloyd_cpu.cpp) from K > kLloydPanelMaxK: at K = 100 on the
+// bench's blobs only 2-9% of the (row, center) distances can change a label after the first
+// iteration (issue 15, /work/helpers/h4_prune_probe.py), so most are not formed again.
+//
+// Bounds, for every row i with label a_i at iteration t:
+//   u_i      >= ||x_i - c_{a_i}||                       (one double per row)
+//   lb_{i,j} <= ||x_i - c_j||  for j != a_i             (one float per (row, center))
+// After an update moving center j by drift_j, u grows by drift_{a_i} and lb_{i,j} shrinks by
+// drift_j (the triangle inequality). Rewriting all N K bounds every iteration would cost more
+// than the distances saved, so they are stored against the drift summed since the first
+// iteration, S_j(t): the stored value is lb + S_j(t written) (rounded down), the bound now is
+// stored - S_j(now) (rounded down again), and only the bounds of the distances formed are
+// written; u likewise (u - S_a, rounded up). A row with u_i < s(a_i) = min_{j != a} ||c_a - c_j||
+// / 2 keeps its label (Hamerly's test, no bound read). Else the centers j != a_i with
+// lb_{i,j} <= u_i and ||c_a - c_j|| / 2 <= u_i are listed; none: the label stays (every other
+// center is strictly farther, so the exact argmin is unique and unchanged); else u_i is
+// tightened to the distance to a_i, the list filtered again, and its distances formed: every
+// center off the list is strictly farther than a_i, so the argmin lies among a_i and the list.
+//
+// Exactness: the distances formed here are float sums of squares of fl(x - c), whose relative
+// error is at most gamma = 2 (d + 4) 2^-24 (all terms non-negative: no cancellation, whatever
+// the order; plus eta for underflow), so each gives an interval [lo, hi] holding the true
+// squared distance. Centers whose lo is within the smallest hi (with the 1e-9 margins of
+// kLloydUp/kLloydDown, far above the float64 reference's rounding) are the candidates; several
+// are decided by resolve_candidates_f32 (assign's float64 rule: the reference's distances,
+// ties to the lowest index), so labels are km.assign's. All bounds are rounded outward. A row
+// whose float distances overflow takes the exact path over all K (float64 distances). The first
+// iteration forms every distance with assign's GEMM tile (dist_tile_avx2) and its error bound.
+#include "lloyd_cpu.h"
+
+#include <cmath>
+#include <limits>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define KMGAN_ELKAN_AVX2 1
+#endif
+
+namespace kmgan_ext {
+namespace cpu {
+namespace {
+
+constexpr int64_t kTileRows = 128;
+constexpr float kBig = std::numeric_limits<float>::max();
+// A float bound scaled by this after one rounded float operation stays below the true value:
+// the rounding of the operation and of the product, each relative 2^-24, stay below the 2^-20
+// taken off (a subnormal difference is exact).
+constexpr float kShrink = 1.0f - 0x1p-20f;
+
+// A float not above v / not below v.
+inline float round_down(double v) {
+  float f = static_cast<float>(v);
+  if (static_cast<double>(f) > v) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+  return f;
+}
+inline float round_up(double v) {
+  float f = static_cast<float>(v);
+  if (static_cast<double>(f) < v) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+  return f;
+}
+
+// round_down / round_up for v >= 0 without nextafter (per computed distance): a float within
+// 2^-24 of v (1 -+ 2^-22) is below / above v; below 1e-30 (near float's subnormals) 0 / 1e-30.
+inline float fast_down(double v) { return v > 1e-30 ? static_cast<float>(v * (1.0 - 0x1p-22)) : 0.0f; }
+inline float fast_up(double v) { return v > 1e-30 ? static_cast<float>(v * (1.0 + 0x1p-22)) : 1e-30f; }
+
+#ifdef KMGAN_ELKAN_AVX2
+#define KMGAN_AVX2 __attribute__((target("avx2,fma")))
+
+KMGAN_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+KMGAN_AVX2 inline __m256i tail_mask(int64_t rem) {
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), idx);
+}
+
+// out[q] = float sum_l fl(x_l - c_{js[q], l})^2 for q < m, four centers per pass over x.
+KMGAN_AVX2 void diff_dist2(const float* x, const float* c, int64_t d, const int32_t* js, int64_t m,
+                           float* out) {
+  const int64_t full = d / 8 * 8;
+  const __m256i mask = tail_mask(d - full);
+  int64_t q = 0;
+  for (; q + 4 <= m; q += 4) {
+    const float *c0 = c + js[q] * d, *c1 = c + js[q + 1] * d, *c2 = c + js[q + 2] * d, *c3 = c + js[q + 3] * d;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t l = 0; l < full; l += 8) {
+      const __m256 xv = _mm256_loadu_ps(x + l);
+      const __m256 t0 = _mm256_sub_ps(xv, _mm256_loadu_ps(c0 + l));
+      const __m256 t1 = _mm256_sub_ps(xv, _mm256_loadu_ps(c1 + l));
+      const __m256 t2 = _mm256_sub_ps(xv, _mm256_loadu_ps(c2 + l));
+      const __m256 t3 = _mm256_sub_ps(xv, _mm256_loadu_ps(c3 + l));
+      a0 = _mm256_fmadd_ps(t0, t0, a0);
+      a1 = _mm256_fmadd_ps(t1, t1, a1);
+      a2 = _mm256_fmadd_ps(t2, t2, a2);
+      a3 = _mm256_fmadd_ps(t3, t3, a3);
+    }
+    if (full < d) {
+      const __m256 xv = _mm256_maskload_ps(x + full, mask);
+      const __m256 t0 = _mm256_sub_ps(xv, _mm256_maskload_ps(c0 + full, mask));
+      const __m256 t1 = _mm256_sub_ps(xv, _mm256_maskload_ps(c1 + full, mask));
+      const __m256 t2 = _mm256_sub_ps(xv, _mm256_maskload_ps(c2 + full, mask));
+      const __m256 t3 = _mm256_sub_ps(xv, _mm256_maskload_ps(c3 + full, mask));
+      a0 = _mm256_fmadd_ps(t0, t0, a0);
+      a1 = _mm256_fmadd_ps(t1, t1, a1);
+      a2 = _mm256_fmadd_ps(t2, t2, a2);
+      a3 = _mm256_fmadd_ps(t3, t3, a3);
+    }
+    out[q] = hsum(a0);
+    out[q + 1] = hsum(a1);
+    out[q + 2] = hsum(a2);
+    out[q + 3] = hsum(a3);
+  }
+  for (; q < m; ++q) {
+    const float* c0 = c + js[q] * d;
+    __m256 a0 = _mm256_setzero_ps();
+    for (int64_t l = 0; l < full; l += 8) {
+      const __m256 t0 = _mm256_sub_ps(_mm256_loadu_ps(x + l), _mm256_loadu_ps(c0 + l));
+      a0 = _mm256_fmadd_ps(t0, t0, a0);
+    }
+    if (full < d) {
+      const __m256 t0 = _mm256_sub_ps(_mm256_maskload_ps(x + full, mask), _mm256_maskload_ps(c0 + full, mask));
+      a0 = _mm256_fmadd_ps(t0, t0, a0);
+    }
+    out[q] = hsum(a0);
+  }
+}
+
+// The bound now of a stored bound L: fl(fl(L - sup) kShrink) <= L - sup (kShrink).
+inline float shrunk(float L, float sup) { return (L - sup) * kShrink; }
+
+// The centers j != a with shrunk(L[j], sup[j]) <= uf and H[j] <= uf, in increasing j, into js;
+// returns how many.
+KMGAN_AVX2 int64_t needed(const float* L, const float* sup, const float* H, int64_t k, int64_t a, float uf,
+                          int32_t* js) {
+  const __m256 uv = _mm256_set1_ps(uf), s = _mm256_set1_ps(kShrink);
+  int64_t m = 0, j = 0;
+  for (; j + 8 <= k; j += 8) {
+    const __m256 lv = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(L + j), _mm256_loadu_ps(sup + j)), s);
+    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(lv, uv, _CMP_LE_OQ),
+                                    _mm256_cmp_ps(_mm256_loadu_ps(H + j), uv, _CMP_LE_OQ));
+    unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(ok));
+    while (bits) {
+      const int b = __builtin_ctz(bits);
+      bits &= bits - 1;
+      if (j + b != a) js[m++] = static_cast<int32_t>(j + b);
+    }
+  }
+  for (; j < k; ++j)
+    if (shrunk(L[j], sup[j]) <= uf && H[j] <= uf && j != a) js[m++] = static_cast<int32_t>(j);
+  return m;
+}
+
+KMGAN_AVX2 float min_of(const float* L, int64_t k) {
+  __m256 mv = _mm256_set1_ps(kBig);
+  int64_t j = 0;
+  for (; j + 8 <= k; j += 8) mv = _mm256_min_ps(mv, _mm256_loadu_ps(L + j));
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
+  float r = _mm_cvtss_f32(m);
+  for (; j < k; ++j) r = std::min(r, L[j]);
+  return r;
+}
+
+// First iteration: L[j] = sqrt(max(0, (xs2 + e_j) - sub)) kShrink for j < k, where xs2 <=
+// ||x - s||^2, |e_j - exact e_j| <= B and sub covers B and the two float roundings.
+KMGAN_AVX2 void bounds_from_e(const float* e, int64_t k, float xs2, float sub, float* L) {
+  const __m256 xv = _mm256_set1_ps(xs2), sv = _mm256_set1_ps(sub), s = _mm256_set1_ps(kShrink),
+               z = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= k; j += 8) {
+    const __m256 v = _mm256_max_ps(z, _mm256_sub_ps(_mm256_add_ps(xv, _mm256_loadu_ps(e + j)), sv));
+    _mm256_storeu_ps(L + j, _mm256_mul_ps(_mm256_sqrt_ps(v), s));
+  }
+  for (; j < k; ++j) L[j] = std::sqrt(std::max(0.0f, (xs2 + e[j]) - sub)) * kShrink;
+}
+
+#undef KMGAN_AVX2
+#endif
+
+}  // namespace
+
+ElkanLabels::ElkanLabels(const float* x, int64_t n, int64_t d, int64_t k)
+    : x_(x), n_(n), d_(d), k_(k), labels_(n), lb_(static_cast<size_t>(n * k)), u_(n) {
+  travel_.emplace_back(k, 0.0);
+}
+
+void ElkanLabels::moved(const std::vector<double>& drift) {
+  std::vector<double> next = travel_.back();
+  for (int64_t q = 0; q < k_; ++q) next[q] += drift[q];
+  travel_.push_back(std::move(next));
+}
+
+#ifdef KMGAN_ELKAN_AVX2
+
+namespace {
+
+// The exact path of a row (float distances may overflow): float64 distances to all K, the
+// label by resolve_candidates_f32's exact rule. Returns the label; dist its exact distance.
+// The bounds are stored against the drift so far, slow[j] <= S_j(now) (null: none yet).
+int64_t exact_row(const float* xi, const float* c, int64_t k, int64_t d, const double* slow, float* L,
+                  double& dist) {
+  for (int64_t j = 0; j < k; ++j)
+    L[j] = round_down(std::sqrt(exact_dist2_avx2(xi, c + j * d, d)) * kLloydDown + (slow ? slow[j] : 0.0));
+  const int64_t none[kMaxCandidates] = {};  // not read: count > kMaxCandidates means all K
+  return resolve_candidates_f32(xi, c, k, d, none, kMaxCandidates + 1, dist);
+}
+
+}  // namespace
+
+void ElkanLabels::first_pass(const float* c, float* dist2) {
+  const int64_t n = n_, d = d_, k = k_;
+  std::vector<float> s, cs, bias;
+  double cmax = 0.0;
+  TORCH_CHECK(shifted_centers_f32(c, k, d, s, cs, bias, cmax), "lloyd_native: non-finite centers");
+  const int64_t panels = (k + kPanel - 1) / kPanel, kw = panels * kPanel;
+  bias.resize(kw, std::numeric_limits<float>::infinity());
+  std::vector<float> packed(static_cast<size_t>(kw * d), 0.0f);
+  for (int64_t q = 0; q < k; ++q) {
+    float* dst = packed.data() + (q / kPanel) * d * kPanel + q % kPanel;
+    for (int64_t j = 0; j < d; ++j) dst[j * kPanel] = cs[q * d + j];
+  }
+  const double safe_square = static_cast<double>(std::numeric_limits<float>::max()) / 16.0;
+  const double uf = std::ldexp(1.0, -24);
+  // ||x - s||^2 >= n2 (1 - lo): n2 the float sum of the squares of fl(x - s)
+  const double lo = 2.0 * (static_cast<double>(d) + 4.0) * uf;
+  const int64_t tiles = (n + kTileRows - 1) / kTileRows;
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> xs(kTileRows * d), e(kTileRows * kw), pmin(kTileRows * panels), xn2(kTileRows);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = t * kTileRows, nr = std::min(kTileRows, n - r0);
+      for (int64_t r = 0; r < nr; ++r) {
+        const float* xi = x_ + (r0 + r) * d;
+        float* xr = xs.data() + r * d;
+        float n2 = 0.0f;
+        for (int64_t j = 0; j < d; ++j) {
+          xr[j] = xi[j] - s[j];
+          n2 += xr[j] * xr[j];
+        }
+        xn2[r] = n2;
+      }
+      dist_tile_avx2(xs.data(), nr, d, packed.data(), bias.data(), panels, e.data(), kw, pmin.data(), panels);
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t i = r0 + r;
+        const float* xi = x_ + i * d;
+        float* L = lb_.data() + i * k;
+        const double xn = std::sqrt(static_cast<double>(xn2[r]));
+        double dist = -1.0;
+        int64_t label;
+        if (!((xn + cmax) * (xn + cmax) < safe_square)) {
+          label = exact_row(xi, c, k, d, nullptr, L, dist);
+        } else {
+          const float* er = e.data() + r * kw;
+          const double bound2 = candidate_bound2_f32(xn, cmax, d);
+          float best = std::numeric_limits<float>::infinity();
+          for (int64_t p = 0; p < panels; ++p) best = std::min(best, pmin[r * panels + p]);
+          const float thr = best + static_cast<float>(bound2);
+          int64_t cand[kMaxCandidates];
+          int count = 0;
+          for (int64_t p = 0; p < panels && count <= kMaxCandidates; ++p) {
+            if (!(pmin[r * panels + p] <= thr)) continue;
+            for (int64_t q = p * kPanel; q < std::min(k, (p + 1) * kPanel); ++q) {
+              if (er[q] <= thr) {
+                if (count < kMaxCandidates) cand[count] = q;
+                if (++count > kMaxCandidates) break;
+              }
+            }
+          }
+          label = count == 1 ? cand[0] : resolve_candidates_f32(xi, c, k, d, cand, count, dist);
+          // (xs2 + e) - sub >= the true squared distance's lower bound: B for e's error, and
+          // 4u of the operands' size for the float sum and difference.
+          const double xs2 = static_cast<double>(xn2[r]) * (1.0 - lo);
+          const double sub = bound2 / 2.0 * (1.0 + 4.0 * uf) + 4.0 * uf * (xs2 + (xn + cmax) * (xn + cmax));
+          bounds_from_e(er, k, round_down(xs2), round_up(sub), L);
+        }
+        if (dist < 0.0) dist = exact_dist2_avx2(xi, c + label * d, d);
+        labels_[i] = label;
+        u_[i] = std::sqrt(dist) * kLloydUp;
+        if (dist2 != nullptr) dist2[i] = static_cast<float>(dist);
+      }
+    }
+  });
+}
+
+void ElkanLabels::assign(const float* c, float* dist2) {
+  const int64_t now = static_cast<int64_t>(travel_.size()) - 1;
+  if (now == 0) {
+    first_pass(c, dist2);
+    return;
+  }
+  const int64_t n = n_, d = d_, k = k_;
+  for (int64_t q = 0; q < k * d; ++q)
+    TORCH_CHECK(std::isfinite(c[q]), "lloyd_native: non-finite centers");
+  // S_j(now), the drift of center j summed over the updates so far, bracketed: slow <= S <= sup
+  // (the double running sum's rounding, ~now 2^-53 S, is far inside the margins), and the
+  // float sup for the stored bounds.
+  std::vector<double> slow(k), sup(k);
+  std::vector<float> supf(k);
+  for (int64_t q = 0; q < k; ++q) {
+    const double v = travel_[now][q];
+    slow[q] = v * kLloydDown - v * 0x1p-50;
+    sup[q] = v * kLloydUp + v * 0x1p-50;
+    supf[q] = round_up(sup[q]);
+  }
+  // H[a][j] <= ||c_a - c_j|| / 2 (H[a][a] = big), sh[a] = min_j H[a][j].
+  std::vector<float> H(static_cast<size_t>(k * k), kBig);
+  for (int64_t a = 0; a < k; ++a) {
+    for (int64_t j = a + 1; j < k; ++j) {
+      const float h = round_down(0.5 * std::sqrt(exact_dist2_avx2(c + a * d, c + j * d, d)) * kLloydDown);
+      H[a * k + j] = H[j * k + a] = h;
+    }
+  }
+  std::vector<double> sh(k);
+  for (int64_t a = 0; a < k; ++a) sh[a] = min_of(H.data() + a * k, k);
+  // The float distances' error: relative gamma (sum of d non-negative rounded terms, each
+  // fl(x - c)^2 with two more roundings), absolute eta for underflow, a factor 2 of margin.
+  const double uf = std::ldexp(1.0, -24);
+  const double gamma = 2.0 * (static_cast<double>(d) + 4.0) * uf;
+  const double eta = 2.0 * (static_cast<double>(d) + 2.0) * std::ldexp(1.0, -149);
+  // true squared distance in [(comp - eta) / (1 + gamma), (comp + eta) / (1 - gamma)]
+  const double hi_scale = kLloydUp * kLloydUp / (1.0 - gamma), lo_scale = kLloydDown * kLloydDown / (1.0 + gamma);
+  // comp_j <= eta + (comp_min + eta) near  <=>  lo_j kDown <= hi_min kUp (the 1e-12: rounding)
+  const double near = hi_scale / lo_scale * (1.0 + 1e-12);
+  auto upper = [&](float comp) { return std::sqrt((static_cast<double>(comp) + eta) * hi_scale); };
+  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
+    std::vector<int32_t> js(k + 1);
+    std::vector<float> comp(k + 1);
+    constexpr int64_t kAhead = 4;  // rows whose bounds are requested before they are read
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i + kAhead < i1) {
+        const char* p = reinterpret_cast<const char*>(lb_.data() + (i + kAhead) * k);
+        for (int64_t b = 0; b < k * 4; b += 64) __builtin_prefetch(p + b);
+      }
+      const float* xi = x_ + i * d;
+      const int64_t a = labels_[i];
+      const float* ca = c + a * d;
+      // u_ is stored as u - S_a (rounded up): the bound now adds S_a(now) back, rounded up.
+      const double ust = u_[i];
+      double un = ust + sup[a];
+      un += 0x1p-50 * (std::fabs(ust) + sup[a]);
+      float* L = lb_.data() + i * k;
+      int64_t m = un < sh[a] ? 0 : needed(L, supf.data(), H.data() + a * k, k, a, fast_up(un), js.data());
+      if (m == 0) {
+        if (dist2 != nullptr) dist2[i] = static_cast<float>(exact_dist2_avx2(xi, ca, d));
+        continue;
+      }
+      int32_t a32 = static_cast<int32_t>(a);
+      float ca2;
+      diff_dist2(xi, c, d, &a32, 1, &ca2);
+      double dist = -1.0;
+      int64_t label = a;
+      double ubest = 0.0;
+      bool exact = !std::isfinite(ca2);
+      if (!exact) {
+        // tightened: keep the listed centers still within u
+        un = upper(ca2);
+        ubest = un;
+        const float uf2 = fast_up(un);
+        const float* Ha = H.data() + a * k;
+        int64_t m2 = 0;
+        for (int64_t q = 0; q < m; ++q) {
+          const int64_t j = js[q];
+          if (shrunk(L[j], supf[j]) <= uf2 && Ha[j] <= uf2) js[m2++] = js[q];
+        }
+        m = m2;
+        diff_dist2(xi, c, d, js.data(), m, comp.data());
+        // a joins the computed ones at its place (js is increasing).
+        int64_t at_a = m;
+        for (int64_t q = 0; q < m; ++q)
+          if (js[q] > a) {
+            at_a = q;
+            break;
+          }
+        for (int64_t q = m; q > at_a; --q) {
+          js[q] = js[q - 1];
+          comp[q] = comp[q - 1];
+        }
+        js[at_a] = a32;
+        comp[at_a] = ca2;
+        float cmin = std::numeric_limits<float>::infinity();
+        for (int64_t q = 0; q <= m; ++q) cmin = std::min(cmin, comp[q]);
+        exact = !std::isfinite(cmin);
+        for (int64_t q = 0; q <= m && !exact; ++q) exact = !std::isfinite(comp[q]);
+        if (!exact) {
+          // candidates: lo_j kDown <= hi_min kUp, i.e. comp_j <= thr
+          const double thr = eta + (static_cast<double>(cmin) + eta) * near;
+          int64_t cand[kMaxCandidates];
+          int count = 0, win = 0;
+          for (int64_t q = 0; q <= m; ++q) {
+            const int64_t j = js[q];
+            const double cq = static_cast<double>(comp[q]);
+            L[j] = fast_down(std::sqrt(std::max(0.0, (cq - eta) * lo_scale)) + slow[j]);
+            if (cq <= thr) {
+              if (count < kMaxCandidates) cand[count] = j;
+              win = static_cast<int>(q);
+              ++count;
+            }
+          }
+          if (count == 1) {
+            label = cand[0];
+            ubest = upper(comp[win]);
+          } else {
+            label = resolve_candidates_f32(xi, c, k, d, cand, std::min(count, kMaxCandidates + 1), dist);
+          }
+        }
+      }
+      if (exact) label = exact_row(xi, c, k, d, slow.data(), L, dist);
+      if (dist >= 0.0) ubest = std::sqrt(dist) * kLloydUp;
+      if (dist2 != nullptr) {
+        if (dist < 0.0) dist = exact_dist2_avx2(xi, c + label * d, d);
+        dist2[i] = static_cast<float>(dist);
+      }
+      labels_[i] = label;
+      u_[i] = (ubest - slow[label]) + 0x1p-50 * (ubest + slow[label]);
+    }
+  });
+}
+
+#else  // no AVX2 kernels here: lloyd_native never builds an ElkanLabels
+
+void ElkanLabels::first_pass(const float*, float*) { TORCH_CHECK(false, "ElkanLabels needs AVX2"); }
+void ElkanLabels::assign(const float*, float*) { TORCH_CHECK(false, "ElkanLabels needs AVX2"); }
+
+#endif
+
+}  // namespace cpu
+}  // namespace kmgan_ext
