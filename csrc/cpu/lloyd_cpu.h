@@ -34,11 +34,21 @@ class ElkanLabels {
 
  private:
   void first_pass(const float* c, float* dist2);
+  void make_groups(const float* c);
+  // Row i's bounds from row (K, original order; bounds now), stored against the drift so far
+  // (slow, gslow; null: none yet), the group minimums excluding the label.
+  void store_row(int64_t i, const float* row, int64_t label, const double* slow, const double* gslow);
   const float* x_;
   int64_t n_, d_, k_;
   std::vector<int64_t> labels_;
   std::vector<float> lb_;     // (n, k) lower bounds on ||x_i - c_j||, plus S_j when written
   std::vector<double> u_;     // (n,) upper bound on ||x_i - c_label||, minus S_label when written
+  // Groups of centers (Ding et al. 2015's Yinyang): close initial centers share one, and a
+  // row skips a whole group while its group bound exceeds u. lb_ rows are in group order.
+  int64_t groups_ = 0;
+  std::vector<int64_t> perm_, pos_, group_of_, gstart_;  // perm_[p]: the center at position p
+  std::vector<float> gl_;     // (n, groups) min over the group's centers j != label of lb
+  std::vector<std::vector<double>> gtravel_;  // gtravel_[t][g]: the group's largest drift, summed
   std::vector<std::vector<double>> travel_;  // travel_[t][q] = S_q(t): drift of q summed over updates < t
 };
 

@@ -191,22 +191,98 @@ ElkanLabels::ElkanLabels(const float* x, int64_t n, int64_t d, int64_t k)
 }
 
 void ElkanLabels::moved(const std::vector<double>& drift) {
-  std::vector<double> next = travel_.back();
+  std::vector<double> next = travel_.back(), gnext = gtravel_.back();
   for (int64_t q = 0; q < k_; ++q) next[q] += drift[q];
+  for (int64_t g = 0; g < groups_; ++g) {
+    double mx = 0.0;
+    for (int64_t p = gstart_[g]; p < gstart_[g + 1]; ++p) mx = std::max(mx, drift[perm_[p]]);
+    gnext[g] += mx;
+  }
   travel_.push_back(std::move(next));
+  gtravel_.push_back(std::move(gnext));
+}
+
+// Groups from a few Lloyd iterations over the initial centers (Ding et al.: G = K / 10),
+// seeded farthest-first from center 0; only the speed depends on them.
+void ElkanLabels::make_groups(const float* c) {
+  const int64_t k = k_, d = d_, G = std::max<int64_t>(1, (k + 5) / 10);
+  std::vector<int64_t> seed{0};
+  std::vector<double> near(k, std::numeric_limits<double>::infinity());
+  while (static_cast<int64_t>(seed.size()) < G) {
+    int64_t far = 0;
+    for (int64_t q = 0; q < k; ++q) {
+      near[q] = std::min(near[q], exact_dist2_avx2(c + q * d, c + seed.back() * d, d));
+      if (near[q] > near[far]) far = q;
+    }
+    seed.push_back(far);
+  }
+  std::vector<double> gc(static_cast<size_t>(G * d));
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t j = 0; j < d; ++j) gc[g * d + j] = c[seed[g] * d + j];
+  group_of_.assign(k, 0);
+  for (int iter = 0; iter < 6; ++iter) {
+    for (int64_t q = 0; q < k; ++q) {
+      double best = std::numeric_limits<double>::infinity();
+      for (int64_t g = 0; g < G; ++g) {
+        double s = 0.0;
+        for (int64_t j = 0; j < d; ++j) {
+          const double t = c[q * d + j] - gc[g * d + j];
+          s += t * t;
+        }
+        if (s < best) {
+          best = s;
+          group_of_[q] = g;
+        }
+      }
+    }
+    std::vector<double> cnt(G, 0.0);
+    std::fill(gc.begin(), gc.end(), 0.0);
+    for (int64_t q = 0; q < k; ++q) {
+      cnt[group_of_[q]] += 1.0;
+      for (int64_t j = 0; j < d; ++j) gc[group_of_[q] * d + j] += c[q * d + j];
+    }
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = 0; j < d; ++j) gc[g * d + j] = cnt[g] > 0 ? gc[g * d + j] / cnt[g] : gc[g * d + j];
+  }
+  groups_ = G;
+  gstart_.assign(G + 1, 0);
+  for (int64_t q = 0; q < k; ++q) ++gstart_[group_of_[q] + 1];
+  for (int64_t g = 0; g < G; ++g) gstart_[g + 1] += gstart_[g];
+  perm_.assign(k, 0);
+  pos_.assign(k, 0);
+  std::vector<int64_t> fill(gstart_.begin(), gstart_.end() - 1);
+  for (int64_t q = 0; q < k; ++q) {
+    pos_[q] = fill[group_of_[q]]++;
+    perm_[pos_[q]] = q;
+  }
+  gl_.assign(static_cast<size_t>(n_ * G), 0.0f);
+  gtravel_.assign(1, std::vector<double>(G, 0.0));
+}
+
+void ElkanLabels::store_row(int64_t i, const float* row, int64_t label, const double* slow,
+                            const double* gslow) {
+  float* L = lb_.data() + i * k_;
+  float* Gi = gl_.data() + i * groups_;
+  for (int64_t g = 0; g < groups_; ++g) {
+    float mn = kBig;
+    for (int64_t p = gstart_[g]; p < gstart_[g + 1]; ++p) {
+      const int64_t j = perm_[p];
+      L[p] = slow ? fast_down(static_cast<double>(row[j]) + slow[j]) : row[j];
+      if (j != label) mn = std::min(mn, row[j]);
+    }
+    Gi[g] = gslow ? fast_down(static_cast<double>(mn) + gslow[g]) : mn;
+  }
 }
 
 #ifdef KMGAN_ELKAN_AVX2
 
 namespace {
 
-// The exact path of a row (float distances may overflow): float64 distances to all K, the
-// label by resolve_candidates_f32's exact rule. Returns the label; dist its exact distance.
-// The bounds are stored against the drift so far, slow[j] <= S_j(now) (null: none yet).
-int64_t exact_row(const float* xi, const float* c, int64_t k, int64_t d, const double* slow, float* L,
-                  double& dist) {
-  for (int64_t j = 0; j < k; ++j)
-    L[j] = round_down(std::sqrt(exact_dist2_avx2(xi, c + j * d, d)) * kLloydDown + (slow ? slow[j] : 0.0));
+// The exact path of a row (float distances may overflow): float64 distances to all K into
+// row (lower bounds now), the label by resolve_candidates_f32's exact rule. Returns the
+// label; dist its exact distance.
+int64_t exact_row(const float* xi, const float* c, int64_t k, int64_t d, float* row, double& dist) {
+  for (int64_t j = 0; j < k; ++j) row[j] = round_down(std::sqrt(exact_dist2_avx2(xi, c + j * d, d)) * kLloydDown);
   const int64_t none[kMaxCandidates] = {};  // not read: count > kMaxCandidates means all K
   return resolve_candidates_f32(xi, c, k, d, none, kMaxCandidates + 1, dist);
 }
@@ -218,6 +294,7 @@ void ElkanLabels::first_pass(const float* c, float* dist2) {
   std::vector<float> s, cs, bias;
   double cmax = 0.0;
   TORCH_CHECK(shifted_centers_f32(c, k, d, s, cs, bias, cmax), "lloyd_native: non-finite centers");
+  make_groups(c);
   const int64_t panels = (k + kPanel - 1) / kPanel, kw = panels * kPanel;
   bias.resize(kw, std::numeric_limits<float>::infinity());
   std::vector<float> packed(static_cast<size_t>(kw * d), 0.0f);
@@ -231,7 +308,7 @@ void ElkanLabels::first_pass(const float* c, float* dist2) {
   const double lo = 2.0 * (static_cast<double>(d) + 4.0) * uf;
   const int64_t tiles = (n + kTileRows - 1) / kTileRows;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> xs(kTileRows * d), e(kTileRows * kw), pmin(kTileRows * panels), xn2(kTileRows);
+    std::vector<float> xs(kTileRows * d), e(kTileRows * kw), pmin(kTileRows * panels), xn2(kTileRows), row(k);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * kTileRows, nr = std::min(kTileRows, n - r0);
       for (int64_t r = 0; r < nr; ++r) {
@@ -248,12 +325,11 @@ void ElkanLabels::first_pass(const float* c, float* dist2) {
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = r0 + r;
         const float* xi = x_ + i * d;
-        float* L = lb_.data() + i * k;
         const double xn = std::sqrt(static_cast<double>(xn2[r]));
         double dist = -1.0;
         int64_t label;
         if (!((xn + cmax) * (xn + cmax) < safe_square)) {
-          label = exact_row(xi, c, k, d, nullptr, L, dist);
+          label = exact_row(xi, c, k, d, row.data(), dist);
         } else {
           const float* er = e.data() + r * kw;
           const double bound2 = candidate_bound2_f32(xn, cmax, d);
@@ -276,12 +352,13 @@ void ElkanLabels::first_pass(const float* c, float* dist2) {
           // 4u of the operands' size for the float sum and difference.
           const double xs2 = static_cast<double>(xn2[r]) * (1.0 - lo);
           const double sub = bound2 / 2.0 * (1.0 + 4.0 * uf) + 4.0 * uf * (xs2 + (xn + cmax) * (xn + cmax));
-          bounds_from_e(er, k, round_down(xs2), round_up(sub), L);
+          bounds_from_e(er, k, round_down(xs2), round_up(sub), row.data());
         }
         if (dist < 0.0) dist = exact_dist2_avx2(xi, c + label * d, d);
         labels_[i] = label;
         u_[i] = std::sqrt(dist) * kLloydUp;
         if (dist2 != nullptr) dist2[i] = static_cast<float>(dist);
+        store_row(i, row.data(), label, nullptr, nullptr);
       }
     }
   });
@@ -293,30 +370,36 @@ void ElkanLabels::assign(const float* c, float* dist2) {
     first_pass(c, dist2);
     return;
   }
-  const int64_t n = n_, d = d_, k = k_;
+  const int64_t n = n_, d = d_, k = k_, G = groups_;
   for (int64_t q = 0; q < k * d; ++q)
     TORCH_CHECK(std::isfinite(c[q]), "lloyd_native: non-finite centers");
   // S_j(now), the drift of center j summed over the updates so far, bracketed: slow <= S <= sup
-  // (the double running sum's rounding, ~now 2^-53 S, is far inside the margins), and the
-  // float sup for the stored bounds.
-  std::vector<double> slow(k), sup(k);
-  std::vector<float> supf(k);
-  for (int64_t q = 0; q < k; ++q) {
-    const double v = travel_[now][q];
-    slow[q] = v * kLloydDown - v * 0x1p-50;
-    sup[q] = v * kLloydUp + v * 0x1p-50;
-    supf[q] = round_up(sup[q]);
-  }
-  // H[a][j] <= ||c_a - c_j|| / 2 (H[a][a] = big), sh[a] = min_j H[a][j].
-  std::vector<float> H(static_cast<size_t>(k * k), kBig);
+  // (the double running sum's rounding, ~now 2^-53 S, is far inside the margins); supp the
+  // float sup in group order, for the stored bounds; the same for the groups' summed largest drift.
+  auto bracket = [&](const std::vector<double>& v, std::vector<double>& lo, std::vector<double>& hi) {
+    lo.resize(v.size());
+    hi.resize(v.size());
+    for (size_t q = 0; q < v.size(); ++q) {
+      lo[q] = v[q] * kLloydDown - v[q] * 0x1p-50;
+      hi[q] = v[q] * kLloydUp + v[q] * 0x1p-50;
+    }
+  };
+  std::vector<double> slow, sup, gslow, gsup;
+  bracket(travel_[now], slow, sup);
+  bracket(gtravel_[now], gslow, gsup);
+  std::vector<float> supp(k), gsupf(G);
+  for (int64_t p = 0; p < k; ++p) supp[p] = round_up(sup[perm_[p]]);
+  for (int64_t g = 0; g < G; ++g) gsupf[g] = round_up(gsup[g]);
+  // Hp[a][p] <= ||c_a - c_{perm p}|| / 2 (big for the center itself), sh[a] = its minimum.
+  std::vector<float> Hp(static_cast<size_t>(k * k), kBig);
   for (int64_t a = 0; a < k; ++a) {
     for (int64_t j = a + 1; j < k; ++j) {
       const float h = round_down(0.5 * std::sqrt(exact_dist2_avx2(c + a * d, c + j * d, d)) * kLloydDown);
-      H[a * k + j] = H[j * k + a] = h;
+      Hp[a * k + pos_[j]] = Hp[j * k + pos_[a]] = h;
     }
   }
   std::vector<double> sh(k);
-  for (int64_t a = 0; a < k; ++a) sh[a] = min_of(H.data() + a * k, k);
+  for (int64_t a = 0; a < k; ++a) sh[a] = min_of(Hp.data() + a * k, k);
   // The float distances' error: relative gamma (sum of d non-negative rounded terms, each
   // fl(x - c)^2 with two more roundings), absolute eta for underflow, a factor 2 of margin.
   const double uf = std::ldexp(1.0, -24);
@@ -328,13 +411,18 @@ void ElkanLabels::assign(const float* c, float* dist2) {
   const double near = hi_scale / lo_scale * (1.0 + 1e-12);
   auto upper = [&](float comp) { return std::sqrt((static_cast<double>(comp) + eta) * hi_scale); };
   at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
-    std::vector<int32_t> js(k + 1);
-    std::vector<float> comp(k + 1);
-    constexpr int64_t kAhead = 4;  // rows whose bounds are requested before they are read
+    std::vector<int32_t> ps(k + 1), js(k + 1);
+    std::vector<float> comp(k + 1), row(k);
+    std::vector<int64_t> seen(G + 2);
+    // A row reads the bounds of its label's group (1 or 2 cache lines of its K): requested
+    // kAhead rows early, as the stride defeats the hardware prefetcher.
+    constexpr int64_t kAhead = 8;
     for (int64_t i = i0; i < i1; ++i) {
       if (i + kAhead < i1) {
-        const char* p = reinterpret_cast<const char*>(lb_.data() + (i + kAhead) * k);
-        for (int64_t b = 0; b < k * 4; b += 64) __builtin_prefetch(p + b);
+        const int64_t ga = group_of_[labels_[i + kAhead]];
+        const float* pl = lb_.data() + (i + kAhead) * k;
+        __builtin_prefetch(pl + gstart_[ga]);
+        __builtin_prefetch(pl + gstart_[ga + 1] - 1);
       }
       const float* xi = x_ + i * d;
       const int64_t a = labels_[i];
@@ -344,7 +432,21 @@ void ElkanLabels::assign(const float* c, float* dist2) {
       double un = ust + sup[a];
       un += 0x1p-50 * (std::fabs(ust) + sup[a]);
       float* L = lb_.data() + i * k;
-      int64_t m = un < sh[a] ? 0 : needed(L, supf.data(), H.data() + a * k, k, a, fast_up(un), js.data());
+      float* Gi = gl_.data() + i * G;
+      const float* Ha = Hp.data() + a * k;
+      const int64_t pa = pos_[a];
+      int64_t m = 0, ng = 0;
+      if (!(un < sh[a])) {
+        const float ufl = fast_up(un);
+        for (int64_t g = 0; g < G; ++g) {
+          if (shrunk(Gi[g], gsupf[g]) > ufl) continue;  // every center of g is farther than a
+          seen[ng++] = g;
+          const int64_t p0 = gstart_[g];
+          const int64_t got = needed(L + p0, supp.data() + p0, Ha + p0, gstart_[g + 1] - p0, pa - p0, ufl, ps.data() + m);
+          for (int64_t q = m; q < m + got; ++q) ps[q] += static_cast<int32_t>(p0);
+          m += got;
+        }
+      }
       if (m == 0) {
         if (dist2 != nullptr) dist2[i] = static_cast<float>(exact_dist2_avx2(xi, ca, d));
         continue;
@@ -357,19 +459,26 @@ void ElkanLabels::assign(const float* c, float* dist2) {
       double ubest = 0.0;
       bool exact = !std::isfinite(ca2);
       if (!exact) {
-        // tightened: keep the listed centers still within u
+        // tightened: keep the listed centers still within u, as original indices, increasing
         un = upper(ca2);
         ubest = un;
         const float uf2 = fast_up(un);
-        const float* Ha = H.data() + a * k;
         int64_t m2 = 0;
         for (int64_t q = 0; q < m; ++q) {
-          const int64_t j = js[q];
-          if (shrunk(L[j], supf[j]) <= uf2 && Ha[j] <= uf2) js[m2++] = js[q];
+          const int64_t p = ps[q];
+          if (shrunk(L[p], supp[p]) <= uf2 && Ha[p] <= uf2) {
+            int64_t at = m2++;
+            const int32_t j = static_cast<int32_t>(perm_[p]);
+            while (at > 0 && js[at - 1] > j) {
+              js[at] = js[at - 1];
+              --at;
+            }
+            js[at] = j;
+          }
         }
         m = m2;
         diff_dist2(xi, c, d, js.data(), m, comp.data());
-        // a joins the computed ones at its place (js is increasing).
+        // a joins the computed ones at its place.
         int64_t at_a = m;
         for (int64_t q = 0; q < m; ++q)
           if (js[q] > a) {
@@ -384,7 +493,6 @@ void ElkanLabels::assign(const float* c, float* dist2) {
         comp[at_a] = ca2;
         float cmin = std::numeric_limits<float>::infinity();
         for (int64_t q = 0; q <= m; ++q) cmin = std::min(cmin, comp[q]);
-        exact = !std::isfinite(cmin);
         for (int64_t q = 0; q <= m && !exact; ++q) exact = !std::isfinite(comp[q]);
         if (!exact) {
           // candidates: lo_j kDown <= hi_min kUp, i.e. comp_j <= thr
@@ -394,7 +502,7 @@ void ElkanLabels::assign(const float* c, float* dist2) {
           for (int64_t q = 0; q <= m; ++q) {
             const int64_t j = js[q];
             const double cq = static_cast<double>(comp[q]);
-            L[j] = fast_down(std::sqrt(std::max(0.0, (cq - eta) * lo_scale)) + slow[j]);
+            L[pos_[j]] = fast_down(std::sqrt(std::max(0.0, (cq - eta) * lo_scale)) + slow[j]);
             if (cq <= thr) {
               if (count < kMaxCandidates) cand[count] = j;
               win = static_cast<int>(q);
@@ -409,7 +517,22 @@ void ElkanLabels::assign(const float* c, float* dist2) {
           }
         }
       }
-      if (exact) label = exact_row(xi, c, k, d, slow.data(), L, dist);
+      if (exact) {
+        label = exact_row(xi, c, k, d, row.data(), dist);
+        store_row(i, row.data(), label, slow.data(), gslow.data());
+      } else {
+        // The group bounds of the groups looked into, of a's (a may have left the label) and
+        // of the label's, from their centers' bounds now.
+        seen[ng++] = group_of_[a];
+        seen[ng++] = group_of_[label];
+        for (int64_t q = 0; q < ng; ++q) {
+          const int64_t g = seen[q];
+          float mn = kBig;
+          for (int64_t p = gstart_[g]; p < gstart_[g + 1]; ++p)
+            if (perm_[p] != label) mn = std::min(mn, shrunk(L[p], supp[p]));
+          Gi[g] = fast_down(static_cast<double>(std::max(mn, 0.0f)) + gslow[g]);
+        }
+      }
       if (dist >= 0.0) ubest = std::sqrt(dist) * kLloydUp;
       if (dist2 != nullptr) {
         if (dist < 0.0) dist = exact_dist2_avx2(xi, c + label * d, d);
