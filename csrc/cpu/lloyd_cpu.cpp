@@ -1,8 +1,9 @@
 // Lloyd's iterations over all rows on CPU for km.kmeans (issue 15): float32 rows, AVX2 + FMA.
-// km.kmeans calls it up to K = 16 (kmgan_ext/seeding/kmeans.py, _BOUNDED_MAX_K, with the
-// measurements): there it is ~2x faster than an assign + update per iteration; at K = 100 it is
-// ~1.3x slower (the bounds skip ~65% of the panels by iteration 20, not enough to pay for the
-// per-row work around the GEMM).
+// Two labelers: up to K = kLloydPanelMaxK (16) the Yinyang bounds on the GEMM's 16-center panels
+// below (~2x faster than an assign + update per iteration at K = 10); above, Elkan's
+// per-center bounds behind Yinyang groups (lloyd_elkan.cpp): the panels skipped only ~65% of
+// the distances at K = 100 and the per-row work around the GEMM cost more than that saved.
+// km.kmeans' choice and its measurements: kmgan_ext/seeding/kmeans.py, _BOUNDED_MAX_K.
 //
 // Each iteration is km.assign (exact labels) followed by the mean of every cluster from float64
 // segment sums, as km.kmeans' per-iteration km.minibatch_step_ computes it: the same labels,
@@ -28,6 +29,9 @@
 // A row whose expansion could overflow takes the exact path over all K and gets zero lower
 // bounds (it is re-examined every iteration). An update that leaves a cluster empty stops the
 // loop before that update: the caller relocates (kmgan_ext/seeding/kmeans.py) and calls again.
+// Both labelers keep their bounds in float (N x panels; N x K for Elkan): where Elkan's exceed
+// kMaxBoundBytes the panels' bounds are used, above that too the caller takes the
+// per-iteration path.
 #include "lloyd_cpu.h"
 
 #include <cmath>

@@ -22,7 +22,7 @@ constexpr int64_t kLloydPanelMaxK = 16;
 class ElkanLabels {
  public:
   // Bytes of bounds it keeps for (n, k): the caller refuses it above its memory cap.
-  static int64_t bound_bytes(int64_t n, int64_t k) { return n * k * 4; }
+  static int64_t bound_bytes(int64_t n, int64_t k) { return n * (k + (k + 5) / 10) * 4; }
 
   ElkanLabels(const float* x, int64_t n, int64_t d, int64_t k);
   // labels against centers c (K, d), finite; dist2 (n,) when not null: the exact distance to
