@@ -30,6 +30,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -435,19 +436,7 @@ void ElkanLabels::assign(const float* c, float* dist2) {
       float* Gi = gl_.data() + i * G;
       const float* Ha = Hp.data() + a * k;
       const int64_t pa = pos_[a];
-      int64_t m = 0, ng = 0;
-      if (!(un < sh[a])) {
-        const float ufl = fast_up(un);
-        for (int64_t g = 0; g < G; ++g) {
-          if (shrunk(Gi[g], gsupf[g]) > ufl) continue;  // every center of g is farther than a
-          seen[ng++] = g;
-          const int64_t p0 = gstart_[g];
-          const int64_t got = needed(L + p0, supp.data() + p0, Ha + p0, gstart_[g + 1] - p0, pa - p0, ufl, ps.data() + m);
-          for (int64_t q = m; q < m + got; ++q) ps[q] += static_cast<int32_t>(p0);
-          m += got;
-        }
-      }
-      if (m == 0) {
+      if (un < sh[a]) {  // Hamerly: every other center is farther than a (x not read)
         if (dist2 != nullptr) dist2[i] = static_cast<float>(exact_dist2_avx2(xi, ca, d));
         continue;
       }
@@ -456,41 +445,33 @@ void ElkanLabels::assign(const float* c, float* dist2) {
       diff_dist2(xi, c, d, &a32, 1, &ca2);
       double dist = -1.0;
       int64_t label = a;
-      double ubest = 0.0;
       bool exact = !std::isfinite(ca2);
+      int64_t ng = 0;
+      double ubest = 0.0;
       if (!exact) {
-        // tightened: keep the listed centers still within u, as original indices, increasing
+        // u tightened to the distance to a; the centers still within it, group by group
         un = upper(ca2);
         ubest = un;
-        const float uf2 = fast_up(un);
-        int64_t m2 = 0;
-        for (int64_t q = 0; q < m; ++q) {
-          const int64_t p = ps[q];
-          if (shrunk(L[p], supp[p]) <= uf2 && Ha[p] <= uf2) {
-            int64_t at = m2++;
-            const int32_t j = static_cast<int32_t>(perm_[p]);
-            while (at > 0 && js[at - 1] > j) {
-              js[at] = js[at - 1];
-              --at;
-            }
-            js[at] = j;
+        int64_t m = 0;
+        if (!(un < sh[a])) {
+          const float ufl = fast_up(un);
+          for (int64_t g = 0; g < G; ++g) {
+            if (shrunk(Gi[g], gsupf[g]) > ufl) continue;  // every center of g is farther than a
+            seen[ng++] = g;
+            const int64_t p0 = gstart_[g];
+            const int64_t got = needed(L + p0, supp.data() + p0, Ha + p0, gstart_[g + 1] - p0, pa - p0, ufl, ps.data() + m);
+            for (int64_t q = m; q < m + got; ++q) js[q] = static_cast<int32_t>(perm_[ps[q] + p0]);
+            m += got;
           }
         }
-        m = m2;
+        if (m == 0) {
+          if (dist2 != nullptr) dist2[i] = static_cast<float>(exact_dist2_avx2(xi, ca, d));
+          u_[i] = (un - slow[a]) + 0x1p-50 * (un + slow[a]);
+          continue;
+        }
         diff_dist2(xi, c, d, js.data(), m, comp.data());
-        // a joins the computed ones at its place.
-        int64_t at_a = m;
-        for (int64_t q = 0; q < m; ++q)
-          if (js[q] > a) {
-            at_a = q;
-            break;
-          }
-        for (int64_t q = m; q > at_a; --q) {
-          js[q] = js[q - 1];
-          comp[q] = comp[q - 1];
-        }
-        js[at_a] = a32;
-        comp[at_a] = ca2;
+        js[m] = a32;
+        comp[m] = ca2;
         float cmin = std::numeric_limits<float>::infinity();
         for (int64_t q = 0; q <= m; ++q) cmin = std::min(cmin, comp[q]);
         for (int64_t q = 0; q <= m && !exact; ++q) exact = !std::isfinite(comp[q]);
@@ -513,6 +494,9 @@ void ElkanLabels::assign(const float* c, float* dist2) {
             label = cand[0];
             ubest = upper(comp[win]);
           } else {
+            // in increasing k, as assign's rule needs (more than kMaxCandidates: all K)
+            for (int q = 1; q < std::min(count, kMaxCandidates); ++q)
+              for (int r = q; r > 0 && cand[r - 1] > cand[r]; --r) std::swap(cand[r - 1], cand[r]);
             label = resolve_candidates_f32(xi, c, k, d, cand, std::min(count, kMaxCandidates + 1), dist);
           }
         }
