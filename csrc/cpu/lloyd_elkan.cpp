@@ -117,12 +117,21 @@ KMGAN_AVX2 void diff_dist2(const float* x, const float* c, int64_t d, const int3
     out[q + 3] = hsum(a3);
   }
   for (; q < m; ++q) {
+    // two accumulators: the chain of dependent FMAs, not the loads, bounds one center
     const float* c0 = c + js[q] * d;
-    __m256 a0 = _mm256_setzero_ps();
-    for (int64_t l = 0; l < full; l += 8) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    int64_t l = 0;
+    for (; l + 16 <= full; l += 16) {
+      const __m256 t0 = _mm256_sub_ps(_mm256_loadu_ps(x + l), _mm256_loadu_ps(c0 + l));
+      const __m256 t1 = _mm256_sub_ps(_mm256_loadu_ps(x + l + 8), _mm256_loadu_ps(c0 + l + 8));
+      a0 = _mm256_fmadd_ps(t0, t0, a0);
+      a1 = _mm256_fmadd_ps(t1, t1, a1);
+    }
+    for (; l < full; l += 8) {
       const __m256 t0 = _mm256_sub_ps(_mm256_loadu_ps(x + l), _mm256_loadu_ps(c0 + l));
       a0 = _mm256_fmadd_ps(t0, t0, a0);
     }
+    a0 = _mm256_add_ps(a0, a1);
     if (full < d) {
       const __m256 t0 = _mm256_sub_ps(_mm256_maskload_ps(x + full, mask), _mm256_maskload_ps(c0 + full, mask));
       a0 = _mm256_fmadd_ps(t0, t0, a0);
@@ -166,6 +175,26 @@ KMGAN_AVX2 float min_of(const float* L, int64_t k) {
   float r = _mm_cvtss_f32(m);
   for (; j < k; ++j) r = std::min(r, L[j]);
   return r;
+}
+
+// min over p < k, p != skip of shrunk(L[p], sup[p]), at least 0 (big when there is none).
+KMGAN_AVX2 float group_min(const float* L, const float* sup, int64_t k, int64_t skip) {
+  const __m256 s = _mm256_set1_ps(kShrink), big = _mm256_set1_ps(kBig);
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256 mv = big;
+  int64_t j = 0;
+  for (; j + 8 <= k; j += 8) {
+    const __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(L + j), _mm256_loadu_ps(sup + j)), s);
+    const __m256 own = _mm256_castsi256_ps(_mm256_cmpeq_epi32(idx, _mm256_set1_epi32(static_cast<int>(skip - j))));
+    mv = _mm256_min_ps(mv, _mm256_blendv_ps(v, big, own));
+  }
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
+  float r = _mm_cvtss_f32(m);
+  for (; j < k; ++j)
+    if (j != skip) r = std::min(r, shrunk(L[j], sup[j]));
+  return std::max(r, 0.0f);
 }
 
 // First iteration: L[j] = sqrt(max(0, (xs2 + e_j) - sub)) kShrink for j < k, where xs2 <=
@@ -415,6 +444,8 @@ void ElkanLabels::assign(const float* c, float* dist2) {
     std::vector<int32_t> ps(k + 1), js(k + 1);
     std::vector<float> comp(k + 1), row(k);
     std::vector<int64_t> seen(G + 2);
+    std::vector<int32_t> grp(G);
+    const std::vector<float> zeros(G, 0.0f);
     // A row reads the bounds of its label's group (1 or 2 cache lines of its K): requested
     // kAhead rows early, as the stride defeats the hardware prefetcher.
     constexpr int64_t kAhead = 8;
@@ -455,8 +486,10 @@ void ElkanLabels::assign(const float* c, float* dist2) {
         int64_t m = 0;
         if (!(un < sh[a])) {
           const float ufl = fast_up(un);
-          for (int64_t g = 0; g < G; ++g) {
-            if (shrunk(Gi[g], gsupf[g]) > ufl) continue;  // every center of g is farther than a
+          // the groups whose bound does not exceed u (every center of another is farther than a)
+          const int64_t open = needed(Gi, gsupf.data(), zeros.data(), G, -1, ufl, grp.data());
+          for (int64_t t = 0; t < open; ++t) {
+            const int64_t g = grp[t];
             seen[ng++] = g;
             const int64_t p0 = gstart_[g];
             const int64_t got = needed(L + p0, supp.data() + p0, Ha + p0, gstart_[g + 1] - p0, pa - p0, ufl, ps.data() + m);
@@ -509,12 +542,11 @@ void ElkanLabels::assign(const float* c, float* dist2) {
         // of the label's, from their centers' bounds now.
         seen[ng++] = group_of_[a];
         seen[ng++] = group_of_[label];
+        const int64_t pl = pos_[label];
         for (int64_t q = 0; q < ng; ++q) {
-          const int64_t g = seen[q];
-          float mn = kBig;
-          for (int64_t p = gstart_[g]; p < gstart_[g + 1]; ++p)
-            if (perm_[p] != label) mn = std::min(mn, shrunk(L[p], supp[p]));
-          Gi[g] = fast_down(static_cast<double>(std::max(mn, 0.0f)) + gslow[g]);
+          const int64_t g = seen[q], p0 = gstart_[g];
+          const float mn = group_min(L + p0, supp.data() + p0, gstart_[g + 1] - p0, pl - p0);
+          Gi[g] = fast_down(static_cast<double>(mn) + gslow[g]);
         }
       }
       if (dist >= 0.0) ubest = std::sqrt(dist) * kLloydUp;
