@@ -30,14 +30,15 @@ _FAISS_BELOW_K = 32
 # Up to K = 16 it keeps Yinyang bounds on its 16-center panels (N=70,000 d=100: K=10 60 vs
 # 136 ms, K=16 191 vs 212, measured in /tmp/h5/cross.py), above it Elkan's per-center bounds
 # behind groups of ~10 centers (csrc/cpu/lloyd_elkan.cpp). Measured for that (/tmp/h4/ksweep.py,
-# branch h4-lloyd: the bench's blobs N=70,000 d=100, 20 iterations from km.kmeans_plusplus'
-# centers, one thread, CPU time, min of 3 interleaved, load ~7 on the 2-core machine), kernel
-# vs per iteration: K=17 174 vs 230 ms, K=24 225 vs 234, K=32 256 vs 245, K=64 381 vs 353,
-# K=100 444 vs 484; the per-iteration path then also needs one more km.assign for the labels
-# (~22 ms at K=100), which the kernel returns. km.kmeans end to end at K=100 (/tmp/h4/e2e.py,
-# same conditions, load ~5): 435 ms vs 499 per iteration, scikit-learn 544, faiss 545 (all
-# rows). After the first iteration every row still reads its x row and one group's bounds
-# (only ~2-9% of the distances are formed), so the kernel is bound by that pass under load.
+# branch h4-lloyd at its final commit: the bench's blobs N=70,000 d=100, 20 iterations from
+# km.kmeans_plusplus' centers, one thread, CPU time, min of 3 interleaved, load ~2.3 on the
+# 2-core machine), kernel vs per iteration: K=17 183 vs 259 ms, K=24 179 vs 247, K=32 216 vs
+# 267, K=64 305 vs 366, K=100 339 vs 511 (an earlier commit, at load ~7, where the kernel is
+# bound by its pass over x and the bounds: on par at K=32 and 64, 256 vs 245, 381 vs 353); the
+# per-iteration path also needs one more km.assign for the labels, which the kernel returns. km.kmeans end to end
+# at K=100 (/tmp/h4/e2e.py, one thread, load ~2): 324 ms vs 499 per iteration, scikit-learn
+# 549, faiss 555 (all rows, the same start). After the first iteration every row still reads
+# its x row and one group's bounds, though only ~2-9% of the distances are formed.
 _BOUNDED_MAX_K = 1 << 62
 
 
