@@ -10,12 +10,21 @@
 // than the distances saved, so they are stored against the drift summed since the first
 // iteration, S_j(t): the stored value is lb + S_j(t written) (rounded down), the bound now is
 // stored - S_j(now) (rounded down again), and only the bounds of the distances formed are
-// written; u likewise (u - S_a, rounded up). A row with u_i < s(a_i) = min_{j != a} ||c_a - c_j||
-// / 2 keeps its label (Hamerly's test, no bound read). Else the centers j != a_i with
-// lb_{i,j} <= u_i and ||c_a - c_j|| / 2 <= u_i are listed; none: the label stays (every other
-// center is strictly farther, so the exact argmin is unique and unchanged); else u_i is
-// tightened to the distance to a_i, the list filtered again, and its distances formed: every
-// center off the list is strictly farther than a_i, so the argmin lies among a_i and the list.
+// written; u likewise (u - S_a, rounded up).
+//
+// The centers are split into ~K/10 groups of close initial centers (Yinyang k-means, Ding et
+// al. 2015); a row also keeps gl_{i,g} <= min over g's centers j != a_i of ||x_i - c_j||,
+// shrinking by the largest drift in g, and the bounds of a row are laid out group by group.
+// Per row and iteration:
+//   1. u_i < s(a_i) = min_{j != a} ||c_a - c_j|| / 2: the label stays (Hamerly's test; x not read)
+//   2. else u_i is tightened to the distance to a_i and test 1 repeated; then every group with
+//      gl_{i,g} <= u_i is looked into (usually only the label's), and its centers j != a_i with
+//      lb_{i,j} <= u_i and ||c_a - c_j|| / 2 <= u_i are listed;
+//   3. none listed: the label stays; else the listed distances are formed. Every center not
+//      listed is strictly farther than a_i (the triangle inequality), so the exact argmin is
+//      unique and unchanged in 1 and 3, and lies among a_i and the listed centers otherwise.
+// On the bench's blobs (N = 70,000, d = 100, K = 100) ~1 group of 10 is looked into per row
+// and 1.8-9% of the (row, center) distances are formed; nearly every row still needs step 2.
 //
 // Exactness: the distances formed here are float sums of squares of fl(x - c), whose relative
 // error is at most gamma = 2 (d + 4) 2^-24 (all terms non-negative: no cancellation, whatever

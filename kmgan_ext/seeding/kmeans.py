@@ -35,9 +35,9 @@ _FAISS_BELOW_K = 32
 # 2-core machine), kernel vs per iteration: K=17 183 vs 259 ms, K=24 179 vs 247, K=32 216 vs
 # 267, K=64 305 vs 366, K=100 339 vs 511 (an earlier commit, at load ~7, where the kernel is
 # bound by its pass over x and the bounds: on par at K=32 and 64, 256 vs 245, 381 vs 353); the
-# per-iteration path also needs one more km.assign for the labels, which the kernel returns. km.kmeans end to end
-# at K=100 (/tmp/h4/e2e.py, one thread, load ~2): 324 ms vs 499 per iteration, scikit-learn
-# 549, faiss 555 (all rows, the same start). After the first iteration every row still reads
+# per-iteration path also needs one more km.assign for the labels, which the kernel returns.
+# km.kmeans end to end at K=100 (/tmp/h4/e2e.py, one thread, load ~2): 324 ms vs 499 per
+# iteration, scikit-learn 549, faiss 555 (all rows, the same start). After the first iteration every row still reads
 # its x row and one group's bounds, though only ~2-9% of the distances are formed.
 _BOUNDED_MAX_K = 1 << 62
 
