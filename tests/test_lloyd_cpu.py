@@ -98,12 +98,13 @@ def test_same_centers_and_labels_as_the_per_iteration_path(case, threads):
 def test_empty_cluster_is_relocated_as_the_per_iteration_path():
     x = _blobs(1500, 6, 3, 8)
     # two centers far away: empty at once, relocated to the farthest rows; then a duplicate
-    # center (ties go to the lower index: the copy stays empty)
-    init = torch.cat([x[:4], torch.full((2, 6), 1e3), x[:1]])
-    for niter in (1, 2, 6):
-        want = _per_iteration(x, init, niter)
-        got = _bounded(x, init, niter)
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # center (ties go to the lower index: the copy stays empty); K = 7 (panels), 21 (Elkan)
+    for first in (4, 18):
+        init = torch.cat([x[:first], torch.full((2, 6), 1e3), x[:1]])
+        for niter in (1, 2, 6):
+            want = _per_iteration(x, init, niter)
+            got = _bounded(x, init, niter)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_kmeans_uses_it_and_matches_scikit_learn(monkeypatch):

@@ -26,7 +26,7 @@ BACKENDS = ("auto", "faiss", "torch")
 _FAISS_BELOW_K = 32
 
 # The bounded Lloyd kernel (csrc/cpu/lloyd_cpu.cpp) up to this many clusters, km.minibatch_step_
-# per iteration above: every K (the kernel itself declines where its bounds would pass 512 MB).
+# per iteration above (the kernel itself also declines where its bounds would pass 512 MB).
 # Up to K = 16 it keeps Yinyang bounds on its 16-center panels (N=70,000 d=100: K=10 60 vs
 # 136 ms, K=16 191 vs 212, measured in /tmp/h5/cross.py), above it Elkan's per-center bounds
 # behind groups of ~10 centers (csrc/cpu/lloyd_elkan.cpp). Measured for that (/tmp/h4/ksweep.py,
@@ -37,9 +37,12 @@ _FAISS_BELOW_K = 32
 # bound by its pass over x and the bounds: on par at K=32 and 64, 256 vs 245, 381 vs 353); the
 # per-iteration path also needs one more km.assign for the labels, which the kernel returns.
 # km.kmeans end to end at K=100 (/tmp/h4/e2e.py, one thread, load ~2): 324 ms vs 499 per
-# iteration, scikit-learn 549, faiss 555 (all rows, the same start). After the first iteration every row still reads
-# its x row and one group's bounds, though only ~2-9% of the distances are formed.
-_BOUNDED_MAX_K = 1 << 62
+# iteration, scikit-learn 549, faiss 555 (all rows, the same start). After the first
+# iteration every row still reads its x row and one group's bounds, though only ~2-9% of the
+# distances are formed. Larger K
+# (same conditions): K=256 813 vs 904 ms; N=20,000 K=1000 958 vs 881 (the K^2 center distances
+# and K/10 group tests per row catch up), hence the cap.
+_BOUNDED_MAX_K = 256
 
 
 class KMeansResult(NamedTuple):
@@ -294,8 +297,8 @@ def kmeans(
             ``faiss.Kmeans`` (its GPU implementation when faiss sees a GPU; data are copied
             to host float32, a memmap read whole); "torch" = kmgan_ext's own ops on x's
             device: per iteration one fused km.minibatch_step_ (assign + mean from float64
-            segment sums) when x is a contiguous float32/float64 CPU tensor (for float32 the
-            bounded kernel of csrc/cpu/lloyd_cpu.cpp: the same labels, sums and centers, with
+            segment sums) when x is a contiguous float32/float64 CPU tensor (for float32 and
+            k <= 256 the bounded kernel of csrc/cpu/lloyd_cpu.cpp: the same labels, sums and centers, with
             the distances that cannot change a label skipped), else km.assign
             + km.minibatch_update_ per chunk (a np.memmap read in row chunks: its resident
             memory stays a few chunks); with sample_weight or metric="cosine", km.assign +
