@@ -37,7 +37,8 @@ _FAISS_BELOW_K = 32
 # bound by its pass over x and the bounds: on par at K=32 and 64, 256 vs 245, 381 vs 353); the
 # per-iteration path also needs one more km.assign for the labels, which the kernel returns.
 # km.kmeans end to end at K=100 (/tmp/h4/e2e.py, one thread, load ~2): 324 ms vs 499 per
-# iteration, scikit-learn 549, faiss 555 (all rows, the same start). After the first
+# iteration, scikit-learn 549, faiss 555 (all rows, the same start); two threads, load ~2.2:
+# 199-203 ms vs 299-351, scikit-learn 291-297, faiss 361-363. After the first
 # iteration every row still reads its x row and one group's bounds, though only ~2-9% of the
 # distances are formed. Larger K
 # (same conditions): K=256 813 vs 904 ms; N=20,000 K=1000 958 vs 881 (the K^2 center distances
