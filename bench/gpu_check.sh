@@ -4,17 +4,21 @@
 #
 #   bash bench/gpu_check.sh OUT_DIR          (or: make gpu-check OUT_DIR=...)
 #
-# Files in OUT_DIR (7, flat): env.txt (versions, nvidia-smi, backends), build.log,
-# pytest.log, bench.log, results.json, results.md, plots.tar.gz (one PNG per op).
+# Files in OUT_DIR (10, flat): env.txt (versions, nvidia-smi, backends), build.log,
+# pytest.log, bench.log, results.json, results.md, plots.tar.gz (one PNG per op), and the
+# scaling sweep's (bench/sweep.py --device cuda, the GPU grid: N to 1e6, K to 4096, d to 512):
+# sweep.log, sweep.json, sweep_plots.tar.gz (time against work, one PNG per op).
 # Python wheels carried in .whl/ (faiss-cpu, flash-kmeans, fastkmeans, ... see
 # bench/README.md) are installed into /tmp/site first and put on PYTHONPATH.
 #
-# Time limits in seconds (the whole script stays under ~9.5 minutes, a device call's limit,
+# Time limits in seconds (the whole script stays under ~9.6 minutes, a device call's limit,
 # with the defaults): GPU_CHECK_BUILD_S=140, GPU_CHECK_TEST_S=140 (the GPU cases),
-#   GPU_CHECK_TEST_REST_S=90 (the other tests), GPU_CHECK_BENCH_S=120 (benchmark budget;
-#   the benchmark is killed 60 s after it if a case overruns)
+#   GPU_CHECK_TEST_REST_S=90 (the other tests), GPU_CHECK_BENCH_S=80 (benchmark budget;
+#   the benchmark is killed 60 s after it if a case overruns), GPU_CHECK_SWEEP_S=45 (the
+#   sweep starts no cell after it, cheapest cells first, the rest listed as skipped; killed
+#   20 s after it)
 # For a rehearsal without a GPU: GPU_CHECK_SKIP_BUILD=1, GPU_CHECK_PYTEST_ARGS="tests/x.py",
-#   GPU_CHECK_BENCH_ARGS="--tiny --threads 1".
+#   GPU_CHECK_BENCH_ARGS="--tiny --threads 1", GPU_CHECK_SWEEP_ARGS="--tiny --threads 1".
 set -u -o pipefail
 
 OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
@@ -26,7 +30,8 @@ PY=${PYTHON:-python3}
 BUILD_S=${GPU_CHECK_BUILD_S:-140}
 TEST_S=${GPU_CHECK_TEST_S:-140}
 TEST_REST_S=${GPU_CHECK_TEST_REST_S:-90}
-BENCH_S=${GPU_CHECK_BENCH_S:-120}
+BENCH_S=${GPU_CHECK_BENCH_S:-80}
+SWEEP_S=${GPU_CHECK_SWEEP_S:-45}
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - T0 )) s"; }
@@ -124,6 +129,24 @@ rc=${PIPESTATUS[0]}
 if compgen -G "$OUT/*.png" >/dev/null; then
     (cd "$OUT" && tar -czf plots.tar.gz -- *.png && rm -f -- *.png)
 fi
+echo "gpu_check: benchmarks done at $(elapsed)"
+
+# 6. The scaling sweep on the GPU (the same checks as on CPU), within its budget.
+SWEEP_DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
+rm -rf "$OUT/sweep"
+# shellcheck disable=SC2086
+timeout -k 10 "$((SWEEP_S + 20))" "$PY" bench/sweep.py --device "$SWEEP_DEVICE" --budget-s "$SWEEP_S" --cell-s 5 \
+    --out "$OUT/sweep" ${GPU_CHECK_SWEEP_ARGS:-} >"$OUT/sweep.log" 2>&1
+rc=$?
+[ "$rc" -ne 0 ] && failed="$failed sweep(rc=$rc)"
+tail -3 "$OUT/sweep.log"
+if [ -f "$OUT/sweep/results.json" ]; then
+    mv "$OUT/sweep/results.json" "$OUT/sweep.json"
+    if compgen -G "$OUT/sweep/*.png" >/dev/null; then
+        (cd "$OUT/sweep" && tar -czf ../sweep_plots.tar.gz -- *.png)
+    fi
+fi
+rm -rf "$OUT/sweep"
 echo "gpu_check: finished at $(elapsed); files: $(cd "$OUT" && ls | tr '\n' ' ')"
 if [ -n "$failed" ]; then
     echo "gpu_check: FAILED:$failed"

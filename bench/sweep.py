@@ -17,18 +17,22 @@ Providers per op (peers where they exist; absent ones are rows saying why):
   center_loss        kmgan_ext (Eq. 4) forward+backward, torch autograd of Eq. 4 in float32
   kmeans_plusplus    kmgan_ext (km.kmeans_plusplus), scikit-learn kmeans_plusplus
   kmeans             the same initial centers and NITER Lloyd iterations over every row:
-                     kmgan_ext (km.kmeans backend "torch"), faiss (faiss.Kmeans as km.kmeans
+                     torch (_correctness.lloyd in float32: matmul-form argmin, index_add
+                     means), kmgan_ext (km.kmeans backend "torch"), faiss (faiss.Kmeans as km.kmeans
                      backend "faiss" calls it: no subsampling; called directly for its
                      iteration statistics), scikit-learn KMeans(n_init=1, lloyd)
 
 Each provider's first call, plain torch's too, is checked against the cell's float64 truth
-(kmgan_ext.reference; for kmeans a float64 Lloyd with scikit-learn's empty-cluster rule):
-labels equal except at float32 near-ties (bench/_correctness.check_labels), values and
-gradients within twice plain float32 torch's own error or a floor (_correctness.tolerances),
-seeding centers rows of x, Lloyd's centers and inertia within 1e-3; faiss's Lloyd up to its first split
-of a large cluster into an empty one (its rule; the row's note says so, and how far its final
-inertia ends), since scikit-learn and kmgan_ext move the farthest row there instead. A wrong
-answer is not timed.
+(kmgan_ext.reference; for kmeans a float64 Lloyd, bench/_correctness.lloyd): labels equal
+except at float32 near-ties (bench/_correctness.check_labels); values, gradients and Lloyd's
+final centers and inertia within twice plain float32 torch's own error against the truth, or
+a floor (_correctness.tolerances, _correctness.check_lloyd: the same rule as every bench_*.py);
+plain torch's own rows, which that rule cannot fail, within 1e-3 of the scale (Lloyd: inertia
+within 1e-4); seeding centers rows of x. Lloyd's truth refills an empty cluster with
+scikit-learn's rule (the farthest row), except for faiss, which splits a large cluster
+instead: a faiss row that split is judged against a float64 Lloyd with faiss's own split
+rule, donor draws included (_correctness.faiss_split), and its note says so. A wrong answer
+is not timed.
 Timing, thread settings and the roofline (measured copy bandwidth and sgemm rate on CPU,
 datasheet peaks on a known GPU) come from the bench harness (_timing.py, _roofline.py).
 Written: results.json (run metadata, load average at start and end, rows with the work
@@ -55,16 +59,23 @@ from _timing import measure  # noqa: E402
 
 OPS = ("assign", "minibatch_update", "assigned_distance", "center_loss", "kmeans_plusplus", "kmeans")
 NITER = 5  # Lloyd iterations of the kmeans cells (the sweep is about growth, not totals)
+# --quick's budget: no cell starts after it; the cell running then, the plots and the
+# roofline measurement fit in the rest of 10 minutes on the 2-core machine (Makefile)
+QUICK_BUDGET_S = 480.0
+
+
+CENTRE = {"tiny": dict(N=2000, K=8, d=16), "quick": dict(N=100_000, K=100, d=128), "full": dict(N=100_000, K=100, d=128)}
 
 
 def grid(size: str) -> list[dict]:
-    """One factor at a time around a centre point."""
+    """One factor at a time around a centre point (CENTRE)."""
+    centre = CENTRE[size]
     if size == "tiny":
-        centre, ns, ks, ds = dict(N=2000, K=8, d=16), [500, 2000], [4, 8], [16]
+        ns, ks, ds = [500, 2000], [4, 8], [16]
     elif size == "quick":
-        centre, ns, ks, ds = dict(N=100_000, K=100, d=128), [10_000, 100_000, 1_000_000], [10, 100, 1024, 4096], [32, 128, 512]
+        ns, ks, ds = [10_000, 100_000, 1_000_000], [10, 100, 1024, 4096], [32, 128, 512]
     else:
-        centre, ns, ks, ds = dict(N=100_000, K=100, d=128), [10_000, 30_000, 100_000, 300_000, 1_000_000], [10, 32, 100, 320, 1024, 4096], [32, 64, 128, 256, 512]
+        ns, ks, ds = [10_000, 30_000, 100_000, 300_000, 1_000_000], [10, 32, 100, 320, 1024, 4096], [32, 64, 128, 256, 512]
     shapes = [dict(centre, N=n) for n in ns] + [dict(centre, K=k) for k in ks] + [dict(centre, d=d) for d in ds]
     out, seen = [], set()
     for s in shapes:
@@ -93,9 +104,18 @@ def work(op: str, n: int, k: int, d: int, e: int) -> H.Work:
     raise ValueError(op)
 
 
-# Providers known to take far longer than the roofline: an estimated rate (flop/s) used only
-# to skip cells that would not finish within --cell-s.
-_SLOW_RATE = {("kmeans_plusplus", "sklearn"): 5e9, ("kmeans", "sklearn"): 1e10, ("assign", "sklearn"): 3e9}
+# Providers known to take far longer than the roofline: an estimated rate (flop/s of the
+# least work) used to skip a provider whose one call would take over 5 x --cell-s (the
+# roofline's rule for a cell), and to order the cells (``plan``). Measured in the quick sweep
+# on the 2-core machine at load 7-8: scikit-learn's kmeans_plusplus 1.5e9 flops in 17 s
+# (the idle machine is some 3x faster), its KMeans 1.5e9 in 0.39 s.
+_SLOW_RATE = {("kmeans_plusplus", "sklearn"): 3e8, ("kmeans", "sklearn"): 4e9, ("assign", "sklearn"): 3e9}
+
+
+def slow_estimate_s(op: str, name: str, flops: float) -> float | None:
+    """The estimated seconds of one call of a slow provider (``_SLOW_RATE``), or None."""
+    rate = _SLOW_RATE.get((op, name))
+    return None if rate is None else flops / rate
 
 
 def _data(n, d, k, device, seed=0):
@@ -104,12 +124,6 @@ def _data(n, d, k, device, seed=0):
     x = means[torch.randint(len(means), (n,), generator=g)] + torch.randn(n, d, generator=g)
     c = x[torch.randperm(n, generator=g)[:k]].clone()
     return x.to(device), c.to(device)
-
-
-def _inertia(x, c):
-    import kmgan_ext as km
-
-    return float(km.assign(x, c.to(x.dtype))[1].double().sum())
 
 
 def cell_labels(op: str, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor | None:
@@ -204,6 +218,7 @@ def providers(op: str, x: torch.Tensor, c: torch.Tensor, ctx: H.Ctx, labels: tor
         except ImportError:
             out.append(("sklearn", None, "scikit-learn not installed"))
     elif op == "kmeans":
+        out.append(("torch", lambda: H.lloyd(x, c, NITER, torch.float32)[0], None))
         out.append(("kmgan_ext", lambda: km.kmeans(x, k, init=c, niter=NITER, backend="torch").centers, None))
         from kmgan_ext.seeding import _data as sdata
 
@@ -242,36 +257,6 @@ def fake_side(x, labels, c):
     return x.flip(0).contiguous(), labels.flip(0).contiguous(), c.flip(0).contiguous()
 
 
-def lloyd64(x, c, niter: int) -> tuple[torch.Tensor, list[float]]:
-    """Lloyd's iterations in float64 from the centers c, scikit-learn's rule for a cluster
-    left empty (it takes the farthest row, j-th empty cluster the j-th farthest, which leaves
-    its old cluster); the final centers and the inertia of the centers before each iteration
-    and after the last."""
-    x64, cen = x.double(), c.double()
-    n, k = x.shape[0], c.shape[0]
-    xx = (x64 * x64).sum(1, keepdim=True)
-    objs = []
-    for it in range(niter + 1):
-        # float64 argmin of the expanded form (its rounding is ~1e-16 of the norms, far below
-        # float32's near-ties), then the chosen distances from differences
-        labels = (xx - 2.0 * x64 @ cen.T + (cen * cen).sum(1)).argmin(1)
-        d2 = H.row_dist64(x64, cen, labels)
-        objs.append(float(d2.sum()))
-        if it == niter:
-            break
-        sums = torch.zeros_like(cen).index_add_(0, labels, x64)
-        counts = torch.bincount(labels, minlength=k)
-        empty = (counts == 0).nonzero().flatten().tolist()
-        if empty:
-            for j, row in zip(empty, torch.topk(d2, len(empty)).indices.tolist()):
-                old = int(labels[row])
-                sums[old] -= x64[row]
-                counts[old] -= 1
-                sums[j], counts[j] = x64[row], 1
-        cen = torch.where((counts > 0)[:, None], sums / counts.clamp(min=1)[:, None], cen)
-    return cen, objs
-
-
 def truth(op: str, x, c, labels):
     """The float64 answer of a cell (kmgan_ext.reference where it has the op)."""
     from kmgan_ext import reference as R
@@ -293,52 +278,50 @@ def truth(op: str, x, c, labels):
         u_r, u_f = R._side_mean(a.detach(), labels, c.double())[0], R._side_mean(b.detach(), lf, cf.double())[0]
         return (v.detach(), *torch.autograd.grad(v, (a, b))), (u_r - u_f, float(u_r.abs().max() + u_f.abs().max()))
     if op == "kmeans":
-        return lloyd64(x, c, NITER)
+        # scikit-learn's rule for a cluster left empty; faiss's rows are judged against its own
+        # (``faiss_truth``)
+        return H.lloyd(x, c, NITER)
     return None
 
 
 FAISS_SPLIT = ("faiss splits a large cluster in two for each cluster left empty, where scikit-learn and "
-               "kmgan_ext move the farthest row into it (the objective differs from that iteration on)")
+               "kmgan_ext move the farthest row into it: judged against a float64 Lloyd with faiss's own "
+               "split rule (bench/_correctness.check_faiss_lloyd)")
 
 
-def check(op, got, want, plain, x, c) -> tuple[bool, str]:
+def _tensor(a) -> torch.Tensor:
+    """A provider's centers as a tensor: numpy arrays (scikit-learn, faiss) or tensors on any
+    device (np.asarray cannot take a CUDA tensor)."""
+    return a.detach() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+
+
+def check(op, got, want, plain, x, c, yardstick: bool = False) -> tuple[bool, str]:
     """A provider's first answer against the float64 truth ``want``: labels and seeding by
     their own bars, values and gradients within twice plain float32 torch's (``plain``)
-    error against the truth, or a floor (bench/_correctness.tolerances)."""
+    error against the truth, or a floor (bench/_correctness.tolerances). ``yardstick``: got
+    is plain torch's own answer (``plain``), which twice its own error cannot fail; it is
+    held to _correctness.YARDSTICK_RTOL of the values' scale instead (Lloyd: its inertia to
+    1e-4)."""
     if op == "assign":
         # (values, indices) for torch and faiss, (labels, dist2) for km.assign
         d2, lab = (got[1], got[0]) if got[1].is_floating_point() else (got[0], got[1])
         return H.check_labels(x, c, want, lab.to(x.device, torch.int64), d2.to(x.device).clamp(min=0))
     if op == "kmeans_plusplus":
-        g = torch.as_tensor(np.asarray(got)).to(x.device, x.dtype)
+        g = _tensor(got).to(x.device, x.dtype)
         if tuple(g.shape) != tuple(c.shape):
             return False, f"centers shape {tuple(g.shape)} != {tuple(c.shape)}"
         rows = H.nearest64(g, x)[1]
         ok = bool((rows == 0).all())
         return ok, "centers are rows of x" if ok else f"{int((rows != 0).sum())} centers are not rows of x"
     if op == "kmeans":
-        centers64, objs = want
         stats = None
         if isinstance(got, tuple):
             got, stats = got
-        gi = _inertia(x, torch.as_tensor(np.asarray(got)).to(x.device))
-        split = next((i for i, st in enumerate(stats or []) if st["nsplit"] > 0), None)
-        if split is None:
-            # the centers themselves (the inertia is flat at Lloyd's fixed point), each within
-            # 1e-3 of a row's rms distance, 1% of them excepted for float32 near-ties
-            g = torch.as_tensor(np.asarray(got)).double().cpu()
-            err = (g - centers64.cpu()).norm(dim=1) if g.shape == centers64.shape else None
-            off = g.shape[0] if err is None else int((err > 1e-3 * math.sqrt(objs[-1] / x.shape[0])).sum())
-            ok = abs(gi / objs[-1] - 1) <= 1e-3 and off <= g.shape[0] // 100
-            return ok, (f"inertia {gi:.6g} vs the float64 Lloyd's {objs[-1]:.6g} (same init, {NITER} iterations); "
-                        f"{off} centers off it by more than 1e-3 of a row's rms distance")
-        # faiss's objective of iteration i is the inertia of the centers after i updates:
-        # up to its first split it must be the float64 Lloyd's.
-        faiss_objs = [st["obj"] for st in stats[: split + 1]]
-        off = [i for i, (a, b) in enumerate(zip(faiss_objs, objs)) if abs(a / b - 1) > 1e-3]
-        msg = (f"objective = the float64 Lloyd's in iterations 0..{split} (within 1e-3), then {FAISS_SPLIT}: "
-               f"{sum(st['nsplit'] for st in stats)} splits, final inertia {gi / objs[-1]:.3g}x the float64 Lloyd's")
-        return (False, f"objective differs from the float64 Lloyd's at iterations {off} (before faiss's first split)") if off else (True, msg)  # noqa: E501
+        got = _tensor(got)
+        nsplit = sum(st["nsplit"] for st in stats or [])
+        if stats is None:
+            return H.check_lloyd(x, got, want, None if yardstick else plain)
+        return H.check_faiss_lloyd(x, c, NITER, got, nsplit, want, plain)
     outs, extra = (want, None) if op != "center_loss" else want
     gs = got if isinstance(got, tuple) else (got,)
     ps = plain if isinstance(plain, tuple) else (plain,)
@@ -360,9 +343,31 @@ def check(op, got, want, plain, x, c) -> tuple[bool, str]:
                 note = f" ({int(ambiguous.sum())} of {diff.numel()} near-zero features of u_r - u_f left out)"
         floor = 1e-6 * (1 + float(w.abs().max())) if w.numel() else 1e-6
         tol = max(floor, 2 * float(((pl - w).abs() * keep).max())) if w.numel() else floor
+        if yardstick:
+            tol = H.YARDSTICK_RTOL * (1 + float(w.abs().max())) if w.numel() else floor
+            note += " (plain torch: the yardstick, held to 1e-3 of the scale)"
         ok, msg = H.close(name, torch.where(keep, g, w), w, rtol=0.0, atol=tol)
         results.append((ok, msg + note))
     return H.all_ok(*results)
+
+
+def plan(ops, size: str, roof) -> list[tuple[str, dict, float, float]]:
+    """Every (op, shape) cell with its least work in seconds at the roofline and its
+    estimated cost (the slowest peer's call, ``_SLOW_RATE``, where larger), in rounds: each
+    op's cheapest cell, then each op's second cheapest, and so on. A run short of its
+    --budget-s loses the costliest cells of every op, each listed as skipped, rather than
+    every cell of the slow ops: each op's plot keeps its cheapest points."""
+    cells = []
+    for op in ops:
+        mine = []
+        for shape in grid(size):
+            w = work(op, shape["N"], shape["K"], shape["d"], 4)
+            bound_s = roof.bound(w.bytes, w.flops, w.flop_kind)[0] / 1e3
+            # the slow peers' calls where they will run (estimate: _SLOW_RATE), else the roofline
+            slow = [e for name in ("sklearn",) if (e := slow_estimate_s(op, name, w.flops)) is not None]
+            mine.append((op, shape, bound_s, max([bound_s] + slow)))
+        cells += [(rank, cell) for rank, cell in enumerate(sorted(mine, key=lambda cell: cell[3]))]
+    return [cell for _, cell in sorted(cells, key=lambda rc: (rc[0], rc[1][3]))]
 
 
 def run_cell(op: str, shape: dict, ctx: H.Ctx, cell_s: float) -> list[dict]:
@@ -387,9 +392,10 @@ def run_cell(op: str, shape: dict, ctx: H.Ctx, cell_s: float) -> list[dict]:
         if fn is None:
             r["absent"] = why
             continue
-        rate = _SLOW_RATE.get((op, name))
-        if rate and w.flops / rate > cell_s:
-            r["skipped"] = f"estimated {w.flops / rate:.2g} s at {rate:.2g} flop/s > --cell-s {cell_s}"
+        est = slow_estimate_s(op, name, w.flops)
+        if est is not None and est > 5 * cell_s:
+            r["skipped"] = (f"estimated {est:.2g} s a call at {_SLOW_RATE[(op, name)]:.2g} flop/s, "
+                            f"x1 > 5 x --cell-s {cell_s}")
             continue
         if ctx.time_left() <= 0:
             r["skipped"] = "out of the run's budget"
@@ -401,12 +407,12 @@ def run_cell(op: str, shape: dict, ctx: H.Ctx, cell_s: float) -> list[dict]:
             slow = time.perf_counter() - t0 > 0.2
             if name == "torch":
                 plain = out
-            if op in ("minibatch_update", "assigned_distance", "center_loss") and plain is None:
+            if op in ("minibatch_update", "assigned_distance", "center_loss", "kmeans") and plain is None and name != "torch":
                 r["correct"], r["check"] = False, "no plain torch answer to size the tolerance"
             else:
-                r["correct"], r["check"] = check(op, out, want(), plain, x, c)
-            if op == "kmeans" and name == "faiss" and FAISS_SPLIT in r["check"]:
-                r["note"] = "faiss " + r["check"].split(f"then {FAISS_SPLIT}: ")[1] + ": " + FAISS_SPLIT
+                r["correct"], r["check"] = check(op, out, want(), plain, x, c, yardstick=name == "torch")
+            if op == "kmeans" and name == "faiss" and "judged by faiss's split rule" in r["check"]:
+                r["note"] = FAISS_SPLIT
             if not r["correct"]:
                 continue
             t = measure(fn, ctx, warm=slow)
@@ -421,38 +427,74 @@ def run_cell(op: str, shape: dict, ctx: H.Ctx, cell_s: float) -> list[dict]:
     return rows
 
 
+SERIES_MARKERS = {"N": "o", "K": "s", "d": "^"}
+
+
+def series(shape: dict, centre: dict) -> list[str]:
+    """The factors whose one-at-a-time series hold this shape (the centre is in all three)."""
+    varying = [f for f in ("N", "K", "d") if shape[f] != centre[f]]
+    return varying or ["N", "K", "d"]
+
+
 def plot(result: dict, op: str, path: str) -> None:
+    """Top: median time against the least work, one colour per provider, one line per
+    one-factor series (marker: which of N, K, d varies), the roofline's time as black dashes.
+    Bottom: each peer's time over kmgan_ext's at the same shape; where a line crosses 1 the
+    faster one changes (the crossover), below 1 the peer is faster."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     rows = [r for r in result["rows"] if r["op"] == op and r.get("median_ms")]
     if not rows:
         return
+    centre = CENTRE[result.get("args", {}).get("size", "quick")]
     bandwidth_op = op in ("minibatch_update", "assigned_distance", "center_loss")
     key, unit = ("bytes", "bytes moved (least)") if bandwidth_op else ("flops", "flops (least)")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for prov in dict.fromkeys(r["provider"] for r in rows):
-        pts = sorted((r[key], r["median_ms"], r["p20_ms"], r["p80_ms"]) for r in rows if r["provider"] == prov)
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, lw=1, capsize=2, label=prov, linestyle="none")
+    fig, (ax, rx) = plt.subplots(2, 1, figsize=(7.5, 7.5), sharex=True, gridspec_kw=dict(height_ratios=[3, 2]))
+    provs = list(dict.fromkeys(r["provider"] for r in rows))
+    colour = {p: f"C{i}" for i, p in enumerate(provs)}
+    shape_key = lambda r: (r["shape"]["N"], r["shape"]["K"], r["shape"]["d"])  # noqa: E731
+    ours = {shape_key(r): r["median_ms"] for r in rows if r["provider"] == "kmgan_ext"}
+    for fac, mk in SERIES_MARKERS.items():
+        part = [r for r in rows if fac in series(r["shape"], centre)]
+        for prov in provs:
+            pts = sorted((r[key], r["median_ms"], r["p20_ms"], r["p80_ms"], shape_key(r)) for r in part if r["provider"] == prov)
+            if not pts:
+                continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+            ax.errorbar(xs, ys, yerr=err, marker=mk, ms=4, lw=1, capsize=2, color=colour[prov])
+            if prov != "kmgan_ext" and not prov.startswith("kmgan_ext"):
+                rel = [(p[0], p[1] / ours[p[4]]) for p in pts if p[4] in ours]
+                if rel:
+                    rx.plot([q[0] for q in rel], [q[1] for q in rel], marker=mk, ms=4, lw=1, color=colour[prov])
     roof = result["roofline"]
-    xs = sorted({r[key] for r in rows})
-    if roof and xs:
+    if roof:
         from _roofline import Roofline
 
         rl = Roofline(**roof)
-        lim = [rl.bound(r["bytes"], r["flops"], "fp32")[0] for r in sorted(rows, key=lambda r: r[key])]
-        ax.plot(sorted(r[key] for r in rows), lim, "k:", lw=1, label="roofline (least work)")
+        ax.plot([r[key] for r in rows], [rl.bound(r["bytes"], r["flops"], "fp32")[0] for r in rows], "k_", ms=9)
+    handles = [Line2D([], [], color=colour[p], lw=2, label=p) for p in provs]
+    handles += [Line2D([], [], color="grey", marker=mk, ls="none", label=f"{fac} varies") for fac, mk in SERIES_MARKERS.items()]
+    handles.append(Line2D([], [], color="k", marker="_", ms=9, ls="none", label="roofline (least work)"))
+    ax.legend(handles=handles, fontsize=7, ncol=2)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(unit)
     ax.set_ylabel("median time (ms)")
-    ax.set_title(f"{op}: time against work ({result['device']['name']}, load {result.get('load_avg_start')})", fontsize=9)
-    ax.legend(fontsize=7)
+    c = ", ".join(f"{f}={v:g}" for f, v in centre.items())
+    ax.set_title(f"{op}: time against work, one factor at a time around {c}\n"
+                 f"({result['device']['name']}, load {result.get('load_avg_start')} at start, "
+                 f"{result.get('load_avg_end')} at end)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
+    rx.axhline(1.0, color="k", lw=1)
+    rx.set_yscale("log")
+    rx.set_xlabel(unit)
+    rx.set_ylabel("peer time / kmgan_ext time")
+    rx.set_title("above 1: kmgan_ext is faster; a line crossing 1 is a crossover", fontsize=8)
+    rx.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -468,7 +510,9 @@ def parse(argv):
     p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cell-s", type=float, default=None, help="skip cells whose least work exceeds this (s)")
-    p.add_argument("--budget-s", type=float, default=None)
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting cells after this many seconds (the rest are listed as skipped); "
+                        "--quick: 480 unless given, so that the quick sweep ends within 10 minutes")
     a = p.parse_args(argv)
     a.ops = [o for o in a.ops.split(",") if o]
     bad = [o for o in a.ops if o not in OPS]
@@ -482,6 +526,8 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     cell_s = args.cell_s if args.cell_s is not None else {"tiny": 5.0, "quick": 2.0, "full": 20.0}[size]
+    if args.budget_s is None and size == "quick":
+        args.budget_s = QUICK_BUDGET_S
     threads = H.set_threads(args.threads)
     out = args.out or os.path.join(HERE, "results", f"sweep-{device.type}")
     os.makedirs(out, exist_ok=True)
@@ -492,16 +538,25 @@ def main(argv=None) -> dict:
     meta = H.run_metadata(ctx, dict(vars(args), size=size, cell_s=cell_s, niter=NITER))
     meta["threads"] = threads
     rows = []
-    for op in args.ops:
-        for shape in grid(size):
-            H.eprint(f"sweep: {op} {shape}")
-            try:
-                rows += run_cell(op, shape, ctx, cell_s)
-            except Exception as e:
-                H.eprint(traceback.format_exc())
-                r = H.empty_row(op, shape, "(cell)", "full")
-                r["error"] = f"cell crashed: {type(e).__name__}: {e}"[:300]
-                rows.append(r)
+    for op, shape, bound_s, _ in plan(args.ops, size, ctx.roof):
+        if ctx.time_left() <= 0:
+            r = H.empty_row(op, shape, "(all)", "full")
+            r["skipped"] = (f"the run's budget (--budget-s {args.budget_s:g}) was spent before this cell: least work "
+                            f"{bound_s:.2g} s at the roofline (cells run cheapest first)")
+            rows.append(r)
+            continue
+        H.eprint(f"sweep: {op} {shape} ({time.monotonic() - t0:.0f} s)")
+        try:
+            rows += run_cell(op, shape, ctx, cell_s)
+        except Exception as e:
+            H.eprint(traceback.format_exc())
+            r = H.empty_row(op, shape, "(cell)", "full")
+            r["error"] = f"cell crashed: {type(e).__name__}: {e}"[:300]
+            rows.append(r)
+    # back in the grid's order: op by op, shape by shape
+    order = {(op, json.dumps(sh, sort_keys=True)): i for i, (op, sh) in
+             enumerate((op, sh) for op in args.ops for sh in grid(size))}  # fmt: skip
+    rows.sort(key=lambda r: order[(r["op"], json.dumps(r["shape"], sort_keys=True))])
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     meta["load_avg_end"] = H._loadavg()
     result = {**meta, "rows": rows}

@@ -199,6 +199,14 @@ def _topk_kernel(x_ptr, c_ptr, u_ptr, lab_ptr, d2_ptr, N, K, D, k, rel, abs_err,
                  F64: tl.constexpr, COSINE: tl.constexpr, L: tl.constexpr, MERGE: tl.constexpr,
                  G: tl.constexpr, BLOCK_K: tl.constexpr,
                  BLOCK_D: tl.constexpr, BIG: tl.constexpr):
+    # Batched problems: grid axis 1 is the problem, every pointer below its own slice (the
+    # unit centers are the (B*K, d) flat view's).
+    pb = tl.program_id(1).to(tl.int64)
+    x_ptr += pb * N * D
+    c_ptr += pb * K * D
+    u_ptr += pb * K * D
+    lab_ptr += pb * N * k
+    d2_ptr += pb * N * k
     rows = tl.program_id(0) * G + tl.arange(0, G)
     rmask = rows < N
     lv, li, special = _stream(x_ptr, c_ptr, u_ptr, rows, rmask, K, D, False, F64, COSINE, L, MERGE,
@@ -250,17 +258,25 @@ def _topk_kernel(x_ptr, c_ptr, u_ptr, lab_ptr, d2_ptr, N, K, D, k, rel, abs_err,
         tl.store(d2_ptr + out + j, dist.to(d2_ptr.dtype.element_ty), mask=rmask)
 
 
+# Grid axis 1 (the problem of batched problems) is limited to 65535 on CUDA GPUs.
+_MAX_GRID_Y = 65535
+
+
 def assign_topk(x: torch.Tensor, centers: torch.Tensor, k: int, cosine: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    n, d = x.shape
-    kc = centers.shape[0]
-    labels = torch.empty(n, k, dtype=torch.int64, device=x.device)
-    dist2 = torch.empty(n, k, dtype=acc_dtype(x), device=x.device)
-    if n == 0:
+    """(N, k) outputs; (B, N, k) for batched problems x (B, N, d), centers (B, K, d), the
+    problem on grid axis 1 (one launch for up to 65535 problems; cosine: after one
+    unit-centers pass over the flat (B*K, d) view)."""
+    n, d = x.shape[-2:]
+    kc = centers.shape[-2]
+    batch = x.shape[0] if x.dim() == 3 else 1
+    labels = torch.empty(*x.shape[:-1], k, dtype=torch.int64, device=x.device)
+    dist2 = torch.empty(*x.shape[:-1], k, dtype=acc_dtype(x), device=x.device)
+    if n == 0 or batch == 0:
         return labels, dist2
     f64 = x.dtype == torch.float64
     if cosine:
-        u_centers = unit_centers(centers)
+        u_centers = unit_centers(centers.reshape(batch * kc, d))
         rel, abs_err = error_bounds(d, x.dtype, tf32=False)
     else:
         u_centers = centers  # unread
@@ -274,9 +290,13 @@ def assign_topk(x: torch.Tensor, centers: torch.Tensor, k: int, cosine: bool = F
     block_d = pow2(d, 16, 32 if interp else 16)
     # Cosine keys are compared bitwise with the reference's: no FMA contraction on a GPU.
     opts = dict(enable_fp_fusion=False) if cosine and not interp else {}
+    u_centers = u_centers.reshape(batch, kc, d) if x.dim() == 3 else u_centers
     with device_guard(x):
-        _topk_kernel[(triton.cdiv(n, g),)](
-            x, centers, u_centers, labels, dist2, n, kc, d, k, rel, abs_err,
-            F64=f64 and not cosine, COSINE=cosine, L=big_l, MERGE=min(big_l, block_k), G=g,
-            BLOCK_K=block_k, BLOCK_D=block_d, BIG=_BIG, **opts)
+        for b0 in range(0, batch, _MAX_GRID_Y):
+            nb = min(batch - b0, _MAX_GRID_Y)
+            sl = slice(b0, b0 + nb) if x.dim() == 3 else slice(None)
+            _topk_kernel[(triton.cdiv(n, g), nb)](
+                x[sl], centers[sl], u_centers[sl], labels[sl], dist2[sl], n, kc, d, k, rel, abs_err,
+                F64=f64 and not cosine, COSINE=cosine, L=big_l, MERGE=min(big_l, block_k), G=g,
+                BLOCK_K=block_k, BLOCK_D=block_d, BIG=_BIG, **opts)
     return labels, dist2

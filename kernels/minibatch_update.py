@@ -13,6 +13,13 @@ Both are "per-cluster sums S_k and counts m_k, then a per-cluster apply":
 Small problems (K <= 64, N K d <= 2^22, e.g. the paper's batch of 64 with K = 10): one
 program, one launch, no atomics, for both modes.
 
+Batched EMA problems (centers (B, K, d), x (B, N, d), labels (B, N) in [0, K)): the problem
+is the last grid axis of every launch below (the one program of the small path becomes B
+programs), each kernel offsetting its pointers to its problem's slices, so a problem takes the
+same blocks, the same order and its own total n as its own 2-D call (bitwise), and B problems
+take the launches of one. Sculley's updates are one problem (their batched form is the flat
+(B*K, d) view, kmgan_ext/minibatch_update.py).
+
 Fast mode (``deterministic=False``): one fill (sums and counts share a buffer), one
 segmented-sum launch that adds float64 block totals with ``tl.atomic_add`` (for K <= 64 each
 program first reduces its rows per cluster with a one-hot ``tl.dot`` in IEEE float32, so a
@@ -94,6 +101,12 @@ def _segment_sum_kernel(
     """
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
+    pb = tl.program_id(2).to(tl.int64)  # the problem (batched EMA), else 0
+    x_ptr += pb * N * D
+    labels_ptr += pb * N
+    w_ptr += pb * N
+    sums_ptr += pb * K * D
+    m_ptr += pb * K
     rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -201,14 +214,23 @@ def _bump_counts(counts_ptr, ks, kmask, m, decay_hi, decay_lo, MODE: tl.constexp
 
 @triton.jit
 def _apply_kernel(
-    centers_ptr, counts_ptr, esum_ptr, sums_ptr, m_ptr, K, D, decay_hi, decay_lo,
-    MODE: tl.constexpr, WEIGHTED: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    centers_ptr, counts_ptr, esum_ptr, sums_ptr, m_ptr, hit_ptr, K, D, decay_hi, decay_lo,
+    MODE: tl.constexpr, WEIGHTED: tl.constexpr, HIT: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """The per-cluster update from the float64 sums (fast mode); BLOCK_K whole rows each."""
+    pb = tl.program_id(1).to(tl.int64)  # the problem (batched EMA), else 0
+    centers_ptr += pb * K * D
+    counts_ptr += pb * K
+    esum_ptr += pb * K * D
+    sums_ptr += pb * K * D
+    m_ptr += pb * K
     ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     kmask = ks < K
     m = tl.load(m_ptr + ks, mask=kmask, other=0)
     hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, m, decay_hi, decay_lo, MODE, WEIGHTED)
+    if HIT:  # metric="cosine" Sculley: the clusters that received rows (_renormalize_kernel)
+        tl.store(hit_ptr + ks, hit.to(tl.int8), mask=kmask)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         dmask = ds < D
@@ -220,14 +242,24 @@ def _apply_kernel(
 
 @triton.jit
 def _sorted_segment_kernel(
-    centers_ptr, counts_ptr, esum_ptr, x_ptr, w_ptr, order_ptr, slab_ptr, N, K, D, n_steps,
-    decay_hi, decay_lo, ACC_T: tl.constexpr, MODE: tl.constexpr, COSINE: tl.constexpr,
-    WEIGHTED: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    centers_ptr, counts_ptr, esum_ptr, x_ptr, w_ptr, order_ptr, slab_ptr, hit_ptr, N, K, D,
+    n_steps, decay_hi, decay_lo, ACC_T: tl.constexpr, MODE: tl.constexpr, COSINE: tl.constexpr,
+    WEIGHTED: tl.constexpr, HIT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Deterministic: segment sums over label-sorted rows in a fixed order, then the update.
 
     Each block of BLOCK_R rows is summed in ACC_T, the block totals in float64 (contract 3).
+    Grid axis 1: the problem (batched EMA; order and slab hold each problem's own sort).
     """
+    pb = tl.program_id(1).to(tl.int64)
+    centers_ptr += pb * K * D
+    counts_ptr += pb * K
+    esum_ptr += pb * K * D
+    x_ptr += pb * N * D
+    w_ptr += pb * N
+    order_ptr += pb * N
+    slab_ptr += pb * N
     ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     kmask = ks < K
     # Lower bounds of k and k + 1 in the sorted labels (vector binary search).
@@ -260,6 +292,8 @@ def _sorted_segment_kernel(
         hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, wk, decay_hi, decay_lo, MODE, True)
     else:
         hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, m, decay_hi, decay_lo, MODE)
+    if HIT:  # metric="cosine" Sculley: the clusters that received rows (_renormalize_kernel)
+        tl.store(hit_ptr + ks, hit.to(tl.int8), mask=kmask)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         dmask = ds < D
@@ -284,16 +318,24 @@ def _sorted_segment_kernel(
 
 @triton.jit
 def _small_update_kernel(
-    centers_ptr, counts_ptr, esum_ptr, x_ptr, labels_ptr, w_ptr, N, K, D, decay_hi, decay_lo,
-    ACC_T: tl.constexpr, MODE: tl.constexpr, COSINE: tl.constexpr, WEIGHTED: tl.constexpr,
-    KP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    centers_ptr, counts_ptr, esum_ptr, x_ptr, labels_ptr, w_ptr, hit_ptr, N, K, D, decay_hi,
+    decay_lo, ACC_T: tl.constexpr, MODE: tl.constexpr, COSINE: tl.constexpr,
+    WEIGHTED: tl.constexpr, HIT: tl.constexpr, KP: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Small problems in ONE program: one-hot segment sums in a fixed order, then the update.
 
     No atomics, no zero fill, no sort: a single launch, bitwise repeatable, used for both modes
     while N K d is small (the paper's N=64, K=10, d=100). Blocks of BLOCK_N rows are summed
-    in ACC_T, the block totals in float64 (contract 3).
+    in ACC_T, the block totals in float64 (contract 3). Batched EMA: program b is problem b.
     """
+    pb = tl.program_id(0).to(tl.int64)
+    centers_ptr += pb * K * D
+    counts_ptr += pb * K
+    esum_ptr += pb * K * D
+    x_ptr += pb * N * D
+    labels_ptr += pb * N
+    w_ptr += pb * N
     ks = tl.arange(0, KP)
     kmask = ks < K
     rl = tl.arange(0, BLOCK_N)
@@ -312,6 +354,8 @@ def _small_update_kernel(
             lab = tl.load(labels_ptr + rows, mask=rows < N, other=-1)
             cnt += tl.sum((lab[None, :] == ks[:, None]).to(tl.int32), axis=1)
         hit, m_f, n_f = _bump_counts(counts_ptr, ks, kmask, cnt, decay_hi, decay_lo, MODE)
+    if HIT:  # metric="cosine" Sculley: the clusters that received rows (_renormalize_kernel)
+        tl.store(hit_ptr + ks, hit.to(tl.int8), mask=kmask)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         dmask = ds < D
@@ -342,9 +386,14 @@ def _ema_centers_kernel(centers_ptr, size_ptr, esum_ptr, K, D, eps_hi, eps_lo,
                         COSINE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     """c_k = M_k / N'_k, N'_k = (N_k + eps) / (n + K eps) n, n = sum_k N_k (float64).
 
-    Every program sums all K sizes itself, in the same fixed order (a bitwise identical n
-    everywhere, no extra launch). Centers with N'_k == 0 are left unchanged.
+    Every program sums all K sizes of its problem itself, in the same fixed order (a bitwise
+    identical n everywhere, no extra launch). Centers with N'_k == 0 are left unchanged.
+    Grid axis 1: the problem (batched EMA), whose own total n each program sums.
     """
+    pb = tl.program_id(1).to(tl.int64)
+    centers_ptr += pb * K * D
+    size_ptr += pb * K
+    esum_ptr += pb * K * D
     sl = tl.arange(0, BLOCK_S)
     tot = tl.zeros((BLOCK_S,), tl.float64)
     for s0 in range(0, K, BLOCK_S):
@@ -376,14 +425,15 @@ def _ema_centers_kernel(centers_ptr, size_ptr, esum_ptr, K, D, eps_hi, eps_lo,
 
 
 @triton.jit
-def _renormalize_kernel(src_ptr, dst_ptr, before_ptr, after_ptr, K, D,
+def _renormalize_kernel(src_ptr, dst_ptr, hit_ptr, K, D,
                         BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     """Sculley, metric="cosine": dst_k = src_k / ||src_k|| (float64 src; a zero row stays
-    zero) for the clusters the step updated (count changed); the others are not written."""
+    zero) for the clusters that received rows (batch count or weight > 0, as the reference:
+    not "the count changed", which a batch weight below 2^-53 W_k leaves as it was); the
+    others are not written."""
     ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     kmask = ks < K
-    hit = kmask & (tl.load(after_ptr + ks, mask=kmask, other=0)
-                   != tl.load(before_ptr + ks, mask=kmask, other=0))
+    hit = kmask & (tl.load(hit_ptr + ks, mask=kmask, other=0) != 0)
     n2 = tl.zeros((BLOCK_K,), tl.float64)
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
@@ -406,12 +456,16 @@ def _split(v: float) -> tuple[float, float]:
     return hi, float(torch.tensor(v - hi, dtype=torch.float32))
 
 
-def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine=False, w=None):
+def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine=False, w=None,
+            hit=None):
     """Segment sums + apply. Sculley: counts is the int64 count state (float64 cumulative
     weights with sample_weight w). EMA: counts is the cluster-size state and esum the
-    embed-sum state (the centers follow in _ema_centers)."""
-    n, d = x.shape
-    k = centers.shape[0]
+    embed-sum state (the centers follow in _ema_centers); batched EMA problems (centers
+    (B, K, d), x (B, N, d)) take the problem as the last grid axis of every launch. hit:
+    (K,) int8, set to whether each cluster received rows (Sculley, metric="cosine")."""
+    n, d = x.shape[-2:]
+    k = centers.shape[-2]
+    b = x.shape[0] if x.dim() == 3 else 1
     if n == 0 and mode == SCULLEY:
         return
     interp = interpreting(x)
@@ -423,6 +477,8 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine
              else tl.float32)
     dec_hi, dec_lo = _split(decay)
     esum = esum if esum is not None else centers  # Sculley: a dummy, never read
+    store_hit = hit is not None
+    hit = hit if store_hit else counts  # a dummy pointer, never written without HIT
     with device_guard(x):
         if k <= _SMALL_MAX_K and n * k * d <= _SMALL_MAX_WORK:
             kp = pow2(k, 16)
@@ -433,13 +489,13 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine
             else:
                 # KP x BLOCK_N x BLOCK_D = 8192 products per step: 64 registers a thread.
                 bn, bd, opts = max(2, 256 // kp), 32, dict(num_warps=4)
-            _small_update_kernel[(1,)](
-                centers, counts, esum, x, labels, w, n, k, d, dec_hi, dec_lo, ACC_T=acc_t,
-                MODE=mode, COSINE=cosine, WEIGHTED=weighted, KP=kp, BLOCK_N=bn, BLOCK_D=bd,
-                **opts)
+            _small_update_kernel[(b,)](
+                centers, counts, esum, x, labels, w, hit, n, k, d, dec_hi, dec_lo, ACC_T=acc_t,
+                MODE=mode, COSINE=cosine, WEIGHTED=weighted, HIT=store_hit, KP=kp, BLOCK_N=bn,
+                BLOCK_D=bd, **opts)
             return
         if deterministic:
-            slab, order = torch.sort(labels, stable=True)
+            slab, order = torch.sort(labels, dim=-1, stable=True)  # each problem's own
             if interp:
                 bk = pow2(k, 1, 256)
                 br = 16
@@ -447,18 +503,18 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine
                 opts = {}
             else:
                 bk, br, bd, opts = 4, 16, pow2(d, 16, 64), dict(num_warps=4)
-            _sorted_segment_kernel[(triton.cdiv(k, bk),)](
-                centers, counts, esum, x, w, order, slab, n, k, d, n.bit_length() + 1, dec_hi,
-                dec_lo, ACC_T=acc_t, MODE=mode, COSINE=cosine, WEIGHTED=weighted, BLOCK_K=bk,
-                BLOCK_R=br, BLOCK_D=bd, **opts,
+            _sorted_segment_kernel[(triton.cdiv(k, bk), b)](
+                centers, counts, esum, x, w, order, slab, hit, n, k, d, n.bit_length() + 1,
+                dec_hi, dec_lo, ACC_T=acc_t, MODE=mode, COSINE=cosine, WEIGHTED=weighted,
+                HIT=store_hit, BLOCK_K=bk, BLOCK_R=br, BLOCK_D=bd, **opts,
             )
             return
         # float64 sums (atomics of float32 block totals, see _segment_sum_kernel).
         if weighted:  # float64 sums and batch weights, one fill
-            buf = torch.zeros(k * d + k, dtype=torch.float64, device=x.device)
-            sums, m = buf[: k * d].view(k, d), buf[k * d:]
+            buf = torch.zeros(b * (k * d + k), dtype=torch.float64, device=x.device)
+            sums, m = buf[: b * k * d].view(b * k, d), buf[b * k * d:]
         else:
-            sums, m = zeros_pair(k, d, torch.float64, x.device)
+            sums, m = zeros_pair(b * k, d, torch.float64, x.device)
         onehot = k <= _ONEHOT_MAX_K and acc_t == tl.float32  # never for cosine or weights
         if interp:
             bn, bd, opts = pow2(n, 16, 1024), pow2(d, 16, 512), {}
@@ -467,7 +523,7 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine
         if n:
             # At least one column block: with d = 0 the programs of column block 0 still
             # count the rows (a zero-sized grid axis would run no program at all).
-            _segment_sum_kernel[(triton.cdiv(n, bn), max(1, triton.cdiv(d, bd)))](
+            _segment_sum_kernel[(triton.cdiv(n, bn), max(1, triton.cdiv(d, bd)), b)](
                 x, labels, w, sums, m, n, k, d, ONEHOT=onehot, COSINE=cosine,
                 WEIGHTED=weighted, KP=pow2(k, 16), BLOCK_N=bn, BLOCK_D=bd, **opts,
             )
@@ -475,21 +531,22 @@ def _update(centers, counts, esum, x, labels, deterministic, mode, decay, cosine
             bk, bd = pow2(k, 1, 1024), pow2(d, 16, 512)
         else:
             bk, bd = 8, pow2(d, 16, 128)
-        _apply_kernel[(triton.cdiv(k, bk),)](
-            centers, counts, esum, sums, m, k, d, dec_hi, dec_lo,
-            MODE=mode, WEIGHTED=weighted, BLOCK_K=bk, BLOCK_D=bd, **opts,
+        _apply_kernel[(triton.cdiv(k, bk), b)](
+            centers, counts, esum, sums, m, hit, k, d, dec_hi, dec_lo,
+            MODE=mode, WEIGHTED=weighted, HIT=store_hit, BLOCK_K=bk, BLOCK_D=bd, **opts,
         )
 
 
 def _ema_centers(centers, cluster_size, embed_sum, eps, cosine=False):
-    k, d = centers.shape
+    k, d = centers.shape[-2:]
+    b = centers.shape[0] if centers.dim() == 3 else 1
     if interpreting(centers):
         bk, bs, bd, opts = pow2(k, 1, 1024), pow2(k, 16, 4096), pow2(d, 16, 512), {}
     else:
         bk, bs, bd, opts = 8, 1024, pow2(d, 16, 128), dict(num_warps=4)
     eps_hi, eps_lo = _split(eps)
     with device_guard(centers):
-        _ema_centers_kernel[(triton.cdiv(k, bk),)](
+        _ema_centers_kernel[(triton.cdiv(k, bk), b)](
             centers, cluster_size, embed_sum, k, d, eps_hi, eps_lo, COSINE=cosine,
             BLOCK_K=bk, BLOCK_S=bs, BLOCK_D=bd, **opts)
 
@@ -501,8 +558,8 @@ def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=Fa
     metric="cosine": S_k sums x_i / ||x_i||; the step runs on a float64 copy of the centers
     (K x d) and the updated ones are renormalised from it into ``centers``.
     sample_weight: (N,) weights, float64 ``counts`` (scikit-learn's weighted step). With
-    cosine, the updated clusters are those whose cumulative weight changed (a batch weight
-    below 2^-53 of it leaves both the count and, to rounding, the center as they were)."""
+    cosine, every cluster whose batch weight is > 0 is renormalised, as in the reference,
+    even where that weight is below 2^-53 of its cumulative weight (the count as it was)."""
     if not cosine:
         _update(centers, counts, None, x, labels, deterministic, SCULLEY, 0.0, w=sample_weight)
         return
@@ -510,15 +567,15 @@ def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=Fa
     if x.shape[0] == 0 or k == 0:
         return
     work = centers.to(torch.float64)
-    before = counts.clone()
+    hit = torch.empty(k, dtype=torch.int8, device=x.device)  # every entry written by _update
     _update(work, counts, None, x, labels, deterministic, SCULLEY, 0.0, cosine=True,
-            w=sample_weight)
+            w=sample_weight, hit=hit)
     if interpreting(x):
         bk, bd, opts = pow2(k, 1, 1024), pow2(d, 16, 512), {}
     else:
         bk, bd, opts = 8, pow2(d, 16, 128), dict(num_warps=4)
     with device_guard(x):
-        _renormalize_kernel[(triton.cdiv(k, bk),)](work, centers, before, counts, k, d,
+        _renormalize_kernel[(triton.cdiv(k, bk),)](work, centers, hit, k, d,
                                                    BLOCK_K=bk, BLOCK_D=bd, **opts)
 
 
@@ -530,10 +587,25 @@ def minibatch_step_(centers, counts, x, deterministic=False, cosine=False,
     return labels
 
 
+# Grid axes 1 and 2 (the problem of batched EMA problems) are limited to 65535 on CUDA GPUs.
+_MAX_PROBLEMS = 65535
+
+
 def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps,
                 deterministic=False, cosine=False, sample_weight=None) -> None:
-    """The VQ-VAE EMA in place (module docstring; kmgan_ext/reference.py::ema_update_)."""
-    if centers.shape[0] == 0:
+    """The VQ-VAE EMA in place (module docstring; kmgan_ext/reference.py::ema_update_).
+
+    Batched problems (centers (B, K, d), cluster_size (B, K), embed_sum (B, K, d), x
+    (B, N, d), labels (B, N), sample_weight (B, N)): the launches of one problem, up to
+    65535 problems a launch sequence."""
+    if centers.dim() == 3 and centers.shape[0] > _MAX_PROBLEMS:
+        for s in range(0, centers.shape[0], _MAX_PROBLEMS):
+            part = slice(s, s + _MAX_PROBLEMS)
+            ema_update_(centers[part], cluster_size[part], embed_sum[part], x[part], labels[part],
+                        decay, eps, deterministic, cosine,
+                        None if sample_weight is None else sample_weight[part])
+        return
+    if centers.shape[0] == 0 or centers.shape[-2] == 0:
         return
     _update(centers, cluster_size, embed_sum, x, labels, deterministic, EMA, float(decay), cosine,
             w=sample_weight)

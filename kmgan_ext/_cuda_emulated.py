@@ -252,16 +252,19 @@ def assign_backward(grad_dist2, x, centers, labels, centers_grad, cosine=False):
 
 
 def assign_topk(x: Tensor, centers: Tensor, k: int, cosine: bool = False) -> tuple[Tensor, Tensor]:
-    n, kc, d = x.shape[0], centers.shape[0], x.shape[1]
-    labels = torch.empty(n, k, dtype=torch.int64)
-    dist2 = torch.empty(n, k, dtype=_acc_dtype(x))
-    if n:
+    """(N, k) outputs, or (B, N, k) for batched problems x (B, N, d), centers (B, K, d): one
+    launch (two with cosine: the unit centers, then the problems)."""
+    (n, d), kc = x.shape[-2:], centers.shape[-2]
+    batch = x.shape[0] if x.dim() == 3 else 1
+    labels = torch.empty(*x.shape[:-1], k, dtype=torch.int64)
+    dist2 = torch.empty(*x.shape[:-1], k, dtype=_acc_dtype(x))
+    if n and batch:
         cap = _num("assign_topk_list_len", _i(k), _i(kc))
-        list_val = torch.empty(n, cap, dtype=torch.float64)
-        list_idx = torch.empty(n, cap, dtype=torch.int64)
-        unit = torch.empty(kc, d, dtype=torch.float32) if cosine else None  # the unit centers
+        list_val = torch.empty(batch * n, cap, dtype=torch.float64)
+        list_idx = torch.empty(batch * n, cap, dtype=torch.int64)
+        unit = torch.empty(batch * kc, d, dtype=torch.float32) if cosine else None  # the unit centers
         _call("assign_topk_launch", _dt(x), _ptr(x), _ptr(centers), _i(n), _i(kc), _i(d), _i(k),
-              _ptr(list_val), _ptr(list_idx), _ptr(labels), _ptr(dist2), _ptr(unit))
+              _ptr(list_val), _ptr(list_idx), _ptr(labels), _ptr(dist2), _ptr(unit), _i(batch))
     return labels, dist2
 
 
@@ -304,8 +307,9 @@ def _workspace(x: Tensor, labels: Tensor, k: int, deterministic: bool):
 
 
 def _row_norms(x: Tensor, cosine: bool) -> Tensor | None:
-    """metric="cosine": the launchers' workspace for the rows' norms (N doubles)."""
-    return torch.empty(x.shape[0], dtype=torch.float64) if cosine else None
+    """metric="cosine": the launchers' workspace for the rows' norms (N doubles; at least one,
+    as the launchers read cosine from a non-null pointer and an empty tensor's may be null)."""
+    return torch.empty(max(x.shape[0], 1), dtype=torch.float64) if cosine else None
 
 
 def _weights(sample_weight, k: int):
@@ -337,15 +341,25 @@ def minibatch_step_(centers, counts, x, deterministic=False, cosine=False, sampl
 
 def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic=False,
                 cosine=False, sample_weight=None):
-    n, k, d = x.shape[0], centers.shape[0], x.shape[1]
-    sums, batch_counts, sorted_labels, perm, pieces = _workspace(x, labels, k, deterministic)
-    total = torch.empty(1, dtype=torch.float64)
-    norms = _row_norms(x, cosine)  # held here: the launcher writes it
-    w, batch_w = _weights(sample_weight, k)
+    """One problem, or B problems (centers (B, K, d), x (B, N, d), labels (B, N)) in one
+    launch sequence: the workspaces B times one problem's, each problem sorted on its own."""
+    (n, d), k = x.shape[-2:], centers.shape[-2]
+    b = x.shape[0] if x.dim() == 3 else 1
+    if b == 0:
+        return
+    rows = x.reshape(b * n, d)
+    sums, batch_counts, _, _, _ = _workspace(rows, labels.reshape(-1), b * k, False)
+    sorted_labels = perm = pieces = None
+    if deterministic and n:
+        sorted_labels, perm = torch.sort(labels.reshape(b, n), dim=1, stable=True)
+        pieces = torch.empty(b * _num("cluster_pieces_elems", _i(n), _i(d)), dtype=torch.float64)
+    total = torch.empty(b, dtype=torch.float64)
+    norms = _row_norms(rows, cosine)  # held here: the launcher writes it
+    w, batch_w = _weights(None if sample_weight is None else sample_weight.reshape(-1), b * k)
     _call("ema_update_launch", _dt(x), _ptr(centers), _ptr(cluster_size), _ptr(embed_sum),
           ctypes.c_double(decay), ctypes.c_double(eps), _ptr(x), _ptr(labels), _ptr(sorted_labels),
           _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums), _ptr(batch_counts), _ptr(pieces), _ptr(total),
-          _ptr(norms), _ptr(w), _ptr(batch_w))
+          _ptr(norms), _ptr(w), _ptr(batch_w), _i(b))
 
 
 def center_loss_forward(x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake):

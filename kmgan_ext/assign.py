@@ -56,6 +56,8 @@ def _batched_backward(grad_dist2, x, centers, labels, want_c, be, cosine):
     centers with labels b*K + l (exact: each row reads and feeds only its own center)."""
     b, n, d = x.shape
     k = centers.shape[1]
+    if b == 0:  # no problems: the flat (0, d) centers are no valid kernel input (K >= 1)
+        return torch.zeros_like(x), (torch.zeros_like(centers) if want_c else centers.new_empty(0))
     flat = _checks.batch_offsets(labels, k)
     gx, gc = _registry.call("assign_backward", grad_dist2.reshape(b * n), x.reshape(b * n, d),
                             centers.reshape(b * k, d), flat, want_c, be, cosine)
@@ -75,7 +77,7 @@ def assign(
     Args:
         x: (N, d) float32/float16/bfloat16/float64 features (N may be 0); any leading
             dimensions (..., d) with 2-D centers (flattened to rows; the outputs have shape
-            (...)); (B, N, d) with 3-D centers.
+            (...), (..., k) with k); (B, N, d) with 3-D centers.
         centers: (K, d), K >= 1, same dtype and device as x (float16/bfloat16 x against
             float32 centers is computed in float32: x is converted, the centers are not
             copied). (B, K, d): B independent problems, one kernel launch for all, outputs
@@ -86,7 +88,9 @@ def assign(
             matrix is still never written (a running top-k per row). k outside [1, K] is a
             ValueError naming k. With metric="cosine": the k largest cosines, in the order of
             the exact float64 key (ties to the lowest index, NaN first), dist2 = 2 - 2 cos;
-            column 0 is the k=None answer.
+            column 0 is the k=None answer. Batched problems (x (B, N, d), centers (B, K, d)):
+            (B, N, k) outputs, k in [1, K] of each problem, every problem exactly as its own
+            2-D call (one launch for all).
         metric: "euclidean" (default) or "cosine": ``labels[i] = argmax_k cos(x_i, c_k)``,
             cos = x.c / (||x|| ||c||) and 0 where ||x|| ||c|| == 0 (a zero row or center is
             orthogonal to everything: a zero row gets label 0 and dist2 2), ties to the lowest
@@ -113,13 +117,6 @@ def assign(
     ``km.set_debug(True)`` rejects NaN/Inf in x and centers instead.
     """
     cosine = _checks.metric(metric)
-    if k is not None:
-        if _checks.is_batched(centers):
-            raise NotImplementedError("assign(k=...) with batched (B, K, d) centers is not implemented: "
-                                      "top-k assignment takes 2-D x and centers")
-        from .assign_topk import assign_topk
-
-        return assign_topk(x, centers, k, cosine=cosine, backend=backend)
     x = _checks.promote_x(x, centers)
     if _checks.is_batched(centers):
         x, centers = _checks.batched(x, centers)
@@ -128,6 +125,13 @@ def assign(
         x, lead = _checks.flat_rows("x", x)
         x = _checks.features("x", x)
         centers = _checks.centers("centers", centers, x)
+    if k is not None:  # the same input forms: (..., d) rows, or B problems
+        from .assign_topk import assign_topk
+
+        labels, dist2 = assign_topk(x, centers, k, cosine=cosine, backend=backend)
+        if lead is not None and len(lead) != 1:
+            return labels.view(*lead, -1), dist2.view(*lead, -1)
+        return labels, dist2
     be = _dispatch.resolve(backend, x.device)
     if not _registry.registered():
         labels, dist2 = reference.assign(x, centers, cosine)

@@ -58,7 +58,11 @@ def _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, determi
         inputs["sample_weight"] = sample_weight
     _checks.writable(
         {"centers": centers, "cluster_size": cluster_size, "embed_sum": embed_sum}, inputs)
-    _checks.label_range("labels", labels, centers.shape[0])
+    # Batched problems, centers (B, K, d): labels lie in [0, K) of each problem and the
+    # (B, N) weights are checked as the B * N rows' weights.
+    _checks.label_range("labels", labels, centers.shape[-2])
+    if sample_weight is not None and centers.dim() == 3:
+        x, sample_weight = x.reshape(-1, x.shape[-1]), sample_weight.reshape(-1)
     _weight_checks(None, x, sample_weight)
     _checks.finite("x", x)
     _checks.finite("centers", centers)
@@ -263,8 +267,11 @@ def ema_update_(
             becomes the weight of cluster k's rows and S_k their weighted sum.
         decay: in [0, 1]; eps: >= 0.
         Batched problems: centers (B, K, d), cluster_size (B, K), embed_sum (B, K, d), x
-        (B, N, d), labels (B, N); one problem at a time (B launches: the smoothing's total n
-        is each problem's own), everything checked before the first write.
+        (B, N, d), labels (B, N) in [0, K) of each problem, sample_weight (B, N): one call
+        of the op and one launch sequence for all problems (the smoothing's total n is each
+        problem's own), each problem bitwise its own 2-D call (on GPU backends with
+        deterministic=True: float atomics may add in another order); everything is checked
+        before the first write.
         metric: "euclidean" or "cosine": S_k sums x_i / ||x_i|| and c_k = M_k / N'_k is
             renormalised to unit length, as vector-quantize-pytorch's cosine codebook.
         deterministic, backend: as in :func:`minibatch_update_`.
@@ -365,10 +372,11 @@ def _batched_update_(centers, counts, x, labels, deterministic, backend, metric=
 
 def _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic,
                          backend, metric="euclidean", sample_weight=None) -> None:
-    """One problem at a time: the Laplace smoothing normalises by each problem's own total
-    (n = sum_k N_k over its K clusters), so the flat (B*K) reuse of the single-problem
-    kernels would not be exact. Everything is checked first, for every problem, so a failed
-    call still writes nothing."""
+    """B problems in one call of the op with the (B, K, d) / (B, N, d) tensors as they are:
+    the Laplace smoothing normalises by each problem's own total (n = sum_k N_k over its K
+    clusters), so the kernels take the problem as a grid axis (or loop, on cpu) rather than
+    the flat (B*K) view of minibatch_update_. Everything is checked first, for every
+    problem, so a failed call writes nothing."""
     x, centers = _checks.batched(_checks.promote_x(x, centers), centers)
     b, k, d = centers.shape
     want = _checks.ema_state_dtype(centers.dtype)
@@ -376,16 +384,18 @@ def _batched_ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps
     embed_sum = _batched_state("embed_sum", embed_sum, (b, k, d), want, x)
     labels = _batched_labels(labels, x, k)
     w = _batched_weights(sample_weight, x) if sample_weight is not None else None
-    if w is not None:
-        _checks.weight_range("sample_weight", w)
     for name, t in (("centers", centers), ("cluster_size", cluster_size), ("embed_sum", embed_sum)):
         _checks.not_grad_leaf(name, t)
+    cosine = _checks.metric(metric)
     decay = _checks.decay(decay)
     eps = _checks.eps(eps)
-    _checks.writable({"centers": centers, "cluster_size": cluster_size, "embed_sum": embed_sum},
-                     {"x": x, "labels": labels})
-    _check_deterministic(deterministic, _dispatch.resolve(backend, x.device))
-    for i in range(b):
-        ema_update_(centers[i], cluster_size[i], embed_sum[i], x[i], labels[i],
-                    sample_weight=w[i] if w is not None else None, decay=decay,
-                    eps=eps, metric=metric, deterministic=deterministic, backend=backend)
+    be = _dispatch.resolve(backend, x.device)
+    deterministic = _check_deterministic(deterministic, be)
+    x = x.detach()
+    w = w.detach() if w is not None else None
+    if not _registry.registered():
+        _ema_checks(centers, cluster_size, embed_sum, x, labels, decay, eps, deterministic, cosine, w)
+        return reference.ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps,
+                                     deterministic, cosine, w)
+    _registry.call("ema_update_", centers, cluster_size, embed_sum, x, labels, decay, eps,
+                   deterministic, be, cosine, w)

@@ -160,11 +160,11 @@ def assign(x: Tensor, centers: Tensor, cosine: bool = False) -> tuple[Tensor, Te
     return labels, dist2
 
 
-def _per_problem(fn, x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
-    """fn(x[b], centers[b]) -> (labels, dist2) for every problem b, stacked to (B, N)."""
+def _per_problem(fn, x: Tensor, centers: Tensor, cols: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
+    """fn(x[b], centers[b]) -> (labels, dist2) for every problem b, stacked to (B, N, *cols)."""
     b, n = x.shape[0], x.shape[1]
-    labels = torch.empty(b, n, dtype=torch.int64, device=x.device)
-    dist2 = torch.empty(b, n, dtype=_out_dtype(x), device=x.device)
+    labels = torch.empty(b, n, *cols, dtype=torch.int64, device=x.device)
+    dist2 = torch.empty(b, n, *cols, dtype=_out_dtype(x), device=x.device)
     for i in range(b):
         labels[i], dist2[i] = fn(x[i], centers[i])
     return labels, dist2
@@ -211,7 +211,12 @@ def assign_topk(x: Tensor, centers: Tensor, k: int, cosine: bool = False) -> tup
     ``cosine``: the k largest cosines, ordered by ``cosine_keys`` descending (the key assign's
     cosine label maximises; NaN first, ties to the lowest index), dist2 = 2 - 2 cos of each,
     clamped at 0: column 0 is ``assign(..., cosine=True)``'s answer.
+
+    Batched problems, x (B, N, d) with centers (B, K, d): (B, N, k) outputs, labels in [0, K)
+    of each problem, one problem at a time.
     """
+    if x.dim() == 3:
+        return _per_problem(lambda xb, cb: assign_topk(xb, cb, k, cosine), x, centers, (k,))
     n = x.shape[0]
     labels = torch.empty(n, k, dtype=torch.int64, device=x.device)
     dist2 = torch.empty(n, k, dtype=_out_dtype(x), device=x.device)
@@ -362,7 +367,17 @@ def ema_update_(
     c_k = M_k / N'_k is renormalised to unit length (a zero result stays zero).
 
     ``sample_weight``: n_k is the weight of the rows labelled k and S_k their weighted sum.
+
+    Batched problems (centers (B, K, d), cluster_size (B, K), embed_sum (B, K, d), x
+    (B, N, d), labels (B, N) in [0, K), sample_weight (B, N)): problem by problem, each with
+    its own total n.
     """
+    if centers.dim() == 3:
+        for b in range(centers.shape[0]):
+            ema_update_(centers[b], cluster_size[b], embed_sum[b], x[b], labels[b], decay, eps,
+                        deterministic, cosine,
+                        sample_weight[b] if sample_weight is not None else None)
+        return
     k = centers.shape[0]
     sums, m = cluster_sums(_unit_rows(x) if cosine else x, labels, k, sample_weight)
     size = decay * _acc(cluster_size) + (1.0 - decay) * m.to(torch.float64)

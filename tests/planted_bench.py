@@ -1,13 +1,15 @@
 """Run bench/run_all.py with a planted wrong answer in every kernel of one backend.
 
     python tests/planted_bench.py BACKEND run_all-args...
+    python tests/planted_bench.py BACKEND --sweep sweep-args...     (bench/sweep.py instead)
 
 Every function of BACKEND's backend interface (kmgan_ext/_dispatch.py) is wrapped: float
 outputs come back scaled by 1.01 and shifted by 1e-3 (so zeros change too), in-place updates
 leave their first argument likewise off, integer outputs (labels) are left alone (the label
 checks are tested apart: test_check_labels_rejects_a_wrong_label). A benchmark whose check
 passes such a backend cannot tell a wrong kernel from a right one
-(tests/test_bench.py::test_every_check_fails_a_planted_wrong_answer).
+(tests/test_bench.py::test_every_check_fails_a_planted_wrong_answer, and for the sweep
+tests/test_bench_sweep.py::test_every_sweep_check_fails_a_planted_wrong_answer).
 """
 import os
 import sys
@@ -69,6 +71,11 @@ def plant(backend: str) -> None:
 
 if __name__ == "__main__":
     plant(sys.argv[1])
-    import run_all
+    if sys.argv[2:3] == ["--sweep"]:
+        import sweep
 
-    run_all.main(sys.argv[2:])
+        sweep.main(sys.argv[3:])
+    else:
+        import run_all
+
+        run_all.main(sys.argv[2:])

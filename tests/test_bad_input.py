@@ -39,6 +39,16 @@ def _good():
     )
 
 
+def _batched_ema():
+    """Two problems of _good()'s EMA arguments: the second one's rows and state shifted."""
+    a = _good()
+    two = lambda t, shift: torch.stack([t, t + shift])  # noqa: E731
+    return dict(x=two(a["x"], 1.0), centers=two(a["centers"], 1.0),
+                labels=torch.stack([a["labels"], a["labels"].flip(0)]),
+                cluster_size=two(a["cluster_size"], 0.5), embed_sum=two(a["embed_sum"], 1.0),
+                sample_weight=two(a["sample_weight"], 0.25))
+
+
 # op -> (call(args, backend), {argument: kind}, arguments written in place)
 OPS = {
     "assign": (lambda a, b: km.assign(a["x"], a["centers"], backend=b), {"x": FEAT, "centers": FEAT}, ()),
@@ -67,6 +77,11 @@ OPS = {
         ("centers", "cluster_size", "embed_sum")),
     "assign_topk": (lambda a, b: km.assign(a["x"], a["centers"], k=2, backend=b), {"x": FEAT, "centers": FEAT}, ()),
     "soft_assign": (lambda a, b: km.soft_assign(a["x"], a["centers"], backend=b), {"x": FEAT, "centers": FEAT}, ()),
+    # batched problems (issue 12): x (B, N, d) with centers (B, K, d), the k nearest of each
+    "assign_topk (batched)": (
+        lambda a, b: km.assign(a["x"], a["centers"], k=2, backend=b), {"x": FEAT, "centers": FEAT}, (),
+        dict(x=torch.randn(2, N, D, generator=torch.Generator().manual_seed(8)),
+             centers=torch.randn(2, K, D, generator=torch.Generator().manual_seed(9)))),
     # no backend: one implementation (torch ops on the tensors' device); a fresh seeded
     # generator per call, so the copies' call draws the same rows
     # sample_weight (issue 12): the weighted updates, counts float64 cumulative weights
@@ -86,6 +101,13 @@ OPS = {
         {"centers": FEAT, "cluster_size": SIZE, "embed_sum": EMBED, "x": FEAT, "labels": LAB,
          "sample_weight": WEIGHT},
         ("centers", "cluster_size", "embed_sum")),
+    # Batched problems (issue 12): B = 2 problems in one call, (B, K, d) centers.
+    "ema_update_ (batched)": (
+        lambda a, b: km.ema_update_(a["centers"], a["cluster_size"], a["embed_sum"], a["x"], a["labels"],
+                                    sample_weight=a["sample_weight"], decay=0.9, backend=b),
+        {"centers": FEAT, "cluster_size": SIZE, "embed_sum": EMBED, "x": FEAT, "labels": LAB,
+         "sample_weight": WEIGHT},
+        ("centers", "cluster_size", "embed_sum"), dict(_batched_ema())),
     "reassign_dead_": (
         lambda a, b: km.reassign_dead_(a["centers"], a["counts"], a["x"], reassignment_ratio=0.5,
                                        generator=torch.Generator().manual_seed(0)),

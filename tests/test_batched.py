@@ -4,11 +4,14 @@ Each batched op must give, problem by problem, what the single-problem op gives 
 same backend, same kernels), which the single-problem tests hold to the reference; and it
 must run as one launch for all problems.
 """
+import contextlib
+import os
+
 import pytest
 import torch
 
 import kmgan_ext as km
-from kmgan_ext import _cuda_emulated, _dispatch
+from kmgan_ext import _cuda_emulated, _dispatch, reference
 from testing import assert_labels_match, backend_params
 
 # (B, N, K, d): a single-tile case, K past the Triton interpreter's one-tile limit (its
@@ -198,21 +201,131 @@ def test_minibatch_step_equals_per_problem(device, backend, metric):
         assert torch.equal(nb[i], ni)
 
 
-@pytest.mark.parametrize("device,backend", backend_params())
-def test_ema_update_equals_per_problem(device, backend):
-    x, c = _problems(3, 40, 5, 4, device=device)
+# ema_update_ (issue 12): one call of the op and one launch sequence for all problems (the
+# problem is a grid axis on triton and cuda, a loop inside the one cpu call), each problem
+# bitwise its own 2-D call: the Laplace smoothing's total n is each problem's own. Shapes: the
+# one-program Triton path, K past it (the sorted / atomic paths), and empty problems.
+EMA_SHAPES = [(3, 40, 5, 4), (2, 150, 70, 6), (3, 0, 4, 3), (0, 5, 3, 4)]
+
+
+def _ema_case(b, n, k, d, device, weighted):
+    x, c = _problems(b, n, k, d, device=device)
     labels, _ = km.assign(x, c, backend="reference")
+    if b:
+        labels[0][labels[0] == k - 1] = 0  # an empty cluster in problem 0
     g = torch.Generator().manual_seed(3)
-    size = torch.rand(3, 5, generator=g).to(device)
-    size[1] = 0  # a problem with no history: its own total, not its neighbours', decides
-    embed = torch.randn(3, 5, 4, generator=g).to(device)
+    size = torch.rand(b, k, generator=g).to(device)
+    embed = torch.randn(b, k, d, generator=g).to(device)
+    if b > 1:
+        size[1] = 0  # a problem with no history: its own total, not its neighbours', decides
+        embed[1] = 0  # with no rows, N'_k == 0: its centers are kept
+    w = None
+    if weighted:
+        w = torch.rand(b, n, generator=g, dtype=torch.float64).to(device)
+        if b and n:
+            w[0, :3] = 0  # zero-weight rows count for nothing
+    return x, c, labels, size, embed, w
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "fast"])
+@pytest.mark.parametrize("shape", EMA_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_ema_update_equals_per_problem(device, backend, shape, deterministic, metric, weighted):
+    b, n, k, d = shape
+    x, c, labels, size, embed, w = _ema_case(b, n, k, d, device, weighted)
     cb, sb, eb = c.clone(), size.clone(), embed.clone()
-    km.ema_update_(cb, sb, eb, x, labels, decay=0.9, eps=1e-3, deterministic=True, backend=backend)
-    for i in range(3):
+    with _dispatch.recording() as calls:
+        km.ema_update_(cb, sb, eb, x, labels, sample_weight=w, decay=0.9, eps=1e-3,
+                       deterministic=deterministic, metric=metric, backend=backend)
+    assert [f for f, _ in calls] == ["ema_update_"]  # one routed call, not one per problem
+    # Float atomics (the fast mode of the GPU backends, but Triton's one-program path for
+    # K <= 64) may add in another order in every call: bitwise only in the deterministic mode.
+    exact = deterministic or backend in ("reference", "cpu") or (backend == "triton" and k <= 64)
+    for i in range(b):
         ci, si, ei = c[i].clone(), size[i].clone(), embed[i].clone()
-        km.ema_update_(ci, si, ei, x[i], labels[i], decay=0.9, eps=1e-3, deterministic=True,
+        km.ema_update_(ci, si, ei, x[i], labels[i], sample_weight=None if w is None else w[i],
+                       decay=0.9, eps=1e-3, deterministic=deterministic, metric=metric,
                        backend=backend)
+        for got, want, what in ((cb[i], ci, "centers"), (sb[i], si, "cluster_size"),
+                                (eb[i], ei, "embed_sum")):
+            if exact:
+                assert torch.equal(got, want), (i, what)
+            else:
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=(i, what))
+    cr, sr, er = c.cpu().clone(), size.cpu().clone(), embed.cpu().clone()
+    reference.ema_update_(cr, sr, er, x.cpu(), labels.cpu(), 0.9, 1e-3, False,
+                          metric == "cosine", None if w is None else w.cpu())
+    torch.testing.assert_close(cb.cpu(), cr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sb.cpu(), sr, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(eb.cpu(), er, rtol=1e-5, atol=1e-5)
+
+
+@contextlib.contextmanager
+def _launch_counter(backend):
+    """Yields a function returning the kernel launches so far on ``backend``, or None where
+    there are none of our own to count here."""
+    if backend == "cuda_emulated":
+        yield _cuda_emulated.launch_count
+        return
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        import triton_emulation as em
+
+        if em.incompatible() is None:
+            with em.emulate("forward") as st:
+                yield lambda: st.launches
+            return
+    yield None
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "fast"])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_ema_update_one_launch_sequence(device, backend, deterministic):
+    """B problems take as many kernel launches as one problem, not B times as many."""
+    b, n, k, d = 5, 30, 70, 4
+    x, c, labels, size, embed, w = _ema_case(b, n, k, d, device, weighted=True)
+    args = dict(decay=0.9, deterministic=deterministic, metric="cosine", backend=backend)
+    with _launch_counter(backend) as count:
+        if count is None:
+            pytest.skip(f"{backend}: no kernel launches to count here (its one routed call is "
+                        "checked by test_ema_update_equals_per_problem)")
+        before = count()
+        km.ema_update_(c[0].clone(), size[0].clone(), embed[0].clone(), x[0], labels[0],
+                       sample_weight=w[0], **args)
+        one = count() - before
+        before = count()
+        km.ema_update_(c.clone(), size.clone(), embed.clone(), x, labels, sample_weight=w, **args)
+        assert one > 0 and count() - before == one, (one, count() - before)
+
+
+@pytest.mark.emulated_gpu
+def test_ema_update_triton_past_the_grid_limit(monkeypatch):
+    """More problems than a grid axis holds (65535 on a GPU; 2 here) run in slices."""
+    if km.available_backends()["triton"]:
+        pytest.skip(km.available_backends()["triton"])
+    from kmgan_ext.kernels import minibatch_update as triton_updates
+
+    monkeypatch.setattr(triton_updates, "_MAX_PROBLEMS", 2)
+    x, c, labels, size, embed, w = _ema_case(5, 30, 4, 3, "cpu", weighted=True)
+    cb, sb, eb = c.clone(), size.clone(), embed.clone()
+    km.ema_update_(cb, sb, eb, x, labels, sample_weight=w, decay=0.9, deterministic=True,
+                   backend="triton")
+    for i in range(5):
+        ci, si, ei = c[i].clone(), size[i].clone(), embed[i].clone()
+        km.ema_update_(ci, si, ei, x[i], labels[i], sample_weight=w[i], decay=0.9,
+                       deterministic=True, backend="triton")
         assert torch.equal(cb[i], ci) and torch.equal(sb[i], si) and torch.equal(eb[i], ei), i
+
+
+@pytest.mark.parametrize("device,backend", [p for p in backend_params() if p.values[1] in ("reference", "cpu")])
+def test_ema_update_opcheck(device, backend):
+    """The batched form goes through the op itself: schema (mutated arguments), fake kernel."""
+    x, c, labels, size, embed, w = _ema_case(3, 20, 4, 5, device, weighted=True)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.kmgan_ext.ema_update_.default,
+                          (c.clone(), size.clone(), embed.clone(), x, labels, 0.9, 1e-5, True,
+                           backend, True, w), test_utils=utils)
 
 
 @pytest.mark.parametrize("device,backend", backend_params())

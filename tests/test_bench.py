@@ -329,3 +329,40 @@ def test_kmeans_plusplus_check_rejects_a_non_row():
     assert kpp._quality(x, [c], 5, yard, 1.25, True)[0]
     ok, msg, _ = kpp._quality(x, [c + 1e-3], 5, yard, 1.25, True)
     assert not ok and "not rows of x" in msg
+
+
+def test_plain_torch_rows_are_held_to_a_bound_they_can_fail():
+    """Plain torch's answer sizes every tolerance (twice its own error against float64), so
+    that rule cannot fail plain torch's own row: checked as the provider "torch", an answer 1%
+    off must fail (1e-3 of the scale), and the same answer checked as another provider too."""
+    import torch
+
+    import _correctness as C
+    import bench_minibatch_update as M
+
+    x, c0, n0, labels = M.make_inputs(dict(N=200, d=16, K=8, dtype="float32"), torch.device("cpu"))
+    want_tol = M.update_truth(c0, n0, x, labels)
+    plain = M.torch_update_(c0.clone(), n0.clone(), x, labels)
+    off = (plain[0] * 1.01 + 1e-3, plain[1])
+    for provider in ("torch", "kmgan_ext-cpu"):
+        C.checking["provider"] = provider
+        try:
+            assert M._check_state(plain, want_tol)[0], provider
+            assert not M._check_state(off, want_tol)[0], provider
+        finally:
+            C.checking["provider"] = None
+
+    w = torch.randn(5, dtype=torch.float64)
+    loss, grads = w.sum(), [w]
+    tols = H.tolerances((loss.float(), [w.float()]), (loss, [w]), [1e-6, 1e-6])
+    wrong = (loss * 1.01 + 1e-3, [w * 1.01 + 1e-3])
+    C.checking["provider"] = "torch"
+    try:
+        assert H.check_loss((loss.float(), [w.float()]), (loss, [w]), tols, ("value", "grad"))[0]
+        # twice its own error would let this pass were it the yardstick: tols sized from it
+        wide = H.tolerances(wrong, (loss, [w]), [1e-6, 1e-6])
+        ok, msg = H.check_loss(wrong, (loss, [w]), wide, ("value", "grad"))
+        assert not ok and "yardstick" in msg, msg
+    finally:
+        C.checking["provider"] = None
+    assert H.check_loss(wrong, (loss, [w]), wide, ("value", "grad"))[0]  # another provider: its tolerance

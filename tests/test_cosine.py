@@ -285,6 +285,27 @@ def test_ema_update_matches_the_reference(device, backend):
     torch.testing.assert_close(states[1][0][hit].norm(dim=1), torch.ones(int(hit.sum())))
 
 
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+def test_ema_update_without_rows_still_renormalises(device, backend):
+    """N = 0: the state decays and c_k = M_k / N'_k is renormalised as with rows (CUDA once
+    read its empty row-norm workspace, a null pointer, as metric="euclidean")."""
+    _require_cosine(backend)
+    _, c = _update_problem(torch.float32)
+    k, d = c.shape
+    g = torch.Generator().manual_seed(12)
+    state = (torch.rand(k, generator=g) + 0.5, torch.randn(k, d, generator=g) * 3)
+    got = [c.clone().to(device)] + [t.clone().to(device) for t in state]
+    want = [c.clone()] + [t.clone() for t in state]
+    empty = torch.empty(0, d)
+    km.ema_update_(*got, empty.to(device), torch.empty(0, dtype=torch.int64, device=device),
+                   decay=0.9, metric="cosine", backend=backend)
+    km.ema_update_(*want, empty, torch.empty(0, dtype=torch.int64), decay=0.9, metric="cosine",
+                   backend="reference")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(want[0].norm(dim=1), torch.ones(k))
+
+
 # ------------------------------------------------------------------ against a peer
 def test_assignment_matches_fast_pytorch_kmeans():
     fpk = pytest.importorskip("fast_pytorch_kmeans")

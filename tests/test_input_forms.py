@@ -27,6 +27,20 @@ def test_assign_leading_dims(device, backend):
     assert one_l.shape == () and int(one_l) == int(labels[1, 2, 3])
 
 
+# top-k (issue 12) takes the same forms: x (..., d) with 2-D centers gives (..., k)
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_assign_topk_leading_dims(device, backend, metric):
+    x, c = _data((2, 3, 7, 5), k=6, device=device)
+    labels, dist2 = km.assign(x, c, k=3, metric=metric, backend=backend)
+    assert labels.shape == (2, 3, 7, 3) and dist2.shape == (2, 3, 7, 3)
+    flat_l, flat_d = km.assign(x.reshape(-1, 5), c, k=3, metric=metric, backend=backend)
+    assert torch.equal(labels.reshape(-1, 3), flat_l) and torch.equal(dist2.reshape(-1, 3), flat_d)
+    one_l, one_d = km.assign(x[1, 2, 3], c, k=3, metric=metric, backend=backend)  # a (d,) vector
+    assert one_l.shape == (3,) and torch.equal(one_l, labels[1, 2, 3])
+    assert torch.equal(one_d, dist2[1, 2, 3])
+
+
 @pytest.mark.parametrize("device,backend", backend_params())
 def test_updates_leading_dims(device, backend):
     x, c = _data((3, 6, 4), device=device)
@@ -108,6 +122,9 @@ def test_half_features_float32_centers(device, backend, dtype):
     assert torch.equal(a, b) and a.dtype == torch.float32
     assert torch.equal(km.assigned_distance(x, labels, c, backend=backend),
                        km.assigned_distance(x.float(), labels, c, backend=backend))
+    top_l, top_d = km.assign(x, c, k=3, backend=backend)  # top-k too (issue 12)
+    want_l, want_d = km.assign(x.float(), c, k=3, backend=backend)
+    assert torch.equal(top_l, want_l) and torch.equal(top_d, want_d)
 
 
 def test_half_features_gradient_and_no_center_copy(monkeypatch):

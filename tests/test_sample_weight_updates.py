@@ -39,6 +39,28 @@ def _tol(dtype):
 SHAPES = [(50, 5, 7), (400, 70, 3)]
 
 
+# metric="cosine" renormalises every center whose batch weight is > 0, also when that weight
+# is below 2^-53 of W_k, so that W_k + w_k rounds to W_k (Triton once decided by "W changed"
+# and left such a center as it was: not unit length).
+@pytest.mark.parametrize("n,k,d", SHAPES)
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("device,backend", fast_backend_params())
+def test_cosine_renormalises_a_center_whose_batch_weight_is_tiny(device, backend, deterministic,
+                                                                 n, k, d):
+    x, labels, w, c, _ = _problem(n, k, d, seed=4)
+    c = c * 3  # not unit length: a renormalised center differs from the one given
+    cnt = torch.ones(k, dtype=torch.float64)
+    w = torch.where(labels == 1, 1e-20, w.double())  # cluster 1: a batch weight 1e-20 vs W = 1
+    want_c, want_n = c.clone(), cnt.clone()
+    reference.minibatch_update_(want_c, want_n, x, labels, False, True, w)
+    assert float(want_n[1]) == 1.0 and abs(float(want_c[1].double().norm()) - 1) < 1e-6
+    got_c, got_n = c.clone().to(device), cnt.clone().to(device)
+    km.minibatch_update_(got_c, got_n, x.to(device), labels.to(device), sample_weight=w.to(device),
+                         deterministic=deterministic, metric="cosine", backend=backend)
+    torch.testing.assert_close(got_n.cpu(), want_n, rtol=1e-15, atol=0)
+    torch.testing.assert_close(got_c.cpu(), want_c, **_tol(torch.float32))
+
+
 @pytest.mark.parametrize("n,k,d", SHAPES)
 @pytest.mark.parametrize("cosine", [False, True])
 @pytest.mark.parametrize("deterministic", [False, True])

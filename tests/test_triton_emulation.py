@@ -326,6 +326,23 @@ def _update_case(n, d, k, deterministic, mode="sculley", dtype=torch.float32, me
     return run
 
 
+def _ema_batched_case(n, d, k, deterministic, metric="euclidean", weighted=False, problems=3):
+    """Batched EMA problems (issue 12): the problem is the last grid axis of every launch."""
+    def run(backend):
+        g = _g(n + k + d + problems)
+        x = torch.randn(problems, n, d, generator=g)
+        c = torch.randn(problems, k, d, generator=g)
+        labels = torch.randint(0, k - 1, (problems, n), generator=g)  # cluster k-1 stays empty
+        w = torch.randint(0, 9, (problems, n), generator=g).float() / 4 if weighted else None
+        size = torch.rand(problems, k, generator=g)
+        size[1] = 0.0
+        esum = torch.randn(problems, k, d, generator=g)
+        km.ema_update_(c, size, esum, x, labels, sample_weight=w, decay=0.9, eps=1e-5,
+                       deterministic=deterministic, metric=metric, backend=backend)
+        return c, size, esum
+    return run
+
+
 GPU_CASES = {
     # assign: one launch (K <= 64); two passes with near ties (prep, main, 3xTF32 refine of the
     # listed rows, exact scans); d in chunks (d > 128), bfloat16; float64 (exact kernel).
@@ -362,6 +379,9 @@ GPU_CASES = {
     "soft-assign-student-t": _grad_case(_soft("student_t"), 150, 30, 20),
     "soft-assign-softmax": _grad_case(_soft("softmax"), 130, 20, 70),
     "update-cosine": _update_case(500, 20, 100, True, metric="cosine"),
+    "ema-batched-small": _ema_batched_case(64, 20, 10, False),
+    "ema-batched-fast-cosine-weighted": _ema_batched_case(300, 20, 100, False, "cosine", True),
+    "ema-batched-deterministic": _ema_batched_case(300, 20, 100, True),
 }
 _LAUNCHED: set = set()
 _CASES_RUN: set = set()

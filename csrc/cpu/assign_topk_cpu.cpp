@@ -124,8 +124,57 @@ void topk_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, int
   });
 }
 
+// One problem: x (N, d), centers (K, d) contiguous -> labels, dist2 (N, k).
+void topk_into(const Tensor& x, const Tensor& centers, int64_t k, bool cosine, const Tensor& labels,
+               const Tensor& dist2) {
+  const int64_t n = x.size(0);
+  if (n == 0) return;
+  if (cosine) {  // metric="cosine" (assign_cosine_cpu.cpp)
+    assign_cosine_topk_into(x, centers, k, labels, dist2);
+    return;
+  }
+  KMGAN_DISPATCH_FLOATING(x.scalar_type(), "assign_topk_native", [&] {
+    topk_kernel(x.data_ptr<scalar_t>(), n, x.size(1), centers.data_ptr<scalar_t>(), centers.size(0),
+                k, labels.data_ptr<int64_t>(), dist2.data_ptr<acc_t<scalar_t>>());
+  });
+}
+
+// B independent problems, x (B, N, d) with centers (B, K, d) -> (B, N, k), each problem
+// exactly as the 2-D call computes it alone, parallel as assign_batched_native (assign_cpu.cpp):
+// one parallel region over the problems when B >= threads, else each problem's row tiles over
+// every thread in turn.
+std::tuple<Tensor, Tensor> assign_topk_batched_native(const Tensor& x_in, const Tensor& centers_in,
+                                                      int64_t k, bool cosine) {
+  check_cpu("x", x_in);
+  check_cpu("centers", centers_in);
+  TORCH_CHECK_VALUE(x_in.dim() == 3 && centers_in.dim() == 3 && x_in.size(0) == centers_in.size(0),
+                    "batched problems need x (B, N, d) and centers (B, K, d) with the same B, got ",
+                    x_in.sizes(), " and ", centers_in.sizes());
+  const int64_t b = x_in.size(0), n = x_in.size(1), kc = centers_in.size(1), d = x_in.size(2);
+  TORCH_CHECK_VALUE(k >= 1 && k <= kc, "k must lie in [1, K] = [1, ", kc,
+                    "] (centers.shape[1]), got k = ", k);
+  Tensor labels = at::empty({b, n, k}, x_in.options().dtype(at::kLong));
+  Tensor dist2 = at::empty({b, n, k}, x_in.options().dtype(out_dtype(x_in)));
+  if (b == 0) return {labels, dist2};
+  check_centers("centers", centers_in[0], "x", x_in[0]);
+  if (n == 0) return {labels, dist2};
+  const Tensor x = x_in.contiguous(), centers = centers_in.contiguous();
+  auto one = [&](int64_t p) { topk_into(x[p], centers[p], k, cosine, labels[p], dist2[p]); };
+  if (b >= at::get_num_threads()) {
+    const int64_t work = std::max<int64_t>(1, n * kc * std::max<int64_t>(d, 1));
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 22) / work);
+    at::parallel_for(0, b, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) one(p);
+    });
+  } else {
+    for (int64_t p = 0; p < b; ++p) one(p);
+  }
+  return {labels, dist2};
+}
+
 std::tuple<Tensor, Tensor> assign_topk_native(const Tensor& x_in, const Tensor& centers_in, int64_t k,
                                               bool cosine) {
+  if (x_in.dim() == 3) return assign_topk_batched_native(x_in, centers_in, k, cosine);
   check_features("x", x_in);
   check_centers("centers", centers_in, "x", x_in);
   TORCH_CHECK_VALUE(k >= 1 && k <= centers_in.size(0), "k must lie in [1, K] = [1, ",
@@ -134,15 +183,7 @@ std::tuple<Tensor, Tensor> assign_topk_native(const Tensor& x_in, const Tensor& 
   const int64_t n = x.size(0);
   Tensor labels = at::empty({n, k}, x.options().dtype(at::kLong));
   Tensor dist2 = at::empty({n, k}, x.options().dtype(out_dtype(x)));
-  if (n == 0) return {labels, dist2};
-  if (cosine) {  // metric="cosine" (assign_cosine_cpu.cpp)
-    assign_cosine_topk_into(x, centers, k, labels, dist2);
-    return {labels, dist2};
-  }
-  KMGAN_DISPATCH_FLOATING(x.scalar_type(), "assign_topk_native", [&] {
-    topk_kernel(x.data_ptr<scalar_t>(), n, x.size(1), centers.data_ptr<scalar_t>(), centers.size(0),
-                k, labels.data_ptr<int64_t>(), dist2.data_ptr<acc_t<scalar_t>>());
-  });
+  topk_into(x, centers, k, cosine, labels, dist2);
   return {labels, dist2};
 }
 

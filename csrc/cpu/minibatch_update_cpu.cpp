@@ -291,24 +291,13 @@ void ema_apply(scalar_t* c, state_t* size, state_t* embed, const WideSum<scalar_
   }
 }
 
-void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum,
-                        const Tensor& x_in, const Tensor& labels_in, double decay, double eps,
-                        bool /*deterministic: always*/, bool cosine,
-                        const c10::optional<Tensor>& sample_weight) {
-  check_update_args(centers, x_in);
-  const int64_t n = x_in.size(0), d = x_in.size(1), k = centers.size(0);
-  check_ema_state("cluster_size", cluster_size, {k}, centers);
-  check_ema_state("embed_sum", embed_sum, {k, d}, centers);
-  check_index("labels", labels_in, n);
-  TORCH_CHECK_VALUE(decay >= 0.0 && decay <= 1.0, "decay must lie in [0, 1], got ", decay);
-  TORCH_CHECK_VALUE(eps >= 0.0 && eps < std::numeric_limits<double>::infinity(),
-                    "eps must be a finite float >= 0, got ", eps);
-  const Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
-  const Tensor w = sample_weight.has_value() ? checked_weights(sample_weight, x) : Tensor();
+// One problem's EMA on contiguous tensors: c (K, d), size (K,), embed (K, d), x (N, d),
+// labels (N,) in [0, K), w (N,) double or undefined.
+void ema_problem(const Tensor& c, const Tensor& size, const Tensor& embed, const Tensor& x,
+                 const Tensor& labels, const Tensor& w, double decay, double eps, bool cosine) {
+  const int64_t n = x.size(0), d = x.size(1), k = c.size(0);
   const int64_t* lp = labels.data_ptr<int64_t>();
   const std::vector<int64_t> counts = label_counts("labels", lp, n, k);
-  const Tensor c = contiguous_work(centers), size = contiguous_work(cluster_size),
-               embed = contiguous_work(embed_sum);
   KMGAN_DISPATCH_FLOATING(x.scalar_type(), "ema_update_native_", [&] {
     using state_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -320,6 +309,70 @@ void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum
     ema_apply(c.data_ptr<scalar_t>(), size.data_ptr<state_t>(), embed.data_ptr<state_t>(), sums,
               d, k, m, decay, eps, cosine);
   });
+}
+
+// Batched problems (docs/ops.md, Input forms): centers (B, K, d), cluster_size (B, K),
+// embed_sum (B, K, d), x (B, N, d), labels (B, N) in [0, K), sample_weight (B, N). Each
+// problem is ema_problem on its slices, exactly its own 2-D call (its own total n); every
+// argument of every problem is checked before the first write.
+void check_batched_ema_args(const Tensor& centers, const Tensor& x, const Tensor& labels) {
+  check_cpu("x", x);
+  check_cpu("centers", centers);
+  TORCH_CHECK_VALUE(x.dim() == 3 && centers.size(0) == x.size(0),
+                    "batched problems need x (B, N, d) and centers (B, K, d) with the same B, "
+                    "got x ", x.sizes(), " and centers ", centers.sizes());
+  TORCH_CHECK_TYPE(is_supported_float(x.scalar_type()) && x.scalar_type() == centers.scalar_type(),
+                   "x and centers must share one floating dtype, got ", x.scalar_type(), " and ",
+                   centers.scalar_type());
+  TORCH_CHECK_VALUE(centers.size(2) == x.size(2), "centers must have ", x.size(2),
+                    " features (as x), got ", centers.size(2));
+  TORCH_CHECK_VALUE(centers.size(1) >= 1, "centers must hold at least one center (K >= 1)");
+  check_cpu("labels", labels);
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, "labels must be int64, got ",
+                   labels.scalar_type());
+  TORCH_CHECK_VALUE(labels.dim() == 2 && labels.size(0) == x.size(0) && labels.size(1) == x.size(1),
+                    "labels must have shape (", x.size(0), ", ", x.size(1), "), got ",
+                    labels.sizes());
+}
+
+void ema_update_native_(Tensor& centers, Tensor& cluster_size, Tensor& embed_sum,
+                        const Tensor& x_in, const Tensor& labels_in, double decay, double eps,
+                        bool /*deterministic: always*/, bool cosine,
+                        const c10::optional<Tensor>& sample_weight) {
+  const bool batched = centers.dim() == 3;
+  if (batched) {
+    check_batched_ema_args(centers, x_in, labels_in);
+  } else {
+    check_update_args(centers, x_in);
+    check_index("labels", labels_in, x_in.size(0));
+  }
+  const int64_t d = x_in.size(-1), k = centers.size(-2), n = x_in.size(-2);
+  const int64_t b = batched ? centers.size(0) : 1;
+  check_ema_state("cluster_size", cluster_size,
+                  batched ? std::vector<int64_t>{b, k} : std::vector<int64_t>{k}, centers);
+  check_ema_state("embed_sum", embed_sum,
+                  batched ? std::vector<int64_t>{b, k, d} : std::vector<int64_t>{k, d}, centers);
+  TORCH_CHECK_VALUE(decay >= 0.0 && decay <= 1.0, "decay must lie in [0, 1], got ", decay);
+  TORCH_CHECK_VALUE(eps >= 0.0 && eps < std::numeric_limits<double>::infinity(),
+                    "eps must be a finite float >= 0, got ", eps);
+  // The B problems' rows and labels as (B*N, d) and (B*N,): the checks read them flat.
+  const Tensor x = x_in.contiguous().view({b * n, d}), labels = labels_in.contiguous().view({b * n});
+  Tensor w;
+  if (sample_weight.has_value()) {
+    const Tensor& sw = *sample_weight;
+    TORCH_CHECK_VALUE(!batched || sw.sizes() == labels_in.sizes(), "sample_weight must have shape ",
+                      labels_in.sizes(), " (B, N), got ", sw.sizes());
+    w = checked_weights(batched ? sw.reshape({-1}) : sw, x);
+  }
+  check_label_values("labels", labels.data_ptr<int64_t>(), labels.numel(), k);
+  const Tensor c = contiguous_work(centers), size = contiguous_work(cluster_size),
+               embed = contiguous_work(embed_sum);
+  for (int64_t p = 0; p < b; ++p) {
+    const int64_t r0 = p * n;
+    ema_problem(batched ? c[p] : c, batched ? size[p] : size, batched ? embed[p] : embed,
+                x.narrow(0, r0, n), labels.narrow(0, r0, n),
+                w.defined() ? w.narrow(0, r0, n) : Tensor(), decay, eps, cosine);
+  }
   write_back(c, centers);
   write_back(size, cluster_size);
   write_back(embed, embed_sum);

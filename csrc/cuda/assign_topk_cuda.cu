@@ -87,7 +87,9 @@ __device__ double exact_value(const T* __restrict__ xr, double nx2, const T* __r
   return isnan(v) ? -1.0 : v;
 }
 
-// kCosine: `unit` holds the unit centers (float32); otherwise it is unread.
+// kCosine: `unit` holds the unit centers (float32); otherwise it is unread (null).
+// Batched problems: blockIdx.y is the problem, every pointer below its own slice (the unit
+// centers and the lists are the flat (B*K, d) and (B*N, cap) views').
 template <typename T, bool kCosine>
 __global__ void __launch_bounds__(kRows)
     assign_topk_kernel(const T* __restrict__ x, const T* __restrict__ centers,
@@ -97,6 +99,14 @@ __global__ void __launch_bounds__(kRows)
                        acc_t<T>* __restrict__ dist2) {
   using A = std::conditional_t<kCosine, float, acc_t<T>>;  // the streamed values' type
   __shared__ A cs[kCenters][kDims];
+  const int64_t pb = blockIdx.y;
+  x += pb * n * d;
+  centers += pb * kc * d;
+  if (kCosine) unit += pb * kc * d;
+  lv_all += pb * n * cap;
+  li_all += pb * n * cap;
+  labels += pb * n * k;
+  dist2 += pb * n * k;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRows + threadIdx.x;
   const bool active = row < n;
   double* lv = lv_all + (active ? row : 0) * cap;
@@ -215,26 +225,38 @@ int64_t assign_topk_list_len(int64_t k, int64_t kc) { return kc < k + kSlack ? k
 cudaError_t assign_topk_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
                                int64_t kc, int64_t d, int64_t k, double* list_val,
                                int64_t* list_idx, int64_t* labels, void* dist2,
-                               cudaStream_t stream, float* unit) {
-  if (n == 0) return cudaSuccess;
-  if (k < 1 || k > kc || ceil_div(n, kRows) > INT32_MAX) return cudaErrorInvalidValue;
-  if (unit != nullptr) {  // metric="cosine"
-    const cudaError_t err = unit_centers_launch(dtype, centers, kc, d, unit, stream);
+                               cudaStream_t stream, float* unit, int64_t batch) {
+  if (n == 0 || batch == 0) return cudaSuccess;
+  if (batch < 0 || k < 1 || k > kc || ceil_div(n, kRows) > INT32_MAX) return cudaErrorInvalidValue;
+  if (unit != nullptr) {  // metric="cosine": the unit centers of every problem, one pass
+    const cudaError_t err = unit_centers_launch(dtype, centers, batch * kc, d, unit, stream);
     if (err != cudaSuccess) return err;
   }
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
+    const int64_t cap = assign_topk_list_len(k, kc);
     const unsigned blocks = static_cast<unsigned>(ceil_div(n, kRows));
-    if (unit != nullptr) {
-      KMGAN_LAUNCH(blocks, kRows, 0, stream, assign_topk_kernel<T, true>)(
-          static_cast<const T*>(x), static_cast<const T*>(centers), unit, n, kc, d, k,
-          assign_topk_list_len(k, kc), list_val, list_idx, labels, static_cast<acc_t<T>*>(dist2));
-    } else {
-      KMGAN_LAUNCH(blocks, kRows, 0, stream, assign_topk_kernel<T, false>)(
-          static_cast<const T*>(x), static_cast<const T*>(centers), unit, n, kc, d, k,
-          assign_topk_list_len(k, kc), list_val, list_idx, labels, static_cast<acc_t<T>*>(dist2));
+    // Problems on grid y, at most kMaxGridY a launch (one launch up to that many problems).
+    constexpr int64_t kMaxGridY = 65535;
+    for (int64_t b0 = 0; b0 < batch; b0 += kMaxGridY) {
+      const dim3 grid(blocks, static_cast<unsigned>(batch - b0 < kMaxGridY ? batch - b0 : kMaxGridY));
+      const T* xb = static_cast<const T*>(x) + b0 * n * d;
+      const T* cb = static_cast<const T*>(centers) + b0 * kc * d;
+      double* lvb = list_val + b0 * n * cap;
+      int64_t* lib = list_idx + b0 * n * cap;
+      int64_t* labb = labels + b0 * n * k;
+      acc_t<T>* d2b = static_cast<acc_t<T>*>(dist2) + b0 * n * k;
+      if (unit != nullptr) {
+        KMGAN_LAUNCH(grid, kRows, 0, stream, assign_topk_kernel<T, true>)(
+            xb, cb, unit + b0 * kc * d, n, kc, d, k, cap, lvb, lib, labb, d2b);
+      } else {
+        KMGAN_LAUNCH(grid, kRows, 0, stream, assign_topk_kernel<T, false>)(
+            xb, cb, nullptr, n, kc, d, k, cap, lvb, lib, labb, d2b);
+      }
+      const cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
     }
-    return cudaGetLastError();
+    return cudaSuccess;
   });
 }
 

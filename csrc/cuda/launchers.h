@@ -45,11 +45,14 @@ cudaError_t assign_backward_launch(Dtype dtype, const void* grad_dist2, const vo
 // the k nearest centers ascending (ties to the lowest index, NaN distances first), exact.
 // unit not null: metric="cosine", the k largest cosines (reference.assign_topk's order) with
 // dist2 = 2 - 2 cos; unit is a K x d float workspace (the unit centers).
+// batch > 1: that many independent problems, x (batch, n, d), centers (batch, kc, d), labels
+// and dist2 (batch, n, k), workspaces (batch * n, L) and unit (batch * kc, d), in one launch
+// (two with cosine: the unit centers, then the problems on blockIdx.y; 65535 problems a launch).
 int64_t assign_topk_list_len(int64_t k, int64_t kc);
 cudaError_t assign_topk_launch(Dtype dtype, const void* x, const void* centers, int64_t n,
                                int64_t kc, int64_t d, int64_t k, double* list_val,
                                int64_t* list_idx, int64_t* labels, void* dist2,
-                               cudaStream_t stream, float* unit = nullptr);
+                               cudaStream_t stream, float* unit = nullptr, int64_t batch = 1);
 
 // ------------------------------------------------------------------------------ soft assign
 // q (N, K) acc = softmax_k(s(D_ik)), s = -(alpha+1)/2 log1p(D/alpha) (student_t) or -D/T.
@@ -127,13 +130,17 @@ cudaError_t minibatch_update_launch(Dtype dtype, void* centers, void* counts, co
 // c_k unchanged where N'_k == 0. cluster_size N (K) and embed_sum M (K, d) are float32
 // (float64 when dtype is float64); arithmetic in double. total: one double of workspace.
 // N = 0 is valid (the state decays).
+// problems P > 1: P independent problems, each of n rows and k clusters (labels in [0, k) of
+// each problem), every buffer P times one problem's and laid out problem after problem;
+// sorted_labels / perm are each problem's own stable sort (positions within the problem);
+// total is P doubles. Each problem gets its own total n; the launches are one problem's.
 cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, void* embed_sum,
                               double decay, double eps, const void* x, const int64_t* labels,
                               const int64_t* sorted_labels, const int64_t* perm, int64_t n,
                               int64_t k, int64_t d, double* sums, int64_t* batch_counts,
                               double* pieces, double* total, double* row_norms,
                               const double* weights, double* batch_weights,
-                              cudaStream_t stream);
+                              cudaStream_t stream, int64_t problems = 1);
 
 // ------------------------------------------------------------------------------ center loss
 // counts_* (int64) = rows per cluster; u_diff (d, acc) = u_real - u_fake with

@@ -28,6 +28,13 @@
 // deterministic mode by the update kernels over the cluster's sorted rows, in a fixed order.
 // Sculley's rule is then scikit-learn's: for w_k > 0, c_k <- (c_k W_k + S_k) * (1 / (W_k +
 // w_k)) and W_k += w_k, W = counts as float64 cumulative weights.
+//
+// Batched EMA problems (`problems` P > 1: centers (P, K, d), x (P, N, d), labels (P, N) in
+// [0, K) of each problem, the state and workspaces P times one problem's, the deterministic
+// sort done per problem): every kernel below maps its blocks to (problem, its own work), with
+// each problem's rows, chunks and clusters cut exactly as in its own call, so a problem's
+// result in the deterministic mode is bitwise its own call's, its smoothing takes its own
+// total, and P problems take the launches of one. Sculley's updates are one problem.
 #include "common.cuh"
 
 namespace kmgan_cuda {
@@ -93,15 +100,16 @@ __device__ double tile_sum_wide(const T* __restrict__ x, const int64_t* __restri
   return s;
 }
 
-// Fast mode: sums (K, d) and batch_counts (K) must be zero on entry.
+// Fast mode: sums (P*K, d) and batch_counts (P*K) must be zero on entry. A tile never mixes
+// two problems: problem p's tiles are its own call's.
 template <typename T>
 __global__ void __launch_bounds__(kSumThreads)
-    cluster_sums_atomic_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
-                               int64_t n, int64_t k, int64_t d, double* __restrict__ sums,
-                               int64_t* __restrict__ batch_counts, bool shared_partials,
-                               const double* __restrict__ norms,
-                               const double* __restrict__ weights,
-                               double* __restrict__ batch_weights) {
+    cluster_sums_atomic_kernel(const T* __restrict__ x_all, const int64_t* __restrict__ labels_all,
+                               int64_t n, int64_t k, int64_t d, double* __restrict__ sums_all,
+                               int64_t* __restrict__ counts_all, bool shared_partials,
+                               const double* __restrict__ norms_all,
+                               const double* __restrict__ weights_all,
+                               double* __restrict__ batch_weights_all, int64_t problems) {
   using A = acc_t<T>;
   KMGAN_DYNAMIC_SHARED(unsigned char, shared_raw);
   A* s_sums = reinterpret_cast<A*>(shared_raw);                      // k * d, when shared
@@ -113,7 +121,15 @@ __global__ void __launch_bounds__(kSumThreads)
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t tiles = (n + kFlushRows - 1) / kFlushRows;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {  // uniform in the block
+  for (int64_t t = blockIdx.x; t < problems * tiles; t += gridDim.x) {  // uniform in the block
+    const int64_t p = t / tiles, tile = t % tiles;
+    const T* x = x_all + p * n * d;
+    const int64_t* labels = labels_all + p * n;
+    const double* norms = norms_all != nullptr ? norms_all + p * n : nullptr;
+    const double* weights = weights_all != nullptr ? weights_all + p * n : nullptr;
+    double* batch_weights = batch_weights_all != nullptr ? batch_weights_all + p * k : nullptr;
+    double* sums = sums_all + p * k * d;
+    int64_t* batch_counts = counts_all + p * k;
     if (shared_partials) __syncthreads();  // zeroed (first tile) or flushed (later ones)
     const int64_t end = (tile + 1) * kFlushRows < n ? (tile + 1) * kFlushRows : n;
     for (int64_t i = tile * kFlushRows + warp; i < end; i += kSumWarps) {
@@ -165,7 +181,8 @@ constexpr int kPieceThreads = 128;
 // Deterministic mode, first pass: thread (chunk, j) sums feature j over the chunk's sorted rows,
 // run by run (a run = consecutive equal labels), in double. A run that is a whole cluster goes
 // to sums; the chunk's first and last runs also go to first_piece / last_piece (chunk, d),
-// which the update kernels use for clusters that cross a chunk boundary.
+// which the update kernels use for clusters that cross a chunk boundary. Batched problems: the
+// blocks of problem p follow those of p - 1, its chunks its own (pointers offset below).
 template <typename T>
 __global__ void __launch_bounds__(kPieceThreads)
     sorted_piece_sums_kernel(const T* __restrict__ x, const int64_t* __restrict__ sorted_labels,
@@ -174,9 +191,19 @@ __global__ void __launch_bounds__(kPieceThreads)
                              double* __restrict__ first_piece, double* __restrict__ last_piece,
                              const double* __restrict__ norms,
                              const double* __restrict__ weights) {
-  const int64_t chunk = blockIdx.x / col_blocks;
-  const int64_t j = (blockIdx.x % col_blocks) * kPieceThreads + threadIdx.x;
+  const int64_t chunks = (n + kSortedChunkRows - 1) / kSortedChunkRows;
+  const int64_t p = blockIdx.x / (chunks * col_blocks), block = blockIdx.x % (chunks * col_blocks);
+  const int64_t chunk = block / col_blocks;
+  const int64_t j = (block % col_blocks) * kPieceThreads + threadIdx.x;
   if (j >= d) return;
+  x += p * n * d;
+  sorted_labels += p * n;
+  perm += p * n;
+  sums += p * k * d;
+  first_piece += p * chunks * d;
+  last_piece += p * chunks * d;
+  if (norms != nullptr) norms += p * n;
+  if (weights != nullptr) weights += p * n;
   const int64_t begin = chunk * kSortedChunkRows;
   const int64_t end = begin + kSortedChunkRows < n ? begin + kSortedChunkRows : n;
 
@@ -224,6 +251,20 @@ struct ClusterSums {
   const double* batch_weights = nullptr;  // fast mode with weights: w_k
   const int64_t* perm = nullptr;          // deterministic mode: sorted position -> row
 };
+
+// Problem p's part of a batched problems' ClusterSums (k clusters each).
+__device__ __forceinline__ ClusterSums problem_sums(ClusterSums s, int64_t p, int64_t k) {
+  const int64_t chunks = (s.n + kSortedChunkRows - 1) / kSortedChunkRows;
+  s.sums += p * k * s.d;
+  if (s.batch_counts != nullptr) s.batch_counts += p * k;
+  if (s.sorted_labels != nullptr) s.sorted_labels += p * s.n;
+  if (s.first_piece != nullptr) s.first_piece += p * chunks * s.d;
+  if (s.last_piece != nullptr) s.last_piece += p * chunks * s.d;
+  if (s.weights != nullptr) s.weights += p * s.n;
+  if (s.batch_weights != nullptr) s.batch_weights += p * k;
+  if (s.perm != nullptr) s.perm += p * s.n;
+  return s;
+}
 
 struct ClusterSlice {
   int64_t m = 0;  // rows labelled kk
@@ -346,12 +387,15 @@ __global__ void __launch_bounds__(kApplyThreads)
   }
 }
 
-// EMA, first kernel (one block per cluster): the decayed state, stored.
+// EMA, first kernel (one block per cluster of every problem): the decayed state, stored.
 template <typename S>
 __global__ void __launch_bounds__(kApplyThreads)
     ema_state_kernel(S* __restrict__ cluster_size, S* __restrict__ embed_sum, double decay,
-                     ClusterSums s) {
-  const int64_t kk = blockIdx.x;
+                     ClusterSums all, int64_t k) {
+  const int64_t p = blockIdx.x / k, kk = blockIdx.x % k;
+  const ClusterSums s = problem_sums(all, p, k);
+  cluster_size += p * k;
+  embed_sum += p * k * s.d;
   const ClusterSlice c = cluster_slice(s, kk);
   const double take = 1.0 - decay;
   const double mk = s.weights != nullptr ? cluster_weight(s, c, kk) : static_cast<double>(c.m);
@@ -365,24 +409,31 @@ __global__ void __launch_bounds__(kApplyThreads)
   }
 }
 
-// EMA, second kernel (one block): total[0] = sum_k cluster_size_k as stored, fixed order.
+// EMA, second kernel (one block per problem p): total[p] = sum_k cluster_size_k of problem p
+// as stored, fixed order.
 template <typename S>
 __global__ void __launch_bounds__(kFinishThreads)
     ema_total_kernel(const S* __restrict__ cluster_size, int64_t k, double* __restrict__ total) {
+  cluster_size += static_cast<int64_t>(blockIdx.x) * k;
+  total += blockIdx.x;
   double v = 0;
   for (int64_t q = threadIdx.x; q < k; q += blockDim.x) v += static_cast<double>(cluster_size[q]);
   v = block_sum(v);
   if (threadIdx.x == 0) total[0] = v;
 }
 
-// EMA, third kernel (one block per cluster): c_k = M_k / N'_k from the stored state.
+// EMA, third kernel (one block per cluster of every problem): c_k = M_k / N'_k from the
+// stored state, with the cluster's own problem's total.
 template <typename T, typename S>
 __global__ void __launch_bounds__(kApplyThreads)
     ema_centers_kernel(T* __restrict__ centers, const S* __restrict__ cluster_size,
                        const S* __restrict__ embed_sum, const double* __restrict__ total,
                        double eps, int64_t k, int64_t d, bool cosine) {
-  const int64_t kk = blockIdx.x;
-  const double n = total[0];
+  const int64_t p = blockIdx.x / k, kk = blockIdx.x % k;
+  centers += p * k * d;
+  cluster_size += p * k;
+  embed_sum += p * k * d;
+  const double n = total[p];
   const double smoothed =
       (static_cast<double>(cluster_size[kk]) + eps) / (n + static_cast<double>(k) * eps) * n;
   if (smoothed == 0.0) return;  // nothing ever assigned: keep the center (never NaN)
@@ -391,18 +442,20 @@ __global__ void __launch_bounds__(kApplyThreads)
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) centers[kk * d + j] = from_wide<T>(value(j) * scale);
 }
 
-// The segmented-sum stage of both updates; fills `out` for the update kernels.
+// The segmented-sum stage of both updates (of `problems` problems of n rows and k clusters
+// each); fills `out` for the update kernels (problem 0's view: see problem_sums).
 template <typename T>
 cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
                                const int64_t* sorted_labels, const int64_t* perm, int64_t n,
                                int64_t k, int64_t d, double* sums, int64_t* batch_counts,
                                double* pieces, double* row_norms, const double* weights,
-                               double* batch_weights, cudaStream_t stream, ClusterSums* out) {
+                               double* batch_weights, cudaStream_t stream, ClusterSums* out,
+                               int64_t problems = 1) {
   using A = acc_t<T>;
   cudaError_t err;
   if (row_norms != nullptr && n > 0) {  // metric="cosine": the rows' norms first
-    KMGAN_LAUNCH(grid_for(n, kSumWarps), kSumThreads, 0, stream, row_norms_kernel<T>)(
-        static_cast<const T*>(x), n, d, row_norms);
+    KMGAN_LAUNCH(grid_for(problems * n, kSumWarps), kSumThreads, 0, stream, row_norms_kernel<T>)(
+        static_cast<const T*>(x), problems * n, d, row_norms);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   const bool deterministic = sorted_labels != nullptr && n > 0;
@@ -412,16 +465,17 @@ cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
     if (perm == nullptr) return cudaErrorInvalidValue;
     out->sorted_labels = sorted_labels;
     out->perm = perm;
+    double* const last_pieces = pieces + problems * (cluster_pieces_elems(n, d) / 2);
     out->first_piece = pieces;
-    out->last_piece = pieces + cluster_pieces_elems(n, d) / 2;
+    out->last_piece = last_pieces;
     const int64_t col_blocks = ceil_div(d, kPieceThreads);
-    const int64_t blocks = ceil_div(n, kSortedChunkRows) * col_blocks;
+    const int64_t blocks = problems * ceil_div(n, kSortedChunkRows) * col_blocks;
     if (blocks > INT32_MAX) return cudaErrorInvalidValue;
     if (blocks > 0) {  // d = 0: no sums to form; the update kernels still count rows
       KMGAN_LAUNCH(static_cast<unsigned>(blocks), kPieceThreads, 0, stream,
                    sorted_piece_sums_kernel<T>)(
           static_cast<const T*>(x), sorted_labels, perm, n, k, d, col_blocks, sums,
-          pieces, pieces + cluster_pieces_elems(n, d) / 2, row_norms, weights);
+          pieces, last_pieces, row_norms, weights);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
     return cudaSuccess;
@@ -430,23 +484,27 @@ cudaError_t cluster_sums_stage(const void* x, const int64_t* labels,
   if (weights != nullptr) {
     if (batch_weights == nullptr) return cudaErrorInvalidValue;
     out->batch_weights = batch_weights;
-    if ((err = cudaMemsetAsync(batch_weights, 0, sizeof(double) * k, stream)) != cudaSuccess)
+    if ((err = cudaMemsetAsync(batch_weights, 0, sizeof(double) * problems * k, stream)) !=
+        cudaSuccess)
       return err;
   }
-  if (k * d > 0 && (err = cudaMemsetAsync(sums, 0, sizeof(double) * k * d, stream)) != cudaSuccess)
+  if (k * d > 0 &&
+      (err = cudaMemsetAsync(sums, 0, sizeof(double) * problems * k * d, stream)) != cudaSuccess)
     return err;
-  if ((err = cudaMemsetAsync(batch_counts, 0, sizeof(int64_t) * k, stream)) != cudaSuccess)
+  if ((err = cudaMemsetAsync(batch_counts, 0, sizeof(int64_t) * problems * k, stream)) !=
+      cudaSuccess)
     return err;
   if (n == 0) return cudaSuccess;
   const int64_t shared_bytes = k * d * static_cast<int64_t>(sizeof(A)) + k * 4;
   // Weighted rows go to the double sums directly: a float32 partial of w_i x_i would round
   // each product.
   const bool shared_partials = shared_bytes <= kSharedPartialsBytes && weights == nullptr;
-  const int blocks = shared_partials ? grid_for(n, kFlushRows, 2) : grid_for(n, kSumWarps);
+  const int blocks = shared_partials ? grid_for(problems * ceil_div(n, kFlushRows), 1, 2)
+                                     : grid_for(problems * n, kSumWarps);
   KMGAN_LAUNCH(blocks, kSumThreads, shared_partials ? static_cast<size_t>(shared_bytes) : 0,
                stream, cluster_sums_atomic_kernel<T>)(
       static_cast<const T*>(x), labels, n, k, d, sums, batch_counts, shared_partials, row_norms,
-      weights, batch_weights);
+      weights, batch_weights, problems);
   return cudaGetLastError();
 }
 
@@ -484,21 +542,23 @@ cudaError_t ema_update_launch(Dtype dtype, void* centers, void* cluster_size, vo
                               const int64_t* sorted_labels, const int64_t* perm, int64_t n,
                               int64_t k, int64_t d, double* sums, int64_t* batch_counts,
                               double* pieces, double* total, double* row_norms,
-                              const double* weights, double* batch_weights, cudaStream_t stream) {
-  if (k <= 0 || k > INT32_MAX) return cudaErrorInvalidValue;
+                              const double* weights, double* batch_weights, cudaStream_t stream,
+                              int64_t problems) {
+  if (problems == 0) return cudaSuccess;
+  if (k <= 0 || problems < 0 || k > INT32_MAX / problems) return cudaErrorInvalidValue;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using S = acc_t<T>;  // the state: float32, float64 for float64 centers
     ClusterSums s;
     cudaError_t err = cluster_sums_stage<T>(x, labels, sorted_labels, perm, n, k, d, sums,
                                             batch_counts, pieces, row_norms, weights,
-                                            batch_weights, stream, &s);
+                                            batch_weights, stream, &s, problems);
     if (err != cudaSuccess) return err;
-    const unsigned blocks = static_cast<unsigned>(k);
+    const unsigned blocks = static_cast<unsigned>(problems * k);
     KMGAN_LAUNCH(blocks, kApplyThreads, 0, stream, ema_state_kernel<S>)(
-        static_cast<S*>(cluster_size), static_cast<S*>(embed_sum), decay, s);
+        static_cast<S*>(cluster_size), static_cast<S*>(embed_sum), decay, s, k);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
-    KMGAN_LAUNCH(1, kFinishThreads, 0, stream, ema_total_kernel<S>)(
+    KMGAN_LAUNCH(static_cast<unsigned>(problems), kFinishThreads, 0, stream, ema_total_kernel<S>)(
         static_cast<const S*>(cluster_size), k, total);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     if (d == 0) return cudaSuccess;

@@ -4,6 +4,7 @@
 #include <ATen/ops/sort.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <optional>
 #include <tuple>
@@ -54,8 +55,11 @@ at::Tensor checked_weights(const char* op, const c10::optional<at::Tensor>& samp
   return w.to(at::kDouble).contiguous();
 }
 
+// problems P > 1 (batched EMA): x and labels hold P problems' rows one after the other and k
+// is P times one problem's K; the sort and the pieces are each problem's own.
 Workspace workspace(const at::Tensor& x, const at::Tensor& labels, int64_t k,
-                    bool deterministic, bool cosine, const at::Tensor& weights) {
+                    bool deterministic, bool cosine, const at::Tensor& weights,
+                    int64_t problems = 1) {
   const int64_t n = x.size(0), d = x.size(1);
   Workspace w;
   if (weights.defined()) {
@@ -64,13 +68,17 @@ Workspace workspace(const at::Tensor& x, const at::Tensor& labels, int64_t k,
   }
   w.sums = at::empty({k, d}, x.options().dtype(at::kDouble));
   w.batch_counts = at::empty({k}, x.options().dtype(at::kLong));
-  if (cosine) w.row_norms = at::empty({n}, x.options().dtype(at::kDouble));
+  // At least one element: the launchers read metric="cosine" from a non-null row_norms, and
+  // an empty tensor's pointer may be null (N = 0: the EMA still renormalises its centers).
+  if (cosine) w.row_norms = at::empty({std::max<int64_t>(n, 1)}, x.options().dtype(at::kDouble));
   if (deterministic && n > 0) {
     // Stable: rows of one cluster keep their order, so each sum has one fixed order. The
     // std::optional is spelled out: a plain `true` would select sort(self, dim, descending).
     std::tie(w.sorted_labels, w.perm) =
-        at::sort(labels, /*stable=*/std::optional<bool>(true), /*dim=*/0, /*descending=*/false);
-    w.pieces = at::empty({cluster_pieces_elems(n, d)}, x.options().dtype(at::kDouble));
+        at::sort(labels.view({problems, n / problems}), /*stable=*/std::optional<bool>(true),
+                 /*dim=*/1, /*descending=*/false);
+    w.pieces = at::empty({problems * cluster_pieces_elems(n / problems, d)},
+                         x.options().dtype(at::kDouble));
   }
   return w;
 }
@@ -166,33 +174,70 @@ void check_ema_state(const char* name, const at::Tensor& t, at::IntArrayRef shap
                     t.sizes());
 }
 
+// Batched problems (docs/ops.md, Input forms): centers (B, K, d), x (B, N, d), labels (B, N),
+// sample_weight (B, N); returns B (1 for 2-D centers, after the 2-D checks).
+int64_t check_ema_problems(const at::Tensor& centers, const at::Tensor& x,
+                           const at::Tensor& labels, const c10::optional<at::Tensor>& weights) {
+  if (centers.dim() != 3) {
+    check_update_args(kEma, centers, nullptr, x);
+    check_int64_vector(kEma, "labels", labels, x.size(0), x);
+    return 1;
+  }
+  check_cuda(kEma, "x", x);
+  check_same_device(kEma, "centers", centers, x, "x");
+  dtype_of(kEma, x);
+  TORCH_CHECK(x.dim() == 3 && x.size(0) == centers.size(0) && x.size(2) == centers.size(2), kEma,
+              ": batched problems need x (B, N, d) and centers (B, K, d) with the same B and d, "
+              "got x ", x.sizes(), " and centers ", centers.sizes());
+  TORCH_CHECK(x.scalar_type() == centers.scalar_type(), kEma, ": centers must have dtype ",
+              x.scalar_type(), " (as x), got ", centers.scalar_type());
+  TORCH_CHECK(centers.size(1) >= 1, kEma, ": centers must hold at least one center (K >= 1)");
+  check_same_device(kEma, "labels", labels, x, "x");
+  TORCH_CHECK(labels.scalar_type() == at::kLong, kEma, ": labels must be int64, got ",
+              labels.scalar_type());
+  TORCH_CHECK(labels.dim() == 2 && labels.size(0) == x.size(0) && labels.size(1) == x.size(1),
+              kEma, ": labels must have shape (", x.size(0), ", ", x.size(1), "), got ",
+              labels.sizes());
+  if (weights.has_value())
+    TORCH_CHECK(weights->sizes() == labels.sizes(), kEma, ": sample_weight must have shape ",
+                labels.sizes(), " (B, N), got ", weights->sizes());
+  return centers.size(0);
+}
+
 void ema_update_cuda(at::Tensor& centers, at::Tensor& cluster_size, at::Tensor& embed_sum,
                      const at::Tensor& x_in, const at::Tensor& labels_in, double decay,
                      double eps, bool deterministic, bool cosine,
                      const c10::optional<at::Tensor>& sample_weight) {
-  check_update_args(kEma, centers, nullptr, x_in);
-  const int64_t n = x_in.size(0), k = centers.size(0), d = x_in.size(1);
-  check_int64_vector(kEma, "labels", labels_in, n, x_in);
-  check_ema_state("cluster_size", cluster_size, {k}, centers);
-  check_ema_state("embed_sum", embed_sum, {k, d}, centers);
+  const bool batched = centers.dim() == 3;
+  const int64_t b = check_ema_problems(centers, x_in, labels_in, sample_weight);
+  const int64_t n = x_in.size(-2), k = centers.size(-2), d = x_in.size(-1);
+  check_ema_state("cluster_size", cluster_size,
+                  batched ? std::vector<int64_t>{b, k} : std::vector<int64_t>{k}, centers);
+  check_ema_state("embed_sum", embed_sum,
+                  batched ? std::vector<int64_t>{b, k, d} : std::vector<int64_t>{k, d}, centers);
   TORCH_CHECK_VALUE(decay >= 0.0 && decay <= 1.0, kEma, ": decay must lie in [0, 1], got ",
                     decay);
   TORCH_CHECK_VALUE(eps >= 0.0 && eps < std::numeric_limits<double>::infinity(), kEma,
                     ": eps must be a finite float >= 0, got ", eps);
-  const at::Tensor weights = checked_weights(kEma, sample_weight, x_in);
+  // The B problems' rows as (B*N, d), their labels and weights as (B*N,).
+  const at::Tensor x = x_in.contiguous().view({b * n, d}), labels = labels_in.contiguous().view({b * n});
+  const at::Tensor weights = checked_weights(
+      kEma, batched && sample_weight.has_value() ? c10::optional<at::Tensor>(sample_weight->reshape({-1}))
+                                                 : sample_weight,
+      x);
+  if (b == 0) return;
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous(), labels = labels_in.contiguous();
   at::Tensor centers_work = centers.contiguous(), size_work = cluster_size.contiguous();
   at::Tensor embed_work = embed_sum.contiguous();
-  Workspace w = workspace(x, labels, k, deterministic, cosine, weights);
-  at::Tensor total = at::empty({1}, x.options().dtype(at::kDouble));
+  Workspace w = workspace(x, labels, b * k, deterministic, cosine, weights, b);
+  at::Tensor total = at::empty({b}, x.options().dtype(at::kDouble));
   C10_CUDA_CHECK(ema_update_launch(
       dtype_of(kEma, x), centers_work.mutable_data_ptr(), size_work.mutable_data_ptr(),
       embed_work.mutable_data_ptr(), decay, eps, x.const_data_ptr(),
       labels.const_data_ptr<int64_t>(), w.sorted(), w.permutation(), n, k, d,
       w.sums.mutable_data_ptr<double>(), w.batch_counts.mutable_data_ptr<int64_t>(),
       w.piece_ptr(), total.mutable_data_ptr<double>(), w.norms_ptr(), w.weights_ptr(),
-      w.batch_weights_ptr(), current_stream()));
+      w.batch_weights_ptr(), current_stream(), b));
   write_back(centers_work, centers);
   write_back(size_work, cluster_size);
   write_back(embed_work, embed_sum);

@@ -36,9 +36,9 @@ EMU_API_SIZE kmgan_emu_assign_topk_list_len(int64_t k, int64_t kc) {
 EMU_API kmgan_emu_assign_topk_launch(int dtype, const void* x, const void* centers, int64_t n,
                                      int64_t kc, int64_t d, int64_t k, double* list_val,
                                      int64_t* list_idx, int64_t* labels, void* dist2,
-                                     float* unit) {
+                                     float* unit, int64_t batch) {
   return assign_topk_launch(dt(dtype), x, centers, n, kc, d, k, list_val, list_idx, labels, dist2,
-                            nullptr, unit);
+                            nullptr, unit, batch);
 }
 
 EMU_API kmgan_emu_soft_assign_launch(int dtype, const void* x, const void* centers, int64_t n,
@@ -91,10 +91,10 @@ EMU_API kmgan_emu_ema_update_launch(int dtype, void* centers, void* cluster_size
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
                                     double* total, double* row_norms, const double* weights,
-                                    double* batch_weights) {
+                                    double* batch_weights, int64_t problems) {
   return ema_update_launch(dt(dtype), centers, cluster_size, embed_sum, decay, eps, x, labels,
                            sorted_labels, perm, n, k, d, sums, batch_counts, pieces, total,
-                           row_norms, weights, batch_weights, nullptr);
+                           row_norms, weights, batch_weights, nullptr, problems);
 }
 
 EMU_API_SIZE kmgan_emu_cluster_pieces_elems(int64_t n, int64_t d) {

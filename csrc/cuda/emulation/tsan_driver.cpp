@@ -27,7 +27,7 @@ int kmgan_emu_assign_cosine_backward_launch(int, const void*, const void*, const
                                             void*);
 int64_t kmgan_emu_assign_topk_list_len(int64_t, int64_t);
 int kmgan_emu_assign_topk_launch(int, const void*, const void*, int64_t, int64_t, int64_t, int64_t,
-                                 double*, int64_t*, int64_t*, void*, float*);
+                                 double*, int64_t*, int64_t*, void*, float*, int64_t);
 int kmgan_emu_soft_assign_launch(int, const void*, const void*, int64_t, int64_t, int64_t, int,
                                  double, double, void*);
 int kmgan_emu_soft_assign_backward_launch(int, const void*, const void*, const void*, const void*,
@@ -40,7 +40,7 @@ int kmgan_emu_minibatch_update_launch(int, void*, void*, const void*, const int6
 int kmgan_emu_ema_update_launch(int, void*, void*, void*, double, double, const void*,
                                 const int64_t*, const int64_t*, const int64_t*, int64_t, int64_t,
                                 int64_t, double*, int64_t*, double*, double*, double*,
-                                const double*, double*);
+                                const double*, double*, int64_t);
 int64_t kmgan_emu_cluster_pieces_elems(int64_t, int64_t);
 int kmgan_emu_center_loss_launch(int, const void*, const int64_t*, const void*, int64_t, int64_t,
                                  const void*, const int64_t*, const void*, int64_t, int64_t,
@@ -125,9 +125,21 @@ void run_topk_and_soft(Randn randn) {
       for (const std::vector<float>* centers : {&c, &tied}) {
         check(kmgan_emu_assign_topk_launch(kF32, x.data(), centers->data(), n, kc, d, k,
                                            list_val.data(), list_idx.data(), labels.data(),
-                                           dist2.data(), cosine ? unit.data() : nullptr),
+                                           dist2.data(), cosine ? unit.data() : nullptr, 1),
               cosine ? "assign_topk cosine" : "assign_topk");
       }
+    }
+  }
+  {  // batched top-k (issue 12): two problems on blockIdx.y in one launch, both metrics
+    const int64_t b = 2, k = 3, len = kmgan_emu_assign_topk_list_len(k, kc);
+    std::vector<float> xb = randn(b * n * d), cb = randn(b * kc * d), ub(b * kc * d), d2(b * n * k);
+    std::vector<double> lv(b * n * len);
+    std::vector<int64_t> li(b * n * len), lab(b * n * k);
+    for (int cosine = 0; cosine < 2; ++cosine) {
+      check(kmgan_emu_assign_topk_launch(kF32, xb.data(), cb.data(), n, kc, d, k, lv.data(),
+                                         li.data(), lab.data(), d2.data(),
+                                         cosine ? ub.data() : nullptr, b),
+            cosine ? "assign_topk batched cosine" : "assign_topk batched");
     }
   }
   std::vector<float> q(n * kc), grad_q = randn(n * kc), r_work(n), grad_x(n * d);
@@ -224,13 +236,38 @@ void run_all(std::mt19937& rng) {
   check(kmgan_emu_ema_update_launch(kF32, centers.data(), size.data(), embed.data(), 0.9, 1e-5,
                                     x.data(), labels.data(), nullptr, nullptr, n, k, d,
                                     sums.data(), batch_counts.data(), nullptr, total.data(),
-                                    nullptr, nullptr, nullptr),
+                                    nullptr, nullptr, nullptr, 1),
         "ema_update fast");
   check(kmgan_emu_ema_update_launch(kF32, centers.data(), size.data(), embed.data(), 0.9, 1e-5,
                                     x.data(), labels.data(), sorted.data(), order.data(), n, k,
                                     d, sums.data(), batch_counts.data(), pieces.data(),
-                                    total.data(), norms.data(), nullptr, nullptr),
+                                    total.data(), norms.data(), nullptr, nullptr, 1),
         "ema_update deterministic");
+  // Batched EMA: 3 problems in one launch sequence (the batched assign's rows and labels),
+  // fast with weights and deterministic with cosine (each problem's own stable sort).
+  std::vector<double> sums_b(batch * k * d), total_b(batch), weights_b(batch * n, 0.5),
+      batch_weights_b(batch * k), norms_b(batch * n),
+      pieces_b(batch * kmgan_emu_cluster_pieces_elems(n, d));
+  std::vector<int64_t> counts_b(batch * k), order_b(batch * n), sorted_b(batch * n);
+  for (int64_t p = 0; p < batch; ++p) {
+    int64_t* o = order_b.data() + p * n;
+    const int64_t* l = labels_b.data() + p * n;
+    std::iota(o, o + n, 0);
+    std::stable_sort(o, o + n, [&](int64_t a, int64_t b) { return l[a] < l[b]; });
+    for (int64_t i = 0; i < n; ++i) sorted_b[p * n + i] = l[o[i]];
+  }
+  std::vector<float> size_b(batch * k, 1.f), embed_b = cb, centers_b = cb;
+  check(kmgan_emu_ema_update_launch(kF32, centers_b.data(), size_b.data(), embed_b.data(), 0.9,
+                                    1e-5, xb.data(), labels_b.data(), nullptr, nullptr, n, k, d,
+                                    sums_b.data(), counts_b.data(), nullptr, total_b.data(),
+                                    nullptr, weights_b.data(), batch_weights_b.data(), batch),
+        "ema_update batched fast weighted");
+  check(kmgan_emu_ema_update_launch(kF32, centers_b.data(), size_b.data(), embed_b.data(), 0.9,
+                                    1e-5, xb.data(), labels_b.data(), sorted_b.data(),
+                                    order_b.data(), n, k, d, sums_b.data(), counts_b.data(),
+                                    pieces_b.data(), total_b.data(), norms_b.data(), nullptr,
+                                    nullptr, batch),
+        "ema_update batched deterministic");
 
   // Center loss and the KM-GAN loss block.
   std::vector<float> loss(1), u_diff(d), grad_y(m * d), g1(1, 1.f);
