@@ -38,7 +38,6 @@
 #include "lloyd_cpu.h"
 
 #include <cmath>
-#include <atomic>
 #include <limits>
 #include <utility>
 
@@ -450,13 +449,7 @@ void ElkanLabels::assign(const float* c, float* dist2) {
   // comp_j <= eta + (comp_min + eta) near  <=>  lo_j kDown <= hi_min kUp (the 1e-12: rounding)
   const double near = hi_scale / lo_scale * (1.0 + 1e-12);
   auto upper = [&](float comp) { return std::sqrt((static_cast<double>(comp) + eta) * hi_scale); };
-  // Rows in chunks handed out as threads come free: a pass is ~1/5 of a GEMM pass, and on a
-  // shared machine a static half per thread waits for the slower one. Rows are independent,
-  // so the result does not depend on which thread takes which chunk.
-  constexpr int64_t kChunkRows = 512;
-  const int64_t chunks = (n + kChunkRows - 1) / kChunkRows;
-  std::atomic<int64_t> next_chunk{0};
-  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), chunks), 1, [&](int64_t, int64_t) {
+  at::parallel_for(0, n, 1024, [&](int64_t i0, int64_t i1) {
     std::vector<int32_t> ps(k + 1), js(k + 1);
     std::vector<float> comp(k + 1), row(k);
     std::vector<int64_t> seen(G + 2);
@@ -465,116 +458,113 @@ void ElkanLabels::assign(const float* c, float* dist2) {
     // A row reads the bounds of its label's group (1 or 2 cache lines of its K): requested
     // kAhead rows early, as the stride defeats the hardware prefetcher.
     constexpr int64_t kAhead = 8;
-    for (int64_t ch = next_chunk++; ch < chunks; ch = next_chunk++) {
-      const int64_t i0 = ch * kChunkRows, i1 = std::min(n, i0 + kChunkRows);
-      for (int64_t i = i0; i < i1; ++i) {
-        if (i + kAhead < i1) {
-          const int64_t ga = group_of_[labels_[i + kAhead]];
-          const float* pl = lb_.data() + (i + kAhead) * k;
-          __builtin_prefetch(pl + gstart_[ga]);
-          __builtin_prefetch(pl + gstart_[ga + 1] - 1);
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i + kAhead < i1) {
+        const int64_t ga = group_of_[labels_[i + kAhead]];
+        const float* pl = lb_.data() + (i + kAhead) * k;
+        __builtin_prefetch(pl + gstart_[ga]);
+        __builtin_prefetch(pl + gstart_[ga + 1] - 1);
+      }
+      const float* xi = x_ + i * d;
+      const int64_t a = labels_[i];
+      const float* ca = c + a * d;
+      // u_ is stored as u - S_a (rounded up): the bound now adds S_a(now) back, rounded up.
+      const double ust = u_[i];
+      double un = ust + sup[a];
+      un += 0x1p-50 * (std::fabs(ust) + sup[a]);
+      float* L = lb_.data() + i * k;
+      float* Gi = gl_.data() + i * G;
+      const float* Ha = Hp.data() + a * k;
+      const int64_t pa = pos_[a];
+      if (un < sh[a]) {  // Hamerly: every other center is farther than a (x not read)
+        if (dist2 != nullptr) dist2[i] = static_cast<float>(exact_dist2_avx2(xi, ca, d));
+        continue;
+      }
+      int32_t a32 = static_cast<int32_t>(a);
+      float ca2;
+      diff_dist2(xi, c, d, &a32, 1, &ca2);
+      double dist = -1.0;
+      int64_t label = a;
+      bool exact = !std::isfinite(ca2);
+      int64_t ng = 0;
+      double ubest = 0.0;
+      if (!exact) {
+        // u tightened to the distance to a; the centers still within it, group by group
+        un = upper(ca2);
+        ubest = un;
+        int64_t m = 0;
+        if (!(un < sh[a])) {
+          const float ufl = fast_up(un);
+          // the groups whose bound does not exceed u (every center of another is farther than a)
+          const int64_t open = needed(Gi, gsupf.data(), zeros.data(), G, -1, ufl, grp.data());
+          for (int64_t t = 0; t < open; ++t) {
+            const int64_t g = grp[t];
+            seen[ng++] = g;
+            const int64_t p0 = gstart_[g];
+            const int64_t got = needed(L + p0, supp.data() + p0, Ha + p0, gstart_[g + 1] - p0, pa - p0, ufl, ps.data() + m);
+            for (int64_t q = m; q < m + got; ++q) js[q] = static_cast<int32_t>(perm_[ps[q] + p0]);
+            m += got;
+          }
         }
-        const float* xi = x_ + i * d;
-        const int64_t a = labels_[i];
-        const float* ca = c + a * d;
-        // u_ is stored as u - S_a (rounded up): the bound now adds S_a(now) back, rounded up.
-        const double ust = u_[i];
-        double un = ust + sup[a];
-        un += 0x1p-50 * (std::fabs(ust) + sup[a]);
-        float* L = lb_.data() + i * k;
-        float* Gi = gl_.data() + i * G;
-        const float* Ha = Hp.data() + a * k;
-        const int64_t pa = pos_[a];
-        if (un < sh[a]) {  // Hamerly: every other center is farther than a (x not read)
+        if (m == 0) {
           if (dist2 != nullptr) dist2[i] = static_cast<float>(exact_dist2_avx2(xi, ca, d));
+          u_[i] = (un - slow[a]) + 0x1p-50 * (un + slow[a]);
           continue;
         }
-        int32_t a32 = static_cast<int32_t>(a);
-        float ca2;
-        diff_dist2(xi, c, d, &a32, 1, &ca2);
-        double dist = -1.0;
-        int64_t label = a;
-        bool exact = !std::isfinite(ca2);
-        int64_t ng = 0;
-        double ubest = 0.0;
+        diff_dist2(xi, c, d, js.data(), m, comp.data());
+        js[m] = a32;
+        comp[m] = ca2;
+        float cmin = std::numeric_limits<float>::infinity();
+        for (int64_t q = 0; q <= m; ++q) cmin = std::min(cmin, comp[q]);
+        for (int64_t q = 0; q <= m && !exact; ++q) exact = !std::isfinite(comp[q]);
         if (!exact) {
-          // u tightened to the distance to a; the centers still within it, group by group
-          un = upper(ca2);
-          ubest = un;
-          int64_t m = 0;
-          if (!(un < sh[a])) {
-            const float ufl = fast_up(un);
-            // the groups whose bound does not exceed u (every center of another is farther than a)
-            const int64_t open = needed(Gi, gsupf.data(), zeros.data(), G, -1, ufl, grp.data());
-            for (int64_t t = 0; t < open; ++t) {
-              const int64_t g = grp[t];
-              seen[ng++] = g;
-              const int64_t p0 = gstart_[g];
-              const int64_t got = needed(L + p0, supp.data() + p0, Ha + p0, gstart_[g + 1] - p0, pa - p0, ufl, ps.data() + m);
-              for (int64_t q = m; q < m + got; ++q) js[q] = static_cast<int32_t>(perm_[ps[q] + p0]);
-              m += got;
+          // candidates: lo_j kDown <= hi_min kUp, i.e. comp_j <= thr
+          const double thr = eta + (static_cast<double>(cmin) + eta) * near;
+          int64_t cand[kMaxCandidates];
+          int count = 0, win = 0;
+          for (int64_t q = 0; q <= m; ++q) {
+            const int64_t j = js[q];
+            const double cq = static_cast<double>(comp[q]);
+            L[pos_[j]] = fast_down(std::sqrt(std::max(0.0, (cq - eta) * lo_scale)) + slow[j]);
+            if (cq <= thr) {
+              if (count < kMaxCandidates) cand[count] = j;
+              win = static_cast<int>(q);
+              ++count;
             }
           }
-          if (m == 0) {
-            if (dist2 != nullptr) dist2[i] = static_cast<float>(exact_dist2_avx2(xi, ca, d));
-            u_[i] = (un - slow[a]) + 0x1p-50 * (un + slow[a]);
-            continue;
-          }
-          diff_dist2(xi, c, d, js.data(), m, comp.data());
-          js[m] = a32;
-          comp[m] = ca2;
-          float cmin = std::numeric_limits<float>::infinity();
-          for (int64_t q = 0; q <= m; ++q) cmin = std::min(cmin, comp[q]);
-          for (int64_t q = 0; q <= m && !exact; ++q) exact = !std::isfinite(comp[q]);
-          if (!exact) {
-            // candidates: lo_j kDown <= hi_min kUp, i.e. comp_j <= thr
-            const double thr = eta + (static_cast<double>(cmin) + eta) * near;
-            int64_t cand[kMaxCandidates];
-            int count = 0, win = 0;
-            for (int64_t q = 0; q <= m; ++q) {
-              const int64_t j = js[q];
-              const double cq = static_cast<double>(comp[q]);
-              L[pos_[j]] = fast_down(std::sqrt(std::max(0.0, (cq - eta) * lo_scale)) + slow[j]);
-              if (cq <= thr) {
-                if (count < kMaxCandidates) cand[count] = j;
-                win = static_cast<int>(q);
-                ++count;
-              }
-            }
-            if (count == 1) {
-              label = cand[0];
-              ubest = upper(comp[win]);
-            } else {
-              // in increasing k, as assign's rule needs (more than kMaxCandidates: all K)
-              for (int q = 1; q < std::min(count, kMaxCandidates); ++q)
-                for (int r = q; r > 0 && cand[r - 1] > cand[r]; --r) std::swap(cand[r - 1], cand[r]);
-              label = resolve_candidates_f32(xi, c, k, d, cand, std::min(count, kMaxCandidates + 1), dist);
-            }
+          if (count == 1) {
+            label = cand[0];
+            ubest = upper(comp[win]);
+          } else {
+            // in increasing k, as assign's rule needs (more than kMaxCandidates: all K)
+            for (int q = 1; q < std::min(count, kMaxCandidates); ++q)
+              for (int r = q; r > 0 && cand[r - 1] > cand[r]; --r) std::swap(cand[r - 1], cand[r]);
+            label = resolve_candidates_f32(xi, c, k, d, cand, std::min(count, kMaxCandidates + 1), dist);
           }
         }
-        if (exact) {
-          label = exact_row(xi, c, k, d, row.data(), dist);
-          store_row(i, row.data(), label, slow.data(), gslow.data());
-        } else {
-          // The group bounds of the groups looked into, of a's (a may have left the label) and
-          // of the label's, from their centers' bounds now.
-          seen[ng++] = group_of_[a];
-          seen[ng++] = group_of_[label];
-          const int64_t pl = pos_[label];
-          for (int64_t q = 0; q < ng; ++q) {
-            const int64_t g = seen[q], p0 = gstart_[g];
-            const float mn = group_min(L + p0, supp.data() + p0, gstart_[g + 1] - p0, pl - p0);
-            Gi[g] = fast_down(static_cast<double>(mn) + gslow[g]);
-          }
-        }
-        if (dist >= 0.0) ubest = std::sqrt(dist) * kLloydUp;
-        if (dist2 != nullptr) {
-          if (dist < 0.0) dist = exact_dist2_avx2(xi, c + label * d, d);
-          dist2[i] = static_cast<float>(dist);
-        }
-        labels_[i] = label;
-        u_[i] = (ubest - slow[label]) + 0x1p-50 * (ubest + slow[label]);
       }
+      if (exact) {
+        label = exact_row(xi, c, k, d, row.data(), dist);
+        store_row(i, row.data(), label, slow.data(), gslow.data());
+      } else {
+        // The group bounds of the groups looked into, of a's (a may have left the label) and
+        // of the label's, from their centers' bounds now.
+        seen[ng++] = group_of_[a];
+        seen[ng++] = group_of_[label];
+        const int64_t pl = pos_[label];
+        for (int64_t q = 0; q < ng; ++q) {
+          const int64_t g = seen[q], p0 = gstart_[g];
+          const float mn = group_min(L + p0, supp.data() + p0, gstart_[g + 1] - p0, pl - p0);
+          Gi[g] = fast_down(static_cast<double>(mn) + gslow[g]);
+        }
+      }
+      if (dist >= 0.0) ubest = std::sqrt(dist) * kLloydUp;
+      if (dist2 != nullptr) {
+        if (dist < 0.0) dist = exact_dist2_avx2(xi, c + label * d, d);
+        dist2[i] = static_cast<float>(dist);
+      }
+      labels_[i] = label;
+      u_[i] = (ubest - slow[label]) + 0x1p-50 * (ubest + slow[label]);
     }
   });
 }
