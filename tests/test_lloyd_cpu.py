@@ -1,12 +1,18 @@
-"""km.kmeans' bounded Lloyd kernel (csrc/cpu/lloyd_cpu.cpp, float32 CPU rows): the same
-labels, sums and update as the per-iteration path (km.minibatch_step_ per iteration, then
-km.assign), so bitwise the same centers and labels; the bounds may only skip work."""
+"""km.kmeans' bounded Lloyd kernel (csrc/cpu/lloyd_cpu.cpp, float32 CPU rows; Yinyang panels up
+to K = 16, Elkan's per-center bounds above, csrc/cpu/lloyd_elkan.cpp): the same labels, sums and
+update as the per-iteration path (km.minibatch_step_ per iteration, then km.assign), so bitwise
+the same centers and labels; the bounds may only skip work. Without AVX2 + FMA (or with
+KMGAN_EXT_CPU_NO_AVX2=1) the kernel declines and km.kmeans takes the per-iteration path: the
+tests check that fallback instead."""
 import importlib
+import os
+import platform
 
 import pytest
 import torch
 
 import kmgan_ext as km
+from kmgan_ext._show_config import _cpu_flags
 from kmgan_ext.seeding import _data
 
 kmeans_mod = importlib.import_module("kmgan_ext.seeding.kmeans")  # the package exports the function
@@ -15,6 +21,17 @@ pytestmark = pytest.mark.skipif(
     not torch._C._dispatch_has_kernel_for_dispatch_key("kmgan_ext::lloyd_native", "CPU"),
     reason="kmgan_ext._C without lloyd_native",
 )
+
+
+def _kernel_expected():
+    """Whether lloyd_native should run here (use_avx2() in csrc/cpu/assign_cpu.cpp)."""
+    off = os.environ.get("KMGAN_EXT_CPU_NO_AVX2", "")
+    flags = _cpu_flags()
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    return x86 and "avx2" in flags and "fma" in flags and (off == "" or off.startswith("0"))
+
+
+KERNEL = _kernel_expected()
 
 
 def _blobs(n, d, blobs, seed, spread=4.0, offset=0.0):
@@ -34,6 +51,13 @@ def _per_iteration(x, init, niter):
 
 def _bounded(x, init, niter):
     out = kmeans_mod._lloyd_bounded(_data.Rows("x", x), init.clone(), niter, chunk=x.shape[0])
+    if not KERNEL:
+        # The kernel declines (done == -1): km.kmeans then runs the per-iteration path.
+        assert out is None, "lloyd_native ran without AVX2 + FMA"
+        res = km.kmeans(x, init.shape[0], init=init.clone(), niter=niter, backend="torch")
+        want = _per_iteration(x, init, niter)
+        assert torch.equal(res.centers, want[0]) and torch.equal(res.labels, want[1])
+        pytest.skip("lloyd_native needs AVX2 + FMA here: checked that it declines and km.kmeans falls back")
     assert out is not None, "the kernel did not run on a float32 CPU tensor"
     return out
 
@@ -74,29 +98,79 @@ def test_same_centers_and_labels_as_the_per_iteration_path(case, threads):
 def test_empty_cluster_is_relocated_as_the_per_iteration_path():
     x = _blobs(1500, 6, 3, 8)
     # two centers far away: empty at once, relocated to the farthest rows; then a duplicate
-    # center (ties go to the lower index: the copy stays empty)
-    init = torch.cat([x[:4], torch.full((2, 6), 1e3), x[:1]])
-    for niter in (1, 2, 6):
-        want = _per_iteration(x, init, niter)
-        got = _bounded(x, init, niter)
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # center (ties go to the lower index: the copy stays empty); K = 7 (panels), 21 (Elkan)
+    for first in (4, 18):
+        init = torch.cat([x[:first], torch.full((2, 6), 1e3), x[:1]])
+        for niter in (1, 2, 6):
+            want = _per_iteration(x, init, niter)
+            got = _bounded(x, init, niter)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_kmeans_uses_it_and_matches_scikit_learn(monkeypatch):
     sk = pytest.importorskip("sklearn.cluster")
     x = _blobs(3000, 10, 6, 9)
-    init = x[:12].clone()  # K <= kmeans_mod._BOUNDED_MAX_K: km.kmeans runs the kernel
+    init = x[:12].clone()  # K <= 16: the panels' bounds (Yinyang)
     calls = []
     orig = kmeans_mod._lloyd_bounded
     monkeypatch.setattr(kmeans_mod, "_lloyd_bounded", lambda *a: calls.append(1) or orig(*a))
     res = km.kmeans(x, 12, init=init, niter=12, backend="torch")
-    assert calls
+    assert calls  # without AVX2 it declines and the per-iteration path must match scikit-learn too
     ref = sk.KMeans(12, init=init.double().numpy(), n_init=1, max_iter=12, tol=0.0, algorithm="lloyd")
     ref.fit(x.double().numpy())
     torch.testing.assert_close(res.centers.double(), torch.from_numpy(ref.cluster_centers_), rtol=1e-5, atol=1e-5)
     want_l, want_d = km.assign(x, res.centers)
     assert torch.equal(res.labels, want_l)
     assert res.inertia == pytest.approx(float(want_d.double().sum()), rel=1e-9)
+
+
+def test_kmeans_plusplus_start_at_k100_as_the_per_iteration_path():
+    # The bench's case in small (bench/bench_kmeans_plusplus.py kmeans_lloyd): 10 blobs, K = 100
+    # from k-means++, 20 iterations: ~10 centers per blob, so most rows keep near-tied
+    # competitors in their own group and the per-center bounds decide; Lloyd's drift stays large
+    # for the first iterations (a bound not lowered by it fails here).
+    x = _blobs(6000, 24, 10, 11)
+    init = km.kmeans_plusplus(x, 100, seed=0)
+    for threads in (1, 2):
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            want_c, want_l, want_d = _per_iteration(x, init, 20)
+            got_c, got_l, got_d = _bounded(x, init, 20)
+        finally:
+            torch.set_num_threads(prev)
+        assert torch.equal(got_c, want_c)
+        assert torch.equal(got_l, want_l)
+        torch.testing.assert_close(got_d, want_d, rtol=2e-7, atol=0)
+
+
+def test_k100_matches_scikit_learn_from_the_same_start(monkeypatch):
+    sk = pytest.importorskip("sklearn.cluster")
+    # 50 separated blobs, two centers each from the start: no float32 near-tie flips a row, so
+    # float64 scikit-learn and the float32 kernel follow the same iterations.
+    x = _blobs(5000, 16, 50, 12, spread=10.0)
+    init = x[torch.randperm(5000, generator=torch.Generator().manual_seed(3))[:100]].clone()
+    calls = []
+    orig = kmeans_mod._lloyd_bounded
+    monkeypatch.setattr(kmeans_mod, "_lloyd_bounded", lambda *a: calls.append(1) or orig(*a))
+    res = km.kmeans(x, 100, init=init, niter=15, backend="torch")
+    assert calls, "km.kmeans did not call the bounded kernel at K = 100"
+    ref = sk.KMeans(100, init=init.double().numpy(), n_init=1, max_iter=15, tol=0.0, algorithm="lloyd")
+    ref.fit(x.double().numpy())
+    torch.testing.assert_close(res.centers.double(), torch.from_numpy(ref.cluster_centers_), rtol=1e-5, atol=1e-5)
+    assert torch.equal(res.labels, torch.from_numpy(ref.labels_).long())
+    assert res.inertia == pytest.approx(ref.inertia_, rel=1e-5)
+
+
+def test_far_rows_take_the_exact_path_at_k100():
+    # Rows whose float32 squared differences overflow (|x - c| ~ 1e20): the Elkan path sends
+    # them to float64 distances over all K, as km.assign does.
+    x = _blobs(3000, 8, 10, 13)
+    x[::97] *= 3e19
+    init = x[torch.randperm(3000, generator=torch.Generator().manual_seed(4))[:40]].clone()
+    want = _per_iteration(x, init, 6)
+    got = _bounded(x, init, 6)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_bad_input_is_named():

@@ -1,8 +1,9 @@
 // Lloyd's iterations over all rows on CPU for km.kmeans (issue 15): float32 rows, AVX2 + FMA.
-// km.kmeans calls it up to K = 16 (kmgan_ext/seeding/kmeans.py, _BOUNDED_MAX_K, with the
-// measurements): there it is ~2x faster than an assign + update per iteration; at K = 100 it is
-// ~1.3x slower (the bounds skip ~65% of the panels by iteration 20, not enough to pay for the
-// per-row work around the GEMM).
+// Two labelers: up to K = kLloydPanelMaxK (16) the Yinyang bounds on the GEMM's 16-center panels
+// below (~2x faster than an assign + update per iteration at K = 10); above, Elkan's
+// per-center bounds behind Yinyang groups (lloyd_elkan.cpp): the panels skipped only ~65% of
+// the distances at K = 100 and the per-row work around the GEMM cost more than that saved.
+// km.kmeans' choice and its measurements: kmgan_ext/seeding/kmeans.py, _BOUNDED_MAX_K.
 //
 // Each iteration is km.assign (exact labels) followed by the mean of every cluster from float64
 // segment sums, as km.kmeans' per-iteration km.minibatch_step_ computes it: the same labels,
@@ -28,7 +29,10 @@
 // A row whose expansion could overflow takes the exact path over all K and gets zero lower
 // bounds (it is re-examined every iteration). An update that leaves a cluster empty stops the
 // loop before that update: the caller relocates (kmgan_ext/seeding/kmeans.py) and calls again.
-#include "assign_cpu.h"
+// Both labelers keep their bounds in float (N x panels; N x K for Elkan): where Elkan's exceed
+// kMaxBoundBytes the panels' bounds are used, above that too the caller takes the
+// per-iteration path.
+#include "lloyd_cpu.h"
 
 #include <cmath>
 #include <limits>
@@ -44,7 +48,7 @@ namespace {
 
 constexpr int64_t kTileRows = 256;
 // Relative margins of the bounds: far above the float64 rounding of the quantities bounded.
-constexpr double kUp = 1.0 + 1e-9, kDown = 1.0 - 1e-9;
+constexpr double kUp = kLloydUp, kDown = kLloydDown;
 // The lower bounds are stored as float (N x panels): at most this many bytes, else the caller
 // takes the per-iteration path.
 constexpr int64_t kMaxBoundBytes = int64_t(512) << 20;
@@ -126,16 +130,23 @@ bool lloyd_avx2() {
 struct Bounded {
   const float* x;
   int64_t n, d, k, panels, kw;
-  std::vector<int64_t> labels;
+  std::vector<int64_t> labels_;
   std::vector<double> u;      // (n,) upper bounds
   std::vector<float> lb;      // (n, panels) lower bounds
   std::vector<double> drift;  // (k,) how far each center moved in the last update
   std::vector<double> pdrift; // (panels,) the largest drift of each panel
   bool valid = false;         // the bounds hold for the current centers
 
+  const std::vector<int64_t>& labels() const { return labels_; }
+  void moved(const std::vector<double>& d) {
+    drift = d;
+    std::fill(pdrift.begin(), pdrift.end(), 0.0);
+    for (int64_t q = 0; q < k; ++q) pdrift[q / kPanel] = std::max(pdrift[q / kPanel], drift[q]);
+  }
+
   Bounded(const float* x_, int64_t n_, int64_t d_, int64_t k_)
       : x(x_), n(n_), d(d_), k(k_), panels((k_ + kPanel - 1) / kPanel), kw(panels * kPanel),
-        labels(n_), u(n_), lb(static_cast<size_t>(n_ * panels)), drift(k_, 0.0), pdrift(panels, 0.0) {}
+        labels_(n_), u(n_), lb(static_cast<size_t>(n_ * panels)), drift(k_, 0.0), pdrift(panels, 0.0) {}
 
   // labels against centers c (K, d); dist2 (n,) when not null: the exact distance to the label.
   void assign(const float* c, float* dist2) {
@@ -166,14 +177,14 @@ struct Bounded {
           float* L = lb.data() + i * panels;
           double lmin = std::numeric_limits<double>::infinity();
           if (valid) {
-            u[i] = (u[i] + drift[labels[i]]) * kUp;
+            u[i] = (u[i] + drift[labels_[i]]) * kUp;
             for (int64_t p = 0; p < panels; ++p) {
               const double v = static_cast<double>(L[p]) - pdrift[p];
               L[p] = round_down(v * (v > 0.0 ? kDown : kUp));
               lmin = std::min(lmin, static_cast<double>(L[p]));
             }
             if (u[i] < lmin && dist2 == nullptr) continue;
-            const double da = exact_dist2_avx2(xi, c + labels[i] * d, d);
+            const double da = exact_dist2_avx2(xi, c + labels_[i] * d, d);
             u[i] = std::sqrt(da) * kUp;
             if (u[i] < lmin) {
               if (dist2 != nullptr) dist2[i] = static_cast<float>(da);
@@ -197,7 +208,7 @@ struct Bounded {
           safe[q] = (xn + cmax) * (xn + cmax) < safe_square;
           char* nd = need.data() + q * panels;
           for (int64_t p = 0; p < panels; ++p) nd[p] = !valid || !safe[q] || static_cast<double>(L[p]) <= u[i];
-          if (valid) nd[labels[i] / kPanel] = 1;
+          if (valid) nd[labels_[i] / kPanel] = 1;
         }
         // The distances each panel is needed for.
         for (int64_t p = 0; p < panels; ++p) {
@@ -244,7 +255,7 @@ struct Bounded {
           double dist = -1.0;
           const int64_t label = count == 1 ? cand[0] : resolve_candidates_f32(xi, c, k, d, cand, count, dist);
           if (dist < 0.0) dist = exact_dist2_avx2(xi, c + label * d, d);
-          labels[i] = label;
+          labels_[i] = label;
           u[i] = std::sqrt(dist) * kUp;
           if (dist2 != nullptr) dist2[i] = static_cast<float>(dist);
           float* L = lb.data() + i * panels;
@@ -291,42 +302,55 @@ std::tuple<Tensor, Tensor, Tensor, int64_t> lloyd_native(const Tensor& x_in, con
   Tensor labels = at::empty({n}, x_in.options().dtype(at::kLong));
   Tensor dist2 = at::empty({n}, x_in.options());
   const int64_t panels = (k + kPanel - 1) / kPanel;
-  if (!lloyd_avx2() || n * panels * 4 > kMaxBoundBytes) return {centers, labels, dist2, -1};
+  const bool elkan = k > kLloydPanelMaxK && ElkanLabels::bound_bytes(n, k) <= kMaxBoundBytes;
+  if (!lloyd_avx2() || (!elkan && n * panels * 4 > kMaxBoundBytes)) return {centers, labels, dist2, -1};
   const Tensor x = x_in.contiguous();
   const float* xp = x.data_ptr<float>();
-  Bounded b(xp, n, d, k);
   float* c = centers.data_ptr<float>();
   std::vector<float> next(static_cast<size_t>(k * d));
-  for (int64_t it = 0; it <= niter; ++it) {
-    if (it == niter) {
-      b.assign(c, dist2.data_ptr<float>());
-      break;
-    }
-    b.assign(c, nullptr);
-    const std::vector<int64_t> m = label_counts("labels", b.labels.data(), n, k);
-    for (int64_t q = 0; q < k; ++q)
-      if (m[q] == 0) return {centers, labels, dist2, it};
-    // The mean as km.minibatch_step_ forms it from zero counts (minibatch_update_cpu.cpp,
-    // sculley_update): c + (S - m c) / m in double, rounded once.
-    const WideSum<float> sums = segment_sums(xp, n, d, b.labels.data(), k);
-    std::fill(b.pdrift.begin(), b.pdrift.end(), 0.0);
-    for (int64_t q = 0; q < k; ++q) {
-      const double mq = static_cast<double>(m[q]);
-      double moved = 0.0;
-      for (int64_t j = 0; j < d; ++j) {
-        const double cj = static_cast<double>(c[q * d + j]);
-        const float v = static_cast<float>(cj + (sums.value(q * d + j) - mq * cj) / mq);
-        next[q * d + j] = v;
-        const double t = static_cast<double>(v) - cj;
-        moved += t * t;
+  std::vector<double> drift(k);
+  // The iterations with either labeler: assign(c, dist2), labels(), moved(drift).
+  auto iterate = [&](auto& b) -> int64_t {
+    for (int64_t it = 0; it <= niter; ++it) {
+      if (it == niter) {
+        b.assign(c, dist2.data_ptr<float>());
+        break;
       }
-      b.drift[q] = std::sqrt(moved) * kUp;
-      b.pdrift[q / kPanel] = std::max(b.pdrift[q / kPanel], b.drift[q]);
+      b.assign(c, nullptr);
+      const int64_t* lab = b.labels().data();
+      const std::vector<int64_t> m = label_counts("labels", lab, n, k);
+      for (int64_t q = 0; q < k; ++q)
+        if (m[q] == 0) return it;
+      // The mean as km.minibatch_step_ forms it from zero counts (minibatch_update_cpu.cpp,
+      // sculley_update): c + (S - m c) / m in double, rounded once.
+      const WideSum<float> sums = segment_sums(xp, n, d, lab, k);
+      for (int64_t q = 0; q < k; ++q) {
+        const double mq = static_cast<double>(m[q]);
+        double moved = 0.0;
+        for (int64_t j = 0; j < d; ++j) {
+          const double cj = static_cast<double>(c[q * d + j]);
+          const float v = static_cast<float>(cj + (sums.value(q * d + j) - mq * cj) / mq);
+          next[q * d + j] = v;
+          const double t = static_cast<double>(v) - cj;
+          moved += t * t;
+        }
+        drift[q] = std::sqrt(moved) * kUp;
+      }
+      std::copy(next.begin(), next.end(), c);
+      b.moved(drift);
     }
-    std::copy(next.begin(), next.end(), c);
+    std::copy(b.labels().begin(), b.labels().end(), labels.data_ptr<int64_t>());
+    return niter;
+  };
+  int64_t done;
+  if (elkan) {
+    ElkanLabels b(xp, n, d, k);
+    done = iterate(b);
+  } else {
+    Bounded b(xp, n, d, k);
+    done = iterate(b);
   }
-  std::copy(b.labels.begin(), b.labels.end(), labels.data_ptr<int64_t>());
-  return {centers, labels, dist2, niter};
+  return {centers, labels, dist2, done};
 }
 
 }  // namespace

@@ -26,13 +26,24 @@ BACKENDS = ("auto", "faiss", "torch")
 _FAISS_BELOW_K = 32
 
 # The bounded Lloyd kernel (csrc/cpu/lloyd_cpu.cpp) up to this many clusters, km.minibatch_step_
-# per iteration above. Measured (/tmp/h5/cross.py, N=70,000 d=100 bench blobs, 20 iterations
-# from km.kmeans_plusplus' centers, one thread, CPU time, interleaved, load ~15 on the 2-core
-# machine): K=10 60 vs 136 ms, K=16 191 vs 212, K=32 334 vs 286, K=64 507 vs 409, K=100 703 vs
-# 532. The bounds skip ~65% of the (row, panel) distances by iteration 20 at K=100, but ~90% of
-# the rows still need some panel, and the per-row work around the GEMM (x', bounds, candidates)
-# costs more than the skipped panels save.
-_BOUNDED_MAX_K = 16
+# per iteration above (the kernel itself also declines where its bounds would pass 512 MB).
+# Up to K = 16 it keeps Yinyang bounds on its 16-center panels (N=70,000 d=100: K=10 60 vs
+# 136 ms, K=16 191 vs 212, measured in /tmp/h5/cross.py), above it Elkan's per-center bounds
+# behind groups of ~10 centers (csrc/cpu/lloyd_elkan.cpp). Measured for that (/tmp/h4/ksweep.py,
+# branch h4-lloyd at its final commit: the bench's blobs N=70,000 d=100, 20 iterations from
+# km.kmeans_plusplus' centers, one thread, CPU time, min of 3 interleaved, load ~2.3 on the
+# 2-core machine), kernel vs per iteration: K=17 183 vs 259 ms, K=24 179 vs 247, K=32 216 vs
+# 267, K=64 305 vs 366, K=100 339 vs 511 (an earlier commit, at load ~7, where the kernel is
+# bound by its pass over x and the bounds: on par at K=32 and 64, 256 vs 245, 381 vs 353); the
+# per-iteration path also needs one more km.assign for the labels, which the kernel returns.
+# km.kmeans end to end at K=100 (/tmp/h4/e2e.py, one thread, load ~2): 324 ms vs 499 per
+# iteration, scikit-learn 549, faiss 555 (all rows, the same start); two threads, load ~2.2:
+# 199-203 ms vs 299-351, scikit-learn 291-297, faiss 361-363. After the first
+# iteration every row still reads its x row and one group's bounds, though only ~2-9% of the
+# distances are formed. Larger K
+# (same conditions): K=256 813 vs 904 ms; N=20,000 K=1000 958 vs 881 (the K^2 center distances
+# and K/10 group tests per row catch up), hence the cap.
+_BOUNDED_MAX_K = 256
 
 
 class KMeansResult(NamedTuple):
@@ -288,8 +299,8 @@ def kmeans(
             to host float32, a memmap read whole); "torch" = kmgan_ext's own ops on x's
             device: per iteration one fused km.minibatch_step_ (assign + mean from float64
             segment sums) when x is a contiguous float32/float64 CPU tensor (for float32 and
-            k <= 16 the bounded kernel of csrc/cpu/lloyd_cpu.cpp: the same labels, sums and
-            centers, with the distances that cannot change a label skipped), else km.assign
+            k <= 256 the bounded kernel of csrc/cpu/lloyd_cpu.cpp: the same labels, sums and centers, with
+            the distances that cannot change a label skipped), else km.assign
             + km.minibatch_update_ per chunk (a np.memmap read in row chunks: its resident
             memory stays a few chunks); with sample_weight or metric="cosine", km.assign +
             float64 (weighted) segment sums per chunk.
