@@ -22,7 +22,7 @@ km.kmeans_plusplus(x, K, seed=0), NITER iterations over every row, tol 0, the ru
 setting for all):
   torch            NITER iterations of cdist argmin + index_add means from those centers
   kmgan_ext        km.kmeans(x, K, init=c0, niter=NITER, backend="torch"): its own ops
-  kmgan_ext-auto   the same with backend="auto" (faiss below K=32 on CPU, see kmeans.py)
+  kmgan_ext-auto   the same with backend="auto" (the torch engine on CPU, faiss on a GPU it sees)
   faiss            faiss.Kmeans(niter=NITER, max_points_per_centroid=N) from init_centroids=c0
   sklearn          sklearn.cluster.KMeans(init=c0, n_init=1, max_iter=NITER, tol=0, "lloyd")
   Check (bench/_correctness.check_lloyd): the final centers and their inertia against the

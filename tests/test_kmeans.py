@@ -159,22 +159,27 @@ def test_nan_rejected_in_debug_mode():
 
 
 # --------------------------------------------------------------------------- the own-ops engine
-def _lloyd64(x, init, niter):
-    """Lloyd in float64 plain torch, scikit-learn's relocation of empty clusters (the j-th
-    empty cluster takes the j-th farthest row from its center)."""
+def _lloyd64(x, init, niter, weights=None):
+    """Lloyd in float64 plain torch with scikit-learn's relocation of empty clusters
+    (``_relocate_empty_clusters_dense``: the j-th empty cluster takes the j-th farthest row
+    from its center, and that row leaves its old cluster's sum and weight)."""
     x = torch.as_tensor(np.asarray(x, dtype=np.float64))
     c = torch.as_tensor(np.asarray(init, dtype=np.float64)).clone()
+    w = torch.ones(x.shape[0], dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
     k = c.shape[0]
     for _ in range(niter):
         d = torch.cdist(x, c) ** 2
         dist2, labels = d.min(1)
-        counts = torch.bincount(labels, minlength=k)
-        sums = torch.zeros_like(c).index_add_(0, labels, x)
-        new = sums / counts.clamp(min=1)[:, None]
-        far = torch.topk(dist2, k).indices
-        empty = (counts == 0).nonzero().ravel()
-        new[empty] = x[far[: len(empty)]]
-        c = new
+        counts = torch.zeros(k, dtype=torch.float64).index_add_(0, labels, w)
+        sums = torch.zeros_like(c).index_add_(0, labels, x * w[:, None])
+        empty = (counts == 0).nonzero().ravel().tolist()
+        far = torch.topk(dist2, k).indices.tolist()
+        for j, row in zip(empty, far):
+            old = int(labels[row])
+            sums[old] -= x[row] * w[row]
+            counts[old] -= w[row]
+            sums[j], counts[j] = x[row] * w[row], w[row]
+        c = sums / torch.where(counts > 0, counts, torch.ones_like(counts))[:, None]
     return c
 
 
@@ -204,15 +209,81 @@ def test_torch_engine_relocates_empty_clusters_to_the_farthest_rows(kind):
     assert {tuple(r) for r in got[3:].tolist()} <= {tuple(r) for r in x.tolist()}
 
 
+def _two_far_centers():
+    x = _blobs(n=600, d=4, k=3, seed=8, dtype=np.float64)
+    return x, np.concatenate([x[:3], np.full((2, 4), 1e3)])  # 2 centers far away: empty at once
+
+
+@pytest.mark.parametrize("kind", ["tensor", "numpy", "float32", "weighted"])
+def test_empty_cluster_relocation_is_scikit_learns(kind):
+    # scikit-learn itself, from the same start: the moved rows leave their old clusters, so
+    # those clusters' means change too (before, km.kmeans left them in: a different result).
+    sklearn = pytest.importorskip("sklearn.cluster")
+    x, init = _two_far_centers()
+    w = np.random.default_rng(3).uniform(0.5, 2.0, len(x)) if kind == "weighted" else None
+    if kind == "float32":
+        x, init = x.astype(np.float32), init.astype(np.float32)
+    for niter in (1, 3):
+        want = sklearn.KMeans(5, init=init, n_init=1, max_iter=niter, tol=0.0, algorithm="lloyd")
+        want = want.fit(x, sample_weight=w).cluster_centers_
+        data = x if kind == "numpy" else torch.from_numpy(x)
+        res = km.kmeans(data, 5, init=torch.from_numpy(init), niter=niter, backend="torch",
+                        sample_weight=None if w is None else torch.from_numpy(w))
+        got = np.asarray(res.centers, dtype=np.float64)
+        tol = 1e-5 if kind == "float32" else 1e-10
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+        np.testing.assert_allclose(got, _lloyd64(x, init, niter, w).numpy(), rtol=tol, atol=tol)
+
+
+def test_batched_empty_cluster_relocation_is_scikit_learns():
+    x, init = _two_far_centers()
+    xb = torch.stack([torch.from_numpy(x), torch.from_numpy(x[::-1].copy())])
+    ib = torch.from_numpy(np.stack([init, init]))
+    res = km.kmeans(xb, 5, init=ib, niter=2, backend="torch")
+    for b in range(2):
+        want = _lloyd64(xb[b].numpy(), init, 2)
+        torch.testing.assert_close(res.centers[b], want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["whole", "chunks", "segments"])
+def test_fixed_point_ends_the_iterations_with_the_same_bits(case, monkeypatch):
+    # Centers an iteration leaves bit for bit as they were repeat forever: the loop stops
+    # there, and the result is the one of all niter iterations (the stop disabled).
+    import importlib
+
+    kmeans_mod = importlib.import_module("kmgan_ext.seeding.kmeans")
+    x = _blobs(n=900, d=5, k=3, seed=2, dtype=np.float64)  # float64: the per-iteration path
+    data = torch.from_numpy(x) if case != "chunks" else x
+    kw = dict(init=torch.from_numpy(x[:3]), niter=400, backend="torch")
+    if case == "segments":
+        kw["sample_weight"] = torch.ones(len(x), dtype=torch.float64)
+    calls = []
+    real = kmeans_mod.assign
+    monkeypatch.setattr(kmeans_mod, "assign", lambda *a, **k: calls.append(1) or real(*a, **k))
+    step = kmeans_mod.minibatch_step_
+    monkeypatch.setattr(kmeans_mod, "minibatch_step_", lambda *a, **k: calls.append(1) or step(*a, **k))
+    fast = km.kmeans(data, 3, **kw)
+    assert 0 < len(calls) < 50, "the loop did not stop at the fixed point"
+    monkeypatch.setattr(kmeans_mod, "_same_bits", lambda a, b: False)
+    calls.clear()
+    full = km.kmeans(data, 3, **kw)
+    assert len(calls) > 400
+    assert torch.equal(torch.as_tensor(fast.centers), torch.as_tensor(full.centers))
+    assert torch.equal(torch.as_tensor(fast.labels), torch.as_tensor(full.labels))
+    assert fast.inertia == full.inertia
+
+
 def test_auto_engine_rule(monkeypatch):
     import importlib
 
     kmeans_mod = importlib.import_module("kmgan_ext.seeding.kmeans")
 
     rows = _data.Rows("x", torch.zeros(100, 3))
-    want_small = "faiss" if HAVE_FAISS else "torch"
-    assert kmeans_mod._resolve("auto", rows, kmeans_mod._FAISS_BELOW_K - 1) == want_small
-    assert kmeans_mod._resolve("auto", rows, kmeans_mod._FAISS_BELOW_K) == "torch"
+    for k in (1, 10, 31, 32, 100):  # CPU data: kmgan_ext's own engine at every K
+        assert kmeans_mod._resolve("auto", rows, k) == "torch"
+    assert kmeans_mod._resolve("torch", rows, 10) == "torch"
+    if HAVE_FAISS:
+        assert kmeans_mod._resolve("faiss", rows, 10) == "faiss"
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
@@ -237,3 +308,19 @@ def test_sample_weight_matches_sklearn(backend):
     assert set(map(tuple, seeded.centers)) <= set(map(tuple, x.astype(np.float32)[w > 0]))
     with pytest.raises(ValueError, match="sample_weight"):
         km.kmeans(x, 6, sample_weight=w[:-1])
+
+
+def test_relocation_without_an_empty_cluster_changes_no_bit():
+    # On CUDA _lloyd_torch runs the relocation every iteration (no host sync to ask first):
+    # with no empty cluster it must return the means bit for bit.
+    import importlib
+
+    kmeans_mod = importlib.import_module("kmgan_ext.seeding.kmeans")
+    x = torch.from_numpy(_blobs(n=500, d=6, k=4, seed=4))
+    c = x[:4].clone()
+    labels, dist2 = km.assign(x, c)
+    new, counts = c.clone(), torch.zeros(4, dtype=torch.int64)
+    km.minibatch_update_(new, counts, x, labels, deterministic=True)
+    assert (counts > 0).all()
+    out = kmeans_mod._relocate_empty(_data.Rows("x", x), new, counts, labels, dist2)
+    assert torch.equal(out, new)

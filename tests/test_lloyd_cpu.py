@@ -181,3 +181,20 @@ def test_bad_input_is_named():
         torch.ops.kmgan_ext.lloyd_native(x, x[:4].clone(), -1)
     with pytest.raises((ValueError, TypeError), match="centers"):
         torch.ops.kmgan_ext.lloyd_native(x, torch.randn(4, 5), 2)
+
+
+@pytest.mark.parametrize("case", ["K=17", "K=37", "ties", "K=1"])
+def test_converged_runs_end_early_with_the_bits_of_every_iteration(case, monkeypatch):
+    # The kernel and the per-iteration path stop where the centers repeat (kmeans.py's
+    # _cycle_ends); here against the per-iteration path with that stop disabled, run for all
+    # of many more iterations than these blobs need, an odd and an even count.
+    make, k, _ = CASES[case]
+    x = make()
+    init = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(7))[:k]].clone()
+    for niter in (201, 200):
+        got_c, got_l, _ = _bounded(x, init, niter)
+        with monkeypatch.context() as m:
+            m.setattr(kmeans_mod, "_same_bits", lambda a, b: False)
+            want_c, want_l, _ = _per_iteration(x, init, niter)
+        assert torch.equal(got_c, want_c)
+        assert torch.equal(got_l, want_l)

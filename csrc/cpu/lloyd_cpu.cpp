@@ -35,6 +35,7 @@
 #include "lloyd_cpu.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -307,7 +308,7 @@ std::tuple<Tensor, Tensor, Tensor, int64_t> lloyd_native(const Tensor& x_in, con
   const Tensor x = x_in.contiguous();
   const float* xp = x.data_ptr<float>();
   float* c = centers.data_ptr<float>();
-  std::vector<float> next(static_cast<size_t>(k * d));
+  std::vector<float> next(static_cast<size_t>(k * d)), before(static_cast<size_t>(k * d));
   std::vector<double> drift(k);
   // The iterations with either labeler: assign(c, dist2), labels(), moved(drift).
   auto iterate = [&](auto& b) -> int64_t {
@@ -336,8 +337,18 @@ std::tuple<Tensor, Tensor, Tensor, int64_t> lloyd_native(const Tensor& x_in, con
         }
         drift[q] = std::sqrt(moved) * kUp;
       }
+      // An iteration is a deterministic function of the centers (the same centers give the
+      // same labels, and those the same update): centers it leaves bit for bit as they were
+      // stay so, and a 2-cycle (next == the centers before c) alternates, next being the
+      // result when an even number of iterations is left (kmeans.py's _cycle_ends). Straight
+      // to the final labels then: the result is bitwise that of all niter iterations.
+      const size_t bytes = next.size() * sizeof(float);
+      const bool ends = std::memcmp(next.data(), c, bytes) == 0 ||
+                        (it > 0 && (niter - it - 1) % 2 == 0 && std::memcmp(next.data(), before.data(), bytes) == 0);
+      std::copy(c, c + k * d, before.begin());
       std::copy(next.begin(), next.end(), c);
       b.moved(drift);
+      if (ends) it = niter - 1;
     }
     std::copy(b.labels().begin(), b.labels().end(), labels.data_ptr<int64_t>());
     return niter;

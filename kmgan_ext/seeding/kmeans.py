@@ -16,14 +16,13 @@ from .kmeans_plusplus import check_weights, kmeans_plusplus, unit
 
 BACKENDS = ("auto", "faiss", "torch")
 
-# backend="auto" on CPU data: faiss.Kmeans below this many clusters, kmgan_ext's own ops from
-# it on. Measured (/tmp/h6_lloyd.py, branch h6-seeding-perf: the same initial centers, 20
-# iterations over all rows, one thread each, CPU time at load ~18 on the 2-core machine):
-#   N=70,000 d=100: K=10 faiss 67 ms vs 261 ms; K=32 407 vs 311; K=64 504 vs 410;
-#   K=100 688 vs 597.   N=200,000 d=32 K=32: 605 vs 415.
-# faiss wins only at the smallest K, where km.assign's kernel is not yet at the bandwidth
-# (issue 15 item 3): revisit with bench/bench_kmeans_plusplus.py's kmeans_lloyd rows when it is.
-_FAISS_BELOW_K = 32
+# backend="auto" on CPU data is kmgan_ext's own engine at every K. It took faiss.Kmeans below
+# K = 32 until the bounded kernel and the stop where the centers repeat (_cycle_ends); since
+# then it is faster at every K measured (the calls of bench/bench_kmeans_plusplus.py's
+# kmeans_lloyd rows: the same initial centers, 20 iterations over all N = 70,000 rows, d = 100,
+# 2 threads, idle 2-core machine, best of 3): the bench's blobs K=2 28 vs faiss 41 ms, K=10 13 vs 35, K=16 116 vs 174, K=31 135
+# vs 267; uniform rows K=10 144 vs 169, K=24 196 vs 213; Gaussian rows K=10 131 vs 185, K=24
+# 196 vs 213. faiss stays available by name, and is "auto"'s choice on a GPU it sees.
 
 # The bounded Lloyd kernel (csrc/cpu/lloyd_cpu.cpp) up to this many clusters, km.minibatch_step_
 # per iteration above (the kernel itself also declines where its bounds would pass 512 MB).
@@ -63,9 +62,7 @@ def _resolve(backend: str, rows: _data.Rows, k: int) -> str:
     usable = faiss is not None and (rows.device.type == "cpu" or faiss_gpus > 0)
     if backend == "auto":
         if rows.device.type == "cpu":
-            # faiss trains on the whole array at once; a memmap is read in row chunks by torch
-            memmap = isinstance(rows.x, np.memmap)
-            return "faiss" if usable and k < _FAISS_BELOW_K and not memmap else "torch"
+            return "torch"
         return "faiss" if usable else "torch"
     if backend == "faiss" and not usable:
         if faiss is None:
@@ -113,6 +110,51 @@ def _whole(rows: _data.Rows) -> Tensor | None:
     return x
 
 
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    """a and b hold the same bits (torch.equal calls -0.0 and 0.0 equal)."""
+    ints = torch.int64 if a.dtype == torch.float64 else torch.int32
+    return torch.equal(a.contiguous().view(ints), b.contiguous().view(ints))
+
+
+def _cycle_ends(new: Tensor, centers: Tensor, before: Tensor | None, left: int) -> bool:
+    """Whether Lloyd's loop can stop at ``new`` = F(centers), ``left`` iterations before its
+    end, with the result of all of them bit for bit. An iteration F is a deterministic
+    function of the centers (the same centers give the same labels, and the same labels and
+    centers the same update), so centers it returns unchanged are returned forever, and a
+    2-cycle (new == before) alternates: new is the result when an even number is left (an odd
+    one stops an iteration later). Both happen once the labels stop changing (seen on blobs:
+    float32 centers settle, float64 ones alternate by one ulp, as c + (S - m c) / m need not
+    round back to c); a longer cycle runs to the end.
+    """
+    return _same_bits(new, centers) or (before is not None and left % 2 == 0 and _same_bits(new, before))
+
+
+def _relocate_empty(rows: _data.Rows, new: Tensor, counts: Tensor, labels: Tensor,
+                    dist2: Tensor) -> Tensor:
+    """scikit-learn's ``_relocate_empty_clusters_dense`` on the means ``new`` (K, d) of one
+    iteration: the j-th empty cluster (counts == 0) takes the j-th farthest row from its
+    center (``dist2``, against the iteration's centers), and that row leaves its old
+    cluster (``labels``): the old mean becomes (m * mean - x_p) / (m - 1), in float64
+    (scikit-learn's residual sum where no row is left). Device ops only (topk, index_add,
+    where), no host sync; a cluster that lost no row keeps its mean bit for bit.
+    """
+    k, acc = new.shape[0], torch.float64
+    empty = counts == 0
+    far = torch.topk(dist2.to(acc), k).indices
+    rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
+    pick = far.index_select(0, rank)  # the row each cluster would take (used where empty)
+    moved = rows.take(pick)
+    taken = empty.to(acc)
+    old = labels.index_select(0, pick)
+    out = torch.zeros(k, rows.d, dtype=acc, device=new.device).index_add_(0, old, moved.to(acc) * taken[:, None])
+    lost = torch.zeros(k, dtype=acc, device=new.device).index_add_(0, old, taken)
+    cnt = counts.to(acc)
+    left = cnt - lost
+    shrunk = (new.to(acc) * cnt[:, None] - out) / torch.where(left > 0, left, torch.ones_like(left))[:, None]
+    means = torch.where((lost > 0)[:, None], shrunk.to(new.dtype), new)
+    return torch.where(empty[:, None], moved, means)
+
+
 def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> Tensor:
     """Lloyd's iterations on kmgan_ext's own ops, on x's device.
 
@@ -122,35 +164,36 @@ def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> T
     km.minibatch_update_ into the new ones (from zero counts, chunk after chunk, the running
     mean of every row assigned). Both are deterministic (fixed-order sums), run to run.
 
-    A cluster left empty takes the row farthest from its center (the j-th empty cluster the
-    j-th farthest row, as scikit-learn relocates), so no center is ever NaN. On CUDA that is
-    done with device ops (topk + where) every iteration, no host sync; on CPU only in the
-    iterations that leave a cluster empty (the distances come from one more km.assign then).
+    A cluster left empty is refilled as scikit-learn does (``_relocate_empty``), so no
+    center is ever NaN. On CUDA that is done with device ops every iteration, no host sync;
+    on CPU only in the iterations that leave a cluster empty (the labels and distances come
+    from one more km.assign then). On CPU the loop ends early where the centers cycle
+    (``_cycle_ends``), with the result of all ``niter`` iterations bit for bit.
     """
     k, dev = centers.shape[0], rows.device
     whole = _whole(rows) if dev.type == "cpu" else None
-    for _ in range(niter):
+    before = None  # the centers of the iteration before
+    for t in range(niter):
         new = centers.clone()
         counts = torch.zeros(k, dtype=torch.int64, device=dev)
-        dist2 = None
+        labels = dist2 = None
         if whole is not None:
             minibatch_step_(new, counts, whole, deterministic=True)
         else:
+            labels = torch.empty(rows.n, dtype=torch.int64, device=dev)
             dist2 = torch.empty(rows.n, dtype=torch.float64, device=dev)
             for s, ch in rows.chunks(chunk):
-                labels, d2 = assign(ch, centers)
-                minibatch_update_(new, counts, ch, labels, deterministic=True)
+                lab, d2 = assign(ch, centers)
+                minibatch_update_(new, counts, ch, lab, deterministic=True)
+                labels[s : s + ch.shape[0]] = lab
                 dist2[s : s + ch.shape[0]] = d2
-        empty = counts == 0
-        if dev.type == "cpu" and not bool(empty.any()):
-            centers = new
-            continue
-        if dist2 is None:
-            dist2 = assign(whole, centers)[1]
-        far = torch.topk(dist2, k).indices
-        rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
-        moved = rows.take(far.index_select(0, rank))
-        centers = torch.where(empty[:, None], moved, new)
+        if dev.type != "cpu" or bool((counts == 0).any()):
+            if dist2 is None:
+                labels, dist2 = assign(whole, centers)
+            new = _relocate_empty(rows, new, counts, labels, dist2)
+        if dev.type == "cpu" and _cycle_ends(new, centers, before, niter - t - 1):
+            return new
+        before, centers = centers, new
     return centers
 
 
@@ -188,35 +231,54 @@ def _lloyd_segments(rows: _data.Rows, centers: Tensor, niter: int, chunk: int,
     ``_lloyd_torch`` does not take: sample weights (weighted sums and weight totals: the
     weighted means) and metric="cosine" (spherical k-means, Dhillon & Modha 2001: the sums
     are of the normalised rows, every center is renormalised to unit length, and a moved row
-    is normalised). A cluster left empty takes the row farthest from its center (as
-    _lloyd_torch); device ops (topk + where), no host sync.
+    is normalised). A cluster left empty takes the row farthest from its center, which
+    leaves its old cluster's sum and weight (scikit-learn's relocation, as _lloyd_torch);
+    device ops (topk + index_add + where), no host sync. On CPU the loop ends early where the
+    centers cycle (``_cycle_ends``), with the result of all ``niter`` iterations.
     """
     k, n = centers.shape[0], rows.n
     acc = torch.float64
     cosine = metric == "cosine"
-    for _ in range(niter):
+    before = None  # the centers of the iteration before
+    for t in range(niter):
         sums = torch.zeros(k, rows.d, dtype=acc, device=rows.device)
         counts = torch.zeros(k, dtype=torch.int64 if weights is None else acc, device=rows.device)
+        labels = torch.empty(n, dtype=torch.int64, device=rows.device)
         dist2 = torch.empty(n, dtype=acc, device=rows.device)
         for s, ch in rows.chunks(chunk):
-            labels, d2 = assign(ch, centers, metric=metric)
+            lab, d2 = assign(ch, centers, metric=metric)
             xs = unit(ch.to(acc)) if cosine else ch.to(acc)
             if weights is None:
-                sums.index_add_(0, labels, xs)
-                counts += torch.bincount(labels, minlength=k)
+                sums.index_add_(0, lab, xs)
+                counts += torch.bincount(lab, minlength=k)
             else:
                 wc = weights[s : s + ch.shape[0]].to(acc)
-                sums.index_add_(0, labels, xs * wc[:, None])
-                counts.index_add_(0, labels, wc)
+                sums.index_add_(0, lab, xs * wc[:, None])
+                counts.index_add_(0, lab, wc)
+            labels[s : s + ch.shape[0]] = lab
             dist2[s : s + ch.shape[0]] = d2
         empty = counts == 0
         far = torch.topk(dist2, k).indices
         rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
-        moved = rows.take(far.index_select(0, rank))
-        means = sums / torch.where(empty, torch.ones_like(counts), counts)[:, None]
+        pick = far.index_select(0, rank)  # the row each cluster would take (used where empty)
+        moved = rows.take(pick)
+        # the moved rows leave their old clusters (only where a cluster is empty: taken = 0
+        # elsewhere adds nothing)
+        taken = empty.to(counts.dtype)
+        if weights is not None:
+            taken = taken * weights.index_select(0, pick.to(weights.device)).to(acc)
+        old = labels.index_select(0, pick)
+        moved64 = unit(moved.to(acc)) if cosine else moved.to(acc)
+        sums.index_add_(0, old, -moved64 * taken.to(acc)[:, None])
+        counts.index_add_(0, old, -taken)
+        # where no row is left, scikit-learn's residual sum (the division by 1)
+        means = sums / torch.where(counts == 0, torch.ones_like(counts), counts)[:, None]
         if cosine:
             moved, means = unit(moved), unit(means)
-        centers = torch.where(empty[:, None], moved, means.to(rows.compute_dtype))
+        new = torch.where(empty[:, None], moved, means.to(rows.compute_dtype))
+        if rows.device.type == "cpu" and _cycle_ends(new, centers, before, niter - t - 1):
+            return new
+        before, centers = centers, new
     return centers
 
 
@@ -292,9 +354,9 @@ def kmeans(
         subsample: None trains on every row. An int m < N trains (and seeds) on m rows drawn
             at random; labels and inertia still cover every row. Unlike ``faiss.Kmeans``'s
             default, no subsampling ever happens unless asked for here.
-        backend: "auto": on CPU data "faiss" for k < 32 when faiss is importable and x is
-            not a memmap (measured faster there; see ``_FAISS_BELOW_K``), else "torch"; on a
-            GPU "faiss" when a faiss build sees the GPU, else "torch". "faiss" =
+        backend: "auto": on CPU data "torch" (measured faster than faiss at every K, see
+            the comment above ``_resolve``); on a GPU "faiss" when a faiss build sees the
+            GPU, else "torch". "faiss" =
             ``faiss.Kmeans`` (its GPU implementation when faiss sees a GPU; data are copied
             to host float32, a memmap read whole); "torch" = kmgan_ext's own ops on x's
             device: per iteration one fused km.minibatch_step_ (assign + mean from float64

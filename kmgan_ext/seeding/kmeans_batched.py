@@ -46,13 +46,15 @@ def _initial_centers_batched(init, x: Tensor, k: int, seed: int, n_local_trials,
 
 def _lloyd_batched(x: Tensor, centers: Tensor, niter: int, metric: str = "euclidean") -> Tensor:
     """_lloyd_torch (kmeans.py) for B problems at once, with the same empty-cluster rule per
-    problem (the j-th empty cluster takes the j-th farthest row of its own problem); with
+    problem (the j-th empty cluster takes the j-th farthest row of its own problem, which
+    leaves its old cluster); with
     metric="cosine" _lloyd_segments' spherical rule."""
     b, n, d = x.shape
     k = centers.shape[1]
     acc = torch.float64
     cosine = metric == "cosine"
-    off = torch.arange(b, device=x.device)[:, None] * k
+    off = torch.arange(b, device=x.device)[:, None] * k  # problem b's centers in the flat (B*K)
+    row_off = torch.arange(b, device=x.device)[:, None] * n  # and its rows in the flat (B*N)
     rows64 = x.reshape(b * n, d).to(acc)
     if cosine:
         rows64 = unit(rows64)
@@ -64,8 +66,15 @@ def _lloyd_batched(x: Tensor, centers: Tensor, niter: int, metric: str = "euclid
         empty = counts == 0
         far = torch.topk(d2.to(acc), k, dim=1).indices
         rank = (torch.cumsum(empty, 1) - 1).clamp_(min=0)
-        moved = torch.gather(x, 1, far.gather(1, rank)[:, :, None].expand(b, k, d))
-        means = sums.view(b, k, d) / counts.clamp(min=1)[:, :, None]
+        pick = far.gather(1, rank)  # (B, K): the row each cluster would take (used where empty)
+        moved = torch.gather(x, 1, pick[:, :, None].expand(b, k, d))
+        # the moved rows leave their old clusters (scikit-learn's relocation)
+        old = (labels.gather(1, pick) + off).reshape(-1)
+        taken = empty.reshape(-1)
+        sums.index_add_(0, old, -rows64.index_select(0, (pick + row_off).reshape(-1)) * taken.to(acc)[:, None])
+        counts = counts.reshape(-1).index_add(0, old, -taken.to(counts.dtype)).view(b, k)
+        # where no row is left, scikit-learn's residual sum (the division by 1)
+        means = sums.view(b, k, d) / torch.where(counts == 0, torch.ones_like(counts), counts)[:, :, None]
         if cosine:
             moved = unit(moved.reshape(b * k, d)).view(b, k, d)
             means = unit(means.reshape(b * k, d)).view(b, k, d)
