@@ -25,6 +25,11 @@ setting for all):
   kmgan_ext-auto   the same with backend="auto" (the torch engine on CPU, faiss on a GPU it sees)
   faiss            faiss.Kmeans(niter=NITER, max_points_per_centroid=N) from init_centroids=c0
   sklearn          sklearn.cluster.KMeans(init=c0, n_init=1, max_iter=NITER, tol=0, "lloyd")
+  scikit-learn stops once the labels repeat (even at tol=0) and kmgan_ext once the centers
+  do (kmeans.py's _cycle_ends): every later iteration would repeat that one, so the answer
+  is that of NITER iterations; faiss and torch run all NITER. Throughput and % roofline count
+  NITER iterations: a figure past 100% means the engine stopped early (on these blobs at K=10
+  after a few iterations; at K=100 none does within NITER).
   Check (bench/_correctness.check_lloyd): the final centers and their inertia against the
   same Lloyd run in float64 (scikit-learn's rule for an empty cluster), within twice plain
   float32 torch's own error (the torch row's: its count of centers farther than 1e-3 of a
