@@ -47,8 +47,7 @@ def _initial_centers_batched(init, x: Tensor, k: int, seed: int, n_local_trials,
 def _lloyd_batched(x: Tensor, centers: Tensor, niter: int, metric: str = "euclidean") -> Tensor:
     """_lloyd_torch (kmeans.py) for B problems at once, with the same empty-cluster rule per
     problem (the j-th empty cluster takes the j-th farthest row of its own problem, which
-    leaves its old cluster); with
-    metric="cosine" _lloyd_segments' spherical rule."""
+    leaves its old cluster); with metric="cosine" _lloyd_segments' spherical rule."""
     b, n, d = x.shape
     k = centers.shape[1]
     acc = torch.float64
