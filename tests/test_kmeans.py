@@ -165,7 +165,9 @@ def _lloyd64(x, init, niter, weights=None):
     from its center, and that row leaves its old cluster's sum and weight)."""
     x = torch.as_tensor(np.asarray(x, dtype=np.float64))
     c = torch.as_tensor(np.asarray(init, dtype=np.float64)).clone()
-    w = torch.ones(x.shape[0], dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    w = torch.ones(x.shape[0], dtype=torch.float64)
+    if weights is not None:
+        w = torch.as_tensor(weights, dtype=torch.float64)
     k = c.shape[0]
     for _ in range(niter):
         d = torch.cdist(x, c) ** 2
@@ -261,7 +263,8 @@ def test_fixed_point_ends_the_iterations_with_the_same_bits(case, monkeypatch):
     real = kmeans_mod.assign
     monkeypatch.setattr(kmeans_mod, "assign", lambda *a, **k: calls.append(1) or real(*a, **k))
     step = kmeans_mod.minibatch_step_
-    monkeypatch.setattr(kmeans_mod, "minibatch_step_", lambda *a, **k: calls.append(1) or step(*a, **k))
+    monkeypatch.setattr(kmeans_mod, "minibatch_step_",
+                        lambda *a, **k: calls.append(1) or step(*a, **k))
     fast = km.kmeans(data, 3, **kw)
     assert 0 < len(calls) < 50, "the loop did not stop at the fixed point"
     monkeypatch.setattr(kmeans_mod, "_same_bits", lambda a, b: False)

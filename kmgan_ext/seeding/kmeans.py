@@ -20,9 +20,10 @@ BACKENDS = ("auto", "faiss", "torch")
 # K = 32 until the bounded kernel and the stop where the centers repeat (_cycle_ends); since
 # then it is faster at every K measured (the calls of bench/bench_kmeans_plusplus.py's
 # kmeans_lloyd rows: the same initial centers, 20 iterations over all N = 70,000 rows, d = 100,
-# 2 threads, idle 2-core machine, best of 3): the bench's blobs K=2 28 vs faiss 41 ms, K=10 13 vs 35, K=16 116 vs 174, K=31 135
-# vs 267; uniform rows K=10 144 vs 169, K=24 196 vs 213; Gaussian rows K=10 131 vs 185, K=24
-# 196 vs 213. faiss stays available by name, and is "auto"'s choice on a GPU it sees.
+# 2 threads, idle 2-core machine, best of 3; kmgan_ext vs faiss): the bench's blobs K=2 28 vs
+# 41 ms, K=10 13 vs 35, K=16 116 vs 174, K=31 135 vs 267; uniform rows K=10 144 vs 169, K=24
+# 196 vs 213; Gaussian rows K=10 131 vs 185, K=24 196 vs 213. faiss stays available by name,
+# and is "auto"'s choice on a GPU it sees.
 
 # The bounded Lloyd kernel (csrc/cpu/lloyd_cpu.cpp) up to this many clusters, km.minibatch_step_
 # per iteration above (the kernel itself also declines where its bounds would pass 512 MB).
@@ -126,7 +127,9 @@ def _cycle_ends(new: Tensor, centers: Tensor, before: Tensor | None, left: int) 
     float32 centers settle, float64 ones alternate by one ulp, as c + (S - m c) / m need not
     round back to c); a longer cycle runs to the end.
     """
-    return _same_bits(new, centers) or (before is not None and left % 2 == 0 and _same_bits(new, before))
+    if _same_bits(new, centers):
+        return True
+    return before is not None and left % 2 == 0 and _same_bits(new, before)
 
 
 def _relocate_empty(rows: _data.Rows, new: Tensor, counts: Tensor, labels: Tensor,
@@ -146,11 +149,12 @@ def _relocate_empty(rows: _data.Rows, new: Tensor, counts: Tensor, labels: Tenso
     moved = rows.take(pick)
     taken = empty.to(acc)
     old = labels.index_select(0, pick)
-    out = torch.zeros(k, rows.d, dtype=acc, device=new.device).index_add_(0, old, moved.to(acc) * taken[:, None])
+    out = torch.zeros(k, rows.d, dtype=acc, device=new.device)
+    out.index_add_(0, old, moved.to(acc) * taken[:, None])
     lost = torch.zeros(k, dtype=acc, device=new.device).index_add_(0, old, taken)
     cnt = counts.to(acc)
     left = cnt - lost
-    shrunk = (new.to(acc) * cnt[:, None] - out) / torch.where(left > 0, left, torch.ones_like(left))[:, None]
+    shrunk = (new.to(acc) * cnt[:, None] - out) / torch.where(left > 0, left, 1.0)[:, None]
     means = torch.where((lost > 0)[:, None], shrunk.to(new.dtype), new)
     return torch.where(empty[:, None], moved, means)
 
@@ -355,7 +359,7 @@ def kmeans(
             at random; labels and inertia still cover every row. Unlike ``faiss.Kmeans``'s
             default, no subsampling ever happens unless asked for here.
         backend: "auto": on CPU data "torch" (measured faster than faiss at every K, see
-            the comment above ``_resolve``); on a GPU "faiss" when a faiss build sees the
+            the comment at the top of this file); on a GPU "faiss" when a faiss build sees the
             GPU, else "torch". "faiss" =
             ``faiss.Kmeans`` (its GPU implementation when faiss sees a GPU; data are copied
             to host float32, a memmap read whole); "torch" = kmgan_ext's own ops on x's

@@ -70,10 +70,11 @@ def _lloyd_batched(x: Tensor, centers: Tensor, niter: int, metric: str = "euclid
         # the moved rows leave their old clusters (scikit-learn's relocation)
         old = (labels.gather(1, pick) + off).reshape(-1)
         taken = empty.reshape(-1)
-        sums.index_add_(0, old, -rows64.index_select(0, (pick + row_off).reshape(-1)) * taken.to(acc)[:, None])
+        leaving = rows64.index_select(0, (pick + row_off).reshape(-1))
+        sums.index_add_(0, old, -leaving * taken.to(acc)[:, None])
         counts = counts.reshape(-1).index_add(0, old, -taken.to(counts.dtype)).view(b, k)
         # where no row is left, scikit-learn's residual sum (the division by 1)
-        means = sums.view(b, k, d) / torch.where(counts == 0, torch.ones_like(counts), counts)[:, :, None]
+        means = sums.view(b, k, d) / torch.where(counts == 0, 1, counts)[:, :, None]
         if cosine:
             moved = unit(moved.reshape(b * k, d)).view(b, k, d)
             means = unit(means.reshape(b * k, d)).view(b, k, d)
