@@ -55,6 +55,27 @@ int kmgan_emu_assigned_distance_launch(int, int, const void*, const int64_t*, co
 int kmgan_emu_assigned_distance_backward_launch(int, int, const void*, const void*, const void*,
                                                 const int64_t*, const void*, int64_t, int64_t,
                                                 int64_t, void*, void*);
+// The int32-label entries (capi.cpp): the same kernels instantiated for int32 labels.
+int kmgan_emu_minibatch_update_launch_i32(int, void*, void*, const void*, const int32_t*,
+                                          const int32_t*, const int64_t*, int64_t, int64_t,
+                                          int64_t, double*, int64_t*, double*, double*,
+                                          const double*, double*);
+int kmgan_emu_ema_update_launch_i32(int, void*, void*, void*, double, double, const void*,
+                                    const int32_t*, const int32_t*, const int64_t*, int64_t,
+                                    int64_t, int64_t, double*, int64_t*, double*, double*,
+                                    double*, const double*, double*, int64_t);
+int kmgan_emu_center_loss_launch_i32(int, const void*, const void*, const void*, int64_t, int64_t,
+                                     const void*, const void*, const void*, int64_t, int64_t,
+                                     int64_t, void*, void*, int64_t*, int64_t*, int, int);
+int kmgan_emu_center_loss_backward_launch_i32(int, const void*, const void*, const void*,
+                                              const int64_t*, int64_t, int64_t, const void*,
+                                              const int64_t*, int64_t, int64_t, int64_t, void*,
+                                              void*, int, int);
+int kmgan_emu_assigned_distance_launch_i32(int, int, const void*, const int32_t*, const void*,
+                                           int64_t, int64_t, int64_t, void*, void*);
+int kmgan_emu_assigned_distance_backward_launch_i32(int, int, const void*, const void*,
+                                                    const void*, const int32_t*, const void*,
+                                                    int64_t, int64_t, int64_t, void*, void*);
 int kmgan_emu_pairwise_l1_launch(int, const void*, const int64_t*, int64_t, int64_t, int64_t,
                                  void*, void*);
 int kmgan_emu_pairwise_l1_rank_grad_launch(int, const void*, double, const void*, int64_t,
@@ -301,6 +322,56 @@ void run_all(std::mt19937& rng) {
               labels.data(), labels_y.data(), labels_y.data(), pulls.data(), u_diff.data(),
               counts_x.data(), counts_y.data(), k, n, m, d, grad_x.data(), grad_y.data()),
           "kmgan_losses_backward");
+  }
+
+  // int32 labels (read as they are, docs/ops.md): the updates fast and deterministic, the
+  // center loss with one int32 and one int64 side, assigned_distance at every reduction.
+  const std::vector<int32_t> labels32(labels.begin(), labels.end()),
+      sorted32(sorted.begin(), sorted.end()), labels_y32(labels_y.begin(), labels_y.end());
+  check(kmgan_emu_minibatch_update_launch_i32(kF32, centers.data(), counts.data(), x.data(),
+                                              labels32.data(), nullptr, nullptr, n, k, d,
+                                              sums.data(), batch_counts.data(), nullptr, nullptr,
+                                              nullptr, nullptr),
+        "minibatch_update int32 fast");
+  check(kmgan_emu_minibatch_update_launch_i32(kF32, centers.data(), counts.data(), x.data(),
+                                              labels32.data(), sorted32.data(), order.data(), n,
+                                              k, d, sums.data(), batch_counts.data(),
+                                              pieces.data(), norms.data(), nullptr, nullptr),
+        "minibatch_update int32 deterministic");
+  check(kmgan_emu_ema_update_launch_i32(kF32, centers.data(), size.data(), embed.data(), 0.9,
+                                        1e-5, x.data(), labels32.data(), nullptr, nullptr, n, k,
+                                        d, sums.data(), batch_counts.data(), nullptr,
+                                        total.data(), nullptr, weights.data(),
+                                        batch_weights.data(), 1),
+        "ema_update int32 fast weighted");
+  check(kmgan_emu_ema_update_launch_i32(kF32, centers.data(), size.data(), embed.data(), 0.9,
+                                        1e-5, x.data(), labels32.data(), sorted32.data(),
+                                        order.data(), n, k, d, sums.data(), batch_counts.data(),
+                                        pieces.data(), total.data(), norms.data(), nullptr,
+                                        nullptr, 1),
+        "ema_update int32 deterministic");
+  check(kmgan_emu_center_loss_launch_i32(kF32, x.data(), labels32.data(), c.data(), n, k,
+                                         y.data(), labels_y.data(), c.data(), m, k, d,
+                                         loss.data(), u_diff.data(), counts_x.data(),
+                                         counts_y.data(), 1, 0),
+        "center_loss int32 real");
+  check(kmgan_emu_center_loss_backward_launch_i32(kF32, g1.data(), u_diff.data(),
+                                                  labels.data(), counts_x.data(), n, k,
+                                                  labels_y32.data(), counts_y.data(), m, k, d,
+                                                  grad_x.data(), grad_y.data(), 0, 1),
+        "center_loss_backward int32 fake");
+  for (int reduction = 0; reduction < 3; ++reduction) {
+    std::vector<double> partials(kmgan_emu_assigned_distance_num_partials(n));
+    std::vector<float> out(1);
+    check(kmgan_emu_assigned_distance_launch_i32(kF32, reduction, x.data(), labels32.data(),
+                                                 c.data(), n, k, d, partials.data(),
+                                                 out.data()),
+          "assigned_distance int32");
+    check(kmgan_emu_assigned_distance_backward_launch_i32(kF32, reduction, g1.data(), out.data(),
+                                                          x.data(), labels32.data(), c.data(),
+                                                          n, k, d, grad_x.data(),
+                                                          grad_c.data()),
+          "assigned_distance_backward int32");
   }
 
   // Pairwise L1: within x, and between x and y (sorted together).
