@@ -11,6 +11,7 @@
 // call pays the dispatcher, and the argmin then needs its own pass over the tile; here the
 // epilogue writes e and each panel's minimum while the accumulators are in registers.
 #include "assign_cpu.h"
+#include "avx2_reduce.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -30,14 +31,6 @@ bool avx2_kernels_available() {
 namespace {
 
 #define KMGAN_AVX2 __attribute__((target("avx2,fma")))
-
-// Smallest of the 8 lanes.
-KMGAN_AVX2 inline float hmin(__m256 v) {
-  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
-  return _mm_cvtss_f32(m);
-}
 
 // Epilogue of one row of a panel: e = bias - 2 dot (one rounding, as the scalar path),
 // stored, and the panel's minimum.

@@ -33,6 +33,18 @@
 
 namespace kmgan_ext {
 namespace cpu {
+
+// assign_cpu.h; also used by the bounded Lloyd labelers (lloyd_cpu.cpp, lloyd_elkan.cpp).
+std::vector<float> pack_panels(const float* cs, int64_t k, int64_t d) {
+  const int64_t panels = (k + kPanel - 1) / kPanel;
+  std::vector<float> packed(static_cast<size_t>(panels * d * kPanel), 0.0f);
+  for (int64_t q = 0; q < k; ++q) {
+    float* dst = packed.data() + (q / kPanel) * d * kPanel + q % kPanel;
+    for (int64_t j = 0; j < d; ++j) dst[j * kPanel] = cs[q * d + j];
+  }
+  return packed;
+}
+
 namespace {
 
 // kMaxCandidates (assign_cpu.h): a row with more near-tied candidates than this falls back to
@@ -68,17 +80,6 @@ struct ShiftedCenters {
   double cmax = 0.0;      // max_k ||c_k - s||
   bool finite = true;     // every center finite (and ||c_k - s||^2 finite in double)
 };
-
-// cs packed panel by panel for dist_tile_avx2: packed[p][j][l] = cs[p * 16 + l][j], 0 past K.
-std::vector<float> pack_panels(const float* cs, int64_t k, int64_t d) {
-  const int64_t panels = (k + kPanel - 1) / kPanel;
-  std::vector<float> packed(static_cast<size_t>(panels * d * kPanel), 0.0f);
-  for (int64_t q = 0; q < k; ++q) {
-    float* dst = packed.data() + (q / kPanel) * d * kPanel + q % kPanel;
-    for (int64_t j = 0; j < d; ++j) dst[j * kPanel] = cs[q * d + j];
-  }
-  return packed;
-}
 
 template <typename scalar_t>
 ShiftedCenters<acc_t<scalar_t>> shift_centers(const scalar_t* c, int64_t k, int64_t d) {

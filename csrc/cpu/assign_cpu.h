@@ -62,6 +62,10 @@ bool shifted_centers_f32(const float* c, int64_t k, int64_t d, std::vector<float
 int64_t resolve_candidates_f32(const float* xi, const float* c, int64_t k, int64_t d,
                                const int64_t* cand, int count, double& dist);
 
+// cs (K, d) packed panel by panel for dist_tile_avx2: packed[p][j][l] = cs[p * kPanel + l][j],
+// 0 past K; ceil(K / kPanel) * kPanel * d floats.
+std::vector<float> pack_panels(const float* cs, int64_t k, int64_t d);
+
 // The small-K path of assign for float32 (assign_small_k.cpp): true where it took the call
 // (AVX2 + FMA, 2 <= K <= kSmallK, finite centers); false leaves everything to assign_kernel.
 constexpr int64_t kSmallK = 12;

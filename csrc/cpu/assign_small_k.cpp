@@ -12,6 +12,7 @@
 // overflow float32 or hold NaN/Inf take the exact path over all K there too; calls whose
 // centers are not all finite are left to assign_kernel.
 #include "assign_cpu.h"
+#include "avx2_reduce.h"
 
 #include <cmath>
 #include <limits>
@@ -29,13 +30,6 @@ namespace cpu {
 namespace {
 
 #define KMGAN_AVX2 __attribute__((target("avx2,fma")))
-
-KMGAN_AVX2 inline float hsum(__m256 v) {
-  __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_add_ss(m, _mm_shuffle_ps(m, m, 1));
-  return _mm_cvtss_f32(m);
-}
 
 // ||xi - c||^2 in double, c given in double (exact: the float32 center widened) and zero-padded
 // to whole vectors (the masked tail of xi reads 0 there).
@@ -113,13 +107,6 @@ KMGAN_AVX2 inline void dots_row(const float* xi, const float* s, const float* cs
   norm = hsum(nn);
   lo = reduce8(a0, a1, a2, a3, a4, a5, a6, a7);
   if (G > 8) hi = reduce8(a8, a9, a10, a11, z, z, z, z);
-}
-
-KMGAN_AVX2 inline float hmin(__m256 v) {
-  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
-  return _mm_cvtss_f32(m);
 }
 
 // Rows [i0, i1) against G centers; cd: the centers in double, dp columns each.

@@ -155,11 +155,7 @@ struct Bounded {
     double cmax = 0.0;
     TORCH_CHECK(shifted_centers_f32(c, k, d, s, cs, bias, cmax), "lloyd_native: non-finite centers");
     bias.resize(kw, std::numeric_limits<float>::infinity());
-    std::vector<float> packed(static_cast<size_t>(kw * d), 0.0f);
-    for (int64_t q = 0; q < k; ++q) {
-      float* dst = packed.data() + (q / kPanel) * d * kPanel + q % kPanel;
-      for (int64_t j = 0; j < d; ++j) dst[j * kPanel] = cs[q * d + j];
-    }
+    const std::vector<float> packed = pack_panels(cs.data(), k, d);
     const double safe_square = static_cast<double>(std::numeric_limits<float>::max()) / 16.0;
     const int64_t tiles = (n + kTileRows - 1) / kTileRows;
     at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {

@@ -36,6 +36,7 @@
 // whose float distances overflow takes the exact path over all K (float64 distances). The first
 // iteration forms every distance with assign's GEMM tile (dist_tile_avx2) and its error bound.
 #include "lloyd_cpu.h"
+#include "avx2_reduce.h"
 
 #include <cmath>
 #include <limits>
@@ -76,13 +77,6 @@ inline float fast_up(double v) { return v > 1e-30 ? static_cast<float>(v * (1.0 
 
 #ifdef KMGAN_ELKAN_AVX2
 #define KMGAN_AVX2 __attribute__((target("avx2,fma")))
-
-KMGAN_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
 
 KMGAN_AVX2 inline __m256i tail_mask(int64_t rem) {
   const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -336,11 +330,7 @@ void ElkanLabels::first_pass(const float* c, float* dist2) {
   make_groups(c);
   const int64_t panels = (k + kPanel - 1) / kPanel, kw = panels * kPanel;
   bias.resize(kw, std::numeric_limits<float>::infinity());
-  std::vector<float> packed(static_cast<size_t>(kw * d), 0.0f);
-  for (int64_t q = 0; q < k; ++q) {
-    float* dst = packed.data() + (q / kPanel) * d * kPanel + q % kPanel;
-    for (int64_t j = 0; j < d; ++j) dst[j * kPanel] = cs[q * d + j];
-  }
+  const std::vector<float> packed = pack_panels(cs.data(), k, d);
   const double safe_square = static_cast<double>(std::numeric_limits<float>::max()) / 16.0;
   const double uf = std::ldexp(1.0, -24);
   // ||x - s||^2 >= n2 (1 - lo): n2 the float sum of the squares of fl(x - s)
