@@ -121,3 +121,43 @@ def test_old_name_warns_and_gives_the_same_loss():
         old = km.center_loss(xr, lr, c, xf, lf, c)
     assert torch.equal(old, km.kmgan_center_loss(xr, lr, c, xf, lf, c))
     assert "kmgan_center_loss" in km.__all__ and km.CenterLoss is not None
+
+
+def _cpu_side_in_order(x, labels, centers):
+    """csrc/cpu/center_loss_cpu.cpp's float32 sum written out in its order: w_m = 1/(1 + n_m);
+    rows in chunks of 1024, each chunk in row order (w * x, then +, in double); then the
+    centers' terms in center order, then the chunks in chunk order."""
+    k = centers.shape[0]
+    w = 1.0 / (1.0 + torch.bincount(labels.long(), minlength=k).double())
+    x64, c64 = x.double(), centers.double()
+    chunks = []
+    for i0 in range(0, x.shape[0], 1024):
+        acc = torch.zeros(x.shape[1], dtype=torch.float64)
+        for i in range(i0, min(x.shape[0], i0 + 1024)):
+            acc = acc + w[labels[i]] * x64[i]
+        chunks.append(acc)
+    u = torch.zeros(x.shape[1], dtype=torch.float64)
+    for q in range(k):
+        u = u + w[q] * c64[q]
+    for acc in chunks:
+        u = u + acc
+    return u
+
+
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("n,d", [(2500, 37), (1100, 256), (9, 8)])
+def test_cpu_float32_sum_is_the_documented_order(n, d, label_dtype):
+    # The same bits whichever loop runs (the AVX2 one of center_loss_avx2.cpp or the portable
+    # one under KMGAN_EXT_CPU_NO_AVX2=1): both must follow this order exactly.
+    xr, lr, cr, _, _, _ = _problem(n, 0, d, 40, "cpu", seed=d)
+    xr = xr * 3 + 1
+    # The fake side: the same rows and labels in another order. u - u_hat is then 0 but for
+    # the double rounding of the two orders, which float32 holds exactly enough to see it:
+    # any change of order or of operation shows in u_diff.
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    xf, lf, cf = xr[perm], lr[perm], cr.clone()
+    lr, lf = lr.to(label_dtype), lf.to(label_dtype)
+    _, u_diff, _, _ = torch.ops.kmgan_ext.center_loss(xr, lr, cr, xf, lf, cf, "cpu")
+    want = _cpu_side_in_order(xr, lr, cr) - _cpu_side_in_order(xf, lf, cf)
+    assert want.abs().max() > 0  # the orders did round differently
+    assert torch.equal(u_diff, want.float())

@@ -34,7 +34,14 @@ std::vector<double> side_mean(const scalar_t* x, const index_t* labels, int64_t 
     at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
       for (int64_t ch = c0; ch < c1; ++ch) {
         double* __restrict__ acc = partial.data() + ch * d;
-        for (int64_t i = ch * kRowChunk, e = std::min(rows, (ch + 1) * kRowChunk); i < e; ++i) {
+        const int64_t i0 = ch * kRowChunk, e = std::min(rows, (ch + 1) * kRowChunk);
+        if constexpr (std::is_same<scalar_t, float>::value) {
+          if (use_avx2()) {
+            center_loss_rows_f32_avx2(x, labels, w.data(), i0, e, d, acc);
+            continue;
+          }
+        }
+        for (int64_t i = i0; i < e; ++i) {
           const double wi = w[labels[i]];
           const scalar_t* __restrict__ xi = x + i * d;
 #pragma omp simd

@@ -312,6 +312,13 @@ inline void normalize_in_place(double* v, int64_t d) {
   for (int64_t j = 0; j < d; ++j) v[j] /= nrm;
 }
 
+// AVX2 + runtime check (center_loss_avx2.cpp): center_loss_cpu.cpp's float32 row loop, same
+// bits: acc[j] += w[l_i] * x[i, j] for rows [i0, i1).
+void center_loss_rows_f32_avx2(const float* x, const int64_t* labels, const double* w, int64_t i0,
+                               int64_t i1, int64_t d, double* acc);
+void center_loss_rows_f32_avx2(const float* x, const int32_t* labels, const double* w, int64_t i0,
+                               int64_t i1, int64_t d, double* acc);
+
 // AVX2 + runtime check (scaled_diff_grad_avx2.cpp): scaled_diff_rows for float32, same bits;
 // int64 or int32 labels.
 void scaled_diff_rows_f32_avx2(const float* x, const float* c, const int64_t* labels, int64_t d,
