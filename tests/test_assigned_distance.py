@@ -1,4 +1,6 @@
 """km.assigned_distance (KM-GAN Eq. 5/6, Wen's center loss) against float64 autograd."""
+import math
+
 import pytest
 import torch
 
@@ -162,3 +164,41 @@ def test_cpu_centers_gradient_is_the_row_order_sum(threads, reduction, offset):
     want_gx, want_gc = _row_order_grads(x, labels, c, s)
     assert torch.equal(gx, want_gx)
     assert torch.equal(gc, want_gc)
+
+
+
+def _cpu_row_sq(xi, ci):
+    """csrc/cpu/assigned_distance_cpu.cpp's row_sq in Python floats (IEEE doubles, so every
+    operation rounds as the kernel's): column j into partial sum j % 16, the partials added
+    as row_sq_combine (common.h)."""
+    s = [0.0] * 16
+    for j, (a, b) in enumerate(zip(xi, ci)):
+        t = a - b
+        s[j % 16] += t * t
+    u = [(s[q] + s[q + 8]) + (s[q + 4] + s[q + 12]) for q in range(4)]
+    return (u[0] + u[1]) + (u[2] + u[3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("d", [37, 100, 5])
+def test_cpu_row_distance_is_the_documented_order(dtype, d):
+    # "mean"'s gradient scales each row by 1 / (N ||x_i - c||): in float64 every row's
+    # distance shows in its gradient's bits (16 partial sums where 8 were meant fails ~1 row
+    # in 8 here). float32 rows take the AVX2 loop where the CPU has it (row_sq_avx2.cpp, the
+    # same order by construction) and their gradients are the double terms rounded once.
+    if km.available_backends()["cpu"] is not None:
+        pytest.skip(str(km.available_backends()["cpu"]))
+    g = torch.Generator().manual_seed(d)
+    # Full float64 mantissas far from 0, so that the squares and their sums round.
+    x = torch.randn(300, d, generator=g, dtype=torch.float64) * 3 + 100
+    c = torch.randn(9, d, generator=g, dtype=torch.float64) + 100
+    labels = torch.randint(9, (300,), generator=g)
+    x, c = x.to(dtype), c.to(dtype)
+    xg = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(km.assigned_distance(xg, labels, c, "mean", backend="cpu"), [xg])
+    xs, cs, ls = x.double().tolist(), c.double().tolist(), labels.tolist()
+    want = []
+    for xi, li in zip(xs, ls):
+        scale = (1.0 / len(xs)) / math.sqrt(_cpu_row_sq(xi, cs[li]))
+        want.append([scale * (a - b) for a, b in zip(xi, cs[li])])
+    assert torch.equal(gx, torch.tensor(want, dtype=torch.float64).to(dtype))

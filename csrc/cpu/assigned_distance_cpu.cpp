@@ -24,16 +24,38 @@ Reduction parse_reduction(c10::string_view r) {
 }
 
 // ||x_i - c||^2 in double: float32 squares overflow past ~1.8e19 while the norm itself fits.
+// Column j goes into partial sum j % 16 and the partials are added by row_sq_combine: an
+// order written out here (compiled with -ffp-contract=off, so no multiply-add is fused) that
+// the float32 AVX2 loop (row_sq_f32_avx2) follows exactly, so both give the same bits.
 template <typename scalar_t>
 double row_sq(const scalar_t* xi, const scalar_t* ci, int64_t d) {
-  double s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < d; ++j) {
-    const double t = static_cast<double>(xi[j]) - static_cast<double>(ci[j]);
-    s += t * t;
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (use_avx2()) return row_sq_f32_avx2(xi, ci, d);
   }
-  return s;
+  double s[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= d; j += 16) {
+    for (int q = 0; q < 16; ++q) {
+      const double t = static_cast<double>(xi[j + q]) - static_cast<double>(ci[j + q]);
+      s[q] += t * t;
+    }
+  }
+  for (; j < d; ++j) {
+    const double t = static_cast<double>(xi[j]) - static_cast<double>(ci[j]);
+    s[j % 16] += t * t;
+  }
+  return row_sq_combine(s);
 }
+
+// Row i's squared distance to its center (row_sq).
+template <typename scalar_t, typename index_t>
+struct RowSq {
+  const scalar_t* x;
+  const scalar_t* c;
+  const index_t* l;
+  int64_t d;
+  double operator()(int64_t i) const { return row_sq(x + i * d, c + l[i] * d, d); }
+};
 
 struct Args {
   Tensor x, labels, centers;
@@ -60,14 +82,11 @@ Tensor assigned_distance_native(const Tensor& x_in, const Tensor& labels_in, con
     const scalar_t* c = a.centers.data_ptr<scalar_t>();
     const index_t* l = a.labels.data_ptr<index_t>();
     const int64_t d = a.d;
+    const RowSq<scalar_t, index_t> sq{x, c, l, d};
     if (red == Reduction::kMean) {
-      total = ordered_row_sum(a.n, d, [&](int64_t i) {
-        return std::sqrt(static_cast<double>(row_sq(x + i * d, c + l[i] * d, d)));
-      });
+      total = ordered_row_sum(a.n, d, [&](int64_t i) { return std::sqrt(sq(i)); });
     } else {
-      total = ordered_row_sum(a.n, d, [&](int64_t i) {
-        return static_cast<double>(row_sq(x + i * d, c + l[i] * d, d));
-      });
+      total = ordered_row_sum(a.n, d, [&](int64_t i) { return sq(i); });
     }
   });
   });
@@ -99,9 +118,10 @@ std::tuple<Tensor, Tensor> assigned_distance_backward_native(
     if (red == Reduction::kMean) {
       const double gn = g / static_cast<double>(std::max<int64_t>(1, a.n));
       const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
+      const RowSq<scalar_t, index_t> sq{x, c, l, d};
       at::parallel_for(0, a.n, grain, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
-          const double r = std::sqrt(static_cast<double>(row_sq(x + i * d, c + l[i] * d, d)));
+          const double r = std::sqrt(sq(i));
           scale[i] = r > 0.0 ? gn / r : 0.0;
         }
       });

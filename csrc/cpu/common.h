@@ -312,6 +312,18 @@ inline void normalize_in_place(double* v, int64_t d) {
   for (int64_t j = 0; j < d; ++j) v[j] /= nrm;
 }
 
+// The 16 partial sums of assigned_distance_cpu.cpp's row_sq (s[q]: the columns j with
+// j % 16 == q) added in one fixed order: u_q = (s_q + s_{q+8}) + (s_{q+4} + s_{q+12}), then
+// (u_0 + u_1) + (u_2 + u_3) (the lane-wise vector additions of 4 doubles, then the lanes).
+inline double row_sq_combine(const double* s) {
+  double u[4];
+  for (int q = 0; q < 4; ++q) u[q] = (s[q] + s[q + 8]) + (s[q + 4] + s[q + 12]);
+  return (u[0] + u[1]) + (u[2] + u[3]);
+}
+// AVX2 + runtime check (row_sq_avx2.cpp): ||x_i - c||^2 in double for float32 rows, in the
+// order of assigned_distance_cpu.cpp's row_sq (the same bits).
+double row_sq_f32_avx2(const float* xi, const float* ci, int64_t d);
+
 // AVX2 + runtime check (center_loss_avx2.cpp): center_loss_cpu.cpp's float32 row loop, same
 // bits: acc[j] += w[l_i] * x[i, j] for rows [i0, i1).
 void center_loss_rows_f32_avx2(const float* x, const int64_t* labels, const double* w, int64_t i0,
