@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from typing import Any
 
 import torch
@@ -100,7 +101,39 @@ def run_metadata(ctx: Any, args: dict) -> dict:
         # Other processes on the machine distort CPU timings (OpenMP threads wait for
         # descheduled peers): the 1-minute load average at the start says how quiet it was.
         "load_avg_start": _loadavg(),
+        "core_scaling_start": core_scaling() if not ctx.cuda else None,
     }
+
+
+def core_scaling(n: int = 1024, reps: int = 5) -> dict | None:
+    """sgemm n^3 on one thread and on all of the run's threads, best of reps each.
+
+    Why: on a VM a quiet load average does not mean the cores are there: the host can
+    deschedule a vCPU, and every parallel kernel then runs at one core's speed (measured on the
+    2-vCPU bench machine: this ratio between 1.09 and 2.5 across six processes a minute
+    apart). A ratio well below the thread count says the run's parallel timings are slow for
+    that reason."""
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return None
+    a, b = torch.randn(n, n), torch.randn(n, n)
+
+    def best() -> float:
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t0)
+        return 2 * n**3 / min(times) / 1e9
+
+    try:
+        torch.set_num_threads(1)
+        one = best()
+    finally:
+        torch.set_num_threads(threads)
+    every = best()
+    return {"threads": threads, "gflops_1": round(one, 1), "gflops_all": round(every, 1),
+            "ratio": round(every / one, 2)}
 
 
 def _loadavg() -> float | None:

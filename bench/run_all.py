@@ -117,6 +117,7 @@ def main(argv=None) -> dict:
         progress(f"bench: {key} done in {time.monotonic() - t:.0f} s")
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     meta["load_avg_end"] = H._loadavg()
+    meta["core_scaling_end"] = H.core_scaling() if not ctx.cuda else None
     result = {**meta, "rows": rows}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(result, f, indent=1, default=str)
@@ -180,6 +181,22 @@ def _cell(s: str) -> str:
     return str(s).replace("|", "/").replace("\n", " ")
 
 
+def _core_scaling_line(result: dict) -> list[str]:
+    """How many of its cores the machine gave the run, at start and end (_metadata.core_scaling)."""
+    parts = []
+    for when in ("start", "end"):
+        cs = result.get(f"core_scaling_{when}")
+        if cs:
+            parts.append(f"{cs['gflops_1']} / {cs['gflops_all']} GFLOP/s ({cs['ratio']}x) at {when}")
+    if not parts:
+        return []
+    threads = next(result[f"core_scaling_{w}"]["threads"] for w in ("start", "end") if result.get(f"core_scaling_{w}"))
+    low = min(result[f"core_scaling_{w}"]["ratio"] for w in ("start", "end") if result.get(f"core_scaling_{w}"))
+    warn = (f" (below {0.75 * threads:.1f}x: the machine did not give the run all its {threads} cores, and parallel "
+            "timings are slower for that)") if low < 0.75 * threads else ""
+    return [f"- sgemm 1024^3 on 1 / {threads} threads: " + ", ".join(parts) + warn]
+
+
 def markdown(result: dict) -> str:
     dev = result["device"]
     roof = result.get("roofline") or {}
@@ -197,6 +214,7 @@ def markdown(result: dict) -> str:
             if dev.get("cores") and max(result.get("load_avg_start") or 0, result.get("load_avg_end") or 0) > dev["cores"]
             else ""
         ),
+        *_core_scaling_line(result),
         f"- roofline: {_num(roof.get('bandwidth_gbps'))} GB/s beyond the caches"
         + (f", {_num(roof.get('cache_gbps'))} GB/s for data within the {(roof.get('cache_bytes') or 0) >> 20} MB LLC"
            if roof.get("cache_gbps") else "")
