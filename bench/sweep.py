@@ -436,6 +436,12 @@ def series(shape: dict, centre: dict) -> list[str]:
     return varying or ["N", "K", "d"]
 
 
+def _scaling_note(result: dict) -> str:
+    """The 1-thread to all-threads sgemm ratios of the run (bench/_metadata.core_scaling)."""
+    ratios = [cs["ratio"] for cs in (result.get("core_scaling_start"), result.get("core_scaling_end")) if cs]
+    return ", sgemm all / 1 thread " + " / ".join(f"{r}x" for r in ratios) if ratios else ""
+
+
 def plot(result: dict, op: str, path: str) -> None:
     """Top: median time against the least work, one colour per provider, one line per
     one-factor series (marker: which of N, K, d varies), the roofline's time as black dashes.
@@ -487,7 +493,7 @@ def plot(result: dict, op: str, path: str) -> None:
     c = ", ".join(f"{f}={v:g}" for f, v in centre.items())
     ax.set_title(f"{op}: time against work, one factor at a time around {c}\n"
                  f"({result['device']['name']}, load {result.get('load_avg_start')} at start, "
-                 f"{result.get('load_avg_end')} at end)", fontsize=9)
+                 f"{result.get('load_avg_end')} at end{_scaling_note(result)})", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     rx.axhline(1.0, color="k", lw=1)
     rx.set_yscale("log")
@@ -559,6 +565,7 @@ def main(argv=None) -> dict:
     rows.sort(key=lambda r: order[(r["op"], json.dumps(r["shape"], sort_keys=True))])
     meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     meta["load_avg_end"] = H._loadavg()
+    meta["core_scaling_end"] = H.core_scaling() if not ctx.cuda else None
     result = {**meta, "rows": rows}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(result, f, indent=1, default=str)
