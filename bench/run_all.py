@@ -183,17 +183,14 @@ def _cell(s: str) -> str:
 
 def _core_scaling_line(result: dict) -> list[str]:
     """How many of its cores the machine gave the run, at start and end (_metadata.core_scaling)."""
-    parts = []
-    for when in ("start", "end"):
-        cs = result.get(f"core_scaling_{when}")
-        if cs:
-            parts.append(f"{cs['gflops_1']} / {cs['gflops_all']} GFLOP/s ({cs['ratio']}x) at {when}")
-    if not parts:
+    runs = [(when, result.get(f"core_scaling_{when}")) for when in ("start", "end")]
+    runs = [(when, cs) for when, cs in runs if cs]
+    if not runs:
         return []
-    threads = next(result[f"core_scaling_{w}"]["threads"] for w in ("start", "end") if result.get(f"core_scaling_{w}"))
-    low = min(result[f"core_scaling_{w}"]["ratio"] for w in ("start", "end") if result.get(f"core_scaling_{w}"))
+    threads = runs[0][1]["threads"]
+    parts = [f"{cs['gflops_1']} / {cs['gflops_all']} GFLOP/s ({cs['ratio']}x) at {when}" for when, cs in runs]
     warn = (f" (below {0.75 * threads:.1f}x: the machine did not give the run all its {threads} cores, and parallel "
-            "timings are slower for that)") if low < 0.75 * threads else ""
+            "timings are slower for that)") if min(cs["ratio"] for _, cs in runs) < 0.75 * threads else ""
     return [f"- sgemm 1024^3 on 1 / {threads} threads: " + ", ".join(parts) + warn]
 
 

@@ -166,7 +166,6 @@ def test_cpu_centers_gradient_is_the_row_order_sum(threads, reduction, offset):
     assert torch.equal(gc, want_gc)
 
 
-
 def _cpu_row_sq(xi, ci):
     """csrc/cpu/assigned_distance_cpu.cpp's row_sq in Python floats (IEEE doubles, so every
     operation rounds as the kernel's): column j into partial sum j % 16, the partials added
