@@ -203,10 +203,11 @@ def _i(v: int):
     return ctypes.c_int64(int(v))
 
 
-def _for_labels(name: str, labels: Tensor) -> str:
-    """The launcher entry for labels of this dtype: int32 labels are read as they are, by the
-    ``_i32`` instantiation (capi.cpp), never copied to int64 (docs/ops.md)."""
-    return name + "_i32" if labels.dtype == torch.int32 else name
+def _int32(labels: Tensor) -> ctypes.c_int:
+    """The flag after an entry's arguments that says its labels are int32: they are read as
+    they are, by the launcher's int32 instantiation (capi.cpp), never copied to int64
+    (docs/ops.md)."""
+    return ctypes.c_int(labels.dtype == torch.int32)
 
 
 def _call(name: str, *args) -> None:
@@ -334,9 +335,9 @@ def minibatch_update_(centers, counts, x, labels, deterministic=False, cosine=Fa
     sums, batch_counts, sorted_labels, perm, pieces = _workspace(x, labels, k, deterministic)
     norms = _row_norms(x, cosine)  # held here: the launcher writes it
     w, batch_w = _weights(sample_weight, k)
-    _call(_for_labels("minibatch_update_launch", labels), _dt(x), _ptr(centers), _ptr(counts), _ptr(x), _ptr(labels),
+    _call("minibatch_update_launch", _dt(x), _ptr(centers), _ptr(counts), _ptr(x), _ptr(labels),
           _ptr(sorted_labels), _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums), _ptr(batch_counts),
-          _ptr(pieces), _ptr(norms), _ptr(w), _ptr(batch_w))
+          _ptr(pieces), _ptr(norms), _ptr(w), _ptr(batch_w), _int32(labels))
 
 
 def minibatch_step_(centers, counts, x, deterministic=False, cosine=False, sample_weight=None):
@@ -362,22 +363,10 @@ def ema_update_(centers, cluster_size, embed_sum, x, labels, decay, eps, determi
     total = torch.empty(b, dtype=torch.float64)
     norms = _row_norms(rows, cosine)  # held here: the launcher writes it
     w, batch_w = _weights(None if sample_weight is None else sample_weight.reshape(-1), b * k)
-    _call(_for_labels("ema_update_launch", labels), _dt(x), _ptr(centers), _ptr(cluster_size), _ptr(embed_sum),
+    _call("ema_update_launch", _dt(x), _ptr(centers), _ptr(cluster_size), _ptr(embed_sum),
           ctypes.c_double(decay), ctypes.c_double(eps), _ptr(x), _ptr(labels), _ptr(sorted_labels),
           _ptr(perm), _i(n), _i(k), _i(d), _ptr(sums), _ptr(batch_counts), _ptr(pieces), _ptr(total),
-          _ptr(norms), _ptr(w), _ptr(batch_w), _i(b))
-
-
-def _sides_suffix(labels_real: Tensor, labels_fake: Tensor) -> str:
-    """"_i32" (the entry taking each side's label type as a flag) when either side is int32."""
-    return "_i32" if torch.int32 in (labels_real.dtype, labels_fake.dtype) else ""
-
-
-def _sides_flags(labels_real: Tensor, labels_fake: Tensor) -> tuple:
-    if not _sides_suffix(labels_real, labels_fake):
-        return ()
-    return (ctypes.c_int(labels_real.dtype == torch.int32),
-            ctypes.c_int(labels_fake.dtype == torch.int32))
+          _ptr(norms), _ptr(w), _ptr(batch_w), _i(b), _int32(labels))
 
 
 def center_loss_forward(x_real, labels_real, centers_real, x_fake, labels_fake, centers_fake):
@@ -387,11 +376,11 @@ def center_loss_forward(x_real, labels_real, centers_real, x_fake, labels_fake, 
     u_diff = torch.empty(d, dtype=acc)
     n_r = torch.empty(centers_real.shape[0], dtype=torch.int64)
     n_f = torch.empty(centers_fake.shape[0], dtype=torch.int64)
-    _call("center_loss_launch" + _sides_suffix(labels_real, labels_fake), _dt(x_real),
+    _call("center_loss_launch", _dt(x_real),
           _ptr(x_real), _ptr(labels_real), _ptr(centers_real), _i(x_real.shape[0]),
           _i(centers_real.shape[0]), _ptr(x_fake), _ptr(labels_fake), _ptr(centers_fake),
           _i(x_fake.shape[0]), _i(centers_fake.shape[0]), _i(d), _ptr(loss), _ptr(u_diff),
-          _ptr(n_r), _ptr(n_f), *_sides_flags(labels_real, labels_fake))
+          _ptr(n_r), _ptr(n_f), _int32(labels_real), _int32(labels_fake))
     return loss, u_diff, n_r, n_f
 
 
@@ -401,11 +390,11 @@ def center_loss_backward(grad, u_diff, x_real, labels_real, counts_real, x_fake,
     g, u = grad.to(acc).contiguous(), u_diff.to(acc).contiguous()
     gr = torch.empty_like(x_real)
     gf = torch.empty_like(x_fake)
-    _call("center_loss_backward_launch" + _sides_suffix(labels_real, labels_fake), _dt(x_real),
+    _call("center_loss_backward_launch", _dt(x_real),
           _ptr(g), _ptr(u), _ptr(labels_real), _ptr(counts_real), _i(x_real.shape[0]),
           _i(counts_real.shape[0]), _ptr(labels_fake), _ptr(counts_fake), _i(x_fake.shape[0]),
           _i(counts_fake.shape[0]), _i(x_real.shape[1]), _ptr(gr), _ptr(gf),
-          *_sides_flags(labels_real, labels_fake))
+          _int32(labels_real), _int32(labels_fake))
     return gr, gf
 
 
@@ -414,8 +403,8 @@ def assigned_distance(x, labels, centers, reduction="fro"):
     acc = _acc_dtype(x)
     out = torch.empty((), dtype=acc)
     partials = torch.empty(_num("assigned_distance_num_partials", _i(n)), dtype=torch.float64)
-    _call(_for_labels("assigned_distance_launch", labels), _dt(x), _REDUCTIONS[reduction], _ptr(x), _ptr(labels),
-          _ptr(centers), _i(n), _i(k), _i(d), _ptr(partials), _ptr(out))
+    _call("assigned_distance_launch", _dt(x), _REDUCTIONS[reduction], _ptr(x), _ptr(labels),
+          _ptr(centers), _i(n), _i(k), _i(d), _ptr(partials), _ptr(out), _int32(labels))
     return out
 
 
@@ -425,8 +414,9 @@ def assigned_distance_backward(grad, out, x, labels, centers, reduction, centers
     g, o = grad.to(acc).reshape(()).contiguous(), out.to(acc).reshape(()).contiguous()
     grad_x = torch.empty(n, d, dtype=x.dtype)
     gc = torch.empty(k, d, dtype=torch.float64) if centers_grad else None
-    _call(_for_labels("assigned_distance_backward_launch", labels), _dt(x), _REDUCTIONS[reduction], _ptr(g), _ptr(o),
-          _ptr(x), _ptr(labels), _ptr(centers), _i(n), _i(k), _i(d), _ptr(grad_x), _ptr(gc))
+    _call("assigned_distance_backward_launch", _dt(x), _REDUCTIONS[reduction], _ptr(g), _ptr(o),
+          _ptr(x), _ptr(labels), _ptr(centers), _i(n), _i(k), _i(d), _ptr(grad_x), _ptr(gc),
+          _int32(labels))
     if not centers_grad:
         return grad_x, centers.new_empty(0)
     return grad_x, gc.to(centers.dtype)

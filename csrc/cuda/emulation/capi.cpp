@@ -13,6 +13,29 @@ using namespace kmgan_cuda;
 namespace {
 Dtype dt(int d) { return static_cast<Dtype>(d); }
 Reduction red(int r) { return static_cast<Reduction>(r); }
+
+// int32 labels (docs/ops.md: read as they are, never copied to int64): an entry taking labels
+// takes them as void* with a flag (1 = int32), and f gets the pointer in its type; the
+// launchers are templates on the label type (launchers.h).
+template <typename F>
+int with_labels(const void* labels, int labels_i32, F&& f) {
+  return labels_i32 ? static_cast<int>(f(static_cast<const int32_t*>(labels)))
+                    : static_cast<int>(f(static_cast<const int64_t*>(labels)));
+}
+
+// f(real, fake) with each side's labels pointer in its type (the center loss's two sides).
+template <typename F>
+int with_side_labels(const void* real, int real_i32, const void* fake, int fake_i32, F&& f) {
+  return with_labels(real, real_i32, [&](auto r) {
+    return with_labels(fake, fake_i32, [&](auto lf) { return f(r, lf); });
+  });
+}
+
+// The pointer p in the type of the labels pointer like (a second labels array, e.g. sorted).
+template <typename L>
+const L* same_type(const L*, const void* p) {
+  return static_cast<const L*>(p);
+}
 }  // namespace
 
 EMU_API kmgan_emu_assign_launch(int dtype, const void* x, const void* centers, int64_t n,
@@ -74,54 +97,62 @@ EMU_API kmgan_emu_assign_cosine_backward_launch(int dtype, const void* grad_dist
 }
 
 EMU_API kmgan_emu_minibatch_update_launch(int dtype, void* centers, void* counts,
-                                          const void* x, const int64_t* labels,
-                                          const int64_t* sorted_labels, const int64_t* perm,
+                                          const void* x, const void* labels,
+                                          const void* sorted_labels, const int64_t* perm,
                                           int64_t n, int64_t k, int64_t d, double* sums,
                                           int64_t* batch_counts, double* pieces,
                                           double* row_norms, const double* weights,
-                                          double* batch_weights) {
-  return minibatch_update_launch(dt(dtype), centers, counts, x, labels, sorted_labels, perm, n,
-                                 k, d, sums, batch_counts, pieces, row_norms, weights,
-                                 batch_weights, nullptr);
+                                          double* batch_weights, int labels_i32) {
+  return with_labels(labels, labels_i32, [&](auto lab) {
+    return minibatch_update_launch(dt(dtype), centers, counts, x, lab, same_type(lab, sorted_labels),
+                                   perm, n, k, d, sums, batch_counts, pieces, row_norms, weights,
+                                   batch_weights, nullptr);
+  });
 }
 
 EMU_API kmgan_emu_ema_update_launch(int dtype, void* centers, void* cluster_size,
                                     void* embed_sum, double decay, double eps, const void* x,
-                                    const int64_t* labels, const int64_t* sorted_labels,
+                                    const void* labels, const void* sorted_labels,
                                     const int64_t* perm, int64_t n, int64_t k, int64_t d,
                                     double* sums, int64_t* batch_counts, double* pieces,
                                     double* total, double* row_norms, const double* weights,
-                                    double* batch_weights, int64_t problems) {
-  return ema_update_launch(dt(dtype), centers, cluster_size, embed_sum, decay, eps, x, labels,
-                           sorted_labels, perm, n, k, d, sums, batch_counts, pieces, total,
-                           row_norms, weights, batch_weights, nullptr, problems);
+                                    double* batch_weights, int64_t problems, int labels_i32) {
+  return with_labels(labels, labels_i32, [&](auto lab) {
+    return ema_update_launch(dt(dtype), centers, cluster_size, embed_sum, decay, eps, x, lab,
+                             same_type(lab, sorted_labels), perm, n, k, d, sums, batch_counts,
+                             pieces, total, row_norms, weights, batch_weights, nullptr, problems);
+  });
 }
 
 EMU_API_SIZE kmgan_emu_cluster_pieces_elems(int64_t n, int64_t d) {
   return cluster_pieces_elems(n, d);
 }
 
-EMU_API kmgan_emu_center_loss_launch(int dtype, const void* x_real, const int64_t* labels_real,
+EMU_API kmgan_emu_center_loss_launch(int dtype, const void* x_real, const void* labels_real,
                                      const void* centers_real, int64_t n_real, int64_t k_real,
-                                     const void* x_fake, const int64_t* labels_fake,
+                                     const void* x_fake, const void* labels_fake,
                                      const void* centers_fake, int64_t n_fake, int64_t k_fake,
                                      int64_t d, void* loss, void* u_diff, int64_t* counts_real,
-                                     int64_t* counts_fake) {
-  return center_loss_launch(dt(dtype), x_real, labels_real, centers_real, n_real, k_real, x_fake,
-                            labels_fake, centers_fake, n_fake, k_fake, d, loss, u_diff,
-                            counts_real, counts_fake, nullptr);
+                                     int64_t* counts_fake, int real_i32, int fake_i32) {
+  return with_side_labels(labels_real, real_i32, labels_fake, fake_i32, [&](auto lr, auto lf) {
+    return center_loss_launch(dt(dtype), x_real, lr, centers_real, n_real, k_real, x_fake, lf,
+                              centers_fake, n_fake, k_fake, d, loss, u_diff, counts_real,
+                              counts_fake, nullptr);
+  });
 }
 
 EMU_API kmgan_emu_center_loss_backward_launch(int dtype, const void* grad, const void* u_diff,
-                                              const int64_t* labels_real,
+                                              const void* labels_real,
                                               const int64_t* counts_real, int64_t n_real,
-                                              int64_t k_real, const int64_t* labels_fake,
+                                              int64_t k_real, const void* labels_fake,
                                               const int64_t* counts_fake, int64_t n_fake,
                                               int64_t k_fake, int64_t d, void* grad_real,
-                                              void* grad_fake) {
-  return center_loss_backward_launch(dt(dtype), grad, u_diff, labels_real, counts_real, n_real,
-                                     k_real, labels_fake, counts_fake, n_fake, k_fake, d,
-                                     grad_real, grad_fake, nullptr);
+                                              void* grad_fake, int real_i32, int fake_i32) {
+  return with_side_labels(labels_real, real_i32, labels_fake, fake_i32, [&](auto lr, auto lf) {
+    return center_loss_backward_launch(dt(dtype), grad, u_diff, lr, counts_real, n_real, k_real,
+                                       lf, counts_fake, n_fake, k_fake, d, grad_real, grad_fake,
+                                       nullptr);
+  });
 }
 
 EMU_API_SIZE kmgan_emu_assigned_distance_num_partials(int64_t n) {
@@ -129,106 +160,25 @@ EMU_API_SIZE kmgan_emu_assigned_distance_num_partials(int64_t n) {
 }
 
 EMU_API kmgan_emu_assigned_distance_launch(int dtype, int reduction, const void* x,
-                                           const int64_t* labels, const void* centers, int64_t n,
-                                           int64_t k, int64_t d, void* partials, void* out) {
-  return assigned_distance_launch(dt(dtype), red(reduction), x, labels, centers, n, k, d,
-                                  partials, out, nullptr);
+                                           const void* labels, const void* centers, int64_t n,
+                                           int64_t k, int64_t d, void* partials, void* out,
+                                           int labels_i32) {
+  return with_labels(labels, labels_i32, [&](auto lab) {
+    return assigned_distance_launch(dt(dtype), red(reduction), x, lab, centers, n, k, d, partials,
+                                    out, nullptr);
+  });
 }
 
 EMU_API kmgan_emu_assigned_distance_backward_launch(int dtype, int reduction, const void* grad,
                                                     const void* out, const void* x,
-                                                    const int64_t* labels, const void* centers,
+                                                    const void* labels, const void* centers,
                                                     int64_t n, int64_t k, int64_t d,
-                                                    void* grad_x, void* grad_centers_acc) {
-  return assigned_distance_backward_launch(dt(dtype), red(reduction), grad, out, x, labels,
-                                           centers, n, k, d, grad_x, grad_centers_acc, nullptr);
-}
-
-// int32 labels (docs/ops.md: read as they are, never copied to int64): the entries above with
-// int32 labels (and sorted labels); center loss takes each side's type as a flag (1 = int32).
-EMU_API kmgan_emu_minibatch_update_launch_i32(int dtype, void* centers, void* counts,
-                                              const void* x, const int32_t* labels,
-                                              const int32_t* sorted_labels, const int64_t* perm,
-                                              int64_t n, int64_t k, int64_t d, double* sums,
-                                              int64_t* batch_counts, double* pieces,
-                                              double* row_norms, const double* weights,
-                                              double* batch_weights) {
-  return minibatch_update_launch(dt(dtype), centers, counts, x, labels, sorted_labels, perm, n,
-                                 k, d, sums, batch_counts, pieces, row_norms, weights,
-                                 batch_weights, nullptr);
-}
-
-EMU_API kmgan_emu_ema_update_launch_i32(int dtype, void* centers, void* cluster_size,
-                                        void* embed_sum, double decay, double eps, const void* x,
-                                        const int32_t* labels, const int32_t* sorted_labels,
-                                        const int64_t* perm, int64_t n, int64_t k, int64_t d,
-                                        double* sums, int64_t* batch_counts, double* pieces,
-                                        double* total, double* row_norms, const double* weights,
-                                        double* batch_weights, int64_t problems) {
-  return ema_update_launch(dt(dtype), centers, cluster_size, embed_sum, decay, eps, x, labels,
-                           sorted_labels, perm, n, k, d, sums, batch_counts, pieces, total,
-                           row_norms, weights, batch_weights, nullptr, problems);
-}
-
-namespace {
-// f(real, fake) with each side's labels pointer in its type.
-template <typename F>
-int with_side_labels(const void* real, int real_i32, const void* fake, int fake_i32, F&& f) {
-  auto fake_typed = [&](auto r) {
-    return fake_i32 ? f(r, static_cast<const int32_t*>(fake))
-                    : f(r, static_cast<const int64_t*>(fake));
-  };
-  return real_i32 ? fake_typed(static_cast<const int32_t*>(real))
-                  : fake_typed(static_cast<const int64_t*>(real));
-}
-}  // namespace
-
-EMU_API kmgan_emu_center_loss_launch_i32(int dtype, const void* x_real, const void* labels_real,
-                                         const void* centers_real, int64_t n_real,
-                                         int64_t k_real, const void* x_fake,
-                                         const void* labels_fake, const void* centers_fake,
-                                         int64_t n_fake, int64_t k_fake, int64_t d, void* loss,
-                                         void* u_diff, int64_t* counts_real,
-                                         int64_t* counts_fake, int real_i32, int fake_i32) {
-  return with_side_labels(labels_real, real_i32, labels_fake, fake_i32, [&](auto lr, auto lf) {
-    return static_cast<int>(center_loss_launch(dt(dtype), x_real, lr, centers_real, n_real,
-                                               k_real, x_fake, lf, centers_fake, n_fake, k_fake,
-                                               d, loss, u_diff, counts_real, counts_fake,
-                                               nullptr));
+                                                    void* grad_x, void* grad_centers_acc,
+                                                    int labels_i32) {
+  return with_labels(labels, labels_i32, [&](auto lab) {
+    return assigned_distance_backward_launch(dt(dtype), red(reduction), grad, out, x, lab, centers,
+                                             n, k, d, grad_x, grad_centers_acc, nullptr);
   });
-}
-
-EMU_API kmgan_emu_center_loss_backward_launch_i32(int dtype, const void* grad, const void* u_diff,
-                                                  const void* labels_real,
-                                                  const int64_t* counts_real, int64_t n_real,
-                                                  int64_t k_real, const void* labels_fake,
-                                                  const int64_t* counts_fake, int64_t n_fake,
-                                                  int64_t k_fake, int64_t d, void* grad_real,
-                                                  void* grad_fake, int real_i32, int fake_i32) {
-  return with_side_labels(labels_real, real_i32, labels_fake, fake_i32, [&](auto lr, auto lf) {
-    return static_cast<int>(center_loss_backward_launch(dt(dtype), grad, u_diff, lr, counts_real,
-                                                        n_real, k_real, lf, counts_fake, n_fake,
-                                                        k_fake, d, grad_real, grad_fake,
-                                                        nullptr));
-  });
-}
-
-EMU_API kmgan_emu_assigned_distance_launch_i32(int dtype, int reduction, const void* x,
-                                               const int32_t* labels, const void* centers,
-                                               int64_t n, int64_t k, int64_t d, void* partials,
-                                               void* out) {
-  return assigned_distance_launch(dt(dtype), red(reduction), x, labels, centers, n, k, d,
-                                  partials, out, nullptr);
-}
-
-EMU_API kmgan_emu_assigned_distance_backward_launch_i32(int dtype, int reduction,
-                                                        const void* grad, const void* out,
-                                                        const void* x, const int32_t* labels,
-                                                        const void* centers, int64_t n,
-                                                        int64_t k, int64_t d, void* grad_x,
-                                                        void* grad_centers_acc) {
-  return assigned_distance_backward_launch(dt(dtype), red(reduction), grad, out, x, labels,
-                                           centers, n, k, d, grad_x, grad_centers_acc, nullptr);
 }
 
 EMU_API kmgan_emu_pairwise_l1_launch(int dtype, const void* sorted, const int64_t* source,
