@@ -11,7 +11,7 @@ from .. import _dispatch, _optional
 from .._checks import metric as check_metric
 from ..assign import assign
 from ..minibatch_update import minibatch_step_, minibatch_update_
-from . import _data
+from . import _data, _relocate
 from .kmeans_plusplus import check_weights, kmeans_plusplus, unit
 
 BACKENDS = ("auto", "faiss", "torch")
@@ -143,9 +143,7 @@ def _relocate_empty(rows: _data.Rows, new: Tensor, counts: Tensor, labels: Tenso
     """
     k, acc = new.shape[0], torch.float64
     empty = counts == 0
-    far = torch.topk(dist2.to(acc), k).indices
-    rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
-    pick = far.index_select(0, rank)  # the row each cluster would take (used where empty)
+    pick = _relocate.far_rows(empty, dist2.to(acc))
     moved = rows.take(pick)
     taken = empty.to(acc)
     old = labels.index_select(0, pick)
@@ -262,21 +260,14 @@ def _lloyd_segments(rows: _data.Rows, centers: Tensor, niter: int, chunk: int,
             labels[s : s + ch.shape[0]] = lab
             dist2[s : s + ch.shape[0]] = d2
         empty = counts == 0
-        far = torch.topk(dist2, k).indices
-        rank = (torch.cumsum(empty, 0) - 1).clamp_(min=0)
-        pick = far.index_select(0, rank)  # the row each cluster would take (used where empty)
+        pick = _relocate.far_rows(empty, dist2)
         moved = rows.take(pick)
-        # the moved rows leave their old clusters (only where a cluster is empty: taken = 0
-        # elsewhere adds nothing)
         taken = empty.to(counts.dtype)
         if weights is not None:
             taken = taken * weights.index_select(0, pick.to(weights.device)).to(acc)
-        old = labels.index_select(0, pick)
         moved64 = unit(moved.to(acc)) if cosine else moved.to(acc)
-        sums.index_add_(0, old, -moved64 * taken.to(acc)[:, None])
-        counts.index_add_(0, old, -taken)
-        # where no row is left, scikit-learn's residual sum (the division by 1)
-        means = sums / torch.where(counts == 0, torch.ones_like(counts), counts)[:, None]
+        _relocate.take_out_(sums, counts, labels.index_select(0, pick), moved64, taken)
+        means = _relocate.residual_means(sums, counts)
         if cosine:
             moved, means = unit(moved), unit(means)
         new = torch.where(empty[:, None], moved, means.to(rows.compute_dtype))

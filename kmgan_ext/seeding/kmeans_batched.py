@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import _checks
 from ..assign import assign
-from . import _data
+from . import _data, _relocate
 from .kmeans_plusplus import unit
 
 
@@ -63,18 +63,13 @@ def _lloyd_batched(x: Tensor, centers: Tensor, niter: int, metric: str = "euclid
         sums = torch.zeros(b * k, d, dtype=acc, device=x.device).index_add_(0, flat, rows64)
         counts = torch.bincount(flat, minlength=b * k).view(b, k)
         empty = counts == 0
-        far = torch.topk(d2.to(acc), k, dim=1).indices
-        rank = (torch.cumsum(empty, 1) - 1).clamp_(min=0)
-        pick = far.gather(1, rank)  # (B, K): the row each cluster would take (used where empty)
+        pick = _relocate.far_rows(empty, d2.to(acc))  # (B, K), rows of each problem
         moved = torch.gather(x, 1, pick[:, :, None].expand(b, k, d))
-        # the moved rows leave their old clusters (scikit-learn's relocation)
         old = (labels.gather(1, pick) + off).reshape(-1)
-        taken = empty.reshape(-1)
         leaving = rows64.index_select(0, (pick + row_off).reshape(-1))
-        sums.index_add_(0, old, -leaving * taken.to(acc)[:, None])
-        counts = counts.reshape(-1).index_add(0, old, -taken.to(counts.dtype)).view(b, k)
-        # where no row is left, scikit-learn's residual sum (the division by 1)
-        means = sums.view(b, k, d) / torch.where(counts == 0, 1, counts)[:, :, None]
+        counts = counts.reshape(-1)
+        _relocate.take_out_(sums, counts, old, leaving, empty.reshape(-1))
+        means = _relocate.residual_means(sums, counts).view(b, k, d)
         if cosine:
             moved = unit(moved.reshape(b * k, d)).view(b, k, d)
             means = unit(means.reshape(b * k, d)).view(b, k, d)
