@@ -10,6 +10,7 @@
 // Same bits as the portable loop: multiply and add in separate double operations (compiled
 // without FMA and with -ffp-contract=off, so they are not contracted).
 #include "common.h"
+#include "prefetch.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -27,16 +28,11 @@ template <typename index_t>
 __attribute__((target("avx2"))) void weighted_rows(const float* x, const index_t* labels,
                                                    const double* w, int64_t i0, int64_t i1,
                                                    int64_t d, double* acc) {
-  // As segment_sums_avx2.cpp: the row a few ahead is requested while this one is added.
+  // The row a few ahead is requested while this one is added (prefetch.h).
   constexpr int64_t kPrefetchRows = 4;
   for (int64_t i = i0; i < i1; ++i) {
     const float* xi = x + i * d;
-    if (i + kPrefetchRows < i1) {
-      const char* p = reinterpret_cast<const char*>(xi + kPrefetchRows * d);
-      const char* e = reinterpret_cast<const char*>(xi + (kPrefetchRows + 1) * d);
-      for (; p < e; p += 64) _mm_prefetch(p, _MM_HINT_T0);
-      _mm_prefetch(e - 1, _MM_HINT_T0);
-    }
+    if (i + kPrefetchRows < i1) prefetch_range(xi + kPrefetchRows * d, xi + (kPrefetchRows + 1) * d);
     const double wi = w[labels[i]];
     const __m256d wv = _mm256_set1_pd(wi);
     int64_t j = 0;
