@@ -57,7 +57,30 @@ def _all_outputs(deterministic):
     step_labels = km.minibatch_step_(step, torch.zeros(K, dtype=torch.int64), y.detach(), deterministic=deterministic,
                                      backend="cpu")  # fmt: skip
     ema = _ema_update_(c.clone(), x.detach(), labels, deterministic)
-    return [o.detach() for o in outs] + list(grads) + [upd, counts, step, step_labels] + ema
+    return [o.detach() for o in outs] + list(grads) + [upd, counts, step, step_labels] + ema + _sum_passes(
+        deterministic)
+
+
+def _sum_passes(deterministic):
+    """The other passes that add rows into (K, d) sums split by columns across threads
+    (common.h for_accumulator_blocks): float64 (compensated sums), metric="cosine" (rows
+    normalised), sample weights, and the cosine assignment's backward into the centers."""
+    x, _, c = _inputs()
+    labels = km.assign(x, c, backend="cpu")[0]
+    g = torch.Generator().manual_seed(2)
+    w = torch.rand(N, generator=g, dtype=torch.float64)
+    outs = []
+    for xx, cc, kw in ((x.double(), c.double(), {}), (x, c, {"metric": "cosine"}), (x, c, {"sample_weight": w}),
+                       (x.double(), c.double(), {"sample_weight": w, "metric": "cosine"})):
+        upd = cc.clone()
+        counts = torch.zeros(K, dtype=torch.float64 if "sample_weight" in kw else torch.int64)
+        km.minibatch_update_(upd, counts, xx, labels, deterministic=deterministic, backend="cpu", **kw)
+        outs.append(upd)
+    for dtype in (torch.float32, torch.float64):
+        xg, cg = x.to(dtype).requires_grad_(), c.to(dtype).requires_grad_()
+        d2 = km.assign(xg, cg, metric="cosine", backend="cpu")[1]
+        outs += list(torch.autograd.grad((d2 * torch.linspace(0.5, 2.0, N, dtype=dtype)).sum(), [xg, cg]))
+    return outs
 
 
 @pytest.mark.parametrize("deterministic", [False, True])

@@ -84,18 +84,18 @@ WideSum<scalar_t> weighted_segment_sums(const scalar_t* x, int64_t n, int64_t d,
   wsum.assign(static_cast<size_t>(k), 0.0);
   for (int64_t i = 0; i < n; ++i) wsum[labels[i]] += w[i];
   WideSum<scalar_t> sums(k * d);
-  double* sp = sums.sum.data();
-  double* cp = sums.comp.data();
-  for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
+  double* cp = WideSum<scalar_t>::compensated ? sums.comp.data() : nullptr;
+  for_accumulator_blocks(n, d, k, sums.sum.data(), cp, [&](int64_t j0, int64_t j1, double* a, double* b, int64_t ld) {
+    const int64_t w_cols = j1 - j0;
     for (int64_t i = 0; i < n; ++i) {
       if (cosine && norm[i] == 0.0) continue;
-      const scalar_t* __restrict__ xi = x + i * d;
-      double* __restrict__ s = sp + labels[i] * d;
+      const scalar_t* __restrict__ xi = x + i * d + j0;
+      double* __restrict__ s = a + labels[i] * ld;
       const double wi = w[i], nrm = cosine ? norm[i] : 1.0;
       if constexpr (WideSum<scalar_t>::compensated) {
-        double* __restrict__ e = cp + labels[i] * d;
+        double* __restrict__ e = b + labels[i] * ld;
 #pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t j = 0; j < w_cols; ++j) {
           const double v = (cosine ? static_cast<double>(xi[j]) / nrm : static_cast<double>(xi[j])) * wi;
           const double t = s[j] + v, bp = t - s[j];
           e[j] += (s[j] - (t - bp)) + (v - bp);
@@ -103,10 +103,10 @@ WideSum<scalar_t> weighted_segment_sums(const scalar_t* x, int64_t n, int64_t d,
         }
       } else if (cosine) {
 #pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) s[j] += static_cast<double>(xi[j]) / nrm * wi;
+        for (int64_t j = 0; j < w_cols; ++j) s[j] += static_cast<double>(xi[j]) / nrm * wi;
       } else {
 #pragma omp simd
-        for (int64_t j = j0; j < j1; ++j) s[j] += static_cast<double>(xi[j]) * wi;
+        for (int64_t j = 0; j < w_cols; ++j) s[j] += static_cast<double>(xi[j]) * wi;
       }
     }
   });

@@ -22,45 +22,45 @@ namespace {
 // int64 or int32 labels (docs/ops.md: int32 labels are read as they are).
 template <typename index_t>
 __attribute__((target("avx2"))) void segment_sums_avx2_impl(const float* x, int64_t n, int64_t d,
-                                                            const index_t* labels, double* sums,
-                                                            int64_t j0, int64_t j1) {
+                                                            const index_t* labels, double* acc,
+                                                            int64_t ld, int64_t j0, int64_t j1) {
   // The row kPrefetchRows ahead is requested now (prefetch.h says why).
   constexpr int64_t kPrefetchRows = 4;
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * d;
-    double* s = sums + labels[i] * d;
+    double* s = acc + labels[i] * ld;  // s[j - j0]: column j
     if (i + kPrefetchRows < n) prefetch_range(xi + kPrefetchRows * d + j0, xi + kPrefetchRows * d + j1);
     int64_t j = j0;
     for (; j + 8 <= j1; j += 8) {
       const __m256 v = _mm256_loadu_ps(xi + j);
-      _mm256_storeu_pd(s + j, _mm256_add_pd(_mm256_loadu_pd(s + j),
+      _mm256_storeu_pd(s + (j - j0), _mm256_add_pd(_mm256_loadu_pd(s + (j - j0)),
                                             _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
-      _mm256_storeu_pd(s + j + 4, _mm256_add_pd(_mm256_loadu_pd(s + j + 4),
+      _mm256_storeu_pd(s + (j - j0) + 4, _mm256_add_pd(_mm256_loadu_pd(s + (j - j0) + 4),
                                                 _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
     }
-    for (; j < j1; ++j) s[j] += static_cast<double>(xi[j]);
+    for (; j < j1; ++j) s[j - j0] += static_cast<double>(xi[j]);
   }
 }
 
 }  // namespace
 
 void segment_sums_f32_avx2(const float* x, int64_t n, int64_t d, const int64_t* labels,
-                           double* sums, int64_t j0, int64_t j1) {
-  segment_sums_avx2_impl(x, n, d, labels, sums, j0, j1);
+                           double* acc, int64_t ld, int64_t j0, int64_t j1) {
+  segment_sums_avx2_impl(x, n, d, labels, acc, ld, j0, j1);
 }
 void segment_sums_f32_avx2(const float* x, int64_t n, int64_t d, const int32_t* labels,
-                           double* sums, int64_t j0, int64_t j1) {
-  segment_sums_avx2_impl(x, n, d, labels, sums, j0, j1);
+                           double* acc, int64_t ld, int64_t j0, int64_t j1) {
+  segment_sums_avx2_impl(x, n, d, labels, acc, ld, j0, j1);
 }
 
 #else
 
 void segment_sums_f32_avx2(const float*, int64_t, int64_t, const int64_t*, double*, int64_t,
-                           int64_t) {
+                           int64_t, int64_t) {
   TORCH_CHECK(false, "segment_sums_f32_avx2 is not compiled on this platform");
 }
 void segment_sums_f32_avx2(const float*, int64_t, int64_t, const int32_t*, double*, int64_t,
-                           int64_t) {
+                           int64_t, int64_t) {
   TORCH_CHECK(false, "segment_sums_f32_avx2 is not compiled on this platform");
 }
 
