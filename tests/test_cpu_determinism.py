@@ -64,12 +64,14 @@ def _all_outputs(deterministic):
 def _sum_passes(deterministic):
     """The other passes that add rows into (K, d) sums split by columns across threads
     (common.h for_accumulator_blocks): float64 (compensated sums), metric="cosine" (rows
-    normalised), sample weights, and the cosine assignment's backward into the centers."""
-    x, _, c = _inputs()
+    normalised), sample weights, the cosine assignment's backward into the centers, and the
+    float64 center loss's (d,) sum."""
+    x, y, c = _inputs()
     labels = km.assign(x, c, backend="cpu")[0]
+    ly = km.assign(y, c, backend="cpu")[0]
     g = torch.Generator().manual_seed(2)
     w = torch.rand(N, generator=g, dtype=torch.float64)
-    outs = []
+    outs = [CENTER_LOSS(x.double(), labels, c.double(), y.double(), ly, c.double(), backend="cpu")]
     for xx, cc, kw in ((x.double(), c.double(), {}), (x, c, {"metric": "cosine"}), (x, c, {"sample_weight": w}),
                        (x.double(), c.double(), {"sample_weight": w, "metric": "cosine"})):
         upd = cc.clone()

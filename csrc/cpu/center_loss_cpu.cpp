@@ -55,12 +55,15 @@ std::vector<double> side_mean(const scalar_t* x, const index_t* labels, int64_t 
     for (int64_t ch = 0; ch < chunks; ++ch)
       for (int64_t j = 0; j < d; ++j) up[j] += partial[ch * d + j];
   } else {
-    for_column_blocks(rows + k, d, [&](int64_t j0, int64_t j1) {
+    // u as a (1, d) array: each thread adds into a private copy of its columns
+    for_accumulator_blocks(rows + k, d, 1, u.sum.data(), u.comp.data(),
+                           [&](int64_t j0, int64_t j1, double* s, double* e, int64_t) {
+      using Sum = WideSum<scalar_t>;
       for (int64_t q = 0; q < k; ++q)
-        for (int64_t j = j0; j < j1; ++j) u.add(j, w[q] * static_cast<double>(c[q * d + j]));
+        for (int64_t j = j0; j < j1; ++j) Sum::add_to(s[j - j0], e[j - j0], w[q] * static_cast<double>(c[q * d + j]));
       for (int64_t i = 0; i < rows; ++i) {
         const double wi = w[labels[i]];
-        for (int64_t j = j0; j < j1; ++j) u.add(j, wi * static_cast<double>(x[i * d + j]));
+        for (int64_t j = j0; j < j1; ++j) Sum::add_to(s[j - j0], e[j - j0], wi * static_cast<double>(x[i * d + j]));
       }
     });
   }
