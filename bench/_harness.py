@@ -40,7 +40,9 @@ from _correctness import (  # noqa: F401  (re-exported for the benchmarks)
     tolerances,
     yardstick_tols,
 )
-from _metadata import _loadavg, _meminfo_kb, core_scaling, device_info, git_commit, run_metadata, set_threads  # noqa: F401
+from _metadata import (  # noqa: F401
+    _loadavg, _meminfo_kb, core_scaling, core_scaling_runs, device_info, git_commit, run_metadata, set_threads,
+)
 from _roofline import GPU_PEAKS, Roofline, roofline_for  # noqa: F401
 from _timing import Timing, _clear, measure  # noqa: F401
 

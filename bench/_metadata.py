@@ -136,6 +136,11 @@ def core_scaling(n: int = 1024, reps: int = 5) -> dict | None:
             "ratio": round(every / one, 2)}
 
 
+def core_scaling_runs(result: dict) -> list[tuple[str, dict]]:
+    """The run's core_scaling records that were taken, as (when, record), "start" first."""
+    return [(when, result[f"core_scaling_{when}"]) for when in ("start", "end") if result.get(f"core_scaling_{when}")]
+
+
 def _loadavg() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)

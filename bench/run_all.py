@@ -183,8 +183,7 @@ def _cell(s: str) -> str:
 
 def _core_scaling_line(result: dict) -> list[str]:
     """How many of its cores the machine gave the run, at start and end (_metadata.core_scaling)."""
-    runs = [(when, result.get(f"core_scaling_{when}")) for when in ("start", "end")]
-    runs = [(when, cs) for when, cs in runs if cs]
+    runs = H.core_scaling_runs(result)
     if not runs:
         return []
     threads = runs[0][1]["threads"]

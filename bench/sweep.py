@@ -438,7 +438,7 @@ def series(shape: dict, centre: dict) -> list[str]:
 
 def _scaling_note(result: dict) -> str:
     """The 1-thread to all-threads sgemm ratios of the run (bench/_metadata.core_scaling)."""
-    ratios = [cs["ratio"] for cs in (result.get("core_scaling_start"), result.get("core_scaling_end")) if cs]
+    ratios = [cs["ratio"] for _, cs in H.core_scaling_runs(result)]
     return ", sgemm all / 1 thread " + " / ".join(f"{r}x" for r in ratios) if ratios else ""
 
 
