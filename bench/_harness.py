@@ -42,6 +42,7 @@ from _correctness import (  # noqa: F401  (re-exported for the benchmarks)
 )
 from _metadata import (  # noqa: F401
     _loadavg, _meminfo_kb, core_scaling, core_scaling_runs, device_info, git_commit, run_metadata, set_threads,
+    wait_for_cores,
 )
 from _roofline import GPU_PEAKS, Roofline, roofline_for  # noqa: F401
 from _timing import Timing, _clear, measure  # noqa: F401

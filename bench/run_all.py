@@ -95,9 +95,11 @@ def main(argv=None) -> dict:
     )
     progress(f"bench: device {device}, {'tiny' if args.tiny else 'quick' if args.quick else 'full'}, ops {args.ops}")
     progress(f"bench: threads {threads}")
+    # before the roofline and the first timing: the run starts with the machine's cores
+    start = H.wait_for_cores(log=progress) if device.type == "cpu" and not args.tiny else None
     ctx.roof = H.roofline_for(device, small=args.tiny)
     progress(f"bench: roofline {ctx.roof.bandwidth_gbps:.1f} GB/s (LLC {ctx.roof.cache_gbps}), {ctx.roof.gflops} GFLOP/s ({ctx.roof.source})")
-    meta = H.run_metadata(ctx, {k: v for k, v in vars(args).items()})
+    meta = H.run_metadata(ctx, {k: v for k, v in vars(args).items()}, start)
     rows: list[dict] = []
     for i, key in enumerate(args.ops):
         t = time.monotonic()
@@ -187,7 +189,10 @@ def _core_scaling_line(result: dict) -> list[str]:
     if not runs:
         return []
     threads = runs[0][1]["threads"]
-    parts = [f"{cs['gflops_1']} / {cs['gflops_all']} GFLOP/s ({cs['ratio']}x) at {when}" for when, cs in runs]
+    waited = {when: f" (after waiting {cs['waited_s']:g} s for the cores)" if cs.get("waited_s", 0) >= 1 else ""
+              for when, cs in runs}
+    parts = [f"{cs['gflops_1']} / {cs['gflops_all']} GFLOP/s ({cs['ratio']}x) at {when}{waited[when]}"
+             for when, cs in runs]
     warn = (f" (below {0.75 * threads:.1f}x: the machine did not give the run all its {threads} cores, and parallel "
             "timings are slower for that)") if min(cs["ratio"] for _, cs in runs) < 0.75 * threads else ""
     return [f"- sgemm 1024^3 on 1 / {threads} threads: " + ", ".join(parts) + warn]

@@ -540,8 +540,9 @@ def main(argv=None) -> dict:
     t0 = time.monotonic()
     ctx = H.Ctx(device=device, quick=size == "quick", tiny=size == "tiny", compile=False,
                 deadline=None if args.budget_s is None else t0 + args.budget_s, log=H.eprint)  # fmt: skip
+    start = H.wait_for_cores(log=H.eprint) if device.type == "cpu" and size != "tiny" else None
     ctx.roof = H.roofline_for(device, small=args.tiny)
-    meta = H.run_metadata(ctx, dict(vars(args), size=size, cell_s=cell_s, niter=NITER))
+    meta = H.run_metadata(ctx, dict(vars(args), size=size, cell_s=cell_s, niter=NITER), start)
     meta["threads"] = threads
     rows = []
     for op, shape, bound_s, _ in plan(args.ops, size, ctx.roof):

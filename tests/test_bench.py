@@ -168,6 +168,20 @@ def test_gpu_check_script_parses():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_wait_for_cores_measures_again_until_the_cores_are_there(monkeypatch):
+    import _metadata
+
+    ratios = iter([1.05, 1.1, 1.9, 2.0])
+    monkeypatch.setattr(_metadata, "core_scaling", lambda: {"threads": 2, "ratio": next(ratios)})
+    said = []
+    cs = _metadata.wait_for_cores(wait_s=10.0, pause_s=0.01, log=said.append)
+    assert cs["ratio"] == 1.9 and len(said) == 2 and cs["waited_s"] >= 0.0
+    # never there: it gives up after wait_s and starts with the last measurement
+    monkeypatch.setattr(_metadata, "core_scaling", lambda: {"threads": 2, "ratio": 1.0})
+    cs = _metadata.wait_for_cores(wait_s=0.05, pause_s=0.01)
+    assert cs["ratio"] == 1.0 and 0.0 <= cs["waited_s"] < 1.0
+
+
 def test_parse_rejects_unknown_op(capsys):
     with pytest.raises(SystemExit, match="2"):
         run_all.parse(["--ops", "nope"])
