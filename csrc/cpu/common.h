@@ -134,8 +134,9 @@ inline double scalar_grad(const char* name, const Tensor& g) {
 // ----------------------------------------------------------------------------- layout
 // Columns are split across threads in blocks of 16, and every (cluster, column) sums its rows
 // in index order whatever the thread count. Two threads' columns of one row of a shared
-// (K, d) array still meet mid cache line unless the row's bytes and the array are multiples
-// of 64 (d = 100 doubles: 800 bytes): passes adding rows into one use for_accumulator_blocks.
+// (K, d) array still meet mid cache line unless each row is a whole number of 64-byte lines
+// and the array starts on one (d = 100 doubles: 800 bytes, 12.5 lines): passes adding rows
+// into such an array use for_accumulator_blocks.
 constexpr int64_t kColumnBlock = 16;
 
 // Work below this many elements runs on the calling thread (a parallel region costs ~10us).
@@ -156,7 +157,7 @@ inline void for_column_blocks(int64_t n, int64_t d, const F& fn) {
 // pa[q * ld + (j - j0)] for cluster q and column j in [j0, j1) (pb likewise). Where the pass
 // is split across threads and the rows outnumber the clusters, pa and pb are private copies
 // of the block's columns, written back when it is done: in a shared (k, d) array one thread's
-// columns of a row start and end mid cache line unless d * 8 is a multiple of 64 and the
+// columns of a row start or end mid cache line unless d * 8 is a multiple of 64 and the
 // array 64-byte aligned, and two threads adding rows of one cluster wrote that line in turn
 // (issue 15: the segment sums of 70,000 x 100 rows took 2.3-2.9 ms on 2 threads against
 // 2.0-2.4 ms on 1). Every element sees the same additions in the same order: the same bits.
