@@ -155,19 +155,21 @@ inline void for_column_blocks(int64_t n, int64_t d, const F& fn) {
 // for_column_blocks for a pass adding n rows into a (k, d) array of doubles a, and b (the
 // compensation of a 2Sum; null when there is none): fn(j0, j1, pa, pb, ld) adds into
 // pa[q * ld + (j - j0)] for cluster q and column j in [j0, j1) (pb likewise). Where the pass
-// is split across threads and the rows outnumber the clusters, pa and pb are private copies
-// of the block's columns, written back when it is done: in a shared (k, d) array one thread's
-// columns of a row start or end mid cache line unless d * 8 is a multiple of 64 and the
-// array 64-byte aligned, and two threads adding rows of one cluster wrote that line in turn
-// (issue 15: the segment sums of 70,000 x 100 rows took 2.3-2.9 ms on 2 threads against
-// 2.0-2.4 ms on 1). Every element sees the same additions in the same order: the same bits.
+// is split across threads, the rows outnumber the clusters and the array is at most 32 MB,
+// pa and pb are private copies of the block's columns, written back when it is done: in a
+// shared (k, d) array one thread's columns of a row start or end mid cache line unless d * 8
+// is a multiple of 64 and the array 64-byte aligned, and two threads adding rows of one
+// cluster wrote that line in turn (issue 15: the segment sums of 70,000 x 100 rows took
+// 2.3-2.9 ms on 2 threads against 2.0-2.4 ms on 1). Every element sees the same additions in
+// the same order: the same bits.
 template <typename F>
 inline void for_accumulator_blocks(int64_t n, int64_t d, int64_t k, double* a, double* b,
                                    const F& fn) {
   const int64_t blocks = (d + kColumnBlock - 1) / kColumnBlock;
   const bool split = blocks > 1 && n * d >= kParallelElems && at::get_num_threads() > 1;
-  // the copies cost 2 k (j1 - j0) element moves against the pass's n (j1 - j0) additions
-  const bool copy = split && n >= 4 * k;
+  // The copies cost 2 k (j1 - j0) element moves against the pass's n (j1 - j0) additions,
+  // and k d doubles of memory in all (above 32 MB the pass adds into the shared array).
+  const bool copy = split && n >= 4 * k && k * d <= (int64_t(1) << 22);
   for_column_blocks(n, d, [&](int64_t j0, int64_t j1) {
     if (!copy || a == nullptr) {  // a null: nothing is summed (fn only reads)
       fn(j0, j1, a != nullptr ? a + j0 : nullptr, b != nullptr ? b + j0 : nullptr, d);
