@@ -26,19 +26,19 @@ __attribute__((target("avx2"))) void segment_sums_avx2_impl(const float* x, int6
                                                             int64_t ld, int64_t j0, int64_t j1) {
   // The row kPrefetchRows ahead is requested now (prefetch.h says why).
   constexpr int64_t kPrefetchRows = 4;
+  const int64_t w = j1 - j0;
   for (int64_t i = 0; i < n; ++i) {
-    const float* xi = x + i * d;
-    double* s = acc + labels[i] * ld;  // s[j - j0]: column j
-    if (i + kPrefetchRows < n) prefetch_range(xi + kPrefetchRows * d + j0, xi + kPrefetchRows * d + j1);
-    int64_t j = j0;
-    for (; j + 8 <= j1; j += 8) {
+    const float* xi = x + i * d + j0;  // xi[j], s[j]: column j0 + j
+    double* s = acc + labels[i] * ld;
+    if (i + kPrefetchRows < n) prefetch_range(xi + kPrefetchRows * d, xi + kPrefetchRows * d + w);
+    int64_t j = 0;
+    for (; j + 8 <= w; j += 8) {
       const __m256 v = _mm256_loadu_ps(xi + j);
-      _mm256_storeu_pd(s + (j - j0), _mm256_add_pd(_mm256_loadu_pd(s + (j - j0)),
-                                            _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
-      _mm256_storeu_pd(s + (j - j0) + 4, _mm256_add_pd(_mm256_loadu_pd(s + (j - j0) + 4),
-                                                _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+      _mm256_storeu_pd(s + j, _mm256_add_pd(_mm256_loadu_pd(s + j), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+      _mm256_storeu_pd(s + j + 4,
+                       _mm256_add_pd(_mm256_loadu_pd(s + j + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
     }
-    for (; j < j1; ++j) s[j - j0] += static_cast<double>(xi[j]);
+    for (; j < w; ++j) s[j] += static_cast<double>(xi[j]);
   }
 }
 
