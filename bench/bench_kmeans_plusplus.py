@@ -36,9 +36,11 @@ setting for all):
   row's rms distance, at least 1% of K; its inertia error, at least 1e-4). The torch row
   itself: its inertia within 1e-4. faiss, where it split a cluster (its rule for an empty
   one), against a float64 Lloyd with faiss's own split rule (check_faiss_lloyd).
-The roofline counts the least work of any k-means++ (one pass over x per center). The check
-is quality, since seeds differ between libraries (a provider below the bar is still timed,
-and flagged correct=False): k-means++ centers must be rows of x, and the mean inertia (sum of
+The roofline counts the least work of any k-means++ that reads every row (one pass over x
+per center); kmgan_ext-cpu leaves out the rows no column of a pass can come nearer to (its
+note says how many it read), so its figure can pass 100%. The check is quality, since seeds
+differ between libraries (a provider below the bar is still timed, and flagged
+correct=False): k-means++ centers must be rows of x, and the mean inertia (sum of
 squared distances of all rows to the nearest center, float64) over SEEDS seeds of the
 provider within 1.25x of scikit-learn's kmeans_plusplus's mean over as many seeds of its own;
 Lloyd results likewise against scikit-learn's KMeans. One seed's inertia varies by several
@@ -338,7 +340,10 @@ def run(ctx: H.Ctx) -> list[dict]:
         ]
         entries.sort(key=H.compile_last)
         for name, seeded, why in entries:
-            rows += run_one(op, name, seeded, SEED_RATIO, True, seed_yard, seed_work, absent=why)
+            got = run_one(op, name, seeded, SEED_RATIO, True, seed_yard, seed_work, absent=why)
+            if name == "kmgan_ext-cpu" and got and got[0].get("median_ms") is not None:
+                _add_note(got[0], _rows_read(x, k))
+            rows += got
 
         # ---------------- k-means (Lloyd)
         op = "kmeans"
@@ -370,6 +375,20 @@ def run(ctx: H.Ctx) -> list[dict]:
     return rows
 
 
+def _rows_read(x: torch.Tensor, k: int) -> str:
+    """The share of the K passes' rows that backend "cpu" read for seed 0: the rest were
+    skipped by its triangle-inequality test (csrc/cpu/kmeans_plusplus_cpu.cpp), which is how
+    its % roofline (one pass over x per center) can pass 100%."""
+    import importlib
+
+    kpp = importlib.import_module("kmgan_ext.seeding.kmeans_plusplus")  # the module, not the function
+
+    u = kpp.uniforms(0, k, 2 + int(math.log(k)))
+    first = int(kpp._first_index(len(x), u, None))
+    read = int(torch.ops.kmgan_ext.kmeans_plusplus_native(x.contiguous(), None, u, first)[3])
+    return f"rows read: {read / (k * len(x)):.0%} of K passes over x"
+
+
 def _target_shape(shape: dict) -> bool:
     return shape.get("N") == 70_000 and shape.get("d") == 100
 
@@ -381,7 +400,10 @@ def _add_note(r: dict, text: str) -> None:
 def note_targets(rows: list[dict]) -> None:
     """Issue 15's targets in the notes of the kmgan_ext rows: the k-means++ time against
     SEED_TARGET_MS, and Lloyd from the same start against faiss and scikit-learn (the ratio
-    of their medians to kmgan_ext's, LLOYD_TARGET_VS). A row that was not timed says so."""
+    of their medians to kmgan_ext's, LLOYD_TARGET_VS). The issue's scikit-learn 5x can also
+    be read as whole fit against whole fit, each with its own seeding (its "now" column
+    compares those): op kmeans' kmgan_ext row carries that ratio. A row that was not timed
+    says so."""
     for r in rows:
         if not _target_shape(r["shape"]):
             continue
@@ -405,6 +427,14 @@ def note_targets(rows: list[dict]) -> None:
                 met = "met" if ratio >= goal else "MISSED"
                 parts.append(f"{ratio:.2f}x {peer} (target >= {goal:g}x: {met})")
             _add_note(r, "; ".join(parts))
+        if r["op"] == "kmeans" and r["provider"] == "kmgan_ext" and k == 100:
+            # The issue's first reading of its 5x: the whole fit, each with its own seeding.
+            p = next((q for q in rows if q["op"] == "kmeans" and q["shape"] == r["shape"]
+                      and q["provider"] == "sklearn" and q["median_ms"]), None)
+            if p is not None and r["median_ms"] is not None:
+                ratio = p["median_ms"] / r["median_ms"]
+                met = "met" if ratio >= LLOYD_TARGET_VS["sklearn"] else "MISSED"
+                _add_note(r, f"whole fit {ratio:.2f}x sklearn (>= {LLOYD_TARGET_VS['sklearn']:g}x: {met})")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ TORCH_LIBRARY(kmgan_ext, m) {
 #undef KMGAN_EXT_DEFINE
   // Greedy k-means++ (csrc/cpu/kmeans_plusplus_cpu.cpp), a CPU kernel only: km.kmeans_plusplus
   // picks it by its own `backend` ("cpu"), so there is no routed public op.
-  m.def("kmeans_plusplus_native(Tensor x, Tensor? weights, Tensor u, int first) -> (Tensor, Tensor, Tensor)");
+  m.def("kmeans_plusplus_native(Tensor x, Tensor? weights, Tensor u, int first, bool skip=True) -> (Tensor, Tensor, Tensor, Tensor)");
   // Lloyd's iterations of km.kmeans with exact labels and bounds that skip most distances
   // (csrc/cpu/lloyd_cpu.cpp), a CPU kernel only, called by km.kmeans on float32 CPU rows.
   m.def("lloyd_native(Tensor x, Tensor centers, int niter) -> (Tensor, Tensor, Tensor, int)");

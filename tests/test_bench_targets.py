@@ -40,3 +40,14 @@ def test_untimed_peer_is_said():
     B.note_targets(rows)
     assert "vs faiss: not timed (target >= 1.5x)" in rows[0]["note"]
     assert "vs sklearn: not timed (target >= 5x)" in rows[0]["note"]
+
+
+def test_whole_fit_ratio_on_the_kmeans_row():
+    rows = [_row("kmeans", 100, "kmgan_ext", 400.0), _row("kmeans", 100, "sklearn", 1640.0),
+            _row("kmeans", 10, "kmgan_ext", 50.0), _row("kmeans", 10, "sklearn", 500.0)]  # fmt: skip
+    B.note_targets(rows)
+    assert rows[0]["note"] == "whole fit 4.10x sklearn (>= 5x: MISSED)"
+    assert not rows[2]["note"]  # the Lloyd row is K = 100
+    rows[0]["note"], rows[0]["median_ms"] = None, 300.0
+    B.note_targets(rows)
+    assert rows[0]["note"] == "whole fit 5.47x sklearn (>= 5x: met)"

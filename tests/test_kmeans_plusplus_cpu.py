@@ -93,6 +93,55 @@ def test_same_indices_at_the_bench_shape_subsampled():
     np.testing.assert_array_equal(b, a)
 
 
+def _native(x, k, seed, trials, skip, weights=None):
+    x = torch.as_tensor(x)
+    u = kpp_mod.uniforms(seed, k, trials)
+    first = int(kpp_mod._first_index(len(x), u, weights))
+    idx, pot, finite, read = torch.ops.kmgan_ext.kmeans_plusplus_native(x, weights, u, first, skip)
+    assert bool(finite)
+    return idx, pot, int(read)
+
+
+def _skip_cases(dtype):
+    rng = np.random.default_rng(11)
+    # Far-apart blobs, many more than the columns of a pass: most rows are skipped.
+    yield "separated", _blobs(4000, 24, seed=11), 60, 0.9
+    means = 40 * rng.standard_normal((50, 16))
+    yield "50 blobs", means[rng.integers(0, 50, 3000)] + rng.standard_normal((3000, 16)), 80, 0.6
+    # Tight groups far from the origin: the matmul form's rounding (relative to |x|^2) is as
+    # large as the distances, which only the error term e_i of the test keeps from skipping
+    # rows whose computed distance to a column is below D_i.
+    # (Without e_i, each of these gives other indices; the offsets scale with 1/sqrt(eps).)
+    scale = 1.0 if dtype == np.float32 else 2.0**14.5
+    for d, offset, spread in ((8, 1e3 * scale, 0.3), (8, 5e3 * scale, 1.0), (32, 5e3 * scale, 1.0)):
+        g = 3 * rng.standard_normal((40, d))
+        x = offset + g[rng.integers(0, 40, 2500)] + spread * rng.standard_normal((2500, d))
+        yield f"d {d}, offset {offset:g}, spread {spread:g}", x, 50, 1e9
+    # Duplicated rows and an integer grid: exact ties between D_i and a column's distance.
+    yield "grid", rng.integers(0, 5, (2000, 3)).astype(np.float64), 60, 1e9
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_skipped_rows_change_no_bit(dtype):
+    # The skip test (kmeans_plusplus_cpu.cpp) leaves out rows that no column of a pass can come
+    # nearer to: the same indices and the same float64 potential, bit for bit, as reading
+    # every row, on data where the rounding of the distances is as large as the distances.
+    skipped_somewhere = False
+    for name, x, k, most_read in _skip_cases(dtype):
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))
+        n = len(x)
+        w = torch.from_numpy(np.random.default_rng(3).uniform(0.5, 2.0, n).astype(dtype))
+        for seed, trials, weights in ((0, 6, None), (1, 1, None), (2, 9, w)):
+            i1, p1, r1 = _native(x, k, seed, trials, True, weights)
+            i0, p0, r0 = _native(x, k, seed, trials, False, weights)
+            assert torch.equal(i1, i0), (name, seed)
+            assert float(p1) == float(p0), (name, seed, float(p1), float(p0))
+            assert r0 == k * n, (name, r0)
+            assert r1 <= most_read * k * n, (name, seed, r1 / (k * n))
+            skipped_somewhere |= r1 < r0
+    assert skipped_somewhere
+
+
 def test_numpy_memmap_and_tensor_read_in_place(tmp_path):
     x = _blobs(500, 6, seed=4)
     mm = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="w+", shape=x.shape)

@@ -1,5 +1,5 @@
 // Greedy k-means++ on CPU (km.kmeans_plusplus, backend "cpu"; docs/ops.md, Seeding): the same draws
-// as the torch loop (kmgan_ext/seeding/kmeans_plusplus.py), one pass over x per center.
+// as the torch loop (kmgan_ext/seeding/kmeans_plusplus.py), at most one pass over x per center.
 //
 // The torch loop reads x twice per center, or keeps an (N, trials) block of the candidates'
 // distances, because the running minimum can only take the chosen candidate's column once
@@ -19,7 +19,19 @@
 // tiles combined in tile order: their error does not grow with N, and the result is the
 // same for any thread count. Distances are the torch loop's matmul form,
 // (||x_i||^2 - 2 x_i . c) + ||c||^2 clamped to [0, D_i], in the compute dtype.
+//
+// Rows a pass cannot change are not read. Row i's D_i was formed against a center a_i; with
+// e_i a bound on the rounding error of any matmul-form distance of row i, the exact
+// ||x_i - a_i|| is at most sqrt(D_i + e_i). A column c (a candidate or the pending winner)
+// with ||c - a_i|| >= 2 sqrt(D_i + e_i) is then, by the triangle inequality, at least
+// sqrt(D_i + e_i) from x_i, so its computed distance is at least D_i and min(D_i, d2_ic) is
+// D_i. When that holds for every column of the pass (the least column distance to each
+// center is formed once per pass, in float64 from the differences, with a margin for its
+// rounding), the pass adds the row's terms w_i D_i without its dot products: the same
+// values in the same order, so the same bits as reading it. On clustered data the rows of
+// clusters far from every column are skipped (10 blobs, K = 100: about half of them).
 #include "common.h"
+#include "prefetch.h"
 
 #include <cmath>
 #include <limits>
@@ -45,11 +57,11 @@ constexpr int64_t kTileRows = 256;
 // index order in one lane, whatever the row's position in the block and the column's in the
 // panel: a tile recomputed for a draw gets the same bits as in the pass.
 template <typename T>
-void panel_dots_portable(const T* x, int64_t rows, int64_t d, const T* packed, int64_t panels,
+void panel_dots_portable(const T* const* x, int64_t rows, int64_t d, const T* packed, int64_t panels,
                          T* out) {
   const int64_t width = panels * kLanes;
   for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * d;
+    const T* xr = x[r];
     for (int64_t p = 0; p < panels; ++p) {
       const T* panel = packed + p * d * kLanes;
       T acc[kLanes] = {};
@@ -67,26 +79,37 @@ void panel_dots_portable(const T* x, int64_t rows, int64_t d, const T* packed, i
 #ifdef KMGAN_KPP_AVX2
 #define KMGAN_AVX2 __attribute__((target("avx2,fma")))
 
+// Rows a pass skips (the skip test below) leave gaps in the stream of rows it reads; the
+// hardware prefetcher stops following such a stream, so the kernels ask for the rows
+// kPrefetchRows ahead themselves.
+constexpr int64_t kPrefetchRows = 16;
+template <typename T>
+inline void prefetch_rows(const T* const* x, int64_t r0, int64_t r1, int64_t d) {
+  for (int64_t r = r0; r < r1; ++r) prefetch_range(x[r], x[r] + d);
+}
+
 // 8 rows x 8 float columns per step: 8 accumulators, the panel row and a broadcast.
-KMGAN_AVX2 void panel_dots_f32_avx2(const float* x, int64_t rows, int64_t d, const float* packed,
-                                    int64_t panels, float* out) {
+KMGAN_AVX2 void panel_dots_f32_avx2(const float* const* x, int64_t rows, int64_t d,
+                                    const float* packed, int64_t panels, float* out) {
   const int64_t width = panels * kLanes;
   int64_t r = 0;
   for (; r + 8 <= rows; r += 8) {
-    const float* x0 = x + r * d;
+    prefetch_rows(x, r + kPrefetchRows, std::min(rows, r + kPrefetchRows + 8), d);
+    const float *x0 = x[r], *x1 = x[r + 1], *x2 = x[r + 2], *x3 = x[r + 3], *x4 = x[r + 4],
+                *x5 = x[r + 5], *x6 = x[r + 6], *x7 = x[r + 7];
     for (int64_t p = 0; p < panels; ++p) {
       const float* panel = packed + p * d * kLanes;
       __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
       for (int64_t j = 0; j < d; ++j) {
         const __m256 b = _mm256_loadu_ps(panel + j * kLanes);
         a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + j), b, a0);
-        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + d + j), b, a1);
-        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + 2 * d + j), b, a2);
-        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + 3 * d + j), b, a3);
-        a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + 4 * d + j), b, a4);
-        a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + 5 * d + j), b, a5);
-        a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + 6 * d + j), b, a6);
-        a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + 7 * d + j), b, a7);
+        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(x1 + j), b, a1);
+        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(x2 + j), b, a2);
+        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(x3 + j), b, a3);
+        a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(x4 + j), b, a4);
+        a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(x5 + j), b, a5);
+        a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(x6 + j), b, a6);
+        a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(x7 + j), b, a7);
       }
       float* o = out + r * width + p * kLanes;
       _mm256_storeu_ps(o, a0);
@@ -100,7 +123,7 @@ KMGAN_AVX2 void panel_dots_f32_avx2(const float* x, int64_t rows, int64_t d, con
     }
   }
   for (; r < rows; ++r) {  // the same per-lane sequence, one row at a time
-    const float* xr = x + r * d;
+    const float* xr = x[r];
     for (int64_t p = 0; p < panels; ++p) {
       const float* panel = packed + p * d * kLanes;
       __m256 a = _mm256_setzero_ps();
@@ -113,12 +136,13 @@ KMGAN_AVX2 void panel_dots_f32_avx2(const float* x, int64_t rows, int64_t d, con
 }
 
 // 4 rows x 8 double columns (two ymm each) per step.
-KMGAN_AVX2 void panel_dots_f64_avx2(const double* x, int64_t rows, int64_t d, const double* packed,
-                                    int64_t panels, double* out) {
+KMGAN_AVX2 void panel_dots_f64_avx2(const double* const* x, int64_t rows, int64_t d,
+                                    const double* packed, int64_t panels, double* out) {
   const int64_t width = panels * kLanes;
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4) {
-    const double* x0 = x + r * d;
+    prefetch_rows(x, r + kPrefetchRows, std::min(rows, r + kPrefetchRows + 4), d);
+    const double *x0 = x[r], *x1 = x[r + 1], *x2 = x[r + 2], *x3 = x[r + 3];
     for (int64_t p = 0; p < panels; ++p) {
       const double* panel = packed + p * d * kLanes;
       __m256d a0l = _mm256_setzero_pd(), a0h = a0l, a1l = a0l, a1h = a0l, a2l = a0l, a2h = a0l,
@@ -128,7 +152,7 @@ KMGAN_AVX2 void panel_dots_f64_avx2(const double* x, int64_t rows, int64_t d, co
         const __m256d bh = _mm256_loadu_pd(panel + j * kLanes + 4);
 #define KMGAN_ROW(i)                                          \
   {                                                           \
-    const __m256d a = _mm256_broadcast_sd(x0 + (i) * d + j);  \
+    const __m256d a = _mm256_broadcast_sd(x##i + j);          \
     a##i##l = _mm256_fmadd_pd(a, bl, a##i##l);                \
     a##i##h = _mm256_fmadd_pd(a, bh, a##i##h);                \
   }
@@ -143,7 +167,7 @@ KMGAN_AVX2 void panel_dots_f64_avx2(const double* x, int64_t rows, int64_t d, co
     }
   }
   for (; r < rows; ++r) {
-    const double* xr = x + r * d;
+    const double* xr = x[r];
     for (int64_t p = 0; p < panels; ++p) {
       const double* panel = packed + p * d * kLanes;
       __m256d al = _mm256_setzero_pd(), ah = al;
@@ -185,7 +209,7 @@ bool kpp_use_avx2() {
 }
 
 template <typename T>
-void panel_dots(const T* x, int64_t rows, int64_t d, const T* packed, int64_t panels, T* out) {
+void panel_dots(const T* const* x, int64_t rows, int64_t d, const T* packed, int64_t panels, T* out) {
 #ifdef KMGAN_KPP_AVX2
   if (kpp_use_avx2()) {
     if constexpr (std::is_same<T, float>::value) {
@@ -240,6 +264,31 @@ inline T form_d2(T row_sq, T dot, T col_sq) {
   return v < T(0) ? T(0) : v;
 }
 
+// ||a - b||^2 of two rows of x, in float64 from the differences (relative error under
+// (d + 2) 2^-53, where the matmul form's is relative to the norms).
+template <typename T>
+double diff_d2(const T* a, const T* b, int64_t d) {
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  int64_t j = 0;
+  for (; j + 4 <= d; j += 4) {
+    const double e0 = double(a[j]) - double(b[j]), e1 = double(a[j + 1]) - double(b[j + 1]);
+    const double e2 = double(a[j + 2]) - double(b[j + 2]), e3 = double(a[j + 3]) - double(b[j + 3]);
+    s0 += e0 * e0, s1 += e1 * e1, s2 += e2 * e2, s3 += e3 * e3;
+  }
+  for (; j < d; ++j) {
+    const double e = double(a[j]) - double(b[j]);
+    s0 += e * e;
+  }
+  return (s0 + s1) + (s2 + s3);
+}
+
+// Pointers to the rows [r0, r0 + nr) of x.
+template <typename T>
+void row_pointers(const T* x, int64_t d, int64_t r0, int64_t nr, std::vector<const T*>& out) {
+  out.resize(static_cast<size_t>(nr));
+  for (int64_t r = 0; r < nr; ++r) out[r] = x + (r0 + r) * d;
+}
+
 template <typename T>
 struct Seeder {
   const T* x;
@@ -253,16 +302,65 @@ struct Seeder {
   Columns<T> one;        // a single column: the pending winner, for the draws' recomputation
   int64_t pending = -1;  // row index of the winner not yet folded into `closest`, or -1
 
-  Seeder(const T* x_, const T* w_, int64_t n_, int64_t d_)
-      : x(x_), w(w_), n(n_), d(d_), tiles((n_ + kTileRows - 1) / kTileRows) {
+  // The skip test (see the header). folded: the rows of x folded into `closest`, in order;
+  // near_i: the slot in `folded` of the center closest_i was formed against; reach_i:
+  // 4 (closest_i + e_i), e_i bounding the rounding error of any matmul-form distance of row i.
+  std::vector<int64_t> folded;
+  std::vector<int32_t> near;
+  std::vector<double> reach;
+  // e_i = err_scale (||x_i|| + norm_max)^2 + err_floor (norm_max: the largest norm of a row).
+  double err_scale = 0.0, err_floor = 0.0, norm_max = 0.0;
+  // Per folded center a: a lower bound on min over the pass's columns c of ||c - a||^2.
+  std::vector<double> far2;
+  bool skip;                // whether passes use the skip test (False: every row is read)
+  int64_t rows_read = 0;    // rows whose dot products the passes formed, the first pass's too
+
+  Seeder(const T* x_, const T* w_, int64_t n_, int64_t d_, bool skip_)
+      : x(x_), w(w_), n(n_), d(d_), tiles((n_ + kTileRows - 1) / kTileRows), skip(skip_) {
     // At least ~64k multiply-adds per task: small problems stay on one thread.
     grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, kTileRows * d * kLanes));
     sq.resize(n);
     closest.resize(n);
+    near.resize(n);
+    reach.resize(n);
+    // A d-term dot product or sum of squares (FMA chain or not) errs by at most
+    // gamma_d = d u / (1 - d u) of the sum of |terms|; the form (||x||^2 - 2 x.c) + ||c||^2
+    // adds two roundings. Its error is under (d + 3) u (||x|| + ||c||)^2 with ||x|| and ||c||
+    // the exact norms: twice that covers the norms taken from the computed squares and
+    // gamma_d's denominator. err_floor covers underflow (d + 3 operations, each off by at
+    // most half the least subnormal, far under the least normal).
+    const double u = std::numeric_limits<T>::epsilon() / 2;
+    err_scale = 2.0 * static_cast<double>(d + 8) * u;
+    err_floor = static_cast<double>(d + 8) * static_cast<double>(std::numeric_limits<T>::min());
   }
 
   inline double term(int64_t i, T dist) const {
     return static_cast<double>(w == nullptr ? dist : static_cast<T>(w[i] * dist));
+  }
+
+  // 4 (c + e_i) for row i at computed distance c from its nearest folded center. Evaluated
+  // in float64; the margin on far2 covers its rounding. Inf (never skipped) when the norms
+  // overflow.
+  inline double reach_of(int64_t i, T c) const {
+    const double r = std::sqrt(static_cast<double>(sq[i])) + norm_max;
+    return 4.0 * (static_cast<double>(c) + (err_scale * r * r + err_floor));
+  }
+
+  // far2[a] for every folded center a against the columns `rows` of this pass.
+  void set_far2(const std::vector<int64_t>& rows) {
+    const int64_t m = static_cast<int64_t>(folded.size());
+    far2.assign(static_cast<size_t>(m), std::numeric_limits<double>::infinity());
+    // diff_d2's relative error, and reach_of's (a few float64 roundings), with room to spare.
+    const double keep = 1.0 - static_cast<double>(4 * d + 64) * std::ldexp(1.0, -53);
+    at::parallel_for(0, m, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, d * int64_t(rows.size()))),
+                     [&](int64_t a0, int64_t a1) {
+                       for (int64_t a = a0; a < a1; ++a) {
+                         const T* ca = x + folded[a] * d;
+                         double lo = std::numeric_limits<double>::infinity();
+                         for (int64_t c : rows) lo = std::min(lo, diff_d2(x + c * d, ca, d));
+                         far2[a] = lo * keep;
+                       }
+                     });
   }
 
   // closest_i = d2(x_i, x_first); part = tile sums of the terms. False if x holds NaN/Inf.
@@ -272,13 +370,15 @@ struct Seeder {
     std::vector<char> ok(static_cast<size_t>(tiles), 1);
     at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
       std::vector<T> dots(kTileRows * kLanes);
+      std::vector<const T*> ptr;
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = t * kTileRows, nr = std::min(kTileRows, n - r0);
         const T* xt = x + r0 * d;
         bool finite = true;
         for (int64_t e = 0; e < nr * d; ++e) finite &= std::isfinite(xt[e]);
         ok[t] = finite;
-        panel_dots(xt, nr, d, one.packed.data(), 1, dots.data());
+        row_pointers(x, d, r0, nr, ptr);
+        panel_dots(ptr.data(), nr, d, one.packed.data(), 1, dots.data());
         double s = 0.0;
         for (int64_t r = 0; r < nr; ++r) {
           const int64_t i = r0 + r;
@@ -291,6 +391,17 @@ struct Seeder {
     });
     for (char f : ok)
       if (!f) return false;
+    T sq_max = 0;
+    for (T v : sq) sq_max = std::max(sq_max, v);
+    norm_max = std::sqrt(static_cast<double>(sq_max));
+    folded.assign(1, first);
+    rows_read = n;
+    at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        near[i] = 0;
+        reach[i] = reach_of(i, closest[i]);
+      }
+    });
     return true;
   }
 
@@ -303,7 +414,9 @@ struct Seeder {
       for (int64_t r = 0; r < nr; ++r) out[r] = term(r0 + r, closest[r0 + r]);
       return;
     }
-    panel_dots(x + r0 * d, nr, d, one.packed.data(), 1, dots.data());
+    std::vector<const T*> ptr;
+    row_pointers(x, d, r0, nr, ptr);
+    panel_dots(ptr.data(), nr, d, one.packed.data(), 1, dots.data());
     for (int64_t r = 0; r < nr; ++r) {
       const int64_t i = r0 + r;
       const T v = form_d2(sq[i], dots[r * kLanes], one.sq[0]);
@@ -344,38 +457,65 @@ struct Seeder {
   }
 
   // One pass: fold the pending winner into closest, then each candidate's per-tile sums of
-  // w_i min(closest_i, d2_iq). Returns the first candidate of least potential.
+  // w_i min(closest_i, d2_iq). Returns the first candidate of least potential. A row that the
+  // skip test proves no column can come nearer to is not read: its terms are closest_i, as
+  // the comparison would have left them, added in the same order.
   int64_t evaluate(const int64_t* cand, int64_t trials, std::vector<double>& pot) {
     const int64_t off = pending >= 0 ? 1 : 0;
     std::vector<int64_t> rows(static_cast<size_t>(trials + off));
     if (off) rows[0] = pending;
     for (int64_t q = 0; q < trials; ++q) rows[off + q] = cand[q];
     cols.set(x, d, rows.data(), trials + off);
+    set_far2(rows);
+    const int32_t slot = static_cast<int32_t>(folded.size());  // the pending winner's
     const int64_t width = cols.panels * kLanes;
     part.assign(static_cast<size_t>(tiles * trials), 0.0);
+    std::vector<int64_t> read_in_tile(static_cast<size_t>(tiles));
     at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
       std::vector<T> dots(kTileRows * width);
       std::vector<double> s(trials);
+      std::vector<const T*> ptr(kTileRows);
+      std::vector<char> read(kTileRows);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = t * kTileRows, nr = std::min(kTileRows, n - r0);
-        panel_dots(x + r0 * d, nr, d, cols.packed.data(), cols.panels, dots.data());
-        std::fill(s.begin(), s.end(), 0.0);
+        int64_t m = 0;
         for (int64_t r = 0; r < nr; ++r) {
           const int64_t i = r0 + r;
-          const T* dr = dots.data() + r * width;
+          // Not (far2 <= reach): NaN or an overflowed reach reads the row.
+          read[r] = !skip || !(far2[near[i]] > reach[i]);
+          if (read[r]) ptr[m++] = x + i * d;
+        }
+        read_in_tile[t] = m;
+        panel_dots(ptr.data(), m, d, cols.packed.data(), cols.panels, dots.data());
+        std::fill(s.begin(), s.end(), 0.0);
+        const T* dr = dots.data();
+        for (int64_t r = 0; r < nr; ++r) {
+          const int64_t i = r0 + r;
           T ci = closest[i];
+          if (!read[r]) {
+            const double v = term(i, ci);
+            for (int64_t q = 0; q < trials; ++q) s[q] += v;
+            continue;
+          }
           if (off) {
             const T v = form_d2(sq[i], dr[0], cols.sq[0]);
-            if (v < ci) closest[i] = ci = v;
+            if (v < ci) {
+              closest[i] = ci = v;
+              near[i] = slot;
+              reach[i] = reach_of(i, v);
+            }
           }
           for (int64_t q = 0; q < trials; ++q) {
             const T v = form_d2(sq[i], dr[off + q], cols.sq[off + q]);
             s[q] += term(i, v < ci ? v : ci);
           }
+          dr += width;
         }
         std::copy(s.begin(), s.end(), part.begin() + t * trials);
       }
     });
+    if (off) folded.push_back(pending);
+    for (int64_t m : read_in_tile) rows_read += m;
     pot.assign(trials, 0.0);
     for (int64_t t = 0; t < tiles; ++t)
       for (int64_t q = 0; q < trials; ++q) pot[q] += part[t * trials + q];
@@ -388,8 +528,9 @@ struct Seeder {
 
 template <typename T>
 double seed_loop(const T* x, const T* w, int64_t n, int64_t d, const double* u, int64_t k,
-                 int64_t trials, int64_t first, int64_t* indices, bool& finite) {
-  Seeder<T> s(x, w, n, d);
+                 int64_t trials, int64_t first, bool skip, int64_t* indices, bool& finite,
+                 int64_t& rows_read) {
+  Seeder<T> s(x, w, n, d, skip);
   indices[0] = first;
   finite = s.first_pass(first);
   if (!finite) return std::numeric_limits<double>::quiet_NaN();
@@ -406,16 +547,20 @@ double seed_loop(const T* x, const T* w, int64_t n, int64_t d, const double* u, 
     s.pending = cand[best];
     s.one.set(x, d, &s.pending, 1);
   }
+  rows_read = s.rows_read;
   return potential;
 }
 
-// (indices (k,) int64, potential float64 0-d, finite bool 0-d). x (N, d) float32/float64;
-// weights (N,) of x's dtype or None; u (k, trials) float64 (kmeans_plusplus.uniforms); first
-// the index of the first center. When x holds NaN/Inf, finite is False and nothing else is
+// (indices (k,) int64, potential float64 0-d, finite bool 0-d, rows_read int64 0-d). x (N, d)
+// float32/float64; weights (N,) of x's dtype or None; u (k, trials) float64
+// (kmeans_plusplus.uniforms); first the index of the first center; skip: whether passes leave
+// out the rows they cannot change (the same answer either way; False is for the tests that
+// show it). rows_read: the rows whose distances the passes formed, the first pass's N
+// included (at most k N). When x holds NaN/Inf, finite is False and nothing else is
 // meaningful.
-std::tuple<Tensor, Tensor, Tensor> kmeans_plusplus_native(const Tensor& x_in,
-                                                          const c10::optional<Tensor>& weights_in,
-                                                          const Tensor& u_in, int64_t first) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> kmeans_plusplus_native(
+    const Tensor& x_in, const c10::optional<Tensor>& weights_in, const Tensor& u_in, int64_t first,
+    bool skip) {
   check_features("x", x_in);
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
                    "x must be float32 or float64, got ", x_in.scalar_type());
@@ -429,6 +574,9 @@ std::tuple<Tensor, Tensor, Tensor> kmeans_plusplus_native(const Tensor& x_in,
   const int64_t k = u_in.size(0), trials = u_in.size(1);
   TORCH_CHECK_VALUE(k <= n, "k (u.shape[0] = ", k, ") must be <= the number of rows of x (", n, ")");
   TORCH_CHECK_VALUE(first >= 0 && first < n, "first must lie in [0, ", n, "), got ", first);
+  // Seeder::near holds a center's slot in int32 (half the bytes per row of an int64).
+  TORCH_CHECK_VALUE(k <= std::numeric_limits<int32_t>::max(), "k (u.shape[0] = ", k,
+                    ") must be < 2^31");
   const Tensor x = x_in.contiguous(), u = u_in.contiguous();
   Tensor w;
   if (weights_in.has_value() && weights_in->defined()) {
@@ -442,13 +590,15 @@ std::tuple<Tensor, Tensor, Tensor> kmeans_plusplus_native(const Tensor& x_in,
   Tensor indices = at::empty({k}, x.options().dtype(at::kLong));
   double potential = 0.0;
   bool finite = true;
+  int64_t rows_read = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kmeans_plusplus_native", [&] {
     potential = seed_loop<scalar_t>(x.data_ptr<scalar_t>(), w.defined() ? w.data_ptr<scalar_t>() : nullptr,
-                                    n, d, u.data_ptr<double>(), k, trials, first,
-                                    indices.data_ptr<int64_t>(), finite);
+                                    n, d, u.data_ptr<double>(), k, trials, first, skip,
+                                    indices.data_ptr<int64_t>(), finite, rows_read);
   });
   return {indices, at::full({}, potential, x.options().dtype(at::kDouble)),
-          at::full({}, finite, x.options().dtype(at::kBool))};
+          at::full({}, finite, x.options().dtype(at::kBool)),
+          at::full({}, rows_read, x.options().dtype(at::kLong))};
 }
 
 }  // namespace
