@@ -36,6 +36,7 @@
 // whose float distances overflow takes the exact path over all K (float64 distances). The first
 // iteration forms every distance with assign's GEMM tile (dist_tile_avx2) and its error bound.
 #include "lloyd_cpu.h"
+#include "prefetch.h"
 #include "avx2_reduce.h"
 
 #include <cmath>
@@ -446,7 +447,9 @@ void ElkanLabels::assign(const float* c, float* dist2) {
     std::vector<int32_t> grp(G);
     const std::vector<float> zeros(G, 0.0f);
     // A row reads the bounds of its label's group (1 or 2 cache lines of its K): requested
-    // kAhead rows early, as the stride defeats the hardware prefetcher.
+    // kAhead rows early, as the stride defeats the hardware prefetcher. Its x row too: the
+    // stream of rows, interleaved with the bounds' lines, went 3-6% faster so (20 iterations
+    // at N = 70,000, d = 100, K = 100, paired in one process, 7 of 10 pairs).
     constexpr int64_t kAhead = 8;
     for (int64_t i = i0; i < i1; ++i) {
       if (i + kAhead < i1) {
@@ -454,6 +457,7 @@ void ElkanLabels::assign(const float* c, float* dist2) {
         const float* pl = lb_.data() + (i + kAhead) * k;
         __builtin_prefetch(pl + gstart_[ga]);
         __builtin_prefetch(pl + gstart_[ga + 1] - 1);
+        prefetch_range(x_ + (i + kAhead) * d, x_ + (i + kAhead + 1) * d);
       }
       const float* xi = x_ + i * d;
       const int64_t a = labels_[i];
