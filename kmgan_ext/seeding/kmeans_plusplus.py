@@ -307,11 +307,11 @@ def kmeans_plusplus(
             so both backends and every device consume the same ones).
         sample_weight: optional (N,) non-negative weights (as scikit-learn's).
         backend: "auto" ("cpu" for contiguous float32/float64 data in host memory, else
-            "torch"), "cpu" (the C++ loop: at most one pass over x per center; float32/float64 host
-            data, a strided tensor is copied once), "torch" (device-side loop, no host sync
-            per center) or "faiss" (host data only; faiss-gpu's distances when faiss sees a
-            GPU). "cpu" and "torch" make the same draws (the same centers for a seed, up to
-            float64 rounding of the cumulative sums).
+            "torch"), "cpu" (the C++ loop: at most one pass over x per center;
+            float32/float64 host data, a strided tensor is copied once), "torch" (device-side
+            loop, no host sync per center) or "faiss" (host data only; faiss-gpu's distances
+            when faiss sees a GPU). "cpu" and "torch" make the same draws (the same centers
+            for a seed, up to float64 rounding of the cumulative sums).
         chunk_size: rows per chunk; None bounds the temporaries of a chunk by 256 MiB on CPU
             and 512 MiB on a GPU.
         num_threads: CPU threads of the loop (torch's intra-op threads, and faiss's OpenMP
