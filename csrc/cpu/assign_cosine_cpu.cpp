@@ -312,17 +312,13 @@ void assign_cosine_backward_into(const Tensor& grad_dist2, const Tensor& x, cons
     double* sc = gcp && WideSum<scalar_t>::compensated ? sums.comp.data() : nullptr;
     for_accumulator_blocks(n, d, gcp ? k : 0, sums.sum.data(), sc,
                            [&](int64_t j0, int64_t j1, double* s, double* e, int64_t ld) {
-      double unused = 0.0;
       for (int64_t i = 0; i < n; ++i) {
         const scalar_t* xi = xp + i * d;
         const scalar_t* cl = cp + lp[i] * d;
         for (int64_t j = j0; j < j1; ++j) {
           const double xv = static_cast<double>(xi[j]), cv = static_cast<double>(cl[j]);
           gxp[i * d + j] = static_cast<scalar_t>(a[i] * cv + bx[i] * xv);
-          if (gcp) {
-            const int64_t q = lp[i] * ld + (j - j0);
-            WideSum<scalar_t>::add_to(s[q], e != nullptr ? e[q] : unused, a[i] * xv + bc[i] * cv);
-          }
+          if (gcp) WideSum<scalar_t>::add_at(s, e, lp[i] * ld + (j - j0), a[i] * xv + bc[i] * cv);
         }
       }
     });

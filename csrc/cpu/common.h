@@ -259,11 +259,16 @@ struct WideSum {
       s += v;
     }
   }
-  // Adds v to element e.
-  inline void add(int64_t e, double v) {
-    double unused = 0.0;
-    add_to(sum[e], compensated ? comp[e] : unused, v);
+  // Adds v to element e of the sums s with compensations c (null unless compensated).
+  static inline void add_at(double* s, double* c, int64_t e, double v) {
+    if constexpr (compensated) {
+      add_to(s[e], c[e], v);
+    } else {
+      s[e] += v;
+    }
   }
+  // Adds v to element e.
+  inline void add(int64_t e, double v) { add_at(sum.data(), comp.data(), e, v); }
   inline double value(int64_t e) const { return compensated ? sum[e] + comp[e] : sum[e]; }
 };
 
@@ -341,13 +346,10 @@ WideSum<scalar_t> unit_segment_sums(const scalar_t* x, int64_t n, int64_t d,
   WideSum<scalar_t> sums(k * d);
   double* cp = WideSum<scalar_t>::compensated ? sums.comp.data() : nullptr;
   for_accumulator_blocks(n, d, k, sums.sum.data(), cp, [&](int64_t j0, int64_t j1, double* a, double* b, int64_t ld) {
-    double unused = 0.0;
     for (int64_t i = 0; i < n; ++i) {
       if (norm[i] == 0.0) continue;
-      for (int64_t j = j0; j < j1; ++j) {
-        const int64_t e = labels[i] * ld + (j - j0);
-        WideSum<scalar_t>::add_to(a[e], b != nullptr ? b[e] : unused, static_cast<double>(x[i * d + j]) / norm[i]);
-      }
+      for (int64_t j = j0; j < j1; ++j)
+        WideSum<scalar_t>::add_at(a, b, labels[i] * ld + (j - j0), static_cast<double>(x[i * d + j]) / norm[i]);
     }
   });
   return sums;
