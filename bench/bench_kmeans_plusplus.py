@@ -383,7 +383,7 @@ def _rows_read(x: torch.Tensor, k: int) -> str:
 
     kpp = importlib.import_module("kmgan_ext.seeding.kmeans_plusplus")  # the module, not the function
 
-    u = kpp.uniforms(0, k, 2 + int(math.log(k)))
+    u = kpp.uniforms(0, k, kpp._data.default_trials(k))
     first = int(kpp._first_index(len(x), u, None))
     read = int(torch.ops.kmgan_ext.kmeans_plusplus_native(x.contiguous(), None, u, first)[3])
     return f"rows read: {read / (k * len(x)):.0%} of K passes over x"
