@@ -161,3 +161,22 @@ def test_cpu_float32_sum_is_the_documented_order(n, d, label_dtype):
     want = _cpu_side_in_order(xr, lr, cr) - _cpu_side_in_order(xf, lf, cf)
     assert want.abs().max() > 0  # the orders did round differently
     assert torch.equal(u_diff, want.float())
+
+
+@pytest.mark.parametrize("label_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("n,d", [(8192, 256), (8200, 248), (8192, 250), (100, 256)])
+def test_cpu_float32_gradient_bits(n, d, label_dtype):
+    # 8 MB or more of float32 gradient with d % 8 == 0 is written by the streaming-store loop
+    # of center_loss_avx2.cpp (kStreamOutputBytes), the rest by the portable one: both must
+    # give float(sign(u - u_hat)_j * (g / (1 + n_{l_i}))) exactly, one rounding from double.
+    xr, lr, cr, xf, lf, cf = _problem(n, n - 3, d, 300, "cpu", seed=d)
+    lr, lf = lr.to(label_dtype), lf.to(label_dtype)
+    xr.requires_grad_(), xf.requires_grad_()
+    g = 0.75  # exact in float32: the backward receives it as a float32 scalar
+    (km.kmgan_center_loss(xr, lr, cr, xf, lf, cf, backend="cpu") * g).backward()
+    _, u_diff, _, _ = torch.ops.kmgan_ext.center_loss(xr.detach(), lr, cr, xf.detach(), lf, cf, "cpu")
+    sgn = torch.sign(u_diff.double())
+    for x, labels, sign in ((xr, lr, 1.0), (xf, lf, -1.0)):
+        counts = torch.bincount(labels.long(), minlength=300).double()
+        w = (sign * g) / (1.0 + counts[labels.long()])
+        assert torch.equal(x.grad, (sgn[None, :] * w[:, None]).float())

@@ -13,6 +13,7 @@
 // centers are not all finite are left to assign_kernel.
 #include "assign_cpu.h"
 #include "avx2_reduce.h"
+#include "prefetch.h"
 
 #include <cmath>
 #include <limits>
@@ -120,8 +121,12 @@ KMGAN_AVX2 void assign_rows(const float* x, int64_t i0, int64_t i1, int64_t d, c
   const __m256 bias_lo = _mm256_loadu_ps(bias), bias_hi = _mm256_loadu_ps(bias + 8);
   const __m256 two = _mm256_set1_ps(2.0f);
   const double safe_square = static_cast<double>(std::numeric_limits<float>::max()) / 16.0;
+  // The row kAhead ahead is requested now (prefetch.h): without it the first load of each row
+  // stalled on memory (issue 15: K = 10, 200,000 x 100 on 2 cores, 9.7 -> 6.9 ms on a Xeon).
+  constexpr int64_t kAhead = 4;
   for (int64_t i = i0; i < i1; ++i) {
     const float* xi = x + i * d;
+    if (i + kAhead < i1) prefetch_range(xi + kAhead * d, xi + (kAhead + 1) * d);
     __m256 lo, hi = _mm256_setzero_ps();
     float n2;
     dots_row<G>(xi, s, cs, d, dp, tail, lo, hi, n2);

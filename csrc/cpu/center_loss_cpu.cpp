@@ -120,10 +120,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> center_loss_native(
 }
 
 // grad_i = sign * g s_j / (1 + n[l_i]) for one side (sign -1 on the fake side); sign(0) = 0.
+// Large float32 gradients with AVX2: center_loss_grad_rows_f32_avx2, the same bits.
 template <typename scalar_t, typename index_t>
 void side_grad(scalar_t* out, const index_t* labels, int64_t rows, const int64_t* n,
                const std::vector<double>& sgn, int64_t d, double g) {
   const int64_t grain = std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, d));
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (use_avx2() && rows * d * static_cast<int64_t>(sizeof(float)) >= kStreamOutputBytes &&
+        d % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 32 == 0) {
+      at::parallel_for(0, rows, grain, [&](int64_t i0, int64_t i1) {
+        center_loss_grad_rows_f32_avx2(out, labels, n, sgn.data(), d, g, i0, i1);
+      });
+      return;
+    }
+  }
   at::parallel_for(0, rows, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const double w = g / (1.0 + static_cast<double>(n[labels[i]]));

@@ -15,5 +15,16 @@ inline void prefetch_range(const void* begin, const void* end) {
   __builtin_prefetch(e - 1, 0, 3);
 }
 
+// The same into L2 only (prefetcht1), for a loop that streams x once and does little work per
+// byte: requests into L1 hold line-fill buffers that the loop's own loads then wait for
+// (issue 15: center_loss's forward over two 65,536 x 256 sides on 2 cores of a Xeon, 10.0 ms
+// with prefetch_range 4 rows ahead, 7.6 ms with this 8 rows ahead; reading them takes 6.6).
+inline void prefetch_range_l2(const void* begin, const void* end) {
+  const char* p = static_cast<const char*>(begin);
+  const char* e = static_cast<const char*>(end);
+  for (; p < e; p += 64) __builtin_prefetch(p, 0, 2);
+  __builtin_prefetch(e - 1, 0, 2);
+}
+
 }  // namespace cpu
 }  // namespace kmgan_ext
