@@ -452,6 +452,37 @@ def add_speedups(rows: list[dict], baseline: str | Sequence[str]) -> None:
             r["speedup_vs_torch"] = b[0] / r["median_ms"]
 
 
+def add_note(row: dict, text: str) -> None:
+    row["note"] = f"{row['note']}; {text}" if row.get("note") else text
+
+
+def note_target(
+    rows: list[dict], op: str, provider: str, mode: str, where: Callable[[dict], bool], target: str,
+    measure: Callable[[dict, list[dict]], tuple[str, bool] | None],
+) -> None:
+    """A performance target (issue 15's CPU table) in the note of each row of ``op`` by
+    ``provider`` in ``mode`` whose shape ``where`` accepts: ``measure(row, rows)`` gives what
+    this run measured, as text, and whether it met ``target``; None (or a row not timed) says
+    "not timed". Called after add_speedups, so measure may read speedup_vs_torch."""
+    for r in rows:
+        if r["op"] != op or r["provider"] != provider or r["mode"] != mode or not where(r["shape"]):
+            continue
+        got = measure(r, rows) if r["median_ms"] else None
+        if got is None:
+            add_note(r, f"target {target}: not timed")
+        else:
+            text, met = got
+            add_note(r, f"{text} (target {target}: {'met' if met else 'MISSED'})")
+
+
+def speedup_at_least(goal: float) -> Callable[[dict, list[dict]], tuple[str, bool] | None]:
+    """note_target's measure for "x torch >= goal"."""
+    def measure(r: dict, _rows: list[dict]):
+        sp = r.get("speedup_vs_torch")
+        return None if sp is None else (f"{sp:.2f}x {r['baseline']}", sp >= goal)
+    return measure
+
+
 def skipped_case(op: str, shape: dict, providers: Iterable[str], modes, reason: str) -> list[dict]:
     rows = []
     for p in providers:

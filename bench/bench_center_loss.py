@@ -94,8 +94,23 @@ def case(ctx: H.Ctx, i: int, shape: dict) -> list[dict]:
     return H.run_providers(ctx, OP, shape, providers, check, work=work, modes=H.MODES_ALL, leaves=[xr, xf])
 
 
+# Issue 15's CPU target (2-core machine): forward + backward >= 4x naive torch.
+FULL_TARGET_VS_TORCH = 4.0
+
+
 def run(ctx: H.Ctx) -> list[dict]:
-    return H.run_cases(ctx, OP, shapes(ctx), case, BASELINE)
+    rows = H.run_cases(ctx, OP, shapes(ctx), case, BASELINE)
+    if not ctx.cuda and not ctx.tiny:
+        note_targets(rows)
+    return rows
+
+
+def note_targets(rows: list[dict]) -> None:
+    H.note_target(
+        rows, OP, "kmgan_ext-cpu", "full",
+        lambda s: (s.get("N"), s.get("d"), s.get("K")) == (65_536, 256, 1024),
+        f">= {FULL_TARGET_VS_TORCH:g}x torch", H.speedup_at_least(FULL_TARGET_VS_TORCH),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -342,7 +342,7 @@ def run(ctx: H.Ctx) -> list[dict]:
         for name, seeded, why in entries:
             got = run_one(op, name, seeded, SEED_RATIO, True, seed_yard, seed_work, absent=why)
             if name == "kmgan_ext-cpu" and got and got[0].get("median_ms") is not None:
-                _add_note(got[0], _rows_read(x, k))
+                H.add_note(got[0], _rows_read(x, k))
             rows += got
 
         # ---------------- k-means (Lloyd)
@@ -393,10 +393,6 @@ def _target_shape(shape: dict) -> bool:
     return shape.get("N") == 70_000 and shape.get("d") == 100
 
 
-def _add_note(r: dict, text: str) -> None:
-    r["note"] = f"{r['note']}; {text}" if r.get("note") else text
-
-
 def note_targets(rows: list[dict]) -> None:
     """Issue 15's targets in the notes of the kmgan_ext rows: the k-means++ time against
     SEED_TARGET_MS, and Lloyd from the same start against faiss and scikit-learn (the ratio
@@ -411,10 +407,10 @@ def note_targets(rows: list[dict]) -> None:
         if r["op"] == "kmeans_plusplus" and r["provider"] == "kmgan_ext-cpu" and k in SEED_TARGET_MS:
             goal = SEED_TARGET_MS[k]
             if r["median_ms"] is None:
-                _add_note(r, f"target <= {goal:g} ms: not timed")
+                H.add_note(r, f"target <= {goal:g} ms: not timed")
             else:
                 met = "met" if r["median_ms"] <= goal else "MISSED"
-                _add_note(r, f"target <= {goal:g} ms: {met}")
+                H.add_note(r, f"target <= {goal:g} ms: {met}")
         if r["op"] == "kmeans_lloyd" and r["provider"] == "kmgan_ext" and k == 100:
             parts = []
             for peer, goal in LLOYD_TARGET_VS.items():
@@ -426,7 +422,7 @@ def note_targets(rows: list[dict]) -> None:
                 ratio = p["median_ms"] / r["median_ms"]
                 met = "met" if ratio >= goal else "MISSED"
                 parts.append(f"{ratio:.2f}x {peer} (target >= {goal:g}x: {met})")
-            _add_note(r, "; ".join(parts))
+            H.add_note(r, "; ".join(parts))
         if r["op"] == "kmeans" and r["provider"] == "kmgan_ext" and k == 100:
             # The issue's first reading of its 5x: the whole fit, each with its own seeding.
             p = next((q for q in rows if q["op"] == "kmeans" and q["shape"] == r["shape"]
@@ -434,7 +430,7 @@ def note_targets(rows: list[dict]) -> None:
             if p is not None and r["median_ms"] is not None:
                 ratio = p["median_ms"] / r["median_ms"]
                 met = "met" if ratio >= LLOYD_TARGET_VS["sklearn"] else "MISSED"
-                _add_note(r, f"whole fit {ratio:.2f}x sklearn (>= {LLOYD_TARGET_VS['sklearn']:g}x: {met})")
+                H.add_note(r, f"whole fit {ratio:.2f}x sklearn (>= {LLOYD_TARGET_VS['sklearn']:g}x: {met})")
 
 
 if __name__ == "__main__":
