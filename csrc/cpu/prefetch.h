@@ -1,7 +1,8 @@
-// Software prefetch of the bytes [begin, end), shared by the loops that add each row of x
-// into an accumulator row (segment_sums_avx2.cpp, center_loss_avx2.cpp): with the accumulator
-// updates in flight the core issued the loads of the next rows too late to keep x streaming
-// (issue 15: 9.7 -> 8.2 ms for 200,000 x 100 rows on one core, where reading them takes 3.9).
+// Software prefetch of the bytes [begin, end), for the loops that stream the rows of x
+// (segment_sums_avx2.cpp, center_loss_avx2.cpp, assign_small_k.cpp, lloyd_elkan.cpp,
+// kmeans_plusplus_cpu.cpp): with the accumulator updates in flight the core issued the loads
+// of the next rows too late to keep x streaming (issue 15: 9.7 -> 8.2 ms for 200,000 x 100
+// rows on one core, where reading them takes 3.9).
 #pragma once
 
 namespace kmgan_ext {
@@ -15,10 +16,11 @@ inline void prefetch_range(const void* begin, const void* end) {
   __builtin_prefetch(e - 1, 0, 3);
 }
 
-// The same into L2 only (prefetcht1), for a loop that streams x once and does little work per
-// byte: requests into L1 hold line-fill buffers that the loop's own loads then wait for
-// (issue 15: center_loss's forward over two 65,536 x 256 sides on 2 cores of a Xeon, 10.0 ms
-// with prefetch_range 4 rows ahead, 7.6 ms with this 8 rows ahead; reading them takes 6.6).
+// The same into L2 only (prefetcht1), for a loop that does little work per byte of x, where
+// it measured faster than prefetch_range (issue 15: center_loss's forward over two
+// 65,536 x 256 sides on 2 cores of a Xeon, 10.0 ms with prefetch_range 4 rows ahead, 7.6 ms
+// with this 8 rows ahead; reading them takes 6.6). A request into L1 holds one of the core's
+// few line-fill buffers until its line arrives, which the loop's own loads also need.
 inline void prefetch_range_l2(const void* begin, const void* end) {
   const char* p = static_cast<const char*>(begin);
   const char* e = static_cast<const char*>(end);
