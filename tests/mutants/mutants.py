@@ -193,6 +193,15 @@ MUTANTS = [
         tests=["tests/test_center_loss.py", "-k", "dtypes and reference"],
         why="16-bit center-loss gradients of the right dtype but wrong values",
     ),
+    dict(
+        name="cpu-center-grad-stream-wrong-columns",
+        kind="cpp",
+        file="csrc/cpu/center_loss_avx2.cpp",
+        old="_mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(sgn + j + 4), w))",
+        new="_mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(sgn + j), w))",
+        tests=["tests/test_center_loss.py", "-k", "gradient_bits"],
+        why="the streaming-store gradient loop (large float32 outputs) writes columns 4..7 of each 8 from the wrong signs",
+    ),
     # ---- pairwise L1: the tie convention of the gradient
     dict(
         name="reference-pairwise-ties-not-zero",
