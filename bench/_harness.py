@@ -420,15 +420,19 @@ def run_providers(ctx: Ctx, op: str, shape: dict, providers: list[tuple], check,
 
 
 def run_cases(
-    ctx: Ctx, op: str, shapes: Sequence[dict], case: Callable[[Ctx, int, dict], list[dict]], baseline: str
+    ctx: Ctx, op: str, shapes: Sequence[dict], case: Callable[[Ctx, int, dict], list[dict]], baseline: str,
+    cpu_targets: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """The rows of ``case(ctx, i, shape)`` for each shape (logged as it starts), with
-    speedups against the ``baseline`` provider: the ``run(ctx)`` of a one-op benchmark."""
+    speedups against the ``baseline`` provider: the ``run(ctx)`` of a one-op benchmark.
+    ``cpu_targets(rows)`` notes the op's CPU targets (note_target) in a CPU run past --tiny."""
     rows: list[dict] = []
     for i, shape in enumerate(shapes):
         ctx.log(f"  {op} {shape}")
         rows += case(ctx, i, shape)
     add_speedups(rows, baseline)
+    if cpu_targets is not None and not ctx.cuda and not ctx.tiny:
+        cpu_targets(rows)
     return rows
 
 
@@ -473,6 +477,13 @@ def note_target(
         else:
             text, met = got
             add_note(r, f"{text} (target {target}: {'met' if met else 'MISSED'})")
+
+
+def note_full_vs_torch(rows: list[dict], op: str, shape: dict, goal: float) -> None:
+    """note_target for "forward + backward >= goal x torch" on the kmgan_ext-cpu rows whose
+    shape holds every item of ``shape``."""
+    note_target(rows, op, "kmgan_ext-cpu", "full", lambda s: all(s.get(k) == v for k, v in shape.items()),
+                f">= {goal:g}x torch", speedup_at_least(goal))
 
 
 def speedup_at_least(goal: float) -> Callable[[dict, list[dict]], tuple[str, bool] | None]:

@@ -100,18 +100,11 @@ FULL_TARGET_VS_TORCH = 4.0
 
 
 def run(ctx: H.Ctx) -> list[dict]:
-    rows = H.run_cases(ctx, OP, shapes(ctx), case, BASELINE)
-    if not ctx.cuda and not ctx.tiny:
-        note_targets(rows)
-    return rows
+    return H.run_cases(ctx, OP, shapes(ctx), case, BASELINE, cpu_targets=note_targets)
 
 
 def note_targets(rows: list[dict]) -> None:
-    H.note_target(
-        rows, OP, "kmgan_ext-cpu", "full",
-        lambda s: (s.get("N"), s.get("d"), s.get("K")) == (65_536, 256, 1024),
-        f">= {FULL_TARGET_VS_TORCH:g}x torch", H.speedup_at_least(FULL_TARGET_VS_TORCH),
-    )  # fmt: skip
+    H.note_full_vs_torch(rows, OP, dict(N=65_536, d=256, K=1024), FULL_TARGET_VS_TORCH)
 
 
 if __name__ == "__main__":
