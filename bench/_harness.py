@@ -425,14 +425,14 @@ def run_cases(
 ) -> list[dict]:
     """The rows of ``case(ctx, i, shape)`` for each shape (logged as it starts), with
     speedups against the ``baseline`` provider: the ``run(ctx)`` of a one-op benchmark.
-    ``cpu_targets(rows)`` notes the op's CPU targets (note_target) in a CPU run past --tiny."""
+    ``cpu_targets(rows)`` notes the op's CPU targets (note_cpu_targets)."""
     rows: list[dict] = []
     for i, shape in enumerate(shapes):
         ctx.log(f"  {op} {shape}")
         rows += case(ctx, i, shape)
     add_speedups(rows, baseline)
-    if cpu_targets is not None and not ctx.cuda and not ctx.tiny:
-        cpu_targets(rows)
+    if cpu_targets is not None:
+        note_cpu_targets(ctx, rows, cpu_targets)
     return rows
 
 
@@ -454,6 +454,13 @@ def add_speedups(rows: list[dict], baseline: str | Sequence[str]) -> None:
         r["baseline"] = b[1] if b else " or ".join(names)
         if b and r["median_ms"]:
             r["speedup_vs_torch"] = b[0] / r["median_ms"]
+
+
+def note_cpu_targets(ctx: Ctx, rows: list[dict], note_targets: Callable[[list[dict]], None]) -> None:
+    """``note_targets(rows)`` (an op's note_target calls) where its targets apply: issue 15's
+    table is the CPU's at the quick and full sizes, so not on a GPU and not in --tiny."""
+    if not ctx.cuda and not ctx.tiny:
+        note_targets(rows)
 
 
 def add_note(row: dict, text: str) -> None:

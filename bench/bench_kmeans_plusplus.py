@@ -370,8 +370,7 @@ def run(ctx: H.Ctx) -> list[dict]:
             rows += run_one(op, name, seeded, LLOYD_RATIO, False, lloyd_yard, lloyd_work)
         rows += _lloyd_same_init(ctx, shape, x, KMeans)
     H.add_speedups(rows, BASELINE)
-    if not ctx.cuda and not ctx.tiny:
-        note_targets(rows)
+    H.note_cpu_targets(ctx, rows, note_targets)
     return rows
 
 

@@ -280,8 +280,7 @@ def run(ctx: H.Ctx) -> list[dict]:
         for name, make, chk, why in entries:
             rows += H.run_provider(ctx, "minibatch_step", shape, name, make, chk, work=step_work, absent=why)
     H.add_speedups(rows, BASELINE)
-    if not ctx.cuda and not ctx.tiny:
-        note_targets(rows)
+    H.note_cpu_targets(ctx, rows, note_targets)
     return rows
 
 
