@@ -149,23 +149,34 @@ inline float shrunk(float L, float sup) { return (L - sup) * kShrink; }
 
 // The centers j != a with shrunk(L[j], sup[j]) <= uf and H[j] <= uf, in increasing j, into js;
 // returns how many.
+// The last k % 8 lanes are read with a masked load (a scalar loop there cost as much as the
+// vector part for the ~10-center groups of K = 100); lanes past k compare false (NaN).
 KMGAN_AVX2 int64_t needed(const float* L, const float* sup, const float* H, int64_t k, int64_t a, float uf,
                           int32_t* js) {
   const __m256 uv = _mm256_set1_ps(uf), s = _mm256_set1_ps(kShrink);
-  int64_t m = 0, j = 0;
-  for (; j + 8 <= k; j += 8) {
-    const __m256 lv = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(L + j), _mm256_loadu_ps(sup + j)), s);
-    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(lv, uv, _CMP_LE_OQ),
-                                    _mm256_cmp_ps(_mm256_loadu_ps(H + j), uv, _CMP_LE_OQ));
+  int64_t m = 0;
+  for (int64_t j = 0; j < k; j += 8) {
+    __m256 lv, sv, hv;
+    if (j + 8 <= k) {
+      lv = _mm256_loadu_ps(L + j);
+      sv = _mm256_loadu_ps(sup + j);
+      hv = _mm256_loadu_ps(H + j);
+    } else {
+      const __m256i mask = tail_mask(k - j);
+      const __m256 nan = _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN());
+      lv = _mm256_blendv_ps(nan, _mm256_maskload_ps(L + j, mask), _mm256_castsi256_ps(mask));
+      sv = _mm256_maskload_ps(sup + j, mask);
+      hv = _mm256_maskload_ps(H + j, mask);
+    }
+    const __m256 ok = _mm256_and_ps(_mm256_cmp_ps(_mm256_mul_ps(_mm256_sub_ps(lv, sv), s), uv, _CMP_LE_OQ),
+                                    _mm256_cmp_ps(hv, uv, _CMP_LE_OQ));
     unsigned bits = static_cast<unsigned>(_mm256_movemask_ps(ok));
+    if (a >= j && a < j + 8) bits &= ~(1u << (a - j));
     while (bits) {
-      const int b = __builtin_ctz(bits);
+      js[m++] = static_cast<int32_t>(j + __builtin_ctz(bits));
       bits &= bits - 1;
-      if (j + b != a) js[m++] = static_cast<int32_t>(j + b);
     }
   }
-  for (; j < k; ++j)
-    if (shrunk(L[j], sup[j]) <= uf && H[j] <= uf && j != a) js[m++] = static_cast<int32_t>(j);
   return m;
 }
 
@@ -182,23 +193,27 @@ KMGAN_AVX2 float min_of(const float* L, int64_t k) {
 }
 
 // min over p < k, p != skip of shrunk(L[p], sup[p]), at least 0 (big when there is none).
+// (The last k % 8 lanes masked as in needed.)
 KMGAN_AVX2 float group_min(const float* L, const float* sup, int64_t k, int64_t skip) {
   const __m256 s = _mm256_set1_ps(kShrink), big = _mm256_set1_ps(kBig);
   const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   __m256 mv = big;
-  int64_t j = 0;
-  for (; j + 8 <= k; j += 8) {
-    const __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(L + j), _mm256_loadu_ps(sup + j)), s);
-    const __m256 own = _mm256_castsi256_ps(_mm256_cmpeq_epi32(idx, _mm256_set1_epi32(static_cast<int>(skip - j))));
-    mv = _mm256_min_ps(mv, _mm256_blendv_ps(v, big, own));
+  for (int64_t j = 0; j < k; j += 8) {
+    __m256 v;
+    __m256i own = _mm256_cmpeq_epi32(idx, _mm256_set1_epi32(static_cast<int>(skip - j)));
+    if (j + 8 <= k) {
+      v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(L + j), _mm256_loadu_ps(sup + j)), s);
+    } else {
+      const __m256i mask = tail_mask(k - j);
+      v = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(L + j, mask), _mm256_maskload_ps(sup + j, mask)), s);
+      own = _mm256_or_si256(own, _mm256_xor_si256(mask, _mm256_set1_epi32(-1)));
+    }
+    mv = _mm256_min_ps(mv, _mm256_blendv_ps(v, big, _mm256_castsi256_ps(own)));
   }
   __m128 m = _mm_min_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
   m = _mm_min_ps(m, _mm_movehl_ps(m, m));
   m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
-  float r = _mm_cvtss_f32(m);
-  for (; j < k; ++j)
-    if (j != skip) r = std::min(r, shrunk(L[j], sup[j]));
-  return std::max(r, 0.0f);
+  return std::max(_mm_cvtss_f32(m), 0.0f);
 }
 
 // First iteration: L[j] = sqrt(max(0, (xs2 + e_j) - sub)) kShrink for j < k, where xs2 <=
@@ -220,7 +235,10 @@ KMGAN_AVX2 void bounds_from_e(const float* e, int64_t k, float xs2, float sub, f
 }  // namespace
 
 ElkanLabels::ElkanLabels(const float* x, int64_t n, int64_t d, int64_t k)
-    : x_(x), n_(n), d_(d), k_(k), labels_(n), lb_(static_cast<size_t>(n * k)), u_(n) {
+    : x_(x), n_(n), d_(d), k_(k), labels_(n),
+      lb_store_(empty_output({n * k}, at::TensorOptions().dtype(at::kFloat))),
+      lb_(lb_store_.data_ptr<float>()),
+      u_(n) {
   travel_.emplace_back(k, 0.0);
 }
 
@@ -295,7 +313,7 @@ void ElkanLabels::make_groups(const float* c) {
 
 void ElkanLabels::store_row(int64_t i, const float* row, int64_t label, const double* slow,
                             const double* gslow) {
-  float* L = lb_.data() + i * k_;
+  float* L = lb_ + i * k_;
   float* Gi = gl_.data() + i * groups_;
   for (int64_t g = 0; g < groups_; ++g) {
     float mn = kBig;
@@ -344,9 +362,13 @@ void ElkanLabels::first_pass(const float* c, float* dist2) {
       for (int64_t r = 0; r < nr; ++r) {
         const float* xi = x_ + (r0 + r) * d;
         float* xr = xs.data() + r * d;
+        const float* sp = s.data();
         float n2 = 0.0f;
+        // In lanes, as assign's tile (assign_cpu.cpp): one chain of dependent float additions
+        // cost ~4 cycles per column, ~10% of this pass (any order is within n2's error bound).
+#pragma omp simd reduction(+ : n2)
         for (int64_t j = 0; j < d; ++j) {
-          xr[j] = xi[j] - s[j];
+          xr[j] = xi[j] - sp[j];
           n2 += xr[j] * xr[j];
         }
         xn2[r] = n2;
@@ -454,7 +476,7 @@ void ElkanLabels::assign(const float* c, float* dist2) {
     for (int64_t i = i0; i < i1; ++i) {
       if (i + kAhead < i1) {
         const int64_t ga = group_of_[labels_[i + kAhead]];
-        const float* pl = lb_.data() + (i + kAhead) * k;
+        const float* pl = lb_ + (i + kAhead) * k;
         __builtin_prefetch(pl + gstart_[ga]);
         __builtin_prefetch(pl + gstart_[ga + 1] - 1);
         prefetch_range(x_ + (i + kAhead) * d, x_ + (i + kAhead + 1) * d);
@@ -466,7 +488,7 @@ void ElkanLabels::assign(const float* c, float* dist2) {
       const double ust = u_[i];
       double un = ust + sup[a];
       un += 0x1p-50 * (std::fabs(ust) + sup[a]);
-      float* L = lb_.data() + i * k;
+      float* L = lb_ + i * k;
       float* Gi = gl_.data() + i * G;
       const float* Ha = Hp.data() + a * k;
       const int64_t pa = pos_[a];
@@ -542,9 +564,13 @@ void ElkanLabels::assign(const float* c, float* dist2) {
         store_row(i, row.data(), label, slow.data(), gslow.data());
       } else {
         // The group bounds of the groups looked into, of a's (a may have left the label) and
-        // of the label's, from their centers' bounds now.
-        seen[ng++] = group_of_[a];
-        seen[ng++] = group_of_[label];
+        // of the label's, from their centers' bounds now; each group once (a's is usually
+        // among those looked into, and group_min was ~6% of an iteration).
+        for (const int64_t g : {group_of_[a], group_of_[label]}) {
+          bool have = false;
+          for (int64_t q = 0; q < ng && !have; ++q) have = seen[q] == g;
+          if (!have) seen[ng++] = g;
+        }
         const int64_t pl = pos_[label];
         for (int64_t q = 0; q < ng; ++q) {
           const int64_t g = seen[q], p0 = gstart_[g];

@@ -204,6 +204,25 @@ MUTANTS = [
         tests=["tests/test_center_loss.py", "-k", "gradient_bits"],
         why="the streaming-store gradient loop (large float32 outputs) writes columns 4..7 of each 8 from the wrong signs",
     ),
+    # ---- km.kmeans' Elkan bounds (csrc/cpu/lloyd_elkan.cpp): the masked last lanes of a group
+    dict(
+        name="cpu-elkan-needed-drops-last-lane",
+        kind="cpp",
+        file="csrc/cpu/lloyd_elkan.cpp",
+        old="lv = _mm256_blendv_ps(nan, _mm256_maskload_ps(L + j, mask), _mm256_castsi256_ps(mask));",
+        new="lv = _mm256_blendv_ps(nan, _mm256_maskload_ps(L + j, mask), _mm256_castsi256_ps(tail_mask(k - j - 1)));",
+        tests=["tests/test_lloyd_cpu.py"],
+        why="the per-center test never lists the last center of a group whose size is not a multiple of 8 (a nearer center is missed)",
+    ),
+    dict(
+        name="cpu-elkan-group-min-ignores-tail",
+        kind="cpp",
+        file="csrc/cpu/lloyd_elkan.cpp",
+        old="own = _mm256_or_si256(own, _mm256_xor_si256(mask, _mm256_set1_epi32(-1)));",
+        new="own = _mm256_set1_epi32(-1);",
+        tests=["tests/test_lloyd_cpu.py"],
+        why="a group's bound leaves out its last size % 8 centers, so it is no lower bound and the group is skipped wrongly",
+    ),
     # ---- pairwise L1: the tie convention of the gradient
     dict(
         name="reference-pairwise-ties-not-zero",
