@@ -142,6 +142,14 @@ def _cpu() -> dict:
         out["assign_avx2_fma_kernel"] = "used (this CPU has AVX2 and FMA)"
     else:
         out["assign_avx2_fma_kernel"] = "not used (this CPU lacks AVX2 or FMA): at::mm and plain loops"
+    # csrc/cpu/assign_avx512.cpp: the same tile with AVX-512F (the same bits), used where the
+    # AVX2 kernel is and the CPU has AVX-512F, unless KMGAN_EXT_CPU_NO_AVX512=1.
+    if x86 and flags and out["avx2"] and out["fma"]:
+        off = os.environ.get("KMGAN_EXT_CPU_NO_AVX512", "") not in ("", "0")
+        if not out["avx512f"]:
+            out["assign_avx512_tile"] = "not used (this CPU lacks AVX-512F)"
+        else:
+            out["assign_avx512_tile"] = "not used (KMGAN_EXT_CPU_NO_AVX512)" if off else "used (this CPU has AVX-512F)"
     return out
 
 

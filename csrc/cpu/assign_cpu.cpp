@@ -2,8 +2,9 @@
 //
 // Each thread takes tiles of rows; per tile and block of 256 centers, a GEMM forms x . c'_k
 // into a per-thread buffer, and the argmin runs over that buffer while it is hot. The (N, K)
-// matrix never exists beyond one tile. The GEMM is dist_tile_avx2 (assign_avx2.cpp, which
-// also writes e_k and each 16-center chunk's minimum) for float accumulation on AVX2 CPUs,
+// matrix never exists beyond one tile. The GEMM is dist_tile (assign_avx2.cpp, or its AVX-512
+// twin with the same bits, assign_avx512.cpp; it also writes e_k and each 16-center chunk's
+// minimum) for float accumulation on AVX2 CPUs,
 // else at::mm_out (MKL/OpenBLAS, single-threaded inside the parallel region) followed by a
 // vectorised pass; float16/bfloat16 rows are converted to float per tile.
 //
@@ -282,7 +283,7 @@ void assign_kernel(const scalar_t* x, int64_t n, int64_t d, const scalar_t* c, i
         const int64_t kb = std::min(kb_max, kw - k0);
         if constexpr (float_acc) {
           if (avx2_tile) {
-            dist_tile_avx2(xt, nr, d, packed.data() + k0 * d, bias + k0, kb / kPanel, dots.data(), kb,
+            dist_tile(xt, nr, d, packed.data() + k0 * d, bias + k0, kb / kPanel, dots.data(), kb,
                            chunk_min.data(), kChunks);
           }
         }

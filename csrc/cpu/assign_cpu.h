@@ -37,6 +37,13 @@ bool avx2_kernels_available();
 void dist_tile_avx2(const float* x, int64_t rows, int64_t d, const float* packed,
                     const float* bias, int64_t panels, float* e, int64_t lde, float* pmin,
                     int64_t ldm);
+// dist_tile_avx2's results, bit for bit, from the AVX-512 kernel (assign_avx512.cpp) where
+// use_avx512(), else from dist_tile_avx2. Call after use_avx2().
+void dist_tile(const float* x, int64_t rows, int64_t d, const float* packed, const float* bias,
+               int64_t panels, float* e, int64_t lde, float* pmin, int64_t ldm);
+// use_avx2() and AVX-512F here, unless KMGAN_EXT_CPU_NO_AVX512=1 asks for the AVX2 tile. One
+// choice per process.
+bool use_avx512();
 
 // ||a - b||^2 accumulated in double.
 double exact_dist2_avx2(const float* a, const float* b, int64_t d);

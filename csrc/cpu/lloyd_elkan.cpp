@@ -34,7 +34,7 @@
 // are decided by resolve_candidates_f32 (assign's float64 rule: the reference's distances,
 // ties to the lowest index), so labels are km.assign's. All bounds are rounded outward. A row
 // whose float distances overflow takes the exact path over all K (float64 distances). The first
-// iteration forms every distance with assign's GEMM tile (dist_tile_avx2) and its error bound.
+// iteration forms every distance with assign's GEMM tile (dist_tile) and its error bound.
 #include "lloyd_cpu.h"
 #include "prefetch.h"
 #include "avx2_reduce.h"
@@ -373,7 +373,7 @@ void ElkanLabels::first_pass(const float* c, float* dist2) {
         }
         xn2[r] = n2;
       }
-      dist_tile_avx2(xs.data(), nr, d, packed.data(), bias.data(), panels, e.data(), kw, pmin.data(), panels);
+      dist_tile(xs.data(), nr, d, packed.data(), bias.data(), panels, e.data(), kw, pmin.data(), panels);
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = r0 + r;
         const float* xi = x_ + i * d;

@@ -223,6 +223,25 @@ MUTANTS = [
         tests=["tests/test_lloyd_cpu.py"],
         why="a group's bound leaves out its last size % 8 centers, so it is no lower bound and the group is skipped wrongly",
     ),
+    # ---- assign's AVX-512 tile (csrc/cpu/assign_avx512.cpp): the AVX2 tile's bits
+    dict(
+        name="cpu-avx512-tile-second-panel-min-misplaced",
+        kind="cpp",
+        file="csrc/cpu/assign_avx512.cpp",
+        old="finish_row16(a##i##h, bh, e + (i) * lde + kPanel, pmin + (i) * ldm + 1);",
+        new="finish_row16(a##i##h, bh, e + (i) * lde + kPanel, pmin + (i) * ldm);",
+        tests=["tests/test_assign_avx512.py"],
+        why="the second panel's minimum overwrites the first's (a panel holding the nearest center can be passed over)",
+    ),
+    dict(
+        name="cpu-avx512-tile-drops-last-column",
+        kind="cpp",
+        file="csrc/cpu/assign_avx512.cpp",
+        old="  for (int64_t j = 0; j < d; ++j) {\n    const __m512 bl = _mm512_loadu_ps(panel + j * kPanel);",
+        new="  for (int64_t j = 0; j + 1 < d; ++j) {\n    const __m512 bl = _mm512_loadu_ps(panel + j * kPanel);",
+        tests=["tests/test_assign_avx512.py"],
+        why="the panel-pair kernel leaves the last feature out of every dot product",
+    ),
     # ---- pairwise L1: the tie convention of the gradient
     dict(
         name="reference-pairwise-ties-not-zero",
