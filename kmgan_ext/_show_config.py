@@ -117,6 +117,13 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def _switched_off(name: str) -> bool:
+    """Whether the environment turns a CPU kernel off, as csrc/cpu/common.h not_switched_off
+    reads it (negated): set, not empty, not starting with '0'."""
+    value = os.environ.get(name, "")
+    return value != "" and not value.startswith("0")
+
+
 def _cpu() -> dict:
     import torch
 
@@ -145,7 +152,7 @@ def _cpu() -> dict:
     # csrc/cpu/assign_avx512.cpp: the same tile with AVX-512F (the same bits), used where the
     # AVX2 kernel is and the CPU has AVX-512F, unless KMGAN_EXT_CPU_NO_AVX512=1.
     if x86 and flags and out["avx2"] and out["fma"]:
-        off = os.environ.get("KMGAN_EXT_CPU_NO_AVX512", "") not in ("", "0")
+        off = _switched_off("KMGAN_EXT_CPU_NO_AVX512")
         if not out["avx512f"]:
             out["assign_avx512_tile"] = "not used (this CPU lacks AVX-512F)"
         else:

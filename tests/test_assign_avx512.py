@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kmgan_ext as km
-from kmgan_ext._show_config import _cpu_flags
+from kmgan_ext._show_config import _cpu_flags, _switched_off
 
 pytestmark = pytest.mark.skipif(
     not torch._C._dispatch_has_kernel_for_dispatch_key("kmgan_ext::dist_tile_native", "CPU"),
@@ -20,8 +20,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 FLAGS = _cpu_flags()
-AVX2 = "avx2" in FLAGS and "fma" in FLAGS and os.environ.get("KMGAN_EXT_CPU_NO_AVX2", "0") in ("", "0")
-AVX512 = AVX2 and "avx512f" in FLAGS and os.environ.get("KMGAN_EXT_CPU_NO_AVX512", "0") in ("", "0")
+
+
+AVX2 = "avx2" in FLAGS and "fma" in FLAGS and not _switched_off("KMGAN_EXT_CPU_NO_AVX2")
+AVX512 = AVX2 and "avx512f" in FLAGS and not _switched_off("KMGAN_EXT_CPU_NO_AVX512")
 needs_avx512 = pytest.mark.skipif(not AVX512, reason="no AVX-512F here (or KMGAN_EXT_CPU_NO_*): one tile kernel")
 
 

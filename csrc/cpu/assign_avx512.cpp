@@ -14,7 +14,6 @@
 #include "assign_cpu.h"
 #include "avx2_reduce.h"
 
-#include <cstdlib>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -126,10 +125,7 @@ void dist_tile_avx512(const float* x, int64_t rows, int64_t d, const float* pack
 }  // namespace
 
 bool use_avx512() {
-  static const bool use = use_avx2() && avx512_available() && [] {
-    const char* off = std::getenv("KMGAN_EXT_CPU_NO_AVX512");
-    return off == nullptr || off[0] == '\0' || off[0] == '0';
-  }();
+  static const bool use = use_avx2() && avx512_available() && not_switched_off("KMGAN_EXT_CPU_NO_AVX512");
   return use;
 }
 

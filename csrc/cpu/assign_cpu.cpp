@@ -422,10 +422,7 @@ std::tuple<Tensor, Tensor> assign_backward_native(const Tensor& grad_dist2, cons
 // The AVX2 kernels run on CPUs that have them, unless KMGAN_EXT_CPU_NO_AVX2=1 asks for the
 // portable path (to test that path on such CPUs). One choice per process.
 bool use_avx2() {
-  static const bool use = avx2_kernels_available() && [] {
-    const char* off = std::getenv("KMGAN_EXT_CPU_NO_AVX2");
-    return off == nullptr || off[0] == '\0' || off[0] == '0';
-  }();
+  static const bool use = avx2_kernels_available() && not_switched_off("KMGAN_EXT_CPU_NO_AVX2");
   return use;
 }
 

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -280,6 +281,12 @@ struct WideSum {
 // AVX2 + runtime check (segment_sums_avx2.cpp, assign_avx2.cpp): acc[l_i * ld + j - j0] +=
 // x[i, j] for the columns [j0, j1), in double, rows in index order (for_accumulator_blocks).
 bool avx2_kernels_available();
+// Whether the environment variable `name` leaves a kernel on: unset, empty or starting with '0'
+// (KMGAN_EXT_CPU_NO_AVX2, KMGAN_EXT_CPU_NO_AVX512; read once by use_avx2 / use_avx512).
+inline bool not_switched_off(const char* name) {
+  const char* off = std::getenv(name);
+  return off == nullptr || off[0] == '\0' || off[0] == '0';
+}
 // avx2_kernels_available() unless KMGAN_EXT_CPU_NO_AVX2=1 asks for the portable paths
 // (assign_cpu.cpp); every kernel with a portable twin decides through it.
 bool use_avx2();

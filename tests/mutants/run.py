@@ -91,19 +91,32 @@ def run_tests(scratch: str, tests: list[str], timeout: float) -> tuple[int, str,
     return p.returncode, tail[-1] if tail else "", time.time() - t0
 
 
+def forms(m: dict) -> tuple[list[str], list[str]]:
+    """The mutant's olds and news as lists (a single snippet is a list of one)."""
+    olds = m["old"] if isinstance(m["old"], list) else [m["old"]]
+    news = m["new"] if isinstance(m["new"], list) else [m["new"]]
+    return olds, news
+
+
+def form_in(text: str, m: dict) -> tuple[str, str] | None:
+    """The first (old, new) whose old occurs exactly once in text; None: the mutant is stale."""
+    for old, new in zip(*forms(m)):
+        if text.count(old) == 1:
+            return old, new
+    return None
+
+
 def apply(scratch: str, m: dict) -> str | None:
     """Write the mutant into scratch; the original text, or None when the snippet is stale."""
     path = os.path.join(scratch, m["file"])
     with open(path) as f:
         text = f.read()
-    olds = m["old"] if isinstance(m["old"], list) else [m["old"]]
-    news = m["new"] if isinstance(m["new"], list) else [m["new"]]
-    for old, new in zip(olds, news):  # the first form of the code that is there
-        if text.count(old) == 1:
-            with open(path, "w") as f:
-                f.write(text.replace(old, new))
-            return text
-    return None
+    found = form_in(text, m)
+    if found is None:
+        return None
+    with open(path, "w") as f:
+        f.write(text.replace(*found))
+    return text
 
 
 def restore(scratch: str, m: dict, text: str) -> None:
