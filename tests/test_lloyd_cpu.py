@@ -5,14 +5,13 @@ the same centers and labels; the bounds may only skip work. Without AVX2 + FMA (
 KMGAN_EXT_CPU_NO_AVX2=1) the kernel declines and km.kmeans takes the per-iteration path: the
 tests check that fallback instead."""
 import importlib
-import os
 import platform
 
 import pytest
 import torch
 
 import kmgan_ext as km
-from kmgan_ext._show_config import _cpu_flags
+from kmgan_ext._show_config import _cpu_flags, _switched_off
 from kmgan_ext.seeding import _data
 
 kmeans_mod = importlib.import_module("kmgan_ext.seeding.kmeans")  # the package exports the function
@@ -25,10 +24,9 @@ pytestmark = pytest.mark.skipif(
 
 def _kernel_expected():
     """Whether lloyd_native should run here (use_avx2() in csrc/cpu/assign_cpu.cpp)."""
-    off = os.environ.get("KMGAN_EXT_CPU_NO_AVX2", "")
     flags = _cpu_flags()
     x86 = platform.machine() in ("x86_64", "AMD64")
-    return x86 and "avx2" in flags and "fma" in flags and (off == "" or off.startswith("0"))
+    return x86 and "avx2" in flags and "fma" in flags and not _switched_off("KMGAN_EXT_CPU_NO_AVX2")
 
 
 KERNEL = _kernel_expected()
