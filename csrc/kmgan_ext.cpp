@@ -105,8 +105,9 @@ TORCH_LIBRARY(kmgan_ext, m) {
   // picks it by its own `backend` ("cpu"), so there is no routed public op.
   m.def("kmeans_plusplus_native(Tensor x, Tensor? weights, Tensor u, int first, bool skip=True) -> (Tensor, Tensor, Tensor, Tensor)");
   // Lloyd's iterations of km.kmeans with exact labels and bounds that skip most distances
-  // (csrc/cpu/lloyd_cpu.cpp), a CPU kernel only, called by km.kmeans on float32 CPU rows.
-  m.def("lloyd_native(Tensor x, Tensor centers, int niter) -> (Tensor, Tensor, Tensor, int)");
+  // (csrc/cpu/lloyd_cpu.cpp), a CPU kernel only, called by km.kmeans on float32 CPU rows;
+  // labeler picks how the labels are found ("auto", or "panels", "elkan", "local" for tests).
+  m.def("lloyd_native(Tensor x, Tensor centers, int niter, str labeler=\"auto\") -> (Tensor, Tensor, Tensor, int)");
   // assign's GEMM tile alone, for tests/test_assign_avx512.py: (e, panel minima) of rows x'
   // against centers c' and bias, from the AVX-512 kernel (avx512 and the CPU has it) or the AVX2
   // one (csrc/cpu/assign_avx512.cpp); the two must agree bit for bit.

@@ -1,7 +1,8 @@
 """km.kmeans' bounded Lloyd kernel (csrc/cpu/lloyd_cpu.cpp, float32 CPU rows; Yinyang panels up
-to K = 16, Elkan's per-center bounds above, csrc/cpu/lloyd_elkan.cpp): the same labels, sums and
-update as the per-iteration path (km.minibatch_step_ per iteration, then km.assign), so bitwise
-the same centers and labels; the bounds may only skip work. Without AVX2 + FMA (or with
+to K = 16, cluster-local tiles above, csrc/cpu/lloyd_local.cpp; Elkan's per-center bounds,
+csrc/cpu/lloyd_elkan.cpp, by name): with every labeler the same labels, sums and update as the
+per-iteration path (km.minibatch_step_ per iteration, then km.assign), so bitwise the same
+centers and labels; the bounds may only skip work. Without AVX2 + FMA (or with
 KMGAN_EXT_CPU_NO_AVX2=1) the kernel declines and km.kmeans takes the per-iteration path: the
 tests check that fallback instead."""
 import importlib
@@ -47,8 +48,8 @@ def _per_iteration(x, init, niter):
     return c, labels, dist2
 
 
-def _bounded(x, init, niter):
-    out = kmeans_mod._lloyd_bounded(_data.Rows("x", x), init.clone(), niter, chunk=x.shape[0])
+def _bounded(x, init, niter, labeler="auto"):
+    out = kmeans_mod._lloyd_bounded(_data.Rows("x", x), init.clone(), niter, chunk=x.shape[0], labeler=labeler)
     if not KERNEL:
         # The kernel declines (done == -1): km.kmeans then runs the per-iteration path.
         assert out is None, "lloyd_native ran without AVX2 + FMA"
@@ -71,12 +72,24 @@ CASES = {
     "offset 1e4": (lambda: _blobs(3000, 16, 6, 4, spread=0.5, offset=1e4), 24, 10),
     # integer grid with duplicated rows: exact ties everywhere (lowest index wins)
     "ties": (lambda: torch.randint(0, 4, (3000, 3), generator=torch.Generator().manual_seed(5)).float(), 20, 8),
+    # one center per separated blob: Hamerly's test keeps most rows unread once they settle
+    "separated": (lambda: _blobs(4000, 8, 40, 21, spread=10.0), 40, 12),
+    # cells tiling the unit square: a center's neighbours lie just beyond twice its cluster's
+    # radius until its drift is counted (a reach without it misses the nearest center)
+    "uniform 2-D": (lambda: torch.rand(1000, 2, generator=torch.Generator().manual_seed(11)), 20, 10),
+    # no clusters in 64 dimensions: every center is within reach of every cluster (whole passes)
+    "gaussian": (lambda: torch.randn(3000, 64, generator=torch.Generator().manual_seed(22)), 48, 8),
 }
 
+# How lloyd_native finds the labels: "auto" (the panels' bounds up to K = 16, the cluster-local
+# tiles above), and each labeler forced at every K.
+LABELERS = ["auto", "local", "elkan", "panels"]
 
+
+@pytest.mark.parametrize("labeler", LABELERS)
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("threads", [1, 2])
-def test_same_centers_and_labels_as_the_per_iteration_path(case, threads):
+def test_same_centers_and_labels_as_the_per_iteration_path(case, threads, labeler):
     make, k, niter = CASES[case]
     x = make()
     g = torch.Generator().manual_seed(7)
@@ -85,7 +98,7 @@ def test_same_centers_and_labels_as_the_per_iteration_path(case, threads):
     torch.set_num_threads(threads)
     try:
         want_c, want_l, want_d = _per_iteration(x, init, niter)
-        got_c, got_l, got_d = _bounded(x, init, niter)
+        got_c, got_l, got_d = _bounded(x, init, niter, labeler)
     finally:
         torch.set_num_threads(prev)
     assert torch.equal(got_c, want_c)
@@ -93,15 +106,16 @@ def test_same_centers_and_labels_as_the_per_iteration_path(case, threads):
     torch.testing.assert_close(got_d, want_d, rtol=2e-7, atol=0)
 
 
-def test_empty_cluster_is_relocated_as_the_per_iteration_path():
+@pytest.mark.parametrize("labeler", LABELERS)
+def test_empty_cluster_is_relocated_as_the_per_iteration_path(labeler):
     x = _blobs(1500, 6, 3, 8)
     # two centers far away: empty at once, relocated to the farthest rows; then a duplicate
-    # center (ties go to the lower index: the copy stays empty); K = 7 (panels), 21 (Elkan)
+    # center (ties go to the lower index: the copy stays empty); K = 7 (panels), 21 (local)
     for first in (4, 18):
         init = torch.cat([x[:first], torch.full((2, 6), 1e3), x[:1]])
         for niter in (1, 2, 6):
             want = _per_iteration(x, init, niter)
-            got = _bounded(x, init, niter)
+            got = _bounded(x, init, niter, labeler)
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -122,7 +136,8 @@ def test_kmeans_uses_it_and_matches_scikit_learn(monkeypatch):
     assert res.inertia == pytest.approx(float(want_d.double().sum()), rel=1e-9)
 
 
-def test_kmeans_plusplus_start_at_k100_as_the_per_iteration_path():
+@pytest.mark.parametrize("labeler", ["auto", "elkan"])
+def test_kmeans_plusplus_start_at_k100_as_the_per_iteration_path(labeler):
     # The bench's case in small (bench/bench_kmeans_plusplus.py kmeans_lloyd): 10 blobs, K = 100
     # from k-means++, 20 iterations: ~10 centers per blob, so most rows keep near-tied
     # competitors in their own group and the per-center bounds decide; Lloyd's drift stays large
@@ -134,7 +149,7 @@ def test_kmeans_plusplus_start_at_k100_as_the_per_iteration_path():
         torch.set_num_threads(threads)
         try:
             want_c, want_l, want_d = _per_iteration(x, init, 20)
-            got_c, got_l, got_d = _bounded(x, init, 20)
+            got_c, got_l, got_d = _bounded(x, init, 20, labeler)
         finally:
             torch.set_num_threads(prev)
         assert torch.equal(got_c, want_c)
@@ -160,14 +175,15 @@ def test_k100_matches_scikit_learn_from_the_same_start(monkeypatch):
     assert res.inertia == pytest.approx(ref.inertia_, rel=1e-5)
 
 
-def test_far_rows_take_the_exact_path_at_k100():
-    # Rows whose float32 squared differences overflow (|x - c| ~ 1e20): the Elkan path sends
+@pytest.mark.parametrize("labeler", ["auto", "elkan"])
+def test_far_rows_take_the_exact_path_at_k100(labeler):
+    # Rows whose float32 squared differences overflow (|x - c| ~ 1e20): every labeler sends
     # them to float64 distances over all K, as km.assign does.
     x = _blobs(3000, 8, 10, 13)
     x[::97] *= 3e19
     init = x[torch.randperm(3000, generator=torch.Generator().manual_seed(4))[:40]].clone()
     want = _per_iteration(x, init, 6)
-    got = _bounded(x, init, 6)
+    got = _bounded(x, init, 6, labeler)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -179,6 +195,8 @@ def test_bad_input_is_named():
         torch.ops.kmgan_ext.lloyd_native(x, x[:4].clone(), -1)
     with pytest.raises((ValueError, TypeError), match="centers"):
         torch.ops.kmgan_ext.lloyd_native(x, torch.randn(4, 5), 2)
+    with pytest.raises(ValueError, match="labeler must be"):
+        torch.ops.kmgan_ext.lloyd_native(x, x[:4].clone(), 2, "yinyang")
 
 
 @pytest.mark.parametrize("case", ["K=17", "K=37", "ties", "K=1"])

@@ -1,9 +1,11 @@
 // Lloyd's iterations over all rows on CPU for km.kmeans (issue 15): float32 rows, AVX2 + FMA.
-// Two labelers: up to K = kLloydPanelMaxK (16) the Yinyang bounds on the GEMM's 16-center panels
-// below (~2x faster than an assign + update per iteration at K = 10); above, Elkan's
-// per-center bounds behind Yinyang groups (lloyd_elkan.cpp): the panels skipped only ~65% of
-// the distances at K = 100 and the per-row work around the GEMM cost more than that saved.
-// km.kmeans' choice and its measurements: kmgan_ext/seeding/kmeans.py, _BOUNDED_MAX_K.
+// Labelers ("auto"'s choice): up to K = kLloydPanelMaxK (16) the Yinyang bounds on the GEMM's
+// 16-center panels below (~2x faster than an assign + update per iteration at K = 10); above,
+// the cluster-local tiles (lloyd_local.cpp: each cluster's rows against only the centers within
+// reach, no bounds per (row, center)). Elkan's per-center bounds behind Yinyang groups
+// (lloyd_elkan.cpp) stay available by name (labeler="elkan"); the local tiles replaced them as
+// "auto"'s choice (lloyd_local.cpp has the measurements). km.kmeans' choice of this kernel:
+// kmgan_ext/seeding/kmeans.py, _BOUNDED_MAX_K.
 //
 // Each iteration is km.assign (exact labels) followed by the mean of every cluster from float64
 // segment sums, as km.kmeans' per-iteration km.minibatch_step_ computes it: the same labels,
@@ -29,9 +31,8 @@
 // A row whose expansion could overflow takes the exact path over all K and gets zero lower
 // bounds (it is re-examined every iteration). An update that leaves a cluster empty stops the
 // loop before that update: the caller relocates (kmgan_ext/seeding/kmeans.py) and calls again.
-// Both labelers keep their bounds in float (N x panels; N x K for Elkan): where Elkan's exceed
-// kMaxBoundBytes the panels' bounds are used, above that too the caller takes the
-// per-iteration path.
+// The panels' bounds (N x panels floats) and Elkan's (N x K) are refused above kMaxBoundBytes
+// (those labelers by name raise; "auto" takes the local tiles, which keep two numbers per row).
 #include "lloyd_cpu.h"
 
 #include <cmath>
@@ -53,6 +54,7 @@ constexpr double kUp = kLloydUp, kDown = kLloydDown;
 // The lower bounds are stored as float (N x panels): at most this many bytes, else the caller
 // takes the per-iteration path.
 constexpr int64_t kMaxBoundBytes = int64_t(512) << 20;
+
 
 // A float not above v (the bounds must stay lower bounds after rounding to float).
 inline float round_down(double v) {
@@ -287,8 +289,11 @@ struct Bounded {
 // the update of iteration `done` would leave a cluster empty (centers are then those before
 // it, labels/dist2 undefined); done == niter: labels and dist2 against the returned centers.
 // done == -1: no AVX2 here (the caller takes the per-iteration path).
+// labeler: "auto" (the panels' bounds up to kLloydPanelMaxK where they fit in kMaxBoundBytes,
+// cluster-local labels otherwise), or one of "panels", "elkan", "local" (tests/test_lloyd_cpu.py
+// runs each; Elkan's per-center bounds are no longer "auto"'s choice, see lloyd_local.cpp).
 std::tuple<Tensor, Tensor, Tensor, int64_t> lloyd_native(const Tensor& x_in, const Tensor& centers_in,
-                                                         int64_t niter) {
+                                                         int64_t niter, c10::string_view labeler) {
   check_features("x", x_in);
   check_centers("centers", centers_in, "x", x_in);
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat, "x must be float32, got ", x_in.scalar_type());
@@ -299,8 +304,15 @@ std::tuple<Tensor, Tensor, Tensor, int64_t> lloyd_native(const Tensor& x_in, con
   Tensor labels = at::empty({n}, x_in.options().dtype(at::kLong));
   Tensor dist2 = at::empty({n}, x_in.options());
   const int64_t panels = (k + kPanel - 1) / kPanel;
-  const bool elkan = k > kLloydPanelMaxK && ElkanLabels::bound_bytes(n, k) <= kMaxBoundBytes;
-  if (!lloyd_avx2() || (!elkan && n * panels * 4 > kMaxBoundBytes)) return {centers, labels, dist2, -1};
+  TORCH_CHECK_VALUE(labeler == "auto" || labeler == "panels" || labeler == "elkan" || labeler == "local",
+                    "labeler must be 'auto', 'panels', 'elkan' or 'local', got '", labeler, "'");
+  const bool elkan_fits = ElkanLabels::bound_bytes(n, k) <= kMaxBoundBytes;
+  const bool panels_fit = n * panels * 4 <= kMaxBoundBytes;
+  TORCH_CHECK_VALUE(labeler != "elkan" || elkan_fits, "labeler='elkan': its bounds would take ",
+                    ElkanLabels::bound_bytes(n, k), " bytes, over the ", kMaxBoundBytes, " allowed");
+  TORCH_CHECK_VALUE(labeler != "panels" || panels_fit, "labeler='panels': its bounds would take ", n * panels * 4,
+                    " bytes, over the ", kMaxBoundBytes, " allowed");
+  if (!lloyd_avx2()) return {centers, labels, dist2, -1};
   const Tensor x = x_in.contiguous();
   const float* xp = x.data_ptr<float>();
   float* c = centers.data_ptr<float>();
@@ -350,11 +362,14 @@ std::tuple<Tensor, Tensor, Tensor, int64_t> lloyd_native(const Tensor& x_in, con
     return niter;
   };
   int64_t done;
-  if (elkan) {
+  if (labeler == "elkan") {
     ElkanLabels b(xp, n, d, k);
     done = iterate(b);
-  } else {
+  } else if (labeler == "panels" || (labeler == "auto" && k <= kLloydPanelMaxK && panels_fit)) {
     Bounded b(xp, n, d, k);
+    done = iterate(b);
+  } else {
+    LocalLabels b(xp, n, d, k);
     done = iterate(b);
   }
   return {centers, labels, dist2, done};

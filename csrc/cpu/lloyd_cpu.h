@@ -1,5 +1,6 @@
-// The bounded labelers behind lloyd_native (lloyd_cpu.cpp drives the iterations and the
-// update; lloyd_elkan.cpp holds the per-center bounds used from K > kLloydPanelMaxK).
+// The labelers behind lloyd_native (lloyd_cpu.cpp drives the iterations and the update and
+// holds the panels' bounds; lloyd_local.cpp the cluster-local tiles used from K >
+// kLloydPanelMaxK; lloyd_elkan.cpp Elkan's per-center bounds, by name only).
 #pragma once
 
 #include "assign_cpu.h"
@@ -14,7 +15,7 @@ namespace cpu {
 constexpr double kLloydUp = 1.0 + 1e-9, kLloydDown = 1.0 - 1e-9;
 
 // lloyd_native keeps Yinyang bounds on the 16-center panels (lloyd_cpu.cpp) up to this many
-// centers and Elkan's per-center bounds (lloyd_elkan.cpp) above.
+// centers and labels by cluster-local tiles (lloyd_local.cpp) above.
 constexpr int64_t kLloydPanelMaxK = 16;
 
 // Elkan's bounds (Elkan 2003, "Using the triangle inequality to accelerate k-means"): one
@@ -55,6 +56,29 @@ class ElkanLabels {
   std::vector<float> gl_;     // (n, groups) min over the group's centers j != label of lb
   std::vector<std::vector<double>> gtravel_;  // gtravel_[t][g]: the group's largest drift, summed
   std::vector<std::vector<double>> travel_;  // travel_[t][q] = S_q(t): drift of q summed over updates < t
+};
+
+// Cluster-local labels (lloyd_local.cpp): the rows of each cluster against only the centers
+// that could be nearer than their own (within twice the cluster's radius), as one GEMM tile;
+// no bounds per row.
+class LocalLabels {
+ public:
+  LocalLabels(const float* x, int64_t n, int64_t d, int64_t k);
+  // Labels against centers c (K, d), finite; dist2 (n,) when not null: the exact distance to
+  // the label.
+  void assign(const float* c, float* dist2);
+  // After the update: drift[q] >= ||c_q(new) - c_q(old)||.
+  void moved(const std::vector<double>& drift);
+  const std::vector<int64_t>& labels() const { return labels_; }
+
+ private:
+  const float* x_;
+  int64_t n_, d_, k_;
+  std::vector<int64_t> labels_;
+  std::vector<double> u_;       // (n,) >= ||x_i - c_label|| at the last assign
+  std::vector<double> radius_;  // (k,) >= the largest distance to c_a of a's rows at the last assign
+  std::vector<double> drift_;   // (k,) the update's drift since
+  bool first_ = true;
 };
 
 }  // namespace cpu

@@ -1,6 +1,8 @@
-// Elkan's bounds for lloyd_native (lloyd_cpu.cpp) from K > kLloydPanelMaxK: at K = 100 on the
-// bench's blobs only 2-9% of the (row, center) distances can change a label after the first
-// iteration (issue 15, /work/helpers/h4_prune_probe.py), so most are not formed again.
+// Elkan's bounds for lloyd_native (lloyd_cpu.cpp), labeler="elkan" (it was "auto"'s choice
+// from K > kLloydPanelMaxK until the cluster-local tiles of lloyd_local.cpp, faster on every
+// shape measured there but the bench's blobs at K = 17-24): at K = 100 on the bench's blobs
+// only 2-9% of the (row, center) distances can change a label after the first iteration
+// (issue 15), so most are not formed again.
 //
 // Bounds, for every row i with label a_i at iteration t:
 //   u_i      >= ||x_i - c_{a_i}||                       (one double per row)

@@ -26,23 +26,18 @@ BACKENDS = ("auto", "faiss", "torch")
 # and is "auto"'s choice on a GPU it sees.
 
 # The bounded Lloyd kernel (csrc/cpu/lloyd_cpu.cpp) up to this many clusters, km.minibatch_step_
-# per iteration above (the kernel itself also declines where its bounds would pass 512 MB).
-# Up to K = 16 it keeps Yinyang bounds on its 16-center panels (N=70,000 d=100: K=10 60 vs
-# 136 ms, K=16 191 vs 212, measured in /tmp/h5/cross.py), above it Elkan's per-center bounds
-# behind groups of ~10 centers (csrc/cpu/lloyd_elkan.cpp). Measured for that (/tmp/h4/ksweep.py,
-# branch h4-lloyd at its final commit: the bench's blobs N=70,000 d=100, 20 iterations from
-# km.kmeans_plusplus' centers, one thread, CPU time, min of 3 interleaved, load ~2.3 on the
-# 2-core machine), kernel vs per iteration: K=17 183 vs 259 ms, K=24 179 vs 247, K=32 216 vs
-# 267, K=64 305 vs 366, K=100 339 vs 511 (an earlier commit, at load ~7, where the kernel is
-# bound by its pass over x and the bounds: on par at K=32 and 64, 256 vs 245, 381 vs 353); the
-# per-iteration path also needs one more km.assign for the labels, which the kernel returns.
-# km.kmeans end to end at K=100 (/tmp/h4/e2e.py, one thread, load ~2): 324 ms vs 499 per
-# iteration, scikit-learn 549, faiss 555 (all rows, the same start); two threads, load ~2.2:
-# 199-203 ms vs 299-351, scikit-learn 291-297, faiss 361-363. After the first
-# iteration every row still reads its x row and one group's bounds, though only ~2-9% of the
-# distances are formed. Larger K
-# (same conditions): K=256 813 vs 904 ms; N=20,000 K=1000 958 vs 881 (the K^2 center distances
-# and K/10 group tests per row catch up), hence the cap.
+# per iteration above. Up to K = 16 it keeps Yinyang bounds on its 16-center panels (N=70,000
+# d=100: K=10 60 vs 136 ms, K=16 191 vs 212, measured in /tmp/h5/cross.py); above, it labels each
+# cluster's rows against only the centers within reach (csrc/cpu/lloyd_local.cpp, with its
+# measurements), which replaced Elkan's per-center bounds (csrc/cpu/lloyd_elkan.cpp, still there
+# by name). 20 iterations from the same k-means++ centers, 2 threads of the 2-core Xeon, min of
+# 2-3, kernel vs per iteration (km.minibatch_step_ + km.assign): the bench's blobs N=70,000
+# d=100 K=256 147-153 vs 379-392 ms, K=512 267-288 vs 673-721; Gaussian rows N=70,000 d=100
+# K=256 354 vs 376, d=32 K=512 308 vs 307; but N=20,000 K=1000 (20 rows per cluster: the K^2
+# center distances and the packing of each cluster's centers per iteration weigh) 834 vs 385,
+# hence the cap. Below it, at ~20 rows per cluster the per-iteration path is still 10-30%
+# faster (N=5,000 d=100 K=256 Gaussian: 40 vs 31 ms; Elkan's bounds, the kernel's choice
+# before, took 62), which this choice by K alone does not see.
 _BOUNDED_MAX_K = 256
 
 
@@ -199,10 +194,11 @@ def _lloyd_torch(rows: _data.Rows, centers: Tensor, niter: int, chunk: int) -> T
     return centers
 
 
-def _lloyd_bounded(rows: _data.Rows, centers: Tensor, niter: int, chunk: int):
+def _lloyd_bounded(rows: _data.Rows, centers: Tensor, niter: int, chunk: int, labeler: str = "auto"):
     """Lloyd's iterations and the final labels in csrc/cpu/lloyd_cpu.cpp, for a contiguous
     float32 CPU tensor x: (centers, labels, dist2), or None where that kernel does not run
-    (another x, an old build, no AVX2).
+    (another x, an old build, no AVX2). labeler: how the kernel finds the labels ("auto";
+    tests/test_lloyd_cpu.py runs each of "panels", "elkan", "local" too).
 
     The same labels, sums and update as ``_lloyd_torch`` (bitwise the same centers); bounds on
     the distances skip the rows and 16-center panels that cannot change label. An iteration
@@ -218,7 +214,7 @@ def _lloyd_bounded(rows: _data.Rows, centers: Tensor, niter: int, chunk: int):
         return None
     left = niter
     while True:
-        c, labels, dist2, done = torch.ops.kmgan_ext.lloyd_native(x.detach(), centers.detach(), left)
+        c, labels, dist2, done = torch.ops.kmgan_ext.lloyd_native(x.detach(), centers.detach(), left, labeler)
         if done < 0:
             return None
         if done == left:
