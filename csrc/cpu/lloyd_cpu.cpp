@@ -51,10 +51,9 @@ namespace {
 constexpr int64_t kTileRows = 256;
 // Relative margins of the bounds: far above the float64 rounding of the quantities bounded.
 constexpr double kUp = kLloydUp, kDown = kLloydDown;
-// The lower bounds are stored as float (N x panels): at most this many bytes, else the caller
-// takes the per-iteration path.
+// The lower bounds are stored as float (N x panels; N x K for Elkan's): at most this many
+// bytes, else those labelers are refused ("auto" labels by the local tiles).
 constexpr int64_t kMaxBoundBytes = int64_t(512) << 20;
-
 
 // A float not above v (the bounds must stay lower bounds after rounding to float).
 inline float round_down(double v) {

@@ -60,7 +60,7 @@ class ElkanLabels {
 
 // Cluster-local labels (lloyd_local.cpp): the rows of each cluster against only the centers
 // that could be nearer than their own (within twice the cluster's radius), as one GEMM tile;
-// no bounds per row.
+// one upper bound per row (Hamerly's test), none per (row, center).
 class LocalLabels {
  public:
   LocalLabels(const float* x, int64_t n, int64_t d, int64_t k);
