@@ -269,6 +269,15 @@ MUTANTS = [
         tests=["tests/test_lloyd_cpu.py"],
         why="the bound on a row's distance to its center leaves out ||x - s||^2: radii, and so C_a and Hamerly's test, are too small",
     ),
+    dict(
+        name="cpu-local-whole-pass-drops-last-center",
+        kind="cpp",
+        file="csrc/cpu/lloyd_local.cpp",
+        old="    cstart = {0, k};",
+        new="    cstart = {0, first_ ? k : k - 1};",
+        tests=["tests/test_lloyd_cpu.py"],
+        why="the whole passes after the first (no cluster structure) never offer the last center",
+    ),
     # ---- assign's AVX-512 tile (csrc/cpu/assign_avx512.cpp): the AVX2 tile's bits
     dict(
         name="cpu-avx512-tile-second-panel-min-misplaced",
