@@ -33,11 +33,13 @@ BACKENDS = ("auto", "faiss", "torch")
 # by name). 20 iterations from the same k-means++ centers, 2 threads of the 2-core Xeon, min of
 # 2-3, kernel vs per iteration (km.minibatch_step_ + km.assign): the bench's blobs N=70,000
 # d=100 K=256 147-153 vs 379-392 ms, K=512 267-288 vs 673-721; Gaussian rows N=70,000 d=100
-# K=256 354 vs 376, d=32 K=512 308 vs 307; but N=20,000 K=1000 (20 rows per cluster: the K^2
-# center distances and the packing of each cluster's centers per iteration weigh) 834 vs 385,
-# hence the cap. Below it, at ~20 rows per cluster the per-iteration path is still 10-30%
-# faster (N=5,000 d=100 K=256 Gaussian: 40 vs 31 ms; Elkan's bounds, the kernel's choice
-# before, took 62), which this choice by K alone does not see.
+# K=256 354 vs 376, d=32 K=512 306 vs 302; but N=20,000 K=1000 (20 rows per cluster: the K^2
+# center bounds, the C_a lists and the packing of each cluster's centers per iteration weigh)
+# 678 vs 375, hence the cap. Below it, at <= 40 rows per cluster and K = 256 the per-iteration
+# path is still faster on rows without clusters (Gaussian, N = 2,560: d=16 7.7 vs 3.8 ms, d=100
+# 11.0 vs 8.2; N = 5,000 d=100 33 vs 31), not on clustered ones (blobs d=64 N = 10,240: 27 vs
+# 43), and the kernel is as fast or faster at every N / K >= 10 for K <= 128 (/tmp/t_nk.py);
+# a choice by K and N alone cannot see the difference, so none is made.
 _BOUNDED_MAX_K = 256
 
 

@@ -278,6 +278,15 @@ MUTANTS = [
         tests=["tests/test_lloyd_cpu.py"],
         why="the whole passes after the first (no cluster structure) never offer the last center",
     ),
+    dict(
+        name="cpu-local-center-bounds-without-error-term",
+        kind="cpp",
+        file="csrc/cpu/lloyd_local.cpp",
+        old="std::max(0.0, (xs2 + static_cast<double>(e[a * kw + j])) - sub)",
+        new="std::max(0.0, (xs2 + static_cast<double>(e[a * kw + j])))",
+        tests=["tests/test_lloyd_cpu.py"],
+        why="the centers' half distances from the tile without its rounding bound: far from the origin they exceed the true ones, and C_a or Hamerly's test leaves out a nearer center",
+    ),
     # ---- assign's AVX-512 tile (csrc/cpu/assign_avx512.cpp): the AVX2 tile's bits
     dict(
         name="cpu-avx512-tile-second-panel-min-misplaced",
