@@ -105,9 +105,9 @@ void LocalLabels::moved(const std::vector<double>& drift) {
 // half[a * K + j] <= ||c_a - c_j|| / 2, from assign's GEMM tile over the shifted centers
 // themselves (rows x' = cs_a, as fl(c_a - s) is for a row of x) and its error bound, as Elkan's
 // first pass bounds a row's distances (lloyd_elkan.cpp): ||c_a - s||^2 + e_j - sub. Formed per
-// iteration: the K^2 / 2 float64 distances it replaced took ~0.8 ms per iteration at K = 256,
-// d = 100, on one thread of two (their triangle split unevenly), more than a whole pass over
-// 2,560 rows.
+// iteration; the K^2 / 2 float64 distances it replaced (their triangle split unevenly over the
+// threads) weighed where the rows are few: 20 iterations at N = 2,560, K = 256, d = 100
+// Gaussian 14.8 -> 11.0 ms, N = 20,000, K = 1,000 834 -> 678 ms.
 std::vector<double> LocalLabels::half_distances(const std::vector<float>& cs, const std::vector<float>& bias,
                                                 double cmax) const {
   const int64_t k = k_, d = d_, panels = (k + kPanel - 1) / kPanel, kw = panels * kPanel;
