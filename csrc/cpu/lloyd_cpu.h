@@ -72,9 +72,11 @@ class LocalLabels {
   const std::vector<int64_t>& labels() const { return labels_; }
 
  private:
-  // (K, K): lower bounds on half the centers' pairwise distances, from the shifted centers cs,
-  // their bias ||c - s||^2 and cmax (shifted_centers_f32).
-  std::vector<double> half_distances(const std::vector<float>& cs, const std::vector<float>& bias, double cmax) const;
+  // (K, K): lower bounds on half the centers' pairwise distances, from the shifted centers cs
+  // (shifted_centers_f32), cs packed (pack_panels), their bias ||c - s||^2 padded with +inf to
+  // whole panels, and cmax.
+  std::vector<double> half_distances(const std::vector<float>& cs, const std::vector<float>& packed,
+                                     const std::vector<float>& pbias, double cmax) const;
   const float* x_;
   int64_t n_, d_, k_;
   std::vector<int64_t> labels_;

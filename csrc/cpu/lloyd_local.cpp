@@ -108,12 +108,9 @@ void LocalLabels::moved(const std::vector<double>& drift) {
 // iteration; the K^2 / 2 float64 distances it replaced (their triangle split unevenly over the
 // threads) weighed where the rows are few: 20 iterations at N = 2,560, K = 256, d = 100
 // Gaussian 14.8 -> 11.0 ms, N = 20,000, K = 1,000 834 -> 678 ms.
-std::vector<double> LocalLabels::half_distances(const std::vector<float>& cs, const std::vector<float>& bias,
-                                                double cmax) const {
+std::vector<double> LocalLabels::half_distances(const std::vector<float>& cs, const std::vector<float>& packed,
+                                                const std::vector<float>& pbias, double cmax) const {
   const int64_t k = k_, d = d_, panels = (k + kPanel - 1) / kPanel, kw = panels * kPanel;
-  std::vector<float> pbias(bias.begin(), bias.begin() + k);
-  pbias.resize(kw, std::numeric_limits<float>::infinity());
-  const std::vector<float> packed = pack_panels(cs.data(), k, d);
   std::vector<float> e(static_cast<size_t>(k * kw)), pmin(static_cast<size_t>(k * panels));
   dist_tile(cs.data(), k, d, packed.data(), pbias.data(), panels, e.data(), kw, pmin.data(), panels);
   const double uf = std::ldexp(1.0, -24);
@@ -124,7 +121,7 @@ std::vector<double> LocalLabels::half_distances(const std::vector<float>& cs, co
     for (int64_t j = 0; j < d; ++j) n2 += static_cast<double>(ca[j]) * ca[j];
     const double xn = std::sqrt(n2);
     // ||c_a - s||^2 >= bias_a rounded down (formed in double, rounded to float once)
-    const double xs2 = static_cast<double>(bias[a]) * (1.0 - 2.0 * uf);
+    const double xs2 = static_cast<double>(pbias[a]) * (1.0 - 2.0 * uf);
     const double sub = candidate_bound2_f32(xn, cmax, d) / 2.0 * (1.0 + 4.0 * uf) +
                        4.0 * uf * (xs2 + (xn + cmax) * (xn + cmax));
     for (int64_t j = 0; j < k; ++j)
@@ -138,6 +135,11 @@ void LocalLabels::assign(const float* c, float* dist2) {
   std::vector<float> s, cs, bias;
   double cmax = 0.0;
   TORCH_CHECK(shifted_centers_f32(c, k, d, s, cs, bias, cmax), "lloyd_native: non-finite centers");
+  // All K centers packed as dist_tile wants them (the padding's bias +inf): for the centers'
+  // half distances and for a whole pass.
+  const int64_t all_panels = (k + kPanel - 1) / kPanel;
+  bias.resize(all_panels * kPanel, std::numeric_limits<float>::infinity());
+  const std::vector<float> all_packed = pack_panels(cs.data(), k, d);
   // The rows to look at (all at the first assign) and C_a for each cluster, in increasing
   // index (resolve's order); or one whole pass (C = all K, index order) where the clusters'
   // tiles would form more than kWholeWork of its panels.
@@ -146,12 +148,11 @@ void LocalLabels::assign(const float* c, float* dist2) {
   std::vector<double> kept(k, 0.0);  // the largest bound of a cluster's rows kept unread
   bool whole = first_;
   if (!first_) {
-    const std::vector<double> half = half_distances(cs, bias, cmax);
-    auto half_of = [&](int64_t a, int64_t j) { return half[a * k + j]; };
+    const std::vector<double> half = half_distances(cs, all_packed, bias, cmax);
     std::vector<double> sep(k, std::numeric_limits<double>::infinity());  // min_{j != a} half
     for (int64_t a = 0; a < k; ++a)
       for (int64_t j = 0; j < k; ++j)
-        if (j != a) sep[a] = std::min(sep[a], half_of(a, j));
+        if (j != a) sep[a] = std::min(sep[a], half[a * k + j]);
     // u_i + drift_a >= ||x_i - c_a|| now; below sep_a every other center is strictly farther
     // (Hamerly's test, Elkan's step 1): the row keeps its label unread (not when the exact
     // distances are asked for).
@@ -174,7 +175,7 @@ void LocalLabels::assign(const float* c, float* dist2) {
       // than c_a from each of them (NaN-free: finite centers)
       const double reach = (radius_[a] + drift_[a]) * kLloydUp;
       for (int64_t j = 0; j < k; ++j)
-        if (j == a || !(half_of(a, j) > reach)) members.push_back(j);
+        if (j == a || !(half[a * k + j] > reach)) members.push_back(j);
       const int64_t m = static_cast<int64_t>(members.size()) - cstart[a];
       work += static_cast<double>(count[a]) * static_cast<double>((m + kPanel - 1) / kPanel);
     }
@@ -189,26 +190,31 @@ void LocalLabels::assign(const float* c, float* dist2) {
     for (int64_t j = 0; j < k; ++j) members[j] = j;
   }
   const int64_t clusters = whole ? 1 : k;
-  // Each cluster's centers packed as dist_tile wants them, the padding's bias +inf.
+  // Each cluster's centers packed as dist_tile wants them, the padding's bias +inf (a whole
+  // pass: all_packed).
   std::vector<int64_t> pstart(clusters + 1, 0);
   for (int64_t a = 0; a < clusters; ++a) pstart[a + 1] = pstart[a] + (cstart[a + 1] - cstart[a] + kPanel - 1) / kPanel;
-  std::vector<float> packed(static_cast<size_t>(pstart[clusters] * kPanel * d)),
-      pbias(static_cast<size_t>(pstart[clusters] * kPanel), std::numeric_limits<float>::infinity());
-  at::parallel_for(0, clusters, 1, [&](int64_t a0, int64_t a1) {
-    std::vector<float> sub;
-    for (int64_t a = a0; a < a1; ++a) {
-      const int64_t m = cstart[a + 1] - cstart[a];
-      if (m == 0) continue;
-      sub.resize(static_cast<size_t>(m * d));
-      for (int64_t q = 0; q < m; ++q) {
-        const int64_t j = members[cstart[a] + q];
-        std::copy(cs.data() + j * d, cs.data() + (j + 1) * d, sub.data() + q * d);
-        pbias[pstart[a] * kPanel + q] = bias[j];
+  std::vector<float> packed(whole ? 0 : static_cast<size_t>(pstart[clusters] * kPanel * d)),
+      pbias(whole ? 0 : static_cast<size_t>(pstart[clusters] * kPanel), std::numeric_limits<float>::infinity());
+  if (!whole) {
+    at::parallel_for(0, clusters, 1, [&](int64_t a0, int64_t a1) {
+      std::vector<float> sub;
+      for (int64_t a = a0; a < a1; ++a) {
+        const int64_t m = cstart[a + 1] - cstart[a];
+        if (m == 0) continue;
+        sub.resize(static_cast<size_t>(m * d));
+        for (int64_t q = 0; q < m; ++q) {
+          const int64_t j = members[cstart[a] + q];
+          std::copy(cs.data() + j * d, cs.data() + (j + 1) * d, sub.data() + q * d);
+          pbias[pstart[a] * kPanel + q] = bias[j];
+        }
+        const std::vector<float> p = pack_panels(sub.data(), m, d);
+        std::copy(p.begin(), p.end(), packed.data() + pstart[a] * kPanel * d);
       }
-      const std::vector<float> p = pack_panels(sub.data(), m, d);
-      std::copy(p.begin(), p.end(), packed.data() + pstart[a] * kPanel * d);
-    }
-  });
+    });
+  }
+  const float* const panels_of = whole ? all_packed.data() : packed.data();
+  const float* const bias_of = whole ? bias.data() : pbias.data();
   // The rows cluster by cluster (index order within one), in tiles of at most kLocalRows.
   std::vector<int64_t> rstart(clusters + 1, 0);
   for (int64_t a = 0; a < clusters; ++a) rstart[a + 1] = rstart[a] + count[a];
@@ -256,7 +262,7 @@ void LocalLabels::assign(const float* c, float* dist2) {
         if (r + kAhead < nr) prefetch_range(x_ + rows[r + kAhead] * d, x_ + (rows[r + kAhead] + 1) * d);
         xn2[r] = shift_row(x_ + rows[r] * d, s.data(), d, xs.data() + r * d);
       }
-      dist_tile(xs.data(), nr, d, packed.data() + pstart[a] * kPanel * d, pbias.data() + pstart[a] * kPanel, panels,
+      dist_tile(xs.data(), nr, d, panels_of + pstart[a] * kPanel * d, bias_of + pstart[a] * kPanel, panels,
                 e.data(), kw, pmin.data(), panels);
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t i = rows[r];

@@ -270,15 +270,6 @@ MUTANTS = [
         why="the bound on a row's distance to its center leaves out ||x - s||^2: radii, and so C_a and Hamerly's test, are too small",
     ),
     dict(
-        name="cpu-local-whole-pass-drops-last-center",
-        kind="cpp",
-        file="csrc/cpu/lloyd_local.cpp",
-        old="    cstart = {0, k};",
-        new="    cstart = {0, first_ ? k : k - 1};",
-        tests=["tests/test_lloyd_cpu.py"],
-        why="the whole passes after the first (no cluster structure) never offer the last center",
-    ),
-    dict(
         name="cpu-local-center-bounds-without-error-term",
         kind="cpp",
         file="csrc/cpu/lloyd_local.cpp",
